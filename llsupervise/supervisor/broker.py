@@ -1,0 +1,78 @@
+"""Brokers: threads restricted by Landlock that perform operations for the child.
+
+A broker thread calls ``landlock_restrict_self`` (which restricts only the calling thread)
+with one ruleset: the static rules plus the committed supervisor rules. Whatever it then
+opens, creates or removes, the kernel has judged - symlinks, ``..``, ``refer``, and the
+truncate/ioctl rights recorded on an opened file included - with no path walk in Python.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import set_no_new_privs
+from llsupervise.policy.model import Ruleset
+from llsupervise.rights import NO_SCOPE
+from llsupervise.supervisor.objects import ObjectTable
+
+T = TypeVar("T")
+_Job = tuple[Callable[[], Any], "queue.SimpleQueue[tuple[bool, Any]]"]
+
+
+class Broker:
+    """One restricted thread; :meth:`call` runs a function in it and returns its result."""
+
+    def __init__(self, rules: Ruleset, table: ObjectTable, name: str = "broker") -> None:
+        self.rules = rules
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._main, args=(rules, table, ready), name=name, daemon=True
+        )
+        self._thread.start()
+        failure = ready.get()
+        if failure is not None:
+            self._thread.join()
+            raise failure
+
+    def _main(
+        self, rules: Ruleset, table: ObjectTable, ready: queue.SimpleQueue[BaseException | None]
+    ) -> None:
+        try:
+            set_no_new_privs()  # per thread, like the restriction itself
+            # Scopes stay out: they would only limit the broker's own IPC.
+            with KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE) as ruleset:
+                for obj, access in rules.fs.items():
+                    ruleset.add_path(table.fd(obj), access)
+                for port, net_access in rules.net.items():
+                    ruleset.add_port(port, net_access)
+                ruleset.restrict_self()
+        except BaseException as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        while (job := self._jobs.get()) is not None:
+            fn, out = job
+            try:
+                out.put((True, fn()))
+            except BaseException as exc:
+                out.put((False, exc))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        out: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._jobs.put((fn, out))
+        ok, value = out.get()
+        if ok:
+            result: T = value
+            return result
+        raise value
+
+    def close(self) -> None:
+        """Finish queued jobs, then end the thread."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()

@@ -1,0 +1,403 @@
+"""The supervisor: trio owns the policy state, the answers and the child's lifetime.
+
+Usage::
+
+    policy = load_policy("policy.toml")
+    async with Supervisor.open(policy, decisions=ModeDecisions("enforce")) as sup:
+        status = await sup.run(["make"])
+
+State: the static rules (fixed for the run), the *permanent* supervisor rules (from the
+policy file and "always" answers) and temporary grants. The committed supervisor ruleset is
+always permanent ∪ live temporaries; every change is one ``replace`` + ``commit``, after
+which a new broker serves the new generation.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from llsupervise.policy.document import PolicyDocument
+from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
+from llsupervise.rights import NO_FS, AccessFs, names
+from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, NotificationGone, SeccompError
+from llsupervise.supervisor.broker import Broker
+from llsupervise.supervisor.decisions import DecisionSource, ModeDecisions
+from llsupervise.supervisor.engine import (
+    EXEC_SYSCALLS,
+    BrokerSlot,
+    NotificationLoop,
+    Pending,
+    reply,
+)
+from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
+from llsupervise.supervisor.launcher import Launched, StaticLayer, launch
+from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
+from llsupervise.supervisor.operations import KernelDecides, perform
+
+TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS)
+_ONCE = (Answer.ALLOW_ONCE, Answer.PERMISSIVE)
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass
+class _Temporary:
+    obj: ObjectId
+    access: AccessFs
+    deadline: float
+
+
+@dataclass
+class _Question:
+    """Identical concurrent denials share one question."""
+
+    denial: Denial
+    waiting: list[Pending] = field(default_factory=list)
+
+
+def exit_status(returncode: int) -> int:
+    """The shell's convention: 128+N for a command killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    def __init__(
+        self,
+        policy: ResolvedPolicy,
+        table: ObjectTable,
+        decisions: DecisionSource,
+        log: EventLog,
+    ) -> None:
+        self.policy = policy
+        self.table = table
+        self.decisions = decisions
+        self.log = log
+        self.static = policy.static
+        self.permanent = policy.supervisor
+        self.quiet = policy.quiet
+        self.mutable = MutableRuleset.for_layer(policy.static)
+        self._temporaries: dict[int, _Temporary] = {}
+        self._next_temporary = 0
+        self._questions: dict[tuple[Any, ...], _Question] = {}
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.slot: BrokerSlot | None = None
+        self.launched: Launched | None = None
+        self._commit_rules()
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        document: PolicyDocument,
+        *,
+        decisions: DecisionSource | None = None,
+        log: EventLog | None = None,
+    ) -> AsyncIterator[Supervisor]:
+        raise_nofile_limit()
+        table = ObjectTable()
+        try:
+            policy = resolve(document, table)
+            sup = cls(
+                policy,
+                table,
+                decisions
+                or ModeDecisions(
+                    document.supervisor.mode,
+                    document.supervisor.default,
+                    document.supervisor.prompt_timeout,
+                ),
+                log or EventLog(None),
+            )
+            try:
+                yield sup
+            finally:
+                sup.close()
+        finally:
+            table.close()
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.slot.broker.close()
+
+    # -- rules ----------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self.mutable.generation
+
+    def _target(self) -> Ruleset:
+        target = self.permanent
+        for temp in self._temporaries.values():
+            target = target.with_fs(temp.obj, temp.access)
+        return target
+
+    def _commit_rules(self) -> int:
+        """Publish permanent ∪ temporaries atomically; the next request sees it."""
+        self.mutable.replace(self._target())
+        generation = self.mutable.commit()
+        broker = Broker(self.static | self.mutable.committed, self.table, f"broker-g{generation}")
+        if self.slot is None:
+            self.slot = BrokerSlot(broker, generation)
+        else:
+            self.slot.swap(broker, generation)
+        self.table.release(
+            [*self.static.fs, *self.permanent.fs, *self.quiet,
+             *(t.obj for t in self._temporaries.values())]
+        )  # fmt: skip
+        self.emit(
+            {"event": "commit", "generation": generation, "rules": len(self.mutable.committed)}
+        )
+        return generation
+
+    def add_rule(self, path: str, access: AccessFs) -> int:
+        """Add a supervisor rule (rights OR-ed with an existing rule) and commit it."""
+        obj = self.table.open(path)
+        self.permanent = self.permanent.with_fs(obj, access & self.static.handled_fs, path)
+        return self._commit_rules()
+
+    def remove_rule(self, path: str, access: AccessFs | None = None) -> int:
+        """Intersect a supervisor rule with the complement of ``access`` (all: remove it)."""
+        obj = self.table.open(path)
+        kept = NO_FS if access is None else self.permanent.fs.get(obj, NO_FS) & ~access
+        fs = dict(self.permanent.fs)
+        fs[obj] = kept
+        self.permanent = Ruleset(
+            self.permanent.handled_fs, self.permanent.handled_net, self.permanent.scopes,
+            fs=fs, net=self.permanent.net, labels=self.permanent.labels,
+        )  # fmt: skip
+        return self._commit_rules()
+
+    def replace_rules(self, rules: Ruleset) -> int:
+        """Make ``rules`` the permanent supervisor rules in one commit (a reload)."""
+        self.permanent = rules
+        return self._commit_rules()
+
+    def _grant_temporarily(self, obj: ObjectId, access: AccessFs, seconds: float) -> None:
+        key = self._next_temporary
+        self._next_temporary += 1
+        self._temporaries[key] = _Temporary(obj, access, trio.current_time() + seconds)
+        self._commit_rules()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._expire, key, seconds)
+
+    async def _expire(self, key: int, seconds: float) -> None:
+        await trio.sleep(seconds)
+        del self._temporaries[key]
+        self._commit_rules()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.log.write(event)
+        for listener in self.listeners:
+            listener(event)
+
+    # -- running --------------------------------------------------------------------------
+
+    def static_layer(self) -> StaticLayer:
+        return StaticLayer(
+            self.static.handled_fs,
+            self.static.handled_net,
+            self.static.scopes,
+            paths=[(self.table.fd(obj), access) for obj, access in self.static.fs.items()],
+            ports=list(self.static.net.items()),
+        )
+
+    async def run(self, argv: Sequence[str], *, forward_signals: bool = True) -> int:
+        """Run ``argv`` under supervision until it exits; return its exit status."""
+        assert self.slot is not None
+        self._token = trio.lowlevel.current_trio_token()
+        launched = self.launched = launch(argv, self.static_layer(), TRAPPED_SYSCALLS)
+        try:
+            launched.listener.set_sync_wakeup()
+        except SeccompError:
+            pass  # older kernels: slower wake-ups, same behaviour
+        loop = NotificationLoop(
+            launched.listener, self.slot, self.static.handled_fs, self._post_denial
+        )
+        thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
+        thread.start()
+        self.emit({"event": "start", "pid": launched.pid, "argv": list(argv)})
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if forward_signals:
+                    nursery.start_soon(self._forward_signals, launched)
+                pidfd = os.pidfd_open(launched.pid)
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
+                status = exit_status(launched.process.wait())
+                nursery.cancel_scope.cancel()
+        finally:
+            loop.stop()
+            await trio.to_thread.run_sync(thread.join)
+            loop.close()
+            self._drop_questions()
+            launched.listener.close()
+            self._nursery = None
+        self.emit({"event": "exit", "pid": launched.pid, "status": status})
+        return status
+
+    async def _forward_signals(self, launched: Launched) -> None:
+        with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+            async for signum in signals:
+                if signum == signal.SIGINT and _terminal_sent_it():
+                    continue  # the child, in our process group, got it too
+                launched.process.send_signal(signum)
+
+    # -- denials --------------------------------------------------------------------------
+
+    def _post_denial(self, pending: Pending) -> None:
+        """Called from the notification thread."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._on_denial, pending)
+        except trio.RunFinishedError:
+            pending.close()  # the listener closes with the run: fails closed
+
+    def _on_denial(self, pending: Pending) -> None:
+        if self._nursery is None:
+            pending.close()  # the listener closes with the run: fails closed
+            return
+        first = pending.objects[0]
+        key = (pending.exe, pending.request.op, tuple((o.obj, o.access) for o in pending.objects))
+        question = self._questions.get(key)
+        if question is not None:
+            question.waiting.append(pending)
+            return
+        access: AccessFs = NO_FS
+        for o in pending.objects:
+            access |= o.access
+        denial = Denial(
+            pid=_tgid(pending.notification.pid),
+            tid=pending.notification.pid,
+            exe=pending.exe,
+            cmdline=pending.cmdline,
+            syscall=pending.request.syscall,
+            path=first.label,
+            access=tuple(names(access)),
+            generation=pending.generation,
+        )
+        self._questions[key] = _Question(denial, [pending])
+        self._nursery.start_soon(self._resolve, key)
+
+    def _is_quiet(self, pending: Pending) -> bool:
+        return any(obj in self.quiet for o in pending.objects for obj in o.chain)
+
+    async def _resolve(self, key: tuple[Any, ...]) -> None:
+        question = self._questions[key]
+        first = question.waiting[0]
+        if self._is_quiet(first):
+            decision = Decision(Answer.DENY_QUIET)
+        else:
+            decision = await self.decisions.decide(question.denial)
+        del self._questions[key]
+        if decision.answer in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR):
+            self._grant(first, decision)
+        denial = question.denial
+        self.emit(denial.event(decision.answer) | {"count": len(question.waiting)})
+        for pending in question.waiting:
+            once = self._once_broker(pending) if decision.answer in _ONCE else None
+            await trio.to_thread.run_sync(self._answer, pending, decision, once)
+
+    def _once_broker(self, pending: Pending) -> Broker | None:
+        """A one-shot broker whose only extra rules are on the checked objects, so that a
+        path swapped since the check is judged without them."""
+        rules = self.static | self.mutable.committed
+        for o in pending.objects:
+            obj = self.table.adopt(os.dup(o.fd), o.label)
+            rules = rules.with_fs(obj, o.access)
+        try:
+            return Broker(rules, self.table, "broker-once")
+        except Exception:
+            return None
+
+    def _grant(self, pending: Pending, decision: Decision) -> None:
+        for o in pending.objects:
+            if decision.scope is not None and o is pending.objects[0]:
+                obj = self.table.open(decision.scope)
+            else:
+                obj = self.table.adopt(os.dup(o.fd), o.label)
+            if decision.answer == Answer.ALLOW_ALWAYS:
+                self.permanent = self.permanent.with_fs(obj, o.access, o.label)
+            else:
+                self._grant_temporarily(obj, o.access, decision.duration or 60.0)
+        if decision.answer == Answer.ALLOW_ALWAYS:
+            self._commit_rules()
+
+    def _answer(self, pending: Pending, decision: Decision, once: Broker | None) -> None:
+        """Runs in a worker thread: perform the request as decided and reply to the child."""
+        n = pending.notification
+        listener = self.launched.listener if self.launched else None
+        try:
+            if listener is None or listener.closed:
+                return
+            if not decision.answer.allows or (decision.answer in _ONCE and once is None):
+                listener.send_error(n.id, errno.EACCES)
+                return
+            try:
+                result = self._perform(pending, once)
+            except KernelDecides:
+                listener.send_continue(n.id)
+            except OSError as exc:
+                listener.send_error(n.id, exc.errno or errno.EIO)
+            else:
+                reply(listener, n, pending.request, result)
+        except NotificationGone:
+            pass
+        finally:
+            if once is not None:
+                once.close()
+            pending.close()
+
+    def _perform(self, pending: Pending, once: Broker | None) -> int:
+        if once is not None:
+            return once.call(lambda: perform(pending.target))
+        assert self.slot is not None
+        with self.slot.lock:
+            return self.slot.broker.call(lambda: perform(pending.target))
+
+    def _drop_questions(self) -> None:
+        for question in self._questions.values():
+            for pending in question.waiting:
+                pending.close()  # the listener closes with the run: fails closed
+        self._questions.clear()
+
+
+def _tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
+def _terminal_sent_it() -> bool:
+    """True when our process group is the terminal's foreground group (Ctrl-C reached all)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,127 @@
+"""What a denied request was about: the objects the kernel checked, and the rights it refused."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from llsupervise.policy.model import ObjectId
+from llsupervise.rights import NO_FS, AccessFs
+from llsupervise.supervisor.objects import ancestry, fd_path, object_id
+from llsupervise.supervisor.requests import FsRequest, make_right, open_rights, remove_right
+
+_O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
+
+
+@dataclass
+class CheckedObject:
+    """An object a denied request needed rights on, held open so a grant binds to it."""
+
+    fd: int
+    label: str
+    access: AccessFs
+    chain: tuple[ObjectId, ...]
+
+    @property
+    def obj(self) -> ObjectId:
+        return self.chain[0]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _split(path: bytes) -> tuple[bytes, bytes]:
+    path = path.rstrip(b"/") or b"/"
+    head, _, tail = path.rpartition(b"/")
+    if not _:
+        return b".", tail
+    return head or b"/", tail
+
+
+def _open_dir(dirfd: int | None, path: bytes) -> int:
+    return os.open(path, _O_DIR, dir_fd=None if path.startswith(b"/") else dirfd)
+
+
+def _parent(dirfd: int | None, path: bytes, access: AccessFs) -> CheckedObject:
+    head, tail = _split(path)
+    fd = _open_dir(dirfd, head)
+    chain = tuple(ancestry(fd))
+    label = os.path.join(fd_path(fd), os.fsdecode(tail))
+    return CheckedObject(fd, label, access, chain)
+
+
+def _existing(
+    dirfd: int | None, path: bytes, access_of: AccessFs | None, follow: bool
+) -> CheckedObject | None:
+    flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags, dir_fd=None if path.startswith(b"/") else dirfd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    is_dir = stat.S_ISDIR(st.st_mode)
+    access = access_of if access_of is not None else NO_FS
+    if is_dir:
+        chain = tuple(ancestry(fd))
+    else:
+        head, _ = _split(path)
+        try:
+            parent = _open_dir(dirfd, head)
+            chain = (object_id(st), *ancestry(parent))
+            os.close(parent)
+        except OSError:
+            chain = (object_id(st),)
+    return CheckedObject(fd, fd_path(fd), access, chain)
+
+
+def _mode_of(dirfd: int | None, path: bytes) -> int:
+    try:
+        return os.stat(
+            path, dir_fd=None if path.startswith(b"/") else dirfd, follow_symlinks=False
+        ).st_mode
+    except OSError:
+        return stat.S_IFREG
+
+
+def checked_objects(
+    r: FsRequest, dir1: int | None, dir2: int | None, handled: AccessFs
+) -> list[CheckedObject]:
+    """Open (O_PATH) each object ``r`` needs rights on, with the rights it needs there."""
+    objects: list[CheckedObject] = []
+    if r.op == "open":
+        follow = not r.flags & os.O_NOFOLLOW
+        found = _existing(dir1, r.path, None, follow)
+        if found is not None:
+            is_dir = os.path.isdir(f"/proc/self/fd/{found.fd}")
+            found.access = open_rights(r.flags, is_dir)
+            objects.append(found)
+        elif r.flags & os.O_CREAT:
+            rights = AccessFs.MAKE_REG | open_rights(r.flags & ~os.O_TRUNC, False)
+            objects.append(_parent(dir1, r.path, rights))
+    elif r.op in ("mkdir", "mknod", "symlink"):
+        mode = stat.S_IFLNK if r.op == "symlink" else r.mode
+        if r.op == "mkdir":
+            mode = stat.S_IFDIR
+        objects.append(_parent(dir1, r.path, make_right(mode)))
+    elif r.op in ("unlink", "rmdir"):
+        objects.append(_parent(dir1, r.path, remove_right(_mode_of(dir1, r.path))))
+    elif r.op == "truncate":
+        found = _existing(dir1, r.path, AccessFs.TRUNCATE, True)
+        if found is not None:
+            objects.append(found)
+    elif r.op in ("rename", "link"):
+        mode = _mode_of(dir1, r.path)
+        src = _parent(dir1, r.path, remove_right(mode) if r.op == "rename" else NO_FS)
+        dst = _parent(dir2, r.path2, make_right(mode))
+        if src.obj != dst.obj:
+            src.access |= AccessFs.REFER
+            dst.access |= AccessFs.REFER
+        objects += [src, dst]
+    for o in objects:
+        o.access &= handled
+    kept = [o for o in objects if o.access]
+    for o in objects:
+        if not o.access:
+            o.close()
+    return kept

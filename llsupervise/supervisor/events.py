@@ -1,0 +1,92 @@
+"""Events the supervisor emits (denials, reloads) and the JSON-lines log they go to."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+
+class Answer(enum.StrEnum):
+    ALLOW_ONCE = "allow_once"
+    ALLOW_FOR = "allow_for"
+    ALLOW_ALWAYS = "allow_always"
+    DENY = "deny"
+    DENY_QUIET = "deny_quiet"
+    TIMEOUT_DENY = "timeout_deny"
+    PERMISSIVE = "permissive"
+
+    @property
+    def allows(self) -> bool:
+        return self in (
+            Answer.ALLOW_ONCE, Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.PERMISSIVE
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: Answer
+    #: Seconds, for ALLOW_FOR.
+    duration: float | None = None
+    #: Where an ALLOW_ALWAYS / ALLOW_FOR rule goes (default: the object that was checked).
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A request the kernel refused under the current policy, before anyone answered it."""
+
+    pid: int
+    tid: int
+    exe: str
+    cmdline: str
+    syscall: str
+    #: Absolute display path of the first object the request needed rights on.
+    path: str
+    access: tuple[str, ...]
+    generation: int
+    #: True for exec: a grant only takes effect on the next run.
+    next_run_only: bool = False
+    ts: float = field(default_factory=time.time)
+    count: int = 1
+
+    def event(self, decision: Answer) -> dict[str, Any]:
+        return {
+            "event": "denial",
+            "ts": self.ts,
+            "pid": self.pid,
+            "tid": self.tid,
+            "exe": self.exe,
+            "syscall": self.syscall,
+            "path": self.path,
+            "access": list(self.access),
+            "decision": str(decision),
+            "generation": self.generation,
+            "count": self.count,
+        }
+
+
+class EventLog:
+    """Appends one JSON object per line; flushed per event so a crash loses nothing."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    @classmethod
+    def open(cls, path: str | None) -> EventLog:
+        if path is None:
+            return cls(None)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        return cls(os.fdopen(fd, "a", encoding="utf-8"))
+
+    def write(self, event: dict[str, Any]) -> None:
+        if self._stream is not None:
+            self._stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()

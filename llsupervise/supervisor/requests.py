@@ -1,0 +1,173 @@
+"""Decode a trapped syscall into what it asks of the filesystem.
+
+A :class:`FsRequest` keeps the raw arguments (paths as bytes, read once from the child's
+memory) so that a broker can replay exactly that syscall, relative to a directory the
+supervisor obtained, and so that the object checked is the object acted on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llsupervise.errors import LLSuperviseError
+from llsupervise.rights import NO_FS, AccessFs
+from llsupervise.seccomp import Notification
+
+AT_FDCWD = -100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+O_ACCMODE = 0o3
+#: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2).
+OPEN_HOW = struct.Struct("<QQQ")
+
+#: Syscalls whose paths, when opened on the child's behalf, would name the supervisor's own
+#: objects instead of the child's; they are left to the kernel in the child's context.
+SELF_REFERENTIAL = (b"/proc", b"/dev/fd", b"/dev/stdin", b"/dev/stdout", b"/dev/stderr")
+
+
+class DecodeError(LLSuperviseError):
+    """A trapped syscall whose arguments could not be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class FsRequest:
+    """One filesystem operation asked for by the child."""
+
+    syscall: str
+    #: open, mkdir, mknod, unlink, rmdir, rename, link, symlink, truncate
+    op: str
+    dirfd: int
+    path: bytes
+    #: open flags (open family), rename flags, link flags.
+    flags: int = 0
+    #: creation mode (open/mkdir/mknod), or truncate length.
+    mode: int = 0
+    dev: int = 0
+    #: The second path of rename/link (destination), with its dirfd.
+    dirfd2: int = AT_FDCWD
+    path2: bytes = b""
+    #: The content of a symlink to create.
+    target: bytes = b""
+
+    @property
+    def creates(self) -> bool:
+        return self.op in ("mkdir", "mknod", "symlink", "link", "rename") or bool(
+            self.op == "open" and self.flags & os.O_CREAT
+        )
+
+    def leave_to_kernel(self) -> bool:
+        """True when the static layer alone must decide (see SELF_REFERENTIAL)."""
+        if self.op == "open" and self.flags & os.O_PATH:
+            return True  # Landlock does not check O_PATH opens
+        return any(_self_referential(p) for p in (self.path, self.path2) if p)
+
+
+def _self_referential(path: bytes) -> bool:
+    return any(path == p or path.startswith(p + b"/") for p in SELF_REFERENTIAL)
+
+
+def signed_fd(value: int) -> int:
+    """dirfd arguments are signed 32-bit (AT_FDCWD is -100)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+ReadString = Callable[[int], bytes]
+ReadBytes = Callable[[int, int], bytes]
+
+
+def decode(n: Notification, name: str, read_str: ReadString, read: ReadBytes) -> FsRequest:
+    """Build the request for syscall ``name`` from its arguments."""
+    a = n.args
+    match name:
+        case "open":
+            return FsRequest(name, "open", AT_FDCWD, read_str(a[0]), a[1] & 0xFFFFFFFF, a[2])
+        case "creat":
+            flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+            return FsRequest(name, "open", AT_FDCWD, read_str(a[0]), flags, a[1])
+        case "openat":
+            return FsRequest(name, "open", signed_fd(a[0]), read_str(a[1]), a[2] & 0xFFFFFFFF, a[3])
+        case "openat2":
+            if a[3] < OPEN_HOW.size:
+                raise DecodeError("openat2 with a short open_how")
+            flags, mode, resolve = OPEN_HOW.unpack(read(a[2], OPEN_HOW.size))
+            if resolve:
+                # RESOLVE_* constraints cannot be replayed faithfully by os.open.
+                raise DecodeError("openat2 with RESOLVE_* flags")
+            return FsRequest(name, "open", signed_fd(a[0]), read_str(a[1]), flags, mode)
+        case "mkdir":
+            return FsRequest(name, "mkdir", AT_FDCWD, read_str(a[0]), mode=a[1])
+        case "mkdirat":
+            return FsRequest(name, "mkdir", signed_fd(a[0]), read_str(a[1]), mode=a[2])
+        case "mknod":
+            return FsRequest(name, "mknod", AT_FDCWD, read_str(a[0]), mode=a[1], dev=a[2])
+        case "mknodat":
+            return FsRequest(name, "mknod", signed_fd(a[0]), read_str(a[1]), mode=a[2], dev=a[3])
+        case "unlink":
+            return FsRequest(name, "unlink", AT_FDCWD, read_str(a[0]))
+        case "rmdir":
+            return FsRequest(name, "rmdir", AT_FDCWD, read_str(a[0]))
+        case "unlinkat":
+            op = "rmdir" if a[2] & AT_REMOVEDIR else "unlink"
+            return FsRequest(name, op, signed_fd(a[0]), read_str(a[1]))
+        case "rename":
+            return FsRequest(name, "rename", AT_FDCWD, read_str(a[0]), path2=read_str(a[1]))
+        case "renameat" | "renameat2":
+            flags = a[4] & 0xFFFFFFFF if name == "renameat2" else 0
+            return FsRequest(
+                name, "rename", signed_fd(a[0]), read_str(a[1]), flags=flags,
+                dirfd2=signed_fd(a[2]), path2=read_str(a[3]),
+            )  # fmt: skip
+        case "link":
+            return FsRequest(name, "link", AT_FDCWD, read_str(a[0]), path2=read_str(a[1]))
+        case "linkat":
+            return FsRequest(
+                name, "link", signed_fd(a[0]), read_str(a[1]), flags=a[4] & 0xFFFFFFFF,
+                dirfd2=signed_fd(a[2]), path2=read_str(a[3]),
+            )  # fmt: skip
+        case "symlink":
+            return FsRequest(name, "symlink", AT_FDCWD, read_str(a[1]), target=read_str(a[0]))
+        case "symlinkat":
+            return FsRequest(
+                name, "symlink", signed_fd(a[1]), read_str(a[2]), target=read_str(a[0])
+            )
+        case "truncate":
+            return FsRequest(name, "truncate", AT_FDCWD, read_str(a[0]), mode=a[1])
+    raise DecodeError(f"syscall {name} is not a filesystem request")
+
+
+_MAKE_BY_TYPE = {
+    stat.S_IFREG: AccessFs.MAKE_REG,
+    stat.S_IFDIR: AccessFs.MAKE_DIR,
+    stat.S_IFCHR: AccessFs.MAKE_CHAR,
+    stat.S_IFBLK: AccessFs.MAKE_BLOCK,
+    stat.S_IFIFO: AccessFs.MAKE_FIFO,
+    stat.S_IFSOCK: AccessFs.MAKE_SOCK,
+    stat.S_IFLNK: AccessFs.MAKE_SYM,
+}
+
+
+def make_right(mode: int) -> AccessFs:
+    """The make_* right for creating an object of the file type in ``mode``."""
+    return _MAKE_BY_TYPE.get(stat.S_IFMT(mode) or stat.S_IFREG, AccessFs.MAKE_REG)
+
+
+def remove_right(mode: int) -> AccessFs:
+    return AccessFs.REMOVE_DIR if stat.S_ISDIR(mode) else AccessFs.REMOVE_FILE
+
+
+def open_rights(flags: int, is_dir: bool) -> AccessFs:
+    """Rights Landlock checks when opening an existing object with ``flags``."""
+    rights = NO_FS
+    accmode = flags & O_ACCMODE
+    if accmode in (os.O_RDONLY, os.O_RDWR):
+        rights |= AccessFs.READ_DIR if is_dir else AccessFs.READ_FILE
+    if accmode in (os.O_WRONLY, os.O_RDWR):
+        rights |= AccessFs.WRITE_FILE
+    if flags & os.O_TRUNC:
+        rights |= AccessFs.TRUNCATE
+    return rights
