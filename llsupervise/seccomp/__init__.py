@@ -1,0 +1,40 @@
+"""Typed bindings for seccomp user notification: filters, listeners, the trapped task's memory."""
+
+from llsupervise.seccomp.bpf import build_filter, disassemble, resolve_syscalls
+from llsupervise.seccomp.constants import (
+    AUDIT_ARCH,
+    MEDIATED_FS_SYSCALLS,
+    NET_SYSCALLS,
+    SYSCALLS,
+    NotificationGone,
+    SeccompError,
+    SuperviseesGone,
+    arch_from_audit,
+    native_arch,
+    syscall_name,
+)
+from llsupervise.seccomp.memory import PATH_MAX, MemoryReadError, ProcessMemory
+from llsupervise.seccomp.notify import Listener, Notification, install_filter, notif_sizes
+
+__all__ = [
+    "AUDIT_ARCH",
+    "MEDIATED_FS_SYSCALLS",
+    "NET_SYSCALLS",
+    "PATH_MAX",
+    "SYSCALLS",
+    "Listener",
+    "MemoryReadError",
+    "Notification",
+    "NotificationGone",
+    "ProcessMemory",
+    "SeccompError",
+    "SuperviseesGone",
+    "arch_from_audit",
+    "build_filter",
+    "disassemble",
+    "install_filter",
+    "native_arch",
+    "notif_sizes",
+    "resolve_syscalls",
+    "syscall_name",
+]

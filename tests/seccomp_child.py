@@ -1,0 +1,110 @@
+"""Supervisee side of the seccomp tests, run as a separate process.
+
+A seccomp filter can never be removed, so it is installed here and never in the test process.
+Usage: seccomp_child.py MODE CONFIG_JSON. Results are one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import resource
+import socket
+import sys
+from typing import Any
+
+from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, build_filter, install_filter
+
+PR_SET_NO_NEW_PRIVS = 38
+X86_64_GETPID = 39
+I386_GETPID = 20
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def install(config: dict[str, Any]) -> int:
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    syscalls = config.get("syscalls", MEDIATED_FS_SYSCALLS)
+    return install_filter(build_filter(syscalls), wait_killable=config.get("wait_killable", True))
+
+
+def run_op(op: dict[str, str]) -> dict[str, Any]:
+    path = op["path"]
+    if op["op"] == "mkdir":
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            return {"errno": e.errno}
+        return {"ok": True, "exists": os.path.isdir(path)}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        return {"errno": e.errno}
+    result: dict[str, Any] = {"fd": fd}
+    try:
+        result["cloexec"] = not os.get_inheritable(fd)
+        result["content"] = os.read(fd, 100).decode()
+        os.close(fd)
+    except OSError as e:
+        result["read_errno"] = e.errno
+    return result
+
+
+def serve(config: dict[str, Any]) -> dict[str, Any]:
+    """Hand the listener to the test, wait for its go, then run the operations it asked for."""
+    sock = socket.socket(fileno=config["sock"])
+    listener = install(config)
+    socket.send_fds(sock, [b"L"], [listener])
+    os.close(listener)  # the test's copy is the only one left
+    if sock.recv(1) != b"g":
+        raise SystemExit("no go from the test")
+    return {"results": [run_op(op) for op in config["ops"]]}
+
+
+def closed(config: dict[str, Any]) -> dict[str, Any]:
+    """Install, drop the only listener, then try trapped and untrapped syscalls."""
+    pid = os.getpid()
+    listener = install(config)
+    report: dict[str, Any] = {"listener_cloexec": not os.get_inheritable(listener)}
+    os.close(listener)
+    report["mkdir"] = run_op({"op": "mkdir", "path": config["dir"]})
+    report["open"] = run_op({"op": "open", "path": config["file"]})
+    report["getpid_same"] = os.getpid() == pid
+    return report
+
+
+def x32(config: dict[str, Any]) -> dict[str, Any]:
+    """An x32 getpid: same arch value as x86_64, different numbering."""
+    os.close(install(config))  # a wrongly trapped call then fails fast with ENOSYS
+    libc.syscall.restype = ctypes.c_long
+    return {"ret": libc.syscall(ctypes.c_long(0x40000000 | X86_64_GETPID))}
+
+
+def int80(config: dict[str, Any]) -> dict[str, Any]:
+    """An i386 getpid through int 0x80, which reaches seccomp with AUDIT_ARCH_I386."""
+    if config["filter"]:
+        os.close(install(config))
+    # mov eax, I386_GETPID; int 0x80; ret
+    code = bytes([0xB8, I386_GETPID, 0, 0, 0, 0xCD, 0x80, 0xC3])
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    func = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    return {"ret": func(), "pid": os.getpid()}
+
+
+MODES = {"serve": serve, "closed": closed, "x32": x32, "int80": int80}
+
+
+def main() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # killed runs must not leave core files
+    mode, config = sys.argv[1], json.loads(sys.argv[2])
+    report = MODES[mode](config)
+    sys.stdout.write(json.dumps(report))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

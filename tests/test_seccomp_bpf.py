@@ -1,0 +1,168 @@
+"""Seccomp filter programs: their logic (run through a small BPF interpreter) and the kernel's
+verdicts on them in child processes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llsupervise.seccomp import (
+    AUDIT_ARCH,
+    MEDIATED_FS_SYSCALLS,
+    NET_SYSCALLS,
+    SYSCALLS,
+    SeccompError,
+    build_filter,
+    disassemble,
+    native_arch,
+    resolve_syscalls,
+    syscall_name,
+)
+from llsupervise.seccomp import constants as c
+
+CHILD = Path(__file__).with_name("seccomp_child.py")
+ROOT = Path(__file__).resolve().parents[1]
+ALLOW, NOTIFY, KILL = c.SECCOMP_RET_ALLOW, c.SECCOMP_RET_USER_NOTIF, c.SECCOMP_RET_KILL_PROCESS
+
+
+def run_bpf(prog: bytes, nr: int, arch: int) -> int:
+    """Evaluate the instructions build_filter emits against seccomp_data (nr, arch)."""
+    data = {c.SECCOMP_DATA_NR_OFFSET: nr, c.SECCOMP_DATA_ARCH_OFFSET: arch}
+    insns = disassemble(prog)
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == c.BPF_LD_W_ABS:
+            acc = data[k]
+        elif code == c.BPF_RET_K:
+            return k
+        elif code in (c.BPF_JEQ_K, c.BPF_JGE_K, c.BPF_JSET_K):
+            taken = {c.BPF_JEQ_K: acc == k, c.BPF_JGE_K: acc >= k, c.BPF_JSET_K: bool(acc & k)}
+            pc += jt if taken[code] else jf
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+def test_program_shape_on_x86_64() -> None:
+    insns = disassemble(build_filter(["openat", "mkdir", "openat"], arch="x86_64"))
+    assert insns[0] == (c.BPF_LD_W_ABS, 0, 0, c.SECCOMP_DATA_ARCH_OFFSET)
+    assert insns[1][0] == c.BPF_JEQ_K and insns[1][3] == AUDIT_ARCH["x86_64"]
+    assert insns[2] == (c.BPF_LD_W_ABS, 0, 0, c.SECCOMP_DATA_NR_OFFSET)
+    assert insns[3][0] == c.BPF_JSET_K and insns[3][3] == c.X32_SYSCALL_BIT
+    assert [insn[3] for insn in insns[4:6]] == [83, 257]  # de-duplicated, sorted
+    assert insns[-3:] == [(c.BPF_RET_K, 0, 0, ret) for ret in (ALLOW, NOTIFY, KILL)]
+
+
+def test_aarch64_has_no_x32_check_and_skips_legacy_names() -> None:
+    prog = build_filter(["open", "mkdir", "openat", "socketcall"], arch="aarch64")
+    insns = disassemble(prog)
+    assert all(code != c.BPF_JSET_K for code, *_ in insns)
+    assert [k for code, _, _, k in insns if code == c.BPF_JEQ_K] == [AUDIT_ARCH["aarch64"], 56]
+
+
+def test_unknown_names_and_arches_raise() -> None:
+    with pytest.raises(SeccompError) as info:
+        build_filter(["openat", "opne"])
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(SeccompError):
+        build_filter(["openat"], arch="mips")
+
+
+@pytest.mark.parametrize("arch", sorted(SYSCALLS))
+@given(
+    names=st.sets(st.sampled_from(sorted({n for t in SYSCALLS.values() for n in t}))),
+    nr=st.integers(0, 0xFFFFFFFF),
+)
+def test_verdicts(arch: str, names: set[str], nr: int) -> None:
+    prog = build_filter(names, arch=arch)
+    trapped = set(resolve_syscalls(names, arch))
+    other_arch = next(v for a, v in AUDIT_ARCH.items() if a != arch)
+    assert run_bpf(prog, nr, other_arch) == KILL
+    if arch == "x86_64" and nr & c.X32_SYSCALL_BIT:
+        expected = KILL
+    else:
+        expected = NOTIFY if nr in trapped else ALLOW
+    assert run_bpf(prog, nr, AUDIT_ARCH[arch]) == expected
+    for number in trapped:
+        assert run_bpf(prog, number, AUDIT_ARCH[arch]) == NOTIFY
+
+
+def test_tables() -> None:
+    x86, arm = SYSCALLS["x86_64"], SYSCALLS["aarch64"]
+    assert x86["mkdir"] == 83 and x86["seccomp"] == 317 and arm["seccomp"] == 277
+    assert set(arm) < set(x86) and "open" not in arm and "renameat" in arm
+    assert set(MEDIATED_FS_SYSCALLS) <= set(x86)
+    assert not {"ftruncate", "execve", "execveat"} & set(MEDIATED_FS_SYSCALLS)
+    assert {"ftruncate", "execve", "execveat"} <= set(arm)
+    assert set(NET_SYSCALLS) == {"bind", "connect"}
+    assert syscall_name("x86_64", 257) == "openat"
+    assert syscall_name("aarch64", 56) == "openat"
+    assert syscall_name("x86_64", 100000) is None
+    assert native_arch() in SYSCALLS
+
+
+def test_ioctl_numbers() -> None:
+    assert c.SECCOMP_IOCTL_NOTIF_RECV == 0xC0502100
+    assert c.SECCOMP_IOCTL_NOTIF_SEND == 0xC0182101
+    assert c.SECCOMP_IOCTL_NOTIF_ID_VALID == 0x40082102
+    assert c.SECCOMP_IOCTL_NOTIF_ADDFD == 0x40182103
+    assert c.SECCOMP_IOCTL_NOTIF_SET_FLAGS == 0x40082104
+
+
+def run_child(mode: str, config: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(CHILD), mode, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("wait_killable", [True, False])
+def test_fail_closed_without_listener(tmp_path: Path, wait_killable: bool) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    config = {"dir": str(tmp_path / "d"), "file": str(target), "wait_killable": wait_killable}
+    done = run_child("closed", config, tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # stdout itself proves write() still works
+    assert report["listener_cloexec"] is True
+    assert report["mkdir"] == {"errno": errno.ENOSYS}
+    assert report["open"] == {"errno": errno.ENOSYS}
+    assert report["getpid_same"] is True
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(native_arch() != "x86_64", reason="x32 exists only on x86_64")
+def test_x32_syscall_kills(tmp_path: Path) -> None:
+    done = run_child("x32", {"syscalls": ["mkdir"]}, tmp_path)
+    assert done.returncode == -signal.SIGSYS, (done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(native_arch() != "x86_64", reason="int 0x80 exists only on x86")
+def test_foreign_arch_syscall_kills(tmp_path: Path) -> None:
+    unfiltered = run_child("int80", {"filter": False}, tmp_path)
+    if unfiltered.returncode != 0:
+        pytest.skip(f"kernel without i386 emulation ({unfiltered.returncode})")
+    report = json.loads(unfiltered.stdout)
+    assert report["ret"] == report["pid"]  # the probe really made an i386 getpid
+    done = run_child("int80", {"filter": True, "syscalls": ["mkdir"]}, tmp_path)
+    assert done.returncode == -signal.SIGSYS, (done.returncode, done.stdout, done.stderr)
