@@ -72,6 +72,7 @@ def launch(
     spec_r, spec_w = os.pipe()
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     rule_fds = [fd for fd, _ in layer.paths]
+    passed = inherited_fds()
     child_fd = child_sock.fileno()
     try:
         process = subprocess.Popen(
@@ -83,7 +84,7 @@ def launch(
                 str(spec_r),
                 str(child_sock.fileno()),
             ],
-            pass_fds=[spec_r, child_fd, *rule_fds],
+            pass_fds=[spec_r, child_fd, *rule_fds, *passed],
             env=None if env is None else dict(env),
             cwd=cwd,
         )
@@ -98,6 +99,21 @@ def launch(
         return Launched(process, _receive_listener(parent_sock, process))
     finally:
         parent_sock.close()
+
+
+def inherited_fds() -> list[int]:
+    """Descriptors this process inherited without CLOEXEC: passed on to the command, as a
+    transparent wrapper should. The supervisor's own descriptors are all CLOEXEC."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    fds.append(fd)
+            except OSError:
+                pass  # the listing's own descriptor, closed since
+    return fds
 
 
 def _receive_listener(sock: socket.socket, process: subprocess.Popen[bytes]) -> Listener:

@@ -1,0 +1,73 @@
+"""Helpers for tests that supervise a real child: policies over a temp tree, waiting on files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from llsupervise.policy.document import PolicyDocument
+from llsupervise.policy.loader import parse_policy
+
+#: What any program here needs to start: the system and this Python installation.
+SYSTEM_DIRS = sorted(
+    {"/usr", "/lib", "/etc", "/proc", "/dev", os.path.realpath(sys.base_prefix), sys.prefix}
+)
+SECRET = b"top secret\n"
+PUBLIC = b"public data\n"
+
+
+def make_tree(root: Path) -> dict[str, Path]:
+    """data/x (readable only once granted), secret/s (never granted), out/ (static rw)."""
+    paths = {"data": root / "data", "secret": root / "secret", "out": root / "out"}
+    for p in paths.values():
+        p.mkdir()
+    (paths["data"] / "x").write_bytes(PUBLIC)
+    (paths["secret"] / "s").write_bytes(SECRET)
+    return paths
+
+
+def policy(
+    root: Path,
+    *,
+    mode: str = "enforce",
+    supervisor_rules: str = "",
+    extra_static: str = "",
+) -> PolicyDocument:
+    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
+    text = f"""
+[[ruleset]]
+handled_access_fs = ["abi.all"]
+
+[[path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = [{system}]
+
+[[path_beneath]]
+allowed_access = ["abi.read_write"]
+parent = ["{root}/out"]
+{extra_static}
+[supervisor]
+mode = "{mode}"
+{supervisor_rules}
+"""
+    return parse_policy(text, "test-policy.toml", {"HOME": str(root), "PWD": str(root)})
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Poll ``predicate``; the limit only keeps a broken test from hanging."""
+    with trio.move_on_after(limit):
+        while not predicate():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,238 @@
+"""Escape attempts against a supervised child on the real kernel: no denied byte gets through.
+
+Each child prints one line per attempt; "LEAK" marks a secret byte read or written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from supervised import SECRET, SYSTEM_DIRS, make_tree, policy
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.decisions import ModeDecisions
+from llsupervise.supervisor.events import Decision, Denial
+
+DATA_RW = """
+[[supervisor.path_beneath]]
+allowed_access = ["abi.read_write"]
+parent = ["{data}"]
+"""
+
+ATTEMPTS = r"""
+import os, sys
+SECRET = sys.argv[1].encode()
+
+def attempt(name, fn):
+    try:
+        result = fn()
+    except OSError as e:
+        print(name, "errno", e.errno, flush=True)
+        return
+    leaked = isinstance(result, bytes) and SECRET in result
+    print(name, "LEAK" if leaked else "ok", flush=True)
+
+def read(path, flags=os.O_RDONLY, dir_fd=None):
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    try:
+        return os.read(fd, 100)
+    finally:
+        os.close(fd)
+
+attempt("dotdot", lambda: read("data/../secret/s"))
+attempt("dirfd_dotdot", lambda: read("../secret/s", dir_fd=os.open("data", os.O_PATH)))
+os.symlink("../secret/s", "data/link")
+attempt("symlink", lambda: read("data/link"))
+attempt("hardlink", lambda: os.link("secret/s", "data/hl"))
+attempt("read_hardlink", lambda: read("data/hl"))
+attempt("rename_in", lambda: os.rename("secret/s", "data/moved"))
+attempt("read_moved", lambda: read("data/moved"))
+opath = os.open("secret/s", os.O_PATH)
+attempt("opath_reopen", lambda: read(f"/proc/self/fd/{opath}"))
+attempt("dev_fd_reopen", lambda: read(f"/dev/fd/{opath}"))
+attempt("write_secret", lambda: os.open("secret/s", os.O_WRONLY | os.O_TRUNC))
+attempt("granted", lambda: read("data/x"))
+"""
+
+
+@pytest.mark.trio
+async def test_path_tricks_never_reach_the_secret(tmp_path: Path, monkeypatch, capfd) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
+    async with Supervisor.open(doc) as sup:
+        status = await sup.run(
+            [sys.executable, "-c", ATTEMPTS, SECRET.decode()], forward_signals=False
+        )
+    out = dict(line.split(" ", 1) for line in capfd.readouterr().out.splitlines())
+    assert status == 0
+    assert "LEAK" not in out.values()
+    for name in ("dotdot", "dirfd_dotdot", "symlink", "read_hardlink", "read_moved",
+                 "opath_reopen", "dev_fd_reopen", "write_secret"):  # fmt: skip
+        assert out[name].startswith("errno"), (name, out[name])
+    assert out["hardlink"].startswith("errno")  # refer: a link may not widen access
+    assert out["rename_in"].startswith("errno")
+    assert out["granted"] == "ok"  # the grant itself works
+    assert (paths["secret"] / "s").read_bytes() == SECRET
+
+
+RACE = r"""
+import ctypes, os, sys, threading
+SECRET = sys.argv[1].encode()
+libc = ctypes.CDLL(None, use_errno=True)
+good, bad = b"data/x\0\0\0\0\0", b"secret/s\0\0\0"
+buf = ctypes.create_string_buffer(good, len(good))
+stop = False
+def flip():
+    while not stop:
+        ctypes.memmove(buf, bad, len(bad))
+        ctypes.memmove(buf, good, len(good))
+t = threading.Thread(target=flip); t.start()
+opened = leaked = 0
+for _ in range(3000):
+    fd = libc.openat(-100, buf, os.O_RDONLY)
+    if fd >= 0:
+        opened += 1
+        if SECRET in os.read(fd, 100):
+            leaked += 1
+        os.close(fd)
+stop = True; t.join()
+print("opened", opened, "leaked", leaked)
+"""
+
+
+@pytest.mark.trio
+async def test_rewriting_the_path_buffer_after_the_check(tmp_path: Path, monkeypatch, capfd):
+    """Another thread swaps the path between a granted and a denied file during each open."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
+    async with Supervisor.open(doc) as sup:
+        status = await sup.run([sys.executable, "-c", RACE, SECRET.decode()], forward_signals=False)
+    words = capfd.readouterr().out.split()
+    assert status == 0
+    assert words[0] == "opened" and int(words[1]) > 0  # the granted file did open
+    assert words[2:] == ["leaked", "0"]
+
+
+THREADS_AND_FORKS = r"""
+import os, sys, threading
+SECRET = sys.argv[1].encode()
+results = []
+def worker():
+    for path in ("data/x", "secret/s"):
+        try:
+            with open(path, "rb") as f:
+                results.append((path, SECRET in f.read()))
+        except OSError as e:
+            results.append((path, e.errno))
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+pid = os.fork()
+if pid == 0:
+    try:
+        open("secret/s", "rb").read(); os._exit(1)
+    except OSError as e:
+        os._exit(0 if e.errno == 13 else 2)
+_, st = os.waitpid(pid, 0)
+print(sorted(set(map(str, results))), os.waitstatus_to_exitcode(st))
+"""
+
+
+@pytest.mark.trio
+async def test_threads_and_forked_children_are_supervised(tmp_path: Path, monkeypatch, capfd):
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
+    async with Supervisor.open(doc) as sup:
+        status = await sup.run(
+            [sys.executable, "-c", THREADS_AND_FORKS, SECRET.decode()], forward_signals=False
+        )
+    out = capfd.readouterr().out.strip()
+    assert status == 0
+    assert out == "[\"('data/x', False)\", \"('secret/s', 13)\"] 0"
+
+
+class NeverAnswers:
+    """A front-end that never answers: the child dies while its request is pending."""
+
+    def __init__(self) -> None:
+        self.asked: list[Denial] = []
+
+    async def ask(self, denial: Denial) -> Decision:
+        import trio
+
+        self.asked.append(denial)
+        os.kill(denial.pid, signal.SIGKILL)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.trio
+async def test_child_dying_while_its_request_is_pending(tmp_path: Path, monkeypatch) -> None:
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    frontend = NeverAnswers()
+    decisions = ModeDecisions("interactive", "allow_once", 600, frontend)
+    async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:
+        status = await sup.run(["cat", "secret/s"], forward_signals=False)
+    assert len(frontend.asked) == 1
+    assert status == 128 + signal.SIGKILL
+
+
+KILL_LOOP = r"""
+import os, sys, time
+log = int(sys.argv[1])
+while True:
+    try:
+        with open("data/x", "rb") as f:
+            f.read()
+        os.write(log, b"ok\n")
+    except OSError as e:
+        os.write(log, b"err %d\n" % e.errno)
+    time.sleep(0.01)
+"""
+
+
+def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
+    """Killing the supervisor never turns into an allow: trapped syscalls then fail (ENOSYS)."""
+    paths = make_tree(tmp_path)
+    policy_file = tmp_path / "out" / "policy.toml"
+    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
+    policy_file.write_text(
+        f'[[ruleset]]\nhandled_access_fs = ["abi.all"]\n'
+        f'[[path_beneath]]\nallowed_access = ["abi.read_execute"]\nparent = [{system}]\n'
+        f'[supervisor]\nmode = "enforce"\n' + DATA_RW.format(data=paths["data"])
+    )
+    read_end, write_end = os.pipe()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy",
+         str(policy_file), "--", sys.executable, "-c", KILL_LOOP, str(write_end)],
+        cwd=tmp_path, pass_fds=[write_end], start_new_session=True,
+    )  # fmt: skip
+    os.close(write_end)
+    reader = os.fdopen(read_end, "rb")
+    try:
+        assert reader.readline() == b"ok\n"  # the supervisor grants data/x
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = reader.readline()
+            seen.append(line)
+            if line.startswith(b"err"):
+                break
+        assert seen[-1] == b"err 38\n"  # ENOSYS: the listener is gone
+        after = [reader.readline() for _ in range(5)]
+        assert after == [b"err 38\n"] * 5  # and it stays closed
+    finally:
+        os.killpg(supervisor.pid, signal.SIGKILL)
+        reader.close()

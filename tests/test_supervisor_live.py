@@ -1,0 +1,88 @@
+"""A running child's rights follow the supervisor layer, judged by the real kernel."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from supervised import PUBLIC, lines, make_tree, policy, wait_until
+
+from llsupervise.rights import AccessFs
+from llsupervise.supervisor.core import Supervisor
+
+# Reads data/x once per iteration and logs the outcome through an fd opened before the loop.
+READ_LOOP = r"""
+import os, sys, time
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+stop = sys.argv[2]
+while not os.path.exists(stop):
+    try:
+        with open("data/x", "rb") as f:
+            os.write(log, b"ok " + f.read())
+    except OSError as e:
+        os.write(log, b"err %d\n" % e.errno)
+    time.sleep(0.005)
+"""
+
+
+@pytest.mark.trio
+async def test_grant_and_revoke_while_running(tmp_path: Path, monkeypatch) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    log, stop = paths["out"] / "log", paths["out"] / "stop"
+    log.touch()
+    async with Supervisor.open(policy(tmp_path)) as sup, trio.open_nursery() as nursery:
+        status: list[int] = []
+
+        async def child() -> None:
+            argv = [sys.executable, "-c", READ_LOOP, str(log), str(stop)]
+            status.append(await sup.run(argv, forward_signals=False))
+
+        nursery.start_soon(child)
+        await wait_until(lambda: "err 13" in lines(log), "a first denial")
+        generation = sup.add_rule(str(paths["data"]), AccessFs.READ_FILE)
+        mark = len(lines(log))
+        await wait_until(lambda: "ok " + PUBLIC.decode().strip() in lines(log)[mark:], "grant")
+        assert sup.generation == generation
+        sup.remove_rule(str(paths["data"]))
+        mark = len(lines(log))
+        await wait_until(lambda: "err 13" in lines(log)[mark:], "revocation")
+        stop.touch()
+    assert status == [0]
+
+
+FD_RIGHTS = r"""
+import os, sys
+fd = os.open("data/x", os.O_WRONLY)
+try:
+    os.ftruncate(fd, 0)
+    print("truncated")
+except OSError as e:
+    print("ftruncate", e.errno)
+try:
+    os.open("data/x", os.O_WRONLY | os.O_TRUNC)
+    print("o_trunc ok")
+except OSError as e:
+    print("o_trunc", e.errno)
+"""
+
+
+@pytest.mark.trio
+async def test_granted_fd_carries_the_kernels_rights(tmp_path: Path, monkeypatch, capfd) -> None:
+    """A write grant without truncate gives an fd that refuses ftruncate: the kernel judged it."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rules = f"""
+[[supervisor.path_beneath]]
+allowed_access = ["read_file", "write_file"]
+parent = ["{paths["data"]}"]
+"""
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        status = await sup.run([sys.executable, "-c", FD_RIGHTS], forward_signals=False)
+    out = capfd.readouterr().out.split("\n")
+    assert status == 0
+    assert "ftruncate 13" in out
+    assert "o_trunc 13" in out
+    assert (paths["data"] / "x").read_bytes() == PUBLIC
