@@ -39,6 +39,7 @@ from llsupervise.supervisor.engine import (
     reply,
 )
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
+from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.launcher import Launched, StaticLayer, launch
 from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
 from llsupervise.supervisor.operations import KernelDecides, perform
@@ -225,7 +226,11 @@ class Supervisor:
         except SeccompError:
             pass  # older kernels: slower wake-ups, same behaviour
         loop = NotificationLoop(
-            launched.listener, self.slot, self.static.handled_fs, self._post_denial
+            launched.listener,
+            self.slot,
+            self.static.handled_fs,
+            self._post_denial,
+            fast=StaticPrefixes(self.static, self.table),
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()

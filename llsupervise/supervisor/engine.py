@@ -30,6 +30,7 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.broker import Broker
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
+from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
@@ -106,7 +107,9 @@ class NotificationLoop:
         handled_fs: AccessFs,
         on_denial: Callable[[Pending], None],
         on_exec: Callable[[Notification], None] | None = None,
+        fast: StaticPrefixes | None = None,
     ) -> None:
+        self.fast = fast
         self.listener = listener
         self.slot = slot
         self.handled_fs = handled_fs
@@ -210,7 +213,7 @@ class NotificationLoop:
             return
         if request is None:
             return  # the task is gone
-        if request.leave_to_kernel():
+        if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
             self.listener.send_continue(n.id)
             return
         target = self._bind(n, request)

@@ -1,0 +1,41 @@
+"""A cheap test for opens the static layer alone allows, answered with CONTINUE.
+
+CONTINUE is always safe: the kernel then judges the child's own open against the static
+layer. The test is lexical (absolute paths without ``..`` under a static rule's canonical
+path), so a symlink leading out of a static tree is judged by the static layer only and
+raises no denial event; everything else goes through a broker.
+"""
+
+from __future__ import annotations
+
+import os
+
+from llsupervise.policy.model import Ruleset
+from llsupervise.rights import NO_FS, AccessFs
+from llsupervise.supervisor.objects import ObjectTable, fd_path
+from llsupervise.supervisor.requests import FsRequest, open_rights
+
+
+class StaticPrefixes:
+    def __init__(self, static: Ruleset, table: ObjectTable) -> None:
+        self._dirs: dict[bytes, AccessFs] = {}
+        for obj, access in static.fs.items():
+            if table.is_dir(obj):
+                path = os.fsencode(fd_path(table.fd(obj))).rstrip(b"/")
+                self._dirs[path] = self._dirs.get(path, NO_FS) | access
+
+    def allows(self, r: FsRequest) -> bool:
+        if r.op != "open" or r.flags & os.O_CREAT or not r.path.startswith(b"/"):
+            return False
+        if b"/.." in r.path:
+            return False
+        # Either a file or a directory may be behind the path: require both kinds of read.
+        need = open_rights(r.flags, False) | open_rights(r.flags, True)
+        granted = NO_FS
+        path = r.path.rstrip(b"/")
+        while path:
+            granted |= self._dirs.get(path, NO_FS)
+            if need & ~granted == NO_FS:
+                return True
+            path = path.rpartition(b"/")[0]
+        return need & ~(granted | self._dirs.get(b"", NO_FS)) == NO_FS
