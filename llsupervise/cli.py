@@ -48,9 +48,7 @@ def _rules(title: str, rules: Ruleset, table: ObjectTable) -> list[str]:
     return lines
 
 
-def check_report(
-    policy: ResolvedPolicy, table: ObjectTable, support: KernelSupport
-) -> list[str]:
+def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupport) -> list[str]:
     """What this kernel will enforce for the policy: handled rights and rules, best effort."""
     doc: PolicyDocument = policy.document
     with KernelRuleset.create(

@@ -62,7 +62,9 @@ attempt("granted", lambda: read("data/x"))
 
 
 @pytest.mark.trio
-async def test_path_tricks_never_reach_the_secret(tmp_path: Path, monkeypatch, capfd) -> None:
+async def test_path_tricks_never_reach_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
@@ -108,7 +110,9 @@ print("opened", opened, "leaked", leaked)
 
 
 @pytest.mark.trio
-async def test_rewriting_the_path_buffer_after_the_check(tmp_path: Path, monkeypatch, capfd):
+async def test_rewriting_the_path_buffer_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """Another thread swaps the path between a granted and a denied file during each open."""
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -147,7 +151,9 @@ print(sorted(set(map(str, results))), os.waitstatus_to_exitcode(st))
 
 
 @pytest.mark.trio
-async def test_threads_and_forked_children_are_supervised(tmp_path: Path, monkeypatch, capfd):
+async def test_threads_and_forked_children_are_supervised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
@@ -176,7 +182,9 @@ class NeverAnswers:
 
 
 @pytest.mark.trio
-async def test_child_dying_while_its_request_is_pending(tmp_path: Path, monkeypatch) -> None:
+async def test_child_dying_while_its_request_is_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     frontend = NeverAnswers()

@@ -28,7 +28,9 @@ while not os.path.exists(stop):
 
 
 @pytest.mark.trio
-async def test_grant_and_revoke_while_running(tmp_path: Path, monkeypatch) -> None:
+async def test_grant_and_revoke_while_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     log, stop = paths["out"] / "log", paths["out"] / "stop"
@@ -70,7 +72,9 @@ except OSError as e:
 
 
 @pytest.mark.trio
-async def test_granted_fd_carries_the_kernels_rights(tmp_path: Path, monkeypatch, capfd) -> None:
+async def test_granted_fd_carries_the_kernels_rights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A write grant without truncate gives an fd that refuses ftruncate: the kernel judged it."""
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)

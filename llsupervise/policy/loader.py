@@ -1,0 +1,638 @@
+"""Parse and validate policy files into a :class:`PolicyDocument`.
+
+The static part is landlockconfig's TOML format and follows its semantics:
+
+* ``handled_*`` of all ``[[ruleset]]`` entries are unioned, and every right used by a top-level
+  ``[[path_beneath]]`` or ``[[net_port]]`` rule is added to them ("keep the ruleset consistent").
+  Without any ``[[ruleset]]`` the handled rights are therefore inferred from the rules alone.
+* ``[[variable]]`` entries with the same name add up (their literals are unioned); a variable with
+  no ``literal`` is empty, so a path using it expands to nothing. In strings ``${name}`` expands,
+  ``$$`` is a ``$`` and any other ``$`` is kept as is. A string using a variable with several
+  values expands to one path per value (the cartesian product when it uses several variables).
+* A rule whose access resolves to no right (``abi.all`` for ``net_port`` at ABI < 4) is dropped.
+
+Where llsupervise differs, and why:
+
+* ``abi.*`` groups resolve with :data:`~llsupervise.rights.LATEST_ABI` when ``abi`` is absent
+  (landlockconfig rejects them) so that a short hand-written policy means "everything this code
+  knows about"; write ``abi = N`` to pin the meaning.
+* ``HOME``, ``PWD``, ``TMPDIR`` (``/tmp`` when unset) and ``USER`` are predefined from the
+  environment and may not be redefined; literals may use variables (landlockconfig keeps them
+  verbatim) so that ``${PWD}/build`` works; relative paths are joined to ``PWD``.
+* ``optional = true`` in a ``path_beneath`` table and the whole ``[supervisor]`` table are
+  extensions. Supervisor rules do not change a layer's handled rights once it runs, so with an
+  explicit ``[[ruleset]]`` a supervisor rule using a right that is not handled is an error; without
+  one, supervisor rules take part in the inference like static rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import TypeGuard, TypeVar
+
+from llsupervise.policy.document import (
+    DEFAULTS,
+    MODES,
+    Location,
+    NetPortEntry,
+    PathBeneathEntry,
+    PolicyDocument,
+    PolicyError,
+    QuietEntry,
+    SupervisorSection,
+)
+from llsupervise.policy.locate import LineIndex, join_key
+from llsupervise.rights import (
+    LATEST_ABI,
+    NO_FS,
+    NO_NET,
+    NO_SCOPE,
+    AccessFs,
+    AccessNet,
+    Scope,
+    UnknownAccessName,
+    names,
+    parse_fs,
+    parse_net,
+    parse_scopes,
+)
+
+__all__ = ["PREDEFINED_VARIABLES", "load_policy", "parse_policy"]
+
+#: Variables taken from the environment; a policy cannot redefine them.
+PREDEFINED_VARIABLES = ("HOME", "PWD", "TMPDIR", "USER")
+
+_TOP_KEYS = ("abi", "ruleset", "variable", "path_beneath", "net_port", "supervisor")
+_RULESET_KEYS = ("handled_access_fs", "handled_access_net", "scoped")
+_VARIABLE_KEYS = ("name", "literal")
+_PATH_BENEATH_KEYS = ("allowed_access", "parent", "optional")
+_NET_PORT_KEYS = ("allowed_access", "port")
+_QUIET_KEYS = ("parent", "optional")
+_SUPERVISOR_KEYS = ("mode", "prompt_timeout", "default", "path_beneath", "net_port", "quiet")
+
+_MAX_ABI = 2**31 - 1  # landlockconfig's bound
+_MAX_PORT = 65535
+_MAX_TIMEOUT = 1e9  # seconds; keeps timer arithmetic finite
+# Cartesian products grow fast: refuse a string or variable expanding to more values than this.
+_MAX_EXPANSION = 4096
+_MAX_VARIABLE_DEPTH = 64
+
+_POSITION = re.compile(r" \(at line (\d+), column (\d+)\)$")
+_END_OF_DOCUMENT = " (at end of document)"
+
+_Flag = TypeVar("_Flag", AccessFs, AccessNet, Scope)
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def load_policy(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> PolicyDocument:
+    """Read and parse a policy file; ``PWD`` defaults to the current directory."""
+    source = os.fspath(path)
+    text = _read_text(source)
+    environment = dict(os.environ if env is None else env)
+    if not environment.get("PWD"):
+        # A deleted working directory leaves PWD unset: relative paths are then reported.
+        with contextlib.suppress(OSError):
+            environment["PWD"] = os.getcwd()
+    return parse_policy(text, source, environment)
+
+
+def parse_policy(text: str, source: str, env: Mapping[str, str] | None = None) -> PolicyDocument:
+    """Parse policy text; ``source`` names it in errors. Raises only :class:`PolicyError`."""
+    context = _Context(source, text)
+    document = _decode_toml(context, text)
+    return _Builder(context, document, os.environ if env is None else env).build()
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _read_text(source: str) -> str:
+    try:
+        data = Path(source).read_bytes()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PolicyError(
+            Location(source, None, ""), f"cannot read policy file: {reason}"
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        message = f"not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})"
+        raise PolicyError(Location(source, line, ""), message) from None
+
+
+def _decode_toml(context: _Context, text: str) -> dict[str, object]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(context.source, text, exc) from None
+    except RecursionError:
+        # tomllib recurses once per nesting level of arrays and inline tables.
+        raise PolicyError(Location(context.source, None, ""), "values nested too deeply") from None
+
+
+def _syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> PolicyError:
+    message = str(exc)
+    line: int | None = None
+    found = _POSITION.search(message)
+    if found:
+        line = int(found[1])
+        message = f"{message[: found.start()]} (column {found[2]})"
+    elif message.endswith(_END_OF_DOCUMENT):
+        line = text.rstrip().count("\n") + 1
+        message = message.removesuffix(_END_OF_DOCUMENT) + " (at end of file)"
+    return PolicyError(Location(source, line, ""), f"TOML syntax error: {message}")
+
+
+# -- shared validation helpers -------------------------------------------------------------------
+
+
+class _Context:
+    """The source name plus a lazily built line index, to make locations and errors."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self._text = text
+        self._index: LineIndex | None = None
+
+    def loc(self, key: str) -> Location:
+        if self._index is None:
+            self._index = LineIndex(self._text)
+        return Location(self.source, self._index.line(key), key)
+
+    def error(self, key: str, message: str) -> PolicyError:
+        return PolicyError(self.loc(key), message)
+
+
+def _type_name(value: object) -> str:
+    # bool before int: True is an int to Python but not to TOML.
+    kinds: tuple[tuple[type, str], ...] = (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+        (datetime, "a date-time"),
+        (date, "a date"),
+        (time, "a time"),
+    )
+    for kind, name in kinds:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _table(
+    context: _Context, value: object, key: str, allowed: tuple[str, ...]
+) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise context.error(key, f"expected a table, found {_type_name(value)}")
+    for name in value:
+        if name not in allowed:
+            expected = ", ".join(allowed)
+            raise context.error(join_key(key, name), f"unknown key {name!r} (expected {expected})")
+    return value
+
+
+def _array(context: _Context, value: object, key: str, what: str, non_empty: bool) -> list[object]:
+    if not isinstance(value, list):
+        raise context.error(key, f"expected an array of {what}, found {_type_name(value)}")
+    if non_empty and not value:
+        raise context.error(key, f"expected a non-empty array of {what}")
+    return value
+
+
+def _tables(
+    context: _Context, value: object, key: str, allowed: tuple[str, ...], non_empty: bool
+) -> list[tuple[str, dict[str, object]]]:
+    """Each table of an array of tables, with its key (``key[i]``)."""
+    items = _array(context, value, key, "tables", non_empty)
+    keyed = [(f"{key}[{i}]", item) for i, item in enumerate(items)]
+    return [(k, _table(context, item, k, allowed)) for k, item in keyed]
+
+
+def _strings(context: _Context, value: object, key: str) -> list[tuple[str, str]]:
+    """Each string of a non-empty array of strings, with its key (``key[i]``)."""
+    items = _array(context, value, key, "strings", non_empty=True)
+    result = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise context.error(f"{key}[{i}]", f"expected a string, found {_type_name(item)}")
+        result.append((f"{key}[{i}]", item))
+    return result
+
+
+def _required(context: _Context, table: dict[str, object], key: str, name: str) -> object:
+    if name not in table:
+        raise context.error(key, f"missing required key {name!r}")
+    return table[name]
+
+
+def _choice(context: _Context, value: object, key: str, choices: tuple[_Choice, ...]) -> _Choice:
+    for choice in choices:
+        if value == choice:
+            return choice
+    expected = ", ".join(repr(c) for c in choices)
+    found = repr(value) if isinstance(value, str) else _type_name(value)
+    raise context.error(key, f"expected one of {expected}, found {found}")
+
+
+def _access(
+    context: _Context,
+    value: object,
+    key: str,
+    parse: Callable[[Iterable[str], int], _Flag],
+    abi: int,
+) -> _Flag:
+    items = _strings(context, value, key)
+    for item_key, name in items:
+        try:
+            parse([name], abi)
+        except UnknownAccessName as exc:
+            raise context.error(item_key, str(exc)) from None
+    return parse([name for _, name in items], abi)
+
+
+def _variable_name_error(name: str) -> str | None:
+    """Why ``name`` is not a valid variable name (landlockconfig's rules), or None."""
+    if not name:
+        return "variable name cannot be empty"
+    if not (name[0].isascii() and name[0].isalpha()):
+        return f"invalid variable name {name!r}: must start with an ASCII letter"
+    if not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
+        return f"invalid variable name {name!r}: only ASCII letters, digits and '_' are allowed"
+    return None
+
+
+# -- variables -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A ``${name}`` inside a template string."""
+
+    name: str
+
+
+def _tokenize(context: _Context, template: str, key: str) -> list[str | _Ref]:
+    tokens: list[str | _Ref] = []
+    text: list[str] = []
+    i = 0
+    while i < len(template):
+        pair = template[i : i + 2]
+        if pair == "$$":
+            text.append("$")
+            i += 2
+        elif pair == "${":
+            end = template.find("}", i + 2)
+            if end < 0:
+                raise context.error(key, f"unclosed '${{' at position {i} in {template!r}")
+            name = template[i + 2 : end]
+            problem = _variable_name_error(name)
+            if problem:
+                raise context.error(key, f"{problem} (at position {i} in {template!r})")
+            tokens.extend(["".join(text), _Ref(name)])
+            text.clear()
+            i = end + 1
+        else:
+            text.append(template[i])
+            i += 1
+    tokens.append("".join(text))
+    return tokens
+
+
+class _Variables:
+    """Predefined and ``[[variable]]`` values, each expanded once on first use."""
+
+    def __init__(
+        self,
+        context: _Context,
+        env: Mapping[str, str],
+        definitions: dict[str, list[tuple[str, str]]],
+    ) -> None:
+        self._context = context
+        self._definitions = definitions
+        self._resolving: list[str] = []
+        self.values: dict[str, tuple[str, ...]] = {}
+        for name in PREDEFINED_VARIABLES:
+            value = env.get(name) or ("/tmp" if name == "TMPDIR" else "")
+            if value:
+                self.values[name] = (value,)
+
+    def resolve_all(self) -> None:
+        for name, literals in self._definitions.items():
+            self.resolve(name, literals[0][0] if literals else "variable")
+
+    def resolve(self, name: str, key: str) -> tuple[str, ...]:
+        if name in self.values:
+            return self.values[name]
+        if name in self._resolving:
+            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
+            raise self._context.error(key, f"variable {name!r} refers to itself ({cycle})")
+        if name not in self._definitions:
+            if name in PREDEFINED_VARIABLES:
+                raise self._context.error(key, f"variable {name!r} is not set in the environment")
+            raise self._context.error(key, f"unknown variable {name!r}")
+        if len(self._resolving) >= _MAX_VARIABLE_DEPTH:
+            raise self._context.error(key, "variables refer to each other too deeply")
+        self._resolving.append(name)
+        values: dict[str, None] = {}  # ordered set
+        for literal_key, literal in self._definitions[name]:
+            values.update(dict.fromkeys(self.expand(literal, literal_key)))
+            if len(values) > _MAX_EXPANSION:
+                raise self._context.error(key, f"variable {name!r} has too many values")
+        self._resolving.pop()
+        self.values[name] = tuple(values)
+        return self.values[name]
+
+    def expand(self, template: str, key: str) -> list[str]:
+        choices = [
+            (token,) if isinstance(token, str) else self.resolve(token.name, key)
+            for token in _tokenize(self._context, template, key)
+        ]
+        if math.prod(len(c) for c in choices) > _MAX_EXPANSION:
+            raise self._context.error(key, f"{template!r} expands to too many values")
+        return ["".join(parts) for parts in itertools.product(*choices)]
+
+
+# -- the document --------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Walks the decoded TOML in section order and builds the document."""
+
+    def __init__(
+        self, context: _Context, document: dict[str, object], env: Mapping[str, str]
+    ) -> None:
+        self.context = context
+        self.root = _table(context, document, "", _TOP_KEYS)
+        self.abi_value = self._abi()
+        self.abi = LATEST_ABI if self.abi_value is None else self.abi_value
+        self.variables = _Variables(context, env, self._variable_definitions())
+
+    def build(self) -> PolicyDocument:
+        self._require_content()
+        self.variables.resolve_all()
+        handled_fs, handled_net, scoped = self._rulesets()
+        path_beneath = self._path_beneath_list(self.root.get("path_beneath"), "path_beneath")
+        net_port = self._net_port_list(self.root.get("net_port"), "net_port")
+        supervisor = self._supervisor()
+        # landlockconfig: every right a static rule uses becomes handled.
+        handled_fs |= _union(e.access for e in path_beneath)
+        handled_net |= _union(e.access for e in net_port)
+        if "ruleset" in self.root:
+            self._check_handled(supervisor, handled_fs, handled_net)
+        else:
+            handled_fs |= _union(e.access for e in supervisor.path_beneath)
+            handled_net |= _union(e.access for e in supervisor.net_port)
+        return PolicyDocument(
+            source=self.context.source,
+            abi=self.abi_value,
+            handled_fs=AccessFs(handled_fs),
+            handled_net=AccessNet(handled_net),
+            scoped=scoped,
+            path_beneath=path_beneath,
+            net_port=net_port,
+            supervisor=supervisor,
+            variables=dict(self.variables.values),
+        )
+
+    def _require_content(self) -> None:
+        if not any(name in self.root for name in _TOP_KEYS[1:]):
+            raise PolicyError(
+                Location(self.context.source, None, ""),
+                "empty policy: expected at least one of [[ruleset]], [[variable]], "
+                "[[path_beneath]], [[net_port]] or [supervisor]",
+            )
+
+    def _abi(self) -> int | None:
+        value = self.root.get("abi")
+        if value is None:
+            return None
+        if not _is_int(value):
+            raise self.context.error("abi", f"expected an integer, found {_type_name(value)}")
+        if not 1 <= value <= _MAX_ABI:
+            raise self.context.error("abi", f"ABI version must be between 1 and {_MAX_ABI}")
+        return value
+
+    def _variable_definitions(self) -> dict[str, list[tuple[str, str]]]:
+        definitions: dict[str, list[tuple[str, str]]] = {}
+        if "variable" not in self.root:
+            return definitions
+        for key, table in _tables(
+            self.context, self.root["variable"], "variable", _VARIABLE_KEYS, non_empty=True
+        ):
+            name_key = f"{key}.name"
+            name = _required(self.context, table, key, "name")
+            if not isinstance(name, str):
+                raise self.context.error(name_key, f"expected a string, found {_type_name(name)}")
+            problem = _variable_name_error(name)
+            if problem:
+                raise self.context.error(name_key, problem)
+            if name in PREDEFINED_VARIABLES:
+                raise self.context.error(name_key, f"variable {name!r} is predefined")
+            literals = definitions.setdefault(name, [])
+            if "literal" in table:
+                literals.extend(_strings(self.context, table["literal"], f"{key}.literal"))
+        return definitions
+
+    def _rulesets(self) -> tuple[AccessFs, AccessNet, Scope]:
+        fs, net, scoped = NO_FS, NO_NET, NO_SCOPE
+        if "ruleset" not in self.root:
+            return fs, net, scoped
+        for key, table in _tables(
+            self.context, self.root["ruleset"], "ruleset", _RULESET_KEYS, non_empty=True
+        ):
+            if not table:
+                raise self.context.error(
+                    key, f"empty ruleset: set one of {', '.join(_RULESET_KEYS)}"
+                )
+            if "handled_access_fs" in table:
+                fs |= self._fs(table["handled_access_fs"], f"{key}.handled_access_fs")
+            if "handled_access_net" in table:
+                net |= self._net(table["handled_access_net"], f"{key}.handled_access_net")
+            if "scoped" in table:
+                scoped |= _access(
+                    self.context, table["scoped"], f"{key}.scoped", parse_scopes, self.abi
+                )
+        return fs, net, scoped
+
+    def _fs(self, value: object, key: str) -> AccessFs:
+        return _access(self.context, value, key, parse_fs, self.abi)
+
+    def _net(self, value: object, key: str) -> AccessNet:
+        return _access(self.context, value, key, parse_net, self.abi)
+
+    # -- rules --
+
+    def _path_beneath_list(
+        self, value: object, key: str, non_empty: bool = True
+    ) -> tuple[PathBeneathEntry, ...]:
+        if value is None:
+            return ()
+        entries = []
+        for entry_key, table in _tables(self.context, value, key, _PATH_BENEATH_KEYS, non_empty):
+            access_key = f"{entry_key}.allowed_access"
+            access = self._fs(
+                _required(self.context, table, entry_key, "allowed_access"), access_key
+            )
+            paths, locations = self._paths(table, entry_key)
+            optional = self._optional(table, entry_key)
+            entry = PathBeneathEntry(
+                access, paths, optional, self.context.loc(entry_key), locations
+            )
+            if access:  # landlockconfig drops rules left without any right
+                entries.append(entry)
+        return tuple(entries)
+
+    def _net_port_list(
+        self, value: object, key: str, non_empty: bool = True
+    ) -> tuple[NetPortEntry, ...]:
+        if value is None:
+            return ()
+        entries = []
+        for entry_key, table in _tables(self.context, value, key, _NET_PORT_KEYS, non_empty):
+            access_key = f"{entry_key}.allowed_access"
+            access = self._net(
+                _required(self.context, table, entry_key, "allowed_access"), access_key
+            )
+            ports = self._ports(
+                _required(self.context, table, entry_key, "port"), f"{entry_key}.port"
+            )
+            if access:
+                entries.append(NetPortEntry(access, ports, self.context.loc(entry_key)))
+        return tuple(entries)
+
+    def _quiet_list(self, value: object, key: str) -> tuple[QuietEntry, ...]:
+        if value is None:
+            return ()
+        entries = []
+        for entry_key, table in _tables(self.context, value, key, _QUIET_KEYS, non_empty=False):
+            paths, locations = self._paths(table, entry_key)
+            optional = self._optional(table, entry_key)
+            entries.append(QuietEntry(paths, optional, self.context.loc(entry_key), locations))
+        return tuple(entries)
+
+    def _ports(self, value: object, key: str) -> tuple[int, ...]:
+        ports: list[int] = []
+        for i, port in enumerate(_array(self.context, value, key, "integers", non_empty=True)):
+            if not _is_int(port):
+                raise self.context.error(
+                    f"{key}[{i}]", f"expected an integer, found {_type_name(port)}"
+                )
+            if not 0 <= port <= _MAX_PORT:
+                raise self.context.error(
+                    f"{key}[{i}]", f"port {port} is out of range 0..{_MAX_PORT}"
+                )
+            if port not in ports:
+                ports.append(port)
+        return tuple(ports)
+
+    def _optional(self, table: dict[str, object], key: str) -> bool:
+        value = table.get("optional", False)
+        if not isinstance(value, bool):
+            raise self.context.error(
+                f"{key}.optional", f"expected a boolean, found {_type_name(value)}"
+            )
+        return value
+
+    def _paths(
+        self, table: dict[str, object], key: str
+    ) -> tuple[tuple[str, ...], tuple[Location, ...]]:
+        """Expanded, absolute, de-duplicated ``parent`` paths, each with its string's location."""
+        found: dict[str, Location] = {}
+        parents = _required(self.context, table, key, "parent")
+        for parent_key, template in _strings(self.context, parents, f"{key}.parent"):
+            location = self.context.loc(parent_key)
+            for path in self.variables.expand(template, parent_key):
+                found.setdefault(self._absolute(path, parent_key), location)
+        return tuple(found), tuple(found.values())
+
+    def _absolute(self, path: str, key: str) -> str:
+        if not path:
+            raise self.context.error(key, "empty path")
+        if "\0" in path:
+            raise self.context.error(key, f"path {path!r} contains a NUL character")
+        if path.startswith("/"):
+            return path
+        pwd = self.variables.values.get("PWD")
+        if pwd is None:
+            raise self.context.error(key, f"relative path {path!r} needs PWD, which is not set")
+        return os.path.join(pwd[0], path)
+
+    # -- supervisor --
+
+    def _supervisor(self) -> SupervisorSection:
+        if "supervisor" not in self.root:
+            return SupervisorSection()
+        table = _table(self.context, self.root["supervisor"], "supervisor", _SUPERVISOR_KEYS)
+        defaults = SupervisorSection()
+        return SupervisorSection(
+            mode=_choice(self.context, table.get("mode", defaults.mode), "supervisor.mode", MODES),
+            prompt_timeout=self._timeout(table.get("prompt_timeout", defaults.prompt_timeout)),
+            default=_choice(
+                self.context, table.get("default", defaults.default), "supervisor.default", DEFAULTS
+            ),
+            path_beneath=self._path_beneath_list(
+                table.get("path_beneath"), "supervisor.path_beneath", non_empty=False
+            ),
+            net_port=self._net_port_list(
+                table.get("net_port"), "supervisor.net_port", non_empty=False
+            ),
+            quiet=self._quiet_list(table.get("quiet"), "supervisor.quiet"),
+        )
+
+    def _timeout(self, value: object) -> float:
+        key = "supervisor.prompt_timeout"
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self.context.error(
+                key, f"expected a number of seconds, found {_type_name(value)}"
+            )
+        # Written so that NaN fails too.
+        if not 0 < value <= _MAX_TIMEOUT:
+            raise self.context.error(key, f"must be greater than 0 and at most {_MAX_TIMEOUT:g}")
+        return float(value)
+
+    def _check_handled(
+        self, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet
+    ) -> None:
+        """Supervisor rules cannot widen a running layer's handled rights: refuse extra ones."""
+        checks: list[tuple[str, AccessFs | AccessNet, str]] = [
+            (e.location.key, e.access & ~handled_fs, "handled_access_fs")
+            for e in supervisor.path_beneath
+        ]
+        checks += [
+            (e.location.key, e.access & ~handled_net, "handled_access_net")
+            for e in supervisor.net_port
+        ]
+        for key, extra, ruleset_key in checks:
+            if extra:
+                raise self.context.error(
+                    f"{key}.allowed_access",
+                    f"{', '.join(names(extra))} not handled by the layer: "
+                    f"add to [[ruleset]] {ruleset_key}",
+                )
+
+
+def _union(flags: Iterable[_Flag]) -> int:
+    result = 0
+    for flag in flags:
+        result |= flag
+    return result
