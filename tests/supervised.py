@@ -71,3 +71,12 @@ def lines(path: Path) -> list[str]:
         return path.read_text().splitlines()
     except FileNotFoundError:
         return []
+
+
+async def run_script(root: Path, script: str, *args: str, supervisor_rules: str = "") -> int:
+    """Run a Python script as the supervised child in ``root`` (cwd); return its status."""
+    from llsupervise.supervisor.core import Supervisor
+
+    doc = policy(root, supervisor_rules=supervisor_rules)
+    async with Supervisor.open(doc) as sup:
+        return await sup.run([sys.executable, "-c", script, *args], forward_signals=False)

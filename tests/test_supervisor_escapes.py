@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from supervised import SECRET, SYSTEM_DIRS, make_tree, policy
+from supervised import SECRET, SYSTEM_DIRS, make_tree, policy, run_script
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.decisions import ModeDecisions
@@ -67,11 +67,8 @@ async def test_path_tricks_never_reach_the_secret(
 ) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
-    async with Supervisor.open(doc) as sup:
-        status = await sup.run(
-            [sys.executable, "-c", ATTEMPTS, SECRET.decode()], forward_signals=False
-        )
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, ATTEMPTS, SECRET.decode(), supervisor_rules=rules)
     out = dict(line.split(" ", 1) for line in capfd.readouterr().out.splitlines())
     assert status == 0
     assert "LEAK" not in out.values()
@@ -116,9 +113,8 @@ async def test_rewriting_the_path_buffer_after_the_check(
     """Another thread swaps the path between a granted and a denied file during each open."""
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
-    async with Supervisor.open(doc) as sup:
-        status = await sup.run([sys.executable, "-c", RACE, SECRET.decode()], forward_signals=False)
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, RACE, SECRET.decode(), supervisor_rules=rules)
     words = capfd.readouterr().out.split()
     assert status == 0
     assert words[0] == "opened" and int(words[1]) > 0  # the granted file did open
@@ -156,11 +152,8 @@ async def test_threads_and_forked_children_are_supervised(
 ) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    doc = policy(tmp_path, supervisor_rules=DATA_RW.format(data=paths["data"]))
-    async with Supervisor.open(doc) as sup:
-        status = await sup.run(
-            [sys.executable, "-c", THREADS_AND_FORKS, SECRET.decode()], forward_signals=False
-        )
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, THREADS_AND_FORKS, SECRET.decode(), supervisor_rules=rules)
     out = capfd.readouterr().out.strip()
     assert status == 0
     assert out == "[\"('data/x', False)\", \"('secret/s', 13)\"] 0"

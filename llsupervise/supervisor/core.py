@@ -37,6 +37,7 @@ from llsupervise.supervisor.engine import (
     NotificationLoop,
     Pending,
     reply,
+    status_field,
 )
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
@@ -384,14 +385,7 @@ class Supervisor:
 
 
 def _tgid(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return tid
+    return status_field(tid, b"Tgid", 10, tid)
 
 
 def _terminal_sent_it() -> bool:

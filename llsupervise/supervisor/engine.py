@@ -88,15 +88,20 @@ def read_proc(tid: int, name: str) -> str:
         return "?"
 
 
-def child_umask(tid: int) -> int:
+def status_field(tid: int, name: bytes, base: int, default: int) -> int:
+    """A numeric field of /proc/TID/status (Umask, Tgid, ...)."""
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
+                if line.startswith(name + b":"):
+                    return int(line.split()[1], base)
     except (OSError, ValueError):
         pass
-    return 0o022
+    return default
+
+
+def child_umask(tid: int) -> int:
+    return status_field(tid, b"Umask", 8, 0o022)
 
 
 class NotificationLoop:
