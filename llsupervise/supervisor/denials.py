@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llsupervise.policy.model import ObjectId
@@ -52,7 +53,7 @@ def _parent(dirfd: int | None, path: bytes, access: AccessFs) -> CheckedObject:
 
 
 def _existing(
-    dirfd: int | None, path: bytes, access_of: AccessFs | None, follow: bool
+    dirfd: int | None, path: bytes, access_of: Callable[[bool], AccessFs], follow: bool
 ) -> CheckedObject | None:
     flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
@@ -61,7 +62,7 @@ def _existing(
         return None
     st = os.fstat(fd)
     is_dir = stat.S_ISDIR(st.st_mode)
-    access = access_of if access_of is not None else NO_FS
+    access = access_of(is_dir)
     if is_dir:
         chain = tuple(ancestry(fd))
     else:
@@ -91,10 +92,8 @@ def checked_objects(
     objects: list[CheckedObject] = []
     if r.op == "open":
         follow = not r.flags & os.O_NOFOLLOW
-        found = _existing(dir1, r.path, None, follow)
+        found = _existing(dir1, r.path, lambda is_dir: open_rights(r.flags, is_dir), follow)
         if found is not None:
-            is_dir = os.path.isdir(f"/proc/self/fd/{found.fd}")
-            found.access = open_rights(r.flags, is_dir)
             objects.append(found)
         elif r.flags & os.O_CREAT:
             rights = AccessFs.MAKE_REG | open_rights(r.flags & ~os.O_TRUNC, False)
@@ -107,7 +106,7 @@ def checked_objects(
     elif r.op in ("unlink", "rmdir"):
         objects.append(_parent(dir1, r.path, remove_right(_mode_of(dir1, r.path))))
     elif r.op == "truncate":
-        found = _existing(dir1, r.path, AccessFs.TRUNCATE, True)
+        found = _existing(dir1, r.path, lambda _: AccessFs.TRUNCATE, True)
         if found is not None:
             objects.append(found)
     elif r.op in ("rename", "link"):

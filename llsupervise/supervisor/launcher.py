@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.rights import AccessFs, AccessNet, Scope
@@ -39,7 +39,6 @@ class StaticLayer:
 class Launched:
     process: subprocess.Popen[bytes]
     listener: Listener
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
