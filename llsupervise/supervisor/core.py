@@ -28,22 +28,25 @@ import trio
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names
-from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, NotificationGone, SeccompError
+from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, Notification, NotificationGone, SeccompError
 from llsupervise.supervisor.broker import Broker
 from llsupervise.supervisor.decisions import DecisionSource, ModeDecisions
+from llsupervise.supervisor.denials import CheckedObject
 from llsupervise.supervisor.engine import (
     EXEC_SYSCALLS,
     BrokerSlot,
     NotificationLoop,
     Pending,
+    read_proc,
     reply,
     status_field,
 )
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
-from llsupervise.supervisor.launcher import Launched, StaticLayer, launch
+from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, launch
 from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
 from llsupervise.supervisor.operations import KernelDecides, perform
+from llsupervise.supervisor.requests import FsRequest
 
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS)
 _ONCE = (Answer.ALLOW_ONCE, Answer.PERMISSIVE)
@@ -62,7 +65,11 @@ class _Question:
     """Identical concurrent denials share one question."""
 
     denial: Denial
+    #: The first request's checked objects: what a rule from the answer binds to.
+    objects: list[CheckedObject]
+    #: Requests to answer (none for exec: the static layer has already answered it).
     waiting: list[Pending] = field(default_factory=list)
+    count: int = 1
 
 
 def exit_status(returncode: int) -> int:
@@ -217,11 +224,19 @@ class Supervisor:
             ports=list(self.static.net.items()),
         )
 
-    async def run(self, argv: Sequence[str], *, forward_signals: bool = True) -> int:
-        """Run ``argv`` under supervision until it exits; return its exit status."""
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        forward_signals: bool = True,
+        stdio: Stdio = (None, None, None),
+    ) -> int:
+        """Run ``argv`` under supervision until it exits; return its exit status.
+
+        ``stdio``: descriptors for the command's stdin, stdout, stderr (None: inherit ours)."""
         assert self.slot is not None
         self._token = trio.lowlevel.current_trio_token()
-        launched = self.launched = launch(argv, self.static_layer(), TRAPPED_SYSCALLS)
+        launched = self.launched = launch(argv, self.static_layer(), TRAPPED_SYSCALLS, stdio=stdio)
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:
@@ -231,6 +246,7 @@ class Supervisor:
             self.slot,
             self.static.handled_fs,
             self._post_denial,
+            on_exec=self._post_exec,
             fast=StaticPrefixes(self.static, self.table),
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
@@ -279,43 +295,96 @@ class Supervisor:
         if self._nursery is None:
             pending.close()  # the listener closes with the run: fails closed
             return
-        first = pending.objects[0]
-        key = (pending.exe, pending.request.op, tuple((o.obj, o.access) for o in pending.objects))
+        n = pending.notification
+        self._ask(
+            pending.exe, pending.cmdline, n.pid, pending.request, pending.objects,
+            pending.generation, pending,
+        )  # fmt: skip
+
+    def _post_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
+        """Called from the notification thread for each executable the child asks to run.
+
+        The static layer alone decides exec (the call is already on its way with CONTINUE);
+        a refusal is reported so that "always" can persist a rule for the next run."""
+        if self._token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
+            obj.close()
+            return
+        exe, cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
+        try:
+            self._token.run_sync_soon(self._on_exec, n, request, obj, exe, cmdline)
+        except trio.RunFinishedError:
+            obj.close()
+
+    def _on_exec(
+        self, n: Notification, request: FsRequest, obj: CheckedObject, exe: str, cmdline: str
+    ) -> None:
+        if self._nursery is None:
+            obj.close()
+            return
+        self._ask(exe, cmdline, n.pid, request, [obj], self.generation, None)
+
+    def _ask(
+        self,
+        exe: str,
+        cmdline: str,
+        tid: int,
+        request: FsRequest,
+        objects: list[CheckedObject],
+        generation: int,
+        pending: Pending | None,
+    ) -> None:
+        """Raise one question per distinct (exe, operation, objects); others wait on it."""
+        assert self._nursery is not None
+        key = (exe, request.op, tuple((o.obj, o.access) for o in objects))
         question = self._questions.get(key)
         if question is not None:
-            question.waiting.append(pending)
+            question.count += 1
+            if pending is None:
+                for o in objects:
+                    o.close()
+            else:
+                question.waiting.append(pending)
             return
         access: AccessFs = NO_FS
-        for o in pending.objects:
+        for o in objects:
             access |= o.access
         denial = Denial(
-            pid=_tgid(pending.notification.pid),
-            tid=pending.notification.pid,
-            exe=pending.exe,
-            cmdline=pending.cmdline,
-            syscall=pending.request.syscall,
-            path=first.label,
+            pid=_tgid(tid),
+            tid=tid,
+            exe=exe,
+            cmdline=cmdline,
+            syscall=request.syscall,
+            path=objects[0].label,
             access=tuple(names(access)),
-            generation=pending.generation,
+            generation=generation,
+            next_run_only=request.op == "execute",
         )
-        self._questions[key] = _Question(denial, [pending])
+        waiting = [] if pending is None else [pending]
+        self._questions[key] = _Question(denial, objects, waiting)
         self._nursery.start_soon(self._resolve, key)
 
-    def _is_quiet(self, pending: Pending) -> bool:
-        return any(obj in self.quiet for o in pending.objects for obj in o.chain)
+    def _is_quiet(self, objects: list[CheckedObject]) -> bool:
+        return any(obj in self.quiet for o in objects for obj in o.chain)
 
     async def _resolve(self, key: tuple[Any, ...]) -> None:
         question = self._questions[key]
-        first = question.waiting[0]
-        if self._is_quiet(first):
+        if self._is_quiet(question.objects):
             decision = Decision(Answer.DENY_QUIET)
+            rules: list[dict[str, Any]] = []
         else:
             decision = await self.decisions.decide(question.denial)
+            rules = self._remember(question.objects, decision)
         del self._questions[key]
-        if decision.answer in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR):
-            self._grant(first, decision)
         denial = question.denial
-        self.emit(denial.event(decision.answer) | {"count": len(question.waiting)})
+        event = denial.event(decision.answer) | {"count": question.count}
+        if denial.next_run_only:
+            event["next_run_only"] = True
+        if rules:
+            event["rules"] = rules
+        self.emit(event)
+        if not question.waiting:  # exec: nothing to answer, only the objects to release
+            for o in question.objects:
+                o.close()
         for pending in question.waiting:
             once = self._once_broker(pending) if decision.answer in _ONCE else None
             await trio.to_thread.run_sync(self._answer, pending, decision, once)
@@ -332,18 +401,31 @@ class Supervisor:
         except Exception:
             return None
 
-    def _grant(self, pending: Pending, decision: Decision) -> None:
-        for o in pending.objects:
-            if decision.scope is not None and o is pending.objects[0]:
+    def _remember(self, objects: list[CheckedObject], decision: Decision) -> list[dict[str, Any]]:
+        """Keep what an answer says beyond this request: rules (always, for a while) and
+        quiet objects. Returns the rules kept, as the event log reports them."""
+        if decision.answer not in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR, Answer.DENY_QUIET):
+            return []
+        kept: list[dict[str, Any]] = []
+        for o in objects:
+            if decision.scope is not None and o is objects[0]:
                 obj = self.table.open(decision.scope)
             else:
                 obj = self.table.adopt(os.dup(o.fd), o.label)
-            if decision.answer == Answer.ALLOW_ALWAYS:
-                self.permanent = self.permanent.with_fs(obj, o.access, o.label)
+            label = self.table.label(obj)
+            if decision.answer == Answer.DENY_QUIET:
+                self.quiet = self.quiet | {obj}
+                kept.append({"quiet": label})
+            elif decision.answer == Answer.ALLOW_ALWAYS:
+                self.permanent = self.permanent.with_fs(obj, o.access, label)
+                kept.append({"path": label, "access": names(o.access)})
             else:
                 self._grant_temporarily(obj, o.access, decision.duration or 60.0)
+                kept.append({"path": label, "access": names(o.access),
+                             "seconds": decision.duration or 60.0})  # fmt: skip
         if decision.answer == Answer.ALLOW_ALWAYS:
             self._commit_rules()
+        return kept
 
     def _answer(self, pending: Pending, decision: Decision, once: Broker | None) -> None:
         """Runs in a worker thread: perform the request as decided and reply to the child."""
@@ -379,6 +461,9 @@ class Supervisor:
 
     def _drop_questions(self) -> None:
         for question in self._questions.values():
+            if not question.waiting:
+                for o in question.objects:
+                    o.close()
             for pending in question.waiting:
                 pending.close()  # the listener closes with the run: fails closed
         self._questions.clear()

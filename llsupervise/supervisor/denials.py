@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs
 from llsupervise.supervisor.objects import ancestry, fd_path, object_id
-from llsupervise.supervisor.requests import FsRequest, make_right, open_rights, remove_right
+from llsupervise.supervisor.requests import (
+    AT_EMPTY_PATH,
+    AT_SYMLINK_NOFOLLOW,
+    FsRequest,
+    make_right,
+    open_rights,
+    remove_right,
+)
 
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
 
@@ -107,6 +114,14 @@ def checked_objects(
         objects.append(_parent(dir1, r.path, remove_right(_mode_of(dir1, r.path))))
     elif r.op == "truncate":
         found = _existing(dir1, r.path, lambda _: AccessFs.TRUNCATE, True)
+        if found is not None:
+            objects.append(found)
+    elif r.op == "execute":
+        path = r.path
+        if not path and r.flags & AT_EMPTY_PATH and dir1 is not None:
+            path, dir1 = os.fsencode(fd_path(dir1)), None  # execveat(fd, "", AT_EMPTY_PATH)
+        follow = not r.flags & AT_SYMLINK_NOFOLLOW
+        found = _existing(dir1, path, lambda _: AccessFs.EXECUTE, follow)
         if found is not None:
             objects.append(found)
     elif r.op in ("rename", "link"):

@@ -111,7 +111,7 @@ class NotificationLoop:
         slot: BrokerSlot,
         handled_fs: AccessFs,
         on_denial: Callable[[Pending], None],
-        on_exec: Callable[[Notification], None] | None = None,
+        on_exec: Callable[[Notification, FsRequest, CheckedObject], None] | None = None,
         fast: StaticPrefixes | None = None,
     ) -> None:
         self.fast = fast
@@ -205,11 +205,7 @@ class NotificationLoop:
         self.served += 1
         name = syscall_name(self.arch, n.nr) or ""
         if name in EXEC_SYSCALLS:
-            # The address space is replaced: a cached reader would read the old one.
-            self._forget(n.pid)
-            if self.on_exec is not None:
-                self.on_exec(n)
-            self.listener.send_continue(n.id)
+            self._exec(n, name)
             return
         try:
             request = self._decode(n, name)
@@ -225,6 +221,31 @@ class NotificationLoop:
         if target is None:
             return
         self.serve(n, target)
+
+    def _exec(self, n: Notification, name: str) -> None:
+        """Exec cannot be granted live (Landlock checks it in the child's context): the static
+        layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
+        try:
+            request = self._decode(n, name) if self.on_exec is not None else None
+        except (DecodeError, MemoryReadError):
+            request = None
+        # The address space is replaced: a cached reader would read the old one.
+        self._forget(n.pid)
+        if request is not None and self.on_exec is not None:
+            try:
+                dir1 = self._dirfd(n.pid, request.dirfd, request.path)
+            except OSError:
+                dir1 = None
+            try:
+                objects = checked_objects(request, dir1, None, self.handled_fs)
+            except OSError:
+                objects = []
+            finally:
+                if dir1 is not None:
+                    os.close(dir1)
+            for obj in objects:
+                self.on_exec(n, request, obj)  # takes ownership of obj
+        self.listener.send_continue(n.id)
 
     def _dirfd(self, tid: int, dirfd: int, path: bytes) -> int | None:
         if path.startswith(b"/"):

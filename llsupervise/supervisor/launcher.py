@@ -15,6 +15,8 @@ from llsupervise.rights import AccessFs, AccessNet, Scope
 from llsupervise.seccomp import Listener
 from llsupervise.supervisor import exec_helper
 
+Stdio = tuple[int | None, int | None, int | None]
+
 
 class LaunchError(LLSuperviseError):
     """The command could not be started under the requested confinement."""
@@ -52,8 +54,11 @@ def launch(
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    stdio: Stdio = (None, None, None),
 ) -> Launched:
-    """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener."""
+    """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener.
+
+    ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours)."""
     if not argv:
         raise LaunchError("no command given")
     spec = {
@@ -86,6 +91,9 @@ def launch(
             pass_fds=[spec_r, child_fd, *rule_fds, *passed],
             env=None if env is None else dict(env),
             cwd=cwd,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
         )
     except OSError as exc:
         raise LaunchError(f"cannot start the launcher: {exc}") from exc

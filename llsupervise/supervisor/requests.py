@@ -20,6 +20,8 @@ from llsupervise.seccomp import Notification
 AT_FDCWD = -100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
 O_ACCMODE = 0o3
 #: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2).
 OPEN_HOW = struct.Struct("<QQQ")
@@ -38,7 +40,7 @@ class FsRequest:
     """One filesystem operation asked for by the child."""
 
     syscall: str
-    #: open, mkdir, mknod, unlink, rmdir, rename, link, symlink, truncate
+    #: open, mkdir, mknod, unlink, rmdir, rename, link, symlink, truncate, execute
     op: str
     dirfd: int
     path: bytes
@@ -137,6 +139,11 @@ def decode(n: Notification, name: str, read_str: ReadString, read: ReadBytes) ->
             )
         case "truncate":
             return FsRequest(name, "truncate", AT_FDCWD, read_str(a[0]), mode=a[1])
+        case "execve":
+            return FsRequest(name, "execute", AT_FDCWD, read_str(a[0]))
+        case "execveat":
+            flags = a[4] & 0xFFFFFFFF
+            return FsRequest(name, "execute", signed_fd(a[0]), read_str(a[1]), flags=flags)
     raise DecodeError(f"syscall {name} is not a filesystem request")
 
 
