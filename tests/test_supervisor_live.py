@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -90,3 +91,37 @@ parent = ["{paths["data"]}"]
     assert "ftruncate 13" in out
     assert "o_trunc 13" in out
     assert (paths["data"] / "x").read_bytes() == PUBLIC
+
+
+CREATE_WITH_UMASKS = r"""
+import os
+for umask, name in ((0o027, "a"), (0o077, "b"), (0o002, "c")):
+    os.umask(umask)
+    os.close(os.open(f"data/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.mkdir(f"data/d{name}", 0o777)
+"""
+
+
+@pytest.mark.trio
+async def test_created_objects_get_the_childs_current_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects created on the child's behalf get the umask it has at that moment."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rules = f"""
+[[supervisor.path_beneath]]
+allowed_access = ["make_reg", "make_dir", "write_file"]
+parent = ["{paths["data"]}"]
+"""
+    ours = os.umask(0o022)
+    os.umask(ours)
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        status = await sup.run([sys.executable, "-c", CREATE_WITH_UMASKS], forward_signals=False)
+    assert status == 0
+    assert os.umask(ours) == ours  # the brokers' umask of 0 stayed theirs
+    modes = {p.name: p.stat().st_mode & 0o777 for p in paths["data"].iterdir()}
+    assert modes == {
+        "x": modes["x"], "a": 0o640, "b": 0o600, "c": 0o664,
+        "da": 0o750, "db": 0o700, "dc": 0o775,
+    }  # fmt: skip

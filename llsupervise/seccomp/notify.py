@@ -102,7 +102,7 @@ def _checked(ret: int, what: str) -> int:
     return ret
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per trapped syscall, and frozen costs 3×
 class Notification:
     """One trapped syscall, waiting for an answer. pid is the thread id of the caller."""
 

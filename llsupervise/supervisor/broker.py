@@ -8,6 +8,8 @@ truncate/ioctl rights recorded on an opened file included - with no path walk in
 
 from __future__ import annotations
 
+import ctypes
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,11 +25,46 @@ T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "queue.SimpleQueue[tuple[bool, Any]]"]
 
 
-class Broker:
-    """One restricted thread; :meth:`call` runs a function in it and returns its result."""
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_FS = 0x200
 
-    def __init__(self, rules: Ruleset, table: ObjectTable, name: str = "broker") -> None:
+
+def own_umask_zero() -> None:
+    """Give the calling thread its own umask, 0: what it creates for the child gets exactly
+    the mode computed with the child's umask, not ours on top (the umask lives in the
+    process-wide fs_struct; ``unshare(CLONE_FS)`` gives this thread a copy of its own)."""
+    if _libc.unshare(_CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")
+    os.umask(0)
+
+
+def restrict_thread(rules: Ruleset | None, table: ObjectTable) -> None:
+    """Restrict the calling thread (only it) to ``rules``; None leaves it unrestricted.
+
+    A restricted thread performs operations for the child, so it also gets a umask of 0."""
+    if rules is None:
+        return
+    own_umask_zero()
+    set_no_new_privs()  # per thread, like the restriction itself
+    # Scopes stay out: they would only limit the broker's own IPC.
+    with KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE) as ruleset:
+        for obj, access in rules.fs.items():
+            ruleset.add_path(table.fd(obj), access)
+        for port, net_access in rules.net.items():
+            ruleset.add_port(port, net_access)
+        ruleset.restrict_self()
+
+
+class Broker:
+    """One restricted thread; :meth:`call` runs a function in it and returns its result.
+
+    With ``rules=None`` the thread is not restricted: the notification loop, which is,
+    uses such a worker for what needs the supervisor's own standing (the child's /proc)."""
+
+    def __init__(self, rules: Ruleset | None, table: ObjectTable, name: str = "broker") -> None:
         self.rules = rules
+        self.table = table
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
@@ -40,17 +77,13 @@ class Broker:
             raise failure
 
     def _main(
-        self, rules: Ruleset, table: ObjectTable, ready: queue.SimpleQueue[BaseException | None]
+        self,
+        rules: Ruleset | None,
+        table: ObjectTable,
+        ready: queue.SimpleQueue[BaseException | None],
     ) -> None:
         try:
-            set_no_new_privs()  # per thread, like the restriction itself
-            # Scopes stay out: they would only limit the broker's own IPC.
-            with KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE) as ruleset:
-                for obj, access in rules.fs.items():
-                    ruleset.add_path(table.fd(obj), access)
-                for port, net_access in rules.net.items():
-                    ruleset.add_port(port, net_access)
-                ruleset.restrict_self()
+            restrict_thread(rules, table)
         except BaseException as exc:
             ready.put(exc)
             return

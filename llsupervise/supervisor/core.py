@@ -296,6 +296,7 @@ class Supervisor:
             pending.close()  # the listener closes with the run: fails closed
             return
         n = pending.notification
+        pending.exe, pending.cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
         self._ask(
             pending.exe, pending.cmdline, n.pid, pending.request, pending.objects,
             pending.generation, pending,
@@ -309,18 +310,17 @@ class Supervisor:
         if self._token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
             obj.close()
             return
-        exe, cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
         try:
-            self._token.run_sync_soon(self._on_exec, n, request, obj, exe, cmdline)
+            self._token.run_sync_soon(self._on_exec, n, request, obj)
         except trio.RunFinishedError:
             obj.close()
 
-    def _on_exec(
-        self, n: Notification, request: FsRequest, obj: CheckedObject, exe: str, cmdline: str
-    ) -> None:
+    def _on_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
         if self._nursery is None:
             obj.close()
             return
+        # A refused exec leaves the process as it was: exe and cmdline are still the caller's.
+        exe, cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
         self._ask(exe, cmdline, n.pid, request, [obj], self.generation, None)
 
     def _ask(

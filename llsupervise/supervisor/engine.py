@@ -1,9 +1,9 @@
-"""The notification loop: a plain thread that answers every trapped syscall.
+"""The notification loop: plain threads that answer every trapped syscall.
 
-Static-path requests are served without trio: the current generation's broker performs
-them (or, for what only the child's own context can name, the kernel decides through
-CONTINUE). Only denials cross over to trio, through ``on_denial``; the loop then goes on
-serving other requests while the denied one waits for its answer.
+Requests are served without trio by a thread restricted like the current generation's
+broker, which performs them itself (or, for what only the child's own context can name,
+lets the kernel decide through CONTINUE). Only denials cross over to trio, through
+``on_denial``; the loop then goes on serving other requests while the denied one waits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     Listener,
@@ -28,13 +30,14 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.broker import Broker
+from llsupervise.supervisor.broker import Broker, restrict_thread
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
 EXEC_SYSCALLS = ("execve", "execveat")
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,9 +47,10 @@ class Pending:
     notification: Notification
     target: Target
     objects: list[CheckedObject]
-    exe: str
-    cmdline: str
     generation: int
+    #: Filled in by the supervisor (reading them needs its standing, not the loop's).
+    exe: str = ""
+    cmdline: str = ""
     closed: bool = field(default=False)
 
     @property
@@ -57,9 +61,7 @@ class Pending:
         if self.closed:
             return
         self.closed = True
-        for fd in (self.target.dir1, self.target.dir2):
-            if fd is not None:
-                os.close(fd)
+        close_dirs(self.target)
         for obj in self.objects:
             obj.close()
 
@@ -71,10 +73,14 @@ class BrokerSlot:
         self.lock = threading.Lock()
         self.broker = broker
         self.generation = generation
+        #: Called with each new (broker, generation) before the old broker goes away.
+        self.on_swap: list[Callable[[Broker, int], None]] = []
 
     def swap(self, broker: Broker, generation: int) -> None:
         with self.lock:
             old, self.broker, self.generation = self.broker, broker, generation
+        for callback in self.on_swap:
+            callback(broker, generation)
         old.close()
 
 
@@ -100,11 +106,70 @@ def status_field(tid: int, name: bytes, base: int, default: int) -> int:
     return default
 
 
-def child_umask(tid: int) -> int:
-    return status_field(tid, b"Umask", 8, 0o022)
+@dataclass
+class _Task:
+    """What the loop keeps per trapped thread, opened with the supervisor's own standing."""
+
+    memory: ProcessMemory
+    #: /proc/TID/status, re-read (pread at 0) for the umask of each creation.
+    status: int
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.status)
+
+    def umask(self) -> int:
+        try:
+            for line in os.pread(self.status, 4096, 0).splitlines():
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        return 0o077  # unknown: the narrowest usual umask, never a wider mode
+
+
+def _open_task(tid: int) -> _Task:
+    memory = ProcessMemory(tid)
+    try:
+        status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        memory.close()
+        raise
+    return _Task(memory, status)
+
+
+class _Server:
+    """One generation's serving thread: restricted like that generation's broker, so the
+    requests it performs are judged by the kernel with no hand-off to another thread."""
+
+    def __init__(self, rules: Ruleset, generation: int) -> None:
+        self.rules = rules
+        self.generation = generation
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
+        #: Set once the previous server has stopped: one server receives at a time.
+        self.turn = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"x")
+
+    def close(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class NotificationLoop:
+    """Receives and answers every trapped syscall, in a thread per commit generation.
+
+    Each generation's thread restricts itself with that generation's rules (static ∪
+    committed), then receives, decodes and performs requests itself. What needs the
+    supervisor's own standing — opening the child's /proc entries (its memory, cwd and
+    dirfds) — is handed to one unrestricted worker: a restricted thread may not open the
+    /proc entries of a process outside its Landlock domain.
+    """
+
     def __init__(
         self,
         listener: Listener,
@@ -121,78 +186,164 @@ class NotificationLoop:
         self.on_denial = on_denial
         self.on_exec = on_exec
         self.arch = native_arch()
-        self._memory: dict[int, ProcessMemory] = {}
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._tasks: dict[int, _Task] = {}
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._stopping = False
+        self._done = threading.Event()
+        self._unrestricted: Broker | None = None
         self.served = 0
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
+    # -- lifetime -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until every supervisee is gone or :meth:`stop` is called."""
+        self._unrestricted = Broker(None, self.slot.broker.table, "supervisor-proc")
+        self.slot.on_swap.append(self._switch)
+        with self.slot.lock:
+            self._start(self.slot.broker.rules, self.slot.generation)
+        self._done.wait()
+        if self.failure is not None:
+            raise self.failure
+
     def stop(self) -> None:
         """Ask :meth:`run` to return; safe to call from any thread, any number of times."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._lock:
+            self._stopping = True
+            server = self._server
+        if server is not None:
+            server.wake()
+        else:
+            self._done.set()
 
     def close(self) -> None:
         """Release the loop's own fds once :meth:`run` has returned."""
-        for mem in self._memory.values():
-            mem.close()
-        self._memory.clear()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(ValueError):
+            self.slot.on_swap.remove(self._switch)
+        server = self._server
+        if server is not None and server.thread is not None:
+            server.thread.join()
+            server.close()
+        for task in self._tasks.values():
+            task.close()
+        self._tasks.clear()
+        if self._unrestricted is not None:
+            self._unrestricted.close()
 
-    def run(self) -> None:
-        poller = select.poll()
-        poller.register(self.listener.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        listener_fd = self.listener.fileno()
+    def _start(self, rules: Ruleset | None, generation: int) -> _Server | None:
+        """Start a server for ``generation``; it waits for its turn before receiving."""
+        assert rules is not None
+        server = _Server(rules, generation)
+        ready: threading.Event = threading.Event()
+        server.thread = threading.Thread(
+            target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
+            daemon=True,
+        )  # fmt: skip
+        with self._lock:
+            previous, self._server = self._server, server
+        server.thread.start()
+        ready.wait()
+        if previous is None:
+            server.turn.set()
+        else:
+            previous.wake()
+        return previous
+
+    def _switch(self, broker: Broker, generation: int) -> None:
+        """A commit: the new generation's server takes over once the old one has finished
+        the request in flight, so no request is served with revoked rules after this."""
+        with self._lock:
+            if self._stopping or self._done.is_set() or self._server is None:
+                return
+        previous = self._start(broker.rules, generation)
+        if previous is not None and previous.thread is not None:
+            previous.thread.join()
+            previous.close()
+
+    def _serve(self, server: _Server, ready: threading.Event) -> None:
         try:
-            while True:
-                events = dict(poller.poll())
-                if self._wake_r in events:
-                    return
-                mask = events.get(listener_fd, 0)
-                if not mask & select.POLLIN:
-                    return  # POLLHUP without input: every supervisee is gone
-                try:
-                    n = self.listener.recv()
-                except SuperviseesGone:
-                    return
-                except SeccompError as exc:
-                    if exc.errno in (errno.EINTR, errno.ENOENT):
-                        continue  # the task died between poll and recv
-                    raise
-                try:
-                    self.handle(n)
-                except NotificationGone:
-                    pass
+            restrict_thread(server.rules, self.slot.broker.table)
         except BaseException as exc:
             self.failure = exc
-            raise
+            ready.set()
+            self._done.set()
+            return
+        ready.set()
+        server.turn.wait()
+        try:
+            handed_over = self._receive(server)
+        except BaseException as exc:
+            self.failure = exc
+            handed_over = False
+        if not handed_over:
+            self._done.set()
 
-    def _reader(self, n: Notification) -> ProcessMemory | None:
-        """A memory reader for the thread, opened BEFORE id_valid so pid reuse is caught."""
-        mem = self._memory.get(n.pid)
-        if mem is None:
+    def _receive(self, server: _Server) -> bool:
+        """Serve until stopped; True when stopped to hand over to a newer generation."""
+        poller = select.poll()
+        listener_fd = self.listener.fileno()
+        poller.register(listener_fd, select.POLLIN)
+        poller.register(server.wake_r, select.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if server.wake_r in events:
+                with self._lock:
+                    successor = self._server
+                    stopping = self._stopping
+                if stopping or successor is server or successor is None:
+                    return False
+                successor.turn.set()
+                return True
+            mask = events.get(listener_fd, 0)
+            if not mask & select.POLLIN:
+                return False  # POLLHUP without input: every supervisee is gone
             try:
-                mem = ProcessMemory(n.pid)
+                n = self.listener.recv()
+            except SuperviseesGone:
+                return False
+            except SeccompError as exc:
+                if exc.errno in (errno.EINTR, errno.ENOENT):
+                    continue  # the task died between poll and recv
+                raise
+            try:
+                self.handle(n, server.generation)
+            except NotificationGone:
+                pass
+
+    def _call_unrestricted(self, fn: Callable[[], T]) -> T:
+        assert self._unrestricted is not None
+        return self._unrestricted.call(fn)
+
+    def _task(self, tid: int) -> _Task | None:
+        """The thread's memory reader, opened BEFORE id_valid so that pid reuse is caught."""
+        task = self._tasks.get(tid)
+        if task is None:
+            try:
+                task = self._call_unrestricted(lambda: _open_task(tid))
             except (OSError, SeccompError):
                 return None
-            self._memory[n.pid] = mem
-        return mem
+            self._tasks[tid] = task
+        return task
 
     def _forget(self, tid: int) -> None:
-        mem = self._memory.pop(tid, None)
-        if mem is not None:
-            mem.close()
+        task = self._tasks.pop(tid, None)
+        if task is not None:
+            task.close()
 
-    def _decode(self, n: Notification, name: str) -> FsRequest | None:
+    def _decode(self, n: Notification, name: str) -> tuple[FsRequest, _Task] | None:
+        """Read the request from the task's memory; None when the task is gone.
+
+        The result is not yet known to be the task's: check ``id_valid`` before acting on
+        it other than by CONTINUE (which is safe whatever was read)."""
         for attempt in range(2):
-            mem = self._reader(n)
-            if mem is None or not self.listener.id_valid(n.id):
+            task = self._task(n.pid)
+            if task is None:
                 return None
+            mem = task.memory
             try:
-                return decode(n, name, mem.read_cstring, mem.read)
+                return decode(n, name, mem.read_cstring, mem.read), task
             except MemoryReadError:
                 # A cached reader goes stale when its thread's address space went away
                 # (exit, pid reuse): reopen once, then give up.
@@ -201,37 +352,44 @@ class NotificationLoop:
                     raise
         return None
 
-    def handle(self, n: Notification) -> None:
+    def handle(self, n: Notification, generation: int) -> None:
         self.served += 1
         name = syscall_name(self.arch, n.nr) or ""
         if name in EXEC_SYSCALLS:
             self._exec(n, name)
             return
         try:
-            request = self._decode(n, name)
+            decoded = self._decode(n, name)
         except (DecodeError, MemoryReadError):
             self.listener.send_continue(n.id)  # the static layer decides
             return
-        if request is None:
+        if decoded is None:
             return  # the task is gone
+        request, task = decoded
         if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
             self.listener.send_continue(n.id)
             return
-        target = self._bind(n, request)
+        # Still waiting, so the memory read (through a fd opened before) was the task's.
+        if not self.listener.id_valid(n.id):
+            return
+        target = self._bind(n, request, task)
         if target is None:
             return
-        self.serve(n, target)
+        self.serve(n, target, generation)
 
     def _exec(self, n: Notification, name: str) -> None:
         """Exec cannot be granted live (Landlock checks it in the child's context): the static
         layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
         try:
-            request = self._decode(n, name) if self.on_exec is not None else None
+            decoded = self._decode(n, name) if self.on_exec is not None else None
         except (DecodeError, MemoryReadError):
-            request = None
+            decoded = None
+        if decoded is not None and not self.listener.id_valid(n.id):
+            decoded = None
         # The address space is replaced: a cached reader would read the old one.
         self._forget(n.pid)
-        if request is not None and self.on_exec is not None:
+        if decoded is not None and self.on_exec is not None:
+            request = decoded[0]
             try:
                 dir1 = self._dirfd(n.pid, request.dirfd, request.path)
             except OSError:
@@ -251,9 +409,9 @@ class NotificationLoop:
         if path.startswith(b"/"):
             return None
         where = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
-        return os.open(where, os.O_PATH | os.O_CLOEXEC)
+        return self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
 
-    def _bind(self, n: Notification, r: FsRequest) -> Target | None:
+    def _bind(self, n: Notification, r: FsRequest, task: _Task) -> Target | None:
         try:
             dir1 = self._dirfd(n.pid, r.dirfd, r.path)
         except OSError as exc:
@@ -266,28 +424,26 @@ class NotificationLoop:
                 os.close(dir1)
             self._reply_errno(n, exc.errno or errno.EBADF)
             return None
-        umask = child_umask(n.pid) if r.creates else 0
+        umask = task.umask() if r.creates else 0
         return Target(r, dir1, dir2, umask)
 
     def _reply_errno(self, n: Notification, err: int) -> None:
         # /proc/TID/fd/N missing means the child passed a bad fd.
         self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
 
-    def serve(self, n: Notification, target: Target) -> None:
-        """Perform with the current broker; a Landlock denial goes to ``on_denial``."""
-        with self.slot.lock:
-            generation = self.slot.generation
-            try:
-                result = self.slot.broker.call(lambda: perform(target))
-            except KernelDecides:
-                result = None
-            except OSError as exc:
-                if exc.errno == errno.EACCES and self._deny(n, target, generation):
-                    return
-                _close_dirs(target)
-                self.listener.send_error(n.id, exc.errno or errno.EIO)
+    def serve(self, n: Notification, target: Target, generation: int) -> None:
+        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
+        try:
+            result = perform(target)
+        except KernelDecides:
+            result = None
+        except OSError as exc:
+            if exc.errno == errno.EACCES and self._deny(n, target, generation):
                 return
-        _close_dirs(target)
+            close_dirs(target)
+            self.listener.send_error(n.id, exc.errno or errno.EIO)
+            return
+        close_dirs(target)
         if result is None:
             self.listener.send_continue(n.id)
         else:
@@ -301,14 +457,11 @@ class NotificationLoop:
             objects = []
         if not objects:
             return False
-        self.on_denial(
-            Pending(n, target, objects, read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline"),
-                    generation)
-        )  # fmt: skip
+        self.on_denial(Pending(n, target, objects, generation))
         return True
 
 
-def _close_dirs(target: Target) -> None:
+def close_dirs(target: Target) -> None:
     for fd in (target.dir1, target.dir2):
         if fd is not None:
             os.close(fd)
