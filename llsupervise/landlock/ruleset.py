@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from types import TracebackType
+from typing import Self
 
+from llsupervise.fdowner import FdOwner
 from llsupervise.landlock import _syscall
 from llsupervise.landlock._syscall import LandlockError, LandlockUnsupported
 from llsupervise.landlock.support import KernelSupport, detect_support
@@ -105,12 +106,14 @@ def _ruleset_attr_size(net: AccessNet, scopes: Scope) -> int:
     return _syscall.RULESET_ATTR_SIZE_FS
 
 
-class Ruleset:
+class Ruleset(FdOwner):
     """A Landlock ruleset owning its (close-on-exec) file descriptor.
 
     With ``allow_nothing=True`` and nothing enforceable, no kernel ruleset exists: rules add
     nothing, ``restrict_self`` does nothing, and ``fileno`` raises.
     """
+
+    _closed = False
 
     def __init__(
         self,
@@ -122,8 +125,6 @@ class Ruleset:
         strict: bool = False,
         allow_nothing: bool = False,
     ) -> None:
-        self._fd: int | None = None
-        self._closed = False
         support = detect_support() if support is None else support
         requested = (AccessFs(handled_fs), AccessNet(handled_net), Scope(scopes))
         self.report = EnforcementReport(
@@ -188,33 +189,17 @@ class Ruleset:
 
     def fileno(self) -> int:
         self._check_open()
-        if self._fd is None:
+        if self._fd < 0:
             raise LandlockUnsupported("no kernel ruleset exists: nothing is enforced")
         return self._fd
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            fd, self._fd = self._fd, None
-            if fd is not None:
-                os.close(fd)
+        self._closed = True
+        super().close()
 
-    def __enter__(self) -> Ruleset:
+    def __enter__(self) -> Self:
         self._check_open()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # Guarded: __init__ may have failed before the attributes existed.
-        if getattr(self, "_fd", None) is not None:
-            self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
@@ -278,7 +263,7 @@ class Ruleset:
         The ruleset stays usable, e.g. to restrict another thread.
         """
         self._check_open()
-        if self._fd is None:
+        if self._fd < 0:
             return
         _syscall.restrict_self(self._fd, flags)
 

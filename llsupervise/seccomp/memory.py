@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from types import TracebackType
 
+from llsupervise.fdowner import FdOwner
 from llsupervise.seccomp.constants import SeccompError
 
 #: Longest path the kernel accepts, terminating NUL included.
@@ -23,7 +23,7 @@ class MemoryReadError(SeccompError):
     """
 
 
-class ProcessMemory:
+class ProcessMemory(FdOwner):
     """A read-only handle on /proc/PID/mem.
 
     Open it *before* checking Listener.id_valid(): if the notification is still valid after the
@@ -35,9 +35,10 @@ class ProcessMemory:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         try:
-            self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise MemoryReadError(e.errno or 0, f"open /proc/{pid}/mem") from None
+        super().__init__(fd)
 
     def fileno(self) -> int:
         return self._fd
@@ -81,19 +82,3 @@ class ProcessMemory:
         raise MemoryReadError(
             errno.ENAMETOOLONG, f"no NUL within {max_len} bytes at {addr - max_len:#x}"
         )
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __enter__(self) -> ProcessMemory:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,8 +11,8 @@ import errno
 import os
 import select
 from dataclasses import dataclass
-from types import TracebackType
 
+from llsupervise.fdowner import FdOwner
 from llsupervise.seccomp.constants import (
     NOTIF_ID,
     SECCOMP_ADDFD_FLAG_SEND,
@@ -126,42 +126,22 @@ class Notification:
         return value - (1 << 32) if value >= 1 << 31 else value
 
 
-class Listener:
+class Listener(FdOwner):
     """Owner of a seccomp listener fd.
 
     NOTIF_RECV blocks even on an O_NONBLOCK fd: wait until the fd is readable first. When the
     fd reports POLLHUP every supervisee is gone and recv() raises SuperviseesGone forever.
     """
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
     def fileno(self) -> int:
         if self._fd < 0:
             raise SeccompError(errno.EBADF, "listener is closed")
         return self._fd
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def close(self) -> None:
         """Close the fd. Once every listener of a filter is closed, trapped syscalls fail
         with ENOSYS: the supervisor failing never means the supervisee is let through."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().close()
 
     def _ioctl(self, request: int, arg: ctypes.Array[ctypes.c_char] | int, what: str) -> int:
         fd = self.fileno()
