@@ -125,3 +125,41 @@ parent = ["{paths["data"]}"]
         "x": modes["x"], "a": 0o640, "b": 0o600, "c": 0o664,
         "da": 0o750, "db": 0o700, "dc": 0o775,
     }  # fmt: skip
+
+
+CHDIR_LOOP = r"""
+import os
+top = os.open(".", os.O_PATH | os.O_DIRECTORY)
+seen = []
+for i in range(100):
+    os.chdir("data/one")
+    with open("f", "rb") as f:
+        seen.append(f.read())
+    os.chdir("../two")
+    with open("f", "rb") as f:
+        seen.append(f.read())
+    os.fchdir(top)
+    with open("data/one/f", "rb") as f:
+        seen.append(f.read())
+assert seen == [b"1", b"2", b"1"] * 100, seen[:6]
+"""
+
+
+@pytest.mark.trio
+async def test_relative_paths_follow_every_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths relative to the cwd resolve against the cwd the child has at that moment."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name, content in (("one", b"1"), ("two", b"2")):
+        (paths["data"] / name).mkdir()
+        (paths["data"] / name / "f").write_bytes(content)
+    rules = f"""
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{paths["data"]}"]
+"""
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        status = await sup.run([sys.executable, "-c", CHDIR_LOOP], forward_signals=False)
+    assert status == 0

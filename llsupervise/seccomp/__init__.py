@@ -3,6 +3,7 @@
 from llsupervise.seccomp.bpf import build_filter, disassemble, resolve_syscalls
 from llsupervise.seccomp.constants import (
     AUDIT_ARCH,
+    CONTEXT_SYSCALLS,
     MEDIATED_FS_SYSCALLS,
     NET_SYSCALLS,
     SYSCALLS,
@@ -18,6 +19,7 @@ from llsupervise.seccomp.notify import Listener, Notification, install_filter, n
 
 __all__ = [
     "AUDIT_ARCH",
+    "CONTEXT_SYSCALLS",
     "MEDIATED_FS_SYSCALLS",
     "NET_SYSCALLS",
     "PATH_MAX",

@@ -148,6 +148,13 @@ _X86_64 = {
     "seccomp": 317,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
+    "chdir": 80,
+    "fchdir": 81,
+    "umask": 95,
+    "chroot": 161,
+    "pivot_root": 155,
+    "unshare": 272,
+    "setns": 308,
 }
 _AARCH64 = {
     "openat": 56,
@@ -168,6 +175,13 @@ _AARCH64 = {
     "seccomp": 277,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
+    "chdir": 49,
+    "fchdir": 50,
+    "umask": 166,
+    "chroot": 51,
+    "pivot_root": 41,
+    "unshare": 97,
+    "setns": 268,
 }
 
 #: Architecture name -> {syscall name -> number}.
@@ -203,6 +217,10 @@ MEDIATED_FS_SYSCALLS: Final = (
     "symlinkat",
     "truncate",
 )
+
+#: Syscalls that change how a task's relative paths resolve (cwd, root, namespaces) or which
+#: mode its new files get (umask): the supervisor forgets what it cached about the task.
+CONTEXT_SYSCALLS: Final = ("chdir", "fchdir", "chroot", "pivot_root", "unshare", "setns", "umask")
 
 #: Network syscalls Landlock mediates (TCP bind/connect).
 NET_SYSCALLS: Final = ("bind", "connect")

@@ -28,7 +28,13 @@ import trio
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names
-from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, Notification, NotificationGone, SeccompError
+from llsupervise.seccomp import (
+    CONTEXT_SYSCALLS,
+    MEDIATED_FS_SYSCALLS,
+    Notification,
+    NotificationGone,
+    SeccompError,
+)
 from llsupervise.supervisor.broker import Broker
 from llsupervise.supervisor.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.denials import CheckedObject
@@ -48,7 +54,7 @@ from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_no
 from llsupervise.supervisor.operations import KernelDecides, perform
 from llsupervise.supervisor.requests import FsRequest
 
-TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS)
+TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
 _ONCE = (Answer.ALLOW_ONCE, Answer.PERMISSIVE)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
+    CONTEXT_SYSCALLS,
     Listener,
     MemoryReadError,
     Notification,
@@ -111,14 +112,24 @@ class _Task:
     """What the loop keeps per trapped thread, opened with the supervisor's own standing."""
 
     memory: ProcessMemory
-    #: /proc/TID/status, re-read (pread at 0) for the umask of each creation.
+    #: /proc/TID/status, re-read (pread at 0) for the umask when none is cached.
     status: int
+    #: Our O_PATH fd of the thread's cwd, and its umask, while no context syscall may have
+    #: changed them (see NotificationLoop._unsettle).
+    cwd: int | None = None
+    cached_umask: int | None = None
+
+    def forget_context(self) -> None:
+        if self.cwd is not None:
+            os.close(self.cwd)
+        self.cwd = self.cached_umask = None
 
     def close(self) -> None:
+        self.forget_context()
         self.memory.close()
         os.close(self.status)
 
-    def umask(self) -> int:
+    def read_umask(self) -> int:
         try:
             for line in os.pread(self.status, 4096, 0).splitlines():
                 if line.startswith(b"Umask:"):
@@ -187,6 +198,9 @@ class NotificationLoop:
         self.on_exec = on_exec
         self.arch = native_arch()
         self._tasks: dict[int, _Task] = {}
+        #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
+        #: is read about a thread's context is not cached (it may be from before the change).
+        self._unsettled: set[int] = set()
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._stopping = False
@@ -352,9 +366,41 @@ class NotificationLoop:
                     raise
         return None
 
+    def _unsettle(self, tid: int) -> None:
+        """``tid`` may change its cwd, root or umask (shared with other threads and even
+        processes): drop every cached context, and cache none until ``tid`` is heard from
+        again, which proves its syscall has returned."""
+        for task in self._tasks.values():
+            task.forget_context()
+        self._unsettled.add(tid)
+
+    def _cwd(self, tid: int, task: _Task | None) -> int:
+        """An O_PATH fd (ours to close) of the thread's current working directory."""
+        if task is not None and task.cwd is not None:
+            return os.dup(task.cwd)
+        where = f"/proc/{tid}/cwd"
+        fd = self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
+        if task is None or self._unsettled:
+            return fd
+        task.cwd = fd
+        return os.dup(fd)
+
+    def _umask(self, task: _Task) -> int:
+        if task.cached_umask is not None:
+            return task.cached_umask
+        umask = task.read_umask()
+        if not self._unsettled:
+            task.cached_umask = umask
+        return umask
+
     def handle(self, n: Notification, generation: int) -> None:
         self.served += 1
+        self._unsettled.discard(n.pid)  # its previous syscall has returned
         name = syscall_name(self.arch, n.nr) or ""
+        if name in CONTEXT_SYSCALLS:
+            self._unsettle(n.pid)
+            self.listener.send_continue(n.id)  # not mediated: only observed
+            return
         if name in EXEC_SYSCALLS:
             self._exec(n, name)
             return
@@ -391,7 +437,7 @@ class NotificationLoop:
         if decoded is not None and self.on_exec is not None:
             request = decoded[0]
             try:
-                dir1 = self._dirfd(n.pid, request.dirfd, request.path)
+                dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
             except OSError:
                 dir1 = None
             try:
@@ -405,26 +451,29 @@ class NotificationLoop:
                 self.on_exec(n, request, obj)  # takes ownership of obj
         self.listener.send_continue(n.id)
 
-    def _dirfd(self, tid: int, dirfd: int, path: bytes) -> int | None:
+    def _dirfd(self, tid: int, dirfd: int, path: bytes, task: _Task | None) -> int | None:
         if path.startswith(b"/"):
             return None
-        where = f"/proc/{tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+        if dirfd == AT_FDCWD:
+            return self._cwd(tid, task)
+        # Not cached: nothing tells us when the child closes or reuses a descriptor number.
+        where = f"/proc/{tid}/fd/{dirfd}"
         return self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
 
     def _bind(self, n: Notification, r: FsRequest, task: _Task) -> Target | None:
         try:
-            dir1 = self._dirfd(n.pid, r.dirfd, r.path)
+            dir1 = self._dirfd(n.pid, r.dirfd, r.path, task)
         except OSError as exc:
             self._reply_errno(n, exc.errno or errno.EBADF)
             return None
         try:
-            dir2 = self._dirfd(n.pid, r.dirfd2, r.path2) if r.path2 else None
+            dir2 = self._dirfd(n.pid, r.dirfd2, r.path2, task) if r.path2 else None
         except OSError as exc:
             if dir1 is not None:
                 os.close(dir1)
             self._reply_errno(n, exc.errno or errno.EBADF)
             return None
-        umask = task.umask() if r.creates else 0
+        umask = self._umask(task) if r.creates else 0
         return Target(r, dir1, dir2, umask)
 
     def _reply_errno(self, n: Notification, err: int) -> None:
