@@ -14,7 +14,14 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, names
-from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
+from llsupervise.supervisor.objects import (
+    ObjectTable,
+    ResolvedPolicy,
+    findings,
+    merged_rules,
+    raise_nofile_limit,
+    resolve,
+)
 
 
 def _listed(flags: object) -> str:
@@ -66,10 +73,18 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
         policy.supervisor,
         table,
     )
+    lines.append(f"conditional supervisor rules, reloadable ({len(policy.conditional)}):")
+    for rule in sorted(policy.conditional, key=lambda r: r.label):
+        when = [f"exe {', '.join(sorted(rule.condition.exe))}"] if rule.condition.exe else []
+        when += [f"cgroup {rule.condition.cgroup}"] if rule.condition.cgroup else []
+        lines.append(f"  {rule.label}: {_listed(rule.access)}  (only for {'; '.join(when)})")
     lines.append(f"quiet objects ({len(policy.quiet)}):")
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
         lines.append(f"skipped optional path {path!r} ({location}): it does not exist")
+    found = findings(policy, table)
+    lines.append(f"findings ({len(found)}):" if found else "findings: none")
+    lines += [f"  {finding.message()}" for finding in found]
     return lines
 
 
@@ -79,6 +94,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     with ObjectTable() as table:
         policy = resolve(document, table)
         print("\n".join(check_report(policy, table, detect_support())))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the policy as a plain landlockconfig file (static ∪ supervisor rules)."""
+    from llsupervise.policy.export import to_landlockconfig
+    from llsupervise.supervisor.persist import write_atomically
+
+    raise_nofile_limit()
+    document = load_policy(args.policy)
+    with ObjectTable() as table:
+        policy = resolve(document, table)
+        comment = [f"landlockconfig policy exported by llsupervise from {document.source}:",
+                   "static and supervisor rules merged, variables resolved."]  # fmt: skip
+        if policy.conditional:
+            comment.append(f"{len(policy.conditional)} conditional rule(s) left out.")
+        text = to_landlockconfig(
+            document.handled_fs, document.handled_net, document.scoped,
+            merged_rules(policy, table), (policy.static | policy.supervisor).net, comment,
+        )  # fmt: skip
+    try:
+        write_atomically(args.landlockconfig, text)
+    except OSError as exc:
+        raise LLSuperviseError(f"{args.landlockconfig}: {exc.strerror}") from None
+    for path, location in policy.skipped:
+        print(f"skipped optional path {path!r} ({location}): it does not exist")
     return 0
 
 
@@ -106,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a policy; show what this kernel enforces")
     check.add_argument("file")
     check.set_defaults(func=cmd_check)
+    export = sub.add_parser("export", help="write a policy as a plain landlockconfig file")
+    export.add_argument("--policy", required=True, help="policy file (TOML)")
+    export.add_argument("--landlockconfig", required=True, help="landlockconfig file to write")
+    export.set_defaults(func=cmd_export)
     run = sub.add_parser("run", help="run a command under supervision")
     run.add_argument("--policy", required=True, help="policy file (TOML)")
     run.add_argument("--headless", action="store_true", help="no interface: mode/default apply")

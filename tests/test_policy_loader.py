@@ -663,6 +663,58 @@ ERRORS = [
         "NUL",
         id="nul-in-path",
     ),
+    pytest.param(
+        f"[[path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\nexe = ['/usr/bin/git']\n",
+        4,
+        "path_beneath[0].exe",
+        "unknown key 'exe'",
+        id="static-rule-cannot-be-conditional",
+    ),
+    pytest.param(
+        f"[[supervisor.path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\nexe = ['git']\n",
+        4,
+        "supervisor.path_beneath[0].exe[0]",
+        "executable 'git' must be an absolute path",
+        id="relative-exe",
+    ),
+    pytest.param(
+        f"[[supervisor.path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\nexe = '/bin/x'\n",
+        4,
+        "supervisor.path_beneath[0].exe",
+        "expected an array of strings, found a string",
+        id="exe-not-a-list",
+    ),
+    pytest.param(
+        f"[[supervisor.path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\ncgroup = 3\n",
+        4,
+        "supervisor.path_beneath[0].cgroup",
+        "expected a string, found an integer",
+        id="cgroup-not-a-string",
+    ),
+    pytest.param(
+        f"[[supervisor.path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\n\n"
+        "cgroup = 'user.slice'\n",
+        5,
+        "supervisor.path_beneath[0].cgroup",
+        "must be an absolute path",
+        id="relative-cgroup",
+    ),
+    pytest.param(
+        f"[[supervisor.path_beneath]]\nallowed_access = {RX}\nparent = ['/a']\n"
+        "cgroup = '/a/../b'\n",
+        4,
+        "supervisor.path_beneath[0].cgroup",
+        "not a plain cgroup path",
+        id="cgroup-dotdot",
+    ),
+    pytest.param(
+        "[[variable]]\nname = 'v'\nliteral = ['/a', '/b']\n[[supervisor.path_beneath]]\n"
+        f"allowed_access = {RX}\nparent = ['/a']\ncgroup = '${{v}}'\n",
+        7,
+        "supervisor.path_beneath[0].cgroup",
+        "must expand to one cgroup, not 2",
+        id="cgroup-several-values",
+    ),
 ]
 
 
@@ -859,3 +911,31 @@ def test_locate_matches_loader_on_crlf_text() -> None:
     document = parse_policy(text, "p.toml", ENV)
     assert document.path_beneath[0].path_locations[0].line == 4
     assert LineIndex(text).exact("path_beneath[0]") == 2
+
+
+def test_conditional_supervisor_rules() -> None:
+    document = parse(
+        """
+        [[variable]]
+        name = "tools"
+        literal = ["/usr/bin/git", "/usr/bin/make"]
+
+        [[supervisor.path_beneath]]
+        allowed_access = ["read_file"]
+        parent = ["/src"]
+        exe = ["${tools}", "/usr/bin/git"]
+
+        [[supervisor.path_beneath]]
+        allowed_access = ["read_file"]
+        parent = ["/src"]
+        cgroup = "/user.slice//app.slice/"
+
+        [[supervisor.path_beneath]]
+        allowed_access = ["read_file"]
+        parent = ["/src"]
+        """
+    )
+    exe, cgroup, plain = document.supervisor.path_beneath
+    assert exe.exe == ("/usr/bin/git", "/usr/bin/make") and exe.cgroup is None and exe.conditional
+    assert cgroup.cgroup == "/user.slice/app.slice" and cgroup.exe == () and cgroup.conditional
+    assert not plain.conditional

@@ -7,7 +7,7 @@ the missing ones with the :class:`Location` recorded for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +38,38 @@ class Location:
         return f"{text}: {self.key}" if self.key else text
 
 
+class LazyLocation(Location):
+    """A :class:`Location` whose line is looked up only when asked for.
+
+    Every rule of a policy carries its location, but lines are read only for messages:
+    finding them lazily keeps loading (and reloading) a large policy fast. Equal to, and
+    hashed like, the plain Location with the same file, line and key."""
+
+    def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
+        object.__setattr__(self, "file", file)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_lines", lines)
+
+    @property
+    def line(self) -> int | None:
+        line: int | None = self._lines(self.key)  # type: ignore[attr-defined]
+        return line
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Location):
+            return NotImplemented
+        return (self.file, self.line, self.key) == (other.file, other.line, other.key)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line, self.key))
+
+    def __repr__(self) -> str:
+        return f"Location(file={self.file!r}, line={self.line!r}, key={self.key!r})"
+
+    def __reduce__(self) -> tuple[type[Location], tuple[str, int | None, str]]:
+        return (Location, (self.file, self.line, self.key))
+
+
 @dataclass(frozen=True)
 class PathBeneathEntry:
     access: AccessFs
@@ -48,6 +80,16 @@ class PathBeneathEntry:
     location: Location
     #: One per entry of ``paths``: the ``parent[i]`` string it was expanded from.
     path_locations: tuple[Location, ...]
+    #: llsupervise extension (supervisor rules only): the rule applies only to requests from
+    #: these executables (absolute paths, as /proc/PID/exe shows them once resolved) ...
+    exe: tuple[str, ...] = ()
+    #: ... and/or from processes in this cgroup v2 subtree (an absolute cgroup path).
+    cgroup: str | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """A rule that applies only to some requesters: kept out of the shared ruleset."""
+        return bool(self.exe) or self.cgroup is not None
 
 
 @dataclass(frozen=True)

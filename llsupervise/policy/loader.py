@@ -20,9 +20,12 @@ Where llsupervise differs, and why:
   environment and may not be redefined; literals may use variables (landlockconfig keeps them
   verbatim) so that ``${PWD}/build`` works; relative paths are joined to ``PWD``.
 * ``optional = true`` in a ``path_beneath`` table and the whole ``[supervisor]`` table are
-  extensions. Supervisor rules do not change a layer's handled rights once it runs, so with an
-  explicit ``[[ruleset]]`` a supervisor rule using a right that is not handled is an error; without
-  one, supervisor rules take part in the inference like static rules.
+  extensions; so are ``exe`` and ``cgroup`` in a ``[[supervisor.path_beneath]]`` table, which make
+  the rule conditional (it applies only to requests from those executables or that cgroup
+  subtree, and is never part of the shared supervisor ruleset). Supervisor rules do not change a
+  layer's handled rights once it runs, so with an explicit ``[[ruleset]]`` a supervisor rule using
+  a right that is not handled is an error; without one, supervisor rules take part in the
+  inference like static rules.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import TypeGuard, TypeVar
 from llsupervise.policy.document import (
     DEFAULTS,
     MODES,
+    LazyLocation,
     Location,
     NetPortEntry,
     PathBeneathEntry,
@@ -75,6 +79,7 @@ _TOP_KEYS = ("abi", "ruleset", "variable", "path_beneath", "net_port", "supervis
 _RULESET_KEYS = ("handled_access_fs", "handled_access_net", "scoped")
 _VARIABLE_KEYS = ("name", "literal")
 _PATH_BENEATH_KEYS = ("allowed_access", "parent", "optional")
+_SUPERVISOR_PATH_BENEATH_KEYS = (*_PATH_BENEATH_KEYS, "exe", "cgroup")
 _NET_PORT_KEYS = ("allowed_access", "port")
 _QUIET_KEYS = ("parent", "optional")
 _SUPERVISOR_KEYS = ("mode", "prompt_timeout", "default", "path_beneath", "net_port", "quiet")
@@ -168,9 +173,12 @@ class _Context:
         self._index: LineIndex | None = None
 
     def loc(self, key: str) -> Location:
+        return LazyLocation(self.source, key, self._line)
+
+    def _line(self, key: str) -> int | None:
         if self._index is None:
             self._index = LineIndex(self._text)
-        return Location(self.source, self._index.line(key), key)
+        return self._index.line(key)
 
     def error(self, key: str, message: str) -> PolicyError:
         return PolicyError(self.loc(key), message)
@@ -483,12 +491,13 @@ class _Builder:
     # -- rules --
 
     def _path_beneath_list(
-        self, value: object, key: str, non_empty: bool = True
+        self, value: object, key: str, non_empty: bool = True, supervisor: bool = False
     ) -> tuple[PathBeneathEntry, ...]:
         if value is None:
             return ()
+        allowed = _SUPERVISOR_PATH_BENEATH_KEYS if supervisor else _PATH_BENEATH_KEYS
         entries = []
-        for entry_key, table in _tables(self.context, value, key, _PATH_BENEATH_KEYS, non_empty):
+        for entry_key, table in _tables(self.context, value, key, allowed, non_empty):
             access_key = f"{entry_key}.allowed_access"
             access = self._fs(
                 _required(self.context, table, entry_key, "allowed_access"), access_key
@@ -496,7 +505,13 @@ class _Builder:
             paths, locations = self._paths(table, entry_key)
             optional = self._optional(table, entry_key)
             entry = PathBeneathEntry(
-                access, paths, optional, self.context.loc(entry_key), locations
+                access,
+                paths,
+                optional,
+                self.context.loc(entry_key),
+                locations,
+                exe=self._executables(table, entry_key),
+                cgroup=self._cgroup(table, entry_key),
             )
             if access:  # landlockconfig drops rules left without any right
                 entries.append(entry)
@@ -545,6 +560,45 @@ class _Builder:
                 ports.append(port)
         return tuple(ports)
 
+    def _executables(self, table: dict[str, object], key: str) -> tuple[str, ...]:
+        """``exe``: absolute executable paths, variables expanded, duplicates removed."""
+        if "exe" not in table:
+            return ()
+        found: dict[str, None] = {}
+        for exe_key, template in _strings(self.context, table["exe"], f"{key}.exe"):
+            for path in self.variables.expand(template, exe_key):
+                if not path.startswith("/"):
+                    raise self.context.error(
+                        exe_key, f"executable {path!r} must be an absolute path"
+                    )
+                if "\0" in path:
+                    raise self.context.error(exe_key, f"path {path!r} contains a NUL character")
+                found[path] = None
+        return tuple(found)
+
+    def _cgroup(self, table: dict[str, object], key: str) -> str | None:
+        """``cgroup``: one absolute cgroup v2 path (as in /proc/PID/cgroup), normalised."""
+        if "cgroup" not in table:
+            return None
+        cgroup_key = f"{key}.cgroup"
+        value = table["cgroup"]
+        if not isinstance(value, str):
+            raise self.context.error(cgroup_key, f"expected a string, found {_type_name(value)}")
+        expanded = self.variables.expand(value, cgroup_key)
+        if len(expanded) != 1:
+            raise self.context.error(
+                cgroup_key, f"{value!r} must expand to one cgroup, not {len(expanded)}"
+            )
+        path = expanded[0]
+        if not path.startswith("/"):
+            raise self.context.error(
+                cgroup_key, f"cgroup {path!r} must be an absolute path such as /user.slice"
+            )
+        parts = [part for part in path.split("/") if part]
+        if any(part in (".", "..") for part in parts) or "\0" in path:
+            raise self.context.error(cgroup_key, f"cgroup {path!r} is not a plain cgroup path")
+        return "/" + "/".join(parts)
+
     def _optional(self, table: dict[str, object], key: str) -> bool:
         value = table.get("optional", False)
         if not isinstance(value, bool):
@@ -591,7 +645,10 @@ class _Builder:
                 self.context, table.get("default", defaults.default), "supervisor.default", DEFAULTS
             ),
             path_beneath=self._path_beneath_list(
-                table.get("path_beneath"), "supervisor.path_beneath", non_empty=False
+                table.get("path_beneath"),
+                "supervisor.path_beneath",
+                non_empty=False,
+                supervisor=True,
             ),
             net_port=self._net_port_list(
                 table.get("net_port"), "supervisor.net_port", non_empty=False

@@ -169,6 +169,7 @@ class _Scanner:
     def quoted_key(self, quote: str) -> str:
         start = self.pos + 1
         self.string()
+        self.pos = min(self.pos, len(self.text))  # a trailing backslash steps past the end
         end = (
             self.pos - 1 if self.pos - 1 >= start and self.text[self.pos - 1] == quote else self.pos
         )

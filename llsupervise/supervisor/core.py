@@ -9,7 +9,12 @@ Usage::
 State: the static rules (fixed for the run), the *permanent* supervisor rules (from the
 policy file and "always" answers) and temporary grants. The committed supervisor ruleset is
 always permanent ∪ live temporaries; every change is one ``replace`` + ``commit``, after
-which a new broker serves the new generation.
+which a new broker serves the new generation. Quiet objects and conditional rules (granted
+only to some requesters, by a one-shot broker) sit beside it and are swapped with it on reload.
+
+``Supervisor.open(document, watch=True)`` also watches the policy file while a command runs:
+each save is reloaded (see :mod:`llsupervise.supervisor.reload`) and "always" / "deny
+quietly" answers are written back into it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from typing import Any
 
 import trio
 
+from llsupervise.policy.conditions import (
+    ConditionalRule,
+    Requester,
+    cgroup_v2_path,
+    covers,
+    matching,
+)
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names
@@ -52,6 +64,7 @@ from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, launch
 from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
 from llsupervise.supervisor.operations import KernelDecides, perform
+from llsupervise.supervisor.reload import PolicyFile
 from llsupervise.supervisor.requests import FsRequest
 
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
@@ -98,6 +111,9 @@ class Supervisor:
         self.static = policy.static
         self.permanent = policy.supervisor
         self.quiet = policy.quiet
+        self.conditional: tuple[ConditionalRule, ...] = policy.conditional
+        #: Watches and rewrites the policy file (``open(..., watch=True)``).
+        self.policy_file: PolicyFile | None = None
         self.mutable = MutableRuleset.for_layer(policy.static)
         self._temporaries: dict[int, _Temporary] = {}
         self._next_temporary = 0
@@ -119,7 +135,10 @@ class Supervisor:
         *,
         decisions: DecisionSource | None = None,
         log: EventLog | None = None,
+        watch: bool = False,
     ) -> AsyncIterator[Supervisor]:
+        """``watch``: reload ``document.source`` on each save while :meth:`run` runs, and
+        write "always" answers back into it."""
         raise_nofile_limit()
         table = ObjectTable()
         try:
@@ -136,6 +155,8 @@ class Supervisor:
                 log or EventLog(None),
             )
             try:
+                if watch:
+                    sup.policy_file = PolicyFile(sup, document.source)
                 yield sup
             finally:
                 sup.close()
@@ -159,18 +180,25 @@ class Supervisor:
         return target
 
     def _commit_rules(self) -> int:
-        """Publish permanent ∪ temporaries atomically; the next request sees it."""
+        """Publish permanent ∪ temporaries atomically; the next request sees it.
+
+        The new generation's broker is made before the commit: if that fails, nothing
+        changed."""
         self.mutable.replace(self._target())
+        try:
+            broker = Broker(
+                self.static | self.mutable.pending, self.table,
+                f"broker-g{self.mutable.generation + 1}",
+            )  # fmt: skip
+        except BaseException:
+            self.mutable.discard()
+            raise
         generation = self.mutable.commit()
-        broker = Broker(self.static | self.mutable.committed, self.table, f"broker-g{generation}")
         if self.slot is None:
             self.slot = BrokerSlot(broker, generation)
         else:
             self.slot.swap(broker, generation)
-        self.table.release(
-            [*self.static.fs, *self.permanent.fs, *self.quiet,
-             *(t.obj for t in self._temporaries.values())]
-        )  # fmt: skip
+        self.release_objects()
         self.emit(
             {"event": "commit", "generation": generation, "rules": len(self.mutable.committed)}
         )
@@ -194,10 +222,37 @@ class Supervisor:
         )  # fmt: skip
         return self._commit_rules()
 
-    def replace_rules(self, rules: Ruleset) -> int:
-        """Make ``rules`` the permanent supervisor rules in one commit (a reload)."""
+    def release_objects(self) -> None:
+        """Close the descriptors of objects no rule refers to any more."""
+        self.table.release(
+            [*self.static.fs, *self.permanent.fs, *self.quiet,
+             *(rule.obj for rule in self.conditional),
+             *(t.obj for t in self._temporaries.values())]
+        )  # fmt: skip
+
+    def replace_rules(
+        self,
+        rules: Ruleset,
+        quiet: frozenset[ObjectId] | None = None,
+        conditional: tuple[ConditionalRule, ...] | None = None,
+    ) -> int:
+        """Make ``rules`` the permanent supervisor rules, and swap the quiet objects and
+        conditional rules when given, in one step (a reload); return the generation.
+
+        Commits once, and only if the committed ruleset changes. On error nothing changed."""
+        previous = (self.permanent, self.quiet, self.conditional)
         self.permanent = rules
-        return self._commit_rules()
+        self.quiet = self.quiet if quiet is None else quiet
+        self.conditional = self.conditional if conditional is None else conditional
+        try:
+            target, committed = self._target(), self.mutable.committed
+            if target.fs != committed.fs or target.net != committed.net:
+                return self._commit_rules()
+            self.release_objects()
+            return self.generation
+        except BaseException:
+            self.permanent, self.quiet, self.conditional = previous
+            raise
 
     def _grant_temporarily(self, obj: ObjectId, access: AccessFs, seconds: float) -> None:
         key = self._next_temporary
@@ -263,6 +318,8 @@ class Supervisor:
                 self._nursery = nursery
                 if forward_signals:
                     nursery.start_soon(self._forward_signals, launched)
+                if self.policy_file is not None:
+                    nursery.start_soon(self.policy_file.watch)
                 pidfd = os.pidfd_open(launched.pid)
                 try:
                     await trio.lowlevel.wait_readable(pidfd)
@@ -341,6 +398,8 @@ class Supervisor:
     ) -> None:
         """Raise one question per distinct (exe, operation, objects); others wait on it."""
         assert self._nursery is not None
+        if pending is not None and self.conditional and self._grant_conditionally(pending):
+            return
         key = (exe, request.op, tuple((o.obj, o.access) for o in objects))
         question = self._questions.get(key)
         if question is not None:
@@ -351,23 +410,51 @@ class Supervisor:
             else:
                 question.waiting.append(pending)
             return
-        access: AccessFs = NO_FS
-        for o in objects:
-            access |= o.access
-        denial = Denial(
-            pid=_tgid(tid),
-            tid=tid,
-            exe=exe,
-            cmdline=cmdline,
-            syscall=request.syscall,
-            path=objects[0].label,
-            access=tuple(names(access)),
-            generation=generation,
-            next_run_only=request.op == "execute",
-        )
+        denial = _denial(exe, cmdline, tid, request, objects, generation)
         waiting = [] if pending is None else [pending]
         self._questions[key] = _Question(denial, objects, waiting)
         self._nursery.start_soon(self._resolve, key)
+
+    # -- conditional rules ----------------------------------------------------------------
+
+    def _grant_conditionally(self, pending: Pending) -> bool:
+        """Serve a denied request without asking when conditional rules matching its
+        requester cover every checked object; the kernel judges it in a one-shot broker."""
+        n = pending.notification
+        exe = pending.exe
+        requester = Requester(None if exe == "?" else exe, _cgroup(n.pid))
+        rules = matching(self.conditional, requester)
+        if not rules:
+            return False
+        base = self.static | self.mutable.committed
+        if not all(covers(rules, base.fs_rights_on(o.chain), o.chain, o.access)
+                   for o in pending.objects):  # fmt: skip
+            return False
+        listener = self.launched.listener if self.launched else None
+        if listener is None or listener.closed or not listener.id_valid(n.id):
+            pending.close()  # the requester is gone: what was read of it may be another's
+            return True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_conditionally, pending, rules)
+        return True
+
+    async def _serve_conditionally(self, pending: Pending, rules: list[ConditionalRule]) -> None:
+        extra = self.static | self.mutable.committed
+        for rule in rules:
+            extra = extra.with_fs(rule.obj, rule.access)
+        try:
+            broker: Broker | None = Broker(extra, self.table, "broker-conditional")
+        except Exception:
+            broker = None  # the answer below then fails closed
+        denial = _denial(
+            pending.exe, pending.cmdline, pending.notification.pid, pending.request,
+            pending.objects, pending.generation,
+        )  # fmt: skip
+        granted_by = sorted({rule.label for rule in rules})
+        self.emit(
+            denial.event(Answer.ALLOW_ONCE) | {"rule": "conditional", "granted_by": granted_by}
+        )
+        await trio.to_thread.run_sync(self._answer, pending, Decision(Answer.ALLOW_ONCE), broker)
 
     def _is_quiet(self, objects: list[CheckedObject]) -> bool:
         return any(obj in self.quiet for o in objects for obj in o.chain)
@@ -477,6 +564,39 @@ class Supervisor:
 
 def _tgid(tid: int) -> int:
     return status_field(tid, b"Tgid", 10, tid)
+
+
+def _cgroup(tid: int) -> str | None:
+    """The thread's cgroup v2 path, None when unknown (the thread is gone, no cgroup v2)."""
+    try:
+        with open(f"/proc/{tid}/cgroup", encoding="utf-8", errors="replace") as f:
+            return cgroup_v2_path(f.read())
+    except OSError:
+        return None
+
+
+def _denial(
+    exe: str,
+    cmdline: str,
+    tid: int,
+    request: FsRequest,
+    objects: list[CheckedObject],
+    generation: int,
+) -> Denial:
+    access: AccessFs = NO_FS
+    for o in objects:
+        access |= o.access
+    return Denial(
+        pid=_tgid(tid),
+        tid=tid,
+        exe=exe,
+        cmdline=cmdline,
+        syscall=request.syscall,
+        path=objects[0].label,
+        access=tuple(names(access)),
+        generation=generation,
+        next_run_only=request.op == "execute",
+    )
 
 
 def _terminal_sent_it() -> bool:

@@ -11,19 +11,30 @@ from __future__ import annotations
 import os
 import resource
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.policy.analysis import (
+    Finding,
+    PortFinding,
+    QuietObject,
+    Rule,
+    analyse,
+    redundant_ports,
+)
+from llsupervise.policy.conditions import Condition, ConditionalRule
 from llsupervise.policy.document import (
     Location,
     NetPortEntry,
     PathBeneathEntry,
     PolicyDocument,
     PolicyError,
+    QuietEntry,
 )
 from llsupervise.policy.model import ObjectId, Ruleset
-from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet
+from llsupervise.rights import FILE_ACCESS, NO_FS, NO_NET, AccessFs, AccessNet
 
 #: Descriptors left for everything but rule objects (listener, logs, memory fds, brokers).
 RESERVED_FDS = 256
@@ -132,6 +143,18 @@ class ResolvedPolicy:
     quiet: frozenset[ObjectId]
     #: Optional paths that did not exist, with where they were written.
     skipped: tuple[tuple[str, Location], ...]
+    #: Supervisor rules with ``exe`` / ``cgroup``: never in the shared ruleset.
+    conditional: tuple[ConditionalRule, ...] = ()
+    #: Every path of every rule entry, resolved (what ``check`` analyses).
+    rules: tuple[Rule, ...] = ()
+    quiet_objects: tuple[QuietObject, ...] = ()
+
+    def objects(self) -> set[ObjectId]:
+        """Every object a rule of this policy refers to (what the table must keep open)."""
+        return {
+            *self.static.fs, *self.supervisor.fs, *self.quiet,
+            *(rule.obj for rule in self.conditional),
+        }  # fmt: skip
 
 
 def _open_paths(
@@ -162,30 +185,92 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
     """
     skipped: list[tuple[str, Location]] = []
     handled = (document.handled_fs, document.handled_net, document.scoped)
+    rules: list[Rule] = []
+    conditional: list[ConditionalRule] = []
 
-    def layer(entries: Iterable[PathBeneathEntry], ports: Iterable[NetPortEntry]) -> Ruleset:
+    def layer(
+        name: Literal["static", "supervisor"],
+        entries: Iterable[PathBeneathEntry],
+        ports: Iterable[NetPortEntry],
+    ) -> Ruleset:
         fs: dict[ObjectId, AccessFs] = {}
         labels: dict[ObjectId, str] = {}
         for entry in entries:
-            for obj in _open_paths(
-                table, entry.paths, entry.path_locations, entry.optional, skipped
-            ):
+            condition = _condition(entry)
+            for obj, location in _open_entry(table, entry, skipped):
+                label = table.label(obj)
+                rules.append(
+                    Rule(name, obj, enforced(table, obj, entry.access), label, location, condition)
+                )  # fmt: skip
+                if condition is not None:
+                    conditional.append(ConditionalRule(obj, entry.access, condition, label))
+                    continue
                 fs[obj] = fs.get(obj, NO_FS) | entry.access
-                labels.setdefault(obj, table.label(obj))
+                labels.setdefault(obj, label)
         net: dict[int, AccessNet] = {}
         for port_entry in ports:
             for port in port_entry.ports:
                 net[port] = net.get(port, NO_NET) | port_entry.access
         return Ruleset(*handled, fs=fs, net=net, labels=labels)
 
-    static = layer(document.path_beneath, document.net_port)
-    supervisor = layer(document.supervisor.path_beneath, document.supervisor.net_port)
-    quiet = frozenset(
-        obj
+    static = layer("static", document.path_beneath, document.net_port)
+    supervisor = layer("supervisor", document.supervisor.path_beneath, document.supervisor.net_port)
+    quiet_objects = tuple(
+        QuietObject(obj, table.label(obj), location)
         for entry in document.supervisor.quiet
-        for obj in _open_paths(table, entry.paths, entry.path_locations, entry.optional, skipped)
+        for obj, location in _open_entry(table, entry, skipped)
     )
-    return ResolvedPolicy(document, static, supervisor, quiet, tuple(skipped))
+    return ResolvedPolicy(
+        document,
+        static,
+        supervisor,
+        frozenset(q.obj for q in quiet_objects),
+        tuple(skipped),
+        tuple(conditional),
+        tuple(rules),
+        quiet_objects,
+    )
+
+
+def _open_entry(
+    table: ObjectTable, entry: PathBeneathEntry | QuietEntry, skipped: list[tuple[str, Location]]
+) -> Iterator[tuple[ObjectId, Location]]:
+    """Each object of an entry with the location of the string it came from."""
+    for path, location in zip(entry.paths, entry.path_locations, strict=True):
+        for obj in _open_paths(table, (path,), (location,), entry.optional, skipped):
+            yield obj, location
+
+
+def _condition(entry: PathBeneathEntry) -> Condition | None:
+    """The entry's requester condition; executables are resolved like /proc/PID/exe shows them."""
+    if not entry.conditional:
+        return None
+    return Condition(frozenset(os.path.realpath(exe) for exe in entry.exe), entry.cgroup)
+
+
+def enforced(table: ObjectTable, obj: ObjectId, access: AccessFs) -> AccessFs:
+    """The rights the kernel applies on ``obj``: directory-only rights do not exist on files."""
+    return access if table.is_dir(obj) else access & FILE_ACCESS
+
+
+def chain_of(table: ObjectTable, obj: ObjectId) -> tuple[ObjectId, ...]:
+    """``obj`` and its ancestors, as Landlock walks them from the object's real location."""
+    fd = table.fd(obj)
+    if table.is_dir(obj):
+        return tuple(ancestry(fd))
+    parent_path = os.path.dirname(fd_path(fd))
+    try:
+        parent = os.open(parent_path, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:
+        return (obj,)
+    try:
+        return (obj, *ancestry(parent))
+    finally:
+        os.close(parent)
+
+
+def chains(table: ObjectTable, objs: Iterable[ObjectId]) -> Mapping[ObjectId, Sequence[ObjectId]]:
+    return {obj: chain_of(table, obj) for obj in set(objs)}
 
 
 def ancestry(fd: int) -> list[ObjectId]:
@@ -211,3 +296,17 @@ def fd_path(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return f"<fd {fd}>"
+
+
+def findings(policy: ResolvedPolicy, table: ObjectTable) -> list[Finding | PortFinding]:
+    """What ``check`` reports about the rules: redundant ones and overlaps with quiet objects."""
+    known = chains(table, [*(r.obj for r in policy.rules), *policy.quiet])
+    found: list[Finding | PortFinding] = list(analyse(policy.rules, policy.quiet_objects, known))
+    found += redundant_ports(policy.static.net, policy.supervisor.net)
+    return found
+
+
+def merged_rules(policy: ResolvedPolicy, table: ObjectTable) -> list[tuple[str, AccessFs]]:
+    """Static ∪ unconditional supervisor rules as (path, enforced rights), for an export."""
+    merged = policy.static | policy.supervisor
+    return [(table.label(obj), enforced(table, obj, access)) for obj, access in merged.fs.items()]

@@ -1,0 +1,195 @@
+"""Findings about a policy's rules: redundant ones, and supervisor rules that meet quiet objects.
+
+Works on file objects and their *chains* (the object, then each ancestor up to the root), the
+way Landlock evaluates a path: a ``path_beneath`` rule on a directory covers everything beneath
+it, and the rights of the rules on a chain add up. Pure: the caller opens the paths.
+
+* A rule is **redundant** when another rule of the same layer, on the same object or on an
+  ancestor, grants a superset of its rights (of two identical rules, the later one is reported).
+  A conditional rule is also redundant when an unconditional supervisor rule covers it.
+* A supervisor rule (conditional or not) is **covered by static rules** when the static rules on
+  its chain already grant all its rights: the layer allows static OR supervisor.
+* A supervisor rule **overlaps a quiet object** when the quiet object lies beneath the rule (the
+  rule grants there, so only the rights it lacks are denied quietly) or the rule lies beneath the
+  quiet object (the rule carves an exception out of a quiet tree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from llsupervise.policy.conditions import Condition
+from llsupervise.policy.model import ObjectId
+from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet, names
+
+Layer = Literal["static", "supervisor"]
+Kind = Literal["redundant", "covered_by_static", "quiet_overlap"]
+Chains = Mapping[ObjectId, Sequence[ObjectId]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One path of one ``path_beneath`` entry, resolved to its object."""
+
+    layer: Layer
+    obj: ObjectId
+    #: The rights the kernel enforces on the object (directory-only rights dropped on files).
+    access: AccessFs
+    label: str
+    #: Where it was written, for messages (printed: ``file:line: key``). Kept as given (a
+    #: Location looks its line up only when printed).
+    where: object
+    #: Set for conditional supervisor rules (``exe`` / ``cgroup``).
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class QuietObject:
+    obj: ObjectId
+    label: str
+    where: object
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: Kind
+    rule: Rule
+    #: The covering rule (redundant), or None when the static rules together cover it.
+    other: Rule | None = None
+    quiet: QuietObject | None = None
+    #: For quiet overlaps: True when the quiet object lies beneath the rule.
+    quiet_beneath: bool = False
+
+    def message(self) -> str:
+        rule = f"{_describe(self.rule)} ({self.rule.where})"
+        if self.kind == "redundant":
+            assert self.other is not None
+            return f"redundant: {rule} is covered by {_describe(self.other)} ({self.other.where})"
+        if self.kind == "covered_by_static":
+            return f"redundant: {rule} is already granted by the static rules"
+        assert self.quiet is not None
+        where = f"{self.quiet.label} ({self.quiet.where})"
+        if self.quiet_beneath:
+            return (
+                f"overlap: quiet {where} lies beneath {rule}: the rule grants there, only "
+                "the rights it lacks are denied quietly"
+            )
+        return f"overlap: {rule} lies beneath quiet {where}: it grants inside the quiet tree"
+
+
+@dataclass(frozen=True)
+class PortFinding:
+    port: int
+    access: AccessNet
+
+    def message(self) -> str:
+        return (
+            f"redundant: supervisor tcp port {self.port} ({', '.join(names(self.access))}) "
+            "is already granted by the static rules"
+        )
+
+
+def _describe(rule: Rule) -> str:
+    text = f"{rule.layer} rule {rule.label}: {', '.join(names(rule.access)) or 'none'}"
+    if rule.condition is not None:
+        text += " (conditional)"
+    return text
+
+
+def _index(rules: Iterable[Rule]) -> dict[ObjectId, list[tuple[int, Rule]]]:
+    by_obj: dict[ObjectId, list[tuple[int, Rule]]] = {}
+    for i, rule in enumerate(rules):
+        by_obj.setdefault(rule.obj, []).append((i, rule))
+    return by_obj
+
+
+def _chain(chains: Chains, obj: ObjectId) -> Sequence[ObjectId]:
+    return chains.get(obj, (obj,))
+
+
+def _may_cover(other: Rule, rule: Rule) -> bool:
+    """Whether ``other`` counts for ``rule``'s layer (see the module docstring)."""
+    if other.layer != rule.layer:
+        return False
+    if other.condition is None:
+        return True
+    return rule.condition == other.condition
+
+
+def redundant(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
+    """Rules covered by one other rule of the same layer on the same object or an ancestor."""
+    by_obj = _index(rules)
+    findings = []
+    for i, rule in enumerate(rules):
+        for depth, obj in enumerate(_chain(chains, rule.obj)):
+            cover = next(
+                (
+                    other
+                    for j, other in by_obj.get(obj, [])
+                    if j != i
+                    and _may_cover(other, rule)
+                    and rule.access & ~other.access == NO_FS
+                    # Same object and same rights: only the later one is redundant.
+                    and not (depth == 0 and other.access == rule.access and j > i
+                             and other.condition == rule.condition)
+                ),
+                None,
+            )  # fmt: skip
+            if cover is not None:
+                findings.append(Finding("redundant", rule, cover))
+                break
+    return findings
+
+
+def covered_by_static(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
+    """Supervisor rules whose rights the static rules on their chain already grant."""
+    static: dict[ObjectId, AccessFs] = {}
+    for rule in rules:
+        if rule.layer == "static":
+            static[rule.obj] = static.get(rule.obj, NO_FS) | rule.access
+    findings = []
+    for rule in rules:
+        if rule.layer != "supervisor":
+            continue
+        granted = NO_FS
+        for obj in _chain(chains, rule.obj):
+            granted |= static.get(obj, NO_FS)
+        if rule.access & ~granted == NO_FS:
+            findings.append(Finding("covered_by_static", rule))
+    return findings
+
+
+def quiet_overlaps(
+    rules: Sequence[Rule], quiet: Sequence[QuietObject], chains: Chains
+) -> list[Finding]:
+    findings = []
+    for rule in rules:
+        if rule.layer != "supervisor":
+            continue
+        rule_chain = set(_chain(chains, rule.obj))
+        for q in quiet:
+            if q.obj in rule_chain:
+                findings.append(Finding("quiet_overlap", rule, quiet=q))
+            elif rule.obj in _chain(chains, q.obj):
+                findings.append(Finding("quiet_overlap", rule, quiet=q, quiet_beneath=True))
+    return findings
+
+
+def redundant_ports(
+    static: Mapping[int, AccessNet], supervisor: Mapping[int, AccessNet]
+) -> list[PortFinding]:
+    return [
+        PortFinding(port, access)
+        for port, access in sorted(supervisor.items())
+        if access & ~static.get(port, NO_NET) == NO_NET
+    ]
+
+
+def analyse(rules: Sequence[Rule], quiet: Sequence[QuietObject], chains: Chains) -> list[Finding]:
+    """Every finding, one per rule for redundancy (static coverage first), then overlaps."""
+    by_static = covered_by_static(rules, chains)
+    seen = {id(f.rule) for f in by_static}
+    same_layer = [f for f in redundant(rules, chains) if id(f.rule) not in seen]
+    return [*by_static, *same_layer, *quiet_overlaps(rules, quiet, chains)]
