@@ -38,8 +38,8 @@ from llsupervise.policy.conditions import (
     matching,
 )
 from llsupervise.policy.document import PolicyDocument
-from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
-from llsupervise.rights import NO_FS, AccessFs, names
+from llsupervise.policy.model import IntersectNet, MutableRuleset, ObjectId, Ruleset, apply
+from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet, names
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
     MEDIATED_FS_SYSCALLS,
@@ -62,6 +62,7 @@ from llsupervise.supervisor.engine import (
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, launch
+from llsupervise.supervisor.network import NET_CALLS, NetMediator, PendingNet, once
 from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
 from llsupervise.supervisor.operations import KernelDecides, perform
 from llsupervise.supervisor.reload import PolicyFile
@@ -74,9 +75,13 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 
 @dataclass
 class _Temporary:
-    obj: ObjectId
-    access: AccessFs
+    """A grant "for a while": a file rule (``obj``) or a port rule (``port``)."""
+
     deadline: float
+    obj: ObjectId | None = None
+    access: AccessFs = NO_FS
+    port: int | None = None
+    net_access: AccessNet = NO_NET
 
 
 @dataclass
@@ -118,6 +123,10 @@ class Supervisor:
         self._temporaries: dict[int, _Temporary] = {}
         self._next_temporary = 0
         self._questions: dict[tuple[Any, ...], _Question] = {}
+        self._net_questions: dict[tuple[Any, ...], list[PendingNet]] = {}
+        #: Ports answered "deny quietly" during this run (the policy format has no quiet port).
+        self.quiet_ports: set[tuple[int, AccessNet]] = set()
+        self.net: NetMediator | None = None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -176,7 +185,10 @@ class Supervisor:
     def _target(self) -> Ruleset:
         target = self.permanent
         for temp in self._temporaries.values():
-            target = target.with_fs(temp.obj, temp.access)
+            if temp.obj is not None:
+                target = target.with_fs(temp.obj, temp.access)
+            if temp.port is not None:
+                target = target.with_net(temp.port, temp.net_access)
         return target
 
     def _commit_rules(self) -> int:
@@ -194,6 +206,8 @@ class Supervisor:
             self.mutable.discard()
             raise
         generation = self.mutable.commit()
+        if self.net is not None:
+            self.net.update(self.static | self.mutable.committed, generation)
         if self.slot is None:
             self.slot = BrokerSlot(broker, generation)
         else:
@@ -227,7 +241,7 @@ class Supervisor:
         self.table.release(
             [*self.static.fs, *self.permanent.fs, *self.quiet,
              *(rule.obj for rule in self.conditional),
-             *(t.obj for t in self._temporaries.values())]
+             *(t.obj for t in self._temporaries.values() if t.obj is not None)]
         )  # fmt: skip
 
     def replace_rules(
@@ -254,10 +268,10 @@ class Supervisor:
             self.permanent, self.quiet, self.conditional = previous
             raise
 
-    def _grant_temporarily(self, obj: ObjectId, access: AccessFs, seconds: float) -> None:
+    def _grant_temporarily(self, temporary: _Temporary, seconds: float) -> None:
         key = self._next_temporary
         self._next_temporary += 1
-        self._temporaries[key] = _Temporary(obj, access, trio.current_time() + seconds)
+        self._temporaries[key] = temporary
         self._commit_rules()
         assert self._nursery is not None
         self._nursery.start_soon(self._expire, key, seconds)
@@ -297,11 +311,17 @@ class Supervisor:
         ``stdio``: descriptors for the command's stdin, stdout, stderr (None: inherit ours)."""
         assert self.slot is not None
         self._token = trio.lowlevel.current_trio_token()
-        launched = self.launched = launch(argv, self.static_layer(), TRAPPED_SYSCALLS, stdio=stdio)
+        syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
+        launched = self.launched = launch(argv, self.static_layer(), syscalls, stdio=stdio)
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:
             pass  # older kernels: slower wake-ups, same behaviour
+        if self.static.handled_net:  # made here: its helper thread needs our standing
+            self.net = NetMediator(
+                launched.listener, self.static, self.static | self.mutable.committed,
+                self.generation, self._post_net_denial,
+            )  # fmt: skip
         loop = NotificationLoop(
             launched.listener,
             self.slot,
@@ -309,6 +329,7 @@ class Supervisor:
             self._post_denial,
             on_exec=self._post_exec,
             fast=StaticPrefixes(self.static, self.table),
+            net=self.net,
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
@@ -332,6 +353,9 @@ class Supervisor:
             await trio.to_thread.run_sync(thread.join)
             loop.close()
             self._drop_questions()
+            if self.net is not None:
+                self.net.close()
+                self.net = None
             launched.listener.close()
             self._nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
@@ -513,7 +537,9 @@ class Supervisor:
                 self.permanent = self.permanent.with_fs(obj, o.access, label)
                 kept.append({"path": label, "access": names(o.access)})
             else:
-                self._grant_temporarily(obj, o.access, decision.duration or 60.0)
+                seconds = decision.duration or 60.0
+                deadline = trio.current_time() + seconds
+                self._grant_temporarily(_Temporary(deadline, obj, o.access), seconds)
                 kept.append({"path": label, "access": names(o.access),
                              "seconds": decision.duration or 60.0})  # fmt: skip
         if decision.answer == Answer.ALLOW_ALWAYS:
@@ -552,7 +578,81 @@ class Supervisor:
         with self.slot.lock:
             return self.slot.broker.call(lambda: perform(pending.target))
 
+    # -- network denials --------------------------------------------------------------------
+
+    def _post_net_denial(self, pending: PendingNet) -> None:
+        """Called from the network mediator's helper thread."""
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(self._on_net_denial, pending)
+        except trio.RunFinishedError:
+            pending.close()  # the listener closes with the run: fails closed
+
+    def _on_net_denial(self, pending: PendingNet) -> None:
+        if self._nursery is None or self.net is None:
+            pending.close()
+            return
+        key = (pending.exe, pending.direction, pending.port)
+        waiting = self._net_questions.get(key)
+        if waiting is not None:
+            waiting.append(pending)
+            return
+        self._net_questions[key] = [pending]
+        self._nursery.start_soon(self._resolve_net, key)
+
+    async def _resolve_net(self, key: tuple[Any, ...]) -> None:
+        first = self._net_questions[key][0]
+        if (first.port, first.access) in self.quiet_ports:
+            decision = Decision(Answer.DENY_QUIET)
+        else:
+            decision = await self.decisions.decide(first.denial())
+        waiting = self._net_questions.pop(key)
+        rules: list[dict[str, Any]] = []
+        answer = decision.answer
+        if answer == Answer.DENY_QUIET:
+            self.quiet_ports.add((first.port, first.access))
+        elif answer == Answer.ALLOW_ALWAYS:
+            self.permanent = self.permanent.with_net(first.port, first.access)
+            self._commit_rules()
+            rules.append({"port": first.port, "access": names(first.access)})
+        elif answer == Answer.ALLOW_FOR:
+            seconds = decision.duration or 60.0
+            temporary = _Temporary(
+                trio.current_time() + seconds, port=first.port, net_access=first.access
+            )
+            self._grant_temporarily(temporary, seconds)
+            rules.append({"port": first.port, "access": names(first.access), "seconds": seconds})
+        event = first.event(answer, len(waiting))
+        if rules:
+            event["rules"] = rules
+        self.emit(event)
+        for pending in waiting:
+            grant: Ruleset | None = None
+            if answer in _ONCE:
+                grant = once(self.static | self.mutable.committed, pending)
+            elif answer in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR):
+                grant = self.static | self.mutable.committed
+            if self.net is None:
+                pending.close()
+            else:
+                self.net.answer(pending, grant)
+
+    def add_port_rule(self, port: int, access: AccessNet) -> int:
+        """Add a supervisor ``net_port`` rule (rights OR-ed) and commit it."""
+        self.permanent = self.permanent.with_net(port, access & self.static.handled_net)
+        return self._commit_rules()
+
+    def remove_port_rule(self, port: int, access: AccessNet | None = None) -> int:
+        """Intersect a supervisor ``net_port`` rule with the complement of ``access``."""
+        kept = NO_NET if access is None else self.permanent.net.get(port, NO_NET) & ~access
+        self.permanent = apply(self.permanent, [IntersectNet(port, kept)])
+        return self._commit_rules()
+
     def _drop_questions(self) -> None:
+        for waiting in self._net_questions.values():
+            for net_pending in waiting:
+                net_pending.close()
+        self._net_questions.clear()
         for question in self._questions.values():
             if not question.waiting:
                 for o in question.objects:

@@ -34,6 +34,7 @@ from llsupervise.seccomp import (
 from llsupervise.supervisor.broker import Broker, restrict_thread
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
+from llsupervise.supervisor.network import NetMediator
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
@@ -189,8 +190,10 @@ class NotificationLoop:
         on_denial: Callable[[Pending], None],
         on_exec: Callable[[Notification, FsRequest, CheckedObject], None] | None = None,
         fast: StaticPrefixes | None = None,
+        net: NetMediator | None = None,
     ) -> None:
         self.fast = fast
+        self.net = net
         self.listener = listener
         self.slot = slot
         self.handled_fs = handled_fs
@@ -396,6 +399,8 @@ class NotificationLoop:
     def handle(self, n: Notification, generation: int) -> None:
         self.served += 1
         self._unsettled.discard(n.pid)  # its previous syscall has returned
+        if self.net is not None and self.net.handle(n):
+            return  # bind/connect: the mediator answers it from its own threads
         name = syscall_name(self.arch, n.nr) or ""
         if name in CONTEXT_SYSCALLS:
             self._unsettle(n.pid)

@@ -24,11 +24,12 @@ from tomlkit.items import AoT, InlineTable
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.document import PolicyDocument
-from llsupervise.rights import parse_fs
+from llsupervise.rights import parse_fs, parse_net
 
 #: Only entries made of these keys are extended; others (optional, exe, cgroup) are left alone.
 _PLAIN_RULE_KEYS = {"allowed_access", "parent"}
 _PLAIN_QUIET_KEYS = {"parent"}
+_PLAIN_PORT_KEYS = {"allowed_access", "port"}
 
 
 class PersistError(LLSuperviseError):
@@ -37,12 +38,16 @@ class PersistError(LLSuperviseError):
 
 @dataclass(frozen=True)
 class Kept:
-    """One answer to write: a rule (``access`` names) or, with ``access`` None, a quiet path."""
+    """One answer to write: a rule on ``path`` (``access`` names), a quiet path (``access``
+    None), or, with ``port`` given, a ``net_port`` rule."""
 
     path: str
     access: tuple[str, ...] | None = None
+    port: int | None = None
 
     def event(self) -> dict[str, Any]:
+        if self.port is not None:
+            return {"port": self.port, "access": list(self.access or ())}
         if self.access is None:
             return {"quiet": self.path}
         return {"path": self.path, "access": list(self.access)}
@@ -56,7 +61,11 @@ def kept_from_event(event: Mapping[str, Any]) -> list[Kept]:
     for rule in event.get("rules", ()):
         if "quiet" in rule:
             kept.append(Kept(rule["quiet"]))
-        elif "seconds" not in rule:
+        elif "seconds" in rule:
+            continue
+        elif "port" in rule:
+            kept.append(Kept("", tuple(rule["access"]), int(rule["port"])))
+        else:
             kept.append(Kept(rule["path"], tuple(rule["access"])))
     return kept
 
@@ -114,6 +123,21 @@ def _add_rule(supervisor: Any, kept: Kept) -> None:
     )  # fmt: skip
 
 
+def _add_port(supervisor: Any, kept: Kept) -> None:
+    assert kept.access is not None and kept.port is not None
+    for entry in supervisor.get("net_port") or []:
+        if set(entry) <= _PLAIN_PORT_KEYS and _strings(entry.get("allowed_access")) == list(
+            kept.access
+        ):
+            if kept.port not in entry["port"]:
+                entry["port"].append(kept.port)
+            return
+    _append(
+        supervisor, "net_port",
+        {"allowed_access": list(kept.access), "port": [kept.port]}, 'kept by an "always" answer',
+    )  # fmt: skip
+
+
 def _add_quiet(supervisor: Any, kept: Kept) -> None:
     path = _literal(kept.path)
     entries = supervisor.get("quiet") or []
@@ -136,7 +160,9 @@ def add_answers(text: str, answers: Iterable[Kept], source: str = "policy") -> s
             document.append("supervisor", tomlkit.table())
             supervisor = document["supervisor"]
         for kept in answers:
-            if kept.access is None:
+            if kept.port is not None:
+                _add_port(supervisor, kept)
+            elif kept.access is None:
                 _add_quiet(supervisor, kept)
             else:
                 _add_rule(supervisor, kept)
@@ -148,7 +174,13 @@ def add_answers(text: str, answers: Iterable[Kept], source: str = "policy") -> s
 def check_answers(document: PolicyDocument, answers: Sequence[Kept]) -> None:
     """Raise unless ``document`` (the file after the write) holds every answer."""
     for kept in answers:
-        if kept.access is None:
+        if kept.port is not None:
+            net_access = parse_net(kept.access or ())
+            found = any(
+                kept.port in entry.ports and net_access & ~entry.access == 0
+                for entry in document.supervisor.net_port
+            )
+        elif kept.access is None:
             found = any(kept.path in entry.paths for entry in document.supervisor.quiet)
         else:
             access = parse_fs(kept.access)
@@ -158,7 +190,8 @@ def check_answers(document: PolicyDocument, answers: Sequence[Kept]) -> None:
                 if not entry.conditional
             )
         if not found:
-            raise PersistError(f"{document.source}: the answer for {kept.path} was not written")
+            what = f"port {kept.port}" if kept.port is not None else kept.path
+            raise PersistError(f"{document.source}: the answer for {what} was not written")
 
 
 def write_atomically(path: str, text: str) -> None:

@@ -1,0 +1,154 @@
+"""TCP connect/bind through the whole supervisor: live port rules, answers, persistence."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from supervised import SYSTEM_DIRS, lines, wait_until
+
+from llsupervise.policy.loader import parse_policy
+from llsupervise.rights import AccessNet
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.decisions import ModeDecisions
+from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.persist import Kept, add_answers, kept_from_event
+
+# Connects to 127.0.0.1:PORT once per iteration on a fresh socket; logs "ok" or "err ERRNO".
+CONNECT_LOOP = r"""
+import os, socket, sys, time
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+port, stop = int(sys.argv[2]), sys.argv[3]
+while not os.path.exists(stop):
+    with socket.socket() as s:
+        err = s.connect_ex(("127.0.0.1", port))
+    os.write(log, b"ok\n" if err == 0 else b"err %d\n" % err)
+    time.sleep(0.005)
+"""
+
+
+def net_policy(root: Path, mode: str = "enforce") -> Any:
+    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
+    text = f"""
+[[ruleset]]
+handled_access_fs = ["abi.all"]
+handled_access_net = ["bind_tcp", "connect_tcp"]
+
+[[path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = [{system}]
+
+[[path_beneath]]
+allowed_access = ["abi.read_write"]
+parent = ["{root}"]
+
+[supervisor]
+mode = "{mode}"
+"""
+    return parse_policy(text, "net-policy.toml", {"HOME": str(root), "PWD": str(root)})
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    """A loopback listener (connections complete in its backlog); yields its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(512)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.trio
+async def test_port_rule_added_then_removed_while_running(tmp_path: Path, server: int) -> None:
+    log, stop = tmp_path / "log", tmp_path / "stop"
+    log.touch()
+    async with Supervisor.open(net_policy(tmp_path)) as sup, trio.open_nursery() as nursery:
+        status: list[int] = []
+
+        async def child() -> None:
+            argv = [sys.executable, "-c", CONNECT_LOOP, str(log), str(server), str(stop)]
+            status.append(await sup.run(argv, forward_signals=False))
+
+        nursery.start_soon(child)
+        await wait_until(lambda: "err 13" in lines(log), "a first denial")
+        sup.add_port_rule(server, AccessNet.CONNECT_TCP)
+        mark = len(lines(log))
+        await wait_until(lambda: "ok" in lines(log)[mark:], "the grant")
+        sup.remove_port_rule(server)
+        mark = len(lines(log))
+        await wait_until(lambda: "err 13" in lines(log)[mark:], "the revocation")
+        stop.touch()
+    assert status == [0]
+
+
+class Answering:
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.asked: list[Denial] = []
+
+    async def ask(self, denial: Denial) -> Decision:
+        self.asked.append(denial)
+        return Decision(self.answer)
+
+
+CONNECT_TWICE = r"""
+import socket, sys
+for _ in range(2):
+    with socket.socket() as s:
+        print(s.connect_ex(("127.0.0.1", int(sys.argv[1]))), flush=True)
+"""
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(
+    ("answer", "results"),
+    [(Answer.ALLOW_ALWAYS, ["0", "0"]), (Answer.DENY_QUIET, ["13", "13"]),
+     (Answer.ALLOW_ONCE, ["0", "0"])],
+)  # fmt: skip
+async def test_answers_to_a_refused_connect(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: int,
+    capfd: pytest.CaptureFixture[str],
+    answer: Answer,
+    results: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    frontend = Answering(answer)
+    events: list[dict[str, Any]] = []
+    decisions = ModeDecisions("interactive", "deny", 30.0, frontend)
+    async with Supervisor.open(net_policy(tmp_path, "interactive"), decisions=decisions) as sup:
+        sup.listeners.append(events.append)
+        argv = [sys.executable, "-c", CONNECT_TWICE, str(server)]
+        status = await sup.run(argv, forward_signals=False)
+        committed = dict(sup.mutable.committed.net)
+    assert status == 0
+    assert capfd.readouterr().out.split() == results
+    denials = [e for e in events if e["event"] == "denial"]
+    assert all("port" in d for d in denials)  # nothing else was refused
+    assert denials[0]["path"] == f"tcp://127.0.0.1:{server}"
+    assert denials[0]["port"] == server and denials[0]["direction"] == "connect"
+    if answer == Answer.ALLOW_ALWAYS:
+        # Asked once: the committed rule lets the second connect through by itself.
+        assert len(frontend.asked) == 1
+        assert committed == {server: AccessNet.CONNECT_TCP}
+        assert denials[0]["rules"] == [{"port": server, "access": ["connect_tcp"]}]
+        assert kept_from_event(denials[0]) == [Kept("", ("connect_tcp",), server)]
+    elif answer == Answer.DENY_QUIET:
+        assert len(frontend.asked) == 1  # the second refusal was quiet
+        assert [d["decision"] for d in denials] == ["deny_quiet", "deny_quiet"]
+    else:
+        assert len(frontend.asked) == 2 and committed == {}
+
+
+def test_port_answers_are_written_as_net_port_rules() -> None:
+    text = '[supervisor]\nmode = "interactive"\n'
+    once = add_answers(text, [Kept("", ("connect_tcp",), 8080)])
+    twice = add_answers(once, [Kept("", ("connect_tcp",), 9090)])
+    doc = parse_policy(twice, "p.toml", {"HOME": "/", "PWD": "/"})
+    [entry] = doc.supervisor.net_port
+    assert entry.ports == (8080, 9090) and entry.access == AccessNet.CONNECT_TCP
