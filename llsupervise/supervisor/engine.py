@@ -304,8 +304,8 @@ class NotificationLoop:
         poller.register(listener_fd, select.POLLIN)
         poller.register(server.wake_r, select.POLLIN)
         while True:
-            events = dict(poller.poll())
-            if server.wake_r in events:
+            events = poller.poll()
+            if len(events) > 1 or events[0][0] == server.wake_r:
                 with self._lock:
                     successor = self._server
                     stopping = self._stopping
@@ -313,7 +313,7 @@ class NotificationLoop:
                     return False
                 successor.turn.set()
                 return True
-            mask = events.get(listener_fd, 0)
+            mask = events[0][1]
             if not mask & select.POLLIN:
                 return False  # POLLHUP without input: every supervisee is gone
             try:

@@ -15,9 +15,14 @@ from llsupervise.rights import NO_FS, AccessFs
 from llsupervise.supervisor.objects import ObjectTable, fd_path
 from llsupervise.supervisor.requests import FsRequest, open_rights
 
+#: The open flags ``open_rights`` looks at.
+_RELEVANT_FLAGS = os.O_ACCMODE | os.O_TRUNC
+_KNOWN_MAX = 4096
+
 
 class StaticPrefixes:
     def __init__(self, static: Ruleset, table: ObjectTable) -> None:
+        self._known: dict[tuple[bytes, int], bool] = {}
         self._dirs: dict[bytes, AccessFs] = {}
         for obj, access in static.fs.items():
             if table.is_dir(obj):
@@ -27,6 +32,18 @@ class StaticPrefixes:
     def allows(self, r: FsRequest) -> bool:
         if r.op != "open" or r.flags & os.O_CREAT or not r.path.startswith(b"/"):
             return False
+        # The answer depends only on the path and the flags, and static rules never change:
+        # programs open the same files again and again.
+        key = (r.path, r.flags & _RELEVANT_FLAGS)
+        known = self._known.get(key)
+        if known is None:
+            known = self._allows(r)
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            self._known[key] = known
+        return known
+
+    def _allows(self, r: FsRequest) -> bool:
         if b"/.." in r.path:
             return False
         # Either a file or a directory may be behind the path: require both kinds of read.

@@ -65,11 +65,15 @@ class FsRequest:
         """True when the static layer alone must decide (see SELF_REFERENTIAL)."""
         if self.op == "open" and self.flags & os.O_PATH:
             return True  # Landlock does not check O_PATH opens
-        return any(_self_referential(p) for p in (self.path, self.path2) if p)
+        return _self_referential(self.path) or bool(self.path2 and _self_referential(self.path2))
+
+
+_SELF_EXACT = frozenset(SELF_REFERENTIAL)
+_SELF_BENEATH = tuple(p + b"/" for p in SELF_REFERENTIAL)
 
 
 def _self_referential(path: bytes) -> bool:
-    return any(path == p or path.startswith(p + b"/") for p in SELF_REFERENTIAL)
+    return path in _SELF_EXACT or path.startswith(_SELF_BENEATH)
 
 
 def signed_fd(value: int) -> int:
