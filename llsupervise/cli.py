@@ -128,12 +128,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.command:
         raise LLSuperviseError("no command given: llsupervise run [options] -- CMD [ARGS...]")
-    if not args.headless:
+    if args.headless:
+        return run_headless(args.policy, args.command, log_path=args.log, listen=args.listen)
+    if args.listen:
         raise LLSuperviseError(
-            "the terminal interface is not available in this version; pass --headless to "
-            "apply the policy's mode and default without asking"
+            "--listen goes with --headless: the command keeps this terminal and "
+            "`llsupervise attach SOCKET` answers from another one"
         )
-    return run_headless(args.policy, args.command, log_path=args.log)
+    from llsupervise.tui.app import run_tui
+
+    return run_tui(args.policy, args.command, log_path=args.log)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from llsupervise.tui.app import run_attach
+
+    return run_attach(args.socket)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,8 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", required=True, help="policy file (TOML)")
     run.add_argument("--headless", action="store_true", help="no interface: mode/default apply")
     run.add_argument("--log", help="append events to this JSON-lines file")
+    run.add_argument(
+        "--listen", metavar="SOCKET", help="with --headless: answer via `llsupervise attach SOCKET`"
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
+    attach = sub.add_parser("attach", help="open the interface of a `run --listen` supervisor")
+    attach.add_argument("socket", help="the SOCKET given to --listen")
+    attach.set_defaults(func=cmd_attach)
     return parser
 
 

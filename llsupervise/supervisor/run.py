@@ -1,24 +1,50 @@
-"""``llsupervise run --headless``: supervise without an interface."""
+"""``llsupervise run --headless [--listen SOCKET]``: supervise without an interface here.
+
+With ``--listen``, ``llsupervise attach SOCKET`` in another terminal answers the questions
+while the command keeps this terminal; with no client attached the policy's default applies.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import trio
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.decisions import ModeDecisions
 from llsupervise.supervisor.events import EventLog
+from llsupervise.supervisor.remote import Hub, listening
 
 
-def run_headless(policy_path: str, argv: Sequence[str], *, log_path: str | None = None) -> int:
-    """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N)."""
+def run_headless(
+    policy_path: str,
+    argv: Sequence[str],
+    *,
+    log_path: str | None = None,
+    listen: str | None = None,
+    watch: bool = False,
+) -> int:
+    """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N).
+
+    ``watch``: reload the policy file on each save (see ``Supervisor.open``)."""
     document = load_policy(policy_path)
     log = EventLog.open(log_path)
+    section = document.supervisor
 
     async def main() -> int:
-        async with Supervisor.open(document, log=log) as supervisor:
-            return await supervisor.run(argv)
+        decisions = ModeDecisions(section.mode, section.default, section.prompt_timeout)
+        async with Supervisor.open(
+            document, decisions=decisions, log=log, watch=watch
+        ) as supervisor:
+            if listen is None:
+                return await supervisor.run(argv)
+            hub = Hub(supervisor, decisions)
+            async with listening(hub, listen) as path:
+                print(f"llsupervise: answer from another terminal with: llsupervise attach {path}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                return await supervisor.run(argv)
 
     try:
         return trio.run(main)

@@ -1,0 +1,572 @@
+"""Front-ends that are not in this thread: the question hub and its Unix-socket transport.
+
+The :class:`Hub` is the supervisor's :class:`~llsupervise.supervisor.decisions.Frontend` for
+any number of *clients*: it fans the supervisor's events and questions out to them and takes
+their answers. The terminal interface is one client (in-process); ``llsupervise attach`` is
+another, over a Unix socket (:func:`listening`). With no client attached, the policy's default
+applies at once, as in headless mode.
+
+Protocol: one JSON object per line, each with a ``type``.
+
+server → client
+  ``hello``     ``version``, ``state``: sent first (then past events, then open questions)
+  ``state``     ``state``: rules, generation, mode, command; sent again whenever it changes
+  ``event``     ``event``: a supervisor event as the event log has it
+  ``question``  ``id``, ``denial`` (a Denial's fields), ``timeout_in`` (seconds left)
+  ``resolved``  ``id``, ``answer`` (null when the question timed out or went away)
+  ``error``     ``message`` (and the ``id`` it concerns): a client message was refused
+
+client → server
+  ``answer``    ``id``, ``answer`` (allow_once allow_for allow_always deny deny_quiet),
+                ``duration`` (seconds, allow_for), ``scope`` (the path or one of its parent
+                directories), ``rights`` (allow_always: access names, at least those asked)
+  ``mode``      ``mode``: interactive, enforce or permissive
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import math
+import os
+import socket
+import stat
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+
+import trio
+
+from llsupervise.errors import LLSuperviseError
+from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import detect_support
+from llsupervise.policy.document import MODES, Mode
+from llsupervise.policy.model import Ruleset
+from llsupervise.rights import NO_FS, names, parse_fs
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.decisions import ModeDecisions
+from llsupervise.supervisor.events import Answer, Decision, Denial
+
+PROTOCOL_VERSION = 1
+#: What a person may answer; the others are the supervisor's own.
+CLIENT_ANSWERS = (
+    Answer.ALLOW_ONCE, Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.DENY, Answer.DENY_QUIET,
+)  # fmt: skip
+#: Longest line either side accepts; longer input is an error and ends the connection.
+MAX_LINE = 1 << 20
+#: Longest "allow for" a client may ask (a year): longer is what "always" is for.
+MAX_DURATION = 366 * 24 * 3600.0
+#: Messages queued for a client that does not read; beyond, it is disconnected.
+CLIENT_BUFFER = 20_000
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class RemoteError(LLSuperviseError):
+    """A socket that cannot be served or reached safely, or a refused connection."""
+
+
+class ProtocolError(LLSuperviseError):
+    """A client message that was refused; nothing was changed."""
+
+
+class Client(Protocol):
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue ``message``; must not block nor raise (a broken client drops itself)."""
+
+
+def denial_json(denial: Denial) -> dict[str, Any]:
+    return {k: list(v) if k == "access" else v for k, v in dataclasses.asdict(denial).items()}
+
+
+def denial_from_json(data: Mapping[str, Any]) -> Denial:
+    """A denial sent by :func:`denial_json`."""
+    known = {f.name for f in dataclasses.fields(Denial)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["access"] = tuple(values.get("access", ()))
+    return Denial(**values)
+
+
+def _rules_json(rules: Ruleset, label: Callable[[Any], str]) -> dict[str, Any]:
+    fs = [{"path": label(obj), "access": names(access)} for obj, access in rules.fs.items()]
+    net = [{"port": port, "access": names(access)} for port, access in rules.net.items()]
+    return {"fs": sorted(fs, key=lambda r: r["path"]), "net": net}
+
+
+def kernel_report(sup: Supervisor) -> dict[str, Any]:
+    """What this kernel really enforces of the policy's handled rights (best effort)."""
+    support = detect_support()
+    doc = sup.policy.document
+    if support.abi == 0:
+        return {"abi": 0, "lines": ["Landlock is not available: nothing is enforced"]}
+    with KernelRuleset.create(
+        doc.handled_fs, doc.handled_net, doc.scoped, support=support, allow_nothing=True
+    ) as ruleset:
+        report = ruleset.report
+    return {"abi": support.abi, "lines": report.lines(), "missing": report.missing()}
+
+
+@dataclass
+class _Asked:
+    id: int
+    denial: Denial
+    asked_at: float
+    done: trio.Event = field(default_factory=trio.Event)
+    decision: Decision | None = None
+
+
+class Hub:
+    """Fans events and questions out to clients; the first valid answer wins."""
+
+    def __init__(self, sup: Supervisor, decisions: ModeDecisions, *, history: int = 1000) -> None:
+        self.sup = sup
+        self.decisions = decisions
+        #: The policy's own mode: switching back from permissive returns to it.
+        self.policy_mode: Mode = decisions.mode
+        self.clients: list[Client] = []
+        self.kernel = kernel_report(sup)
+        self._history: deque[dict[str, Any]] = deque(maxlen=history)
+        self._asked: dict[int, _Asked] = {}
+        self._next_id = 1
+        self.argv: list[str] = []
+        self.pid: int | None = None
+        self.exit_status: int | None = None
+        self.last_reload: dict[str, Any] | None = None
+        decisions.frontend = None
+        sup.listeners.append(self.on_event)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def attach(self, client: Client) -> None:
+        """Greet ``client`` with the state, past events and open questions."""
+        self.clients.append(client)
+        self.decisions.frontend = self
+        client.send({"type": "hello", "version": PROTOCOL_VERSION, "state": self.state()})
+        for event in self._history:
+            client.send({"type": "event", "event": event})
+        for asked in self._asked.values():
+            client.send(self._question(asked))
+
+    def detach(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+        if not self.clients:
+            self.decisions.frontend = None
+            for asked in list(self._asked.values()):
+                self._settle(asked, self._headless_decision())
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for client in list(self.clients):
+            client.send(message)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        sup = self.sup
+
+        def label(obj: Any) -> str:
+            for rules in (sup.permanent, sup.mutable.pending, sup.mutable.committed, sup.static):
+                if obj in rules.labels:
+                    return rules.labels[obj]
+            try:
+                return sup.table.label(obj)
+            except KeyError:
+                return str(obj)
+
+        doc = sup.policy.document
+        return {
+            "policy": doc.source,
+            "argv": self.argv,
+            "pid": self.pid,
+            "running": self.pid is not None and self.exit_status is None,
+            "exit_status": self.exit_status,
+            "mode": self.decisions.mode,
+            "policy_mode": self.policy_mode,
+            "default": self.decisions.default,
+            "prompt_timeout": self.decisions.prompt_timeout,
+            "generation": sup.generation,
+            "handled_fs": names(sup.static.handled_fs),
+            "static": _rules_json(sup.static, label),
+            "committed": _rules_json(sup.mutable.committed, label),
+            "pending": _rules_json(sup.mutable.pending, label),
+            "quiet": sorted(label(obj) for obj in sup.quiet),
+            "kernel": self.kernel,
+            "reload": self.last_reload,
+        }
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """A supervisor listener: every event goes to every client."""
+        kind = event.get("event")
+        if kind == "start":
+            self.argv, self.pid, self.exit_status = list(event["argv"]), event["pid"], None
+        elif kind == "exit":
+            self.exit_status = event["status"]
+        elif kind == "reload":
+            self.last_reload = event
+        self._history.append(event)
+        self._broadcast({"type": "event", "event": event})
+        if kind in ("start", "exit", "commit", "reload"):
+            self._broadcast({"type": "state", "state": self.state()})
+
+    # -- questions ------------------------------------------------------------------------
+
+    def _headless_decision(self) -> Decision:
+        return Decision(
+            Answer.ALLOW_ONCE if self.decisions.default == "allow_once" else Answer.DENY
+        )
+
+    def _question(self, asked: _Asked) -> dict[str, Any]:
+        left = self.decisions.prompt_timeout - (trio.current_time() - asked.asked_at)
+        return {
+            "type": "question",
+            "id": asked.id,
+            "denial": denial_json(asked.denial),
+            "timeout_in": max(0.0, left),
+        }
+
+    async def ask(self, denial: Denial) -> Decision:
+        """The Frontend call: wait for a client's answer (ModeDecisions applies the timeout)."""
+        if not self.clients:
+            return self._headless_decision()
+        asked = _Asked(self._next_id, denial, trio.current_time())
+        self._next_id += 1
+        self._asked[asked.id] = asked
+        self._broadcast(self._question(asked))
+        try:
+            await asked.done.wait()
+        finally:
+            del self._asked[asked.id]
+            answer = None if asked.decision is None else str(asked.decision.answer)
+            self._broadcast({"type": "resolved", "id": asked.id, "answer": answer})
+        assert asked.decision is not None
+        return asked.decision
+
+    def _settle(self, asked: _Asked, decision: Decision) -> None:
+        if asked.decision is None:
+            asked.decision = decision
+            asked.done.set()
+
+    # -- client messages ------------------------------------------------------------------
+
+    def receive(self, client: Client, message: Any) -> None:
+        """Handle one client message; a refused one is answered with an ``error``."""
+        try:
+            if not isinstance(message, dict):
+                raise ProtocolError("a message must be a JSON object")
+            kind = message.get("type")
+            if kind == "answer":
+                self._answer(message)
+            elif kind == "mode":
+                self.set_mode(message.get("mode"))
+            else:
+                raise ProtocolError(f"unknown message type {kind!r}")
+        except LLSuperviseError as exc:
+            error: dict[str, Any] = {"type": "error", "message": str(exc)}
+            if isinstance(message, dict) and "id" in message:
+                error["id"] = message["id"]
+            client.send(error)
+
+    def set_mode(self, mode: object) -> None:
+        """``permissive`` answers open questions by allowing, ``enforce`` by denying."""
+        if mode not in MODES:
+            raise ProtocolError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        assert isinstance(mode, str)
+        self.decisions.mode = mode
+        settle = {"permissive": Answer.PERMISSIVE, "enforce": Answer.DENY}.get(mode)
+        if settle is not None:
+            for asked in list(self._asked.values()):
+                self._settle(asked, Decision(settle))
+        self._broadcast({"type": "state", "state": self.state()})
+
+    def _answer(self, message: Mapping[str, Any]) -> None:
+        qid = message.get("id")
+        asked = self._asked.get(qid) if isinstance(qid, int) else None
+        if asked is None or asked.decision is not None:
+            raise ProtocolError(f"no open question {qid!r} (answered or timed out)")
+        raw = message.get("answer")
+        answer = next((a for a in CLIENT_ANSWERS if isinstance(raw, str) and a == raw), None)
+        if answer is None:
+            allowed = ", ".join(CLIENT_ANSWERS)
+            raise ProtocolError(f"answer must be one of {allowed}, not {raw!r}")
+        duration = _duration(message.get("duration")) if answer == Answer.ALLOW_FOR else None
+        scope = _scope(message.get("scope"), asked.denial.path)
+        self._extra_rights(message.get("rights"), answer, asked.denial, scope)
+        self._settle(asked, Decision(answer, duration=duration, scope=scope))
+
+    def _extra_rights(
+        self, rights: object, answer: Answer, denial: Denial, scope: str | None
+    ) -> None:
+        """Rights beyond those asked go on the rule too (allow always only)."""
+        if rights is None:
+            return
+        if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
+            raise ProtocolError("rights must be a list of access names")
+        access = parse_fs(rights)
+        asked = parse_fs(denial.access)
+        if asked & ~access:
+            raise ProtocolError(
+                f"the rule must grant what was asked ({', '.join(names(asked & ~access))}); "
+                "deny instead"
+            )
+        extra = access & ~asked
+        if extra & ~self.sup.static.handled_fs:
+            raise ProtocolError(
+                f"{', '.join(names(extra & ~self.sup.static.handled_fs))}: not handled by "
+                "the policy, so already allowed"
+            )
+        if extra == NO_FS:
+            return
+        if answer != Answer.ALLOW_ALWAYS:
+            raise ProtocolError("more rights than asked can only be kept by allow_always")
+        try:
+            self.sup.add_rule(scope or denial.path, extra)
+        except OSError as exc:
+            raise ProtocolError(f"cannot open {scope or denial.path!r}: {exc.strerror}") from exc
+
+
+def _duration(value: object) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_DURATION
+    ):
+        raise ProtocolError(f"duration must be seconds in (0, {MAX_DURATION:g}], not {value!r}")
+    return float(value)
+
+
+def _scope(value: object, path: str) -> str | None:
+    """The path itself or one of its parent directories (what a rule may be put on)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("scope must be a path")
+    target = PurePosixPath(path)
+    if PurePosixPath(value) not in (target, *target.parents) or not value.startswith("/"):
+        raise ProtocolError(f"scope {value!r} is neither {path!r} nor one of its parents")
+    return value
+
+
+# -- the Unix socket --------------------------------------------------------------------------
+
+
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
+    _pid, uid, _gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return int(uid)
+
+
+def _private_directory(directory: str) -> None:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise RemoteError(
+            f"{directory}: the socket's directory must be private (owned by you, mode 0700); "
+            f"name a socket in a directory that does not exist yet, or run: chmod 700 {directory}"
+        )
+
+
+def _remove_stale(path: str) -> None:
+    """A socket nobody listens on (left by a crash) may go; anything else stays."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RemoteError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise RemoteError(f"{path}: another supervisor is listening there")
+
+
+def bind_private(path: str) -> trio.socket.SocketType:
+    """A listening socket at ``path``, mode 0600, in a private directory."""
+    path = os.path.abspath(path)
+    _private_directory(os.path.dirname(path))
+    _remove_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        raise RemoteError(f"cannot listen on {path}: {exc.strerror}") from exc
+    return trio.socket.from_stdlib_socket(sock)
+
+
+class SocketClient:
+    """One attached process: messages go out through a bounded queue."""
+
+    def __init__(self) -> None:
+        self._out, self._queue = trio.open_memory_channel[bytes](CLIENT_BUFFER)
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self._out.send_nowait(encode(message))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._out.close()  # too slow or gone: the writer ends, then the connection
+
+    def close(self) -> None:
+        """No more messages: the writer sends what is queued and ends."""
+        self._out.close()
+
+    async def write(self, stream: trio.SocketStream) -> None:
+        async with self._queue:
+            async for line in self._queue:
+                await stream.send_all(line)
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+
+
+class LineReader:
+    """Lines without their newline; a line longer than MAX_LINE raises ProtocolError."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._lines: deque[bytes] = deque()
+
+    async def next(self) -> bytes | None:
+        """The next line; None at the end of the stream."""
+        while not self._lines:
+            chunk = await self._stream.receive_some(65536)
+            if not chunk:
+                return None
+            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+            self._lines.extend(lines)
+            if len(self._buffer) > MAX_LINE:
+                raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+        return self._lines.popleft()
+
+
+def decode(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"not a JSON line: {exc}") from exc
+
+
+async def _serve_connection(
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+) -> None:
+    stream = trio.SocketStream(conn)
+    async with stream:
+        uid = peer_uid(conn)
+        if uid != os.geteuid():
+            refusal = f"refused: this supervisor belongs to uid {os.geteuid()}, you are uid {uid}"
+            with trio.move_on_after(1):
+                await stream.send_all(encode({"type": "error", "message": refusal}))
+            return
+        client = SocketClient()
+        clients.append(client)
+        hub.attach(client)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def reader() -> None:
+                    lines = LineReader(stream)
+                    try:
+                        while (line := await lines.next()) is not None:
+                            if line.strip():
+                                try:
+                                    hub.receive(client, decode(line))
+                                except ProtocolError as exc:
+                                    client.send({"type": "error", "message": str(exc)})
+                    except (ProtocolError, trio.BrokenResourceError):
+                        pass
+                    # The client hung up: stop writing to it.
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(reader)
+                try:
+                    await client.write(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            hub.detach(client)
+            clients.remove(client)
+
+
+@asynccontextmanager
+async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator[str]:
+    """Serve attach clients on ``path`` for the duration of the block; yields the path.
+
+    On the way out, queued messages (the command's exit) get ``grace`` seconds to reach the
+    clients; then connections close and the socket file is removed."""
+    sock = bind_private(path)
+    path = os.path.abspath(path)
+    clients: list[SocketClient] = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def accept() -> None:
+                while True:
+                    conn, _ = await sock.accept()
+                    nursery.start_soon(_serve_connection, hub, conn, clients)
+
+            nursery.start_soon(accept)
+            try:
+                yield path
+            finally:
+                for client in clients:
+                    client.close()
+                with trio.move_on_after(grace) as scope:
+                    scope.shield = True
+                    while clients:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+async def connect(path: str) -> trio.SocketStream:
+    """Connect to a listening supervisor; refuse one run by another user."""
+    try:
+        stream = await trio.open_unix_socket(path)
+    except OSError as exc:
+        reason = "nobody listens there" if exc.errno == errno.ECONNREFUSED else exc.strerror
+        raise RemoteError(f"cannot attach to {path}: {reason}") from exc
+    uid = peer_uid(stream.socket)
+    if uid != os.geteuid():
+        await stream.aclose()
+        raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
+    return stream
+
+
+__all__ = [
+    "CLIENT_ANSWERS",
+    "PROTOCOL_VERSION",
+    "Client",
+    "Hub",
+    "LineReader",
+    "ProtocolError",
+    "RemoteError",
+    "bind_private",
+    "connect",
+    "decode",
+    "denial_from_json",
+    "denial_json",
+    "encode",
+    "listening",
+]

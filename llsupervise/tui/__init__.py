@@ -1,0 +1,1 @@
+"""The terminal interface (textual); the only package that imports textual."""

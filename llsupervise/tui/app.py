@@ -1,0 +1,352 @@
+"""The terminal interface: live denial feed, questions, rules, status, the command's output.
+
+:func:`build_app` is the one factory, used by the command line, the tests and the screenshot
+script; what is shown comes from a :class:`~llsupervise.tui.session.Session`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import outcome
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widgets import (
+    Button,
+    Footer,
+    Input,
+    Log,
+    RadioSet,
+    Select,
+    SelectionList,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from llsupervise.errors import LLSuperviseError
+from llsupervise.supervisor.events import Answer, EventLog
+from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
+from llsupervise.tui.session import LocalSession, RemoteSession, Session
+from llsupervise.tui.text import TerminalText, printable
+from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
+
+#: Least time between two redraws of the feed and rules tables while denials pour in.
+REDRAW_INTERVAL = 0.2
+
+
+class Incoming(Message):
+    """A protocol message from the session."""
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__()
+        self.message = message
+
+
+class Output(Message):
+    """Bytes from the command's terminal, as it wrote them."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+
+class Ended(Message):
+    def __init__(self, result: outcome.Outcome[Any]) -> None:
+        super().__init__()
+        self.result = result
+
+
+class SupervisorApp(App[int]):
+    TITLE = "llsupervise"
+    ENABLE_COMMAND_PALETTE = False
+    CSS = """
+    TabbedContent { height: 1fr; }
+    #output-note { padding: 1 2; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("o", "answer('allow_once')", "once"),
+        Binding("t", "answer('allow_for')", "for a while"),
+        Binding("a", "answer('allow_always')", "always"),
+        Binding("d", "answer('deny')", "deny"),
+        Binding("q", "answer('deny_quiet')", "deny+quiet"),
+        Binding("s", "broader", "scope"),
+        Binding("m", "toggle_mode", "permissive"),
+        Binding("1", "show_tab('feed')", "denials", show=False),
+        Binding("2", "show_tab('rules')", "rules", show=False),
+        Binding("3", "show_tab('output')", "output", show=False),
+        Binding("slash", "focus_filter", "filter"),
+        Binding("escape", "leave_filter", "leave filter", show=False),
+        Binding("ctrl+q", "quit", "quit", priority=True),
+    ]
+
+    def __init__(self, session: Session, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.session = session
+        self.clock = clock
+        self.model = SessionModel(clock)
+        #: The exception that ended the session, if it failed.
+        self.failure: BaseException | None = None
+        self._dirty: set[str] = set()
+        self._redraw_scheduled = False
+        self._last_redraw = 0.0
+        self._quit_requests = 0
+        #: Makes the command's output safe to show (escape sequences, controls).
+        self._terminal = TerminalText()
+
+    # -- the session's side (called in this thread: trio is a guest here) -------------------
+
+    def receive(self, message: dict[str, Any]) -> None:
+        self.post_message(Incoming(message))
+
+    def terminal_output(self, data: bytes) -> None:
+        self.post_message(Output(data))
+
+    def session_ended(self, result: outcome.Outcome[Any]) -> None:
+        self.post_message(Ended(result))
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with TabbedContent(initial="feed", id="tabs"):
+            with TabPane("Denials [1]", id="feed"):
+                yield FeedView(id="feed-view")
+            with TabPane("Rules [2]", id="rules"):
+                yield RulesView(id="rules-view")
+            with TabPane("Output [3]", id="output"):
+                if self.session.local:
+                    yield Log(id="output-log", max_lines=10_000, auto_scroll=True)
+                else:
+                    note = Text("The command's terminal is where it was started; this interface ")
+                    note.append(f"is {printable(self.session.origin)}.")
+                    yield Static(note, id="output-note")
+        yield PromptPanel(self.clock, id="prompt", classes="-hidden")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self._tick)
+        self.session.start(self)
+        self._resize_terminal()
+
+    async def on_unmount(self) -> None:
+        await self.session.stop()
+
+    def on_resize(self) -> None:
+        self._resize_terminal()
+
+    def _resize_terminal(self) -> None:
+        # The pane is the screen less the status bar, tabs, borders and footer.
+        self.session.resize(max(self.size.height - 6, 5), max(self.size.width - 2, 20))
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def on_incoming(self, event: Incoming) -> None:
+        changed = self.model.apply(event.message)
+        if PROMPT in changed and self.is_running:
+            self._show_prompt()
+        self._dirty |= changed - {PROMPT}
+        self._schedule_redraw()
+
+    def on_output(self, event: Output) -> None:
+        text = self._terminal.feed(event.data)
+        if text and self.session.local and self.is_running:
+            self.query_one("#output-log", Log).write(text)
+
+    def on_ended(self, event: Ended) -> None:
+        if isinstance(event.result, outcome.Error):
+            self.failure = event.result.error
+            self.exit(None, return_code=2)
+            return
+        self._dirty.add(STATUS)
+        self._schedule_redraw()
+        if (tail := self._terminal.feed(b"", final=True)) and self.session.local:
+            self.query_one("#output-log", Log).write(tail)
+        if self._quit_requests:
+            self.exit(self.exit_status)
+
+    def _schedule_redraw(self) -> None:
+        if not self._redraw_scheduled:
+            self._redraw_scheduled = True
+            delay = self._last_redraw + REDRAW_INTERVAL - time.monotonic()
+            if delay > 0:
+                self.set_timer(delay, self._redraw)
+            else:
+                self.call_later(self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_scheduled = False
+        if not self.is_running:
+            return  # shutting down: the widgets are going away
+        self._last_redraw = time.monotonic()
+        dirty, self._dirty = self._dirty, set()
+        model = self.model
+        if FEED in dirty:
+            self.query_one(FeedView).show(model.feed)
+        if RULES in dirty:
+            self.query_one(RulesView).show(model.rules, model.status)
+        if STATUS in dirty:
+            attached = None if self.session.local else self.session.origin
+            self.query_one(StatusBar).show(model.status, model.rules.generation, attached)
+            self.refresh_bindings()
+
+    def _show_prompt(self) -> None:
+        prompts = self.model.prompts
+        self.query_one(PromptPanel).show(
+            prompts.current, prompts.waiting, self.model.status.default, prompts.error
+        )
+        self.refresh_bindings()
+
+    def _tick(self) -> None:
+        if self.is_running:
+            self.query_one(PromptPanel).tick()
+
+    # -- actions --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        question = self.model.prompts.current
+        if action in ("answer", "broader") and question is None:
+            return False
+        if action == "answer" and parameters in (("allow_once",), ("allow_for",)):
+            # An exec was refused already: shown, but greyed out.
+            return None if question is not None and question.denial.next_run_only else True
+        return True
+
+    def action_answer(self, answer: str) -> None:
+        question = self.model.prompts.current
+        if question is None or self.check_action("answer", (answer,)) is not True:
+            return
+        if answer == Answer.ALLOW_ALWAYS and question.missing_rights():
+            self.model.prompts.error = (
+                f"the rule must grant what was asked ({', '.join(question.missing_rights())})"
+            )
+            self._show_prompt()
+            return
+        self.session.send(question.answer(Answer(answer)))
+
+    def action_broader(self) -> None:
+        question = self.model.prompts.current
+        if question is not None:
+            question.broader()
+            panel = self.query_one(PromptPanel)
+            panel.fill_scopes(question)
+            panel.fill_rights(question)
+
+    def action_toggle_mode(self) -> None:
+        status = self.model.status
+        if status.mode == "permissive":
+            mode = status.policy_mode if status.policy_mode != "permissive" else "interactive"
+        else:
+            mode = "permissive"
+        self.session.send({"type": "mode", "mode": mode})
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_focus_filter(self) -> None:
+        self.action_show_tab("feed")
+        self.query_one("#filter", Input).focus()
+
+    def action_leave_filter(self) -> None:
+        self.set_focus(None)
+
+    async def action_quit(self) -> None:
+        status = self.model.status
+        if self.session.local and status.exit_status is None and self.failure is None:
+            self._quit_requests += 1
+            force = self._quit_requests > 1
+            self.session.terminate(force)
+            self.notify(
+                "killing the command" if force
+                else "ending the command (SIGTERM); ctrl+q again kills it"
+            )  # fmt: skip
+            return
+        self.exit(self.exit_status)
+
+    @property
+    def exit_status(self) -> int | None:
+        return self.model.status.exit_status
+
+    # -- widget events --------------------------------------------------------------------
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._dirty.add(FEED)
+        self._schedule_redraw()
+
+    @on(RadioSet.Changed, ".scope")
+    def _scope_changed(self, event: RadioSet.Changed) -> None:
+        question = self.model.prompts.current
+        if question is not None and event.index != question.scope_index:
+            question.choose_scope(event.index)
+            self.query_one(PromptPanel).fill_rights(question)
+
+    @on(SelectionList.SelectedChanged, "#rights")
+    def _rights_changed(self, event: SelectionList.SelectedChanged[str]) -> None:
+        question = self.model.prompts.current
+        if question is not None:
+            question.set_rights(list(event.selection_list.selected))
+
+    @on(Select.Changed, "#duration")
+    def _duration_changed(self, event: Select.Changed) -> None:
+        question = self.model.prompts.current
+        if question is not None and isinstance(event.value, float):
+            question.duration = event.value
+
+    @on(Button.Pressed)
+    def _button(self, event: Button.Pressed) -> None:
+        if event.button.id in {a.value for a in Answer}:
+            self.action_answer(str(event.button.id))
+
+
+def build_app(session: Session, *, clock: Callable[[], float] = time.monotonic) -> SupervisorApp:
+    """The interface over ``session`` (local supervisor, attached socket, or fixed data)."""
+    return SupervisorApp(session, clock=clock)
+
+
+def _need_terminal() -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise LLSuperviseError(
+            "the terminal interface needs a terminal; pass --headless, or --listen SOCKET and "
+            "attach from a terminal"
+        )
+
+
+def _finish(app: SupervisorApp, status: int | None) -> int:
+    if app.failure is not None:
+        if isinstance(app.failure, LLSuperviseError):
+            raise app.failure
+        raise LLSuperviseError(f"the supervisor failed: {app.failure!r}") from app.failure
+    return 0 if status is None else status
+
+
+def run_tui(
+    policy_path: str, argv: Sequence[str], *, log_path: str | None = None, watch: bool = False
+) -> int:
+    """``llsupervise run``: the command's exit status once the user quits."""
+    from llsupervise.policy.loader import load_policy
+
+    _need_terminal()
+    document = load_policy(policy_path)
+    log = EventLog.open(log_path)
+    try:
+        session = LocalSession(document, argv, log=log, watch=watch)
+        app = build_app(session)
+        app.run()
+        return _finish(app, session.exit_status)
+    finally:
+        log.close()
+
+
+def run_attach(path: str) -> int:
+    """``llsupervise attach SOCKET``: 0 once the user detaches."""
+    _need_terminal()
+    app = build_app(RemoteSession(path))
+    app.run()
+    return _finish(app, 0)

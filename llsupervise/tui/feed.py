@@ -1,0 +1,85 @@
+"""The denial feed: denials coalesced by (program, access, object), newest first."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+FeedKey = tuple[str, tuple[str, ...], str]
+
+
+@dataclass
+class FeedEntry:
+    exe: str
+    access: tuple[str, ...]
+    path: str
+    syscall: str
+    pid: int
+    #: How many requests were denied (a denial event may stand for several).
+    count: int
+    first_seen: float
+    last_seen: float
+    #: The answer the last one got (``deny``, ``allow_once``, ...).
+    decision: str
+    next_run_only: bool = False
+
+    @property
+    def key(self) -> FeedKey:
+        return (self.exe, self.access, self.path)
+
+    def matches(self, words: list[str]) -> bool:
+        haystack = " ".join(
+            (self.exe, self.path, " ".join(self.access), self.decision, self.syscall)
+        ).lower()
+        return all(word in haystack for word in words)
+
+
+class Feed:
+    """Bounded: beyond ``limit`` distinct entries the least recently seen is forgotten."""
+
+    def __init__(self, limit: int = 5000) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[FeedKey, FeedEntry] = OrderedDict()
+        #: Denied requests seen in all, forgotten entries included.
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, event: Mapping[str, Any]) -> FeedEntry:
+        """Fold one ``denial`` event in; return its entry."""
+        access = tuple(str(a) for a in event.get("access", ()))
+        key: FeedKey = (str(event.get("exe", "")), access, str(event.get("path", "")))
+        count = int(event.get("count", 1))
+        ts = float(event.get("ts", 0.0))
+        self.total += count
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            entry = FeedEntry(
+                exe=key[0], access=access, path=key[2], syscall=str(event.get("syscall", "")),
+                pid=int(event.get("pid", 0)), count=0, first_seen=ts, last_seen=ts,
+                decision="",
+            )  # fmt: skip
+        entry.count += count
+        entry.last_seen = max(entry.last_seen, ts)
+        entry.pid = int(event.get("pid", entry.pid))
+        entry.syscall = str(event.get("syscall", entry.syscall))
+        entry.decision = str(event.get("decision", ""))
+        entry.next_run_only = bool(event.get("next_run_only", False))
+        self._entries[key] = entry  # most recently seen last
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+        return entry
+
+    def entries(self, filter_text: str = "", limit: int | None = None) -> list[FeedEntry]:
+        """Newest first; ``filter_text``: every word must occur (case-insensitive)."""
+        words = filter_text.lower().split()
+        out: list[FeedEntry] = []
+        for entry in reversed(self._entries.values()):
+            if not words or entry.matches(words):
+                out.append(entry)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out

@@ -1,0 +1,171 @@
+"""Questions waiting for an answer, and what an answer may say (scope, rights, duration)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from llsupervise.errors import LLSuperviseError
+from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
+from llsupervise.supervisor.events import Answer, Denial
+
+#: Rights that only make sense on a directory: a denial asking one was checked on a directory.
+DIRECTORY_ONLY = names(AccessFs(~FILE_ACCESS & sum(AccessFs)))
+ALL_FS = names(AccessFs(sum(AccessFs)))
+FILE_ONLY = names(FILE_ACCESS)
+
+#: Choices offered for "allow for", in seconds.
+DURATIONS = (60.0, 300.0, 900.0, 3600.0, 8 * 3600.0)
+DEFAULT_DURATION = 300.0
+
+
+class DurationError(LLSuperviseError):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``5m``, ``1h30m``, ``2d`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+            raise DurationError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h30m)")
+        seconds = sum(float(n) * units[u] for n, u in parts)
+    if seconds <= 0:
+        raise DurationError("a duration must be more than 0 seconds")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds and seconds % 86400 == 0:
+        return f"{seconds // 86400}d"
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class ScopeChoice:
+    """Where a rule may go: the object itself, its directory, or a directory above."""
+
+    path: str
+    title: str
+    is_dir: bool
+
+    def rights(self) -> list[str]:
+        """Rights that a rule on this object can carry (the kernel refuses the others)."""
+        return ALL_FS if self.is_dir else FILE_ONLY
+
+
+def is_directory_request(access: tuple[str, ...]) -> bool:
+    return any(a in DIRECTORY_ONLY for a in access)
+
+
+def scope_choices(denial: Denial) -> list[ScopeChoice]:
+    """The checked object first, then each parent directory up to ``/``."""
+    path = PurePosixPath(denial.path)
+    own_dir = is_directory_request(denial.access)
+    choices = [ScopeChoice(str(path), "this directory" if own_dir else "this file", own_dir)]
+    for i, parent in enumerate(path.parents):
+        title = "its directory" if i == 0 and not own_dir else "parent directory"
+        choices.append(ScopeChoice(str(parent), title, True))
+    return choices
+
+
+@dataclass
+class Question:
+    """One open question and the answer being prepared for it."""
+
+    id: int
+    denial: Denial
+    #: Monotonic time (the model's clock) at which the default applies.
+    deadline: float
+    scopes: list[ScopeChoice] = field(default_factory=list)
+    scope_index: int = 0
+    rights: list[str] = field(default_factory=list)
+    duration: float = DEFAULT_DURATION
+
+    @classmethod
+    def create(cls, qid: int, denial: Denial, deadline: float) -> Question:
+        return cls(qid, denial, deadline, scope_choices(denial), 0, list(denial.access))
+
+    @property
+    def scope(self) -> ScopeChoice:
+        return self.scopes[self.scope_index]
+
+    def choose_scope(self, index: int) -> None:
+        self.scope_index = max(0, min(index, len(self.scopes) - 1))
+        allowed = self.scope.rights()
+        kept = [r for r in self.rights if r in allowed]
+        # What was asked stays ticked: a rule that does not grant it does not answer it.
+        self.rights = [r for r in allowed if r in kept or r in self.denial.access]
+
+    def broader(self) -> None:
+        """Next scope up, wrapping around to the object itself."""
+        self.choose_scope((self.scope_index + 1) % len(self.scopes))
+
+    def set_rights(self, rights: list[str]) -> None:
+        allowed = self.scope.rights()
+        self.rights = [r for r in allowed if r in rights]
+
+    def missing_rights(self) -> list[str]:
+        return [a for a in self.denial.access if a not in self.rights]
+
+    def answer(self, answer: Answer) -> dict[str, Any]:
+        """The protocol message for ``answer`` with the scope, rights and duration chosen."""
+        message: dict[str, Any] = {"type": "answer", "id": self.id, "answer": str(answer)}
+        if answer in (Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.DENY_QUIET):
+            message["scope"] = self.scope.path
+        if answer == Answer.ALLOW_FOR:
+            message["duration"] = self.duration
+        if answer == Answer.ALLOW_ALWAYS:
+            message["rights"] = names(parse_fs(self.rights))
+        return message
+
+
+class PromptQueue:
+    """Open questions in the order they were asked; the first one is shown."""
+
+    def __init__(self) -> None:
+        self._questions: dict[int, Question] = {}
+        #: The last error the supervisor gave for an answer (cleared by the next question).
+        self.error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._questions)
+
+    def add(self, qid: int, denial: Denial, timeout_in: float, now: float) -> Question:
+        question = Question.create(qid, denial, now + timeout_in)
+        self._questions[qid] = question
+        return question
+
+    def resolve(self, qid: int) -> Question | None:
+        question = self._questions.pop(qid, None)
+        if question is not None:
+            self.error = None
+        return question
+
+    def get(self, qid: int) -> Question | None:
+        return self._questions.get(qid)
+
+    @property
+    def current(self) -> Question | None:
+        return next(iter(self._questions.values()), None)
+
+    @property
+    def waiting(self) -> int:
+        """Questions behind the one shown."""
+        return max(0, len(self._questions) - 1)
+
+    def clear(self) -> None:
+        self._questions.clear()

@@ -1,0 +1,246 @@
+"""Where the interface's messages come from: a supervisor in this process, one reached over
+a socket (``attach``), or a fixed list (screenshots and snapshot tests).
+
+Each session delivers protocol messages (:mod:`llsupervise.supervisor.remote`) to a
+:class:`Receiver` and takes the user's messages with :meth:`Session.send`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import outcome
+import trio
+
+from llsupervise.policy.document import PolicyDocument
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.decisions import ModeDecisions
+from llsupervise.supervisor.events import EventLog
+from llsupervise.supervisor.remote import Hub, LineReader, connect, decode, encode
+from llsupervise.tui.guest import GuestRun
+from llsupervise.tui.terminal import Pty
+
+
+class Receiver(Protocol):
+    """The app, as sessions see it. Called in the app's thread (trio runs there as a guest)."""
+
+    def receive(self, message: dict[str, Any]) -> None: ...
+
+    def terminal_output(self, data: bytes) -> None: ...
+
+    def session_ended(self, result: outcome.Outcome[Any]) -> None: ...
+
+
+class Session:
+    #: True when the command's terminal is shown here (it runs in this process).
+    local = True
+    #: Where the session comes from, for the status line.
+    origin = ""
+
+    def start(self, receiver: Receiver) -> None:
+        raise NotImplementedError
+
+    def send(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def terminate(self, force: bool) -> None:
+        """The user wants to quit: end the command (local) or just detach (attached)."""
+
+    async def stop(self) -> None:
+        """Called when the app closes: everything this session started has ended on return."""
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The command's terminal pane changed size."""
+
+
+class _GuestSession(Session):
+    def __init__(self) -> None:
+        self.guest = GuestRun()
+        self.receiver: Receiver | None = None
+
+    def start(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.guest.start(self.main, receiver.session_ended)
+
+    async def main(self) -> Any:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        await self.guest.stop()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        if self.receiver is not None:
+            self.receiver.receive(message)
+
+
+class LocalSession(_GuestSession):
+    """Runs the command under a supervisor in this process; its output goes to a pty pane."""
+
+    origin = "this terminal"
+
+    def __init__(
+        self,
+        document: PolicyDocument,
+        argv: Sequence[str],
+        *,
+        log: EventLog | None = None,
+        forward_signals: bool = True,
+        watch: bool = False,
+    ) -> None:
+        """``watch``: reload the policy file on each save (see ``Supervisor.open``)."""
+        super().__init__()
+        self.watch = watch
+        self.document = document
+        self.argv = list(argv)
+        self.log = log
+        self.forward_signals = forward_signals
+        self.hub: Hub | None = None
+        self.supervisor: Supervisor | None = None
+        self.exit_status: int | None = None
+        self._pty: Pty | None = None
+        self._client = _HubClient(self)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.guest.call(self._receive, message)
+
+    def _receive(self, message: dict[str, Any]) -> None:
+        if self.hub is not None:
+            self.hub.receive(self._client, message)
+
+    # The hub's view of this session: one client.
+    def _client_send(self, message: dict[str, Any]) -> None:
+        self._deliver(message)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self._pty is not None:
+            self._pty.resize(rows, cols)
+
+    def terminate(self, force: bool) -> None:
+        self.guest.call(self._signal, signal.SIGKILL if force else signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        launched = self.supervisor.launched if self.supervisor else None
+        if launched is not None and launched.process.returncode is None:
+            try:
+                os.kill(launched.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    async def main(self) -> int:
+        doc = self.document.supervisor
+        decisions = ModeDecisions(doc.mode, doc.default, doc.prompt_timeout)
+        async with Supervisor.open(
+            self.document, decisions=decisions, log=self.log, watch=self.watch
+        ) as sup:
+            self.supervisor = sup
+            self.hub = Hub(sup, decisions)
+            self.hub.attach(self._client)
+            pty = self._pty = Pty()
+            emit = self._output
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pty.pump, emit)
+                    try:
+                        status = await sup.run(
+                            self.argv, forward_signals=self.forward_signals,
+                            stdio=(pty.slave, pty.slave, pty.slave),
+                        )  # fmt: skip
+                    except BaseException:
+                        self._kill_child()
+                        raise
+                    nursery.cancel_scope.cancel()
+                pty.drain(emit)
+            finally:
+                self._pty = None
+                pty.close()
+        self.exit_status = status
+        return status
+
+    def _output(self, data: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.terminal_output(data)
+
+    def _kill_child(self) -> None:
+        """Leaving (the app closed) while the command runs: it must not outlive us unsupervised."""
+        launched = self.supervisor.launched if self.supervisor else None
+        if launched is not None and launched.process.poll() is None:
+            launched.process.kill()
+            launched.process.wait()
+
+
+class _HubClient:
+    def __init__(self, session: LocalSession) -> None:
+        self._session = session
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._session._client_send(message)
+
+
+class RemoteSession(_GuestSession):
+    """Attached to ``llsupervise run --listen SOCKET`` from another terminal."""
+
+    local = False
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.origin = f"attached to {path}"
+        self._outgoing: trio.MemorySendChannel[bytes] | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.guest.call(self._queue, message)
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        if self._outgoing is not None:
+            try:
+                self._outgoing.send_nowait(encode(message))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    async def main(self) -> None:
+        stream = await connect(self.path)
+        send, queue = trio.open_memory_channel[bytes](1000)
+        self._outgoing = send
+        reason = "the supervisor closed the connection (its command has ended)"
+        async with stream, trio.open_nursery() as nursery:
+
+            async def writer() -> None:
+                async for line in queue:
+                    await stream.send_all(line)
+
+            nursery.start_soon(writer)
+            lines = LineReader(stream)
+            try:
+                while (line := await lines.next()) is not None:
+                    if line.strip():
+                        self._deliver(decode(line))
+            except trio.BrokenResourceError:
+                reason = "the connection to the supervisor broke"
+            nursery.cancel_scope.cancel()
+        self._deliver({"type": "closed", "reason": reason})
+
+
+class ReplaySession(Session):
+    """Fixed messages, for screenshots and snapshot tests; what the user sends is kept."""
+
+    def __init__(
+        self, messages: Iterable[dict[str, Any]], *, output: bytes = b"", local: bool = True,
+        origin: str = "",
+    ) -> None:  # fmt: skip
+        self.messages = list(messages)
+        self.output = output
+        self.local = local
+        self.origin = origin or ("this terminal" if local else "attached")
+        self.sent: list[dict[str, Any]] = []
+
+    def start(self, receiver: Receiver) -> None:
+        for message in self.messages:
+            receiver.receive(message)
+        if self.output:
+            receiver.terminal_output(self.output)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)

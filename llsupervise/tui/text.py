@@ -1,0 +1,126 @@
+"""Untrusted text made safe to show: paths, command lines, a command's terminal output.
+
+Everything a supervised program controls (file names, its command line, what it prints) is
+shown through these functions and rendered as plain rich ``Text``, never as markup, so that
+no byte sequence can move the cursor, recolour the screen or hide part of a line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import unicodedata
+
+#: Unicode categories shown as escapes: controls, format characters (bidi overrides,
+#: zero-width joiners), surrogates, private use, unassigned, line/paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _visible(char: str) -> bool:
+    if char == " ":
+        return True
+    category = unicodedata.category(char)
+    # Spaces other than U+0020 (no-break, em, ideographic...) could disguise a path.
+    return category not in _HIDDEN_CATEGORIES and category != "Zs"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not plainly visible written as an escape.
+
+    Unambiguous: a backslash is doubled, so an escape can never be forged by a name that
+    contains a literal backslash sequence."""
+    if text.isprintable() and "\\" not in text and all(_visible(c) for c in text):
+        return text
+    out = []
+    for char in text:
+        if char in _NAMED:
+            out.append(_NAMED[char])
+        elif _visible(char):
+            out.append(char)
+        else:
+            out.append(_escape(char))
+    return "".join(out)
+
+
+def shorten(text: str, width: int) -> str:
+    """Keep the end of a long path (the part that tells files apart), marked with '…'."""
+    if width < 2 or len(text) <= width:
+        return text
+    return "…" + text[-(width - 1) :]
+
+
+# -- a command's terminal output ------------------------------------------------------------
+
+#: Terminal escape sequences, removed whole: CSI (colours, cursor moves), OSC (titles,
+#: hyperlinks), DCS/SOS/PM/APC strings, and two-byte ESC sequences.
+_SEQUENCE = re.compile(
+    r"""
+    \x1b\[ [0-?]* [ -/]* [@-~]                  # CSI
+  | \x9b [0-?]* [ -/]* [@-~]                    # 8-bit CSI
+  | \x1b\] .*? (?:\x07|\x1b\\|\x9c)             # OSC, ended by BEL or ST
+  | \x1b[P_^X] .*? (?:\x1b\\|\x9c)              # DCS, APC, PM, SOS
+  | \x1b [ -/]* [0-~]                           # other ESC sequences (charset, keypad...)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+#: A sequence that may still be completed by the next read.
+_UNFINISHED = re.compile(
+    r"""
+    (?: \x1b\[ [0-?]* [ -/]*                     # CSI without its final byte
+      | \x1b\] [^\x07\x9c\x1b]* \x1b?            # OSC without its terminator
+      | \x1b[P_^X] [^\x9c\x1b]* \x1b?             # DCS, APC, PM, SOS likewise
+      | \x1b [ -/]*                              # ESC, maybe with intermediates
+      | \r                                       # may be the first half of CR LF
+    )\Z
+    """,
+    re.VERBOSE,
+)
+#: Longest unfinished sequence kept for the next read; longer ones are dropped.
+_MAX_PENDING = 4096
+
+
+def _keep_output_char(char: str) -> str:
+    if char in "\n\t":
+        return char
+    if char == "\b" or char == "\x07":
+        return ""  # backspace and bell have no meaning in a scrolling log
+    return char if _visible(char) else _escape(char)
+
+
+class TerminalText:
+    """Turns a command's terminal output (bytes, in arbitrary chunks) into safe text lines.
+
+    Escape sequences are removed, carriage returns become line breaks (a progress bar shows
+    as successive lines), every other control or invisible character is shown escaped."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+
+    def feed(self, data: bytes, *, final: bool = False) -> str:
+        text = self._pending + self._decoder.decode(data, final)
+        self._pending = ""
+        if not final:
+            unfinished = _UNFINISHED.search(text)
+            if unfinished is not None and unfinished.start() < len(text):
+                tail = text[unfinished.start() :]
+                text = text[: unfinished.start()]
+                if len(tail) <= _MAX_PENDING:
+                    self._pending = tail
+        text = _SEQUENCE.sub("", text)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text.isprintable():
+            return text
+        return "".join(_keep_output_char(c) for c in text)

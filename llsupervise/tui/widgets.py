@@ -1,0 +1,350 @@
+"""Widgets that render the session model. Untrusted strings only ever go in as rich ``Text``
+built from :func:`~llsupervise.tui.text.printable`, never as markup."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import (
+    Button,
+    DataTable,
+    Input,
+    RadioButton,
+    RadioSet,
+    Select,
+    SelectionList,
+    Static,
+)
+from textual.widgets.selection_list import Selection
+
+from llsupervise.tui.feed import Feed
+from llsupervise.tui.model import Rules, Status
+from llsupervise.tui.prompts import DURATIONS, Question, format_duration
+from llsupervise.tui.text import printable
+
+#: Rows the feed shows at most (the model keeps more; the filter reaches all of them).
+FEED_ROWS = 500
+
+_DECISION_STYLE = {
+    "deny": "bold red",
+    "timeout_deny": "red",
+    "deny_quiet": "dim red",
+    "allow_once": "green",
+    "allow_for": "green",
+    "allow_always": "bold green",
+    "permissive": "yellow",
+}
+
+
+def safe(text: str, style: str = "") -> Text:
+    return Text(printable(text), style=style, no_wrap=False)
+
+
+def clock_time(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+class StatusBar(Static):
+    """Command, its pid and state, mode, generation, and what the kernel really enforces."""
+
+    DEFAULT_CSS = """
+    StatusBar {
+        height: 2; background: $boost; padding: 0 1;
+        text-wrap: nowrap; text-overflow: ellipsis;
+    }
+    """
+
+    def show(self, status: Status, generation: int, attached_to: str | None = None) -> None:
+        line = Text()
+        line.append("llsupervise", style="bold")
+        if status.pid is not None:
+            line.append(f"  pid {status.pid}")
+        state_style = "green" if status.running else ("red" if status.gone else "yellow")
+        line.append("  ")
+        line.append(status.state, style=state_style)
+        line.append("  mode ")
+        line.append(
+            status.mode or "?", style="bold yellow" if status.mode == "permissive" else "bold"
+        )
+        line.append(f"  generation {generation}  ")
+        # The command last: a long one is cut at the edge, the state above stays visible.
+        line.append_text(safe(" ".join(status.argv) or "…", "dim"))
+        line.append("\n")
+        if status.kernel_abi == 0 and status.kernel_lines:
+            line.append(status.kernel_lines[0], style="bold red")
+        elif status.kernel_abi:
+            line.append(f"Landlock ABI {status.kernel_abi}: ")
+            if status.kernel_missing:
+                line.append("NOT enforced (kernel lacks it): " + "; ".join(status.kernel_missing),
+                            style="bold red")  # fmt: skip
+            else:
+                line.append("every handled right is enforced", style="green")
+        if attached_to:
+            line.append("  ")
+            line.append_text(safe(attached_to, "italic"))
+        self.update(line)
+
+
+class FeedView(Vertical):
+    """Denials, newest first, coalesced by (program, access, object); filter by words."""
+
+    DEFAULT_CSS = """
+    FeedView #filter { height: 3; }
+    FeedView DataTable { height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter: words that must all appear ( / )", id="filter")
+        table: DataTable[Text] = DataTable(id="feed-table", cursor_type="row", zebra_stripes=True)
+        yield table
+
+    def on_mount(self) -> None:
+        table = self.query_one("#feed-table", DataTable)
+        for title, key in (("last seen", "last"), ("count", "count"), ("answer", "answer"),
+                           ("program", "exe"), ("access", "access"), ("path", "path")):  # fmt: skip
+            table.add_column(title, key=key)
+
+    @property
+    def filter_text(self) -> str:
+        return self.query_one("#filter", Input).value
+
+    def show(self, feed: Feed) -> None:
+        table = self.query_one("#feed-table", DataTable)
+        table.clear()
+        for entry in feed.entries(self.filter_text, limit=FEED_ROWS):
+            exe = entry.exe.rsplit("/", 1)[-1] or entry.exe
+            table.add_row(
+                Text(clock_time(entry.last_seen)),
+                Text(str(entry.count), justify="right"),
+                Text(entry.decision, style=_DECISION_STYLE.get(entry.decision, "")),
+                safe(exe),
+                Text(", ".join(entry.access)),
+                safe(entry.path),
+            )
+        shown = len(feed.entries(self.filter_text))
+        table.border_title = f"{shown} of {len(feed)} entries · {feed.total} denials"
+
+
+class RulesView(Horizontal):
+    """Static rules beside supervisor rules (committed / pending), quiet objects, reloads."""
+
+    DEFAULT_CSS = """
+    RulesView > Vertical { width: 2fr; }
+    RulesView > Vertical#supervisor-side { width: 3fr; }
+    RulesView DataTable { height: 1fr; }
+    RulesView .notes { height: auto; max-height: 12; padding: 0 1; }
+    RulesView .title { padding: 0 1; text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Static rules: fixed for the run", classes="title")
+            yield DataTable(id="static-rules", cursor_type="row")
+            yield Static(id="kernel", classes="notes")
+        with Vertical(id="supervisor-side"):
+            yield Static(id="supervisor-title", classes="title")
+            yield DataTable(id="supervisor-rules", cursor_type="row")
+            yield Static(id="supervisor-notes", classes="notes")
+
+    def on_mount(self) -> None:
+        static = self.query_one("#static-rules", DataTable)
+        static.add_column("path", key="path")
+        static.add_column("rights", key="rights")
+        sup = self.query_one("#supervisor-rules", DataTable)
+        # "answers": denials whose answer kept this rule; "last": the latest of them.
+        for title in ("path", "state", "answers", "last", "rights"):
+            sup.add_column(title, key=title)
+
+    def show(self, rules: Rules, status: Status) -> None:
+        static = self.query_one("#static-rules", DataTable)
+        static.clear()
+        for path, access in sorted(rules.static.items()):
+            static.add_row(safe(path), Text(", ".join(access)))
+        for port, net_access in sorted(rules.static_net.items()):
+            static.add_row(Text(f"tcp port {port}"), Text(", ".join(net_access)))
+        sup = self.query_one("#supervisor-rules", DataTable)
+        sup.clear()
+        for row in rules.supervisor_rows():
+            use = rules.uses.get(row.path)
+            rights = row.pending if row.status != "committed" else row.committed
+            state = Text(row.status, style="green" if row.status == "committed" else "yellow")
+            sup.add_row(
+                safe(row.path),
+                state,
+                Text(str(use.answers) if use else "", justify="right"),
+                Text(clock_time(use.last) if use and use.last else ""),
+                Text(", ".join(rights)),
+            )
+        for port, net_access in sorted(rules.committed_net.items()):
+            sup.add_row(Text(f"tcp port {port}"), Text("committed", style="green"), Text(""),
+                        Text(""), Text(", ".join(net_access)))  # fmt: skip
+        pending = " · changes pending" if rules.has_pending else ""
+        self.query_one("#supervisor-title", Static).update(
+            Text(f"Supervisor rules: generation {rules.generation}{pending}", style="bold")
+        )
+        notes = Text()
+        notes.append("quiet (denied without asking): ", style="bold")
+        notes.append_text(safe(", ".join(rules.quiet) or "none"))
+        notes.append("\n")
+        reload = rules.reload
+        if reload is None:
+            notes.append("policy reload: no reload yet", style="dim")
+        elif reload.get("ok"):
+            notes.append(f"policy reload: ok, generation {reload.get('generation')}", style="green")
+            if reload.get("message"):
+                notes.append(" · ")
+                notes.append_text(safe(str(reload["message"]), "yellow"))
+        else:
+            notes.append("policy reload REJECTED (rules unchanged): ", style="bold red")
+            notes.append_text(safe(str(reload.get("error", ""))))
+        self.query_one("#supervisor-notes", Static).update(notes)
+        kernel = Text()
+        kernel.append(f"policy: {printable(status.policy)}\n", style="dim")
+        for line in status.kernel_lines:
+            kernel.append(line + "\n", style="bold red" if line.startswith("NOT") else "")
+        self.query_one("#kernel", Static).update(kernel)
+
+
+#: Answer buttons: (answer, title with its key in brackets, variant).
+_BUTTONS: tuple[tuple[str, str, Literal["success", "primary", "error"]], ...] = (
+    ("allow_once", "allow [o]nce", "success"),
+    ("allow_for", "allow for a while [t]", "success"),
+    ("allow_always", "[a]llow always", "primary"),
+    ("deny", "[d]eny", "error"),
+    ("deny_quiet", "deny + [q]uiet", "error"),
+)
+
+
+def _key_label(title: str) -> Text:
+    """``"[d]eny"`` → "deny" with the key letter underlined (a Text: brackets are not markup)."""
+    before, rest = title.split("[", 1)
+    key, after = rest.split("]", 1)
+    text = Text(f" {before}")
+    text.append(key, style="bold underline")
+    text.append(f"{after} ")
+    return text
+
+
+class PromptPanel(Vertical):
+    """The question shown: who asked what, scope, rights, duration, answer buttons."""
+
+    DEFAULT_CSS = """
+    PromptPanel {
+        dock: bottom; height: auto; max-height: 70%;
+        border: heavy $warning; background: $panel; padding: 0 1;
+    }
+    PromptPanel.-hidden { display: none; }
+    PromptPanel #prompt-who { height: auto; }
+    PromptPanel #prompt-choices { height: auto; }
+    PromptPanel #prompt-choices > Vertical { width: 1fr; height: auto; }
+    PromptPanel RadioSet { width: 1fr; height: auto; max-height: 6; }
+    PromptPanel SelectionList { height: auto; max-height: 6; }
+    PromptPanel #prompt-buttons { height: 1; margin-top: 1; }
+    PromptPanel #prompt-buttons Button { margin: 0 1 0 0; width: auto; }
+    PromptPanel #prompt-error { color: $error; height: auto; }
+    PromptPanel Select { width: 8; margin: 0 1 0 0; }
+    """
+
+    def __init__(self, clock: Callable[[], float], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.clock = clock
+        self.question: Question | None = None
+        self.waiting = 0
+        self.default = "deny"
+        self._scopes: RadioSet | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="prompt-who")
+        with Horizontal(id="prompt-choices"):
+            with Vertical(id="scope-box"):
+                yield Static("Rule on (s: broader):", classes="label")
+            with Vertical(id="rights-box"):
+                yield Static("Rights kept by allow always:", classes="label")
+                yield SelectionList[str](id="rights")
+        with Horizontal(id="prompt-buttons"):
+            for answer, title, variant in _BUTTONS:
+                yield Button(_key_label(title), id=answer, variant=variant, compact=True)
+                if answer == "allow_once":
+                    yield Select[float](
+                        [(format_duration(d), d) for d in DURATIONS], id="duration",
+                        allow_blank=False, value=DURATIONS[1], compact=True,
+                    )  # fmt: skip
+        yield Static(id="prompt-error")
+
+    def show(
+        self, question: Question | None, waiting: int, default: str, error: str | None
+    ) -> None:
+        self.waiting, self.default = waiting, default
+        self.set_class(question is None, "-hidden")
+        changed = question is not self.question
+        self.question = question
+        if question is None:
+            return
+        if changed:
+            self._fill_choices(question)
+        self.border_title = self._title()
+        self.query_one("#prompt-who", Static).update(self._who(question))
+        self.query_one("#prompt-error", Static).update(Text(error or ""))
+
+    def tick(self) -> None:
+        """Refresh the countdown."""
+        if self.question is not None:
+            self.border_title = self._title()
+
+    def _title(self) -> str:
+        assert self.question is not None
+        left = max(0, int(self.question.deadline - self.clock() + 0.999))
+        queue = f" · {self.waiting} more waiting" if self.waiting else ""
+        return f"Question{queue} · {self.default} in {left}s"
+
+    def _who(self, question: Question) -> Text:
+        d = question.denial
+        text = Text()
+        text.append_text(safe(d.exe, "bold"))
+        text.append(f" (pid {d.pid}) was denied ")
+        text.append(", ".join(d.access), style="bold yellow")
+        text.append(" on ")
+        text.append_text(safe(d.path, "bold"))
+        text.append(f"  [{d.syscall}]\n", style="dim")
+        text.append("command: ", style="dim")
+        text.append_text(safe(d.cmdline.replace("\0", " ").strip() or "?"))
+        if d.next_run_only:
+            text.append(
+                "\nexec: the program has already been refused; a grant takes effect on the "
+                "next run",
+                style="bold magenta",
+            )
+        return text
+
+    def _fill_choices(self, question: Question) -> None:
+        self.fill_scopes(question)
+        self.fill_rights(question)
+        self.query_one("#duration", Select).value = question.duration
+        # An exec was refused already: only a rule for the next run, or a denial, remain.
+        for answer in ("allow_once", "allow_for", "duration"):
+            self.query_one(f"#{answer}").disabled = question.denial.next_run_only
+
+    def fill_scopes(self, question: Question) -> None:
+        """A new set each time: a RadioSet only keeps track of the buttons it started with."""
+        if self._scopes is not None:
+            self._scopes.remove()
+        self._scopes = RadioSet(
+            *(
+                RadioButton(Text(f"{c.title}: ") + safe(c.path), value=i == question.scope_index)
+                for i, c in enumerate(question.scopes)
+            ),
+            classes="scope",
+        )
+        self.query_one("#scope-box").mount(self._scopes)
+
+    def fill_rights(self, question: Question) -> None:
+        rights = self.query_one("#rights", SelectionList)
+        rights.clear_options()
+        rights.add_options(
+            [Selection(Text(r), r, r in question.rights) for r in question.scope.rights()]
+        )
