@@ -129,7 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.command:
         raise LLSuperviseError("no command given: llsupervise run [options] -- CMD [ARGS...]")
     if args.headless:
-        return run_headless(args.policy, args.command, log_path=args.log, listen=args.listen)
+        return run_headless(
+            args.policy, args.command, log_path=args.log, listen=args.listen, watch=True
+        )
     if args.listen:
         raise LLSuperviseError(
             "--listen goes with --headless: the command keeps this terminal and "
@@ -137,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     from llsupervise.tui.app import run_tui
 
-    return run_tui(args.policy, args.command, log_path=args.log)
+    return run_tui(args.policy, args.command, log_path=args.log, watch=True)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

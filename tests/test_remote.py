@@ -183,8 +183,7 @@ async def test_bad_answers_are_refused_and_change_nothing(
                     {
                         "type": "answer",
                         "id": qid,
-                        "answer": "allow_for",
-                        "duration": 5,
+                        "answer": "allow_once",
                         "rights": ["read_file", "write_file"],
                     }
                 ),

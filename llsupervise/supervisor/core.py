@@ -525,6 +525,9 @@ class Supervisor:
             return []
         kept: list[dict[str, Any]] = []
         for o in objects:
+            access = o.access
+            if o is objects[0] and decision.access is not None:
+                access |= decision.access & self.static.handled_fs
             if decision.scope is not None and o is objects[0]:
                 obj = self.table.open(decision.scope)
             else:
@@ -534,14 +537,13 @@ class Supervisor:
                 self.quiet = self.quiet | {obj}
                 kept.append({"quiet": label})
             elif decision.answer == Answer.ALLOW_ALWAYS:
-                self.permanent = self.permanent.with_fs(obj, o.access, label)
-                kept.append({"path": label, "access": names(o.access)})
+                self.permanent = self.permanent.with_fs(obj, access, label)
+                kept.append({"path": label, "access": names(access)})
             else:
                 seconds = decision.duration or 60.0
                 deadline = trio.current_time() + seconds
-                self._grant_temporarily(_Temporary(deadline, obj, o.access), seconds)
-                kept.append({"path": label, "access": names(o.access),
-                             "seconds": decision.duration or 60.0})  # fmt: skip
+                self._grant_temporarily(_Temporary(deadline, obj, access), seconds)
+                kept.append({"path": label, "access": names(access), "seconds": seconds})
         if decision.answer == Answer.ALLOW_ALWAYS:
             self._commit_rules()
         return kept

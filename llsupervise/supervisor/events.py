@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from llsupervise.rights import AccessFs
+
 
 class Answer(enum.StrEnum):
     ALLOW_ONCE = "allow_once"
@@ -33,6 +35,9 @@ class Decision:
     duration: float | None = None
     #: Where an ALLOW_ALWAYS / ALLOW_FOR rule goes (default: the object that was checked).
     scope: str | None = None
+    #: Rights of that rule (default: those that were asked). Only widens: what was asked is
+    #: always included.
+    access: AccessFs | None = None
 
 
 @dataclass(frozen=True)

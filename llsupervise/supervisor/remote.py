@@ -47,7 +47,7 @@ from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.landlock import detect_support
 from llsupervise.policy.document import MODES, Mode
 from llsupervise.policy.model import Ruleset
-from llsupervise.rights import NO_FS, names, parse_fs
+from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.decisions import ModeDecisions
 from llsupervise.supervisor.events import Answer, Decision, Denial
@@ -294,15 +294,13 @@ class Hub:
             raise ProtocolError(f"answer must be one of {allowed}, not {raw!r}")
         duration = _duration(message.get("duration")) if answer == Answer.ALLOW_FOR else None
         scope = _scope(message.get("scope"), asked.denial.path)
-        self._extra_rights(message.get("rights"), answer, asked.denial, scope)
-        self._settle(asked, Decision(answer, duration=duration, scope=scope))
+        access = self._rule_rights(message.get("rights"), answer, asked.denial)
+        self._settle(asked, Decision(answer, duration=duration, scope=scope, access=access))
 
-    def _extra_rights(
-        self, rights: object, answer: Answer, denial: Denial, scope: str | None
-    ) -> None:
-        """Rights beyond those asked go on the rule too (allow always only)."""
+    def _rule_rights(self, rights: object, answer: Answer, denial: Denial) -> AccessFs | None:
+        """The rights of the rule an answer keeps, when it grants more than was asked."""
         if rights is None:
-            return
+            return None
         if not isinstance(rights, list) or not all(isinstance(r, str) for r in rights):
             raise ProtocolError("rights must be a list of access names")
         access = parse_fs(rights)
@@ -319,13 +317,10 @@ class Hub:
                 "the policy, so already allowed"
             )
         if extra == NO_FS:
-            return
-        if answer != Answer.ALLOW_ALWAYS:
-            raise ProtocolError("more rights than asked can only be kept by allow_always")
-        try:
-            self.sup.add_rule(scope or denial.path, extra)
-        except OSError as exc:
-            raise ProtocolError(f"cannot open {scope or denial.path!r}: {exc.strerror}") from exc
+            return None
+        if answer not in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR):
+            raise ProtocolError("more rights than asked go only on a kept rule (always, for)")
+        return access
 
 
 def _duration(value: object) -> float:
