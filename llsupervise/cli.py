@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     attach = sub.add_parser("attach", help="open the interface of a `run --listen` supervisor")
     attach.add_argument("socket", help="the SOCKET given to --listen")
     attach.set_defaults(func=cmd_attach)
+    from llsupervise.learn.command import add_parser as add_learn_parser
+
+    add_learn_parser(sub)  # learn [-o FILE] [--merge FILE] [--runs N] -- CMD
     return parser
 
 

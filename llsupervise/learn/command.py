@@ -1,0 +1,144 @@
+"""``llsupervise learn [-o FILE] [--merge FILE] [--runs N] -- CMD``.
+
+Without ``-o`` the policy goes to standard output, and the command's own standard output is sent
+to standard error so the two never mix. With ``-o FILE`` the recording is kept beside the policy
+(``FILE.recording.json``) so that later runs can be merged into it with ``--merge FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llsupervise.errors import LLSuperviseError
+from llsupervise.learn.context import live_context, live_variables
+from llsupervise.learn.recorder import record
+from llsupervise.learn.recording import Recording, RecordingError
+from llsupervise.learn.render import render
+from llsupervise.learn.summary import summary
+from llsupervise.learn.synthesis import LearnedPolicy, synthesize
+from llsupervise.policy.loader import parse_policy
+from llsupervise.supervisor.objects import ObjectTable, raise_nofile_limit, resolve
+from llsupervise.supervisor.persist import write_atomically
+
+RECORDING_SUFFIX = ".recording.json"
+
+
+class LearnError(LLSuperviseError):
+    """``learn`` could not produce a policy."""
+
+
+def recording_path(policy_path: str) -> str:
+    """Where the recording of a policy lives: ``--merge`` takes either file."""
+    return policy_path if policy_path.endswith(".json") else policy_path + RECORDING_SUFFIX
+
+
+def load_recording(path: str) -> Recording:
+    source = recording_path(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise LearnError(
+            f"{source}: no recording to merge (`llsupervise learn -o FILE` writes "
+            f"FILE{RECORDING_SUFFIX}; pass that policy file or the recording itself)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordingError(f"{source}: cannot read the recording: {exc}") from None
+    return Recording.from_json(text, source)
+
+
+def check_loads(text: str, source: str, env: Mapping[str, str]) -> None:
+    """The policy must load and resolve here, or nothing is written."""
+    raise_nofile_limit()
+    try:
+        document = parse_policy(text, source, env)
+        with ObjectTable() as table:
+            resolve(document, table)
+    except LLSuperviseError as exc:
+        raise LearnError(f"the learned policy does not load ({exc}); nothing was written") \
+            from exc  # fmt: skip
+
+
+def learn(
+    argv: Sequence[str],
+    *,
+    output: str | None,
+    merge: str | None = None,
+    runs: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, LearnedPolicy]:
+    """Record ``runs`` runs of ``argv`` (plus ``merge``), write the policy; return the last
+    run's exit status and the learned rules."""
+    environment = dict(os.environ if env is None else env)
+    cwd = os.getcwd()
+    previous = load_recording(merge) if merge else None  # bad input changes nothing
+    variables = live_variables(environment, cwd)
+    stdio = (None, None, None) if output else (None, sys.stderr.fileno(), None)
+    recording = previous
+    status = 0
+    for _ in range(runs):
+        status, run = record(argv, stdio=stdio)
+        run = run.templated(variables)
+        recording = run if recording is None else recording.merged(run)
+    assert recording is not None
+    learned = synthesize(recording, live_context(variables))
+    side = recording_path(output) if output else None
+    text = render(learned, recording_file=os.path.basename(side) if side else None)
+    check_loads(text, output or "<stdout>", {**environment, "PWD": variables["PWD"]})
+    if output and side:
+        write_atomically(side, recording.to_json())
+        write_atomically(output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return status, learned
+
+
+def _runs(value: str) -> int:
+    try:
+        runs = int(value)
+    except ValueError:
+        runs = 0
+    if runs < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of runs of at least 1, not {value!r}")
+    return runs
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    if not args.command:
+        raise LearnError("no command given: llsupervise learn [options] -- CMD [ARGS...]")
+    status, learned = learn(args.command, output=args.output, merge=args.merge, runs=args.runs)
+    lines = summary(learned)
+    if status:
+        lines.insert(0, f"the command exited with status {status}: the policy covers only what "
+                        "it did before")  # fmt: skip
+    if args.output:
+        lines.append(f"written: {args.output} (recording: {recording_path(args.output)})")
+        run = shlex.join(["llsupervise", "run", "--policy", args.output, "--", *args.command])
+        lines.append(f"review it, then: {run}")
+    else:
+        lines.append("no recording kept (pass -o FILE to keep one for --merge)")
+    print("\n".join(f"llsupervise learn: {line}" for line in lines), file=sys.stderr)
+    return status
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``learn`` on the CLI's subparsers."""
+    learn_parser = subparsers.add_parser(
+        "learn", help="run a command with nothing denied; write a least-privilege policy"
+    )
+    learn_parser.add_argument("-o", "--output", metavar="FILE",
+                              help="policy file to write (default: standard output)")  # fmt: skip
+    learn_parser.add_argument(
+        "--merge", metavar="FILE",
+        help=f"add the runs recorded for this policy (FILE{RECORDING_SUFFIX}, or a recording)",
+    )  # fmt: skip
+    learn_parser.add_argument("--runs", type=_runs, default=1, metavar="N",
+                              help="run the command N times (default 1)")  # fmt: skip
+    learn_parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    learn_parser.set_defaults(func=cmd_learn)

@@ -1,0 +1,477 @@
+"""Record what a command asks of the filesystem, denying nothing.
+
+The command runs with no Landlock layer and a seccomp filter trapping the syscalls Landlock
+mediates. Each notification is decoded, the objects it needs rights on are looked up while the
+caller waits (so a relative path is resolved against the caller's own working directory, and a
+creation is told apart from an open of an existing file), and the call is let through with
+CONTINUE: in learning mode nothing is denied, so CONTINUE here grants nothing the command did
+not already have. Nothing is performed on the command's behalf and no broker exists.
+
+Lookups go through the kernel (``O_PATH`` open, then its name in ``/proc/self/fd``), so the
+recorded path is the object Landlock would check, symlinks resolved. What the kernel itself
+opens without a trapped call (ELF and ``#!`` interpreters) is not seen; ``synthesis`` covers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import select
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from llsupervise.learn.recording import Recording
+from llsupervise.rights import NO_FS, NO_NET, NO_SCOPE, AccessFs
+from llsupervise.seccomp import (
+    MEDIATED_FS_SYSCALLS,
+    Listener,
+    MemoryReadError,
+    Notification,
+    NotificationGone,
+    ProcessMemory,
+    SeccompError,
+    SuperviseesGone,
+    native_arch,
+    syscall_name,
+)
+from llsupervise.supervisor.core import exit_status
+from llsupervise.supervisor.engine import EXEC_SYSCALLS, read_proc
+from llsupervise.supervisor.launcher import StaticLayer, Stdio, launch
+from llsupervise.supervisor.objects import fd_path
+from llsupervise.supervisor.requests import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_FOLLOW,
+    AT_SYMLINK_NOFOLLOW,
+    OPEN_HOW,
+    DecodeError,
+    FsRequest,
+    decode,
+    make_right,
+    open_rights,
+    remove_right,
+    signed_fd,
+)
+
+#: ftruncate is trapped too: the truncate right of an fd is fixed when it is opened, so a
+#: later ftruncate is how a run shows that an open needed it. Network support adds
+#: NET_SYSCALLS here and decodes them into Recording.record_port.
+TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, "ftruncate")
+
+#: No Landlock layer at all: the launcher skips the ruleset when nothing is handled.
+UNRESTRICTED = StaticLayer(NO_FS, NO_NET, NO_SCOPE, allow_nothing=True)
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+
+#: The program named for the command's own exec (made by llsupervise's launcher).
+LAUNCHER = "llsupervise"
+
+#: Memory handles kept open at once (one descriptor each); a build starts thousands of
+#: processes, and the command inherits our descriptor limit, so it is not raised.
+MAX_CACHED_TASKS = 256
+
+_LOOKUP = os.O_PATH | os.O_CLOEXEC
+_DELETED = " (deleted)"
+#: Signals passed on to the command. SIGINT is not: a terminal sends it to the command too.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """An object found by a lookup: the kernel's name for it, its mode and identity."""
+
+    path: str
+    mode: int
+    ident: tuple[int, int]
+
+
+def _lookup(where: bytes, follow: bool) -> _Found | None:
+    try:
+        fd = os.open(where, _LOOKUP if follow else _LOOKUP | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return _Found(fd_path(fd), st.st_mode, (st.st_dev, st.st_ino))
+    finally:
+        os.close(fd)
+
+
+def _mode(where: bytes, follow: bool = False) -> int | None:
+    try:
+        return os.stat(where, follow_symlinks=follow).st_mode
+    except OSError:
+        return None
+
+
+def _split(where: bytes) -> tuple[bytes, str]:
+    """The directory part of a lookup path and the last component's name."""
+    head, _, tail = where.rstrip(b"/").rpartition(b"/")
+    return head or b"/", os.fsdecode(tail)
+
+
+def _child_view(tid: int, path: bytes) -> bytes:
+    """An absolute path as the calling thread sees it: ``/proc/self`` and ``/dev/fd`` name
+    the caller's objects, not ours."""
+    fds = b"/proc/%d/fd" % tid
+    for prefix, replacement in (
+        (b"/proc/self", b"/proc/%d" % tid),
+        (b"/proc/thread-self", b"/proc/%d/task/%d" % (tid, tid)),
+        (b"/dev/fd", fds),
+        (b"/dev/stdin", fds + b"/0"),
+        (b"/dev/stdout", fds + b"/1"),
+        (b"/dev/stderr", fds + b"/2"),
+    ):
+        if path == prefix or path.startswith(prefix + b"/"):
+            return replacement + path[len(prefix) :]
+    return path
+
+
+class Recorder:
+    """Serves one listener: record, then CONTINUE, for every trapped call."""
+
+    def __init__(
+        self, listener: Listener, recording: Recording, launcher: int | None = None
+    ) -> None:
+        self.listener = listener
+        self.recording = recording
+        #: The launcher's pid: until it execs the command it is llsupervise's own interpreter.
+        self.launcher = launcher
+        self._launcher_exe = os.path.realpath(sys.executable)
+        self.arch = native_arch()
+        #: Per thread: its memory (opened before id_valid, so pid reuse is caught) and exe.
+        self._tasks: dict[int, tuple[ProcessMemory, str]] = {}
+        self.served = 0
+
+    def close(self) -> None:
+        for mem, _ in self._tasks.values():
+            mem.close()
+        self._tasks.clear()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def serve(self, pidfd: int) -> None:
+        """Answer notifications until the command (``pidfd``) has exited and none is waiting,
+        or every supervisee is gone."""
+        listener_fd = self.listener.fileno()
+        poller = select.poll()
+        poller.register(listener_fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            mask = events.get(listener_fd, 0)
+            if mask & select.POLLIN:
+                try:
+                    n = self.listener.recv()
+                except SuperviseesGone:
+                    return
+                except NotificationGone:
+                    continue
+                try:
+                    self.handle(n)
+                except NotificationGone:
+                    pass
+                continue
+            if pidfd in events or mask & (select.POLLHUP | select.POLLERR):
+                return
+
+    def handle(self, n: Notification) -> None:
+        self.served += 1
+        name = syscall_name(self.arch, n.nr) or ""
+        if name == "ftruncate":
+            self._ftruncate(n)
+            return
+        try:
+            decoded = self._decode(n, name)
+        except (DecodeError, MemoryReadError):
+            decoded = None
+        if decoded is None:
+            # Gone (the reply then fails harmlessly) or unreadable: nothing to record.
+            self.listener.send_continue(n.id)
+            return
+        request, exe = decoded
+        if n.pid == self.launcher and exe == self._launcher_exe:
+            exe = LAUNCHER
+        try:
+            self._observe(n.pid, request, exe)
+        finally:
+            if request.op == "execute":
+                self._forget(n.pid)  # the address space and exe are about to change
+            self.listener.send_continue(n.id)
+
+    # -- the calling thread ---------------------------------------------------------------
+
+    def _task(self, tid: int) -> tuple[ProcessMemory, str] | None:
+        task = self._tasks.get(tid)
+        if task is None:
+            if len(self._tasks) >= MAX_CACHED_TASKS:
+                # Nothing says when a thread exits: drop the oldest (reopened if still alive).
+                self._forget(next(iter(self._tasks)))
+            try:
+                mem = ProcessMemory(tid)
+            except SeccompError:
+                return None
+            task = self._tasks[tid] = (mem, read_proc(tid, "exe"))
+        return task
+
+    def _forget(self, tid: int) -> None:
+        task = self._tasks.pop(tid, None)
+        if task is not None:
+            task[0].close()
+
+    def _decode(self, n: Notification, name: str) -> tuple[FsRequest, str] | None:
+        for attempt in range(2):
+            task = self._task(n.pid)
+            if task is None or not self.listener.id_valid(n.id):
+                return None
+            mem, exe = task
+            try:
+                return _decode_request(n, name, mem), exe
+            except MemoryReadError:
+                # A cached reader is stale once its thread's address space went away.
+                self._forget(n.pid)
+                if attempt:
+                    raise
+        return None
+
+    def _ftruncate(self, n: Notification) -> None:
+        try:
+            path: str | None = os.readlink(f"/proc/{n.pid}/fd/{n.arg_int(0)}")
+        except OSError:
+            path = None
+        task = self._task(n.pid)
+        valid = self.listener.id_valid(n.id)
+        self.listener.send_continue(n.id)
+        if path is not None and task is not None and valid:
+            self._record(path, AccessFs.TRUNCATE, task[1])
+
+    # -- what a request needs ---------------------------------------------------------------
+
+    def _record(
+        self, path: str, access: AccessFs, exe: str, *, is_dir: bool = False,
+        static: AccessFs = NO_FS,
+    ) -> None:  # fmt: skip
+        # Pipes, sockets and anonymous files have no path and no Landlock check.
+        if path.startswith("/") and not path.endswith(_DELETED):
+            self.recording.record_path(path, access, exe, is_dir=is_dir, static=static)
+
+    def _where(self, tid: int, dirfd: int, path: bytes) -> bytes:
+        """A lookup path naming what ``path`` names for the caller (relative paths through its
+        cwd or dirfd, as the kernel resolves them)."""
+        if path.startswith(b"/"):
+            return _child_view(tid, path)
+        base = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
+        return base + b"/" + path if path else base
+
+    def _parent(self, where: bytes) -> tuple[_Found, str] | None:
+        head, name = _split(where)
+        parent = _lookup(head, True)
+        if parent is None or not stat.S_ISDIR(parent.mode):
+            return None
+        return parent, name
+
+    def _observe(self, tid: int, r: FsRequest, exe: str) -> None:
+        if r.op == "open" and r.flags & os.O_PATH:
+            return  # Landlock does not check O_PATH opens
+        # Paths such as /dev/stdout are judged in the caller's context: static layer only.
+        kernel = r.leave_to_kernel()
+        where = self._where(tid, r.dirfd, r.path)
+        if r.op == "open":
+            self._open(where, r.flags, exe, kernel)
+        elif r.op in ("mkdir", "mknod", "symlink"):
+            mode = {"mkdir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r.op, r.mode)
+            self._make(where, make_right(mode), exe, kernel)
+        elif r.op in ("unlink", "rmdir"):
+            self._remove(where, exe, kernel)
+        elif r.op == "rename":
+            self._rename(where, self._where(tid, r.dirfd2, r.path2), r.flags, exe)
+        elif r.op == "link":
+            self._link(tid, r, where, exe, kernel)
+        elif r.op == "truncate":
+            found = _lookup(where, True)
+            if found is not None:
+                self._record(found.path, AccessFs.TRUNCATE, exe,
+                             static=AccessFs.TRUNCATE if kernel else NO_FS)  # fmt: skip
+        elif r.op == "execute":
+            self._execute(tid, r, where, exe)
+
+    def _open(self, where: bytes, flags: int, exe: str, kernel: bool) -> None:
+        found = _lookup(where, not flags & os.O_NOFOLLOW)
+        if found is not None:
+            if (flags & os.O_CREAT and flags & os.O_EXCL) or stat.S_ISLNK(found.mode):
+                return  # EEXIST, ELOOP: no access happens
+            is_dir = stat.S_ISDIR(found.mode)
+            tmpfile = flags & os.O_TMPFILE == os.O_TMPFILE
+            access = open_rights(flags, is_dir and not tmpfile)
+            if tmpfile:
+                access |= AccessFs.MAKE_REG  # an unnamed file in that directory
+            static = access if kernel else NO_FS
+            if stat.S_ISCHR(found.mode) or stat.S_ISBLK(found.mode):
+                # ioctl is not trapped (too frequent): an opened device may need it, and the
+                # right is fixed at open time, often by a static-layer open.
+                access |= AccessFs.IOCTL_DEV
+                static |= AccessFs.IOCTL_DEV
+            self._record(found.path, access, exe, is_dir=is_dir, static=static)
+        elif flags & os.O_CREAT:
+            parent = self._parent(where)
+            if parent is None:
+                return
+            directory, name = parent
+            created = posixpath.join(directory.path, name)
+            make = AccessFs.MAKE_REG
+            self._record(directory.path, make, exe, is_dir=True, static=make if kernel else NO_FS)
+            # The new file's rights come from the directory (O_TRUNC does nothing to it).
+            access = open_rights(flags & ~os.O_TRUNC, False)
+            self._record(created, access, exe, static=access if kernel else NO_FS)
+            self.recording.record_created(created)
+
+    def _make(self, where: bytes, right: AccessFs, exe: str, kernel: bool) -> None:
+        if _mode(where) is not None:
+            return  # EEXIST: mkdir -p and friends try existing directories
+        parent = self._parent(where)
+        if parent is not None:
+            directory, name = parent
+            self._record(directory.path, right, exe, is_dir=True,
+                         static=right if kernel else NO_FS)  # fmt: skip
+            self.recording.record_created(posixpath.join(directory.path, name))
+
+    def _remove(self, where: bytes, exe: str, kernel: bool) -> None:
+        mode = _mode(where)
+        parent = self._parent(where) if mode is not None else None
+        if mode is None or parent is None:
+            return
+        directory, name = parent
+        right = remove_right(mode)
+        self._record(directory.path, right, exe, is_dir=True, static=right if kernel else NO_FS)
+        self.recording.record_removed(posixpath.join(directory.path, name))
+
+    def _rename(self, where: bytes, where2: bytes, flags: int, exe: str) -> None:
+        src_mode, dst_mode = _mode(where), _mode(where2)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        if src_mode is None or (exchange and dst_mode is None):
+            return
+        if dst_mode is not None and flags & RENAME_NOREPLACE:
+            return
+        found1, found2 = self._parent(where), self._parent(where2)
+        if found1 is None or found2 is None:
+            return
+        (dir1, name1), (dir2, name2) = found1, found2
+        access1, access2 = remove_right(src_mode), make_right(src_mode)
+        if dst_mode is not None:
+            access2 |= remove_right(dst_mode)  # the object renamed over is removed
+            if exchange:
+                access1 |= make_right(dst_mode)
+        if dir1.ident != dir2.ident:
+            access1 |= AccessFs.REFER
+            access2 |= AccessFs.REFER
+        self._record(dir1.path, access1, exe, is_dir=True)
+        self._record(dir2.path, access2, exe, is_dir=True)
+        old, new = posixpath.join(dir1.path, name1), posixpath.join(dir2.path, name2)
+        self.recording.record_removed(old)
+        self.recording.record_created(new)
+        if exchange:
+            self.recording.record_created(old)
+            self.recording.record_removed(new)
+
+    def _link(self, tid: int, r: FsRequest, where: bytes, exe: str, kernel: bool) -> None:
+        from_fd = not r.path and r.flags & AT_EMPTY_PATH
+        source = b"/proc/%d/fd/%d" % (tid, r.dirfd) if from_fd else where
+        src_mode = _mode(source, follow=bool(from_fd or r.flags & AT_SYMLINK_FOLLOW))
+        where2 = self._where(tid, r.dirfd2, r.path2)
+        if src_mode is None or _mode(where2) is not None:
+            return
+        found2 = self._parent(where2)
+        if found2 is None:
+            return
+        dir2, name2 = found2
+        access2 = make_right(src_mode)
+        # The source's directory is unknown for an fd, or one under /proc (O_TMPFILE links).
+        found1 = None if from_fd or kernel else self._parent(where)
+        if found1 is not None and found1[0].ident != dir2.ident:
+            access2 |= AccessFs.REFER
+            self._record(found1[0].path, AccessFs.REFER, exe, is_dir=True)
+        self._record(dir2.path, access2, exe, is_dir=True)
+        self.recording.record_created(posixpath.join(dir2.path, name2))
+
+    def _execute(self, tid: int, r: FsRequest, where: bytes, exe: str) -> None:
+        if not r.path and r.flags & AT_EMPTY_PATH:
+            where = b"/proc/%d/fd/%d" % (tid, r.dirfd)
+        found = _lookup(where, not r.flags & AT_SYMLINK_NOFOLLOW)
+        if found is not None and stat.S_ISREG(found.mode):
+            execute = AccessFs.EXECUTE
+            self._record(found.path, execute, exe, static=execute)
+
+
+def _decode_request(n: Notification, name: str, mem: ProcessMemory) -> FsRequest:
+    try:
+        return decode(n, name, mem.read_cstring, mem.read)
+    except DecodeError:
+        if name != "openat2" or n.args[3] < OPEN_HOW.size:
+            raise
+        # RESOLVE_* flags only narrow the lookup: the rights needed are those of the open.
+        flags, mode, _resolve = OPEN_HOW.unpack(mem.read(n.args[2], OPEN_HOW.size))
+        return FsRequest(name, "open", signed_fd(n.args[0]), mem.read_cstring(n.args[1]),
+                         flags, mode)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _signals_passed_to(pid: int) -> Iterator[None]:
+    """While recording, signals meant for us go to the command (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def record(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    stdio: Stdio = (None, None, None),
+) -> tuple[int, Recording]:
+    """Run ``argv`` once with nothing denied; return its exit status (128+N if killed by
+    signal N) and what it did. Paths in the recording are literal (see Recording.templated)."""
+    recording = Recording.new_run(argv)
+    launched = launch(argv, UNRESTRICTED, TRAPPED_SYSCALLS, env=env, cwd=cwd, stdio=stdio)
+    recorder = Recorder(launched.listener, recording, launched.pid)
+    try:
+        with contextlib.suppress(SeccompError):
+            launched.listener.set_sync_wakeup()  # older kernels: slower, same result
+        pidfd = os.pidfd_open(launched.pid)
+        try:
+            with _signals_passed_to(launched.pid):
+                recorder.serve(pidfd)
+        finally:
+            os.close(pidfd)
+    except BaseException:
+        # A recorder that failed must not leave a command running unrecorded.
+        with contextlib.suppress(ProcessLookupError):
+            launched.process.kill()
+        raise
+    finally:
+        recorder.close()
+        launched.listener.close()
+        returncode = launched.process.wait()
+    return exit_status(returncode), recording
+
+
+__all__ = ["TRAPPED_SYSCALLS", "UNRESTRICTED", "Recorder", "record"]
