@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llsupervise.learn.recorder import LAUNCHER, MAX_CACHED_TASKS, record
 from llsupervise.learn.recording import Recording
-from llsupervise.rights import NO_FS, AccessFs
+from llsupervise.rights import NO_FS, AccessFs, AccessNet
 
 R, W, X = AccessFs.READ_FILE, AccessFs.WRITE_FILE, AccessFs.EXECUTE
 
@@ -153,3 +153,31 @@ def test_more_processes_than_cached_memory_handles_are_all_recorded(tmp_path: Pa
     assert status == 0
     assert {str(tmp_path / f"f{i}") for i in range(count)} <= rec.created.keys()
     assert rec.paths[str(tmp_path)].count >= count
+
+
+def test_tcp_ports_are_recorded_and_other_sockets_are_not(tmp_path: Path) -> None:
+    """TCP bind/connect give ports (with their direction); UDP and Unix sockets give none."""
+    script = r"""
+import socket
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+port = server.getsockname()[1]
+with socket.socket() as c:
+    c.connect(("127.0.0.1", port))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    u.connect(("127.0.0.1", 9))
+with socket.socket(socket.AF_UNIX) as x:
+    x.bind("\0llsupervise-learn-test")
+print(port)
+"""
+    out = tmp_path / "out"
+    with out.open("w") as sink:
+        status, rec = record([sys.executable, "-c", script], cwd=str(tmp_path),
+                             stdio=(None, sink.fileno(), None))  # fmt: skip
+    assert status == 0
+    port = int(out.read_text())
+    assert rec.net_observed
+    assert rec.ports[0].access == AccessNet.BIND_TCP  # bind to port 0: an ephemeral port
+    assert rec.ports[port].access == AccessNet.CONNECT_TCP
+    assert set(rec.ports) == {0, port}  # nothing from the UDP or Unix sockets

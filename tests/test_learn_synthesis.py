@@ -251,9 +251,11 @@ def test_network_stays_unhandled_unless_it_was_recorded() -> None:
     rec.record_port(443, AccessNet.CONNECT_TCP, "/usr/bin/curl")
     doc = parsed(learned(rec))
     assert doc.handled_net == AccessNet.BIND_TCP | AccessNet.CONNECT_TCP
-    [entry] = doc.supervisor.net_port
+    # Network goes into the static part, like exec.
+    [entry] = doc.net_port
     assert entry.ports == (443,) and entry.access == AccessNet.CONNECT_TCP
-    assert render(learned(rec)).count("[[supervisor.net_port]]") == 1
+    assert doc.supervisor.net_port == ()
+    assert render(learned(rec)).count("[[net_port]]") == 1
 
 
 def test_summary_lists_rules_by_kind_and_widenings() -> None:

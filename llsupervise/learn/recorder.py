@@ -43,6 +43,7 @@ from llsupervise.seccomp import (
 from llsupervise.supervisor.core import exit_status
 from llsupervise.supervisor.engine import EXEC_SYSCALLS, read_proc
 from llsupervise.supervisor.launcher import StaticLayer, Stdio, launch
+from llsupervise.supervisor.network import NET_CALLS, open_pidfd, pidfd_getfd, socket_kind
 from llsupervise.supervisor.objects import fd_path
 from llsupervise.supervisor.requests import (
     AT_EMPTY_PATH,
@@ -58,11 +59,11 @@ from llsupervise.supervisor.requests import (
     remove_right,
     signed_fd,
 )
+from llsupervise.supervisor.sockaddr import decode_call, parse_sockaddr
 
 #: ftruncate is trapped too: the truncate right of an fd is fixed when it is opened, so a
-#: later ftruncate is how a run shows that an open needed it. Network support adds
-#: NET_SYSCALLS here and decodes them into Recording.record_port.
-TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, "ftruncate")
+#: later ftruncate is how a run shows that an open needed it. TCP bind/connect give ports.
+TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, "ftruncate", *NET_CALLS)
 
 #: No Landlock layer at all: the launcher skips the ruleset when nothing is handled.
 UNRESTRICTED = StaticLayer(NO_FS, NO_NET, NO_SCOPE, allow_nothing=True)
@@ -188,6 +189,12 @@ class Recorder:
         if name == "ftruncate":
             self._ftruncate(n)
             return
+        if name in NET_CALLS:
+            try:
+                self._net(n, name)
+            finally:
+                self.listener.send_continue(n.id)
+            return
         try:
             decoded = self._decode(n, name)
         except (DecodeError, MemoryReadError):
@@ -240,6 +247,38 @@ class Recorder:
                 if attempt:
                     raise
         return None
+
+    def _net(self, n: Notification, name: str) -> None:
+        """Record the port of a TCP bind/connect (other sockets are not Landlock's)."""
+        task = self._task(n.pid)
+        if task is None:
+            return
+        mem, exe = task
+        try:
+            call = decode_call(name, n.args, mem.read)
+            if call is None or not call.readable:
+                return
+            endpoint = parse_sockaddr(mem.read(call.addr, call.addrlen), call.direction)
+        except MemoryReadError:
+            return
+        if endpoint is None:
+            return
+        try:
+            pidfd = open_pidfd(n.pid)
+            try:
+                if not self.listener.id_valid(n.id):
+                    return
+                sock = pidfd_getfd(pidfd, call.fd)
+            finally:
+                os.close(pidfd)
+            try:
+                tcp = socket_kind(sock).is_tcp
+            finally:
+                os.close(sock)
+        except OSError:
+            return  # not a socket, or gone: the kernel answers the child
+        if tcp:
+            self.recording.record_port(endpoint.port, call.access, exe)
 
     def _ftruncate(self, n: Notification) -> None:
         try:

@@ -171,7 +171,7 @@ class _Writer:
 
     def port(self, rule: PortRule) -> None:
         self.comment(self.seen(rule.count, rule.runs, rule.exes) + ".")
-        self.lines.append("[[supervisor.net_port]]")
+        self.lines.append("[[net_port]]")
         self.array("allowed_access", names(rule.access))
         self.lines.append(f"port = [{rule.port}]")
         self.blank()
@@ -232,6 +232,8 @@ def render(
     w.blank()
     for rule in static:
         w.rule(rule)
+    for port in policy.ports:
+        w.port(port)
     w.lines.append("[supervisor]")
     w.comment(MODE_NOTE[mode])
     w.lines.append(f"mode = {toml_string(mode)}")
@@ -242,8 +244,6 @@ def render(
     w.blank()
     for rule in dynamic:
         w.rule(rule)
-    for port in policy.ports:
-        w.port(port)
     if policy.refused:
         w.comment("---- Used by the runs but NOT granted: the program will be denied these. ----")
         for refusal in policy.refused:
