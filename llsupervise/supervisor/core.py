@@ -63,7 +63,13 @@ from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, launch
 from llsupervise.supervisor.network import NET_CALLS, NetMediator, PendingNet, once
-from llsupervise.supervisor.objects import ObjectTable, ResolvedPolicy, raise_nofile_limit, resolve
+from llsupervise.supervisor.objects import (
+    ObjectTable,
+    ResolvedPolicy,
+    fd_path,
+    raise_nofile_limit,
+    resolve,
+)
 from llsupervise.supervisor.operations import KernelDecides, perform
 from llsupervise.supervisor.reload import PolicyFile
 from llsupervise.supervisor.requests import FsRequest
@@ -528,10 +534,13 @@ class Supervisor:
             access = o.access
             if o is objects[0] and decision.access is not None:
                 access |= decision.access & self.static.handled_fs
+            elif self.static.fs_rights_on(o.chain) & access == access:
+                continue  # e.g. the other end of a rename: the static rules already allow it
             if decision.scope is not None and o is objects[0]:
                 obj = self.table.open(decision.scope)
             else:
-                obj = self.table.adopt(os.dup(o.fd), o.label)
+                # Named by the kernel: for a creation, the object is the parent directory.
+                obj = self.table.adopt(os.dup(o.fd), fd_path(o.fd))
             label = self.table.label(obj)
             if decision.answer == Answer.DENY_QUIET:
                 self.quiet = self.quiet | {obj}

@@ -13,6 +13,7 @@ from llsupervise.supervisor.objects import ancestry, fd_path, object_id
 from llsupervise.supervisor.requests import (
     AT_EMPTY_PATH,
     AT_SYMLINK_NOFOLLOW,
+    RENAME_EXCHANGE,
     FsRequest,
     make_right,
     open_rights,
@@ -83,13 +84,19 @@ def _existing(
     return CheckedObject(fd, fd_path(fd), access, chain)
 
 
-def _mode_of(dirfd: int | None, path: bytes) -> int:
+def _mode_or_none(dirfd: int | None, path: bytes) -> int | None:
+    """The file type and mode of what ``path`` names (not following a last symlink)."""
     try:
         return os.stat(
             path, dir_fd=None if path.startswith(b"/") else dirfd, follow_symlinks=False
         ).st_mode
     except OSError:
-        return stat.S_IFREG
+        return None
+
+
+def _mode_of(dirfd: int | None, path: bytes) -> int:
+    mode = _mode_or_none(dirfd, path)
+    return stat.S_IFREG if mode is None else mode
 
 
 def checked_objects(
@@ -128,6 +135,12 @@ def checked_objects(
         mode = _mode_of(dir1, r.path)
         src = _parent(dir1, r.path, remove_right(mode) if r.op == "rename" else NO_FS)
         dst = _parent(dir2, r.path2, make_right(mode))
+        replaced = _mode_or_none(dir2, r.path2) if r.op == "rename" else None
+        if replaced is not None:
+            # What the rename removes (or, exchanged, moves back) needs rights too.
+            dst.access |= remove_right(replaced)
+            if r.flags & RENAME_EXCHANGE:
+                src.access |= make_right(replaced)
         if src.obj != dst.obj:
             src.access |= AccessFs.REFER
             dst.access |= AccessFs.REFER

@@ -22,6 +22,7 @@ AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
+RENAME_EXCHANGE = 1 << 1
 O_ACCMODE = 0o3
 #: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2).
 OPEN_HOW = struct.Struct("<QQQ")
