@@ -61,7 +61,7 @@ from llsupervise.supervisor.engine import (
 )
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
-from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, launch
+from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.network import NET_CALLS, NetMediator, PendingNet, once
 from llsupervise.supervisor.objects import (
     ObjectTable,
@@ -100,11 +100,6 @@ class _Question:
     #: Requests to answer (none for exec: the static layer has already answered it).
     waiting: list[Pending] = field(default_factory=list)
     count: int = 1
-
-
-def exit_status(returncode: int) -> int:
-    """The shell's convention: 128+N for a command killed by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
 
 
 class Supervisor:

@@ -108,6 +108,11 @@ def launch(
         parent_sock.close()
 
 
+def exit_status(returncode: int) -> int:
+    """The shell's convention: 128+N for a command killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def inherited_fds() -> list[int]:
     """Descriptors this process inherited without CLOEXEC: passed on to the command, as a
     transparent wrapper should. The supervisor's own descriptors are all CLOEXEC."""
