@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import trio
 from supervised import PUBLIC, lines, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
-from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
+from llsupervise.supervisor.engine import NotificationLoop, Pending
+from llsupervise.supervisor.launcher import launch
 
 # Reads data/x once per iteration and logs the outcome through an fd opened before the loop.
 READ_LOOP = r"""
@@ -163,3 +166,24 @@ parent = ["{paths["data"]}"]
     async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
         status = await sup.run([sys.executable, "-c", CHDIR_LOOP], forward_signals=False)
     assert status == 0
+
+
+@pytest.mark.trio
+async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) -> None:
+    """A commit racing with the end of the command starts a server that never gets its turn
+    from the one that ended: stopping and closing the loop must not wait for it forever."""
+    make_tree(tmp_path)
+    async with Supervisor.open(policy(tmp_path)) as sup:
+        assert sup.slot is not None
+        launched = launch([sys.executable, "-c", "pass"], sup.static_layer(), TRAPPED_SYSCALLS)
+        loop = NotificationLoop(launched.listener, sup.slot, sup.static.handled_fs, Pending.close)
+        await trio.to_thread.run_sync(loop.run)  # returns once the command is gone
+        launched.process.wait()
+        assert sup.slot.broker.rules is not None
+        loop._start(sup.slot.broker.rules, sup.generation + 1)  # what such a commit does
+        loop.stop()
+        closing = threading.Thread(target=loop.close, daemon=True)
+        closing.start()
+        closing.join(30)  # the limit only keeps a regression from hanging the suite
+        assert not closing.is_alive()
+        launched.listener.close()

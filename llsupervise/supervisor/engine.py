@@ -232,6 +232,7 @@ class NotificationLoop:
             server = self._server
         if server is not None:
             server.wake()
+            server.turn.set()  # a server still waiting for its turn sees the stop at once
         else:
             self._done.set()
 
@@ -241,6 +242,8 @@ class NotificationLoop:
             self.slot.on_swap.remove(self._switch)
         server = self._server
         if server is not None and server.thread is not None:
+            server.wake()
+            server.turn.set()
             server.thread.join()
             server.close()
         for task in self._tasks.values():
@@ -296,6 +299,12 @@ class NotificationLoop:
             handed_over = False
         if not handed_over:
             self._done.set()
+            with self._lock:
+                successor = self._server
+            if successor is not server and successor is not None:
+                # A commit raced with the end: let the newer server see it and end too.
+                successor.wake()
+                successor.turn.set()
 
     def _receive(self, server: _Server) -> bool:
         """Serve until stopped; True when stopped to hand over to a newer generation."""
