@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -77,6 +77,13 @@ from llsupervise.supervisor.requests import FsRequest
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
 _ONCE = (Answer.ALLOW_ONCE, Answer.PERMISSIVE)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closeable)
 
 
 @dataclass
@@ -371,13 +378,18 @@ class Supervisor:
 
     # -- denials --------------------------------------------------------------------------
 
-    def _post_denial(self, pending: Pending) -> None:
-        """Called from the notification thread."""
+    def _post(self, handler: Callable[[_C], None], pending: _C) -> None:
+        """Hand a request over from a worker thread to trio; once the run is over, it is
+        dropped (its listener closes with the run: it fails closed)."""
         assert self._token is not None
         try:
-            self._token.run_sync_soon(self._on_denial, pending)
+            self._token.run_sync_soon(handler, pending)
         except trio.RunFinishedError:
-            pending.close()  # the listener closes with the run: fails closed
+            pending.close()
+
+    def _post_denial(self, pending: Pending) -> None:
+        """Called from the notification thread."""
+        self._post(self._on_denial, pending)
 
     def _on_denial(self, pending: Pending) -> None:
         if self._nursery is None:
@@ -588,11 +600,7 @@ class Supervisor:
 
     def _post_net_denial(self, pending: PendingNet) -> None:
         """Called from the network mediator's helper thread."""
-        assert self._token is not None
-        try:
-            self._token.run_sync_soon(self._on_net_denial, pending)
-        except trio.RunFinishedError:
-            pending.close()  # the listener closes with the run: fails closed
+        self._post(self._on_net_denial, pending)
 
     def _on_net_denial(self, pending: PendingNet) -> None:
         if self._nursery is None or self.net is None:
