@@ -4,7 +4,8 @@
 
 Prints µs per open for: bare, Landlock only (the static layer, no supervision), supervised
 static path (a file the static layer allows), supervised grant path (a file only a
-committed supervisor rule allows); then a whole workload (extracting a tarball of small files
+committed supervisor rule allows), the last two again with the command and the supervisor
+on one CPU (``run --same-cpu``); then a whole workload (extracting a tarball of small files
 into a granted directory) for the same set-ups, with ratios against bare and Landlock only.
 """
 
@@ -90,7 +91,8 @@ async def _supervised(argv: Sequence[str], how: str, root: Path, stdout: int) ->
                 launched.listener.close()
             else:
                 os.chdir(root)
-                status = await sup.run(argv, forward_signals=False)
+                cpu = min(os.sched_getaffinity(0)) if how == "one-cpu" else None
+                status = await sup.run(argv, forward_signals=False, cpu=cpu)
                 assert status == 0, status
     finally:
         os.dup2(saved, 1)
@@ -121,7 +123,9 @@ def main() -> None:
         print(f"per open, child-measured over {args.opens} opens (µs)")
         cases = [("bare", "bare", "static"), ("landlock only", "landlock", "static"),
                  ("supervised, static path", "supervised", "static"),
-                 ("supervised, grant path", "supervised", "granted")]  # fmt: skip
+                 ("supervised, grant path", "supervised", "granted"),
+                 ("  same, --same-cpu: static", "one-cpu", "static"),
+                 ("  same, --same-cpu: grant", "one-cpu", "granted")]  # fmt: skip
         base: dict[str, float] = {}
         for label, how, where in cases:
             argv = [sys.executable, "-c", OPEN_LOOP, str(root / where / "f"), str(args.opens)]
@@ -133,7 +137,8 @@ def main() -> None:
         print(f"workload: tar -xf of {args.files} files into a granted directory (s)")
         walls: dict[str, float] = {}
         for label, how in (("bare", "bare"), ("landlock only", "landlock"),
-                           ("supervised", "supervised")):  # fmt: skip
+                           ("supervised", "supervised"),
+                           ("supervised, --same-cpu", "one-cpu")):  # fmt: skip
             shutil.rmtree(root / "granted" / "tree", ignore_errors=True)
             argv = ["tar", "-xf", str(tarball), "-C", str(root / "granted")]
             walls[how] = run_capture(argv, how, root)[1]

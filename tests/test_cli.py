@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,22 @@ def test_too_many_rule_objects_fail_clearly(
     monkeypatch.setattr(objects, "RESERVED_FDS", soft - 5)
     with ObjectTable() as table, pytest.raises(ResourceLimitError, match="RLIMIT_NOFILE"):
         resolve(_document(tmp_path, 10), table)
+
+
+def test_same_cpu_keeps_the_command_on_one_cpu_and_still_mediates(tmp_path: Path) -> None:
+    """The command (and what it starts) sees one CPU, and a denied read is still denied."""
+    log = tmp_path / "events.jsonl"
+    secret_dir = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not granted by the example policy
+    secret = secret_dir / "secret"
+    secret.write_text("s")
+    result = cli(
+        "run", "--headless", "--same-cpu", "--policy", str(EXAMPLE), "--log", str(log), "--",
+        "sh", "-c", f"grep Cpus_allowed_list /proc/self/status; cat {secret}; exit 3",
+        cwd=tmp_path,
+    )  # fmt: skip
+    shutil.rmtree(secret_dir)
+    assert result.returncode == 3
+    allowed = result.stdout.split()[-1]
+    assert allowed == str(min(os.sched_getaffinity(0)))
+    denials = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["event"] == "denial" and e["path"] == str(secret) for e in denials)

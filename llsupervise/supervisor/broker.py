@@ -62,13 +62,19 @@ class Broker:
     With ``rules=None`` the thread is not restricted: the notification loop, which is,
     uses such a worker for what needs the supervisor's own standing (the child's /proc)."""
 
-    def __init__(self, rules: Ruleset | None, table: ObjectTable, name: str = "broker") -> None:
+    def __init__(
+        self,
+        rules: Ruleset | None,
+        table: ObjectTable,
+        name: str = "broker",
+        cpu: int | None = None,
+    ) -> None:
         self.rules = rules
         self.table = table
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=self._main, args=(rules, table, ready), name=name, daemon=True
+            target=self._main, args=(rules, table, ready, cpu), name=name, daemon=True
         )
         self._thread.start()
         failure = ready.get()
@@ -81,8 +87,11 @@ class Broker:
         rules: Ruleset | None,
         table: ObjectTable,
         ready: queue.SimpleQueue[BaseException | None],
+        cpu: int | None,
     ) -> None:
         try:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})  # this thread only
             restrict_thread(rules, table)
         except BaseException as exc:
             ready.put(exc)

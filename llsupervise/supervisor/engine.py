@@ -191,7 +191,10 @@ class NotificationLoop:
         on_exec: Callable[[Notification, FsRequest, CheckedObject], None] | None = None,
         fast: StaticPrefixes | None = None,
         net: NetMediator | None = None,
+        cpu: int | None = None,
     ) -> None:
+        #: Keep the loop's threads on this CPU (see Supervisor.run).
+        self.cpu = cpu
         self.fast = fast
         self.net = net
         self.listener = listener
@@ -217,7 +220,7 @@ class NotificationLoop:
 
     def run(self) -> None:
         """Serve until every supervisee is gone or :meth:`stop` is called."""
-        self._unrestricted = Broker(None, self.slot.broker.table, "supervisor-proc")
+        self._unrestricted = Broker(None, self.slot.broker.table, "supervisor-proc", self.cpu)
         self.slot.on_swap.append(self._switch)
         with self.slot.lock:
             self._start(self.slot.broker.rules, self.slot.generation)
@@ -284,6 +287,8 @@ class NotificationLoop:
 
     def _serve(self, server: _Server, ready: threading.Event) -> None:
         try:
+            if self.cpu is not None:
+                os.sched_setaffinity(0, {self.cpu})  # this thread only
             restrict_thread(server.rules, self.slot.broker.table)
         except BaseException as exc:
             self.failure = exc

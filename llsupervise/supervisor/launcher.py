@@ -55,10 +55,12 @@ def launch(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     stdio: Stdio = (None, None, None),
+    cpu: int | None = None,
 ) -> Launched:
     """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener.
 
-    ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours)."""
+    ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours).
+    ``cpu``: keep the command and its descendants on that CPU."""
     if not argv:
         raise LaunchError("no command given")
     spec = {
@@ -100,6 +102,10 @@ def launch(
     finally:
         os.close(spec_r)
         child_sock.close()
+    if cpu is not None:
+        # Set while the helper starts up, before it confines itself and execs: the command and
+        # everything it starts inherit it.
+        os.sched_setaffinity(process.pid, {cpu})
     try:
         with os.fdopen(spec_w, "wb") as pipe:
             pipe.write(json.dumps(spec).encode())

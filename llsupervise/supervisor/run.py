@@ -25,10 +25,12 @@ def run_headless(
     log_path: str | None = None,
     listen: str | None = None,
     watch: bool = False,
+    cpu: int | None = None,
 ) -> int:
     """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N).
 
-    ``watch``: reload the policy file on each save (see ``Supervisor.open``)."""
+    ``watch``: reload the policy file on each save (see ``Supervisor.open``); ``cpu``: run
+    the command and the threads serving it on that one CPU (see ``Supervisor.run``)."""
     document = load_policy(policy_path)
     log = EventLog.open(log_path)
     section = document.supervisor
@@ -39,12 +41,12 @@ def run_headless(
             document, decisions=decisions, log=log, watch=watch
         ) as supervisor:
             if listen is None:
-                return await supervisor.run(argv)
+                return await supervisor.run(argv, cpu=cpu)
             hub = Hub(supervisor, decisions)
             async with listening(hub, listen) as path:
                 print(f"llsupervise: answer from another terminal with: llsupervise attach {path}",
                       file=sys.stderr, flush=True)  # fmt: skip
-                return await supervisor.run(argv)
+                return await supervisor.run(argv, cpu=cpu)
 
     try:
         return trio.run(main)
