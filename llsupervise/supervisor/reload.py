@@ -175,22 +175,23 @@ class PolicyFile:
     def _check_handled(self, document: PolicyDocument, text: str) -> None:
         """Supervisor rules must use rights the running layer handles: it cannot change."""
         handled_fs, handled_net = self.sup.static.handled_fs, self.sup.static.handled_net
-        entries: list[tuple[Location, int, str]] = [
-            (e.location, e.access & ~handled_fs, ", ".join(names(e.access & ~handled_fs)))
+        unhandled: list[tuple[Location, list[str]]] = [
+            (e.location, names(e.access & ~handled_fs))
             for e in document.supervisor.path_beneath
+            if e.access & ~handled_fs
         ]
-        entries += [
-            (e.location, e.access & ~handled_net, ", ".join(names(e.access & ~handled_net)))
+        unhandled += [
+            (e.location, names(e.access & ~handled_net))
             for e in document.supervisor.net_port
+            if e.access & ~handled_net
         ]
-        for location, extra, extra_names in entries:
-            if extra:
-                key = f"{location.key}.allowed_access"
-                raise PolicyError(
-                    Location(location.file, LineIndex(text).line(key), key),
-                    f"{extra_names} not handled by the running layer (its [[ruleset]] is "
-                    "fixed until the next run): the rule cannot be enforced",
-                )
+        for location, extra in unhandled[:1]:
+            key = f"{location.key}.allowed_access"
+            raise PolicyError(
+                Location(location.file, LineIndex(text).line(key), key),
+                f"{', '.join(extra)} not handled by the running layer (its [[ruleset]] is "
+                "fixed until the next run): the rule cannot be enforced",
+            )
 
     def _with_unpersisted(self, resolved: ResolvedPolicy) -> tuple[Ruleset, frozenset[ObjectId]]:
         """The file's supervisor rules and quiet objects plus answers not written yet."""
