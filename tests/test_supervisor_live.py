@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -187,3 +188,27 @@ async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) 
         closing.join(30)  # the limit only keeps a regression from hanging the suite
         assert not closing.is_alive()
         launched.listener.close()
+
+
+@pytest.mark.trio
+async def test_requests_a_rule_let_through_are_counted_against_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (paths["data"] / "sub").mkdir()
+    (paths["data"] / "sub" / "y").write_bytes(PUBLIC)
+    rules = f"""
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{paths["data"]}", "{paths["data"]}/sub"]
+"""
+    script = "for p in ('data/x', 'data/x', 'data/sub/y'): open(p).read()"
+    events: list[dict[str, Any]] = []
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run([sys.executable, "-c", script], forward_signals=False)
+    assert status == 0
+    totals = {u["path"]: u["count"] for e in events if e["event"] == "rule_use" for u in e["uses"]}
+    # The deepest rule on the way to each file gets it.
+    assert totals == {str(paths["data"]): 2, str(paths["data"] / "sub"): 1}

@@ -264,6 +264,10 @@ def test_model_follows_state_events_questions() -> None:
                         rules=[{"path": "/w", "access": ["read_file"]}])  # fmt: skip
     assert model.apply({"type": "event", "event": kept}) == {FEED, RULES}
     assert model.rules.uses["/w"].answers == 1 and model.rules.uses["/w"].last == 50.0
+    used = {"event": "rule_use", "uses": [{"path": "/w", "count": 7, "last": 60.0}]}
+    assert model.apply({"type": "event", "event": used}) == {RULES}
+    assert model.rules.uses["/w"].used == 7 and model.rules.uses["/w"].last == 60.0
+    assert model.rules.uses["/w"].answers == 1
     model.apply({"type": "event", "event": {"event": "reload", "ok": False, "generation": 2,
                                             "error": "p.toml:3: bad"}})  # fmt: skip
     assert model.rules.reload is not None and model.rules.reload["error"] == "p.toml:3: bad"

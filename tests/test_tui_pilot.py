@@ -166,7 +166,7 @@ async def test_allow_always_commits_a_rule_and_the_next_access_passes(
     ]
     [rule] = seen.rules
     assert rule[:3] == [str(tmp_path / "data" / "x"), "committed", "1"]
-    assert rule[4] == "read_file"
+    assert rule[5] == "read_file"
 
 
 async def test_broader_scope_and_extra_rights_go_on_the_rule(
@@ -199,7 +199,7 @@ async def test_broader_scope_and_extra_rights_go_on_the_rule(
     assert lines(log) == [OK]
     assert "['x', 'y'] public data" in output  # listing and the sibling file: no more questions
     assert len(app.model.feed) == 1
-    assert row[0] == str(paths["data"]) and row[4] == "read_file, read_dir"
+    assert row[0] == str(paths["data"]) and row[5] == "read_file, read_dir"
 
 
 async def test_timeout_applies_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,7 +282,7 @@ async def test_exec_denial_says_a_grant_helps_the_next_run(
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
         await until(pilot, lambda: drawn(app), "the screen to catch up")
         assert cells(app, "#supervisor-rules")[0][0] == str(tool)
-        assert cells(app, "#supervisor-rules")[0][4] == "execute"
+        assert cells(app, "#supervisor-rules")[0][5] == "execute"
     assert status_of(app) == 13
 
 

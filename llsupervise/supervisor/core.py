@@ -135,6 +135,8 @@ class Supervisor:
         #: Ports answered "deny quietly" during this run (the policy format has no quiet port).
         self.quiet_ports: set[tuple[int, AccessNet]] = set()
         self.net: NetMediator | None = None
+        #: Supervisor rule path -> (requests performed beneath it, time of the last one).
+        self.rule_uses: dict[str, tuple[int, float]] = {}
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -354,6 +356,7 @@ class Supervisor:
                     nursery.start_soon(self._forward_signals, launched)
                 if self.policy_file is not None:
                     nursery.start_soon(self.policy_file.watch)
+                nursery.start_soon(self._report_rule_uses, loop)
                 pidfd = os.pidfd_open(launched.pid)
                 try:
                     await trio.lowlevel.wait_readable(pidfd)
@@ -365,6 +368,7 @@ class Supervisor:
             loop.stop()
             await trio.to_thread.run_sync(thread.join)
             loop.close()
+            self._count_rule_uses(loop)
             self._drop_questions()
             if self.net is not None:
                 self.net.close()
@@ -373,6 +377,31 @@ class Supervisor:
             self._nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
+
+    async def _report_rule_uses(self, loop: NotificationLoop) -> None:
+        """Once a second, count the requests performed since against the supervisor rules
+        (the deepest rule whose path leads to the request's, as the child named it) and
+        emit ``rule_use`` with the running totals of the rules that were used."""
+        while True:
+            await trio.sleep(1.0)
+            self._count_rule_uses(loop)
+
+    def _count_rule_uses(self, loop: NotificationLoop) -> None:
+        by_path = {self.table.label(obj): obj for obj in self.mutable.committed.fs}
+        used: set[str] = set()
+        while loop.performed:
+            raw, ts = loop.performed.popleft()
+            path = os.fsdecode(raw)
+            while path not in by_path and path not in ("/", ""):
+                path = os.path.dirname(path)
+            if path in by_path:
+                count, _ = self.rule_uses.get(path, (0, 0.0))
+                self.rule_uses[path] = (count + 1, ts)
+                used.add(path)
+        if used:
+            uses = [{"path": p, "count": self.rule_uses[p][0], "last": self.rule_uses[p][1]}
+                    for p in sorted(used)]  # fmt: skip
+            self.emit({"event": "rule_use", "uses": uses})
 
     async def _forward_signals(self, launched: Launched) -> None:
         with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:

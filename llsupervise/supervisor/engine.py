@@ -8,11 +8,13 @@ lets the kernel decide through CONTINUE). Only denials cross over to trio, throu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -35,6 +37,7 @@ from llsupervise.supervisor.broker import Broker, restrict_thread
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
+from llsupervise.supervisor.objects import fd_path
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
@@ -213,6 +216,9 @@ class NotificationLoop:
         self._done = threading.Event()
         self._unrestricted: Broker | None = None
         self.served = 0
+        #: (path as the child named it, absolute; time) of each request a server performed:
+        #: the supervisor counts them against its rules. Bounded: under a flood the oldest go.
+        self.performed: collections.deque[tuple[bytes, float]] = collections.deque(maxlen=65536)
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
@@ -503,6 +509,7 @@ class NotificationLoop:
         """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
         try:
             result = perform(target)
+            self._note_performed(target)
         except KernelDecides:
             result = None
         except OSError as exc:
@@ -516,6 +523,12 @@ class NotificationLoop:
             self.listener.send_continue(n.id)
         else:
             reply(self.listener, n, target.request, result)
+
+    def _note_performed(self, target: Target) -> None:
+        path = target.request.path
+        if target.dir1 is not None and not path.startswith(b"/"):
+            path = os.fsencode(fd_path(target.dir1)) + b"/" + path
+        self.performed.append((path, time.time()))
 
     def _deny(self, n: Notification, target: Target, generation: int) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""

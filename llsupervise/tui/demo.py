@@ -123,6 +123,16 @@ def messages() -> list[dict[str, Any]]:
         ),
         _denial(6, "/usr/bin/python3.11", "/home/ada/.netrc", ["read_file"], "deny", count=2),
         {
+            "type": "event",
+            "event": {
+                "event": "rule_use",
+                "uses": [
+                    {"path": "/home/ada/project", "count": 1532, "last": T0 + 6},
+                    {"path": "/home/ada/.cache/pip", "count": 48, "last": T0 + 5},
+                ],
+            },
+        },
+        {
             "type": "question",
             "id": 7,
             "timeout_in": 27.0,

@@ -38,9 +38,11 @@ class RuleRow:
 
 @dataclass
 class RuleUse:
-    """What the event log tells about a rule: answers that kept it and when."""
+    """What the event log tells about a rule: answers that kept it, requests it let
+    through (``rule_use`` events), and when it was last answered or used."""
 
     answers: int = 0
+    used: int = 0
     last: float | None = None
 
 
@@ -92,6 +94,13 @@ class Rules:
             use.last = float(event.get("ts", 0.0))
             if "seconds" in rule:
                 self.temporary[str(path)] = float(rule["seconds"])
+
+    def note_uses(self, event: Mapping[str, Any]) -> None:
+        """A ``rule_use`` event: running totals of requests performed beneath rules."""
+        for entry in event.get("uses", ()):
+            use = self.uses.setdefault(str(entry["path"]), RuleUse())
+            use.used = int(entry["count"])
+            use.last = max(use.last or 0.0, float(entry["last"]))
 
     def supervisor_rows(self) -> list[RuleRow]:
         paths = sorted(set(self.committed) | set(self.pending))
@@ -198,6 +207,9 @@ class SessionModel:
             return {FEED}
         if kind == "reload":
             self.rules.reload = event
+            return {RULES}
+        if kind == "rule_use":
+            self.rules.note_uses(event)
             return {RULES}
         if kind in ("start", "exit"):
             if kind == "start":

@@ -156,8 +156,9 @@ class RulesView(Horizontal):
         static.add_column("path", key="path")
         static.add_column("rights", key="rights")
         sup = self.query_one("#supervisor-rules", DataTable)
-        # "answers": denials whose answer kept this rule; "last": the latest of them.
-        for title in ("path", "state", "answers", "last", "rights"):
+        # "answers": denials whose answer kept this rule; "uses": requests it let through;
+        # "last": the latest answer or use.
+        for title in ("path", "state", "answers", "uses", "last", "rights"):
             sup.add_column(title, key=title)
 
     def show(self, rules: Rules, status: Status) -> None:
@@ -177,12 +178,13 @@ class RulesView(Horizontal):
                 safe(row.path),
                 state,
                 Text(str(use.answers) if use else "", justify="right"),
+                Text(str(use.used) if use else "", justify="right"),
                 Text(clock_time(use.last) if use and use.last else ""),
                 Text(", ".join(rights)),
             )
         for port, net_access in sorted(rules.committed_net.items()):
             sup.add_row(Text(f"tcp port {port}"), Text("committed", style="green"), Text(""),
-                        Text(""), Text(", ".join(net_access)))  # fmt: skip
+                        Text(""), Text(""), Text(", ".join(net_access)))  # fmt: skip
         pending = " · changes pending" if rules.has_pending else ""
         self.query_one("#supervisor-title", Static).update(
             Text(f"Supervisor rules: generation {rules.generation}{pending}", style="bold")
