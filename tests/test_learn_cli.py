@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from landlockconfig_schema import landlockconfig_errors
 
 from llsupervise.learn.recording import Recording
 from llsupervise.policy.loader import load_policy, parse_policy
@@ -137,3 +138,12 @@ def test_a_broken_recording_names_the_file_and_key(work: Path) -> None:
     assert result.returncode == 2
     assert f"{side}: paths[{first!r}].access" in result.stderr and "raed_file" in result.stderr
     assert policy.read_text() == before
+
+
+def test_a_learned_policy_exports_to_landlockconfigs_format(work: Path) -> None:
+    policy, exported = work.parent / "learned.toml", work.parent / "plain.toml"
+    learned = cli("learn", "-o", str(policy), "--", "sh", "-c", "cat a.txt > out.txt", work=work)
+    assert learned.returncode == 0, learned.stderr
+    result = cli("export", "--policy", str(policy), "--landlockconfig", str(exported), work=work)
+    assert result.returncode == 0, result.stderr
+    assert landlockconfig_errors(exported.read_text()) == []
