@@ -212,3 +212,35 @@ parent = ["{paths["data"]}", "{paths["data"]}/sub"]
     totals = {u["path"]: u["count"] for e in events if e["event"] == "rule_use" for u in e["uses"]}
     # The deepest rule on the way to each file gets it.
     assert totals == {str(paths["data"]): 2, str(paths["data"] / "sub"): 1}
+
+
+@pytest.mark.trio
+async def test_more_threads_than_kept_readers_are_all_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers of threads are evicted oldest first and reopened when the thread comes back."""
+    from llsupervise.supervisor import engine
+
+    monkeypatch.setattr(engine, "MAX_TASKS", 2)
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rules = f"""
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{paths["data"]}"]
+"""
+    script = r"""
+import threading
+reads = []
+def read():
+    for _ in range(3):
+        reads.append(open("data/x", "rb").read())
+threads = [threading.Thread(target=read) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+read()
+assert reads == [b"public data\n"] * 21, reads
+"""
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        status = await sup.run([sys.executable, "-c", script], forward_signals=False)
+    assert status == 0

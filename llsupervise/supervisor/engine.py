@@ -42,6 +42,8 @@ from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
 EXEC_SYSCALLS = ("execve", "execveat")
+#: Threads whose memory reader (and cached cwd) is kept open at once.
+MAX_TASKS = 1024
 T = TypeVar("T")
 
 
@@ -357,6 +359,9 @@ class NotificationLoop:
         """The thread's memory reader, opened BEFORE id_valid so that pid reuse is caught."""
         task = self._tasks.get(tid)
         if task is None:
+            if len(self._tasks) >= MAX_TASKS:
+                # Nothing says when a thread exits: drop the oldest (reopened if still alive).
+                self._forget(next(iter(self._tasks)))
             try:
                 task = self._call_unrestricted(lambda: _open_task(tid))
             except (OSError, SeccompError):
@@ -435,7 +440,10 @@ class NotificationLoop:
             self.listener.send_continue(n.id)  # the static layer decides
             return
         if decoded is None:
-            return  # the task is gone
+            # Its memory could not be opened: the task is gone (then this reply fails
+            # harmlessly), or we are short of descriptors. The static layer decides.
+            self.listener.send_continue(n.id)
+            return
         request, task = decoded
         if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
             self.listener.send_continue(n.id)
