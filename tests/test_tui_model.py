@@ -275,3 +275,14 @@ def test_model_follows_state_events_questions() -> None:
     assert model.status.state == "exited with status 3"
     model.apply({"type": "closed", "reason": "gone"})
     assert model.status.state == "gone" and model.prompts.current is None
+
+
+def test_a_port_denial_is_answered_on_the_port_alone() -> None:
+    """No directory scope and no filesystem rights: the rule goes on the port asked for."""
+    q = Question.create(4, denial("tcp://127.0.0.1:8080", ("connect_tcp",)), deadline=0.0)
+    assert [(c.path, c.title) for c in q.scopes] == [("tcp://127.0.0.1:8080", "this port")]
+    q.broader()
+    assert q.rights == ["connect_tcp"] and q.missing_rights() == []
+    assert q.answer(Answer.ALLOW_ALWAYS) == {"type": "answer", "id": 4, "answer": "allow_always"}
+    assert "scope" not in q.answer(Answer.DENY_QUIET)
+    assert q.answer(Answer.ALLOW_FOR)["duration"] == q.duration

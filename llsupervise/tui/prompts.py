@@ -61,9 +61,13 @@ class ScopeChoice:
     path: str
     title: str
     is_dir: bool
+    #: The rights of a port rule (a network denial), which has no other scope.
+    port_rights: tuple[str, ...] = ()
 
     def rights(self) -> list[str]:
         """Rights that a rule on this object can carry (the kernel refuses the others)."""
+        if self.port_rights:
+            return list(self.port_rights)
         return ALL_FS if self.is_dir else FILE_ONLY
 
 
@@ -71,8 +75,15 @@ def is_directory_request(access: tuple[str, ...]) -> bool:
     return any(a in DIRECTORY_ONLY for a in access)
 
 
+def is_network(denial: Denial) -> bool:
+    """A bind/connect denial: its path is ``tcp://host:port``, its rule is on the port."""
+    return denial.path.startswith("tcp://")
+
+
 def scope_choices(denial: Denial) -> list[ScopeChoice]:
-    """The checked object first, then each parent directory up to ``/``."""
+    """The checked object first, then each parent directory up to ``/`` (a port: itself)."""
+    if is_network(denial):
+        return [ScopeChoice(denial.path, "this port", False, denial.access)]
     path = PurePosixPath(denial.path)
     own_dir = is_directory_request(denial.access)
     choices = [ScopeChoice(str(path), "this directory" if own_dir else "this file", own_dir)]
@@ -124,6 +135,11 @@ class Question:
     def answer(self, answer: Answer) -> dict[str, Any]:
         """The protocol message for ``answer`` with the scope, rights and duration chosen."""
         message: dict[str, Any] = {"type": "answer", "id": self.id, "answer": str(answer)}
+        if is_network(self.denial):
+            # A port rule has no scope to choose and exactly the rights that were asked.
+            if answer == Answer.ALLOW_FOR:
+                message["duration"] = self.duration
+            return message
         if answer in (Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.DENY_QUIET):
             message["scope"] = self.scope.path
         if answer == Answer.ALLOW_FOR:
