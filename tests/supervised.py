@@ -30,15 +30,18 @@ def make_tree(root: Path) -> dict[str, Path]:
     return paths
 
 
-def policy(
-    root: Path,
+def policy_text(
+    root: Path | str,
     *,
     mode: str = "enforce",
     supervisor_rules: str = "",
     extra_static: str = "",
-) -> PolicyDocument:
+    settings: str = "",
+) -> str:
+    """The test policy as file text: the system read-only, ``root/out`` read-write, every
+    filesystem right handled; ``settings`` go in the ``[supervisor]`` table."""
     system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
-    text = f"""
+    return f"""# test policy
 [[ruleset]]
 handled_access_fs = ["abi.all"]
 
@@ -52,8 +55,21 @@ parent = ["{root}/out"]
 {extra_static}
 [supervisor]
 mode = "{mode}"
+{settings}
 {supervisor_rules}
 """
+
+
+def policy(
+    root: Path,
+    *,
+    mode: str = "enforce",
+    supervisor_rules: str = "",
+    extra_static: str = "",
+) -> PolicyDocument:
+    text = policy_text(
+        root, mode=mode, supervisor_rules=supervisor_rules, extra_static=extra_static
+    )
     return parse_policy(text, "test-policy.toml", {"HOME": str(root), "PWD": str(root)})
 
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from supervised import PUBLIC, make_tree, wait_until
-from test_reload import env, labels, policy_text, reloads, rule, save
+from supervised import PUBLIC, make_tree, policy_text, wait_until
+from test_reload import env, labels, reloads, rule, save
 
 from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.rights import AccessFs

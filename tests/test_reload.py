@@ -12,7 +12,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from supervised import PUBLIC, SYSTEM_DIRS, lines, make_tree, wait_until
+from supervised import PUBLIC, lines, make_tree, policy_text, wait_until
 from test_supervisor_live import READ_LOOP
 
 from llsupervise.policy.loader import load_policy
@@ -21,34 +21,6 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.reload import PolicyFile
 
 OK = "ok " + PUBLIC.decode().strip()
-
-
-def policy_text(
-    root: Path,
-    *,
-    supervisor_rules: str = "",
-    extra_static: str = "",
-    handled: str = '["abi.all"]',
-    mode: str = "enforce",
-) -> str:
-    """The test policy of ``supervised.policy`` as file text."""
-    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
-    return f"""# test policy
-[[ruleset]]
-handled_access_fs = {handled}
-
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = [{system}]
-
-[[path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{root}/out"]
-{extra_static}
-[supervisor]
-mode = "{mode}"
-{supervisor_rules}
-"""
 
 
 def rule(path: Path | str, access: str = '"read_file"') -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import PUBLIC, lines, make_tree, policy, wait_until
+from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.decisions import ModeDecisions
@@ -309,34 +309,14 @@ async def test_attach_to_nothing_fails_clearly(tmp_path: Path) -> None:
         await connect(str(tmp_path / "none"))
 
 
-CLI_POLICY = """
-[[ruleset]]
-handled_access_fs = ["abi.all"]
-
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = [{system}]
-
-[[path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{root}/out"]
-
-[supervisor]
-mode = "interactive"
-prompt_timeout = 60
-"""
-
-
 @pytest.mark.trio
 async def test_cli_listen_keeps_the_terminal_and_serves_answers(tmp_path: Path) -> None:
     """``run --headless --listen``: the command's output stays on the terminal; a client
     attached over the socket answers."""
-    from supervised import SYSTEM_DIRS
-
     paths = make_tree(tmp_path)
     go = paths["out"] / "go"
-    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
-    (tmp_path / "p.toml").write_text(CLI_POLICY.format(system=system, root=tmp_path))
+    text = policy_text(tmp_path, mode="interactive", settings="prompt_timeout = 60")
+    (tmp_path / "p.toml").write_text(text)
     sock = str(tmp_path / "run" / "sock")
     script = (
         "import os, time\n"

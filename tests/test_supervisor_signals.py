@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from supervised import SYSTEM_DIRS
+from supervised import policy_text
 
 pytestmark = pytest.mark.kernel
 
@@ -72,25 +72,8 @@ sys.exit(7)
 @pytest.fixture
 def policy_file(tmp_path: Path) -> Path:
     (tmp_path / "out").mkdir()
-    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
     path = tmp_path / "policy.toml"
-    path.write_text(
-        f"""
-[[ruleset]]
-handled_access_fs = ["abi.all"]
-
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = [{system}]
-
-[[path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{tmp_path}/out"]
-
-[supervisor]
-mode = "enforce"
-"""
-    )
+    path.write_text(policy_text(tmp_path))
     return path
 
 
