@@ -40,10 +40,11 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.engine import EXEC_SYSCALLS, read_proc
+from llsupervise.supervisor.engine import EXEC_SYSCALLS
 from llsupervise.supervisor.launcher import StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.network import NET_CALLS, open_pidfd, pidfd_getfd, socket_kind
 from llsupervise.supervisor.objects import fd_path
+from llsupervise.supervisor.procfs import read_proc
 from llsupervise.supervisor.requests import (
     AT_EMPTY_PATH,
     AT_FDCWD,

@@ -55,9 +55,7 @@ from llsupervise.supervisor.engine import (
     BrokerSlot,
     NotificationLoop,
     Pending,
-    read_proc,
     reply,
-    status_field,
 )
 from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
 from llsupervise.supervisor.fastpath import StaticPrefixes
@@ -71,6 +69,7 @@ from llsupervise.supervisor.objects import (
     resolve,
 )
 from llsupervise.supervisor.operations import KernelDecides, perform
+from llsupervise.supervisor.procfs import read_proc, read_status, status_number
 from llsupervise.supervisor.reload import PolicyFile
 from llsupervise.supervisor.requests import FsRequest
 
@@ -711,7 +710,7 @@ class Supervisor:
 
 
 def _tgid(tid: int) -> int:
-    return status_field(tid, b"Tgid", 10, tid)
+    return status_number(read_status(tid), b"Tgid", 10, tid)
 
 
 def _cgroup(tid: int) -> str | None:

@@ -39,6 +39,7 @@ from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
 from llsupervise.supervisor.objects import fd_path
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
+from llsupervise.supervisor.procfs import status_fields, status_number
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
 EXEC_SYSCALLS = ("execve", "execveat")
@@ -91,28 +92,6 @@ class BrokerSlot:
         old.close()
 
 
-def read_proc(tid: int, name: str) -> str:
-    try:
-        if name in ("exe", "cwd"):
-            return os.readlink(f"/proc/{tid}/{name}")
-        with open(f"/proc/{tid}/{name}", "rb") as f:
-            return " ".join(os.fsdecode(a) for a in f.read().split(b"\0") if a)
-    except OSError:
-        return "?"
-
-
-def status_field(tid: int, name: bytes, base: int, default: int) -> int:
-    """A numeric field of /proc/TID/status (Umask, Tgid, ...)."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(name + b":"):
-                    return int(line.split()[1], base)
-    except (OSError, ValueError):
-        pass
-    return default
-
-
 @dataclass
 class _Task:
     """What the loop keeps per trapped thread, opened with the supervisor's own standing."""
@@ -137,12 +116,11 @@ class _Task:
 
     def read_umask(self) -> int:
         try:
-            for line in os.pread(self.status, 4096, 0).splitlines():
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-        except (OSError, ValueError):
-            pass
-        return 0o077  # unknown: the narrowest usual umask, never a wider mode
+            fields = status_fields(os.pread(self.status, 4096, 0))
+        except OSError:
+            fields = {}
+        # Unknown: the narrowest usual umask, never a wider mode.
+        return status_number(fields, b"Umask", 8, 0o077)
 
 
 def _open_task(tid: int) -> _Task:

@@ -46,6 +46,7 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.events import Answer, Denial
 from llsupervise.supervisor.netpool import NetRules, PerformerPool, ThreadKey
+from llsupervise.supervisor.procfs import read_proc, read_status, status_number
 from llsupervise.supervisor.sockaddr import (
     ACCESS,
     AF_INET,
@@ -204,18 +205,8 @@ def _grants(rules: Ruleset, p: PendingNet) -> bool:
 
 def _status(tid: int) -> tuple[int, int]:
     """Thread group id and effective capabilities of ``tid`` (/proc/TID/status)."""
-    tgid, caps = tid, 0
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                key, _, value = line.partition(b":")
-                if key == b"Tgid":
-                    tgid = int(value)
-                elif key == b"CapEff":
-                    caps = int(value, 16)
-    except (OSError, ValueError):
-        pass
-    return tgid, caps
+    fields = read_status(tid)
+    return status_number(fields, b"Tgid", 10, tid), status_number(fields, b"CapEff", 16, 0)
 
 
 def _user_namespace(pid: int | str) -> tuple[int, int] | None:
@@ -224,16 +215,6 @@ def _user_namespace(pid: int | str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _proc_text(tid: int, name: str) -> str:
-    try:
-        if name == "exe":
-            return os.readlink(f"/proc/{tid}/exe")
-        with open(f"/proc/{tid}/{name}", "rb") as f:
-            return " ".join(os.fsdecode(a) for a in f.read().split(b"\0") if a)
-    except OSError:
-        return "?"
 
 
 # --- requests and answers ---------------------------------------------------------------------
@@ -522,8 +503,8 @@ class NetMediator:
             self._reply(pending, errno.EACCES)  # closed: nobody would answer
 
     def _report(self, pending: PendingNet) -> None:
-        pending.exe = _proc_text(pending.tid, "exe")
-        pending.cmdline = _proc_text(pending.tid, "cmdline")
+        pending.exe = read_proc(pending.tid, "exe")
+        pending.cmdline = read_proc(pending.tid, "cmdline")
         try:
             self.on_denial(pending)
         except BaseException:
