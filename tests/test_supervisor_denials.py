@@ -61,3 +61,29 @@ async def test_rename_denials_name_every_right_the_kernel_checks(
     assert denial["rules"] == [{"path": str(paths["data"]), "access": data_rights}]
     # With the kept rule the kernel judged the rename again, with its own refer semantics.
     assert got == status
+
+
+class OnceThenAlways:
+    def __init__(self) -> None:
+        self.answers = [Answer.ALLOW_ONCE, Answer.ALLOW_ALWAYS]
+
+    async def ask(self, denial: Denial) -> Decision:
+        return Decision(self.answers.pop(0))
+
+
+@pytest.mark.trio
+async def test_a_kept_rule_names_the_directory_a_creation_was_checked_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allow once for data/a, then always for data/b: the rule is on data/, by that name."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    events: list[dict[str, Any]] = []
+    decisions = ModeDecisions("interactive", "deny", 30.0, OnceThenAlways())
+    script = "for name in ('a', 'b'): open(f'data/{name}', 'w').close()"
+    async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run([sys.executable, "-c", script], forward_signals=False)
+    assert status == 0
+    kept = [e["rules"] for e in events if e["event"] == "denial" and "rules" in e]
+    assert kept == [[{"path": str(paths["data"]), "access": ["write_file", "make_reg"]}]]

@@ -64,7 +64,6 @@ from llsupervise.supervisor.network import NET_CALLS, NetMediator, PendingNet, o
 from llsupervise.supervisor.objects import (
     ObjectTable,
     ResolvedPolicy,
-    fd_path,
     raise_nofile_limit,
     resolve,
 )
@@ -386,6 +385,8 @@ class Supervisor:
             self._count_rule_uses(loop)
 
     def _count_rule_uses(self, loop: NotificationLoop) -> None:
+        if not loop.performed:
+            return  # nothing performed: spare rebuilding the map of every rule
         by_path = {self.table.label(obj): obj for obj in self.mutable.committed.fs}
         used: set[str] = set()
         while loop.performed:
@@ -557,7 +558,7 @@ class Supervisor:
         path swapped since the check is judged without them."""
         rules = self.static | self.mutable.committed
         for o in pending.objects:
-            obj = self.table.adopt(os.dup(o.fd), o.label)
+            obj = self.table.adopt(os.dup(o.fd))
             rules = rules.with_fs(obj, o.access)
         try:
             return Broker(rules, self.table, "broker-once")
@@ -579,8 +580,7 @@ class Supervisor:
             if decision.scope is not None and o is objects[0]:
                 obj = self.table.open(decision.scope)
             else:
-                # Named by the kernel: for a creation, the object is the parent directory.
-                obj = self.table.adopt(os.dup(o.fd), fd_path(o.fd))
+                obj = self.table.adopt(os.dup(o.fd))
             label = self.table.label(obj)
             if decision.answer == Answer.DENY_QUIET:
                 self.quiet = self.quiet | {obj}

@@ -99,8 +99,9 @@ class ObjectTable:
             self._is_dir[obj] = stat.S_ISDIR(st.st_mode)
         return obj
 
-    def adopt(self, fd: int, label: str) -> ObjectId:
-        """Keep an already opened ``O_PATH`` fd (the object a denial was checked on)."""
+    def adopt(self, fd: int) -> ObjectId:
+        """Keep an already opened ``O_PATH`` fd (the object a denial was checked on), named by
+        the kernel: a creation is checked on the parent directory, not on the new name."""
         st = os.fstat(fd)
         obj = object_id(st)
         if obj in self._fds:
@@ -108,7 +109,7 @@ class ObjectTable:
         else:
             _check_capacity(len(self._fds) + 1)
             self._fds[obj] = fd
-            self._labels[obj] = label
+            self._labels[obj] = fd_path(fd)
             self._is_dir[obj] = stat.S_ISDIR(st.st_mode)
         return obj
 
