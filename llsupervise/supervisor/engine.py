@@ -333,6 +333,10 @@ class NotificationLoop:
         assert self._unrestricted is not None
         return self._unrestricted.call(fn)
 
+    def _open_proc(self, where: str) -> int:
+        """An O_PATH fd (ours) of a /proc entry of the child: only our standing may open it."""
+        return self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
+
     def _task(self, tid: int) -> _Task | None:
         """The thread's memory reader, opened BEFORE id_valid so that pid reuse is caught."""
         task = self._tasks.get(tid)
@@ -384,8 +388,7 @@ class NotificationLoop:
         """An O_PATH fd (ours to close) of the thread's current working directory."""
         if task is not None and task.cwd is not None:
             return os.dup(task.cwd)
-        where = f"/proc/{tid}/cwd"
-        fd = self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
+        fd = self._open_proc(f"/proc/{tid}/cwd")
         if task is None or self._unsettled:
             return fd
         task.cwd = fd
@@ -468,8 +471,7 @@ class NotificationLoop:
         if dirfd == AT_FDCWD:
             return self._cwd(tid, task)
         # Not cached: nothing tells us when the child closes or reuses a descriptor number.
-        where = f"/proc/{tid}/fd/{dirfd}"
-        return self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
+        return self._open_proc(f"/proc/{tid}/fd/{dirfd}")
 
     def _bind(self, n: Notification, r: FsRequest, task: _Task) -> Target | None:
         try:
