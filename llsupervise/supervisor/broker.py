@@ -20,6 +20,7 @@ from llsupervise.landlock import set_no_new_privs
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_SCOPE
 from llsupervise.supervisor.objects import ObjectTable
+from llsupervise.supervisor.placement import pin_self
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "queue.SimpleQueue[tuple[bool, Any]]"]
@@ -90,8 +91,7 @@ class Broker:
         cpu: int | None,
     ) -> None:
         try:
-            if cpu is not None:
-                os.sched_setaffinity(0, {cpu})  # this thread only
+            pin_self(cpu)
             restrict_thread(rules, table)
         except BaseException as exc:
             ready.put(exc)

@@ -39,6 +39,7 @@ from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
 from llsupervise.supervisor.objects import fd_path
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
+from llsupervise.supervisor.placement import home_cpu, pin_self, woken_here
 from llsupervise.supervisor.procfs import status_fields, status_number
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 
@@ -176,8 +177,8 @@ class NotificationLoop:
         net: NetMediator | None = None,
         cpu: int | None = None,
     ) -> None:
-        #: Keep the loop's threads on this CPU (see Supervisor.run).
-        self.cpu = cpu
+        #: The CPU the loop's threads run on (see placement).
+        self.cpu = home_cpu(cpu)
         self.fast = fast
         self.net = net
         self.listener = listener
@@ -273,8 +274,7 @@ class NotificationLoop:
 
     def _serve(self, server: _Server, ready: threading.Event) -> None:
         try:
-            if self.cpu is not None:
-                os.sched_setaffinity(0, {self.cpu})  # this thread only
+            pin_self(self.cpu)
             restrict_thread(server.rules, self.slot.broker.table)
         except BaseException as exc:
             self.failure = exc
@@ -510,7 +510,7 @@ class NotificationLoop:
         if result is None:
             self.listener.send_continue(n.id)
         else:
-            reply(self.listener, n, target.request, result)
+            reply(self.listener, n, target.request, result, self.cpu)
 
     def _note_performed(self, target: Target) -> None:
         path = target.request.path
@@ -536,11 +536,24 @@ def close_dirs(target: Target) -> None:
             os.close(fd)
 
 
-def reply(listener: Listener, n: Notification, request: FsRequest, result: int) -> None:
-    """Answer with a performed operation's result: inject the fd of an open, else the value."""
+def reply(
+    listener: Listener, n: Notification, request: FsRequest, result: int, cpu: int | None = None
+) -> None:
+    """Answer with a performed operation's result: inject the fd of an open, else the value.
+
+    ``cpu``: the caller's own CPU, where the child is woken by the injection (placement)."""
     if request.op == "open":
+        cloexec = bool(request.flags & os.O_CLOEXEC)
         try:
-            listener.addfd(n.id, result, send=True, cloexec=bool(request.flags & os.O_CLOEXEC))
+            with woken_here(n.pid, cpu) as pinned:
+                if pinned:
+                    # Not answered yet: the thread must not run its program while pinned.
+                    # (Only a fatal signal can end the wait in between: WAIT_KILLABLE_RECV.)
+                    injected = listener.addfd(n.id, result, cloexec=cloexec)
+                else:
+                    listener.addfd(n.id, result, send=True, cloexec=cloexec)
+                    return
+            listener.send_value(n.id, injected)
         finally:
             os.close(result)
     else:

@@ -1,0 +1,67 @@
+"""Where the threads that serve the child run, so that answering it stays cheap.
+
+Every trapped syscall is a round trip between a child thread and a serving thread. With
+``SYNC_WAKE_UP`` the notification and a plain reply wake the other side on the waker's own
+CPU. Injecting a descriptor (``SECCOMP_IOCTL_NOTIF_ADDFD``) does not: it wakes the child
+with an ordinary wake-up, the scheduler picks an idle CPU for it, and on a virtual machine
+waking an idle CPU costs tens of µs, more than all the rest of a grant.
+
+So the serving threads live on one CPU (:func:`home_cpu`), and while a descriptor is
+injected the child's thread is pinned there too (:func:`woken_here`). The injection then
+does not answer the syscall: the thread installs the descriptor and waits again, its own
+affinity is restored, and only then does the reply (a synchronous wake-up, on our CPU) let
+it return to its program, which never sees the borrowed affinity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def home_cpu(requested: int | None = None) -> int:
+    """The CPU the serving threads use: ``requested`` (``run --same-cpu``), else the first
+    one this process may use."""
+    if requested is not None:
+        return requested
+    return min(os.sched_getaffinity(0))
+
+
+def pin_self(cpu: int | None) -> None:
+    """Keep the calling thread (only it) on ``cpu``, if it may run there at all."""
+    if cpu is not None:
+        with contextlib.suppress(OSError):  # placement only affects speed
+            os.sched_setaffinity(0, {cpu})
+
+
+@contextlib.contextmanager
+def woken_here(tid: int, cpu: int | None) -> Iterator[bool]:
+    """Within the block, ``tid`` may run only on ``cpu``; yields whether it was pinned.
+
+    Nothing is changed when ``cpu`` is None, when the thread may not run there anyway (its
+    own choice is respected), or when it is already bound to one CPU. Every failure (the
+    thread exited, a cpuset forbids the CPU) leaves the thread as it was: placement only
+    affects speed. The block must not let the thread return to its program: what it did
+    then (read its affinity, start a thread that inherits it) would see the borrowed one."""
+    original = _affinity(tid) if cpu is not None else None
+    if cpu is None or original is None or cpu not in original or len(original) == 1:
+        yield False
+        return
+    try:
+        os.sched_setaffinity(tid, {cpu})
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, original)
+
+
+def _affinity(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except OSError:
+        return None
