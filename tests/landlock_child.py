@@ -103,7 +103,14 @@ def sandbox(spec: dict[str, Any], out: dict[str, Any]) -> None:
         Scope(spec.get("scopes", 0)),
     )
     with ruleset:
-        out["added_paths"] = [int(ruleset.add_path(p, AccessFs(a))) for p, a in spec["paths"]]
+        if spec.get("bulk"):  # add_paths: O_PATH fds, all at once
+            fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p, _ in spec["paths"]]
+            rights = [AccessFs(a) for _, a in spec["paths"]]
+            ruleset.add_paths(zip(fds, rights, strict=True))
+            for fd in fds:
+                os.close(fd)
+        else:
+            out["added_paths"] = [int(ruleset.add_path(p, AccessFs(a))) for p, a in spec["paths"]]
         out["added_ports"] = [int(ruleset.add_port(p, AccessNet(a))) for p, a in spec["ports"]]
         set_no_new_privs()
         ruleset.restrict_self()

@@ -75,7 +75,8 @@ def fs_ops(base: Path) -> list[list[Any]]:
 
 
 @needs_abi(1)
-def test_directory_rules_allow_and_deny(tree: Path) -> None:
+@pytest.mark.parametrize("bulk", [False, True], ids=["add_path", "add_paths"])
+def test_directory_rules_allow_and_deny(tree: Path, bulk: bool) -> None:
     read_only = AccessFs.READ_FILE | AccessFs.READ_DIR
     ops = fs_ops(tree / "ro") + fs_ops(tree / "rw") + fs_ops(tree / "none")
     out = run_child(
@@ -84,9 +85,11 @@ def test_directory_rules_allow_and_deny(tree: Path) -> None:
             "paths": [[str(tree / "ro"), read_only], [str(tree / "rw"), fs_read_write(ABI)]],
             "before": ops,
             "after": ops,
+            "bulk": bulk,
         }
     )
-    assert out["added_paths"] == [read_only, fs_read_write(ABI)]
+    if not bulk:
+        assert out["added_paths"] == [read_only, fs_read_write(ABI)]
     assert out["before"] == ["ok"] * len(ops)
     assert out["after"] == [
         *["ok", "EACCES", "EACCES", "ok"],  # ro: read, write, mkdir, listdir
@@ -96,7 +99,8 @@ def test_directory_rules_allow_and_deny(tree: Path) -> None:
 
 
 @needs_abi(1)
-def test_directory_rights_on_a_file_rule_are_masked(tree: Path) -> None:
+@pytest.mark.parametrize("bulk", [False, True], ids=["add_path", "add_paths"])
+def test_directory_rights_on_a_file_rule_are_masked(tree: Path, bulk: bool) -> None:
     base = tree / "filerule"
     ops = [
         ["read", str(base / "f.txt")],
@@ -110,10 +114,12 @@ def test_directory_rights_on_a_file_rule_are_masked(tree: Path) -> None:
             "paths": [[str(base / "f.txt"), fs_read_write(ABI)]],
             "before": ops,
             "after": ops,
+            "bulk": bulk,
         }
     )
     # No EINVAL: only the file rights of the read_write group went to the kernel.
-    assert out["added_paths"] == [fs_read_write(ABI) & FILE_ACCESS]
+    if not bulk:
+        assert out["added_paths"] == [fs_read_write(ABI) & FILE_ACCESS]
     assert out["before"] == ["ok"] * 4
     assert out["after"] == ["ok", "ok", "EACCES", "EACCES"]
 

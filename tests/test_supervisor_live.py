@@ -180,8 +180,7 @@ async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) 
         loop = NotificationLoop(launched.listener, sup.slot, sup.static.handled_fs, Pending.close)
         await trio.to_thread.run_sync(loop.run)  # returns once the command is gone
         launched.process.wait()
-        assert sup.slot.broker.rules is not None
-        loop._start(sup.slot.broker.rules, sup.generation + 1)  # what such a commit does
+        loop._start(sup.slot.broker, sup.generation + 1)  # what such a commit does
         loop.stop()
         closing = threading.Thread(target=loop.close, daemon=True)
         closing.start()

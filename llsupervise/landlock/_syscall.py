@@ -9,8 +9,10 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno as errnos
+import functools
 import os
 import platform
+from collections.abc import Iterable
 
 from llsupervise.errors import LLSuperviseError
 
@@ -112,8 +114,13 @@ def syscall_numbers(machine: str | None = None) -> tuple[int, int, int]:
         ) from None
 
 
+@functools.cache
+def _numbers() -> tuple[int, int, int]:
+    return syscall_numbers()
+
+
 def _call(index: int, *args: object) -> tuple[int, int]:
-    nr = syscall_numbers()[index]
+    nr = _numbers()[index]
     result = int(_syscall(ctypes.c_long(nr), *args))
     return result, (ctypes.get_errno() if result < 0 else 0)
 
@@ -147,6 +154,20 @@ def add_rule(ruleset_fd: int, rule_type: int, attr: PathBeneathAttr | NetPortAtt
     result, err = _call(1, *args, ctypes.c_uint32(0))
     if result < 0:
         raise error("landlock_add_rule", err)
+
+
+def add_path_rules(ruleset_fd: int, rules: Iterable[tuple[int, int]]) -> None:
+    """``add_rule`` for many path_beneath rules ``(parent_fd, allowed_access)``: one struct
+    reused and no per-rule conversions, for rulesets of thousands of rules."""
+    attr = PathBeneathAttr()
+    pointer = ctypes.byref(attr)
+    nr = ctypes.c_long(_numbers()[1])
+    fd, kind, flags = ctypes.c_int(ruleset_fd), ctypes.c_int(RULE_PATH_BENEATH), ctypes.c_uint32(0)
+    for parent_fd, access in rules:
+        attr.parent_fd = parent_fd
+        attr.allowed_access = access
+        if _syscall(nr, fd, kind, pointer, flags) < 0:
+            raise error("landlock_add_rule", ctypes.get_errno())
 
 
 def restrict_self_raw(ruleset_fd: int, flags: int) -> tuple[int, int]:

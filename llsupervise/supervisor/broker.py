@@ -40,28 +40,39 @@ def own_umask_zero() -> None:
     os.umask(0)
 
 
-def restrict_thread(rules: Ruleset | None, table: ObjectTable) -> None:
-    """Restrict the calling thread (only it) to ``rules``; None leaves it unrestricted.
+def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> KernelRuleset:
+    """``rules`` as a kernel ruleset, ready to restrict threads with (each calls
+    ``restrict_self`` on it): built once per generation for all the threads that use it."""
+    # Scopes stay out: they would only limit the broker's own IPC.
+    ruleset = KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE)
+    try:
+        ruleset.add_paths((table.fd(obj), access) for obj, access in rules.fs.items())
+        for port, net_access in rules.net.items():
+            ruleset.add_port(port, net_access)
+    except BaseException:
+        ruleset.close()
+        raise
+    return ruleset
+
+
+def restrict_thread(ruleset: KernelRuleset | None) -> None:
+    """Restrict the calling thread (only it) with ``ruleset``; None leaves it unrestricted.
 
     A restricted thread performs operations for the child, so it also gets a umask of 0."""
-    if rules is None:
+    if ruleset is None:
         return
     own_umask_zero()
     set_no_new_privs()  # per thread, like the restriction itself
-    # Scopes stay out: they would only limit the broker's own IPC.
-    with KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE) as ruleset:
-        for obj, access in rules.fs.items():
-            ruleset.add_path(table.fd(obj), access)
-        for port, net_access in rules.net.items():
-            ruleset.add_port(port, net_access)
-        ruleset.restrict_self()
+    ruleset.restrict_self()
 
 
 class Broker:
     """One restricted thread; :meth:`call` runs a function in it and returns its result.
 
     With ``rules=None`` the thread is not restricted: the notification loop, which is,
-    uses such a worker for what needs the supervisor's own standing (the child's /proc)."""
+    uses such a worker for what needs the supervisor's own standing (the child's /proc).
+    ``kernel`` is the ruleset the thread was restricted with, kept open until :meth:`close`
+    so that other threads of the same generation restrict themselves alike."""
 
     def __init__(
         self,
@@ -72,27 +83,23 @@ class Broker:
     ) -> None:
         self.rules = rules
         self.table = table
+        self.kernel = kernel_ruleset(rules, table) if rules is not None else None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
-            target=self._main, args=(rules, table, ready, cpu), name=name, daemon=True
+            target=self._main, args=(ready, cpu), name=name, daemon=True
         )
         self._thread.start()
         failure = ready.get()
         if failure is not None:
             self._thread.join()
+            self._close_kernel()
             raise failure
 
-    def _main(
-        self,
-        rules: Ruleset | None,
-        table: ObjectTable,
-        ready: queue.SimpleQueue[BaseException | None],
-        cpu: int | None,
-    ) -> None:
+    def _main(self, ready: queue.SimpleQueue[BaseException | None], cpu: int | None) -> None:
         try:
             pin_self(cpu)
-            restrict_thread(rules, table)
+            restrict_thread(self.kernel)
         except BaseException as exc:
             ready.put(exc)
             return
@@ -118,3 +125,8 @@ class Broker:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
+        self._close_kernel()
+
+    def _close_kernel(self) -> None:
+        if self.kernel is not None:
+            self.kernel.close()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
@@ -138,8 +137,9 @@ class _Server:
     """One generation's serving thread: restricted like that generation's broker, so the
     requests it performs are judged by the kernel with no hand-off to another thread."""
 
-    def __init__(self, rules: Ruleset, generation: int) -> None:
-        self.rules = rules
+    def __init__(self, broker: Broker, generation: int) -> None:
+        #: Owns the kernel ruleset the server restricts itself with (until it has).
+        self.broker = broker
         self.generation = generation
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
         #: Set once the previous server has stopped: one server receives at a time.
@@ -210,7 +210,7 @@ class NotificationLoop:
         self._unrestricted = Broker(None, self.slot.broker.table, "supervisor-proc", self.cpu)
         self.slot.on_swap.append(self._switch)
         with self.slot.lock:
-            self._start(self.slot.broker.rules, self.slot.generation)
+            self._start(self.slot.broker, self.slot.generation)
         self._done.wait()
         if self.failure is not None:
             raise self.failure
@@ -242,10 +242,10 @@ class NotificationLoop:
         if self._unrestricted is not None:
             self._unrestricted.close()
 
-    def _start(self, rules: Ruleset | None, generation: int) -> _Server | None:
+    def _start(self, broker: Broker, generation: int) -> _Server | None:
         """Start a server for ``generation``; it waits for its turn before receiving."""
-        assert rules is not None
-        server = _Server(rules, generation)
+        assert broker.kernel is not None
+        server = _Server(broker, generation)
         ready: threading.Event = threading.Event()
         server.thread = threading.Thread(
             target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
@@ -267,7 +267,7 @@ class NotificationLoop:
         with self._lock:
             if self._stopping or self._done.is_set() or self._server is None:
                 return
-        previous = self._start(broker.rules, generation)
+        previous = self._start(broker, generation)
         if previous is not None and previous.thread is not None:
             previous.thread.join()
             previous.close()
@@ -275,7 +275,7 @@ class NotificationLoop:
     def _serve(self, server: _Server, ready: threading.Event) -> None:
         try:
             pin_self(self.cpu)
-            restrict_thread(server.rules, self.slot.broker.table)
+            restrict_thread(server.broker.kernel)
         except BaseException as exc:
             self.failure = exc
             ready.set()
