@@ -46,9 +46,9 @@ class LazyLocation(Location):
     hashed like, the plain Location with the same file, line and key."""
 
     def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
-        object.__setattr__(self, "file", file)
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "_lines", lines)
+        # Straight into the instance dict: a policy makes two of these per rule, and the
+        # frozen dataclass's attribute setting is slow.
+        self.__dict__.update(file=file, key=key, _lines=lines)
 
     @property
     def line(self) -> int | None:

@@ -35,12 +35,13 @@ import itertools
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TypeGuard, TypeVar
+
+import tomli
 
 from llsupervise.policy.document import (
     DEFAULTS,
@@ -140,15 +141,15 @@ def _read_text(source: str) -> str:
 
 def _decode_toml(context: _Context, text: str) -> dict[str, object]:
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         raise _syntax_error(context.source, text, exc) from None
     except RecursionError:
-        # tomllib recurses once per nesting level of arrays and inline tables.
+        # The parser recurses once per nesting level of arrays and inline tables.
         raise PolicyError(Location(context.source, None, ""), "values nested too deeply") from None
 
 
-def _syntax_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> PolicyError:
+def _syntax_error(source: str, text: str, exc: tomli.TOMLDecodeError) -> PolicyError:
     message = str(exc)
     line: int | None = None
     found = _POSITION.search(message)
@@ -171,9 +172,10 @@ class _Context:
         self.source = source
         self._text = text
         self._index: LineIndex | None = None
+        self._lines = self._line  # one bound method for every location
 
     def loc(self, key: str) -> Location:
-        return LazyLocation(self.source, key, self._line)
+        return LazyLocation(self.source, key, self._lines)
 
     def _line(self, key: str) -> int | None:
         if self._index is None:
@@ -268,14 +270,27 @@ def _access(
     key: str,
     parse: Callable[[Iterable[str], int], _Flag],
     abi: int,
+    known: dict[tuple[str, ...], _Flag],
 ) -> _Flag:
+    """The rights an array of names grants; ``known`` holds the arrays already parsed.
+
+    Policies repeat the same few arrays thousands of times, and parsing names into flags is
+    slow. Only valid arrays of strings are ever stored, so a hit needs no further check.
+    """
+    if isinstance(value, list):
+        try:
+            return known[tuple(value)]
+        except (KeyError, TypeError):  # TypeError: an unhashable item (array, table)
+            pass
     items = _strings(context, value, key)
     for item_key, name in items:
         try:
             parse([name], abi)
         except UnknownAccessName as exc:
             raise context.error(item_key, str(exc)) from None
-    return parse([name for _, name in items], abi)
+    names = tuple(name for _, name in items)
+    known[names] = rights = parse(names, abi)
+    return rights
 
 
 def _variable_name_error(name: str) -> str | None:
@@ -371,6 +386,8 @@ class _Variables:
         return self.values[name]
 
     def expand(self, template: str, key: str) -> list[str]:
+        if "$" not in template:
+            return [template]  # most paths: nothing to tokenise
         choices = [
             (token,) if isinstance(token, str) else self.resolve(token.name, key)
             for token in _tokenize(self._context, template, key)
@@ -394,6 +411,9 @@ class _Builder:
         self.abi_value = self._abi()
         self.abi = LATEST_ABI if self.abi_value is None else self.abi_value
         self.variables = _Variables(context, env, self._variable_definitions())
+        self._known_fs: dict[tuple[str, ...], AccessFs] = {}
+        self._known_net: dict[tuple[str, ...], AccessNet] = {}
+        self._known_scopes: dict[tuple[str, ...], Scope] = {}
 
     def build(self) -> PolicyDocument:
         self._require_content()
@@ -478,15 +498,20 @@ class _Builder:
                 net |= self._net(table["handled_access_net"], f"{key}.handled_access_net")
             if "scoped" in table:
                 scoped |= _access(
-                    self.context, table["scoped"], f"{key}.scoped", parse_scopes, self.abi
+                    self.context,
+                    table["scoped"],
+                    f"{key}.scoped",
+                    parse_scopes,
+                    self.abi,
+                    self._known_scopes,
                 )
         return fs, net, scoped
 
     def _fs(self, value: object, key: str) -> AccessFs:
-        return _access(self.context, value, key, parse_fs, self.abi)
+        return _access(self.context, value, key, parse_fs, self.abi, self._known_fs)
 
     def _net(self, value: object, key: str) -> AccessNet:
-        return _access(self.context, value, key, parse_net, self.abi)
+        return _access(self.context, value, key, parse_net, self.abi, self._known_net)
 
     # -- rules --
 
@@ -671,25 +696,28 @@ class _Builder:
         self, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet
     ) -> None:
         """Supervisor rules cannot widen a running layer's handled rights: refuse extra ones."""
+        # Plain ints: one check per rule, and a flag's own operators are slow.
+        not_fs, not_net = ~int(handled_fs), ~int(handled_net)
         checks: list[tuple[str, AccessFs | AccessNet, str]] = [
-            (e.location.key, e.access & ~handled_fs, "handled_access_fs")
+            (e.location.key, AccessFs(int(e.access) & not_fs), "handled_access_fs")
             for e in supervisor.path_beneath
+            if int(e.access) & not_fs
         ]
         checks += [
-            (e.location.key, e.access & ~handled_net, "handled_access_net")
+            (e.location.key, AccessNet(int(e.access) & not_net), "handled_access_net")
             for e in supervisor.net_port
+            if int(e.access) & not_net
         ]
-        for key, extra, ruleset_key in checks:
-            if extra:
-                raise self.context.error(
-                    f"{key}.allowed_access",
-                    f"{', '.join(names(extra))} not handled by the layer: "
-                    f"add to [[ruleset]] {ruleset_key}",
-                )
+        for key, extra, ruleset_key in checks[:1]:
+            raise self.context.error(
+                f"{key}.allowed_access",
+                f"{', '.join(names(extra))} not handled by the layer: "
+                f"add to [[ruleset]] {ruleset_key}",
+            )
 
 
 def _union(flags: Iterable[_Flag]) -> int:
     result = 0
     for flag in flags:
-        result |= flag
+        result |= int(flag)  # plain ints: a flag's own | is much slower
     return result

@@ -1,6 +1,6 @@
 """Map key paths such as ``supervisor.path_beneath[1].parent[0]`` to line numbers of a TOML text.
 
-``tomllib`` forgets where values were written, so this module re-reads the text with a small,
+The TOML parser forgets where values were written, so this module re-reads the text with a small,
 forgiving scanner that only understands TOML's structure: table headers, array-of-tables headers,
 ``key = value`` lines (bare, quoted and dotted keys), arrays and inline tables at any depth, strings
 of all four kinds and comments. It records the line of every key, table and array element it meets.

@@ -18,7 +18,7 @@ object, like any other right) and the implicit refusal of reparenting by layers 
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias, TypeVar, assert_never
 
@@ -84,9 +84,32 @@ def _require_port(port: int) -> None:
         raise ModelError(f"port {port} is outside 0..{MAX_PORT}")
 
 
-def _frozen(items: Iterable[tuple[_K, _V]]) -> Mapping[_K, _V]:
+def _object_order(item: tuple[ObjectId, object]) -> tuple[int, int]:
+    # ObjectId's own order, as plain ints: comparing ObjectIds runs Python code each time.
+    return item[0].dev, item[0].ino
+
+
+def _sorted_fs(items: Iterable[tuple[ObjectId, _V]]) -> Mapping[ObjectId, _V]:
     # Sorted so iteration (and so diff's output) is deterministic; dict equality ignores order.
+    return types.MappingProxyType(dict(sorted(items, key=_object_order)))
+
+
+def _sorted_net(items: Iterable[tuple[int, _V]]) -> Mapping[int, _V]:
     return types.MappingProxyType(dict(sorted(items)))
+
+
+def _copy(mapping: Mapping[_K, _V]) -> dict[_K, _V]:
+    # A read-only view copies its dict, which keeps every key's hash: no key is hashed again.
+    return mapping.copy() if isinstance(mapping, types.MappingProxyType) else dict(mapping)
+
+
+def _as_flags(rules: Mapping[_K, _R], kind: type[_R]) -> list[tuple[_K, _R]]:
+    """Rules with rights, each as a ``kind`` flag (a flag already of that kind is kept as is)."""
+    return [
+        (key, access if type(access) is kind else kind(access))
+        for key, access in rules.items()
+        if access
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,20 +130,65 @@ class Ruleset:
 
     def __post_init__(self) -> None:
         handled_fs, handled_net = AccessFs(self.handled_fs), AccessNet(self.handled_net)
-        fs = {obj: AccessFs(access) for obj, access in self.fs.items() if access}
-        net = {port: AccessNet(access) for port, access in self.net.items() if access}
-        for obj, access in fs.items():
-            _require_handled("filesystem", self.labels.get(obj, obj), access, handled_fs)
-        for port, net_access in net.items():
+        fs = _as_flags(self.fs, AccessFs)
+        net = _as_flags(self.net, AccessNet)
+        # Plain ints find the rare offending rule fast; _require_handled words the error.
+        unhandled_fs, unhandled_net = ~int(handled_fs), ~int(handled_net)
+        for obj, access in fs:
+            if int(access) & unhandled_fs:
+                _require_handled("filesystem", self.labels.get(obj, obj), access, handled_fs)
+        for port, net_access in net:
             _require_port(port)
-            _require_handled("network", f"port {port}", net_access, handled_net)
-        labels = {obj: label for obj, label in self.labels.items() if obj in fs}
+            if int(net_access) & unhandled_net:
+                _require_handled("network", f"port {port}", net_access, handled_net)
+        sorted_fs = _sorted_fs(fs)
+        labels = [(obj, label) for obj, label in self.labels.items() if obj in sorted_fs]
+        self._set(
+            handled_fs,
+            handled_net,
+            Scope(self.scopes),
+            sorted_fs,
+            _sorted_net(net),
+            _sorted_fs(labels),
+        )
+
+    def _set(
+        self,
+        handled_fs: AccessFs,
+        handled_net: AccessNet,
+        scopes: Scope,
+        fs: Mapping[ObjectId, AccessFs],
+        net: Mapping[int, AccessNet],
+        labels: Mapping[ObjectId, str],
+    ) -> None:
         object.__setattr__(self, "handled_fs", handled_fs)
         object.__setattr__(self, "handled_net", handled_net)
-        object.__setattr__(self, "scopes", Scope(self.scopes))
-        object.__setattr__(self, "fs", _frozen(fs.items()))
-        object.__setattr__(self, "net", _frozen(net.items()))
-        object.__setattr__(self, "labels", _frozen(labels.items()))
+        object.__setattr__(self, "scopes", scopes)
+        object.__setattr__(self, "fs", fs)
+        object.__setattr__(self, "net", net)
+        object.__setattr__(self, "labels", labels)
+
+    @classmethod
+    def _normalised(
+        cls,
+        handled_fs: AccessFs,
+        handled_net: AccessNet,
+        scopes: Scope,
+        fs: Mapping[ObjectId, AccessFs],
+        net: Mapping[int, AccessNet],
+        labels: Mapping[ObjectId, str],
+    ) -> Ruleset:
+        """A ruleset from parts that already are what ``__post_init__`` makes, kept as given.
+
+        For operations whose result is valid by construction (a union, unchanged rules under
+        the same or wider handled rights): normalising 10,000 rules again costs more than the
+        operation. The caller guarantees flags of the right kinds, no rule without rights, no
+        unhandled right, valid ports, labels only of ruled objects, and read-only mappings
+        sorted by key that nothing else can change.
+        """
+        ruleset = object.__new__(cls)
+        ruleset._set(handled_fs, handled_net, scopes, fs, net, labels)
+        return ruleset
 
     def __hash__(self) -> int:
         # The mappings are read-only views, so hash their (sorted) items.
@@ -165,14 +233,19 @@ class Ruleset:
         return apply(self, [AddNet(port, access)])
 
     def union(self, other: Ruleset) -> Ruleset:
-        """Handled rights, scopes and per-rule rights ORed; an absent rule counts as no rights."""
-        return Ruleset(
+        """Handled rights, scopes and per-rule rights ORed; an absent rule counts as no rights.
+
+        Each side's rules are within its handled rights, so within the union's: the result
+        needs no check, and merging the smaller side into the larger keeps a union of a few
+        static rules with thousands of supervisor rules cheap. Labels: ``self``'s first.
+        """
+        return Ruleset._normalised(
             self.handled_fs | other.handled_fs,
             self.handled_net | other.handled_net,
             self.scopes | other.scopes,
-            _union_rules(self.fs, other.fs, NO_FS),
-            _union_rules(self.net, other.net, NO_NET),
-            {**other.labels, **self.labels},
+            _merged(self.fs, other.fs, _or, _sorted_fs),
+            _merged(self.net, other.net, _or, _sorted_net),
+            _merged(self.labels, other.labels, _first, _sorted_fs),
         )
 
     def intersection(self, other: Ruleset) -> Ruleset:
@@ -207,8 +280,42 @@ class Ruleset:
         return self.net.get(port, NO_NET)
 
 
-def _union_rules(a: Mapping[_K, _R], b: Mapping[_K, _R], none: _R) -> dict[_K, _R]:
-    return {key: a.get(key, none) | b.get(key, none) for key in a.keys() | b.keys()}
+def _or(a: _R, b: _R) -> _R:
+    return a | b
+
+
+def _first(a: _V, _b: _V) -> _V:
+    return a
+
+
+def _merged(
+    a: Mapping[_K, _V],
+    b: Mapping[_K, _V],
+    combine: Callable[[_V, _V], _V],
+    sort: Callable[[Iterable[tuple[_K, _V]]], Mapping[_K, _V]],
+) -> Mapping[_K, _V]:
+    """Two sorted read-only mappings merged, ``combine(a's, b's)`` where both have a key.
+
+    A side that is empty gives the other one itself; otherwise the smaller side is merged
+    into a copy of the larger, which is sorted again only if it gained keys.
+    """
+    if not b:
+        return a
+    if not a:
+        return b
+    if len(a) >= len(b):
+        merged, small = _copy(a), b
+        for key, value in small.items():
+            have = merged.get(key)
+            merged[key] = value if have is None else combine(have, value)
+    else:
+        merged, small = _copy(b), a
+        for key, value in small.items():
+            have = merged.get(key)
+            merged[key] = value if have is None else combine(value, have)
+    if len(merged) == max(len(a), len(b)):
+        return types.MappingProxyType(merged)  # no new key: still in order
+    return sort(merged.items())
 
 
 def _intersect_rules(a: Mapping[_K, _R], b: Mapping[_K, _R]) -> dict[_K, _R]:
@@ -257,23 +364,68 @@ def apply(ruleset: Ruleset, ops: Iterable[Op]) -> Ruleset:
     Adding no rights raises ModelError (the kernel answers ENOMSG); intersecting an absent rule is
     a no-op; handled rights never change.
     """
-    fs, net, labels = dict(ruleset.fs), dict(ruleset.net), dict(ruleset.labels)
+    fs, net, labels = _copy(ruleset.fs), _copy(ruleset.net), _copy(ruleset.labels)
+    # Only these rules can differ from ``ruleset``'s, valid ones: only they need checking.
+    # A key inserted (not updated) lands last in its dict, which then needs sorting again.
+    touched_fs: set[ObjectId] = set()
+    touched_net: set[int] = set()
+    new_fs = new_net = new_label = False
     for op in ops:
         match op:
             case AddFs():
+                new_fs |= op.obj not in fs
                 _add(fs, op.obj, op.access)
+                touched_fs.add(op.obj)
                 if op.label is not None:
+                    new_label |= op.obj not in labels
                     labels[op.obj] = op.label
             case IntersectFs():
                 if not _intersect(fs, op.obj, op.access):
                     labels.pop(op.obj, None)  # a rule added again later is a new rule
+                touched_fs.add(op.obj)
             case AddNet():
+                new_net |= op.port not in net
                 _add(net, op.port, op.access)
+                touched_net.add(op.port)
             case IntersectNet():
                 _intersect(net, op.port, op.access)
+                touched_net.add(op.port)
             case _:
                 assert_never(op)
-    return ruleset.with_rules(fs, net, labels)
+    if not _valid_changes(ruleset, fs, net, touched_fs, touched_net):
+        return ruleset.with_rules(fs, net, labels)  # raises the error the constructor words
+    for obj in touched_fs:
+        if obj in fs and type(fs[obj]) is not AccessFs:
+            fs[obj] = AccessFs(fs[obj])
+    for port in touched_net:
+        if port in net and type(net[port]) is not AccessNet:
+            net[port] = AccessNet(net[port])
+    return Ruleset._normalised(
+        ruleset.handled_fs,
+        ruleset.handled_net,
+        ruleset.scopes,
+        _sorted_fs(fs.items()) if new_fs else types.MappingProxyType(fs),
+        _sorted_net(net.items()) if new_net else types.MappingProxyType(net),
+        _sorted_fs(labels.items()) if new_label else types.MappingProxyType(labels),
+    )
+
+
+def _valid_changes(
+    ruleset: Ruleset,
+    fs: Mapping[ObjectId, AccessFs],
+    net: Mapping[int, AccessNet],
+    touched_fs: Iterable[ObjectId],
+    touched_net: Iterable[int],
+) -> bool:
+    """Whether the touched rules pass the checks of ``Ruleset``'s constructor."""
+    unhandled_fs, unhandled_net = ~int(ruleset.handled_fs), ~int(ruleset.handled_net)
+    for obj in touched_fs:
+        if obj in fs and int(fs[obj]) & unhandled_fs:
+            return False
+    for port in touched_net:
+        if port in net and (int(net[port]) & unhandled_net or not 0 <= port <= MAX_PORT):
+            return False
+    return True
 
 
 def _add(rules: dict[_K, _R], key: _K, access: _R) -> None:
@@ -300,19 +452,38 @@ def diff(current: Ruleset, target: Ruleset) -> list[Op]:
     diff: a supervisor layer's are fixed for its life.
     """
     ops: list[Op] = []
-    for obj in sorted(current.fs.keys() | target.fs.keys()):
+    for obj in sorted(_changed(current.fs, target.fs), key=_object_key):
         have, want = current.fs.get(obj, NO_FS), target.fs.get(obj, NO_FS)
-        if have & ~want:
+        if int(have) & ~int(want):
             ops.append(IntersectFs(obj, want))
-        if want & ~have:
+        if int(want) & ~int(have):
             ops.append(AddFs(obj, want, target.labels.get(obj)))
-    for port in sorted(current.net.keys() | target.net.keys()):
+    for port in sorted(_changed(current.net, target.net)):
         have_net, want_net = current.net.get(port, NO_NET), target.net.get(port, NO_NET)
-        if have_net & ~want_net:
+        if int(have_net) & ~int(want_net):
             ops.append(IntersectNet(port, want_net))
-        if want_net & ~have_net:
+        if int(want_net) & ~int(have_net):
             ops.append(AddNet(port, want_net))
     return ops
+
+
+def _object_key(obj: ObjectId) -> tuple[int, int]:
+    return obj.dev, obj.ino
+
+
+def _changed(current: Mapping[_K, _R], target: Mapping[_K, _R]) -> list[_K]:
+    """Keys whose rights differ (absent counts as none): a reload usually changes few rules."""
+    changed = [key for key, have in current.items() if target.get(key) != have]
+    changed += [key for key in target if key not in current]
+    return changed
+
+
+def _handles_all(ruleset: Ruleset, other: Ruleset) -> bool:
+    """Whether ``ruleset`` handles every right ``other`` handles."""
+    return not (
+        int(other.handled_fs) & ~int(ruleset.handled_fs)
+        or int(other.handled_net) & ~int(ruleset.handled_net)
+    )
 
 
 # --- the supervisor ruleset -----------------------------------------------------------------------
@@ -399,7 +570,19 @@ class MutableRuleset:
         Only rules are taken: the layer keeps its own handled rights and scopes, whatever
         ``target`` says; a target rule granting a right the layer does not handle raises ModelError.
         """
-        self._pending = self._committed.with_rules(target.fs, target.net, target.labels)
+        committed = self._committed
+        if not _handles_all(committed, target):
+            self._pending = committed.with_rules(target.fs, target.net, target.labels)
+        else:
+            # ``target``'s rules fit its handled rights, so these: take them as they are.
+            self._pending = Ruleset._normalised(
+                committed.handled_fs,
+                committed.handled_net,
+                committed.scopes,
+                target.fs,
+                target.net,
+                target.labels,
+            )
 
     def commit(self) -> int:
         """Publish the pending ruleset atomically; return the new generation."""

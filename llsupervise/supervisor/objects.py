@@ -13,7 +13,7 @@ import resource
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.analysis import (
@@ -34,7 +34,7 @@ from llsupervise.policy.document import (
     QuietEntry,
 )
 from llsupervise.policy.model import ObjectId, Ruleset
-from llsupervise.rights import FILE_ACCESS, NO_FS, NO_NET, AccessFs, AccessNet
+from llsupervise.rights import FILE_ACCESS, NO_NET, AccessFs, AccessNet
 
 #: Descriptors left for everything but rule objects (listener, logs, memory fds, brokers).
 RESERVED_FDS = 256
@@ -56,19 +56,28 @@ def object_id(st: os.stat_result) -> ObjectId:
     return ObjectId(st.st_dev, st.st_ino)
 
 
+class _Held(NamedTuple):
+    """What the table holds for one object."""
+
+    #: The instance the table hands out for the object, whichever path named it: rulesets
+    #: built from it then find each other's keys by identity.
+    obj: ObjectId
+    fd: int
+    label: str
+    is_dir: bool
+
+
 @dataclass
 class ObjectTable:
     """One ``O_PATH`` descriptor per distinct file object, with a display path each."""
 
-    _fds: dict[ObjectId, int] = field(default_factory=dict)
-    _labels: dict[ObjectId, str] = field(default_factory=dict)
-    _is_dir: dict[ObjectId, bool] = field(default_factory=dict)
+    _held: dict[ObjectId, _Held] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self._fds)
+        return len(self._held)
 
     def __iter__(self) -> Iterator[ObjectId]:
-        return iter(self._fds)
+        return iter(self._held)
 
     def __enter__(self) -> ObjectTable:
         return self
@@ -77,26 +86,25 @@ class ObjectTable:
         self.close()
 
     def fd(self, obj: ObjectId) -> int:
-        return self._fds[obj]
+        return self._held[obj].fd
 
     def label(self, obj: ObjectId) -> str:
-        return self._labels[obj]
+        return self._held[obj].label
 
     def is_dir(self, obj: ObjectId) -> bool:
-        return self._is_dir[obj]
+        return self._held[obj].is_dir
 
     def open(self, path: str) -> ObjectId:
         """Open ``path`` (following symlinks, as Landlock rules do) and keep one fd per object."""
-        _check_capacity(len(self._fds) + 1)
+        _check_capacity(len(self._held) + 1)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         st = os.fstat(fd)
         obj = object_id(st)
-        if obj in self._fds:
+        held = self._held.get(obj)
+        if held is not None:
             os.close(fd)
-        else:
-            self._fds[obj] = fd
-            self._labels[obj] = path
-            self._is_dir[obj] = stat.S_ISDIR(st.st_mode)
+            return held.obj
+        self._held[obj] = _Held(obj, fd, path, stat.S_ISDIR(st.st_mode))
         return obj
 
     def adopt(self, fd: int) -> ObjectId:
@@ -104,21 +112,19 @@ class ObjectTable:
         the kernel: a creation is checked on the parent directory, not on the new name."""
         st = os.fstat(fd)
         obj = object_id(st)
-        if obj in self._fds:
+        held = self._held.get(obj)
+        if held is not None:
             os.close(fd)
-        else:
-            _check_capacity(len(self._fds) + 1)
-            self._fds[obj] = fd
-            self._labels[obj] = fd_path(fd)
-            self._is_dir[obj] = stat.S_ISDIR(st.st_mode)
+            return held.obj
+        _check_capacity(len(self._held) + 1)
+        self._held[obj] = _Held(obj, fd, fd_path(fd), stat.S_ISDIR(st.st_mode))
         return obj
 
     def release(self, keep: Iterable[ObjectId]) -> None:
         """Close the descriptors of objects no rule refers to any more."""
         keep = set(keep)
-        for obj in [o for o in self._fds if o not in keep]:
-            os.close(self._fds.pop(obj))
-            del self._labels[obj], self._is_dir[obj]
+        for obj in [o for o in self._held if o not in keep]:
+            os.close(self._held.pop(obj).fd)
 
     def close(self) -> None:
         self.release(())
@@ -158,26 +164,6 @@ class ResolvedPolicy:
         }  # fmt: skip
 
 
-def _open_paths(
-    table: ObjectTable,
-    paths: tuple[str, ...],
-    locations: tuple[Location, ...],
-    optional: bool,
-    skipped: list[tuple[str, Location]],
-) -> Iterator[ObjectId]:
-    for path, location in zip(paths, locations, strict=True):
-        try:
-            yield table.open(path)
-        except FileNotFoundError:
-            if not optional:
-                raise PolicyError(
-                    location, f"{path!r} does not exist (mark the rule optional = true to skip it)"
-                ) from None
-            skipped.append((path, location))
-        except OSError as exc:
-            raise PolicyError(location, f"cannot open {path!r}: {exc.strerror}") from None
-
-
 def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
     """Open every rule path of ``document`` into ``table`` and build the model rulesets.
 
@@ -198,15 +184,19 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
         labels: dict[ObjectId, str] = {}
         for entry in entries:
             condition = _condition(entry)
+            access = entry.access
             for obj, location in _open_entry(table, entry, skipped):
                 label = table.label(obj)
                 rules.append(
-                    Rule(name, obj, enforced(table, obj, entry.access), label, location, condition)
+                    Rule(name, obj, enforced(table, obj, access), label, location, condition)
                 )  # fmt: skip
                 if condition is not None:
-                    conditional.append(ConditionalRule(obj, entry.access, condition, label))
+                    conditional.append(ConditionalRule(obj, access, condition, label))
                     continue
-                fs[obj] = fs.get(obj, NO_FS) | entry.access
+                # Rights on one object add up; most objects have one rule (no flag arithmetic).
+                previous = fs.setdefault(obj, access)
+                if previous is not access:
+                    fs[obj] = previous | access
                 labels.setdefault(obj, label)
         net: dict[int, AccessNet] = {}
         for port_entry in ports:
@@ -238,8 +228,18 @@ def _open_entry(
 ) -> Iterator[tuple[ObjectId, Location]]:
     """Each object of an entry with the location of the string it came from."""
     for path, location in zip(entry.paths, entry.path_locations, strict=True):
-        for obj in _open_paths(table, (path,), (location,), entry.optional, skipped):
-            yield obj, location
+        try:
+            obj = table.open(path)
+        except FileNotFoundError:
+            if not entry.optional:
+                raise PolicyError(
+                    location, f"{path!r} does not exist (mark the rule optional = true to skip it)"
+                ) from None
+            skipped.append((path, location))
+            continue
+        except OSError as exc:
+            raise PolicyError(location, f"cannot open {path!r}: {exc.strerror}") from None
+        yield obj, location
 
 
 def _condition(entry: PathBeneathEntry) -> Condition | None:
