@@ -15,8 +15,9 @@ reloaded, while a user edit it had to merge is.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import watchfiles
@@ -54,6 +55,20 @@ def predefined_env(document: PolicyDocument) -> dict[str, str]:
         for name in PREDEFINED_VARIABLES
         if document.variables.get(name)
     }
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a policy loads: a large policy allocates enough
+    objects to trigger full collections of the whole heap (a third of a 10k-rule reload),
+    and what it allocates is acyclic, freed by reference counting anyway."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _signature(path: str) -> tuple[int, ...] | None:
@@ -136,7 +151,8 @@ class PolicyFile:
             return None  # a save in progress (renamed away) shows up again when done
         self._known = text
         try:
-            event = self.apply(text.decode("utf-8"))
+            with _collector_paused():
+                event = self.apply(text.decode("utf-8"))
         except UnicodeDecodeError as exc:
             line = text.count(b"\n", 0, exc.start) + 1
             event = {"event": "reload", "ok": False, "generation": self.sup.generation,
@@ -175,15 +191,17 @@ class PolicyFile:
     def _check_handled(self, document: PolicyDocument, text: str) -> None:
         """Supervisor rules must use rights the running layer handles: it cannot change."""
         handled_fs, handled_net = self.sup.static.handled_fs, self.sup.static.handled_net
+        # Plain ints for the per-rule test: a flag's own operators are slow on 10k rules.
+        not_fs, not_net = ~int(handled_fs), ~int(handled_net)
         unhandled: list[tuple[Location, list[str]]] = [
             (e.location, names(e.access & ~handled_fs))
             for e in document.supervisor.path_beneath
-            if e.access & ~handled_fs
+            if int(e.access) & not_fs
         ]
         unhandled += [
             (e.location, names(e.access & ~handled_net))
             for e in document.supervisor.net_port
-            if e.access & ~handled_net
+            if int(e.access) & not_net
         ]
         for location, extra in unhandled[:1]:
             key = f"{location.key}.allowed_access"
