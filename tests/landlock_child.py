@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 from typing import Any
@@ -106,7 +107,8 @@ def sandbox(spec: dict[str, Any], out: dict[str, Any]) -> None:
         if spec.get("bulk"):  # add_paths: O_PATH fds, all at once
             fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p, _ in spec["paths"]]
             rights = [AccessFs(a) for _, a in spec["paths"]]
-            ruleset.add_paths(zip(fds, rights, strict=True))
+            dirs = [stat.S_ISDIR(os.fstat(fd).st_mode) for fd in fds]
+            ruleset.add_paths(zip(fds, rights, dirs, strict=True))
             for fd in fds:
                 os.close(fd)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Self
 
@@ -240,21 +240,18 @@ class Ruleset(FdOwner):
         _syscall.add_rule(self.fileno(), _syscall.RULE_PATH_BENEATH, attr)
         return rights
 
-    def add_paths(self, rules: Iterable[tuple[int, AccessFs]]) -> None:
-        """:meth:`add_path` for many ``(O_PATH fd, rights)`` at once, masked alike: the way to
-        load thousands of rules (a policy reload) without per-rule overhead."""
+    def add_paths(self, rules: Iterable[tuple[int, AccessFs, bool]]) -> None:
+        """:meth:`add_path` for many ``(O_PATH fd, rights, is a directory)`` at once, masked
+        alike: the way to load thousands of rules (a policy reload) without per-rule
+        overhead. The caller says which fds are directories (a wrong answer makes the kernel
+        refuse the rule with EINVAL, never widens it)."""
         self._check_open()
         enforced, file_only = int(self.report.enforced_fs), int(FILE_ACCESS)
-
-        def masked() -> Iterator[tuple[int, int]]:
-            for fd, access in rules:
-                rights = int(access) & enforced
-                if rights and not stat.S_ISDIR(_fstat_mode(fd)):
-                    rights &= file_only
-                if rights:
-                    yield fd, rights
-
-        _syscall.add_path_rules(self.fileno(), masked())
+        masked = (
+            (fd, int(access) & (enforced if is_dir else enforced & file_only))
+            for fd, access, is_dir in rules
+        )
+        _syscall.add_path_rules(self.fileno(), ((fd, r) for fd, r in masked if r))
 
     def add_port(self, port: int, access: AccessNet) -> AccessNet:
         """Allow ``access`` on TCP ``port``; return what was added (masked to handled rights)."""

@@ -46,7 +46,7 @@ def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> KernelRuleset:
     # Scopes stay out: they would only limit the broker's own IPC.
     ruleset = KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE)
     try:
-        ruleset.add_paths((table.fd(obj), access) for obj, access in rules.fs.items())
+        ruleset.add_paths((table.fd(o), access, table.is_dir(o)) for o, access in rules.fs.items())
         for port, net_access in rules.net.items():
             ruleset.add_port(port, net_access)
     except BaseException:

@@ -72,6 +72,8 @@ class ObjectTable:
     """One ``O_PATH`` descriptor per distinct file object, with a display path each."""
 
     _held: dict[ObjectId, _Held] = field(default_factory=dict)
+    #: The object each path opened led to, last time: what a reload checks first.
+    _by_path: dict[str, ObjectId] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self._held)
@@ -95,7 +97,16 @@ class ObjectTable:
         return self._held[obj].is_dir
 
     def open(self, path: str) -> ObjectId:
-        """Open ``path`` (following symlinks, as Landlock rules do) and keep one fd per object."""
+        """Open ``path`` (following symlinks, as Landlock rules do) and keep one fd per object.
+
+        A path this table opened before is only stat'ed: if it still leads to the object
+        held for it, that object is the answer (its inode cannot have been reused: we hold
+        it open); otherwise the path is opened anew, so a replaced directory is followed."""
+        known = self._by_path.get(path)
+        if known is not None:
+            st = os.stat(path)
+            if st.st_ino == known.ino and st.st_dev == known.dev and known in self._held:
+                return known
         _check_capacity(len(self._held) + 1)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         st = os.fstat(fd)
@@ -103,8 +114,10 @@ class ObjectTable:
         held = self._held.get(obj)
         if held is not None:
             os.close(fd)
+            self._by_path[path] = held.obj
             return held.obj
         self._held[obj] = _Held(obj, fd, path, stat.S_ISDIR(st.st_mode))
+        self._by_path[path] = obj
         return obj
 
     def adopt(self, fd: int) -> ObjectId:
@@ -123,8 +136,11 @@ class ObjectTable:
     def release(self, keep: Iterable[ObjectId]) -> None:
         """Close the descriptors of objects no rule refers to any more."""
         keep = set(keep)
-        for obj in [o for o in self._held if o not in keep]:
+        released = [o for o in self._held if o not in keep]
+        for obj in released:
             os.close(self._held.pop(obj).fd)
+        if released:
+            self._by_path = {p: o for p, o in self._by_path.items() if o in self._held}
 
     def close(self) -> None:
         self.release(())
