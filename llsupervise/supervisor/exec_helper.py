@@ -1,27 +1,39 @@
 """The program that runs in the child between spawn and exec.
 
 The supervisor is a multi-threaded trio process, where ``preexec_fn`` is unsafe, so the
-child is a fresh interpreter running this module. It reads a JSON spec from an inherited fd,
-then, in this order: no_new_privs, the static Landlock layer, the seccomp filter (whose
-listener fd goes back to the supervisor over an inherited socket), and finally exec.
-It imports only the thin kernel bindings so that start-up stays short.
+child is a fresh interpreter running this file. Everything that can fail for a reason worth
+explaining (the Landlock ruleset, the BPF program) is prepared by the supervisor; this file
+reads the result from an inherited fd and only makes the calls that must come from the
+child, in this order: no_new_privs, ``landlock_restrict_self`` on the inherited ruleset, the
+seccomp filter (whose listener fd goes back to the supervisor over an inherited socket), and
+finally exec.
+
+It runs in a bare interpreter (``python -I -S``) and imports nothing but the standard
+library: that start-up is paid by every supervised command. The supervisor passes the
+syscall numbers and flags from its own bindings, so none are repeated here.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import socket
 import sys
 from typing import Any
 
-from llsupervise.landlock import Ruleset, set_no_new_privs
-from llsupervise.rights import AccessFs, AccessNet, Scope
-from llsupervise.seccomp import build_filter, install_filter
-
 #: First byte of the message on the handover socket.
 MSG_LISTENER = b"L"
 MSG_ERROR = b"E"
+
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+class _SockFprog(ctypes.Structure):
+    """``struct sock_fprog``: the filter's length in instructions and where they are."""
+
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
 def _read_spec(fd: int) -> dict[str, Any]:
@@ -33,24 +45,41 @@ def _read_spec(fd: int) -> dict[str, Any]:
     return spec
 
 
+def _call(libc: ctypes.CDLL, what: str, nr: int, *args: object) -> int:
+    result = int(libc.syscall(ctypes.c_long(nr), *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
 def _confine(spec: dict[str, Any]) -> int:
-    """Apply the static layer and the seccomp filter; return the listener fd."""
-    set_no_new_privs()
-    with Ruleset.create(
-        AccessFs(spec["handled_fs"]),
-        AccessNet(spec["handled_net"]),
-        Scope(spec["scopes"]),
-        strict=spec["strict"],
-        allow_nothing=spec["allow_nothing"],
-    ) as ruleset:
-        for fd, access in spec["paths"]:
-            ruleset.add_path(fd, AccessFs(access))
-        for port, access in spec["ports"]:
-            ruleset.add_port(port, AccessNet(access))
-        ruleset.restrict_self(spec["restrict_flags"])
-    for fd, _ in spec["paths"]:
-        os.close(fd)
-    return install_filter(build_filter(spec["syscalls"]))
+    """Restrict this process as prepared by the supervisor; return the listener fd."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    ruleset_fd = spec["ruleset_fd"]
+    if ruleset_fd >= 0:  # negative: the policy allowed running with nothing enforced
+        _call(libc, "landlock_restrict_self", spec["nr_restrict"], ctypes.c_int(ruleset_fd),
+              ctypes.c_uint32(spec["restrict_flags"]))  # fmt: skip
+        os.close(ruleset_fd)
+    program = ctypes.create_string_buffer(bytes.fromhex(spec["filter"]))
+    fprog = _SockFprog(spec["filter_len"], ctypes.addressof(program))
+    *preferred, fallback = spec["filter_flags"]
+    for flags in preferred:  # e.g. WAIT_KILLABLE_RECV, refused with EINVAL before 5.19
+        try:
+            return _seccomp_filter(libc, spec, flags, fprog)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return _seccomp_filter(libc, spec, fallback, fprog)
+
+
+def _seccomp_filter(libc: ctypes.CDLL, spec: dict[str, Any], flags: int, fprog: _SockFprog) -> int:
+    return _call(libc, "seccomp(SET_MODE_FILTER)", spec["nr_seccomp"],
+                 ctypes.c_ulong(spec["set_mode_filter"]), ctypes.c_ulong(flags),
+                 ctypes.byref(fprog))  # fmt: skip
 
 
 def main() -> None:

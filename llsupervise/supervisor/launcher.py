@@ -9,10 +9,20 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.landlock import LandlockError
+from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import syscall_numbers as landlock_syscall_numbers
 from llsupervise.rights import AccessFs, AccessNet, Scope
-from llsupervise.seccomp import Listener
+from llsupervise.seccomp import SYSCALLS, Listener, SeccompError, build_filter, native_arch
+from llsupervise.seccomp.constants import (
+    SECCOMP_FILTER_FLAG_NEW_LISTENER,
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_SET_MODE_FILTER,
+    SOCK_FILTER,
+)
 from llsupervise.supervisor import exec_helper
 
 Stdio = tuple[int | None, int | None, int | None]
@@ -63,45 +73,22 @@ def launch(
     ``cpu``: keep the command and its descendants on that CPU."""
     if not argv:
         raise LaunchError("no command given")
-    spec = {
-        "handled_fs": int(layer.handled_fs),
-        "handled_net": int(layer.handled_net),
-        "scopes": int(layer.scopes),
-        "paths": [[fd, int(access)] for fd, access in layer.paths],
-        "ports": [[port, int(access)] for port, access in layer.ports],
-        "restrict_flags": layer.restrict_flags,
-        "strict": layer.strict,
-        "allow_nothing": layer.allow_nothing,
-        "syscalls": list(syscalls),
-        "argv": list(argv),
-    }
-    spec_r, spec_w = os.pipe()
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    rule_fds = [fd for fd, _ in layer.paths]
-    passed = inherited_fds()
-    child_fd = child_sock.fileno()
+    ruleset = _static_ruleset(layer)
     try:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-m",
-                exec_helper.__name__,
-                str(spec_r),
-                str(child_sock.fileno()),
-            ],
-            pass_fds=[spec_r, child_fd, *rule_fds, *passed],
-            env=None if env is None else dict(env),
-            cwd=cwd,
-            stdin=stdio[0],
-            stdout=stdio[1],
-            stderr=stdio[2],
+        ruleset_fd = -1 if ruleset is None else ruleset.fileno()
+        spec = {
+            "ruleset_fd": ruleset_fd,
+            "restrict_flags": layer.restrict_flags,
+            "nr_restrict": landlock_syscall_numbers()[2],
+            **_filter_spec(syscalls),
+            "argv": list(argv),
+        }
+        process, spec_w, parent_sock = _spawn(
+            [ruleset_fd] if ruleset_fd >= 0 else [], env, cwd, stdio
         )
-    except OSError as exc:
-        raise LaunchError(f"cannot start the launcher: {exc}") from exc
     finally:
-        os.close(spec_r)
-        child_sock.close()
+        if ruleset is not None:
+            ruleset.close()  # the helper has its own copy
     if cpu is not None:
         # Set while the helper starts up, before it confines itself and execs: the command and
         # everything it starts inherit it.
@@ -112,6 +99,78 @@ def launch(
         return Launched(process, _receive_listener(parent_sock, process))
     finally:
         parent_sock.close()
+
+
+def _static_ruleset(layer: StaticLayer) -> KernelRuleset | None:
+    """The static layer as a kernel ruleset, which the helper restricts itself with; None
+    when the layer allows running with nothing enforced and nothing would be."""
+    try:
+        ruleset = KernelRuleset.create(
+            layer.handled_fs, layer.handled_net, layer.scopes,
+            strict=layer.strict, allow_nothing=layer.allow_nothing,
+        )  # fmt: skip
+        if ruleset.report.enforced_nothing:
+            ruleset.close()
+            return None
+        try:
+            for fd, access in layer.paths:
+                ruleset.add_path(fd, access)
+            for port, net_access in layer.ports:
+                ruleset.add_port(port, net_access)
+        except BaseException:
+            ruleset.close()
+            raise
+    except LandlockError as exc:
+        raise LaunchError(f"cannot confine the command: {exc}") from exc
+    return ruleset
+
+
+def _filter_spec(syscalls: Sequence[str]) -> dict[str, Any]:
+    """The seccomp filter and what the helper needs to install it, from our bindings."""
+    try:
+        program = build_filter(syscalls)
+    except SeccompError as exc:
+        raise LaunchError(f"cannot confine the command: {exc}") from exc
+    return {
+        "filter": program.hex(),
+        "filter_len": len(program) // SOCK_FILTER.size,
+        "nr_seccomp": SYSCALLS[native_arch()]["seccomp"],
+        "set_mode_filter": SECCOMP_SET_MODE_FILTER,
+        # Preferred first: WAIT_KILLABLE_RECV (5.19) keeps a received notification from
+        # being restarted by every signal; older kernels refuse it with EINVAL.
+        "filter_flags": [
+            SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+        ],
+    }
+
+
+def _spawn(
+    fds: list[int], env: Mapping[str, str] | None, cwd: str | None, stdio: Stdio
+) -> tuple[subprocess.Popen[bytes], int, socket.socket]:
+    """Start the helper with ``fds`` inherited; return it, the spec pipe and our socket end."""
+    spec_r, spec_w = os.pipe()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child_fd = child_sock.fileno()
+    try:
+        process = subprocess.Popen(
+            # A bare interpreter (no site, nothing of ours imported): faster start-up.
+            [sys.executable, "-I", "-S", exec_helper.__file__, str(spec_r), str(child_fd)],
+            pass_fds=[spec_r, child_fd, *fds, *inherited_fds()],
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+        )
+    except OSError as exc:
+        os.close(spec_w)
+        parent_sock.close()
+        raise LaunchError(f"cannot start the launcher: {exc}") from exc
+    finally:
+        os.close(spec_r)
+        child_sock.close()
+    return process, spec_w, parent_sock
 
 
 def exit_status(returncode: int) -> int:

@@ -1,0 +1,82 @@
+"""The launcher: what the command inherits, and how a failed exec is reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from supervised import make_tree, policy
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.launcher import inherited_fds
+
+# Lists the command's descriptors beyond stdio, each with what it is.
+LIST_FDS = r"""
+import os
+for name in sorted(os.listdir("/proc/self/fd"), key=int):
+    fd = int(name)
+    if fd > 2:
+        try:
+            print(fd, os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor
+"""
+
+
+def run_supervised(root: Path, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` supervised under the test policy; its status and output."""
+
+    async def main() -> tuple[int, bytes, bytes]:
+        out, err = root / "out" / "stdout", root / "out" / "stderr"
+        async with Supervisor.open(policy(root)) as sup:
+            with out.open("wb") as o, err.open("wb") as e:
+                stdio = (None, o.fileno(), e.fileno())
+                status = await sup.run(argv, forward_signals=False, stdio=stdio)
+        return status, out.read_bytes(), err.read_bytes()
+
+    status, out, err = trio.run(main)
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
+def test_the_command_inherits_no_descriptor_of_the_supervisor(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    result = run_supervised(tmp_path, [sys.executable, "-c", LIST_FDS])
+    assert result.returncode == 0, result.stderr
+    # Only what this process itself inherited (a transparent wrapper passes it on): no rule
+    # object, Landlock ruleset, listener, socket or pipe of the supervisor.
+    passed_on = {int(line.split()[0]) for line in result.stdout.decode().splitlines()}
+    assert passed_on == set(inherited_fds())
+
+
+def test_a_descriptor_we_inherited_is_passed_on(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    read, write = os.pipe()
+    os.set_inheritable(write, True)
+    try:
+        result = run_supervised(tmp_path, [sys.executable, "-c", LIST_FDS])
+    finally:
+        os.close(read)
+        os.close(write)
+    assert result.returncode == 0, result.stderr
+    assert f"{write} pipe:" in result.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("make", "status"),
+    [(lambda p: None, 127), (lambda p: p.write_text("not executable"), 126)],
+    ids=["missing", "not-executable"],
+)
+def test_a_command_that_cannot_run_gets_the_shells_status(
+    tmp_path: Path, make: object, status: int
+) -> None:
+    make_tree(tmp_path)
+    command = tmp_path / "out" / "cmd"
+    assert callable(make)
+    make(command)
+    result = run_supervised(tmp_path, [str(command)])
+    assert result.returncode == status
+    assert b"llsupervise: cannot execute" in result.stderr
