@@ -3,7 +3,7 @@
 The supervisor is a multi-threaded trio process, where ``preexec_fn`` is unsafe, so the
 child is a fresh interpreter running this file. Everything that can fail for a reason worth
 explaining (the Landlock ruleset, the BPF program) is prepared by the supervisor; this file
-reads the result from an inherited fd and only makes the calls that must come from the
+reads the result from an inherited fd (marshalled) and only makes the calls that must come from the
 child, in this order: no_new_privs, ``landlock_restrict_self`` on the inherited ruleset, the
 seccomp filter (whose listener fd goes back to the supervisor over an inherited socket), and
 finally exec.
@@ -15,13 +15,16 @@ syscall numbers and flags from its own bindings, so none are repeated here.
 
 from __future__ import annotations
 
+import _socket  # the C module under socket: socket itself imports enum and selectors
 import ctypes
 import errno
-import json
+import marshal
 import os
-import socket
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: it would slow start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 #: First byte of the message on the handover socket.
 MSG_LISTENER = b"L"
@@ -41,7 +44,8 @@ def _read_spec(fd: int) -> dict[str, Any]:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     os.close(fd)
-    spec: dict[str, Any] = json.loads(b"".join(chunks))
+    # marshal: built in, nothing to import; the supervisor runs this same interpreter.
+    spec: dict[str, Any] = marshal.loads(b"".join(chunks))
     return spec
 
 
@@ -64,7 +68,7 @@ def _confine(spec: dict[str, Any]) -> int:
         _call(libc, "landlock_restrict_self", spec["nr_restrict"], ctypes.c_int(ruleset_fd),
               ctypes.c_uint32(spec["restrict_flags"]))  # fmt: skip
         os.close(ruleset_fd)
-    program = ctypes.create_string_buffer(bytes.fromhex(spec["filter"]))
+    program = ctypes.create_string_buffer(spec["filter"])
     fprog = _SockFprog(spec["filter_len"], ctypes.addressof(program))
     *preferred, fallback = spec["filter_flags"]
     for flags in preferred:  # e.g. WAIT_KILLABLE_RECV, refused with EINVAL before 5.19
@@ -84,7 +88,7 @@ def _seccomp_filter(libc: ctypes.CDLL, spec: dict[str, Any], flags: int, fprog: 
 
 def main() -> None:
     spec_fd, sock_fd = int(sys.argv[1]), int(sys.argv[2])
-    sock = socket.socket(fileno=sock_fd)
+    sock = _socket.socket(fileno=sock_fd)
     try:
         spec = _read_spec(spec_fd)
         listener = _confine(spec)
@@ -92,7 +96,8 @@ def main() -> None:
         sock.sendall(MSG_ERROR + f"{type(exc).__name__}: {exc}".encode())
         sock.close()
         os._exit(126)
-    socket.send_fds(sock, [MSG_LISTENER], [listener])
+    rights = listener.to_bytes(4, sys.byteorder)  # one C int: SCM_RIGHTS' payload
+    sock.sendmsg([MSG_LISTENER], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     os.close(listener)
     sock.close()
     argv: list[str] = spec["argv"]

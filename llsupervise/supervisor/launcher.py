@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import socket
 import subprocess
@@ -95,7 +95,7 @@ def launch(
         os.sched_setaffinity(process.pid, {cpu})
     try:
         with os.fdopen(spec_w, "wb") as pipe:
-            pipe.write(json.dumps(spec).encode())
+            pipe.write(marshal.dumps(spec))
         return Launched(process, _receive_listener(parent_sock, process))
     finally:
         parent_sock.close()
@@ -132,7 +132,7 @@ def _filter_spec(syscalls: Sequence[str]) -> dict[str, Any]:
     except SeccompError as exc:
         raise LaunchError(f"cannot confine the command: {exc}") from exc
     return {
-        "filter": program.hex(),
+        "filter": program,
         "filter_len": len(program) // SOCK_FILTER.size,
         "nr_seccomp": SYSCALLS[native_arch()]["seccomp"],
         "set_mode_filter": SECCOMP_SET_MODE_FILTER,
