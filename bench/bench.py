@@ -1,12 +1,13 @@
 """Overhead of supervision, child-measured, in one run.
 
-    python bench/bench.py [--opens 20000] [--files 2000]
+    python bench/bench.py [--opens 20000] [--files 2000] [--repeat 5]
 
 Prints µs per open for: bare, Landlock only (the static layer, no supervision), supervised
 static path (a file the static layer allows), supervised grant path (a file only a
 committed supervisor rule allows), the last two again with the command and the supervisor
 on one CPU (``run --same-cpu``); then a whole workload (extracting a tarball of small files
-into a granted directory) for the same set-ups, with ratios against bare and Landlock only.
+into a granted directory) for the same set-ups, several times interleaved, with the median's
+ratios against bare and Landlock only; and the start-up cost (a supervised ``true``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import io
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -114,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--opens", type=int, default=20000)
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="llsupervise-bench-"))
     try:
@@ -134,17 +137,26 @@ def main() -> None:
             extra = per_open - base["bare"]
             print(f"  {label:26s} {per_open:8.2f}  (+{extra:6.2f} over bare)")
         tarball = make_tarball(root, args.files)
-        print(f"workload: tar -xf of {args.files} files into a granted directory (s)")
-        walls: dict[str, float] = {}
-        for label, how in (("bare", "bare"), ("landlock only", "landlock"),
-                           ("supervised", "supervised"),
-                           ("supervised, --same-cpu", "one-cpu")):  # fmt: skip
-            shutil.rmtree(root / "granted" / "tree", ignore_errors=True)
-            argv = ["tar", "-xf", str(tarball), "-C", str(root / "granted")]
-            walls[how] = run_capture(argv, how, root)[1]
+        print(f"workload: tar -xf of {args.files} files into a granted directory "
+              f"(s, median of {args.repeat} interleaved runs)")  # fmt: skip
+        setups = (("bare", "bare"), ("landlock only", "landlock"), ("supervised", "supervised"),
+                  ("supervised, --same-cpu", "one-cpu"))  # fmt: skip
+        runs: dict[str, list[float]] = {how: [] for _, how in setups}
+        for _ in range(args.repeat):
+            # Interleaved, so a slow spell of the machine (its disk) hits every set-up alike.
+            for _, how in setups:
+                shutil.rmtree(root / "granted" / "tree", ignore_errors=True)
+                argv = ["tar", "-xf", str(tarball), "-C", str(root / "granted")]
+                runs[how].append(run_capture(argv, how, root)[1])
+        walls = {how: statistics.median(times) for how, times in runs.items()}
+        for label, how in setups:
             ratio = walls[how] / walls["bare"]
-            vs_ll = walls[how] / walls.get("landlock", walls[how])
-            print(f"  {label:26s} {walls[how]:8.3f}  ×{ratio:5.2f} bare  ×{vs_ll:5.2f} landlock")
+            vs_ll = walls[how] / walls["landlock"]
+            spread = f"{min(runs[how]):.3f}-{max(runs[how]):.3f}"
+            print(f"  {label:26s} {walls[how]:8.3f}  ×{ratio:5.2f} bare  ×{vs_ll:5.2f} landlock"
+                  f"   (runs {spread})")  # fmt: skip
+        start = [run_capture(["true"], "supervised", root)[1] for _ in range(args.repeat)]
+        print(f"start-up: supervised `true`, median {statistics.median(start) * 1000:.1f} ms")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
