@@ -11,6 +11,7 @@ import pytest
 import trio
 from supervised import make_tree, policy
 
+from llsupervise.policy.loader import parse_policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.launcher import inherited_fds
 
@@ -80,3 +81,25 @@ def test_a_command_that_cannot_run_gets_the_shells_status(
     result = run_supervised(tmp_path, [str(command)])
     assert result.returncode == status
     assert b"llsupervise: cannot execute" in result.stderr
+
+
+def test_a_command_is_found_on_path_even_when_python_itself_is_not_readable(
+    tmp_path: Path,
+) -> None:
+    # The helper is confined before it looks the command up: what that lookup needs of the
+    # standard library must be loaded before (here the interpreter's own tree is denied,
+    # unless it lives under /usr).
+    text = """
+[[ruleset]]
+handled_access_fs = ["abi.all"]
+[[path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = ["/usr", "/bin", "/lib", "/etc"]
+"""
+    document = parse_policy(text, "p.toml", {"HOME": str(tmp_path), "PWD": str(tmp_path)})
+
+    async def main() -> int:
+        async with Supervisor.open(document) as sup:
+            return await sup.run(["sh", "-c", "exit 3"], forward_signals=False)
+
+    assert trio.run(main) == 3

@@ -22,6 +22,10 @@ import marshal
 import os
 import sys
 
+# os.execvp imports it lazily (os.get_exec_path), when this process is already confined and
+# may not read the standard library any more: load it while it still can.
+import warnings  # noqa: F401
+
 TYPE_CHECKING = False  # typing itself is not imported: it would slow start-up
 if TYPE_CHECKING:
     from typing import Any
