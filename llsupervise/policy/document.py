@@ -46,7 +46,7 @@ class LazyLocation(Location):
     hashed like, the plain Location with the same file, line and key."""
 
     def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
-        # Straight into the instance dict: a policy makes two of these per rule, and the
+        # Straight into the instance dict: a policy may make thousands of these, and the
         # frozen dataclass's attribute setting is slow.
         self.__dict__.update(file=file, key=key, _lines=lines)
 
@@ -70,6 +70,48 @@ class LazyLocation(Location):
         return (Location, (self.file, self.line, self.key))
 
 
+class TableArray:
+    """An array of tables of one policy text: what its elements' locations have in common."""
+
+    __slots__ = ("file", "key", "lines")
+
+    def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
+        self.file = file
+        self.key = key
+        self.lines = lines
+
+
+class ElementLocation(LazyLocation):
+    """The location of table ``index`` of a :class:`TableArray`, or of its ``parent[n]`` string.
+
+    Both the key and the line are worked out only when asked for: a large policy makes two of
+    these per rule and hardly ever reads one."""
+
+    _array: TableArray
+    _index: int
+    _parent: int
+
+    def __init__(self, array: TableArray, index: int, parent: int = -1) -> None:
+        # Item by item into the instance dict: the cheapest way to make one.
+        state = self.__dict__
+        state["_array"] = array
+        state["_index"] = index
+        state["_parent"] = parent
+
+    @property
+    def file(self) -> str:
+        return self._array.file
+
+    @property
+    def key(self) -> str:
+        key = f"{self._array.key}[{self._index}]"
+        return key if self._parent < 0 else f"{key}.parent[{self._parent}]"
+
+    @property
+    def line(self) -> int | None:
+        return self._array.lines(self.key)
+
+
 @dataclass(frozen=True)
 class PathBeneathEntry:
     access: AccessFs
@@ -85,6 +127,28 @@ class PathBeneathEntry:
     exe: tuple[str, ...] = ()
     #: ... and/or from processes in this cgroup v2 subtree (an absolute cgroup path).
     cgroup: str | None = None
+
+    @classmethod
+    def plain(
+        cls,
+        access: AccessFs,
+        paths: tuple[str, ...],
+        location: Location,
+        path_locations: tuple[Location, ...],
+    ) -> PathBeneathEntry:
+        """``PathBeneathEntry(access, paths, False, location, path_locations)``, made without
+        the frozen dataclass's one setattr call per field: a policy may hold thousands."""
+        entry = object.__new__(cls)
+        # Item by item into the instance dict, in field order, as ElementLocation does.
+        state = entry.__dict__
+        state["access"] = access
+        state["paths"] = paths
+        state["optional"] = False
+        state["location"] = location
+        state["path_locations"] = path_locations
+        state["exe"] = ()
+        state["cgroup"] = None
+        return entry
 
     @property
     def conditional(self) -> bool:

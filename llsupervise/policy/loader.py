@@ -46,6 +46,7 @@ import tomli
 from llsupervise.policy.document import (
     DEFAULTS,
     MODES,
+    ElementLocation,
     LazyLocation,
     Location,
     NetPortEntry,
@@ -54,6 +55,7 @@ from llsupervise.policy.document import (
     PolicyError,
     QuietEntry,
     SupervisorSection,
+    TableArray,
 )
 from llsupervise.policy.locate import LineIndex, join_key
 from llsupervise.rights import (
@@ -115,9 +117,16 @@ def load_policy(
 
 def parse_policy(text: str, source: str, env: Mapping[str, str] | None = None) -> PolicyDocument:
     """Parse policy text; ``source`` names it in errors. Raises only :class:`PolicyError`."""
+    return _parse(text, source, env, shortcuts=True)
+
+
+def _parse(
+    text: str, source: str, env: Mapping[str, str] | None, *, shortcuts: bool
+) -> PolicyDocument:
+    """``shortcuts=False`` takes the general path for every rule (tests compare the two)."""
     context = _Context(source, text)
     document = _decode_toml(context, text)
-    return _Builder(context, document, os.environ if env is None else env).build()
+    return _Builder(context, document, os.environ if env is None else env, shortcuts).build()
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -176,6 +185,10 @@ class _Context:
 
     def loc(self, key: str) -> Location:
         return LazyLocation(self.source, key, self._lines)
+
+    def array(self, key: str) -> TableArray:
+        """Shared by the :class:`ElementLocation` of every table of the array at ``key``."""
+        return TableArray(self.source, key, self._lines)
 
     def _line(self, key: str) -> int | None:
         if self._index is None:
@@ -404,9 +417,14 @@ class _Builder:
     """Walks the decoded TOML in section order and builds the document."""
 
     def __init__(
-        self, context: _Context, document: dict[str, object], env: Mapping[str, str]
+        self,
+        context: _Context,
+        document: dict[str, object],
+        env: Mapping[str, str],
+        shortcuts: bool = True,
     ) -> None:
         self.context = context
+        self.shortcuts = shortcuts
         self.root = _table(context, document, "", _TOP_KEYS)
         self.abi_value = self._abi()
         self.abi = LATEST_ABI if self.abi_value is None else self.abi_value
@@ -521,26 +539,81 @@ class _Builder:
         if value is None:
             return ()
         allowed = _SUPERVISOR_PATH_BENEATH_KEYS if supervisor else _PATH_BENEATH_KEYS
-        entries = []
-        for entry_key, table in _tables(self.context, value, key, allowed, non_empty):
-            access_key = f"{entry_key}.allowed_access"
-            access = self._fs(
-                _required(self.context, table, entry_key, "allowed_access"), access_key
-            )
-            paths, locations = self._paths(table, entry_key)
-            optional = self._optional(table, entry_key)
-            entry = PathBeneathEntry(
-                access,
-                paths,
-                optional,
-                self.context.loc(entry_key),
-                locations,
-                exe=self._executables(table, entry_key),
-                cgroup=self._cgroup(table, entry_key),
-            )
-            if access:  # landlockconfig drops rules left without any right
-                entries.append(entry)
-        return tuple(entries)
+        if self.shortcuts:
+            entries = self._entries_with_shortcut(value, key, allowed, non_empty)
+        else:
+            entries = [
+                self._path_beneath(table, entry_key)
+                for entry_key, table in _tables(self.context, value, key, allowed, non_empty)
+            ]
+        # landlockconfig drops rules left without any right
+        return tuple(entry for entry in entries if entry.access)
+
+    def _path_beneath(self, table: dict[str, object], key: str) -> PathBeneathEntry:
+        """One ``path_beneath`` table, already checked to be a table with allowed keys only."""
+        access = self._fs(
+            _required(self.context, table, key, "allowed_access"), f"{key}.allowed_access"
+        )
+        paths, locations = self._paths(table, key)
+        optional = self._optional(table, key)
+        return PathBeneathEntry(
+            access,
+            paths,
+            optional,
+            self.context.loc(key),
+            locations,
+            exe=self._executables(table, key),
+            cgroup=self._cgroup(table, key),
+        )
+
+    def _entries_with_shortcut(
+        self, value: object, key: str, allowed: tuple[str, ...], non_empty: bool
+    ) -> list[PathBeneathEntry]:
+        """What the general path gives, with a shortcut for the rule most policies repeat.
+
+        That rule is a table of exactly ``allowed_access`` (an array seen before, so known to be
+        valid) and ``parent`` (absolute paths without ``$`` or NUL): it cannot be wrong. Every
+        other table takes the general path, which makes all errors. As on the general path,
+        every table's type and keys are checked before looking into any, so that the first error
+        is the same.
+        """
+        if _all_tables_with(value, frozenset(allowed), non_empty):
+            tables = value
+        else:  # the general check, which reports what is wrong
+            tables = [table for _, table in _tables(self.context, value, key, allowed, non_empty)]
+        array = self.context.array(key)
+        known = self._known_fs
+        plain = PathBeneathEntry.plain
+        entries: list[PathBeneathEntry] = []
+        for index, table in enumerate(tables):
+            if len(table) == 2:  # with the checks below: allowed_access and parent only
+                names = table.get("allowed_access")
+                parents = table.get("parent")
+                if type(names) is list and type(parents) is list:
+                    try:
+                        access = known.get(tuple(names))
+                    except TypeError:  # an unhashable item (array, table)
+                        access = None
+                    if access is not None and len(parents) == 1:
+                        # The usual rule, inlined: one path, nothing to de-duplicate.
+                        path = parents[0]
+                        if _is_plain_path(path):
+                            entries.append(
+                                plain(
+                                    access,
+                                    (path,),
+                                    ElementLocation(array, index),
+                                    (ElementLocation(array, index, 0),),
+                                )
+                            )
+                            continue
+                    elif access is not None:
+                        entry = _plain_entry(access, parents, array, index)
+                        if entry is not None:
+                            entries.append(entry)
+                            continue
+            entries.append(self._path_beneath(table, f"{key}[{index}]"))
+        return entries
 
     def _net_port_list(
         self, value: object, key: str, non_empty: bool = True
@@ -714,6 +787,40 @@ class _Builder:
                 f"{', '.join(names(extra))} not handled by the layer: "
                 f"add to [[ruleset]] {ruleset_key}",
             )
+
+
+def _all_tables_with(
+    value: object, allowed: frozenset[str], non_empty: bool
+) -> TypeGuard[list[dict[str, object]]]:
+    """Whether ``value`` is an array of tables with allowed keys only (what _tables checks)."""
+    if type(value) is not list or (non_empty and not value):
+        return False
+    only = allowed.issuperset
+    return all(type(table) is dict and only(table) for table in value)
+
+
+def _plain_entry(
+    access: AccessFs, parents: list[object], array: TableArray, index: int
+) -> PathBeneathEntry | None:
+    """The entry for a non-empty array of plain ``parent`` strings, else None."""
+    first: dict[str, int] = {}  # each path with the index of its first string
+    for i, path in enumerate(parents):
+        if not _is_plain_path(path):
+            return None
+        first.setdefault(path, i)
+    if not first:
+        return None  # an empty array: the general path reports it
+    return PathBeneathEntry.plain(
+        access,
+        tuple(first),
+        ElementLocation(array, index),
+        tuple(ElementLocation(array, index, i) for i in first.values()),
+    )
+
+
+def _is_plain_path(path: object) -> TypeGuard[str]:
+    """A ``parent`` string that is its own path: absolute, no variable, no NUL."""
+    return type(path) is str and path.startswith("/") and "$" not in path and "\0" not in path
 
 
 def _union(flags: Iterable[_Flag]) -> int:
