@@ -8,6 +8,7 @@ is raised to the hard one and a policy that needs more fails with a clear messag
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import stat
@@ -18,6 +19,7 @@ from typing import Literal, NamedTuple
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.analysis import (
     Finding,
+    Layer,
     PortFinding,
     QuietObject,
     Rule,
@@ -56,7 +58,7 @@ def object_id(st: os.stat_result) -> ObjectId:
     return ObjectId(st.st_dev, st.st_ino)
 
 
-class _Held(NamedTuple):
+class HeldObject(NamedTuple):
     """What the table holds for one object."""
 
     #: The instance the table hands out for the object, whichever path named it: rulesets
@@ -71,7 +73,7 @@ class _Held(NamedTuple):
 class ObjectTable:
     """One ``O_PATH`` descriptor per distinct file object, with a display path each."""
 
-    _held: dict[ObjectId, _Held] = field(default_factory=dict)
+    _held: dict[ObjectId, HeldObject] = field(default_factory=dict)
     #: The object each path opened led to, last time: what a reload checks first.
     _by_path: dict[str, ObjectId] = field(default_factory=dict)
 
@@ -90,6 +92,10 @@ class ObjectTable:
     def fd(self, obj: ObjectId) -> int:
         return self._held[obj].fd
 
+    def held(self, obj: ObjectId) -> HeldObject:
+        """All the table holds for ``obj`` in one lookup."""
+        return self._held[obj]
+
     def label(self, obj: ObjectId) -> str:
         return self._held[obj].label
 
@@ -102,10 +108,10 @@ class ObjectTable:
         A path this table opened before is only stat'ed: if it still leads to the object
         held for it, that object is the answer (its inode cannot have been reused: we hold
         it open); otherwise the path is opened anew, so a replaced directory is followed."""
-        known = self._by_path.get(path)
+        known = self._by_path.get(path)  # only objects still held (see release)
         if known is not None:
             st = os.stat(path)
-            if st.st_ino == known.ino and st.st_dev == known.dev and known in self._held:
+            if st.st_ino == known.ino and st.st_dev == known.dev:
                 return known
         _check_capacity(len(self._held) + 1)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -116,7 +122,7 @@ class ObjectTable:
             os.close(fd)
             self._by_path[path] = held.obj
             return held.obj
-        self._held[obj] = _Held(obj, fd, path, stat.S_ISDIR(st.st_mode))
+        self._held[obj] = HeldObject(obj, fd, path, stat.S_ISDIR(st.st_mode))
         self._by_path[path] = obj
         return obj
 
@@ -130,7 +136,7 @@ class ObjectTable:
             os.close(fd)
             return held.obj
         _check_capacity(len(self._held) + 1)
-        self._held[obj] = _Held(obj, fd, fd_path(fd), stat.S_ISDIR(st.st_mode))
+        self._held[obj] = HeldObject(obj, fd, fd_path(fd), stat.S_ISDIR(st.st_mode))
         return obj
 
     def release(self, keep: Iterable[ObjectId]) -> None:
@@ -156,6 +162,10 @@ def _check_capacity(needed: int) -> None:
         )
 
 
+#: A :class:`Rule`'s fields, in order.
+RuleRow = tuple[Layer, ObjectId, AccessFs, str, object, Condition | None]
+
+
 @dataclass(frozen=True)
 class ResolvedPolicy:
     """A policy whose paths were opened: the static layer, the supervisor target, quiet set."""
@@ -168,9 +178,14 @@ class ResolvedPolicy:
     skipped: tuple[tuple[str, Location], ...]
     #: Supervisor rules with ``exe`` / ``cgroup``: never in the shared ruleset.
     conditional: tuple[ConditionalRule, ...] = ()
-    #: Every path of every rule entry, resolved (what ``check`` analyses).
-    rules: tuple[Rule, ...] = ()
     quiet_objects: tuple[QuietObject, ...] = ()
+    #: What :attr:`rules` is made of, made only when asked for.
+    rule_rows: tuple[RuleRow, ...] = field(default=(), repr=False, compare=False)
+
+    @functools.cached_property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every path of every rule entry, resolved (what ``check`` analyses)."""
+        return tuple(Rule(*row) for row in self.rule_rows)
 
     def objects(self) -> set[ObjectId]:
         """Every object a rule of this policy refers to (what the table must keep open)."""
@@ -188,7 +203,7 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
     """
     skipped: list[tuple[str, Location]] = []
     handled = (document.handled_fs, document.handled_net, document.scoped)
-    rules: list[Rule] = []
+    rows: list[RuleRow] = []
     conditional: list[ConditionalRule] = []
 
     def layer(
@@ -202,10 +217,9 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
             condition = _condition(entry)
             access = entry.access
             for obj, location in _open_entry(table, entry, skipped):
-                label = table.label(obj)
-                rules.append(
-                    Rule(name, obj, enforced(table, obj, access), label, location, condition)
-                )  # fmt: skip
+                label, is_dir = table.held(obj)[2:]
+                # A row, not a Rule: most resolutions (reloads) never look at them.
+                rows.append((name, obj, _enforced(access, is_dir), label, location, condition))
                 if condition is not None:
                     conditional.append(ConditionalRule(obj, access, condition, label))
                     continue
@@ -234,8 +248,8 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
         frozenset(q.obj for q in quiet_objects),
         tuple(skipped),
         tuple(conditional),
-        tuple(rules),
         quiet_objects,
+        tuple(rows),
     )
 
 
@@ -267,7 +281,11 @@ def _condition(entry: PathBeneathEntry) -> Condition | None:
 
 def enforced(table: ObjectTable, obj: ObjectId, access: AccessFs) -> AccessFs:
     """The rights the kernel applies on ``obj``: directory-only rights do not exist on files."""
-    return access if table.is_dir(obj) else access & FILE_ACCESS
+    return _enforced(access, table.is_dir(obj))
+
+
+def _enforced(access: AccessFs, is_dir: bool) -> AccessFs:
+    return access if is_dir else access & FILE_ACCESS
 
 
 def chain_of(table: ObjectTable, obj: ObjectId) -> tuple[ObjectId, ...]:
