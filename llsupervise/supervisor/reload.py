@@ -35,9 +35,12 @@ from llsupervise.supervisor.persist import Kept, PersistError, kept_from_event, 
 if TYPE_CHECKING:
     from llsupervise.supervisor.core import Supervisor
 
-#: Milliseconds: group a burst of writes (an editor's save) into one reload.
+#: Milliseconds: group a burst of writes (an editor's save) into one reload: a burst ends
+#: after STEP_MS without a change (a save's writes and rename come within a millisecond or
+#: two; a reload that still caught a half-written file reports it and is followed by the
+#: complete one), and lasts DEBOUNCE_MS at most.
 DEBOUNCE_MS = 50
-STEP_MS = 10
+STEP_MS = 5
 #: Milliseconds the watching thread blocks at most: bounds shutdown, and how often the file
 #: is also checked by its status in case a change notification was missed.
 RUST_TIMEOUT_MS = 200
