@@ -247,11 +247,11 @@ class Ruleset(FdOwner):
         refuse the rule with EINVAL, never widens it)."""
         self._check_open()
         enforced, file_only = int(self.report.enforced_fs), int(FILE_ACCESS)
-        masked = (
-            (fd, int(access) & (enforced if is_dir else enforced & file_only))
-            for fd, access, is_dir in rules
-        )
-        _syscall.add_path_rules(self.fileno(), ((fd, r) for fd, r in masked if r))
+        on_dirs, on_files = enforced, enforced & file_only
+        masked = [
+            (fd, int(access) & (on_dirs if is_dir else on_files)) for fd, access, is_dir in rules
+        ]
+        _syscall.add_path_rules(self.fileno(), [(fd, r) for fd, r in masked if r])
 
     def add_port(self, port: int, access: AccessNet) -> AccessNet:
         """Allow ``access`` on TCP ``port``; return what was added (masked to handled rights)."""

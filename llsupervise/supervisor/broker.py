@@ -46,7 +46,11 @@ def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> KernelRuleset:
     # Scopes stay out: they would only limit the broker's own IPC.
     ruleset = KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE)
     try:
-        ruleset.add_paths((table.fd(o), access, table.is_dir(o)) for o, access in rules.fs.items())
+        paths = []
+        for obj, access in rules.fs.items():
+            held = table.held(obj)
+            paths.append((held.fd, access, held.is_dir))
+        ruleset.add_paths(paths)
         for port, net_access in rules.net.items():
             ruleset.add_port(port, net_access)
     except BaseException:
