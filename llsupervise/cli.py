@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--same-cpu",
         action="store_true",
-        help="with --headless: keep the command and the supervisor on one CPU (much faster "
-        "per trapped call; the command loses its parallelism)",
+        help="with --headless: keep the command and the supervisor on one CPU (a little "
+        "faster per trapped call; the command loses its parallelism)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
