@@ -319,8 +319,9 @@ class Supervisor:
 
         ``stdio``: descriptors for the command's stdin, stdout, stderr (None: inherit ours).
         ``cpu``: run the command, its descendants and the threads that serve it on that one
-        CPU. Each trapped syscall then wakes a thread on the CPU it is already on, which is
-        much cheaper than across CPUs, at the price of the command's own parallelism."""
+        CPU, at the price of the command's own parallelism. Without it the serving threads
+        still share one CPU, and a child thread is brought there only while a descriptor is
+        injected (see placement)."""
         assert self.slot is not None
         self._token = trio.lowlevel.current_trio_token()
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
