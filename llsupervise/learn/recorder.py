@@ -60,6 +60,7 @@ from llsupervise.supervisor.requests import (
     signed_fd,
 )
 from llsupervise.supervisor.sockaddr import decode_call, parse_sockaddr
+from llsupervise.supervisor.tasks import TaskCache
 
 #: ftruncate is trapped too: the truncate right of an fd is fixed when it is opened, so a
 #: later ftruncate is how a run shows that an open needed it. TCP bind/connect give ports.
@@ -135,6 +136,22 @@ def _child_view(tid: int, path: bytes) -> bytes:
     return path
 
 
+@dataclass
+class _Traced:
+    """A trapped thread's memory reader and executable."""
+
+    memory: ProcessMemory
+    exe: str
+
+    @classmethod
+    def open(cls, tid: int) -> _Traced:
+        memory = ProcessMemory(tid)
+        return cls(memory, read_proc(tid, "exe"))
+
+    def close(self) -> None:
+        self.memory.close()
+
+
 class Recorder:
     """Serves one listener: record, then CONTINUE, for every trapped call."""
 
@@ -148,13 +165,11 @@ class Recorder:
         self._launcher_exe = os.path.realpath(sys.executable)
         self.arch = native_arch()
         #: Per thread: its memory (opened before id_valid, so pid reuse is caught) and exe.
-        self._tasks: dict[int, tuple[ProcessMemory, str]] = {}
+        self._tasks = TaskCache(_Traced.open, MAX_CACHED_TASKS)
         self.served = 0
 
     def close(self) -> None:
-        for mem, _ in self._tasks.values():
-            mem.close()
-        self._tasks.clear()
+        self._tasks.close()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -210,50 +225,27 @@ class Recorder:
             self._observe(n.pid, request, exe)
         finally:
             if request.op == "execute":
-                self._forget(n.pid)  # the address space and exe are about to change
+                self._tasks.forget(n.pid)  # the address space and exe are about to change
             self.listener.send_continue(n.id)
 
     # -- the calling thread ---------------------------------------------------------------
 
-    def _task(self, tid: int) -> tuple[ProcessMemory, str] | None:
-        task = self._tasks.get(tid)
-        if task is None:
-            if len(self._tasks) >= MAX_CACHED_TASKS:
-                # Nothing says when a thread exits: drop the oldest (reopened if still alive).
-                self._forget(next(iter(self._tasks)))
-            try:
-                mem = ProcessMemory(tid)
-            except SeccompError:
-                return None
-            task = self._tasks[tid] = (mem, read_proc(tid, "exe"))
-        return task
-
-    def _forget(self, tid: int) -> None:
-        task = self._tasks.pop(tid, None)
-        if task is not None:
-            task[0].close()
-
     def _decode(self, n: Notification, name: str) -> tuple[FsRequest, str] | None:
-        for attempt in range(2):
-            task = self._task(n.pid)
-            if task is None or not self.listener.id_valid(n.id):
+        def read(task: _Traced) -> tuple[FsRequest, str] | None:
+            # id_valid after the memory was opened: a reused pid is caught.
+            if not self.listener.id_valid(n.id):
                 return None
-            mem, exe = task
-            try:
-                return _decode_request(n, name, mem), exe
-            except MemoryReadError:
-                # A cached reader is stale once its thread's address space went away.
-                self._forget(n.pid)
-                if attempt:
-                    raise
-        return None
+            return _decode_request(n, name, task.memory), task.exe
+
+        result = self._tasks.read(n.pid, read)
+        return None if result is None else result[0]
 
     def _net(self, n: Notification, name: str) -> None:
         """Record the port of a TCP bind/connect (other sockets are not Landlock's)."""
-        task = self._task(n.pid)
+        task = self._tasks.get(n.pid)
         if task is None:
             return
-        mem, exe = task
+        mem, exe = task.memory, task.exe
         try:
             call = decode_call(name, n.args, mem.read)
             if call is None or not call.readable:
@@ -285,11 +277,11 @@ class Recorder:
             path: str | None = os.readlink(f"/proc/{n.pid}/fd/{n.arg_int(0)}")
         except OSError:
             path = None
-        task = self._task(n.pid)
+        task = self._tasks.get(n.pid)
         valid = self.listener.id_valid(n.id)
         self.listener.send_continue(n.id)
         if path is not None and task is not None and valid:
-            self._record(path, AccessFs.TRUNCATE, task[1])
+            self._record(path, AccessFs.TRUNCATE, task.exe)
 
     # -- what a request needs ---------------------------------------------------------------
 

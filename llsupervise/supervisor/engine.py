@@ -41,6 +41,7 @@ from llsupervise.supervisor.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.placement import home_cpu, pin_self, woken_here
 from llsupervise.supervisor.procfs import status_fields, status_number
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
+from llsupervise.supervisor.tasks import TaskCache
 
 EXEC_SYSCALLS = ("execve", "execveat")
 #: Threads whose memory reader (and cached cwd) is kept open at once.
@@ -187,7 +188,9 @@ class NotificationLoop:
         self.on_denial = on_denial
         self.on_exec = on_exec
         self.arch = native_arch()
-        self._tasks: dict[int, _Task] = {}
+        self._tasks: TaskCache[_Task] = TaskCache(
+            lambda tid: self._call_unrestricted(lambda: _open_task(tid)), MAX_TASKS
+        )
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
         self._unsettled: set[int] = set()
@@ -236,9 +239,7 @@ class NotificationLoop:
             server.turn.set()
             server.thread.join()
             server.close()
-        for task in self._tasks.values():
-            task.close()
-        self._tasks.clear()
+        self._tasks.close()
         if self._unrestricted is not None:
             self._unrestricted.close()
 
@@ -337,50 +338,21 @@ class NotificationLoop:
         """An O_PATH fd (ours) of a /proc entry of the child: only our standing may open it."""
         return self._call_unrestricted(lambda: os.open(where, os.O_PATH | os.O_CLOEXEC))
 
-    def _task(self, tid: int) -> _Task | None:
-        """The thread's memory reader, opened BEFORE id_valid so that pid reuse is caught."""
-        task = self._tasks.get(tid)
-        if task is None:
-            if len(self._tasks) >= MAX_TASKS:
-                # Nothing says when a thread exits: drop the oldest (reopened if still alive).
-                self._forget(next(iter(self._tasks)))
-            try:
-                task = self._call_unrestricted(lambda: _open_task(tid))
-            except (OSError, SeccompError):
-                return None
-            self._tasks[tid] = task
-        return task
-
-    def _forget(self, tid: int) -> None:
-        task = self._tasks.pop(tid, None)
-        if task is not None:
-            task.close()
-
     def _decode(self, n: Notification, name: str) -> tuple[FsRequest, _Task] | None:
         """Read the request from the task's memory; None when the task is gone.
 
-        The result is not yet known to be the task's: check ``id_valid`` before acting on
-        it other than by CONTINUE (which is safe whatever was read)."""
-        for attempt in range(2):
-            task = self._task(n.pid)
-            if task is None:
-                return None
-            mem = task.memory
-            try:
-                return decode(n, name, mem.read_cstring, mem.read), task
-            except MemoryReadError:
-                # A cached reader goes stale when its thread's address space went away
-                # (exit, pid reuse): reopen once, then give up.
-                self._forget(n.pid)
-                if attempt:
-                    raise
-        return None
+        The memory reader is opened BEFORE id_valid so that pid reuse is caught; the result
+        is not yet known to be the task's: check ``id_valid`` before acting on it other than
+        by CONTINUE (which is safe whatever was read)."""
+        return self._tasks.read(
+            n.pid, lambda task: decode(n, name, task.memory.read_cstring, task.memory.read)
+        )
 
     def _unsettle(self, tid: int) -> None:
         """``tid`` may change its cwd, root or umask (shared with other threads and even
         processes): drop every cached context, and cache none until ``tid`` is heard from
         again, which proves its syscall has returned."""
-        for task in self._tasks.values():
+        for task in self._tasks:
             task.forget_context()
         self._unsettled.add(tid)
 
@@ -447,7 +419,7 @@ class NotificationLoop:
         if decoded is not None and not self.listener.id_valid(n.id):
             decoded = None
         # The address space is replaced: a cached reader would read the old one.
-        self._forget(n.pid)
+        self._tasks.forget(n.pid)
         if decoded is not None and self.on_exec is not None:
             request = decoded[0]
             try:
