@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from llsupervise.policy.model import (
@@ -171,3 +172,15 @@ def layers(draw: st.DrawFn) -> Layer:
 def domains(max_layers: int = 3) -> st.SearchStrategy[Domain]:
     """A stack of layers; the empty domain (not sandboxed) included."""
     return st.lists(layers(), max_size=max_layers).map(tuple)
+
+
+def many_examples(count: int) -> settings:
+    """Settings for loader properties run on many generated files: reproducible (derandomised,
+    no example database) and without the limits meant for small inputs."""
+    return settings(
+        max_examples=count,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from policy_strategies import many_examples
 
 from llsupervise.policy.document import NetPortEntry, PolicyDocument, PolicyError
 from llsupervise.policy.loader import load_policy, parse_policy
@@ -34,13 +35,7 @@ from llsupervise.rights import (
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
 ENV = {"HOME": "/home/h", "PWD": "/pwd", "USER": "u"}
 
-FUZZ = settings(
-    max_examples=2500,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = many_examples(2500)
 
 FS_CHOICES = [
     *FS_NAMES,

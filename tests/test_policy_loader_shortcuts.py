@@ -12,8 +12,9 @@ import pickle
 from typing import Any
 
 import tomlkit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from policy_strategies import many_examples
 
 from llsupervise.policy.document import (
     ElementLocation,
@@ -31,13 +32,7 @@ from llsupervise.rights import AccessFs
 SOURCE = "p.toml"
 ENV = {"HOME": "/home/h", "PWD": "/pwd", "USER": "u"}
 
-PROPERTY = settings(
-    max_examples=600,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTY = many_examples(600)
 
 VALID_ACCESS = [["read_file"], ["read_file", "read_dir"], ["abi.read_execute"], ["execute"]]
 BAD_ACCESS: list[Any] = [
