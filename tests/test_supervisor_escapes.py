@@ -237,3 +237,63 @@ def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
     finally:
         os.killpg(supervisor.pid, signal.SIGKILL)
         reader.close()
+
+
+# Symlinks the child makes to objects that name their caller. Whoever performs the request
+# must not resolve them as itself: the child would get the supervisor's /proc entries (its
+# memory!) and descriptors. Each line reports whose object the child got.
+CALLER_RELATIVE = r"""
+import os
+me = os.getpid()
+victim = os.open("out/victim", os.O_RDWR | os.O_CREAT, 0o600)
+os.write(victim, b"keep me?")
+for name, target in (("status", "/proc/self/status"), ("mem", "/proc/self/mem"),
+                     ("fd", f"/proc/self/fd/{victim}"), ("self", "/proc/self")):
+    os.symlink(target, f"out/{name}")
+    os.symlink(target, f"data/{name}")
+for where in ("out", "data"):
+    with open(f"{where}/status") as f:
+        pid = next(int(l.split()[1]) for l in f if l.startswith("Pid:"))
+    print(where, "status", "mine" if pid == me else f"pid {pid}")
+    try:
+        fd = os.open(f"{where}/mem", os.O_RDONLY)
+        own = os.fstat(fd).st_ino == os.stat(f"/proc/{me}/mem").st_ino
+        print(where, "mem", "mine" if own else "NOT MINE")
+        os.close(fd)
+    except OSError as e:
+        print(where, "mem", "errno", e.errno)
+    try:
+        fd = os.open(f"{where}/self/cmdline", os.O_RDONLY)
+        own = os.read(fd, 4096) == open(f"/proc/{me}/cmdline", "rb").read()
+        print(where, "cmdline", "mine" if own else "NOT MINE")
+        os.close(fd)
+    except OSError as e:
+        print(where, "cmdline", "errno", e.errno)
+    try:
+        fd = os.open(f"{where}/fd", os.O_RDONLY)
+        same = os.fstat(fd).st_ino == os.fstat(victim).st_ino
+        print(where, "fd", "mine" if same else "NOT MINE")
+        os.close(fd)
+    except OSError as e:
+        print(where, "fd", "errno", e.errno)
+os.truncate("out/fd", 3)
+print("truncated", "mine" if os.fstat(victim).st_size == 3 else "NOT MINE")
+"""
+
+
+@pytest.mark.trio
+async def test_symlinks_to_caller_relative_objects_reach_the_childs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, CALLER_RELATIVE, supervisor_rules=rules)
+    out = capfd.readouterr().out
+    assert status == 0, out
+    results = [line.split(" ", 2) for line in out.splitlines()]
+    assert len(results) == 9, out
+    for line in results:
+        # The child's own object, or a refusal; never the supervisor's.
+        assert line[-1] == "mine" or line[-1].startswith("errno"), out
+    assert "truncated mine" in out

@@ -7,13 +7,17 @@ OSError with the kernel's errno; Landlock denials surface as EACCES.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
+import stat
 from dataclasses import dataclass
 
-from llsupervise.supervisor.requests import AT_SYMLINK_FOLLOW, FsRequest
+from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, OPEN_HOW, FsRequest
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
 ]  # fmt: skip
@@ -21,6 +25,44 @@ _libc.renameat2.argtypes = [
 
 class KernelDecides(Exception):
     """The operation cannot be performed on the child's behalf; CONTINUE instead."""
+
+
+# What names its caller must never be reached by the broker on the child's behalf: the broker
+# would get ITS OWN object (the supervisor's memory, descriptors, terminal). Paths that say so
+# lexically are left to the kernel before this point (requests.SELF_REFERENTIAL); these
+# checks catch the same objects reached through the child's symlinks.
+_SYS_OPENAT2 = 437  # the same on every architecture (added after the syscall table unification)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_PROC_DEV = os.stat("/proc").st_dev
+_DEV_TTY = os.makedev(5, 0)
+
+
+def _names_caller(fd: int) -> bool:
+    """A procfs object (/proc/self/..., reached through a symlink) or /dev/tty."""
+    st = os.fstat(fd)
+    return st.st_dev == _PROC_DEV or (stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY)
+
+
+def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
+    """openat without following magic links (/proc/PID/fd/N, cwd, root, exe): they would
+    resolve in the broker's process. Refused (ELOOP, or EINVAL for flags openat2 is stricter
+    about) means: let the kernel decide in the child's own context."""
+    if not flags & (os.O_CREAT | O_TMPFILE):
+        mode = 0  # openat2 refuses a mode it would not use
+    how = ctypes.create_string_buffer(OPEN_HOW.pack(flags, mode, _RESOLVE_NO_MAGICLINKS))
+    fd = _libc.syscall(
+        ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(AT_FDCWD if dirfd is None else dirfd),
+        ctypes.c_char_p(path), how, ctypes.c_size_t(OPEN_HOW.size),
+    )  # fmt: skip
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ELOOP, errno.EINVAL):
+            raise KernelDecides("magic link, or flags openat2 refuses")
+        raise OSError(err, os.strerror(err))
+    if _names_caller(fd):
+        os.close(fd)
+        raise KernelDecides("an object that names its caller")
+    return int(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +101,25 @@ def perform(t: Target) -> int:
         case "symlink":
             os.symlink(r.target, path, dir_fd=dir1)
         case "truncate":
-            # truncate(2) has no *at form; reach the dirfd through our own fd table.
-            where = path if dir1 is None else b"/proc/self/fd/%d/%s" % (dir1, path)
-            os.truncate(where, r.mode)
+            # truncate(2) has no *at form: resolve the path (as an open would, magic links and
+            # caller-relative objects refused), then truncate that very object.
+            target = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC, 0)
+            try:
+                os.truncate(b"/proc/self/fd/%d" % target, r.mode)
+            finally:
+                os.close(target)
         case "rename" | "link":
             path2, dir2 = _at(t.dir2, r.path2)
-            if r.op == "link":
-                os.link(
-                    path, path2, src_dir_fd=dir1, dst_dir_fd=dir2,
-                    follow_symlinks=bool(r.flags & AT_SYMLINK_FOLLOW),
-                )  # fmt: skip
+            if r.op == "link" and r.flags & AT_SYMLINK_FOLLOW:
+                # Following the source could follow a magic link in our process: resolve it
+                # as an open would, then link that very object.
+                source = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC, 0)
+                try:
+                    os.link(b"/proc/self/fd/%d" % source, path2, dst_dir_fd=dir2)
+                finally:
+                    os.close(source)
+            elif r.op == "link":
+                os.link(path, path2, src_dir_fd=dir1, dst_dir_fd=dir2, follow_symlinks=False)
             elif r.flags:
                 _renameat2(dir1, path, dir2, path2, r.flags)
             else:
@@ -83,7 +134,7 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
     extra = os.O_CLOEXEC | os.O_NOCTTY | (0 if flags & os.O_NONBLOCK else os.O_NONBLOCK)
     try:
-        fd = os.open(path, (flags & ~os.O_CLOEXEC) | extra, mode, dir_fd=dirfd)
+        fd = _openat2(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
     except OSError as exc:
         if exc.errno == 6 and not flags & os.O_NONBLOCK:  # ENXIO: FIFO without a reader
             raise KernelDecides("blocking FIFO open") from exc

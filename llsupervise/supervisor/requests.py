@@ -27,9 +27,12 @@ O_ACCMODE = 0o3
 #: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2).
 OPEN_HOW = struct.Struct("<QQQ")
 
-#: Syscalls whose paths, when opened on the child's behalf, would name the supervisor's own
-#: objects instead of the child's; they are left to the kernel in the child's context.
-SELF_REFERENTIAL = (b"/proc", b"/dev/fd", b"/dev/stdin", b"/dev/stdout", b"/dev/stderr")
+#: Paths that, opened on the child's behalf, would name the supervisor's own objects instead
+#: of the child's; they are left to the kernel in the child's context. (The same objects
+#: reached through symlinks are caught when performing: see operations.)
+SELF_REFERENTIAL = (
+    b"/proc", b"/dev/fd", b"/dev/stdin", b"/dev/stdout", b"/dev/stderr", b"/dev/tty",
+)  # fmt: skip
 
 
 class DecodeError(LLSuperviseError):
