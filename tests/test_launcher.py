@@ -103,3 +103,39 @@ parent = ["/usr", "/bin", "/lib", "/etc"]
             return await sup.run(["sh", "-c", "exit 3"], forward_signals=False)
 
     assert trio.run(main) == 3
+
+
+def test_a_new_session_has_the_pty_as_its_terminal(tmp_path: Path) -> None:
+    # What the terminal interface does: the command's /dev/tty is the pane's pty, so a
+    # program that talks to its terminal directly does not write over the interface.
+    make_tree(tmp_path)
+    master, slave = os.openpty()
+    script = "import os; fd = os.open('/dev/tty', os.O_WRONLY); os.write(fd, b'to my tty'); " \
+        "print('session', os.getsid(0) == os.getpid())"  # fmt: skip
+    rules = '[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["/dev/tty"]\n'
+
+    async def main() -> int:
+        document = policy(tmp_path, extra_static=rules)
+        async with Supervisor.open(document) as sup:
+            return await sup.run(
+                [sys.executable, "-c", script], forward_signals=False,
+                stdio=(slave, slave, slave), new_session=True,
+            )  # fmt: skip
+
+    try:
+        status = trio.run(main)
+        os.close(slave)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: no writer left
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+    assert status == 0, output
+    assert b"to my tty" in output
+    assert b"session True" in output

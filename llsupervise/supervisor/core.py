@@ -314,10 +314,13 @@ class Supervisor:
         forward_signals: bool = True,
         stdio: Stdio = (None, None, None),
         cpu: int | None = None,
+        new_session: bool = False,
     ) -> int:
         """Run ``argv`` under supervision until it exits; return its exit status.
 
         ``stdio``: descriptors for the command's stdin, stdout, stderr (None: inherit ours).
+        ``new_session``: the command leads a new session whose controlling terminal is its
+        stdin (a pty of ours): what it writes to ``/dev/tty`` goes there, not to our terminal.
         ``cpu``: run the command, its descendants and the threads that serve it on that one
         CPU, at the price of the command's own parallelism. Without it the serving threads
         still share one CPU, and a child thread is brought there only while a descriptor is
@@ -325,7 +328,9 @@ class Supervisor:
         assert self.slot is not None
         self._token = trio.lowlevel.current_trio_token()
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
-        launched = self.launched = launch(argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu)
+        launched = self.launched = launch(
+            argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu, new_session=new_session
+        )
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:

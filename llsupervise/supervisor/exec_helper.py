@@ -53,6 +53,16 @@ def _read_spec(fd: int) -> dict[str, Any]:
     return spec
 
 
+def _take_terminal() -> None:
+    """Lead a new session whose controlling terminal is stdin: /dev/tty is then that
+    terminal (the supervisor's pane), not the supervisor's own."""
+    import fcntl
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def _call(libc: ctypes.CDLL, what: str, nr: int, *args: object) -> int:
     result = int(libc.syscall(ctypes.c_long(nr), *args))
     if result < 0:
@@ -95,6 +105,8 @@ def main() -> None:
     sock = _socket.socket(fileno=sock_fd)
     try:
         spec = _read_spec(spec_fd)
+        if spec["new_session"]:
+            _take_terminal()
         listener = _confine(spec)
     except Exception as exc:  # reported to the supervisor, which explains it to the user
         sock.sendall(MSG_ERROR + f"{type(exc).__name__}: {exc}".encode())

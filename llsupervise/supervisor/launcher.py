@@ -66,11 +66,13 @@ def launch(
     cwd: str | None = None,
     stdio: Stdio = (None, None, None),
     cpu: int | None = None,
+    new_session: bool = False,
 ) -> Launched:
     """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener.
 
     ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours).
-    ``cpu``: keep the command and its descendants on that CPU."""
+    ``cpu``: keep the command and its descendants on that CPU. ``new_session``: the command
+    leads a new session with its stdin (a terminal) as controlling terminal."""
     if not argv:
         raise LaunchError("no command given")
     ruleset = _static_ruleset(layer)
@@ -79,6 +81,7 @@ def launch(
         spec = {
             "ruleset_fd": ruleset_fd,
             "restrict_flags": layer.restrict_flags,
+            "new_session": new_session,
             "nr_restrict": landlock_syscall_numbers()[2],
             **_filter_spec(syscalls),
             "argv": list(argv),

@@ -146,7 +146,7 @@ class LocalSession(_GuestSession):
                     try:
                         status = await sup.run(
                             self.argv, forward_signals=self.forward_signals,
-                            stdio=(pty.slave, pty.slave, pty.slave),
+                            stdio=(pty.slave, pty.slave, pty.slave), new_session=True,
                         )  # fmt: skip
                     except BaseException:
                         self._kill_child()
