@@ -33,14 +33,23 @@ class KernelDecides(Exception):
 # checks catch the same objects reached through the child's symlinks.
 _SYS_OPENAT2 = 437  # the same on every architecture (added after the syscall table unification)
 _RESOLVE_NO_MAGICLINKS = 0x02
-_PROC_DEV = os.stat("/proc").st_dev
+_PROC_SUPER_MAGIC = 0x9FA0
 _DEV_TTY = os.makedev(5, 0)
+#: Bytes enough for struct statfs on every architecture; f_type is its first field, a long.
+_STATFS_SIZE = 256
 
 
 def _names_caller(fd: int) -> bool:
-    """A procfs object (/proc/self/..., reached through a symlink) or /dev/tty."""
+    """A procfs object (any procfs mount: /proc/self/..., reached through a symlink) or
+    /dev/tty."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC:
+        return True
     st = os.fstat(fd)
-    return st.st_dev == _PROC_DEV or (stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY)
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY
 
 
 def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
