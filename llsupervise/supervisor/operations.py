@@ -13,10 +13,9 @@ import os
 import stat
 from dataclasses import dataclass
 
-from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, OPEN_HOW, FsRequest
+from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, FsRequest
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
@@ -37,19 +36,37 @@ _PROC_SUPER_MAGIC = 0x9FA0
 _DEV_TTY = os.makedev(5, 0)
 #: Bytes enough for struct statfs on every architecture; f_type is its first field, a long.
 _STATFS_SIZE = 256
+#: st_dev -> is procfs: a device's filesystem type does not change.
+_procfs_devices: dict[int, bool] = {}
 
 
 def _names_caller(fd: int) -> bool:
     """A procfs object (any procfs mount: /proc/self/..., reached through a symlink) or
     /dev/tty."""
-    buf = ctypes.create_string_buffer(_STATFS_SIZE)
-    if _libc.fstatfs(fd, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    if ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC:
-        return True
     st = os.fstat(fd)
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY:
+        return True
+    procfs = _procfs_devices.get(st.st_dev)
+    if procfs is None:
+        buf = ctypes.create_string_buffer(_STATFS_SIZE)
+        if _libc.fstatfs(fd, buf) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        procfs = _procfs_devices[st.st_dev] = (
+            ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC
+        )
+    return procfs
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how (openat2)."""
+
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
@@ -58,10 +75,10 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
     about) means: let the kernel decide in the child's own context."""
     if not flags & (os.O_CREAT | O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
-    how = ctypes.create_string_buffer(OPEN_HOW.pack(flags, mode, _RESOLVE_NO_MAGICLINKS))
-    fd = _libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(AT_FDCWD if dirfd is None else dirfd),
-        ctypes.c_char_p(path), how, ctypes.c_size_t(OPEN_HOW.size),
+    how = _OpenHow(flags, mode, _RESOLVE_NO_MAGICLINKS)
+    fd = _syscall(
+        _SYS_OPENAT2, AT_FDCWD if dirfd is None else dirfd, path, ctypes.byref(how),
+        ctypes.sizeof(how),
     )  # fmt: skip
     if fd < 0:
         err = ctypes.get_errno()
