@@ -160,3 +160,29 @@ def test_listen_goes_with_headless(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--listen goes with --headless" in result.stderr
+
+
+def test_a_hung_up_terminal_ends_the_interface_and_the_command(tmp_path: Path) -> None:
+    """Closing the terminal (a closed ssh session, a killed tmux pane) passes SIGHUP on to
+    the command, and the interface exits instead of lingering with nobody to see it."""
+    marker = tmp_path / "alive"
+    cli = [sys.executable, "-m", "llsupervise.cli", "run", "--policy", str(EXAMPLE), "--",
+           "sh", "-c", f"touch {marker}; sleep 60"]  # fmt: skip
+    term = Terminal(cli, tmp_path)
+    try:
+        term.read_until(b"running")
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.close(term.fd)  # the terminal goes away: the kernel sends SIGHUP
+        term.fd = os.open("/dev/null", os.O_RDONLY)  # what wait() reads and closes
+        deadline = time.monotonic() + 30  # only keeps a regression from hanging the suite
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(term.pid, os.WNOHANG)
+            if pid:
+                term.status = os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.05)
+        assert term.status == 128 + 1, "the interface is still running"  # the command's SIGHUP
+    finally:
+        term.kill()

@@ -140,6 +140,8 @@ class Supervisor:
         self._token: trio.lowlevel.TrioToken | None = None
         self.slot: BrokerSlot | None = None
         self.launched: Launched | None = None
+        #: Set when SIGHUP came (and was passed on): our terminal is gone.
+        self.hung_up = False
         self._commit_rules()
 
     # -- construction -------------------------------------------------------------------
@@ -414,6 +416,7 @@ class Supervisor:
             async for signum in signals:
                 if signum == signal.SIGINT and _terminal_sent_it():
                     continue  # the child, in our process group, got it too
+                self.hung_up |= signum == signal.SIGHUP
                 launched.process.send_signal(signum)
 
     # -- denials --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ script; what is shown comes from a :class:`~llsupervise.tui.session.Session`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -168,6 +169,11 @@ class SupervisorApp(App[int]):
         self._schedule_redraw()
         if (tail := self._terminal.feed(b"", final=True)) and self.session.local:
             self.query_one("#output-log", Log).write(tail)
+        if self.session.hung_up:
+            # Our terminal is gone: nobody can see or answer the interface, and restoring a
+            # terminal that no longer exists hangs the interface's own shutdown. The log is
+            # flushed per event and the supervisor has closed; the status is the command's.
+            os._exit(self.exit_status if self.exit_status is not None else 1)
         if self._quit_requests:
             self.exit(self.exit_status)
 

@@ -39,6 +39,8 @@ class Session:
     local = True
     #: Where the session comes from, for the status line.
     origin = ""
+    #: Our terminal hung up (SIGHUP): nobody is left to look at the interface.
+    hung_up = False
 
     def start(self, receiver: Receiver) -> None:
         raise NotImplementedError
@@ -157,6 +159,7 @@ class LocalSession(_GuestSession):
                 self._pty = None
                 pty.close()
         self.exit_status = status
+        self.hung_up = sup.hung_up
         return status
 
     def _output(self, data: bytes) -> None:
