@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from supervised import make_tree, run_script
 
-from llsupervise.supervisor.placement import home_cpu, woken_here
+from llsupervise.supervisor.placement import borrow, give_back, home_cpu
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -24,8 +24,10 @@ def test_a_thread_is_pinned_inside_the_block_and_restored_after() -> None:
     with subprocess.Popen(["sleep", "30"]) as child:
         try:
             before = os.sched_getaffinity(child.pid)
-            with woken_here(child.pid, CPUS[0]):
-                assert os.sched_getaffinity(child.pid) == {CPUS[0]}
+            original = borrow(child.pid, CPUS[0])
+            assert original == before
+            assert os.sched_getaffinity(child.pid) == {CPUS[0]}
+            give_back(child.pid, original)
             assert os.sched_getaffinity(child.pid) == before
         finally:
             child.kill()
@@ -35,8 +37,7 @@ def test_a_thread_that_chose_other_cpus_is_left_alone() -> None:
     with subprocess.Popen(["sleep", "30"]) as child:
         try:
             os.sched_setaffinity(child.pid, {CPUS[-1]})
-            with woken_here(child.pid, CPUS[0]):
-                assert os.sched_getaffinity(child.pid) == {CPUS[-1]}
+            assert borrow(child.pid, CPUS[0]) is None
             assert os.sched_getaffinity(child.pid) == {CPUS[-1]}
         finally:
             child.kill()
@@ -45,10 +46,9 @@ def test_a_thread_that_chose_other_cpus_is_left_alone() -> None:
 def test_a_thread_that_is_gone_is_no_error() -> None:
     child = subprocess.Popen(["true"])
     child.wait()
-    with woken_here(child.pid, CPUS[0]):
-        pass
-    with woken_here(child.pid, None):
-        pass
+    assert borrow(child.pid, CPUS[0]) is None
+    assert borrow(child.pid, None) is None
+    give_back(child.pid, set(CPUS))  # no error either
 
 
 # Opens a granted file many times (each open is an injected descriptor), and reports its

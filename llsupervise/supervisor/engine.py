@@ -38,7 +38,7 @@ from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
 from llsupervise.supervisor.objects import fd_path
 from llsupervise.supervisor.operations import KernelDecides, Target, perform
-from llsupervise.supervisor.placement import home_cpu, pin_self, woken_here
+from llsupervise.supervisor.placement import borrow, give_back, home_cpu, pin_self
 from llsupervise.supervisor.procfs import status_fields, status_number
 from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
 from llsupervise.supervisor.tasks import TaskCache
@@ -517,14 +517,16 @@ def reply(
     if request.op == "open":
         cloexec = bool(request.flags & os.O_CLOEXEC)
         try:
-            with woken_here(n.pid, cpu) as pinned:
-                if pinned:
-                    # Not answered yet: the thread must not run its program while pinned.
-                    # (Only a fatal signal can end the wait in between: WAIT_KILLABLE_RECV.)
-                    injected = listener.addfd(n.id, result, cloexec=cloexec)
-                else:
-                    listener.addfd(n.id, result, send=True, cloexec=cloexec)
-                    return
+            original = borrow(n.pid, cpu)
+            if original is None:
+                listener.addfd(n.id, result, send=True, cloexec=cloexec)
+                return
+            try:
+                # Not answered yet: the thread must not run its program while pinned.
+                # (Only a fatal signal can end the wait in between: WAIT_KILLABLE_RECV.)
+                injected = listener.addfd(n.id, result, cloexec=cloexec)
+            finally:
+                give_back(n.pid, original)
             listener.send_value(n.id, injected)
         finally:
             os.close(result)

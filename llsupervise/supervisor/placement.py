@@ -7,7 +7,7 @@ with an ordinary wake-up, the scheduler picks an idle CPU for it, and on a virtu
 waking an idle CPU costs tens of µs, more than all the rest of a grant.
 
 So the serving threads live on one CPU (:func:`home_cpu`), and while a descriptor is
-injected the child's thread is pinned there too (:func:`woken_here`). The injection then
+injected the child's thread is pinned there too (:func:`borrow`). The injection then
 does not answer the syscall: the thread installs the descriptor and waits again, its own
 affinity is restored, and only then does the reply (a synchronous wake-up, on our CPU) let
 it return to its program, which never sees the borrowed affinity.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 
 
 def home_cpu(requested: int | None = None) -> int:
@@ -35,29 +34,31 @@ def pin_self(cpu: int | None) -> None:
             os.sched_setaffinity(0, {cpu})
 
 
-@contextlib.contextmanager
-def woken_here(tid: int, cpu: int | None) -> Iterator[bool]:
-    """Within the block, ``tid`` may run only on ``cpu``; yields whether it was pinned.
+def borrow(tid: int, cpu: int | None) -> set[int] | None:
+    """Let ``tid`` run only on ``cpu``; return its own affinity, for :func:`give_back`, or
+    None when nothing was changed.
 
     Nothing is changed when ``cpu`` is None, when the thread may not run there anyway (its
     own choice is respected), or when it is already bound to one CPU. Every failure (the
     thread exited, a cpuset forbids the CPU) leaves the thread as it was: placement only
-    affects speed. The block must not let the thread return to its program: what it did
-    then (read its affinity, start a thread that inherits it) would see the borrowed one."""
-    original = _affinity(tid) if cpu is not None else None
-    if cpu is None or original is None or cpu not in original or len(original) == 1:
-        yield False
-        return
+    affects speed. The thread must not return to its program before :func:`give_back`:
+    what it did then (read its affinity, start a thread that inherits it) would see the
+    borrowed one. (Plain functions, not a context manager: this is on every grant.)"""
+    if cpu is None:
+        return None
+    original = _affinity(tid)
+    if original is None or cpu not in original or len(original) == 1:
+        return None
     try:
-        os.sched_setaffinity(tid, {cpu})
+        os.sched_setaffinity(tid, (cpu,))
     except OSError:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(tid, original)
+        return None
+    return original
+
+
+def give_back(tid: int, original: set[int]) -> None:
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(tid, original)
 
 
 def _affinity(tid: int) -> set[int] | None:
