@@ -297,3 +297,36 @@ async def test_symlinks_to_caller_relative_objects_reach_the_childs_own(
         # The child's own object, or a refusal; never the supervisor's.
         assert line[-1] == "mine" or line[-1].startswith("errno"), out
     assert "truncated mine" in out
+
+
+# A directory named through the supervisor's /proc/self/cwd instead of the child's.
+CWD_THROUGH_PROC = r"""
+import os, sys
+root = sys.argv[1]
+os.symlink("/proc/self", f"{root}/data/self")
+os.chdir(f"{root}/out")
+for name, act in (("mkdir", lambda: os.mkdir(f"{root}/data/self/cwd/made")),
+                  ("rename", lambda: os.rename(f"{root}/data/self/cwd/made",
+                                               f"{root}/data/self/cwd/moved"))):
+    try:
+        act()
+        print(name, "ok")
+    except OSError as e:
+        print(name, "errno", e.errno)
+print("in my cwd", sorted(os.listdir(".")))
+"""
+
+
+@pytest.mark.trio
+async def test_a_symlink_to_proc_self_names_the_childs_own_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the supervisor's cwd: not where the child works
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, CWD_THROUGH_PROC, str(tmp_path), supervisor_rules=rules)
+    out = capfd.readouterr().out
+    assert status == 0, out
+    assert "mkdir ok" in out and "rename ok" in out, out
+    assert (paths["out"] / "moved").is_dir()
+    assert not (tmp_path / "made").exists() and not (tmp_path / "moved").exists()

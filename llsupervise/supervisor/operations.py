@@ -6,6 +6,7 @@ OSError with the kernel's errno; Landlock denials surface as EACCES.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -112,47 +113,64 @@ def _at(dirfd: int | None, path: bytes) -> tuple[bytes, int | None]:
 def perform(t: Target) -> int:
     r = t.request
     path, dir1 = _at(t.dir1, r.path)
-    match r.op:
-        case "open":
-            return _open(path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
-        case "mkdir":
-            os.mkdir(path, r.mode & ~t.umask & 0o7777, dir_fd=dir1)
-        case "mknod":
-            mode = (r.mode & ~0o7777) | (r.mode & ~t.umask & 0o7777)
-            os.mknod(path, mode, r.dev, dir_fd=dir1)
-        case "unlink":
-            os.unlink(path, dir_fd=dir1)
-        case "rmdir":
-            os.rmdir(path, dir_fd=dir1)
-        case "symlink":
-            os.symlink(r.target, path, dir_fd=dir1)
-        case "truncate":
-            # truncate(2) has no *at form: resolve the path (as an open would, magic links and
-            # caller-relative objects refused), then truncate that very object.
-            target = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC, 0)
-            try:
+    if r.op == "open":
+        return _open(path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
+    with contextlib.ExitStack() as stack:
+        # The directories the operation acts in, resolved as an open would (no magic link,
+        # nothing of procfs): the last component is then looked up in them and nowhere else.
+        dir1, name = _parent(stack, dir1, path)
+        match r.op:
+            case "mkdir":
+                os.mkdir(name, r.mode & ~t.umask & 0o7777, dir_fd=dir1)
+            case "mknod":
+                mode = (r.mode & ~0o7777) | (r.mode & ~t.umask & 0o7777)
+                os.mknod(name, mode, r.dev, dir_fd=dir1)
+            case "unlink":
+                os.unlink(name, dir_fd=dir1)
+            case "rmdir":
+                os.rmdir(name, dir_fd=dir1)
+            case "symlink":
+                os.symlink(r.target, name, dir_fd=dir1)
+            case "truncate":
+                # truncate(2) has no *at form: resolve the object as an open would, then
+                # truncate that very object.
+                target = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
+                stack.callback(os.close, target)
                 os.truncate(b"/proc/self/fd/%d" % target, r.mode)
-            finally:
-                os.close(target)
-        case "rename" | "link":
-            path2, dir2 = _at(t.dir2, r.path2)
-            if r.op == "link" and r.flags & AT_SYMLINK_FOLLOW:
-                # Following the source could follow a magic link in our process: resolve it
-                # as an open would, then link that very object.
-                source = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC, 0)
-                try:
-                    os.link(b"/proc/self/fd/%d" % source, path2, dst_dir_fd=dir2)
-                finally:
-                    os.close(source)
-            elif r.op == "link":
-                os.link(path, path2, src_dir_fd=dir1, dst_dir_fd=dir2, follow_symlinks=False)
-            elif r.flags:
-                _renameat2(dir1, path, dir2, path2, r.flags)
-            else:
-                os.rename(path, path2, src_dir_fd=dir1, dst_dir_fd=dir2)
-        case _:
-            raise KernelDecides(r.op)
+            case "rename" | "link":
+                path2, dir2 = _at(t.dir2, r.path2)
+                dir2, name2 = _parent(stack, dir2, path2)
+                if r.op == "link" and r.flags & AT_SYMLINK_FOLLOW:
+                    # Following the source could follow a magic link too: resolve it as an
+                    # open would, then link that very object.
+                    source = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
+                    stack.callback(os.close, source)
+                    os.link(b"/proc/self/fd/%d" % source, name2, dst_dir_fd=dir2)
+                elif r.op == "link":
+                    os.link(name, name2, src_dir_fd=dir1, dst_dir_fd=dir2, follow_symlinks=False)
+                elif r.flags:
+                    _renameat2(dir1, name, dir2, name2, r.flags)
+                else:
+                    os.rename(name, name2, src_dir_fd=dir1, dst_dir_fd=dir2)
+            case _:
+                raise KernelDecides(r.op)
     return 0
+
+
+def _parent(
+    stack: contextlib.ExitStack, dirfd: int | None, path: bytes
+) -> tuple[int | None, bytes]:
+    """``(directory fd, last component)`` for ``path`` relative to ``dirfd``: the directory
+    is opened (O_PATH, closed by ``stack``) through :func:`_openat2` when the path has one.
+    Trailing slashes stay with the last component, which keeps their meaning."""
+    stripped = path.rstrip(b"/")
+    slash = stripped.rfind(b"/")
+    if slash < 0 or not stripped:
+        return dirfd, path  # a bare name (in the child's own directory fd), or "/"
+    parent, name = stripped[:slash] or b"/", path[slash + 1 :]
+    fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
+    stack.callback(os.close, fd)
+    return fd, name
 
 
 def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
