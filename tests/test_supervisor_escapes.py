@@ -251,31 +251,27 @@ for name, target in (("status", "/proc/self/status"), ("mem", "/proc/self/mem"),
                      ("fd", f"/proc/self/fd/{victim}"), ("self", "/proc/self")):
     os.symlink(target, f"out/{name}")
     os.symlink(target, f"data/{name}")
+
+def whose(where, what, is_mine):
+    try:
+        fd = os.open(f"{where}/{what}", os.O_RDONLY)
+        try:
+            print(where, what, "mine" if is_mine(fd) else "NOT MINE")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        print(where, what, "errno", e.errno)
+
+def pid_in(fd):
+    status = os.read(fd, 4096).decode()
+    return int(status.split("Pid:")[1].split()[0]) == me
+
 for where in ("out", "data"):
-    with open(f"{where}/status") as f:
-        pid = next(int(l.split()[1]) for l in f if l.startswith("Pid:"))
-    print(where, "status", "mine" if pid == me else f"pid {pid}")
-    try:
-        fd = os.open(f"{where}/mem", os.O_RDONLY)
-        own = os.fstat(fd).st_ino == os.stat(f"/proc/{me}/mem").st_ino
-        print(where, "mem", "mine" if own else "NOT MINE")
-        os.close(fd)
-    except OSError as e:
-        print(where, "mem", "errno", e.errno)
-    try:
-        fd = os.open(f"{where}/self/cmdline", os.O_RDONLY)
-        own = os.read(fd, 4096) == open(f"/proc/{me}/cmdline", "rb").read()
-        print(where, "cmdline", "mine" if own else "NOT MINE")
-        os.close(fd)
-    except OSError as e:
-        print(where, "cmdline", "errno", e.errno)
-    try:
-        fd = os.open(f"{where}/fd", os.O_RDONLY)
-        same = os.fstat(fd).st_ino == os.fstat(victim).st_ino
-        print(where, "fd", "mine" if same else "NOT MINE")
-        os.close(fd)
-    except OSError as e:
-        print(where, "fd", "errno", e.errno)
+    whose(where, "status", pid_in)
+    whose(where, "mem", lambda fd: os.fstat(fd).st_ino == os.stat(f"/proc/{me}/mem").st_ino)
+    own_cmdline = open(f"/proc/{me}/cmdline", "rb").read()
+    whose(where, "self/cmdline", lambda fd: os.read(fd, 4096) == own_cmdline)
+    whose(where, "fd", lambda fd: os.fstat(fd).st_ino == os.fstat(victim).st_ino)
 os.truncate("out/fd", 3)
 print("truncated", "mine" if os.fstat(victim).st_size == 3 else "NOT MINE")
 """
