@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, FsRequest
 
 _libc = ctypes.CDLL(None, use_errno=True)
-O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
 ]  # fmt: skip
@@ -31,7 +30,7 @@ class KernelDecides(Exception):
 # would get ITS OWN object (the supervisor's memory, descriptors, terminal). Paths that say so
 # lexically are left to the kernel before this point (requests.SELF_REFERENTIAL); these
 # checks catch the same objects reached through the child's symlinks.
-_SYS_OPENAT2 = 437  # the same on every architecture (added after the syscall table unification)
+_SYS_OPENAT2 = 437  # one number on every architecture since the unified table (not alpha)
 _RESOLVE_NO_MAGICLINKS = 0x02
 _PROC_SUPER_MAGIC = 0x9FA0
 _DEV_TTY = os.makedev(5, 0)
@@ -74,7 +73,7 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
     """openat without following magic links (/proc/PID/fd/N, cwd, root, exe): they would
     resolve in the broker's process. Refused (ELOOP, or EINVAL for flags openat2 is stricter
     about) means: let the kernel decide in the child's own context."""
-    if not flags & (os.O_CREAT | O_TMPFILE):
+    if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
     how = _OpenHow(flags, mode, _RESOLVE_NO_MAGICLINKS)
     fd = _syscall(
