@@ -73,21 +73,16 @@ def restrict_thread(ruleset: KernelRuleset | None) -> None:
 class Broker:
     """One restricted thread; :meth:`call` runs a function in it and returns its result.
 
-    With ``rules=None`` the thread is not restricted: the notification loop, which is,
-    uses such a worker for what needs the supervisor's own standing (the child's /proc).
-    ``kernel`` is the ruleset the thread was restricted with, kept open until :meth:`close`
-    so that other threads of the same generation restrict themselves alike."""
+    ``kernel`` (see :func:`kernel_ruleset`) is the ruleset the thread restricts itself
+    with; the broker owns it and keeps it open until :meth:`close`, so that other threads of
+    the same generation restrict themselves alike. With ``kernel=None`` the thread is not
+    restricted: the notification loop, which is, uses such a worker for what needs the
+    supervisor's own standing (the child's /proc)."""
 
     def __init__(
-        self,
-        rules: Ruleset | None,
-        table: ObjectTable,
-        name: str = "broker",
-        cpu: int | None = None,
+        self, kernel: KernelRuleset | None, name: str = "broker", cpu: int | None = None
     ) -> None:
-        self.rules = rules
-        self.table = table
-        self.kernel = kernel_ruleset(rules, table) if rules is not None else None
+        self.kernel = kernel
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(

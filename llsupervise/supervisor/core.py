@@ -47,7 +47,7 @@ from llsupervise.seccomp import (
     NotificationGone,
     SeccompError,
 )
-from llsupervise.supervisor.broker import Broker
+from llsupervise.supervisor.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.denials import CheckedObject
 from llsupervise.supervisor.engine import (
@@ -209,7 +209,7 @@ class Supervisor:
         self.mutable.replace(self._target())
         try:
             broker = Broker(
-                self.static | self.mutable.pending, self.table,
+                kernel_ruleset(self.static | self.mutable.pending, self.table),
                 f"broker-g{self.mutable.generation + 1}",
             )  # fmt: skip
         except BaseException:
@@ -523,7 +523,7 @@ class Supervisor:
         for rule in rules:
             extra = extra.with_fs(rule.obj, rule.access)
         try:
-            broker: Broker | None = Broker(extra, self.table, "broker-conditional")
+            broker: Broker | None = Broker(kernel_ruleset(extra, self.table), "broker-conditional")
         except Exception:
             broker = None  # the answer below then fails closed
         denial = _denial(
@@ -570,7 +570,7 @@ class Supervisor:
             obj = self.table.adopt(os.dup(o.fd))
             rules = rules.with_fs(obj, o.access)
         try:
-            return Broker(rules, self.table, "broker-once")
+            return Broker(kernel_ruleset(rules, self.table), "broker-once")
         except Exception:
             return None
 

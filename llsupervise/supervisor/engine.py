@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
@@ -138,9 +139,9 @@ class _Server:
     """One generation's serving thread: restricted like that generation's broker, so the
     requests it performs are judged by the kernel with no hand-off to another thread."""
 
-    def __init__(self, broker: Broker, generation: int) -> None:
-        #: Owns the kernel ruleset the server restricts itself with (until it has).
-        self.broker = broker
+    def __init__(self, kernel: KernelRuleset, generation: int) -> None:
+        #: The generation's ruleset (its broker's, open until the server has restricted).
+        self.kernel = kernel
         self.generation = generation
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
         #: Set once the previous server has stopped: one server receives at a time.
@@ -210,7 +211,7 @@ class NotificationLoop:
 
     def run(self) -> None:
         """Serve until every supervisee is gone or :meth:`stop` is called."""
-        self._unrestricted = Broker(None, self.slot.broker.table, "supervisor-proc", self.cpu)
+        self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
         self.slot.on_swap.append(self._switch)
         with self.slot.lock:
             self._start(self.slot.broker, self.slot.generation)
@@ -246,7 +247,7 @@ class NotificationLoop:
     def _start(self, broker: Broker, generation: int) -> _Server | None:
         """Start a server for ``generation``; it waits for its turn before receiving."""
         assert broker.kernel is not None
-        server = _Server(broker, generation)
+        server = _Server(broker.kernel, generation)
         ready: threading.Event = threading.Event()
         server.thread = threading.Thread(
             target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
@@ -276,7 +277,7 @@ class NotificationLoop:
     def _serve(self, server: _Server, ready: threading.Event) -> None:
         try:
             pin_self(self.cpu)
-            restrict_thread(server.broker.kernel)
+            restrict_thread(server.kernel)
         except BaseException as exc:
             self.failure = exc
             ready.set()
