@@ -202,7 +202,14 @@ async def test_requests_a_rule_let_through_are_counted_against_it(
 allowed_access = ["read_file"]
 parent = ["{paths["data"]}", "{paths["data"]}/sub"]
 """
-    script = "for p in ('data/x', 'data/x', 'data/sub/y'): open(p).read()"
+    # The last open is relative to a directory fd: the rule is found through that
+    # directory's path.
+    script = (
+        "import os\n"
+        "for p in ('data/x', 'data/x', 'data/sub/y'): open(p).read()\n"
+        "d = os.open('data', os.O_PATH)\n"
+        "os.close(os.open('sub/y', os.O_RDONLY, dir_fd=d))\n"
+    )
     events: list[dict[str, Any]] = []
     async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
         sup.listeners.append(events.append)
@@ -210,7 +217,7 @@ parent = ["{paths["data"]}", "{paths["data"]}/sub"]
     assert status == 0
     totals = {u["path"]: u["count"] for e in events if e["event"] == "rule_use" for u in e["uses"]}
     # The deepest rule on the way to each file gets it.
-    assert totals == {str(paths["data"]): 2, str(paths["data"] / "sub"): 1}
+    assert totals == {str(paths["data"]): 2, str(paths["data"] / "sub"): 2}
 
 
 @pytest.mark.trio

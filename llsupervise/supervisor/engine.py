@@ -204,6 +204,7 @@ class NotificationLoop:
         #: (path as the child named it, absolute; time) of each request a server performed:
         #: the supervisor counts them against its rules. Bounded: under a flood the oldest go.
         self.performed: collections.deque[tuple[bytes, float]] = collections.deque(maxlen=65536)
+        self._dir_paths: dict[tuple[int, int], bytes] = {}
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
@@ -488,8 +489,21 @@ class NotificationLoop:
     def _note_performed(self, target: Target) -> None:
         path = target.request.path
         if target.dir1 is not None and not path.startswith(b"/"):
-            path = os.fsencode(fd_path(target.dir1)) + b"/" + path
+            path = self._dir_path(target.dir1) + b"/" + path
         self.performed.append((path, time.time()))
+
+    def _dir_path(self, fd: int) -> bytes:
+        """The path of the directory ``fd`` names, remembered by the directory's identity:
+        a program works in the same few directories, and a stat is cheaper than a readlink.
+        (Only rule-use counts read it: a directory renamed since counts under its old path.)"""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        path = self._dir_paths.get(key)
+        if path is None:
+            if len(self._dir_paths) >= MAX_TASKS:
+                self._dir_paths.clear()
+            path = self._dir_paths[key] = os.fsencode(fd_path(fd))
+        return path
 
     def _deny(self, n: Notification, target: Target, generation: int) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, FsRequest
+from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, OPEN_HOW, FsRequest
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [
@@ -58,15 +58,10 @@ def _names_caller(fd: int) -> bool:
     return procfs
 
 
-class _OpenHow(ctypes.Structure):
-    """struct open_how (openat2)."""
-
-    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
-
-
+# No argtypes: converting declared arguments costs a third of the call, and every argument
+# here is a small int (sign-extended to a register by libffi) or bytes (a pointer).
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
@@ -75,11 +70,8 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
     about) means: let the kernel decide in the child's own context."""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
-    how = _OpenHow(flags, mode, _RESOLVE_NO_MAGICLINKS)
-    fd = _syscall(
-        _SYS_OPENAT2, AT_FDCWD if dirfd is None else dirfd, path, ctypes.byref(how),
-        ctypes.sizeof(how),
-    )  # fmt: skip
+    how = OPEN_HOW.pack(flags, mode, _RESOLVE_NO_MAGICLINKS)
+    fd = _syscall(_SYS_OPENAT2, AT_FDCWD if dirfd is None else dirfd, path, how, len(how))
     if fd < 0:
         err = ctypes.get_errno()
         if err in (errno.ELOOP, errno.EINVAL):

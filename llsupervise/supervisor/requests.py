@@ -24,8 +24,8 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 RENAME_EXCHANGE = 1 << 1
 O_ACCMODE = 0o3
-#: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2).
-OPEN_HOW = struct.Struct("<QQQ")
+#: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2), in native byte order.
+OPEN_HOW = struct.Struct("=QQQ")
 
 #: Paths that, opened on the child's behalf, would name the supervisor's own objects instead
 #: of the child's; they are left to the kernel in the child's context. (The same objects
