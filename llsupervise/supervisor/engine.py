@@ -34,6 +34,7 @@ from llsupervise.seccomp import (
     syscall_name,
 )
 from llsupervise.supervisor.broker import Broker, restrict_thread
+from llsupervise.supervisor.childfds import ChildFds, open_child_fd
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
@@ -192,6 +193,9 @@ class NotificationLoop:
         self._tasks: TaskCache[_Task] = TaskCache(
             lambda tid: self._call_unrestricted(lambda: _open_task(tid)), MAX_TASKS
         )
+        self._child_fds = ChildFds(
+            lambda tid, fd: self._call_unrestricted(lambda: open_child_fd(tid, fd))
+        )
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
         self._unsettled: set[int] = set()
@@ -242,6 +246,7 @@ class NotificationLoop:
             server.thread.join()
             server.close()
         self._tasks.close()
+        self._child_fds.close()
         if self._unrestricted is not None:
             self._unrestricted.close()
 
@@ -444,8 +449,7 @@ class NotificationLoop:
             return None
         if dirfd == AT_FDCWD:
             return self._cwd(tid, task)
-        # Not cached: nothing tells us when the child closes or reuses a descriptor number.
-        return self._open_proc(f"/proc/{tid}/fd/{dirfd}")
+        return self._child_fds.open(tid, dirfd)
 
     def _bind(self, n: Notification, r: FsRequest, task: _Task) -> Target | None:
         try:

@@ -36,8 +36,24 @@ _PROC_SUPER_MAGIC = 0x9FA0
 _DEV_TTY = os.makedev(5, 0)
 #: Bytes enough for struct statfs on every architecture; f_type is its first field, a long.
 _STATFS_SIZE = 256
-#: st_dev -> is procfs: a device's filesystem type does not change.
-_procfs_devices: dict[int, bool] = {}
+#: st_dev of a block device -> its filesystem's magic number. Only block devices: an
+#: anonymous device number (major 0: procfs, tmpfs, overlayfs...) is reused by whatever is
+#: mounted next, so a procfs could come to carry the number a tmpfs had.
+_magic_by_device: dict[int, int] = {}
+
+
+def filesystem_magic(fd: int, dev: int) -> int:
+    """The type (``f_type`` of statfs) of the filesystem ``fd`` is on; ``dev`` its st_dev."""
+    magic = _magic_by_device.get(dev)
+    if magic is None:
+        buf = ctypes.create_string_buffer(_STATFS_SIZE)
+        if _libc.fstatfs(fd, buf) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        magic = ctypes.c_long.from_buffer(buf).value
+        if os.major(dev) != 0:
+            _magic_by_device[dev] = magic
+    return magic
 
 
 def _names_caller(fd: int) -> bool:
@@ -46,16 +62,7 @@ def _names_caller(fd: int) -> bool:
     st = os.fstat(fd)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY:
         return True
-    procfs = _procfs_devices.get(st.st_dev)
-    if procfs is None:
-        buf = ctypes.create_string_buffer(_STATFS_SIZE)
-        if _libc.fstatfs(fd, buf) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        procfs = _procfs_devices[st.st_dev] = (
-            ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC
-        )
-    return procfs
+    return filesystem_magic(fd, st.st_dev) == _PROC_SUPER_MAGIC
 
 
 # No argtypes: converting declared arguments costs a third of the call, and every argument
