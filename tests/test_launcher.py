@@ -105,17 +105,27 @@ parent = ["/usr", "/bin", "/lib", "/etc"]
     assert trio.run(main) == 3
 
 
-def test_a_new_session_has_the_pty_as_its_terminal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_a_new_session_has_the_pty_as_its_terminal(tmp_path: Path, via_symlink: bool) -> None:
     # What the terminal interface does: the command's /dev/tty is the pane's pty, so a
     # program that talks to its terminal directly does not write over the interface.
-    make_tree(tmp_path)
+    # Through a symlink to it in a granted directory, the broker opens it unless it sees it
+    # is /dev/tty, which is the child's to open (we may have no terminal at all). Non-blocking,
+    # or the broker would leave it to the kernel as it does a blocking open of a FIFO.
+    paths = make_tree(tmp_path)
+    os.symlink("/dev/tty", paths["data"] / "tty")
+    through = str(paths["data"] / "tty") if via_symlink else "/dev/tty"
     master, slave = os.openpty()
-    script = "import os; fd = os.open('/dev/tty', os.O_WRONLY); os.write(fd, b'to my tty'); " \
-        "print('session', os.getsid(0) == os.getpid())"  # fmt: skip
+    script = (
+        f"import os; fd = os.open({through!r}, os.O_WRONLY | os.O_NONBLOCK); "
+        "os.write(fd, b'to my tty'); print('session', os.getsid(0) == os.getpid())"
+    )
     rules = '[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["/dev/tty"]\n'
+    data = paths["data"]
+    granted = f'[[supervisor.path_beneath]]\nallowed_access = ["write_file"]\nparent = ["{data}"]\n'
 
     async def main() -> int:
-        document = policy(tmp_path, extra_static=rules)
+        document = policy(tmp_path, extra_static=rules, supervisor_rules=granted)
         async with Supervisor.open(document) as sup:
             return await sup.run(
                 [sys.executable, "-c", script], forward_signals=False,

@@ -178,12 +178,25 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     try:
         fd = _openat2(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
     except OSError as exc:
-        if exc.errno == 6 and not flags & os.O_NONBLOCK:  # ENXIO: FIFO without a reader
-            raise KernelDecides("blocking FIFO open") from exc
+        if exc.errno == errno.ENXIO:
+            if not flags & os.O_NONBLOCK:  # a FIFO without a reader: the child's open waits
+                raise KernelDecides("blocking FIFO open") from exc
+            if _is_dev_tty(dirfd, path):  # we have no terminal; the child may well have one
+                raise KernelDecides("/dev/tty") from exc
         raise
     if not flags & os.O_NONBLOCK:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
+
+
+def _is_dev_tty(dirfd: int | None, path: bytes) -> bool:
+    """Whether ``path`` leads to /dev/tty (checked only after an open failed: a stat, which
+    answers this whichever links it follows, never an object for the child)."""
+    try:
+        st = os.stat(path, dir_fd=dirfd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY
 
 
 def _renameat2(dir1: int | None, p1: bytes, dir2: int | None, p2: bytes, flags: int) -> None:
