@@ -59,7 +59,7 @@ def _rules(title: str, rules: Ruleset, table: ObjectTable) -> list[str]:
 def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupport) -> list[str]:
     """What this kernel will enforce for the policy: handled rights and rules, best effort."""
     doc: PolicyDocument = policy.document
-    with KernelRuleset.create(
+    with KernelRuleset(
         doc.handled_fs, doc.handled_net, doc.scoped, support=support, allow_nothing=True
     ) as ruleset:
         report = ruleset.report

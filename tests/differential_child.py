@@ -142,7 +142,7 @@ def sandbox(spec: dict[str, Any]) -> None:
     from llsupervise.landlock import Ruleset, set_no_new_privs
     from llsupervise.rights import AccessFs
 
-    with Ruleset.create(AccessFs(spec["handled"])) as ruleset:
+    with Ruleset(AccessFs(spec["handled"])) as ruleset:
         for path, access in spec["rules"]:
             ruleset.add_path(path, AccessFs(access))
         set_no_new_privs()

@@ -98,7 +98,7 @@ def run_ops(ops: list[list[Any]]) -> list[str]:
 
 def sandbox(spec: dict[str, Any], out: dict[str, Any]) -> None:
     """Build the ruleset, set no_new_privs and restrict the calling thread."""
-    ruleset = Ruleset.create(
+    ruleset = Ruleset(
         AccessFs(spec.get("handled_fs", 0)),
         AccessNet(spec.get("handled_net", 0)),
         Scope(spec.get("scopes", 0)),

@@ -173,7 +173,7 @@ def supervised(
     def loop() -> None:
         if confined_loop:
             set_no_new_privs()
-            with KernelRuleset.create(fs_all(LATEST_ABI), HANDLED, NO_SCOPE) as nothing:
+            with KernelRuleset(fs_all(LATEST_ABI), HANDLED, NO_SCOPE) as nothing:
                 nothing.restrict_self()
         serve(launched.listener, mediator, stop_r)
 

@@ -159,27 +159,6 @@ class Ruleset(FdOwner):
         size = _ruleset_attr_size(report.enforced_net, report.enforced_scopes)
         self._fd = _syscall.create_ruleset(attr, size)
 
-    @classmethod
-    def create(
-        cls,
-        handled_fs: AccessFs,
-        handled_net: AccessNet = NO_NET,
-        scopes: Scope = NO_SCOPE,
-        *,
-        support: KernelSupport | None = None,
-        strict: bool = False,
-        allow_nothing: bool = False,
-    ) -> Ruleset:
-        """Same as the constructor: best effort drops (and reports) what the kernel lacks."""
-        return cls(
-            handled_fs,
-            handled_net,
-            scopes,
-            support=support,
-            strict=strict,
-            allow_nothing=allow_nothing,
-        )
-
     @property
     def closed(self) -> bool:
         return self._closed
@@ -255,6 +234,22 @@ class Ruleset(FdOwner):
         ints: flag operators cost more than the syscall on a 10,000-rule load."""
         handled = int(self.report.enforced_fs)
         return int(access) & (handled if is_dir else handled & _FILE_ACCESS)
+
+    def fill(
+        self,
+        paths: Iterable[tuple[int, AccessFs, bool]],
+        ports: Iterable[tuple[int, AccessNet]] = (),
+    ) -> Self:
+        """Add every rule (see :meth:`add_paths` and :meth:`add_port`) and return the ruleset,
+        ready to restrict with; closed if any rule fails."""
+        try:
+            self.add_paths(paths)
+            for port, access in ports:
+                self.add_port(port, access)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def add_port(self, port: int, access: AccessNet) -> AccessNet:
         """Allow ``access`` on TCP ``port``; return what was added (masked to handled rights)."""

@@ -43,19 +43,9 @@ def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> KernelRuleset:
     """``rules`` as a kernel ruleset, ready to restrict threads with (each calls
     ``restrict_self`` on it): built once per generation for all the threads that use it."""
     # Scopes stay out: they would only limit the broker's own IPC.
-    ruleset = KernelRuleset.create(rules.handled_fs, rules.handled_net, NO_SCOPE)
-    try:
-        paths = []
-        for obj, access in rules.fs.items():
-            held = table.held(obj)
-            paths.append((held.fd, access, held.is_dir))
-        ruleset.add_paths(paths)
-        for port, net_access in rules.net.items():
-            ruleset.add_port(port, net_access)
-    except BaseException:
-        ruleset.close()
-        raise
-    return ruleset
+    return KernelRuleset(rules.handled_fs, rules.handled_net, NO_SCOPE).fill(
+        table.path_rules(rules.fs), rules.net.items()
+    )
 
 
 def restrict_thread(ruleset: KernelRuleset | None) -> None:

@@ -305,7 +305,7 @@ class Supervisor:
             self.static.handled_fs,
             self.static.handled_net,
             self.static.scopes,
-            paths=[(self.table.fd(obj), access) for obj, access in self.static.fs.items()],
+            paths=self.table.path_rules(self.static.fs),
             ports=list(self.static.net.items()),
         )
 

@@ -39,8 +39,8 @@ class StaticLayer:
     handled_fs: AccessFs
     handled_net: AccessNet
     scopes: Scope
-    #: (O_PATH fd owned by the caller, rights); the fds are inherited by the helper only.
-    paths: Sequence[tuple[int, AccessFs]] = ()
+    #: (O_PATH fd owned by the caller, rights, is a directory).
+    paths: Sequence[tuple[int, AccessFs, bool]] = ()
     ports: Sequence[tuple[int, AccessNet]] = ()
     restrict_flags: int = 0
     strict: bool = False
@@ -108,21 +108,14 @@ def _static_ruleset(layer: StaticLayer) -> KernelRuleset | None:
     """The static layer as a kernel ruleset, which the helper restricts itself with; None
     when the layer allows running with nothing enforced and nothing would be."""
     try:
-        ruleset = KernelRuleset.create(
+        ruleset = KernelRuleset(
             layer.handled_fs, layer.handled_net, layer.scopes,
             strict=layer.strict, allow_nothing=layer.allow_nothing,
         )  # fmt: skip
         if ruleset.report.enforced_nothing:
             ruleset.close()
             return None
-        try:
-            for fd, access in layer.paths:
-                ruleset.add_path(fd, access)
-            for port, net_access in layer.ports:
-                ruleset.add_port(port, net_access)
-        except BaseException:
-            ruleset.close()
-            raise
+        ruleset.fill(layer.paths, layer.ports)
     except LandlockError as exc:
         raise LaunchError(f"cannot confine the command: {exc}") from exc
     return ruleset

@@ -89,7 +89,7 @@ def restrict_thread(key: ThreadKey, support: KernelSupport) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     lower_capabilities(key.caps)
     set_no_new_privs()
-    with KernelRuleset.create(NO_FS, key.rules.handled, NO_SCOPE, support=support) as ruleset:
+    with KernelRuleset(NO_FS, key.rules.handled, NO_SCOPE, support=support) as ruleset:
         for port, access in key.rules.ports:
             ruleset.add_port(port, access)
         ruleset.restrict_self()

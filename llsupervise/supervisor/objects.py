@@ -99,6 +99,14 @@ class ObjectTable:
     def label(self, obj: ObjectId) -> str:
         return self._held[obj].label
 
+    def path_rules(self, fs: Mapping[ObjectId, AccessFs]) -> list[tuple[int, AccessFs, bool]]:
+        """``fs`` rules as a kernel ruleset takes them: (our fd, rights, is a directory)."""
+        rules = []
+        for obj, access in fs.items():
+            held = self._held[obj]
+            rules.append((held.fd, access, held.is_dir))
+        return rules
+
     def is_dir(self, obj: ObjectId) -> bool:
         return self._held[obj].is_dir
 

@@ -103,7 +103,7 @@ def kernel_report(sup: Supervisor) -> dict[str, Any]:
     doc = sup.policy.document
     if support.abi == 0:
         return {"abi": 0, "lines": ["Landlock is not available: nothing is enforced"]}
-    with KernelRuleset.create(
+    with KernelRuleset(
         doc.handled_fs, doc.handled_net, doc.scoped, support=support, allow_nothing=True
     ) as ruleset:
         report = ruleset.report
