@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from supervised import SECRET, SYSTEM_DIRS, make_tree, policy, run_script
+from supervised import PUBLIC, SECRET, SYSTEM_DIRS, make_tree, policy, run_script
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.decisions import ModeDecisions
@@ -24,6 +24,23 @@ DATA_RW = """
 allowed_access = ["abi.read_write"]
 parent = ["{data}"]
 """
+
+
+async def run_granted_data(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    script: str,
+    *args: str,
+) -> tuple[int, str]:
+    """Run ``script`` supervised with the test tree as its cwd and data/ granted read-write
+    by a supervisor rule; its exit status and output."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rules = DATA_RW.format(data=paths["data"])
+    status = await run_script(tmp_path, script, *args, supervisor_rules=rules)
+    return status, capfd.readouterr().out
+
 
 ATTEMPTS = r"""
 import os, sys
@@ -65,11 +82,8 @@ attempt("granted", lambda: read("data/x"))
 async def test_path_tricks_never_reach_the_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    paths = make_tree(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    rules = DATA_RW.format(data=paths["data"])
-    status = await run_script(tmp_path, ATTEMPTS, SECRET.decode(), supervisor_rules=rules)
-    out = dict(line.split(" ", 1) for line in capfd.readouterr().out.splitlines())
+    status, output = await run_granted_data(tmp_path, monkeypatch, capfd, ATTEMPTS, SECRET.decode())
+    out = dict(line.split(" ", 1) for line in output.splitlines())
     assert status == 0
     assert "LEAK" not in out.values()
     for name in ("dotdot", "dirfd_dotdot", "symlink", "read_hardlink", "read_moved",
@@ -78,7 +92,7 @@ async def test_path_tricks_never_reach_the_secret(
     assert out["hardlink"].startswith("errno")  # refer: a link may not widen access
     assert out["rename_in"].startswith("errno")
     assert out["granted"] == "ok"  # the grant itself works
-    assert (paths["secret"] / "s").read_bytes() == SECRET
+    assert (tmp_path / "secret" / "s").read_bytes() == SECRET
 
 
 RACE = r"""
@@ -111,14 +125,53 @@ async def test_rewriting_the_path_buffer_after_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Another thread swaps the path between a granted and a denied file during each open."""
-    paths = make_tree(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    rules = DATA_RW.format(data=paths["data"])
-    status = await run_script(tmp_path, RACE, SECRET.decode(), supervisor_rules=rules)
-    words = capfd.readouterr().out.split()
+    status, output = await run_granted_data(tmp_path, monkeypatch, capfd, RACE, SECRET.decode())
+    words = output.split()
     assert status == 0
     assert words[0] == "opened" and int(words[1]) > 0  # the granted file did open
     assert words[2:] == ["leaked", "0"]
+
+
+# Another thread moves fd 50 between the granted and the secret directory while the main
+# thread opens names relative to it: what the supervisor keeps of a dirfd must follow.
+DIRFD_FLIP = r"""
+import os, sys, threading
+SECRET, PUBLIC = sys.argv[1].encode(), sys.argv[2].encode()
+data, secret = os.open("data", os.O_PATH), os.open("secret", os.O_PATH)
+os.dup2(data, 50)
+stop = False
+def flip():
+    while not stop:
+        os.dup2(secret, 50)
+        os.dup2(data, 50)
+t = threading.Thread(target=flip); t.start()
+opened = leaked = wrong = 0
+for i in range(3000):
+    try:
+        fd = os.open("x" if i % 2 else "s", os.O_RDONLY, dir_fd=50)
+    except OSError:
+        continue
+    opened += 1
+    content = os.read(fd, 100)
+    leaked += SECRET in content
+    wrong += content != PUBLIC
+    os.close(fd)
+stop = True; t.join()
+print("opened", opened, "leaked", leaked, "wrong", wrong)
+"""
+
+
+@pytest.mark.trio
+async def test_a_dirfd_moved_between_directories_during_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    status, output = await run_granted_data(
+        tmp_path, monkeypatch, capfd, DIRFD_FLIP, SECRET.decode(), PUBLIC.decode()
+    )
+    words = output.split()
+    assert status == 0, output
+    assert words[0] == "opened" and int(words[1]) > 0, output  # data/x did open
+    assert words[2:] == ["leaked", "0", "wrong", "0"], output
 
 
 THREADS_AND_FORKS = r"""
@@ -150,11 +203,10 @@ print(sorted(set(map(str, results))), os.waitstatus_to_exitcode(st))
 async def test_threads_and_forked_children_are_supervised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    paths = make_tree(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    rules = DATA_RW.format(data=paths["data"])
-    status = await run_script(tmp_path, THREADS_AND_FORKS, SECRET.decode(), supervisor_rules=rules)
-    out = capfd.readouterr().out.strip()
+    status, output = await run_granted_data(
+        tmp_path, monkeypatch, capfd, THREADS_AND_FORKS, SECRET.decode()
+    )
+    out = output.strip()
     assert status == 0
     assert out == "[\"('data/x', False)\", \"('secret/s', 13)\"] 0"
 
@@ -281,11 +333,8 @@ print("truncated", "mine" if os.fstat(victim).st_size == 3 else "NOT MINE")
 async def test_symlinks_to_caller_relative_objects_reach_the_childs_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    paths = make_tree(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    rules = DATA_RW.format(data=paths["data"])
-    status = await run_script(tmp_path, CALLER_RELATIVE, supervisor_rules=rules)
-    out = capfd.readouterr().out
+    status, output = await run_granted_data(tmp_path, monkeypatch, capfd, CALLER_RELATIVE)
+    out = output
     assert status == 0, out
     results = [line.split(" ", 2) for line in out.splitlines()]
     assert len(results) == 9, out
@@ -317,12 +366,11 @@ print("in my cwd", sorted(os.listdir(".")))
 async def test_a_symlink_to_proc_self_names_the_childs_own_directories(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    paths = make_tree(tmp_path)
-    monkeypatch.chdir(tmp_path)  # the supervisor's cwd: not where the child works
-    rules = DATA_RW.format(data=paths["data"])
-    status = await run_script(tmp_path, CWD_THROUGH_PROC, str(tmp_path), supervisor_rules=rules)
-    out = capfd.readouterr().out
+    status, output = await run_granted_data(
+        tmp_path, monkeypatch, capfd, CWD_THROUGH_PROC, str(tmp_path)
+    )  # the supervisor's cwd: not where the child works
+    out = output
     assert status == 0, out
     assert "mkdir ok" in out and "rename ok" in out, out
-    assert (paths["out"] / "moved").is_dir()
+    assert (tmp_path / "out" / "moved").is_dir()
     assert not (tmp_path / "made").exists() and not (tmp_path / "moved").exists()
