@@ -11,6 +11,7 @@ import trio
 
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import parse_policy
+from llsupervise.supervisor.core import Supervisor
 
 #: What any program here needs to start: the system and this Python installation.
 SYSTEM_DIRS = sorted(
@@ -89,10 +90,48 @@ def lines(path: Path) -> list[str]:
         return []
 
 
+# Reads data/x once per iteration and logs the outcome through an fd opened before the loop.
+READ_LOOP = r"""
+import os, sys, time
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+stop = sys.argv[2]
+while not os.path.exists(stop):
+    try:
+        with open("data/x", "rb") as f:
+            os.write(log, b"ok " + f.read())
+    except OSError as e:
+        os.write(log, b"err %d\n" % e.errno)
+    time.sleep(0.005)
+"""
+#: A read-loop line for a read of data/x that worked.
+READ_OK = "ok " + PUBLIC.decode().strip()
+
+
+class ReadLoop:
+    """A supervised child (cwd: the test tree) reading data/x until stopped, each outcome a
+    line of out/log: ``ok <content>`` or ``err <errno>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.log, self.stop_file = root / "out" / "log", root / "out" / "stop"
+        self.log.touch()
+        self.status: list[int] = []
+
+    def lines(self) -> list[str]:
+        return lines(self.log)
+
+    def start(self, sup: Supervisor, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._run, sup)
+
+    async def _run(self, sup: Supervisor) -> None:
+        argv = [sys.executable, "-c", READ_LOOP, str(self.log), str(self.stop_file)]
+        self.status.append(await sup.run(argv, forward_signals=False))
+
+    def stop(self) -> None:
+        self.stop_file.touch()
+
+
 async def run_script(root: Path, script: str, *args: str, supervisor_rules: str = "") -> int:
     """Run a Python script as the supervised child in ``root`` (cwd); return its status."""
-    from llsupervise.supervisor.core import Supervisor
-
     doc = policy(root, supervisor_rules=supervisor_rules)
     async with Supervisor.open(doc) as sup:
         return await sup.run([sys.executable, "-c", script, *args], forward_signals=False)

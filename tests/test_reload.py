@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,12 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from supervised import PUBLIC, lines, make_tree, policy_text, wait_until
-from test_supervisor_live import READ_LOOP
+from supervised import READ_OK, ReadLoop, make_tree, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.reload import PolicyFile
-
-OK = "ok " + PUBLIC.decode().strip()
 
 
 def rule(path: Path | str, access: str = '"read_file"') -> str:
@@ -55,34 +51,27 @@ async def test_saving_the_policy_grants_revokes_and_a_broken_save_changes_nothin
 ) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    log, stop = paths["out"] / "log", paths["out"] / "stop"
-    log.touch()
+    reader = ReadLoop(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path))
     events: list[dict[str, Any]] = []
     doc = load_policy(policy, env(tmp_path))
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)
-        status: list[int] = []
-
-        async def child() -> None:
-            argv = [sys.executable, "-c", READ_LOOP, str(log), str(stop)]
-            status.append(await sup.run(argv, forward_signals=False))
-
-        nursery.start_soon(child)
-        await wait_until(lambda: "err 13" in lines(log), "a first denial")
+        reader.start(sup, nursery)
+        await wait_until(lambda: "err 13" in reader.lines(), "a first denial")
 
         save(policy, policy_text(tmp_path, supervisor_rules=rule(paths["data"])))
-        mark = len(lines(log))
-        await wait_until(lambda: OK in lines(log)[mark:], "the saved rule to grant")
+        mark = len(reader.lines())
+        await wait_until(lambda: READ_OK in reader.lines()[mark:], "the saved rule to grant")
         [event] = reloads(events)
         assert event == {"event": "reload", "ok": True, "generation": sup.generation}
         assert labels(sup) == {str(paths["data"]): AccessFs.READ_FILE}
 
         save(policy, policy_text(tmp_path), style="in place")
         await wait_until(lambda: not sup.permanent.fs, "the rule to go")
-        mark = len(lines(log))
-        await wait_until(lambda: "err 13" in lines(log)[mark:], "the kernel to deny again")
+        mark = len(reader.lines())
+        await wait_until(lambda: "err 13" in reader.lines()[mark:], "the kernel to deny again")
 
         # Broken: the data rule is back, but one access name is wrong. Nothing may change.
         generation, count = sup.generation, len(reloads(events))
@@ -99,11 +88,11 @@ async def test_saving_the_policy_grants_revokes_and_a_broken_save_changes_nothin
         )
         assert "raed_file" in event["error"]
         assert sup.generation == generation and not sup.permanent.fs
-        mark = len(lines(log))
-        await wait_until(lambda: len(lines(log)) > mark + 20, "more reads")
-        assert OK not in lines(log)[mark:]
-        stop.touch()
-    assert status == [0]
+        mark = len(reader.lines())
+        await wait_until(lambda: len(reader.lines()) > mark + 20, "more reads")
+        assert READ_OK not in reader.lines()[mark:]
+        reader.stop()
+    assert reader.status == [0]
 
 
 @pytest.mark.trio
@@ -116,8 +105,7 @@ async def test_rapid_saves_end_with_the_last_files_rules(
     dirs = [tmp_path / f"d{i}" for i in range(5)]
     for d in dirs:
         d.mkdir()
-    log, stop = paths["out"] / "log", paths["out"] / "stop"
-    log.touch()
+    reader = ReadLoop(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path))
     rng = random.Random(4)
@@ -143,22 +131,17 @@ async def test_rapid_saves_end_with_the_last_files_rules(
     doc = load_policy(policy, env(tmp_path))
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)
-
-        async def child() -> None:
-            argv = [sys.executable, "-c", READ_LOOP, str(log), str(stop)]
-            await sup.run(argv, forward_signals=False)
-
-        nursery.start_soon(child)
-        await wait_until(lambda: "err 13" in lines(log), "a first denial")
+        reader.start(sup, nursery)
+        await wait_until(lambda: "err 13" in reader.lines(), "a first denial")
         await trio.to_thread.run_sync(save_all)
         expected = {str(paths["data"]): AccessFs.READ_FILE, str(dirs[1]): AccessFs.READ_DIR}
         await wait_until(lambda: labels(sup) == expected, "the last save's rules")
-        mark = len(lines(log))
-        await wait_until(lambda: OK in lines(log)[mark:], "the kernel to allow data/x")
+        mark = len(reader.lines())
+        await wait_until(lambda: READ_OK in reader.lines()[mark:], "the kernel to allow data/x")
         assert reloads(events) and reloads(events)[-1]["ok"] is True
         # Nothing left to apply: the file's text is the one in force.
         assert sup.policy_file is not None and sup.policy_file.check() is None
-        stop.touch()
+        reader.stop()
 
 
 def test_static_changes_are_reported_and_the_supervisor_part_applied(tmp_path: Path) -> None:

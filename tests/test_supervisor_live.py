@@ -10,26 +10,12 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import PUBLIC, lines, make_tree, policy, wait_until
+from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
 from llsupervise.supervisor.engine import NotificationLoop, Pending
 from llsupervise.supervisor.launcher import launch
-
-# Reads data/x once per iteration and logs the outcome through an fd opened before the loop.
-READ_LOOP = r"""
-import os, sys, time
-log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
-stop = sys.argv[2]
-while not os.path.exists(stop):
-    try:
-        with open("data/x", "rb") as f:
-            os.write(log, b"ok " + f.read())
-    except OSError as e:
-        os.write(log, b"err %d\n" % e.errno)
-    time.sleep(0.005)
-"""
 
 
 @pytest.mark.trio
@@ -38,26 +24,19 @@ async def test_grant_and_revoke_while_running(
 ) -> None:
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    log, stop = paths["out"] / "log", paths["out"] / "stop"
-    log.touch()
+    reader = ReadLoop(tmp_path)
     async with Supervisor.open(policy(tmp_path)) as sup, trio.open_nursery() as nursery:
-        status: list[int] = []
-
-        async def child() -> None:
-            argv = [sys.executable, "-c", READ_LOOP, str(log), str(stop)]
-            status.append(await sup.run(argv, forward_signals=False))
-
-        nursery.start_soon(child)
-        await wait_until(lambda: "err 13" in lines(log), "a first denial")
+        reader.start(sup, nursery)
+        await wait_until(lambda: "err 13" in reader.lines(), "a first denial")
         generation = sup.add_rule(str(paths["data"]), AccessFs.READ_FILE)
-        mark = len(lines(log))
-        await wait_until(lambda: "ok " + PUBLIC.decode().strip() in lines(log)[mark:], "grant")
+        mark = len(reader.lines())
+        await wait_until(lambda: READ_OK in reader.lines()[mark:], "grant")
         assert sup.generation == generation
         sup.remove_rule(str(paths["data"]))
-        mark = len(lines(log))
-        await wait_until(lambda: "err 13" in lines(log)[mark:], "revocation")
-        stop.touch()
-    assert status == [0]
+        mark = len(reader.lines())
+        await wait_until(lambda: "err 13" in reader.lines()[mark:], "revocation")
+        reader.stop()
+    assert reader.status == [0]
 
 
 FD_RIGHTS = r"""

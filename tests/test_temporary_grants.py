@@ -8,7 +8,6 @@ costs no real time.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,14 +16,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from supervised import PUBLIC, lines, make_tree, policy
-from test_supervisor_live import READ_LOOP
+from supervised import READ_OK, ReadLoop, make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.decisions import ModeDecisions
 from llsupervise.supervisor.events import Answer, Decision, Denial
 
-OK = "ok " + PUBLIC.decode().strip()
 GRANT_SECONDS = 30.0
 
 
@@ -57,8 +54,7 @@ async def test_a_grant_for_a_while_expires_and_the_kernel_denies_again(
     autojump_clock.autojump_threshold = math.inf  # time moves only when the test says so
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    log, stop = paths["out"] / "log", paths["out"] / "stop"
-    log.touch()
+    reader = ReadLoop(tmp_path)
     frontend = AllowForThenDeny()
     decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
     events: list[dict[str, Any]] = []
@@ -67,14 +63,9 @@ async def test_a_grant_for_a_while_expires_and_the_kernel_denies_again(
         trio.open_nursery() as nursery,
     ):
         sup.listeners.append(events.append)
-
-        async def child() -> None:
-            argv = [sys.executable, "-c", READ_LOOP, str(log), str(stop)]
-            await sup.run(argv, forward_signals=False)
-
-        nursery.start_soon(child)
-        await wait_real(lambda: lines(log).count(OK) >= 20, "reads under the grant")
-        assert "err 13" not in lines(log)  # the first read was asked about and allowed
+        reader.start(sup, nursery)
+        await wait_real(lambda: reader.lines().count(READ_OK) >= 20, "reads under the grant")
+        assert "err 13" not in reader.lines()  # the first read was asked about and allowed
         [granted] = [e for e in events if e["event"] == "denial"]
         assert granted["decision"] == "allow_for"
         assert granted["rules"] == [
@@ -83,15 +74,15 @@ async def test_a_grant_for_a_while_expires_and_the_kernel_denies_again(
 
         autojump_clock.jump(GRANT_SECONDS - 1)
         await trio.testing.wait_all_tasks_blocked()
-        mark = len(lines(log))
-        await wait_real(lambda: len(lines(log)) > mark + 20, "reads just before expiry")
-        assert set(lines(log)[mark:]) == {OK}
+        mark = len(reader.lines())
+        await wait_real(lambda: len(reader.lines()) > mark + 20, "reads just before expiry")
+        assert set(reader.lines()[mark:]) == {READ_OK}
 
         autojump_clock.jump(1)
-        await wait_real(lambda: "err 13" in lines(log)[mark:], "the kernel to deny again")
+        await wait_real(lambda: "err 13" in reader.lines()[mark:], "the kernel to deny again")
         assert not sup.mutable.committed.fs  # the temporary rule is gone
         asked = [d.path for d in frontend.asked]
         assert len(asked) >= 2 and set(asked) == {str(paths["data"] / "x")}
         denials = [e for e in events if e["event"] == "denial"]
         assert [e["decision"] for e in denials[:2]] == ["allow_for", "deny"]
-        stop.touch()
+        reader.stop()
