@@ -144,6 +144,32 @@ async def test_rapid_saves_end_with_the_last_files_rules(
         reader.stop()
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.trio
+async def test_cancelling_the_watch_ends_its_thread_without_waiting_for_a_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run ends by cancelling the watch: the watching thread must stop then, not at
+    its next timeout (which here would be ten minutes away: the test would time out)."""
+    from llsupervise.supervisor import reload
+
+    monkeypatch.setattr(reload, "RUST_TIMEOUT_MS", 600_000)
+    paths = make_tree(tmp_path)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(tmp_path))
+    events: list[dict[str, Any]] = []
+    async with Supervisor.open(load_policy(policy, env(tmp_path)), watch=True) as sup:
+        assert sup.policy_file is not None
+        sup.listeners.append(events.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.policy_file.watch)
+            # A reload proves the thread watches; it then waits for the next change.
+            save(policy, policy_text(tmp_path, supervisor_rules=rule(paths["data"])))
+            await wait_until(lambda: bool(reloads(events)), "the save to be seen")
+            nursery.cancel_scope.cancel()
+    assert reloads(events)[0]["ok"] is True
+
+
 def test_static_changes_are_reported_and_the_supervisor_part_applied(tmp_path: Path) -> None:
     paths = make_tree(tmp_path)
     policy = tmp_path / "policy.toml"

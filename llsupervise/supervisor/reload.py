@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import trio
 import watchfiles
 
 from llsupervise.errors import LLSuperviseError
@@ -106,6 +107,18 @@ class PolicyFile:
 
     async def watch(self) -> None:
         """Reload on every change until cancelled."""
+        # The watching thread returns at its next step once ``stop`` is set; cancelling
+        # awatch alone would wait for its timeout (it cannot interrupt the thread), and every
+        # run would end RUST_TIMEOUT_MS late.
+        stop = trio.Event()  # only read (is_set) by the watching thread
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, stop)
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+    async def _watch(self, stop: trio.Event) -> None:
         directory, name = os.path.split(self.path)
 
         def only_the_policy(_change: watchfiles.Change, path: str) -> bool:
@@ -117,6 +130,7 @@ class PolicyFile:
             watch_filter=only_the_policy,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
+            stop_event=stop,
             rust_timeout=RUST_TIMEOUT_MS,
             yield_on_timeout=True,
             recursive=False,
