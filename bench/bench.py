@@ -156,10 +156,12 @@ def main() -> None:
             spread = f"{min(runs[how]):.3f}-{max(runs[how]):.3f}"
             # Supervision's own cost per file: the disk's mood moves bare and Landlock-only
             # runs several-fold, and both sides of this difference alike.
-            per_file = (
-                f"  +{(walls[how] - walls['landlock']) / args.files * 1e6:5.1f} µs/file"
-                if how in ("supervised", "one-cpu") else ""
-            )  # fmt: skip
+            if how == "bare":
+                per_file = f"  {walls[how] / args.files * 1e6:6.1f} µs/file"
+            elif how in ("supervised", "one-cpu"):
+                per_file = f"  +{(walls[how] - walls['landlock']) / args.files * 1e6:5.1f} µs/file"
+            else:
+                per_file = ""
             print(f"  {label:26s} {walls[how]:8.3f}  ×{ratio:5.2f} bare  ×{vs_ll:5.2f} landlock"
                   f"   (runs {spread}){per_file}")  # fmt: skip
         start = [run_capture(["true"], "supervised", root)[1] for _ in range(args.repeat)]
