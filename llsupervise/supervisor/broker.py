@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,6 +24,8 @@ from llsupervise.supervisor.objects import ObjectTable
 from llsupervise.supervisor.placement import pin_self
 
 T = TypeVar("T")
+#: A call's number, as handed to the broker thread (one pipe write: never split).
+_NUMBER = struct.Struct("=Q")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -77,11 +80,12 @@ class Broker:
         self, kernel: KernelRuleset | None, name: str = "broker", cpu: int | None = None
     ) -> None:
         self.kernel = kernel
-        #: One caller at a time; calls are numbered so that a caller interrupted while it
-        #: waited (its job still runs) leaves nothing behind for the next one to mistake.
+        #: One caller at a time. A call is handed over as its number, which the broker
+        #: takes its job by; results carry it back, so a caller interrupted while it waited
+        #: (its job still runs, once) leaves nothing that the next one could take for its own.
         self._lock = threading.Lock()
         self._sequence = 0
-        self._job: tuple[int, Callable[[], Any]] | None = None
+        self._jobs: dict[int, Callable[[], Any]] = {}
         self._result: tuple[int, bool, Any] = (0, True, None)
         self._go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         self._done_r, self._done_w = os.pipe2(os.O_CLOEXEC)
@@ -104,10 +108,9 @@ class Broker:
             ready.put(exc)
             return
         ready.put(None)
-        while os.read(self._go_r, 1) == b"j":
-            job = self._job
-            assert job is not None
-            sequence, fn = job
+        while len(handed := os.read(self._go_r, _NUMBER.size)) == _NUMBER.size:
+            (sequence,) = _NUMBER.unpack(handed)
+            fn = self._jobs.pop(sequence)
             try:
                 self._result = (sequence, True, fn())
             except BaseException as exc:
@@ -119,14 +122,13 @@ class Broker:
             if self._go_w < 0:
                 raise RuntimeError("broker is closed")
             self._sequence += 1
-            self._job = (self._sequence, fn)
-            os.write(self._go_w, b"j")
+            self._jobs[self._sequence] = fn
+            os.write(self._go_w, _NUMBER.pack(self._sequence))
             while True:
                 os.read(self._done_r, 1)
                 sequence, ok, value = self._result
                 if sequence == self._sequence:
                     break
-            self._job = None
             self._result = (0, True, None)  # drop the reference to the value
         if ok:
             result: T = value
@@ -137,7 +139,7 @@ class Broker:
         """Finish the call in flight, then end the thread."""
         with self._lock:
             if self._go_w >= 0 and self._thread.is_alive():
-                os.write(self._go_w, b"q")
+                os.write(self._go_w, b"q")  # shorter than a number: the loop ends
                 self._thread.join()
             self._close_fds()
 
