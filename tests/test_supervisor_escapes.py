@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,13 @@ async def run_granted_data(
     capfd: pytest.CaptureFixture[str],
     script: str,
     *args: str,
+    prepare: Callable[[dict[str, Path]], None] | None = None,
 ) -> tuple[int, str]:
-    """Run ``script`` supervised with the test tree as its cwd and data/ granted read-write
-    by a supervisor rule; its exit status and output."""
+    """Run ``script`` supervised with the test tree (after ``prepare``) as its cwd and
+    data/ granted read-write by a supervisor rule; its exit status and output."""
     paths = make_tree(tmp_path)
+    if prepare is not None:
+        prepare(paths)
     monkeypatch.chdir(tmp_path)
     rules = DATA_RW.format(data=paths["data"])
     status = await run_script(tmp_path, script, *args, supervisor_rules=rules)
@@ -172,6 +176,51 @@ async def test_a_dirfd_moved_between_directories_during_requests(
     assert status == 0, output
     assert words[0] == "opened" and int(words[1]) > 0, output  # data/x did open
     assert words[2:] == ["leaked", "0", "wrong", "0"], output
+
+
+# Reads a root-only file in the granted directory as root, then again after giving up root:
+# the second read must be judged with the child's own credentials.
+DROPPED_ROOT = r"""
+import os
+def read(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        return f"errno {e.errno}"
+    try:
+        return os.read(fd, 100).decode().strip()
+    finally:
+        os.close(fd)
+print("as root:", read("data/root-only"))
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+print("as nobody:", read("data/root-only"))
+print("world-readable, as nobody:", read("data/x"))
+"""
+
+
+@pytest.mark.trio
+async def test_a_child_that_gave_up_root_gets_nothing_performed_with_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The broker acts with the supervisor's credentials: for a thread whose credentials
+    differ, the kernel judges alone (its credentials, the static layer)."""
+
+    def root_only(paths: dict[str, Path]) -> None:
+        (paths["data"] / "root-only").write_bytes(SECRET)
+        (paths["data"] / "root-only").chmod(0o600)
+        paths["data"].chmod(0o755)
+
+    status, output = await run_granted_data(
+        tmp_path, monkeypatch, capfd, DROPPED_ROOT, prepare=root_only
+    )
+    assert status == 0, output
+    assert output.splitlines() == [
+        "as root: " + SECRET.decode().strip(),
+        "as nobody: errno 13",
+        "world-readable, as nobody: errno 13",  # data/ is not in the static layer
+    ]
 
 
 THREADS_AND_FORKS = r"""

@@ -155,6 +155,16 @@ _X86_64 = {
     "pivot_root": 155,
     "unshare": 272,
     "setns": 308,
+    "setuid": 105,
+    "setgid": 106,
+    "setreuid": 113,
+    "setregid": 114,
+    "setgroups": 116,
+    "setresuid": 117,
+    "setresgid": 119,
+    "setfsuid": 122,
+    "setfsgid": 123,
+    "capset": 126,
 }
 _AARCH64 = {
     "openat": 56,
@@ -182,6 +192,16 @@ _AARCH64 = {
     "pivot_root": 41,
     "unshare": 97,
     "setns": 268,
+    "capset": 91,
+    "setregid": 143,
+    "setgid": 144,
+    "setreuid": 145,
+    "setuid": 146,
+    "setresuid": 147,
+    "setresgid": 149,
+    "setfsuid": 151,
+    "setfsgid": 152,
+    "setgroups": 159,
 }
 
 #: Architecture name -> {syscall name -> number}.
@@ -218,9 +238,19 @@ MEDIATED_FS_SYSCALLS: Final = (
     "truncate",
 )
 
-#: Syscalls that change how a task's relative paths resolve (cwd, root, namespaces) or which
-#: mode its new files get (umask): the supervisor forgets what it cached about the task.
-CONTEXT_SYSCALLS: Final = ("chdir", "fchdir", "chroot", "pivot_root", "unshare", "setns", "umask")
+#: Syscalls that change a thread's credentials: what the kernel checks its access with.
+CREDENTIAL_SYSCALLS: Final = (
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid",
+    "setfsgid", "setgroups", "capset",
+)  # fmt: skip
+
+#: Syscalls that change how a task's relative paths resolve (cwd, root, namespaces), which
+#: mode its new files get (umask) or with whose credentials it acts: the supervisor forgets
+#: what it cached about the task.
+CONTEXT_SYSCALLS: Final = (
+    "chdir", "fchdir", "chroot", "pivot_root", "unshare", "setns", "umask",
+    *CREDENTIAL_SYSCALLS,
+)  # fmt: skip
 
 #: Network syscalls Landlock mediates (TCP bind/connect).
 NET_SYSCALLS: Final = ("bind", "connect")

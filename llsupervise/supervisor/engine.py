@@ -35,6 +35,7 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.broker import Broker, restrict_thread
 from llsupervise.supervisor.childfds import ChildFds, open_child_fd
+from llsupervise.supervisor.credentials import acts_as, own_credentials
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
@@ -106,24 +107,29 @@ class _Task:
     #: changed them (see NotificationLoop._unsettle).
     cwd: int | None = None
     cached_umask: int | None = None
+    #: Whether the thread's access credentials are ours (see credentials).
+    cached_as_us: bool | None = None
 
     def forget_context(self) -> None:
         if self.cwd is not None:
             os.close(self.cwd)
-        self.cwd = self.cached_umask = None
+        self.cwd = self.cached_umask = self.cached_as_us = None
 
     def close(self) -> None:
         self.forget_context()
         self.memory.close()
         os.close(self.status)
 
-    def read_umask(self) -> int:
+    def read_status(self) -> dict[bytes, bytes]:
+        """The thread's status fields now; none once it is gone."""
         try:
-            fields = status_fields(os.pread(self.status, 4096, 0))
+            return status_fields(os.pread(self.status, 4096, 0))
         except OSError:
-            fields = {}
+            return {}
+
+    def read_umask(self) -> int:
         # Unknown: the narrowest usual umask, never a wider mode.
-        return status_number(fields, b"Umask", 8, 0o077)
+        return status_number(self.read_status(), b"Umask", 8, 0o077)
 
 
 def _open_task(tid: int) -> _Task:
@@ -190,6 +196,8 @@ class NotificationLoop:
         self.on_denial = on_denial
         self.on_exec = on_exec
         self.arch = native_arch()
+        #: Read here: the serving threads, restricted, may not read /proc.
+        self._credentials = own_credentials()
         self._tasks: TaskCache[_Task] = TaskCache(
             lambda tid: self._call_unrestricted(lambda: _open_task(tid)), MAX_TASKS
         )
@@ -373,6 +381,14 @@ class NotificationLoop:
         task.cwd = fd
         return os.dup(fd)
 
+    def _acts_as_us(self, task: _Task) -> bool:
+        if task.cached_as_us is not None:
+            return task.cached_as_us
+        as_us = acts_as(task.read_status(), self._credentials)
+        if not self._unsettled:
+            task.cached_as_us = as_us
+        return as_us
+
     def _umask(self, task: _Task) -> int:
         if task.cached_umask is not None:
             return task.cached_umask
@@ -406,6 +422,10 @@ class NotificationLoop:
             return
         request, task = decoded
         if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
+            self.listener.send_continue(n.id)
+            return
+        if not self._acts_as_us(task):
+            # Performed by us, it would have our credentials: the kernel judges it with its.
             self.listener.send_continue(n.id)
             return
         # Still waiting, so the memory read (through a fd opened before) was the task's.
