@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from llsupervise.supervisor.operations import filesystem_magic
 UNIQUE_INODE_FILESYSTEMS = frozenset({0xEF53, 0x01021994, 0x58465342})
 #: Kept child descriptors (two of ours each); past it the oldest goes.
 MAX_KEPT = 64
+#: Seconds between looks for kept objects the child no longer names: until then we keep
+#: them in use (a filesystem cannot be unmounted while we hold a directory on it).
+SWEEP_SECONDS = 0.25
 
 
 @dataclass
@@ -93,6 +97,10 @@ class ChildFds:
     def __init__(self, open_unrestricted: Callable[[int, int], tuple[int, Kept | None]]) -> None:
         self._open = open_unrestricted
         self._kept: dict[tuple[int, int], Kept] = {}
+        self._swept = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def open(self, tid: int, fd: int) -> int:
         """An O_PATH descriptor (ours to close) of what the thread's ``fd`` names; OSError as
@@ -105,11 +113,21 @@ class ChildFds:
             del self._kept[key]
             kept.close()
         ours, kept = self._open(tid, fd)
+        if time.monotonic() - self._swept >= SWEEP_SECONDS:
+            self.sweep()
         if kept is not None:
             if len(self._kept) >= MAX_KEPT:
                 self._kept.pop(next(iter(self._kept))).close()
             self._kept[key] = kept
         return ours
+
+    def sweep(self) -> None:
+        """Let go of what the children's descriptors no longer name."""
+        for key, kept in list(self._kept.items()):
+            if not kept.still_named():
+                del self._kept[key]
+                kept.close()
+        self._swept = time.monotonic()
 
     def close(self) -> None:
         while self._kept:

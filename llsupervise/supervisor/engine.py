@@ -34,7 +34,7 @@ from llsupervise.seccomp import (
     syscall_name,
 )
 from llsupervise.supervisor.broker import Broker, restrict_thread
-from llsupervise.supervisor.childfds import ChildFds, open_child_fd
+from llsupervise.supervisor.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
 from llsupervise.supervisor.credentials import acts_as, own_credentials
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
@@ -319,8 +319,13 @@ class NotificationLoop:
         listener_fd = self.listener.fileno()
         poller.register(listener_fd, select.POLLIN)
         poller.register(server.wake_r, select.POLLIN)
+        sweep_ms = int(SWEEP_SECONDS * 1000)
         while True:
-            events = poller.poll()
+            # Idle while keeping child dirfds: let go of those no longer named.
+            events = poller.poll(sweep_ms if self._child_fds else None)
+            if not events:
+                self._child_fds.sweep()
+                continue
             if len(events) > 1 or events[0][0] == server.wake_r:
                 with self._lock:
                     successor = self._server

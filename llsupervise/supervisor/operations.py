@@ -56,10 +56,9 @@ def filesystem_magic(fd: int, dev: int) -> int:
     return magic
 
 
-def _names_caller(fd: int) -> bool:
+def _names_caller(fd: int, st: os.stat_result) -> bool:
     """A procfs object (any procfs mount: /proc/self/..., reached through a symlink) or
     /dev/tty."""
-    st = os.fstat(fd)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY:
         return True
     return filesystem_magic(fd, st.st_dev) == _PROC_SUPER_MAGIC
@@ -75,6 +74,13 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
     """openat without following magic links (/proc/PID/fd/N, cwd, root, exe): they would
     resolve in the broker's process. Refused (ELOOP, or EINVAL for flags openat2 is stricter
     about) means: let the kernel decide in the child's own context."""
+    return _openat2_stat(dirfd, path, flags, mode)[0]
+
+
+def _openat2_stat(
+    dirfd: int | None, path: bytes, flags: int, mode: int
+) -> tuple[int, os.stat_result]:
+    """:func:`_openat2`, and the status of what it opened."""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
     how = OPEN_HOW.pack(flags, mode, _RESOLVE_NO_MAGICLINKS)
@@ -84,10 +90,16 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
         if err in (errno.ELOOP, errno.EINVAL):
             raise KernelDecides("magic link, or flags openat2 refuses")
         raise OSError(err, os.strerror(err))
-    if _names_caller(fd):
+    try:
+        st = os.fstat(fd)
+        caller = _names_caller(fd, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    if caller:
         os.close(fd)
         raise KernelDecides("an object that names its caller")
-    return int(fd)
+    return int(fd), st
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,29 +186,70 @@ def _parent(
 def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     # O_NONBLOCK keeps a FIFO or device from blocking the broker; the child's own flags are
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
-    extra = os.O_CLOEXEC | os.O_NOCTTY | (0 if flags & os.O_NONBLOCK else os.O_NONBLOCK)
+    blocking = not flags & os.O_NONBLOCK
+    extra = os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
     try:
-        fd = _openat2(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
+        fd, st = _openat2_stat(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            if not flags & os.O_NONBLOCK:  # a FIFO without a reader: the child's open waits
+            kind = _kind(dirfd, path)
+            if blocking and kind is not None and stat.S_ISFIFO(kind.st_mode):
+                # A FIFO without a reader: the child's own open waits for one.
                 raise KernelDecides("blocking FIFO open") from exc
-            if _is_dev_tty(dirfd, path):  # we have no terminal; the child may well have one
+            if kind is not None and stat.S_ISCHR(kind.st_mode) and kind.st_rdev == _DEV_TTY:
+                # We have no terminal; the child may well have one.
                 raise KernelDecides("/dev/tty") from exc
+        elif exc.errno == errno.EACCES and _in_procfs(dirfd, path):
+            # Refused by procfs, not Landlock: /proc/PID/fd/, cwd and the like need ptrace
+            # standing over PID, which our restricted thread lacks and the child has over
+            # itself. The kernel judges it in the child's context.
+            raise KernelDecides("the child's own /proc") from exc
         raise
-    if not flags & os.O_NONBLOCK:
+    if blocking and stat.S_ISFIFO(st.st_mode) and flags & os.O_ACCMODE == os.O_RDONLY:
+        # Opened at once, where the child's own open waits for a writer (a read before one
+        # came would see the end of the file).
+        os.close(fd)
+        raise KernelDecides("blocking FIFO open for reading")
+    if blocking:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
 
 
-def _is_dev_tty(dirfd: int | None, path: bytes) -> bool:
-    """Whether ``path`` leads to /dev/tty (checked only after an open failed: a stat, which
-    answers this whichever links it follows, never an object for the child)."""
+def _in_procfs(dirfd: int | None, path: bytes) -> bool:
+    """Whether ``path`` leads into procfs: relative to a dirfd there, through a directory
+    there, or as a symlink into /proc (the child's own entries, reached through its
+    symlinks), each resolved as an open would."""
+    if dirfd is not None and not path.startswith(b"/") and _on_procfs(dirfd):
+        return True
+    stripped = path.rstrip(b"/")
+    head, _, name = stripped.rpartition(b"/")
+    parent = head or (b"/" if path.startswith(b"/") else b".")
     try:
-        st = os.stat(path, dir_fd=dirfd)
+        fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
+    except KernelDecides:
+        return True  # procfs (or a magic link on the way)
     except OSError:
         return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_TTY
+    try:
+        target = os.readlink(name, dir_fd=fd) if name else b""
+    except OSError:
+        target = b""  # not a symlink
+    finally:
+        os.close(fd)
+    return target == b"/proc" or target.startswith(b"/proc/")
+
+
+def _on_procfs(fd: int) -> bool:
+    return filesystem_magic(fd, os.fstat(fd).st_dev) == _PROC_SUPER_MAGIC
+
+
+def _kind(dirfd: int | None, path: bytes) -> os.stat_result | None:
+    """What ``path`` leads to, checked only after an open failed: a stat, which answers this
+    whichever links it follows, never an object for the child."""
+    try:
+        return os.stat(path, dir_fd=dirfd)
+    except OSError:
+        return None
 
 
 def _renameat2(dir1: int | None, p1: bytes, dir2: int | None, p2: bytes, flags: int) -> None:
