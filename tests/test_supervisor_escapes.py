@@ -77,6 +77,13 @@ attempt("read_moved", lambda: read("data/moved"))
 opath = os.open("secret/s", os.O_PATH)
 attempt("opath_reopen", lambda: read(f"/proc/self/fd/{opath}"))
 attempt("dev_fd_reopen", lambda: read(f"/dev/fd/{opath}"))
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def link_empty_path(fd, to):  # linkat(fd, "", AT_FDCWD, to, AT_EMPTY_PATH)
+    if libc.linkat(fd, b"", -100, to, 0x1000) != 0:
+        raise OSError(ctypes.get_errno(), "linkat")
+attempt("empty_path_link", lambda: link_empty_path(opath, b"data/stolen"))
+attempt("read_stolen", lambda: read("data/stolen"))
 attempt("write_secret", lambda: os.open("secret/s", os.O_WRONLY | os.O_TRUNC))
 attempt("granted", lambda: read("data/x"))
 """
@@ -91,7 +98,8 @@ async def test_path_tricks_never_reach_the_secret(
     assert status == 0
     assert "LEAK" not in out.values()
     for name in ("dotdot", "dirfd_dotdot", "symlink", "read_hardlink", "read_moved",
-                 "opath_reopen", "dev_fd_reopen", "write_secret"):  # fmt: skip
+                 "opath_reopen", "dev_fd_reopen", "empty_path_link", "read_stolen",
+                 "write_secret"):  # fmt: skip
         assert out[name].startswith("errno"), (name, out[name])
     assert out["hardlink"].startswith("errno")  # refer: a link may not widen access
     assert out["rename_in"].startswith("errno")

@@ -14,7 +14,13 @@ import os
 import stat
 from dataclasses import dataclass
 
-from llsupervise.supervisor.requests import AT_FDCWD, AT_SYMLINK_FOLLOW, OPEN_HOW, FsRequest
+from llsupervise.supervisor.requests import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    AT_SYMLINK_FOLLOW,
+    OPEN_HOW,
+    FsRequest,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [
@@ -150,7 +156,13 @@ def perform(t: Target) -> int:
             case "rename" | "link":
                 path2, dir2 = _at(t.dir2, r.path2)
                 dir2, name2 = _parent(stack, dir2, path2)
-                if r.op == "link" and r.flags & AT_SYMLINK_FOLLOW:
+                if r.op == "link" and r.flags & AT_EMPTY_PATH and not r.path:
+                    # The object the child's dirfd names (our descriptor of it) is linked:
+                    # a file made with O_TMPFILE gets its name this way.
+                    if t.dir1 is None:
+                        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    os.link(b"/proc/self/fd/%d" % t.dir1, name2, dst_dir_fd=dir2)
+                elif r.op == "link" and r.flags & AT_SYMLINK_FOLLOW:
                     # Following the source could follow a magic link too: resolve it as an
                     # open would, then link that very object.
                     source = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
