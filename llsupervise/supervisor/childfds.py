@@ -45,9 +45,13 @@ class Kept:
     def still_named(self) -> bool:
         """Whether the child's fd names the kept object now (False once the thread is gone)."""
         try:
-            return self.identity in os.pread(self.info, 4096, 0)
+            fdinfo = os.pread(self.info, 4096, 0)
         except OSError:
             return False
+        # Anchored at the first mount id line: later lines (an epoll's, an inotify's) are
+        # of the child's making.
+        start = fdinfo.find(b"\nmnt_id:\t")
+        return start >= 0 and fdinfo.startswith(self.identity, start)
 
     def close(self) -> None:
         for fd in (self.fd, self.info):

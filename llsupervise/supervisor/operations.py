@@ -199,6 +199,13 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     # O_NONBLOCK keeps a FIFO or device from blocking the broker; the child's own flags are
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
     blocking = not flags & os.O_NONBLOCK
+    if blocking and flags & os.O_ACCMODE == os.O_RDONLY:
+        kind = _kind(dirfd, path)
+        if kind is not None and stat.S_ISFIFO(kind.st_mode):
+            # It waits for a writer, which only the child's own open may do. Not opened
+            # first: a reader of ours, even for a moment, lets a writer waiting in its open
+            # through, and the child's open would then wait for one that came and went.
+            raise KernelDecides("blocking FIFO open for reading")
     extra = os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
     try:
         fd, st = _openat2_stat(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
@@ -218,10 +225,13 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             raise KernelDecides("the child's own /proc") from exc
         raise
     if blocking and stat.S_ISFIFO(st.st_mode) and flags & os.O_ACCMODE == os.O_RDONLY:
-        # Opened at once, where the child's own open waits for a writer (a read before one
-        # came would see the end of the file).
-        os.close(fd)
+        os.close(fd)  # made a FIFO since the look above (the child racing itself)
         raise KernelDecides("blocking FIFO open for reading")
+    if not flags & os.O_NOCTTY and stat.S_ISCHR(st.st_mode) and os.isatty(fd):
+        # A terminal the child may adopt as its controlling terminal (a session leader
+        # without one): only its own open can make it so.
+        os.close(fd)
+        raise KernelDecides("a terminal opened without O_NOCTTY")
     if blocking:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
@@ -240,8 +250,10 @@ def _in_procfs(dirfd: int | None, path: bytes) -> bool:
         fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
     except KernelDecides:
         return True  # procfs (or a magic link on the way)
-    except OSError:
-        return False
+    except OSError as exc:
+        # Landlock does not judge O_PATH opens: refused on the way is procfs's doing (the
+        # child's own /proc/PID/cwd, root or fd/N, reached through its symlink).
+        return exc.errno == errno.EACCES
     try:
         target = os.readlink(name, dir_fd=fd) if name else b""
     except OSError:
