@@ -268,8 +268,8 @@ def _on_procfs(fd: int) -> bool:
 
 
 def _kind(dirfd: int | None, path: bytes) -> os.stat_result | None:
-    """What ``path`` leads to, checked only after an open failed: a stat, which answers this
-    whichever links it follows, never an object for the child."""
+    """What ``path`` leads to, for deciding whether to open it at all: a stat, which answers
+    this whichever links it follows (ours included) and gives the child nothing."""
     try:
         return os.stat(path, dir_fd=dirfd)
     except OSError:
