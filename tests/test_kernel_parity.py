@@ -469,12 +469,6 @@ async def test_opening_a_socket_file_fails_as_the_kernel_fails_it(
     assert_same(plain, supervised)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: a thread whose credentials are not the supervisor's has "
-    "its requests left to the kernel, where only the static layer applies: what the "
-    "supervisor grants (creating data/mine) is refused",
-)
 @pytest.mark.trio
 async def test_a_child_that_gave_up_root_gets_the_supervisors_grants(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -205,20 +205,23 @@ os.setresgid(65534, 65534, 65534)
 os.setresuid(65534, 65534, 65534)
 print("as nobody:", read("data/root-only"))
 print("world-readable, as nobody:", read("data/x"))
+os.close(os.open("data/mine", os.O_WRONLY | os.O_CREAT, 0o644))
+print("made as nobody: owned by", os.stat("data/mine").st_uid)
 """
 
 
 @pytest.mark.trio
-async def test_a_child_that_gave_up_root_gets_nothing_performed_with_ours(
+async def test_a_child_that_gave_up_root_gets_its_requests_performed_with_its_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """The broker acts with the supervisor's credentials: for a thread whose credentials
-    differ, the kernel judges alone (its credentials, the static layer)."""
+    """The broker would act with the supervisor's credentials: for a thread whose
+    credentials differ, it takes the thread's own for the operation."""
 
     def root_only(paths: dict[str, Path]) -> None:
         (paths["data"] / "root-only").write_bytes(SECRET)
         (paths["data"] / "root-only").chmod(0o600)
-        paths["data"].chmod(0o755)
+        paths["data"].chmod(0o777)
+        paths["data"].parent.chmod(0o755)  # the cwd: searchable by anyone
 
     status, output = await run_granted_data(
         tmp_path, monkeypatch, capfd, DROPPED_ROOT, prepare=root_only
@@ -226,9 +229,11 @@ async def test_a_child_that_gave_up_root_gets_nothing_performed_with_ours(
     assert status == 0, output
     assert output.splitlines() == [
         "as root: " + SECRET.decode().strip(),
-        "as nobody: errno 13",
-        "world-readable, as nobody: errno 13",  # data/ is not in the static layer
+        "as nobody: errno 13",  # its own credentials refuse it
+        "world-readable, as nobody: public data",  # the supervisor rule still grants it
+        "made as nobody: owned by 65534",
     ]
+    assert (tmp_path / "data" / "mine").stat().st_uid == 65534
 
 
 THREADS_AND_FORKS = r"""

@@ -35,7 +35,7 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.broker import Broker, restrict_thread
 from llsupervise.supervisor.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
-from llsupervise.supervisor.credentials import acts_as, own_credentials
+from llsupervise.supervisor.credentials import Credentials, access_credentials, own_credentials
 from llsupervise.supervisor.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.fastpath import StaticPrefixes
 from llsupervise.supervisor.network import NetMediator
@@ -107,13 +107,13 @@ class _Task:
     #: changed them (see NotificationLoop._unsettle).
     cwd: int | None = None
     cached_umask: int | None = None
-    #: Whether the thread's access credentials are ours (see credentials).
-    cached_as_us: bool | None = None
+    #: The thread's access credentials (see credentials).
+    cached_credentials: Credentials | None = None
 
     def forget_context(self) -> None:
         if self.cwd is not None:
             os.close(self.cwd)
-        self.cwd = self.cached_umask = self.cached_as_us = None
+        self.cwd = self.cached_umask = self.cached_credentials = None
 
     def close(self) -> None:
         self.forget_context()
@@ -197,7 +197,7 @@ class NotificationLoop:
         self.on_exec = on_exec
         self.arch = native_arch()
         #: Read here: the serving threads, restricted, may not read /proc.
-        self._credentials = own_credentials()
+        self._our_credentials = own_credentials()
         self._tasks: TaskCache[_Task] = TaskCache(
             lambda tid: self._call_unrestricted(lambda: _open_task(tid)), MAX_TASKS
         )
@@ -386,13 +386,14 @@ class NotificationLoop:
         task.cwd = fd
         return os.dup(fd)
 
-    def _acts_as_us(self, task: _Task) -> bool:
-        if task.cached_as_us is not None:
-            return task.cached_as_us
-        as_us = acts_as(task.read_status(), self._credentials)
+    def _credentials(self, task: _Task) -> Credentials | None:
+        """The thread's access credentials; None when unknown (it is gone)."""
+        if task.cached_credentials is not None:
+            return task.cached_credentials
+        credentials = access_credentials(task.read_status())
         if not self._unsettled:
-            task.cached_as_us = as_us
-        return as_us
+            task.cached_credentials = credentials
+        return credentials
 
     def _umask(self, task: _Task) -> int:
         if task.cached_umask is not None:
@@ -429,14 +430,16 @@ class NotificationLoop:
         if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
             self.listener.send_continue(n.id)
             return
-        if not self._acts_as_us(task):
-            # Performed by us, it would have our credentials: the kernel judges it with its.
-            self.listener.send_continue(n.id)
+        credentials = self._credentials(task)
+        if credentials is None:
+            self.listener.send_continue(n.id)  # not knowing them, we may not act for it
             return
         # Still waiting, so the memory read (through a fd opened before) was the task's.
         if not self.listener.id_valid(n.id):
             return
-        target = self._bind(n, request, task)
+        # Not ours: the operation is performed with the thread's own (see credentials).
+        theirs = None if credentials == self._our_credentials else credentials
+        target = self._bind(n, request, task, theirs)
         if target is None:
             return
         self.serve(n, target, generation)
@@ -476,7 +479,9 @@ class NotificationLoop:
             return self._cwd(tid, task)
         return self._child_fds.open(tid, dirfd)
 
-    def _bind(self, n: Notification, r: FsRequest, task: _Task) -> Target | None:
+    def _bind(
+        self, n: Notification, r: FsRequest, task: _Task, credentials: Credentials | None
+    ) -> Target | None:
         try:
             dir1 = self._dirfd(n.pid, r.dirfd, r.path, task)
         except OSError as exc:
@@ -490,7 +495,7 @@ class NotificationLoop:
             self._reply_errno(n, exc.errno or errno.EBADF)
             return None
         umask = self._umask(task) if r.creates else 0
-        return Target(r, dir1, dir2, umask)
+        return Target(r, dir1, dir2, umask, credentials)
 
     def _reply_errno(self, n: Notification, err: int) -> None:
         # /proc/TID/fd/N missing means the child passed a bad fd.

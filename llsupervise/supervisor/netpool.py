@@ -9,58 +9,20 @@ started with the pool (whose creator must itself be unrestricted); see :meth:`Pe
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
-import os
 import queue
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
 from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.landlock import set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
-
-_CAPABILITY_VERSION_3: Final = 0x20080522
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _checked(ret: int, what: str) -> None:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def lower_capabilities(keep: int) -> None:
-    """Drop from the calling thread's effective set every capability not in ``keep``.
-
-    capset(2) changes only the calling thread, like landlock_restrict_self.
-    """
-    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _checked(_libc.capget(ctypes.byref(header), data), "capget")
-    effective = data[0].effective | data[1].effective << 32
-    lowered = effective & keep
-    if lowered != effective:
-        data[0].effective = lowered & 0xFFFFFFFF
-        data[1].effective = lowered >> 32
-        _checked(_libc.capset(ctypes.byref(header), data), "capset")
+from llsupervise.supervisor.credentials import lower_capabilities
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from llsupervise.supervisor.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.requests import (
     AT_EMPTY_PATH,
     AT_FDCWD,
@@ -118,6 +119,8 @@ class Target:
     dir2: int | None
     #: The child's umask, applied to created objects.
     umask: int
+    #: The child's access credentials, when they are not ours: taken to perform.
+    credentials: Credentials | None = None
 
 
 def _at(dirfd: int | None, path: bytes) -> tuple[bytes, int | None]:
@@ -127,6 +130,18 @@ def _at(dirfd: int | None, path: bytes) -> tuple[bytes, int | None]:
 
 
 def perform(t: Target) -> int:
+    """Replay the request in the calling thread, with the child's credentials if they are
+    not ours (KernelDecides when they cannot be taken)."""
+    with contextlib.ExitStack() as stack:
+        if t.credentials is not None:
+            try:
+                stack.enter_context(acting_as(t.credentials))
+            except CredentialsError as exc:
+                raise KernelDecides("the child's credentials cannot be taken") from exc
+        return _perform(t)
+
+
+def _perform(t: Target) -> int:
     r = t.request
     path, dir1 = _at(t.dir1, r.path)
     if r.op == "open":
