@@ -132,12 +132,13 @@ def _at(dirfd: int | None, path: bytes) -> tuple[bytes, int | None]:
 def perform(t: Target) -> int:
     """Replay the request in the calling thread, with the child's credentials if they are
     not ours (KernelDecides when they cannot be taken)."""
+    if t.credentials is None:
+        return _perform(t)  # the usual case, on every grant: nothing around it
     with contextlib.ExitStack() as stack:
-        if t.credentials is not None:
-            try:
-                stack.enter_context(acting_as(t.credentials))
-            except CredentialsError as exc:
-                raise KernelDecides("the child's credentials cannot be taken") from exc
+        try:
+            stack.enter_context(acting_as(t.credentials))
+        except CredentialsError as exc:
+            raise KernelDecides("the child's credentials cannot be taken") from exc
         return _perform(t)
 
 
