@@ -104,8 +104,8 @@ def lower_capabilities(keep: int) -> None:
 def _fs_id(name: str, value: int) -> None:
     """setfsuid/setfsgid (per thread); they say nothing of failure: read back to know."""
     nr = SYSCALLS[native_arch()][name]
-    _syscall(nr, value)
-    if _syscall(nr, -1) != value:
+    _syscall(nr, ctypes.c_long(value))  # ids go up to 2**32 - 2: wider than a C int
+    if _syscall(nr, ctypes.c_long(-1)) != value:
         raise CredentialsError(1, f"{name}({value}) refused")
 
 
