@@ -76,7 +76,7 @@ def open_child_fd(tid: int, fd: int) -> tuple[int, Kept | None]:
     (None where it cannot stand for the child's fd later). Needs the supervisor's standing."""
     ours = os.open(f"/proc/{tid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
     try:
-        if filesystem_magic(ours, os.fstat(ours).st_dev) not in UNIQUE_INODE_FILESYSTEMS:
+        if filesystem_magic(ours) not in UNIQUE_INODE_FILESYSTEMS:
             return ours, None
         # Ours is read for the identity: the child's fd may have changed since we opened it.
         with open(f"/proc/self/fdinfo/{ours}", "rb", buffering=0) as own:

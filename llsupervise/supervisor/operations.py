@@ -49,8 +49,11 @@ _STATFS_SIZE = 256
 _magic_by_device: dict[int, int] = {}
 
 
-def filesystem_magic(fd: int, dev: int) -> int:
-    """The type (``f_type`` of statfs) of the filesystem ``fd`` is on; ``dev`` its st_dev."""
+def filesystem_magic(fd: int, dev: int | None = None) -> int:
+    """The type (``f_type`` of statfs) of the filesystem ``fd`` is on; ``dev`` its st_dev
+    (taken with a stat when the caller has none at hand)."""
+    if dev is None:
+        dev = os.fstat(fd).st_dev
     magic = _magic_by_device.get(dev)
     if magic is None:
         buf = ctypes.create_string_buffer(_STATFS_SIZE)
@@ -259,28 +262,24 @@ def _in_procfs(dirfd: int | None, path: bytes) -> bool:
     symlinks), each resolved as an open would."""
     if dirfd is not None and not path.startswith(b"/") and _on_procfs(dirfd):
         return True
-    stripped = path.rstrip(b"/")
-    head, _, name = stripped.rpartition(b"/")
-    parent = head or (b"/" if path.startswith(b"/") else b".")
-    try:
-        fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
-    except KernelDecides:
-        return True  # procfs (or a magic link on the way)
-    except OSError as exc:
-        # Landlock does not judge O_PATH opens: refused on the way is procfs's doing (the
-        # child's own /proc/PID/cwd, root or fd/N, reached through its symlink).
-        return exc.errno == errno.EACCES
-    try:
-        target = os.readlink(name, dir_fd=fd) if name else b""
-    except OSError:
-        target = b""  # not a symlink
-    finally:
-        os.close(fd)
+    with contextlib.ExitStack() as stack:
+        try:
+            parent, name = _parent(stack, dirfd, path)
+        except KernelDecides:
+            return True  # procfs (or a magic link on the way)
+        except OSError as exc:
+            # Landlock does not judge O_PATH opens: refused on the way is procfs's doing
+            # (the child's own /proc/PID/cwd, root or fd/N, reached through its symlink).
+            return exc.errno == errno.EACCES
+        try:
+            target = os.readlink(name.rstrip(b"/"), dir_fd=parent)
+        except OSError:
+            return False  # not a symlink
     return target == b"/proc" or target.startswith(b"/proc/")
 
 
 def _on_procfs(fd: int) -> bool:
-    return filesystem_magic(fd, os.fstat(fd).st_dev) == _PROC_SUPER_MAGIC
+    return filesystem_magic(fd) == _PROC_SUPER_MAGIC
 
 
 def _kind(dirfd: int | None, path: bytes) -> os.stat_result | None:
