@@ -30,7 +30,7 @@ import trio
 
 from llsupervise.policy.loader import parse_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.launcher import launch
+from llsupervise.supervisor.launch.launcher import launch
 
 OPEN_LOOP = r"""
 import os, sys, time

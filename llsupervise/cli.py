@@ -15,7 +15,7 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, names
-from llsupervise.supervisor.objects import (
+from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
     findings,
@@ -101,7 +101,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the policy as a plain landlockconfig file (static ∪ supervisor rules)."""
     from llsupervise.policy.export import to_landlockconfig
-    from llsupervise.supervisor.persist import write_atomically
+    from llsupervise.supervisor.policyfile.persist import write_atomically
 
     raise_nofile_limit()
     document = load_policy(args.policy)
@@ -125,7 +125,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llsupervise.supervisor.run import run_headless
+    from llsupervise.supervisor.frontends.headless import run_headless
 
     if not args.command:
         raise LLSuperviseError("no command given: llsupervise run [options] -- CMD [ARGS...]")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llsupervise.seccomp import Listener
-    from llsupervise.supervisor.network import NetMediator
+    from llsupervise.supervisor.net.mediator import NetMediator
 
 KINDS = {
     "tcp": (socket.AF_INET, socket.SOCK_STREAM),
@@ -244,8 +244,8 @@ def supervise(config: dict[str, Any]) -> None:
     reported on the status fd and never answered. Runs until killed."""
     from llsupervise.policy.model import Ruleset
     from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
-    from llsupervise.supervisor.launcher import StaticLayer, launch
-    from llsupervise.supervisor.network import NetMediator, PendingNet
+    from llsupervise.supervisor.launch.launcher import StaticLayer, launch
+    from llsupervise.supervisor.net.mediator import NetMediator, PendingNet
 
     handled = AccessNet.BIND_TCP | AccessNet.CONNECT_TCP
     static_ports = {port: AccessNet(access) for port, access in config["static"]}

@@ -408,7 +408,7 @@ report("the writer wrote", lambda: os.read(r, 100))
 #: call return its result. Prints the outcome as JSON.
 BROKER_INTERRUPTED = r"""
 import json, os, signal, threading, time
-from llsupervise.supervisor.broker import Broker
+from llsupervise.supervisor.perform.broker import Broker
 
 class Interrupted(Exception):
     pass

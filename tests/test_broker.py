@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llsupervise.supervisor.broker import _NUMBER, Broker
+from llsupervise.supervisor.perform.broker import _NUMBER, Broker
 
 
 def test_a_call_returns_what_the_function_returned_in_the_brokers_thread() -> None:

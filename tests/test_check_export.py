@@ -28,7 +28,7 @@ from llsupervise.policy.export import ExportError, to_landlockconfig, toml_strin
 from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import FILE_ACCESS, NO_FS, AccessFs, AccessNet, Scope
-from llsupervise.supervisor.objects import ObjectTable, resolve
+from llsupervise.supervisor.rules.objects import ObjectTable, resolve
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "example.toml"
 R, W, D = AccessFs.READ_FILE, AccessFs.WRITE_FILE, AccessFs.READ_DIR

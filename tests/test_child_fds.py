@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from supervised import PUBLIC, make_tree, policy
 
-from llsupervise.supervisor.childfds import ChildFds, Kept, open_child_fd
 from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.engine.childfds import ChildFds, Kept, open_child_fd
 
 # Holds fd 50 on argv[1]; on each line of input, moves it to the directory named there.
 HOLDER = r"""

@@ -14,8 +14,8 @@ import pytest
 
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import parse_policy
-from llsupervise.supervisor import objects
-from llsupervise.supervisor.objects import ObjectTable, ResourceLimitError, resolve
+from llsupervise.supervisor.rules import objects
+from llsupervise.supervisor.rules.objects import ObjectTable, ResourceLimitError, resolve
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "example.toml"
 

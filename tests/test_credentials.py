@@ -6,13 +6,13 @@ import os
 import threading
 from pathlib import Path
 
-from llsupervise.supervisor.credentials import (
+from llsupervise.supervisor.perform.credentials import (
     access_credentials,
     acting_as,
     effective_capabilities,
     own_credentials,
 )
-from llsupervise.supervisor.procfs import read_status
+from llsupervise.supervisor.perform.procfs import read_status
 
 NOBODY = (b"65534", b"65534", b"", b"0000000000000000")
 

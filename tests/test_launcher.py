@@ -13,7 +13,7 @@ from supervised import make_tree, policy
 
 from llsupervise.policy.loader import parse_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.launcher import inherited_fds
+from llsupervise.supervisor.launch.launcher import inherited_fds
 
 # Lists the command's descriptors beyond stdio, each with what it is.
 LIST_FDS = r"""

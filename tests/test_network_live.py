@@ -27,9 +27,9 @@ from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.landlock import set_no_new_privs
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import LATEST_ABI, NO_FS, NO_SCOPE, AccessNet, fs_all
-from llsupervise.supervisor.events import Answer
-from llsupervise.supervisor.launcher import StaticLayer, launch
-from llsupervise.supervisor.network import NetMediator, PendingNet, once
+from llsupervise.supervisor.events.model import Answer
+from llsupervise.supervisor.launch.launcher import StaticLayer, launch
+from llsupervise.supervisor.net.mediator import NetMediator, PendingNet, once
 
 pytestmark = pytest.mark.kernel
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from llsupervise.rights import AccessNet
 from llsupervise.seccomp import Notification
-from llsupervise.supervisor.events import Answer
-from llsupervise.supervisor.network import PendingNet, SocketKind, once
-from llsupervise.supervisor.sockaddr import (
+from llsupervise.supervisor.events.model import Answer
+from llsupervise.supervisor.net.mediator import PendingNet, SocketKind, once
+from llsupervise.supervisor.net.sockaddr import (
     AF_INET,
     AF_INET6,
     AF_UNSPEC,

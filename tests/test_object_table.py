@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llsupervise.supervisor.objects import ObjectTable, object_id
+from llsupervise.supervisor.rules.objects import ObjectTable, object_id
 
 
 def test_a_path_opened_again_gives_the_object_held_for_it(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from test_reload import env, labels, reloads, rule, save
 from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
-from llsupervise.supervisor.persist import (
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.policyfile.persist import (
     Kept,
     PersistError,
     add_answers,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from supervised import make_tree, run_script
 
-from llsupervise.supervisor.placement import borrow, give_back, home_cpu
+from llsupervise.supervisor.perform.placement import borrow, give_back, home_cpu
 
 CPUS = sorted(os.sched_getaffinity(0))
 

@@ -37,7 +37,7 @@ from llsupervise.policy.model import (
     diff,
 )
 from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet, Scope
-from llsupervise.supervisor.objects import ObjectTable
+from llsupervise.supervisor.rules.objects import ObjectTable
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

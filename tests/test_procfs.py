@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from llsupervise.supervisor.procfs import read_proc, read_status, status_number
+from llsupervise.supervisor.perform.procfs import read_proc, read_status, status_number
 
 
 def test_status_fields_of_this_process() -> None:

@@ -16,7 +16,7 @@ from supervised import READ_OK, ReadLoop, make_tree, policy_text, wait_until
 from llsupervise.policy.loader import load_policy
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.reload import PolicyFile
+from llsupervise.supervisor.policyfile.watch import PolicyFile
 
 
 def rule(path: Path | str, access: str = '"read_file"') -> str:
@@ -151,7 +151,7 @@ async def test_cancelling_the_watch_ends_its_thread_without_waiting_for_a_timeou
 ) -> None:
     """Every run ends by cancelling the watch: the watching thread must stop then, not at
     its next timeout (which here would be ten minutes away: the test would time out)."""
-    from llsupervise.supervisor import reload
+    from llsupervise.supervisor.policyfile import watch as reload
 
     monkeypatch.setattr(reload, "RUST_TIMEOUT_MS", 600_000)
     paths = make_tree(tmp_path)
@@ -255,9 +255,9 @@ class _supervisor:
     """A supervisor without a child (no trio needed) and its policy file, for direct reloads."""
 
     def __init__(self, policy: Path) -> None:
-        from llsupervise.supervisor.decisions import ModeDecisions
-        from llsupervise.supervisor.events import EventLog
-        from llsupervise.supervisor.objects import ObjectTable, resolve
+        from llsupervise.supervisor.events.decisions import ModeDecisions
+        from llsupervise.supervisor.events.model import EventLog
+        from llsupervise.supervisor.rules.objects import ObjectTable, resolve
 
         root = policy.parent
         self.table = ObjectTable()

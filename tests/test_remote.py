@@ -19,8 +19,8 @@ import trio
 from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.remote import (
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.frontends.hub import (
     Hub,
     LineReader,
     RemoteError,

@@ -10,8 +10,8 @@ import pytest
 from supervised import make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 RENAME = r"""
 import ctypes, sys

@@ -17,8 +17,8 @@ import pytest
 from supervised import PUBLIC, SECRET, SYSTEM_DIRS, make_tree, policy, run_script
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Decision, Denial
 
 DATA_RW = """
 [[supervisor.path_beneath]]

@@ -12,8 +12,8 @@ from supervised import make_tree, policy
 
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 EXEC = r"""
 import os, sys

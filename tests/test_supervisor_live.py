@@ -14,8 +14,8 @@ from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
-from llsupervise.supervisor.engine import NotificationLoop, Pending
-from llsupervise.supervisor.launcher import launch
+from llsupervise.supervisor.engine.loop import NotificationLoop, Pending
+from llsupervise.supervisor.launch.launcher import launch
 
 
 @pytest.mark.trio
@@ -204,7 +204,7 @@ async def test_more_threads_than_kept_readers_are_all_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Readers of threads are evicted oldest first and reopened when the thread comes back."""
-    from llsupervise.supervisor import engine
+    from llsupervise.supervisor.engine import loop as engine
 
     monkeypatch.setattr(engine, "MAX_TASKS", 2)
     paths = make_tree(tmp_path)

@@ -15,9 +15,9 @@ from supervised import SYSTEM_DIRS, lines, wait_until
 from llsupervise.policy.loader import parse_policy
 from llsupervise.rights import AccessNet
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
-from llsupervise.supervisor.persist import Kept, add_answers, kept_from_event
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.policyfile.persist import Kept, add_answers, kept_from_event
 
 # Connects to 127.0.0.1:PORT once per iteration on a fresh socket; logs "ok" or "err ERRNO".
 CONNECT_LOOP = r"""

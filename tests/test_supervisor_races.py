@@ -27,8 +27,8 @@ import pytest
 from supervised import PUBLIC, SECRET, policy
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 pytestmark = pytest.mark.kernel
 

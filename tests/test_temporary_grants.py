@@ -19,8 +19,8 @@ import trio.testing
 from supervised import READ_OK, ReadLoop, make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 GRANT_SECONDS = 30.0
 

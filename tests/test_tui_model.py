@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llsupervise.supervisor.events import Answer, Denial
-from llsupervise.supervisor.remote import denial_json
+from llsupervise.supervisor.events.model import Answer, Denial
+from llsupervise.supervisor.frontends.hub import denial_json
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.prompts import (

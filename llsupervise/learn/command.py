@@ -22,8 +22,8 @@ from llsupervise.learn.render import render
 from llsupervise.learn.summary import summary
 from llsupervise.learn.synthesis import LearnedPolicy, synthesize
 from llsupervise.policy.loader import parse_policy
-from llsupervise.supervisor.objects import ObjectTable, raise_nofile_limit, resolve
-from llsupervise.supervisor.persist import write_atomically
+from llsupervise.supervisor.policyfile.persist import write_atomically
+from llsupervise.supervisor.rules.objects import ObjectTable, raise_nofile_limit, resolve
 
 RECORDING_SUFFIX = ".recording.json"
 

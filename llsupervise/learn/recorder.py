@@ -40,12 +40,8 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.engine import EXEC_SYSCALLS
-from llsupervise.supervisor.launcher import StaticLayer, Stdio, exit_status, launch
-from llsupervise.supervisor.network import NET_CALLS, open_pidfd, pidfd_getfd, socket_kind
-from llsupervise.supervisor.objects import fd_path
-from llsupervise.supervisor.procfs import read_proc
-from llsupervise.supervisor.requests import (
+from llsupervise.supervisor.engine.loop import EXEC_SYSCALLS
+from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_FDCWD,
     AT_SYMLINK_FOLLOW,
@@ -59,8 +55,12 @@ from llsupervise.supervisor.requests import (
     remove_right,
     signed_fd,
 )
-from llsupervise.supervisor.sockaddr import decode_call, parse_sockaddr
-from llsupervise.supervisor.tasks import TaskCache
+from llsupervise.supervisor.engine.tasks import TaskCache
+from llsupervise.supervisor.launch.launcher import StaticLayer, Stdio, exit_status, launch
+from llsupervise.supervisor.net.mediator import NET_CALLS, open_pidfd, pidfd_getfd, socket_kind
+from llsupervise.supervisor.net.sockaddr import decode_call, parse_sockaddr
+from llsupervise.supervisor.perform.procfs import read_proc
+from llsupervise.supervisor.rules.objects import fd_path
 
 #: ftruncate is trapped too: the truncate right of an fd is fixed when it is opened, so a
 #: later ftruncate is how a run shows that an open needed it. TCP bind/connect give ports.

@@ -13,7 +13,7 @@ which a new broker serves the new generation. Quiet objects and conditional rule
 only to some requesters, by a one-shot broker) sit beside it and are swapped with it on reload.
 
 ``Supervisor.open(document, watch=True)`` also watches the policy file while a command runs:
-each save is reloaded (see :mod:`llsupervise.supervisor.reload`) and "always" / "deny
+each save is reloaded (see :mod:`llsupervise.supervisor.policyfile.watch`) and "always" / "deny
 quietly" answers are written back into it.
 """
 
@@ -47,30 +47,30 @@ from llsupervise.seccomp import (
     NotificationGone,
     SeccompError,
 )
-from llsupervise.supervisor.broker import Broker, kernel_ruleset
-from llsupervise.supervisor.decisions import DecisionSource, ModeDecisions
-from llsupervise.supervisor.denials import CheckedObject
-from llsupervise.supervisor.engine import (
+from llsupervise.supervisor.engine.denials import CheckedObject
+from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.loop import (
     EXEC_SYSCALLS,
     BrokerSlot,
     NotificationLoop,
     Pending,
     reply,
 )
-from llsupervise.supervisor.events import Answer, Decision, Denial, EventLog
-from llsupervise.supervisor.fastpath import StaticPrefixes
-from llsupervise.supervisor.launcher import Launched, StaticLayer, Stdio, exit_status, launch
-from llsupervise.supervisor.network import NET_CALLS, NetMediator, PendingNet, once
-from llsupervise.supervisor.objects import (
+from llsupervise.supervisor.engine.requests import FsRequest
+from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial, EventLog
+from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
+from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator, PendingNet, once
+from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
+from llsupervise.supervisor.perform.operations import KernelDecides, perform
+from llsupervise.supervisor.perform.procfs import read_proc, read_status, status_number
+from llsupervise.supervisor.policyfile.watch import PolicyFile
+from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
     raise_nofile_limit,
     resolve,
 )
-from llsupervise.supervisor.operations import KernelDecides, perform
-from llsupervise.supervisor.procfs import read_proc, read_status, status_number
-from llsupervise.supervisor.reload import PolicyFile
-from llsupervise.supervisor.requests import FsRequest
 
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
 _ONCE = (Answer.ALLOW_ONCE, Answer.PERMISSIVE)

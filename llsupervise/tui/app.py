@@ -32,7 +32,7 @@ from textual.widgets import (
 )
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.supervisor.events import Answer, EventLog
+from llsupervise.supervisor.events.model import Answer, EventLog
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
 from llsupervise.tui.text import TerminalText, printable

@@ -1,7 +1,7 @@
 """Everything the interface shows, as plain data fed by protocol messages (no widgets here).
 
 The same messages arrive whether the supervisor runs in this process or the interface is
-attached to one over a socket (see :mod:`llsupervise.supervisor.remote` for the protocol).
+attached to one over a socket (see :mod:`llsupervise.supervisor.frontends.hub` for the protocol).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llsupervise.supervisor.remote import denial_from_json
+from llsupervise.supervisor.frontends.hub import denial_from_json
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.prompts import PromptQueue
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
-from llsupervise.supervisor.events import Answer, Denial
+from llsupervise.supervisor.events.model import Answer, Denial
 
 #: Rights that only make sense on a directory: a denial asking one was checked on a directory.
 DIRECTORY_ONLY = names(AccessFs(~FILE_ACCESS & sum(AccessFs)))

@@ -1,7 +1,7 @@
 """Where the interface's messages come from: a supervisor in this process, one reached over
 a socket (``attach``), or a fixed list (screenshots and snapshot tests).
 
-Each session delivers protocol messages (:mod:`llsupervise.supervisor.remote`) to a
+Each session delivers protocol messages (:mod:`llsupervise.supervisor.frontends.hub`) to a
 :class:`Receiver` and takes the user's messages with :meth:`Session.send`.
 """
 
@@ -17,9 +17,9 @@ import trio
 
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import EventLog
-from llsupervise.supervisor.remote import Hub, LineReader, connect, decode, encode
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import EventLog
+from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode
 from llsupervise.tui.guest import GuestRun
 from llsupervise.tui.terminal import Pty
 

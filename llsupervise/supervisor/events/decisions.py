@@ -7,7 +7,7 @@ from typing import Protocol
 import trio
 
 from llsupervise.policy.document import Default, Mode
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 
 class Frontend(Protocol):

@@ -12,8 +12,8 @@ import os
 
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs
-from llsupervise.supervisor.objects import ObjectTable, fd_path
-from llsupervise.supervisor.requests import FsRequest, open_rights
+from llsupervise.supervisor.engine.requests import FsRequest, open_rights
+from llsupervise.supervisor.rules.objects import ObjectTable, fd_path
 
 #: The open flags ``open_rights`` looks at.
 _RELEVANT_FLAGS = os.O_ACCMODE | os.O_TRUNC

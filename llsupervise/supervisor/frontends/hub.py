@@ -1,6 +1,6 @@
 """Front-ends that are not in this thread: the question hub and its Unix-socket transport.
 
-The :class:`Hub` is the supervisor's :class:`~llsupervise.supervisor.decisions.Frontend` for
+The :class:`Hub` is the supervisor's :class:`~llsupervise.supervisor.events.decisions.Frontend` for
 any number of *clients*: it fans the supervisor's events and questions out to them and takes
 their answers. The terminal interface is one client (in-process); ``llsupervise attach`` is
 another, over a Unix socket (:func:`listening`). With no client attached, the policy's default
@@ -49,8 +49,8 @@ from llsupervise.policy.document import MODES, Mode
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import Answer, Decision, Denial
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 PROTOCOL_VERSION = 1
 #: What a person may answer; the others are the supervisor's own.

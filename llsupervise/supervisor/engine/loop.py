@@ -33,18 +33,22 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.broker import Broker, restrict_thread
-from llsupervise.supervisor.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
-from llsupervise.supervisor.credentials import Credentials, access_credentials, own_credentials
-from llsupervise.supervisor.denials import CheckedObject, checked_objects
-from llsupervise.supervisor.fastpath import StaticPrefixes
-from llsupervise.supervisor.network import NetMediator
-from llsupervise.supervisor.objects import fd_path
-from llsupervise.supervisor.operations import KernelDecides, Target, perform
-from llsupervise.supervisor.placement import borrow, give_back, home_cpu, pin_self
-from llsupervise.supervisor.procfs import status_fields, status_number
-from llsupervise.supervisor.requests import AT_FDCWD, DecodeError, FsRequest, decode
-from llsupervise.supervisor.tasks import TaskCache
+from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
+from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
+from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.requests import AT_FDCWD, DecodeError, FsRequest, decode
+from llsupervise.supervisor.engine.tasks import TaskCache
+from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.broker import Broker, restrict_thread
+from llsupervise.supervisor.perform.credentials import (
+    Credentials,
+    access_credentials,
+    own_credentials,
+)
+from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform
+from llsupervise.supervisor.perform.placement import borrow, give_back, home_cpu, pin_self
+from llsupervise.supervisor.perform.procfs import status_fields, status_number
+from llsupervise.supervisor.rules.objects import fd_path
 
 EXEC_SYSCALLS = ("execve", "execveat")
 #: Threads whose memory reader (and cached cwd) is kept open at once.

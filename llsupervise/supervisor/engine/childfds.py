@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llsupervise.supervisor.operations import filesystem_magic
+from llsupervise.supervisor.perform.operations import filesystem_magic
 
 #: ext2/3/4, tmpfs, xfs.
 UNIQUE_INODE_FILESYSTEMS = frozenset({0xEF53, 0x01021994, 0x58465342})

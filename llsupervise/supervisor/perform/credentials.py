@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from llsupervise.seccomp import SYSCALLS, native_arch
-from llsupervise.supervisor.procfs import read_status
+from llsupervise.supervisor.perform.procfs import read_status
 
 #: fs uid, fs gid, supplementary groups (sorted), effective capabilities, as in
 #: /proc/TID/status.

@@ -23,7 +23,7 @@ from llsupervise.seccomp.constants import (
     SECCOMP_SET_MODE_FILTER,
     SOCK_FILTER,
 )
-from llsupervise.supervisor import exec_helper
+from llsupervise.supervisor.launch import exec_helper
 
 Stdio = tuple[int | None, int | None, int | None]
 

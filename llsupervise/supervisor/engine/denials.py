@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs
-from llsupervise.supervisor.objects import ancestry, fd_path, object_id
-from llsupervise.supervisor.requests import (
+from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_SYMLINK_NOFOLLOW,
     RENAME_EXCHANGE,
@@ -19,6 +18,7 @@ from llsupervise.supervisor.requests import (
     open_rights,
     remove_right,
 )
+from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
 

@@ -8,7 +8,7 @@ reported as taking effect on the next run, and the supervisor part is applied an
 
 Every reload is one event: ``{"event": "reload", "ok", "generation", ["error"],
 ["static_changed", "message"]}``. "Always" and "deny quietly" answers are written into the
-file (:mod:`llsupervise.supervisor.persist`); a write of ours is recognised and not
+file (:mod:`llsupervise.supervisor.policyfile.persist`); a write of ours is recognised and not
 reloaded, while a user edit it had to merge is.
 """
 
@@ -29,9 +29,9 @@ from llsupervise.policy.loader import PREDEFINED_VARIABLES, parse_policy
 from llsupervise.policy.locate import LineIndex
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import names, parse_fs
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.objects import ResolvedPolicy, resolve
-from llsupervise.supervisor.persist import Kept, PersistError, kept_from_event, persist
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.policyfile.persist import Kept, PersistError, kept_from_event, persist
+from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 
 if TYPE_CHECKING:
     from llsupervise.supervisor.core import Supervisor

@@ -13,9 +13,9 @@ import trio
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.decisions import ModeDecisions
-from llsupervise.supervisor.events import EventLog
-from llsupervise.supervisor.remote import Hub, listening
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.model import EventLog
+from llsupervise.supervisor.frontends.hub import Hub, listening
 
 
 def run_headless(

@@ -22,7 +22,7 @@ from llsupervise.landlock import set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
-from llsupervise.supervisor.credentials import lower_capabilities
+from llsupervise.supervisor.perform.credentials import lower_capabilities
 
 
 @dataclass(frozen=True, slots=True)

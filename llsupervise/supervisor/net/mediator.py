@@ -44,10 +44,9 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.events import Answer, Denial
-from llsupervise.supervisor.netpool import NetRules, PerformerPool, ThreadKey
-from llsupervise.supervisor.procfs import read_proc, read_status, status_number
-from llsupervise.supervisor.sockaddr import (
+from llsupervise.supervisor.events.model import Answer, Denial
+from llsupervise.supervisor.net.pool import NetRules, PerformerPool, ThreadKey
+from llsupervise.supervisor.net.sockaddr import (
     ACCESS,
     AF_INET,
     AF_INET6,
@@ -57,6 +56,7 @@ from llsupervise.supervisor.sockaddr import (
     decode_call,
     parse_sockaddr,
 )
+from llsupervise.supervisor.perform.procfs import read_proc, read_status, status_number
 
 #: Trapped syscalls this module answers (socketcall exists only on other architectures).
 NET_CALLS: Final = (*NET_SYSCALLS, "socketcall")

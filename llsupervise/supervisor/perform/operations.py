@@ -14,14 +14,14 @@ import os
 import stat
 from dataclasses import dataclass
 
-from llsupervise.supervisor.credentials import Credentials, CredentialsError, acting_as
-from llsupervise.supervisor.requests import (
+from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_FDCWD,
     AT_SYMLINK_FOLLOW,
     OPEN_HOW,
     FsRequest,
 )
+from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [

@@ -20,8 +20,8 @@ from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.landlock import set_no_new_privs
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_SCOPE
-from llsupervise.supervisor.objects import ObjectTable
-from llsupervise.supervisor.placement import pin_self
+from llsupervise.supervisor.perform.placement import pin_self
+from llsupervise.supervisor.rules.objects import ObjectTable
 
 T = TypeVar("T")
 #: A call's number, as handed to the broker thread (one pipe write: never split).

@@ -1,0 +1,1 @@
+"""The supervisor: serves the supervised command's trapped syscalls and answers its denials."""

@@ -1,0 +1,1 @@
+"""What happens and what is answered: denials, decisions, the event log."""

@@ -1,0 +1,1 @@
+"""Starting the supervised command: the launcher and the exec helper it runs."""

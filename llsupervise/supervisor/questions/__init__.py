@@ -1,0 +1,1 @@
+"""Questions raised by denials: de-duplication, conditional grants, answers kept as rules."""
