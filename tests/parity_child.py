@@ -291,10 +291,14 @@ while True:
     if returned.is_set():
         print("reader open returned with no writer", flush=True)
         break
-    with open(f"/proc/self/task/{t.native_id}/wchan") as f:
-        if "partner" in f.read():  # the kernel's FIFO wait
-            print("reader open waits for a writer", flush=True)
-            break
+    try:
+        with open(f"/proc/self/task/{t.native_id}/wchan") as f:
+            wchan = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        continue  # the reader has just returned: the check above sees it
+    if "partner" in wchan:  # the kernel's FIFO wait
+        print("reader open waits for a writer", flush=True)
+        break
 writer = os.open(f"{where}/p", os.O_WRONLY | os.O_NONBLOCK)  # the reader is there either way
 os.write(writer, b"through the fifo")
 os.close(writer)
@@ -423,8 +427,11 @@ interrupting = True
 
 def in_read(thread):
     # Blocked in read(2): a caller waiting for its result, or an idle broker thread.
-    with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
-        return f.read().split()[0] == "0"
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            return f.read().split()[0] == "0"
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # it has ended
 
 def on_signal(signum, frame):
     if interrupting:
@@ -566,8 +573,8 @@ def waiting(thread):
     try:
         with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
             return "partner" in f.read()
-    except FileNotFoundError:
-        return False  # it has ended
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # it has ended (between the open and the read, too: ESRCH)
 outcomes = {}
 for i in range(times):
     path = f"{where}/p{i}"

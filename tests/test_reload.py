@@ -38,7 +38,7 @@ def env(root: Path) -> dict[str, str]:
 
 
 def labels(sup: Supervisor) -> dict[str, AccessFs]:
-    return {sup.table.label(obj): access for obj, access in sup.permanent.fs.items()}
+    return {sup.table.label(obj): access for obj, access in sup.rules.permanent.fs.items()}
 
 
 def reloads(events: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
@@ -69,7 +69,7 @@ async def test_saving_the_policy_grants_revokes_and_a_broken_save_changes_nothin
         assert labels(sup) == {str(paths["data"]): AccessFs.READ_FILE}
 
         save(policy, policy_text(tmp_path), style="in place")
-        await wait_until(lambda: not sup.permanent.fs, "the rule to go")
+        await wait_until(lambda: not sup.rules.permanent.fs, "the rule to go")
         mark = len(reader.lines())
         await wait_until(lambda: "err 13" in reader.lines()[mark:], "the kernel to deny again")
 
@@ -87,7 +87,7 @@ async def test_saving_the_policy_grants_revokes_and_a_broken_save_changes_nothin
             f"{policy}:{line}: supervisor.path_beneath[1].allowed_access[0]: "
         )
         assert "raed_file" in event["error"]
-        assert sup.generation == generation and not sup.permanent.fs
+        assert sup.generation == generation and not sup.rules.permanent.fs
         mark = len(reader.lines())
         await wait_until(lambda: len(reader.lines()) > mark + 20, "more reads")
         assert READ_OK not in reader.lines()[mark:]
@@ -210,7 +210,7 @@ def test_supervisor_rules_beyond_the_running_layer_are_rejected(tmp_path: Path) 
             f"{policy}:{line}: supervisor.path_beneath[0].allowed_access: "
         )
         assert "make_reg not handled by the running layer" in event["error"]
-        assert sup.generation == generation and not sup.permanent.fs
+        assert sup.generation == generation and not sup.rules.permanent.fs
 
 
 def test_a_missing_path_or_a_deleted_file_changes_nothing(tmp_path: Path) -> None:
@@ -271,7 +271,7 @@ class _supervisor:
         return self.sup, self.policy_file
 
     def __exit__(self, *exc: object) -> None:
-        self.sup.close()
+        self.sup.rules.close()
         self.table.close()
 
 
@@ -303,8 +303,9 @@ def _random_rules(data: st.DataObject, dirs: list[Path]) -> str:
 
 
 def _state(sup: Supervisor) -> tuple[object, ...]:
+    rules = sup.rules
     return (
-        sup.generation, sup.mutable.committed, sup.permanent, sup.quiet, sup.conditional,
+        sup.generation, rules.mutable.committed, rules.permanent, rules.quiet, rules.conditional,
         len(sup.table),
     )  # fmt: skip
 

@@ -48,7 +48,7 @@ async def test_exec_denial_is_reported_and_always_keeps_a_rule(
     async with Supervisor.open(doc, decisions=decisions) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", EXEC, "data/true"], forward_signals=False)
-        rules = {sup.table.label(obj): access for obj, access in sup.permanent.fs.items()}
+        rules = {sup.table.label(obj): access for obj, access in sup.rules.permanent.fs.items()}
     assert status == 13  # EACCES: a grant cannot reach a running exec
     [asked] = frontend.asked
     assert asked.next_run_only and asked.path == str(tool) and asked.access == ("execute",)

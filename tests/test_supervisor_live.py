@@ -14,7 +14,8 @@ from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
-from llsupervise.supervisor.engine.loop import NotificationLoop, Pending
+from llsupervise.supervisor.engine.loop import NotificationLoop
+from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.launch.launcher import launch
 
 
@@ -28,11 +29,15 @@ async def test_grant_and_revoke_while_running(
     async with Supervisor.open(policy(tmp_path)) as sup, trio.open_nursery() as nursery:
         reader.start(sup, nursery)
         await wait_until(lambda: "err 13" in reader.lines(), "a first denial")
-        generation = sup.add_rule(str(paths["data"]), AccessFs.READ_FILE)
+        without = sup.rules.permanent
+        data = str(paths["data"])
+        generation = sup.rules.replace(
+            without.with_fs(sup.table.open(data), AccessFs.READ_FILE, data)
+        )
         mark = len(reader.lines())
         await wait_until(lambda: READ_OK in reader.lines()[mark:], "grant")
         assert sup.generation == generation
-        sup.remove_rule(str(paths["data"]))
+        sup.rules.replace(without)
         mark = len(reader.lines())
         await wait_until(lambda: "err 13" in reader.lines()[mark:], "revocation")
         reader.stop()
@@ -154,12 +159,14 @@ async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) 
     from the one that ended: stopping and closing the loop must not wait for it forever."""
     make_tree(tmp_path)
     async with Supervisor.open(policy(tmp_path)) as sup:
-        assert sup.slot is not None
+        assert sup.rules.slot is not None
         launched = launch([sys.executable, "-c", "pass"], sup.static_layer(), TRAPPED_SYSCALLS)
-        loop = NotificationLoop(launched.listener, sup.slot, sup.static.handled_fs, Pending.close)
+        loop = NotificationLoop(
+            launched.listener, sup.rules.slot, sup.static.handled_fs, Pending.close
+        )
         await trio.to_thread.run_sync(loop.run)  # returns once the command is gone
         launched.process.wait()
-        loop._start(sup.slot.broker, sup.generation + 1)  # what such a commit does
+        loop._start(sup.rules.slot.broker, sup.generation + 1)  # what such a commit does
         loop.stop()
         closing = threading.Thread(target=loop.close, daemon=True)
         closing.start()
@@ -204,9 +211,9 @@ async def test_more_threads_than_kept_readers_are_all_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Readers of threads are evicted oldest first and reopened when the thread comes back."""
-    from llsupervise.supervisor.engine import loop as engine
+    from llsupervise.supervisor.engine import contexts
 
-    monkeypatch.setattr(engine, "MAX_TASKS", 2)
+    monkeypatch.setattr(contexts, "MAX_TASKS", 2)
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     rules = f"""

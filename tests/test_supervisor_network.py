@@ -75,10 +75,11 @@ async def test_port_rule_added_then_removed_while_running(tmp_path: Path, server
 
         nursery.start_soon(child)
         await wait_until(lambda: "err 13" in lines(log), "a first denial")
-        sup.add_port_rule(server, AccessNet.CONNECT_TCP)
+        without = sup.rules.permanent
+        sup.rules.replace(without.with_net(server, AccessNet.CONNECT_TCP))
         mark = len(lines(log))
         await wait_until(lambda: "ok" in lines(log)[mark:], "the grant")
-        sup.remove_port_rule(server)
+        sup.rules.replace(without)
         mark = len(lines(log))
         await wait_until(lambda: "err 13" in lines(log)[mark:], "the revocation")
         stop.touch()
@@ -125,7 +126,7 @@ async def test_answers_to_a_refused_connect(
         sup.listeners.append(events.append)
         argv = [sys.executable, "-c", CONNECT_TWICE, str(server)]
         status = await sup.run(argv, forward_signals=False)
-        committed = dict(sup.mutable.committed.net)
+        committed = dict(sup.rules.mutable.committed.net)
     assert status == 0
     assert capfd.readouterr().out.split() == results
     denials = [e for e in events if e["event"] == "denial"]

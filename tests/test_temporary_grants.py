@@ -80,7 +80,7 @@ async def test_a_grant_for_a_while_expires_and_the_kernel_denies_again(
 
         autojump_clock.jump(1)
         await wait_real(lambda: "err 13" in reader.lines()[mark:], "the kernel to deny again")
-        assert not sup.mutable.committed.fs  # the temporary rule is gone
+        assert not sup.rules.mutable.committed.fs  # the temporary rule is gone
         asked = [d.path for d in frontend.asked]
         assert len(asked) >= 2 and set(asked) == {str(paths["data"] / "x")}
         denials = [e for e in events if e["event"] == "denial"]

@@ -40,7 +40,7 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.engine.loop import EXEC_SYSCALLS
+from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_FDCWD,

@@ -38,6 +38,7 @@ _DECISION_STYLE = {
     "allow_for": "green",
     "allow_always": "bold green",
     "permissive": "yellow",
+    "conditional": "cyan",
 }
 
 

@@ -11,6 +11,9 @@ from typing import Any, TextIO
 
 from llsupervise.rights import AccessFs
 
+#: One event of the log (and of the hub and the TUI): a JSON object.
+Event = dict[str, Any]
+
 
 class Answer(enum.StrEnum):
     ALLOW_ONCE = "allow_once"
@@ -20,11 +23,14 @@ class Answer(enum.StrEnum):
     DENY_QUIET = "deny_quiet"
     TIMEOUT_DENY = "timeout_deny"
     PERMISSIVE = "permissive"
+    #: Granted without asking by a conditional rule of the policy (not a person's answer).
+    CONDITIONAL = "conditional"
 
     @property
     def allows(self) -> bool:
         return self in (
-            Answer.ALLOW_ONCE, Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.PERMISSIVE
+            Answer.ALLOW_ONCE, Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.PERMISSIVE,
+            Answer.CONDITIONAL,
         )  # fmt: skip
 
 

@@ -169,7 +169,12 @@ class Hub:
         sup = self.sup
 
         def label(obj: Any) -> str:
-            for rules in (sup.permanent, sup.mutable.pending, sup.mutable.committed, sup.static):
+            for rules in (
+                sup.rules.permanent,
+                sup.rules.mutable.pending,
+                sup.rules.mutable.committed,
+                sup.static,
+            ):
                 if obj in rules.labels:
                     return rules.labels[obj]
             try:
@@ -191,9 +196,9 @@ class Hub:
             "generation": sup.generation,
             "handled_fs": names(sup.static.handled_fs),
             "static": _rules_json(sup.static, label),
-            "committed": _rules_json(sup.mutable.committed, label),
-            "pending": _rules_json(sup.mutable.pending, label),
-            "quiet": sorted(label(obj) for obj in sup.quiet),
+            "committed": _rules_json(sup.rules.mutable.committed, label),
+            "pending": _rules_json(sup.rules.mutable.pending, label),
+            "quiet": sorted(label(obj) for obj in sup.rules.quiet),
             "kernel": self.kernel,
             "reload": self.last_reload,
         }

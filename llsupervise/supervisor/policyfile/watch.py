@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import trio
 import watchfiles
@@ -29,12 +29,26 @@ from llsupervise.policy.loader import PREDEFINED_VARIABLES, parse_policy
 from llsupervise.policy.locate import LineIndex
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import names, parse_fs
-from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
+from llsupervise.supervisor.events.model import Event
 from llsupervise.supervisor.policyfile.persist import Kept, PersistError, kept_from_event, persist
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
+from llsupervise.supervisor.rules.state import RuleState
 
-if TYPE_CHECKING:
-    from llsupervise.supervisor.core import Supervisor
+
+class Supervised(Protocol):
+    """What the policy file keeps in step with: a running supervisor."""
+
+    policy: ResolvedPolicy
+    decisions: DecisionSource
+    rules: RuleState
+    listeners: list[Callable[[Event], None]]
+
+    @property
+    def generation(self) -> int: ...
+
+    def emit(self, event: Event) -> None: ...
+
 
 #: Milliseconds: group a burst of writes (an editor's save) into one reload: a burst ends
 #: after STEP_MS without a change (a save's writes and rename come within a millisecond or
@@ -86,7 +100,7 @@ def _signature(path: str) -> tuple[int, ...] | None:
 class PolicyFile:
     """Keeps a running supervisor and its policy file in step (reload and persistence)."""
 
-    def __init__(self, sup: Supervisor, source: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, sup: Supervised, source: str, env: Mapping[str, str] | None = None) -> None:
         self.sup = sup
         #: The name errors use; ``path`` is the real file (a symlinked policy stays a symlink).
         self.source = source
@@ -186,12 +200,14 @@ class PolicyFile:
         try:
             document = parse_policy(text, self.source, self.env)
             self._check_handled(document, text)
-            resolved = resolve(document, sup.table)
+            resolved = resolve(document, sup.rules.table)
             permanent, quiet = self._with_unpersisted(resolved)
-            static_changed = resolved.static != sup.static or document.abi != self._started_abi
-            generation = sup.replace_rules(permanent, quiet, resolved.conditional)
+            static_changed = (
+                resolved.static != sup.rules.static or document.abi != self._started_abi
+            )
+            generation = sup.rules.replace(permanent, quiet, resolved.conditional)
         except (LLSuperviseError, OSError) as exc:
-            sup.release_objects()  # what the failed load opened
+            sup.rules.release_objects()  # what the failed load opened
             error = str(exc) if isinstance(exc, PolicyError) else f"{self.source}: {exc}"
             return {"event": "reload", "ok": False, "generation": sup.generation, "error": error}
         sup.policy = resolved
@@ -207,7 +223,10 @@ class PolicyFile:
 
     def _check_handled(self, document: PolicyDocument, text: str) -> None:
         """Supervisor rules must use rights the running layer handles: it cannot change."""
-        handled_fs, handled_net = self.sup.static.handled_fs, self.sup.static.handled_net
+        handled_fs, handled_net = (
+            self.sup.rules.static.handled_fs,
+            self.sup.rules.static.handled_net,
+        )
         # Plain ints for the per-rule test: a flag's own operators are slow on 10k rules.
         not_fs, not_net = ~int(handled_fs), ~int(handled_net)
         unhandled: list[tuple[Location, list[str]]] = [
@@ -231,7 +250,7 @@ class PolicyFile:
     def _with_unpersisted(self, resolved: ResolvedPolicy) -> tuple[Ruleset, frozenset[ObjectId]]:
         """The file's supervisor rules and quiet objects plus answers not written yet."""
         permanent, quiet = resolved.supervisor, set(resolved.quiet)
-        table = self.sup.table
+        table = self.sup.rules.table
         for kept in self.unpersisted:
             try:
                 obj = table.open(kept.path)
@@ -240,7 +259,7 @@ class PolicyFile:
             if kept.access is None:
                 quiet.add(obj)
             else:
-                access = parse_fs(kept.access) & self.sup.static.handled_fs
+                access = parse_fs(kept.access) & self.sup.rules.static.handled_fs
                 if access:
                     permanent = permanent.with_fs(obj, access, kept.path)
         return permanent, frozenset(quiet)

@@ -1,0 +1,145 @@
+"""What the serving threads know of each trapped thread: its memory reader, and its cwd,
+umask and credentials while no context-changing syscall may have changed them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from llsupervise.seccomp import Notification, ProcessMemory
+from llsupervise.supervisor.engine.requests import FsRequest, decode
+from llsupervise.supervisor.engine.tasks import TaskCache
+from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
+from llsupervise.supervisor.perform.procfs import status_fields, status_number
+
+#: Threads whose memory reader (and cached cwd) is kept open at once.
+MAX_TASKS = 1024
+T = TypeVar("T")
+
+
+@dataclass
+class Task:
+    """What is kept per trapped thread, opened with the supervisor's own standing."""
+
+    memory: ProcessMemory
+    #: /proc/TID/status, re-read (pread at 0) for the umask when none is cached.
+    status: int
+    #: Our O_PATH fd of the thread's cwd, and its umask, while no context syscall may have
+    #: changed them (see ThreadContexts.unsettle).
+    cwd: int | None = None
+    cached_umask: int | None = None
+    #: The thread's access credentials (see credentials).
+    cached_credentials: Credentials | None = None
+
+    def forget_context(self) -> None:
+        if self.cwd is not None:
+            os.close(self.cwd)
+        self.cwd = self.cached_umask = self.cached_credentials = None
+
+    def close(self) -> None:
+        self.forget_context()
+        self.memory.close()
+        os.close(self.status)
+
+    def read_status(self) -> dict[bytes, bytes]:
+        """The thread's status fields now; none once it is gone."""
+        try:
+            return status_fields(os.pread(self.status, 4096, 0))
+        except OSError:
+            return {}
+
+    def read_umask(self) -> int:
+        # Unknown: the narrowest usual umask, never a wider mode.
+        return status_number(self.read_status(), b"Umask", 8, 0o077)
+
+
+def open_task(tid: int) -> Task:
+    memory = ProcessMemory(tid)
+    try:
+        status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        memory.close()
+        raise
+    return Task(memory, status)
+
+
+class Unrestricted(Protocol):
+    """Runs a call with the supervisor's own standing (see perform.broker)."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
+
+
+class ThreadContexts:
+    """Per-thread readers and context caches. ``unrestricted`` runs a call with the
+    supervisor's own standing: a restricted thread may not open the child's /proc."""
+
+    def __init__(self, unrestricted: Unrestricted) -> None:
+        self._unrestricted = unrestricted
+        self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS)
+        #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
+        #: is read about a thread's context is not cached (it may be from before the change).
+        self._unsettled: set[int] = set()
+
+    def _open_task(self, tid: int) -> Task:
+        return self._unrestricted(lambda: open_task(tid))
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks)
+
+    def heard_from(self, tid: int) -> None:
+        """``tid`` made a new syscall: its previous one has returned."""
+        self._unsettled.discard(tid)
+
+    def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
+        """Read the request from the task's memory; None when the task is gone.
+
+        The memory reader is opened BEFORE id_valid so that pid reuse is caught; the result
+        is not yet known to be the task's: check ``id_valid`` before acting on it other than
+        by CONTINUE (which is safe whatever was read)."""
+        return self._tasks.read(
+            n.pid, lambda task: decode(n, name, task.memory.read_cstring, task.memory.read)
+        )
+
+    def forget(self, tid: int) -> None:
+        """The thread's address space is replaced (exec): a cached reader would read the old."""
+        self._tasks.forget(tid)
+
+    def unsettle(self, tid: int) -> None:
+        """``tid`` may change its cwd, root or umask (shared with other threads and even
+        processes): drop every cached context, and cache none until ``tid`` is heard from
+        again, which proves its syscall has returned."""
+        for task in self._tasks:
+            task.forget_context()
+        self._unsettled.add(tid)
+
+    def cwd(self, tid: int, task: Task | None) -> int:
+        """An O_PATH fd (ours to close) of the thread's current working directory."""
+        if task is not None and task.cwd is not None:
+            return os.dup(task.cwd)
+        fd = self._unrestricted(lambda: os.open(f"/proc/{tid}/cwd", os.O_PATH | os.O_CLOEXEC))
+        if task is None or self._unsettled:
+            return fd
+        task.cwd = fd
+        return os.dup(fd)
+
+    def credentials(self, task: Task) -> Credentials | None:
+        """The thread's access credentials; None when unknown (it is gone)."""
+        if task.cached_credentials is not None:
+            return task.cached_credentials
+        credentials = access_credentials(task.read_status())
+        if not self._unsettled:
+            task.cached_credentials = credentials
+        return credentials
+
+    def umask(self, task: Task) -> int:
+        if task.cached_umask is not None:
+            return task.cached_umask
+        umask = task.read_umask()
+        if not self._unsettled:
+            task.cached_umask = umask
+        return umask
+
+    def close(self) -> None:
+        self._tasks.close()

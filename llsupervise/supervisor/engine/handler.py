@@ -1,0 +1,191 @@
+"""Handling one trapped syscall in a serving thread: decode it, bind it to the objects it
+names, perform it (judged by the kernel, since the thread is restricted), and reply; a
+Landlock denial is handed over as a :class:`Pending`."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+from llsupervise.rights import AccessFs
+from llsupervise.seccomp import (
+    CONTEXT_SYSCALLS,
+    Listener,
+    MemoryReadError,
+    Notification,
+    native_arch,
+    syscall_name,
+)
+from llsupervise.supervisor.engine.childfds import ChildFds
+from llsupervise.supervisor.engine.contexts import Task, ThreadContexts
+from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
+from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
+from llsupervise.supervisor.engine.performed import PerformedLog
+from llsupervise.supervisor.engine.requests import AT_FDCWD, DecodeError, FsRequest
+from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
+from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform
+
+EXEC_SYSCALLS = ("execve", "execveat")
+
+OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
+
+
+class RequestHandler:
+    """Answers each notification a serving thread receives."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        handled_fs: AccessFs,
+        contexts: ThreadContexts,
+        child_fds: ChildFds,
+        on_denial: Callable[[Pending], None],
+        on_exec: OnExec | None,
+        fast: StaticPrefixes | None,
+        net: NetMediator | None,
+        cpu: int | None,
+    ) -> None:
+        self.listener = listener
+        self.handled_fs = handled_fs
+        self.contexts = contexts
+        self.child_fds = child_fds
+        self.on_denial = on_denial
+        self.on_exec = on_exec
+        self.fast = fast
+        self.net = net
+        self.cpu = cpu
+        self.arch = native_arch()
+        #: Read here: the serving threads, restricted, may not read /proc.
+        self._our_credentials = own_credentials()
+        self.served = 0
+        self.performed = PerformedLog()
+
+    def handle(self, n: Notification, generation: int) -> None:
+        self.served += 1
+        self.contexts.heard_from(n.pid)
+        if self.net is not None and self.net.handle(n):
+            return  # bind/connect: the mediator answers it from its own threads
+        name = syscall_name(self.arch, n.nr) or ""
+        if name in CONTEXT_SYSCALLS:
+            self.contexts.unsettle(n.pid)
+            self.listener.send_continue(n.id)  # not mediated: only observed
+            return
+        if name in EXEC_SYSCALLS:
+            self._exec(n, name)
+            return
+        try:
+            decoded = self.contexts.decode(n, name)
+        except (DecodeError, MemoryReadError):
+            self.listener.send_continue(n.id)  # the static layer decides
+            return
+        if decoded is None:
+            # Its memory could not be opened: the task is gone (then this reply fails
+            # harmlessly), or we are short of descriptors. The static layer decides.
+            self.listener.send_continue(n.id)
+            return
+        request, task = decoded
+        if request.leave_to_kernel() or (self.fast is not None and self.fast.allows(request)):
+            self.listener.send_continue(n.id)
+            return
+        credentials = self.contexts.credentials(task)
+        if credentials is None:
+            self.listener.send_continue(n.id)  # not knowing them, we may not act for it
+            return
+        # Still waiting, so the memory read (through a fd opened before) was the task's.
+        if not self.listener.id_valid(n.id):
+            return
+        # Not ours: the operation is performed with the thread's own (see credentials).
+        theirs = None if credentials == self._our_credentials else credentials
+        target = self._bind(n, request, task, theirs)
+        if target is None:
+            return
+        self.serve(n, target, generation)
+
+    def _exec(self, n: Notification, name: str) -> None:
+        """Exec cannot be granted live (Landlock checks it in the child's context): the static
+        layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
+        try:
+            decoded = self.contexts.decode(n, name) if self.on_exec is not None else None
+        except (DecodeError, MemoryReadError):
+            decoded = None
+        if decoded is not None and not self.listener.id_valid(n.id):
+            decoded = None
+        self.contexts.forget(n.pid)
+        if decoded is not None and self.on_exec is not None:
+            request = decoded[0]
+            try:
+                dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
+            except OSError:
+                dir1 = None
+            try:
+                objects = checked_objects(request, dir1, None, self.handled_fs)
+            except OSError:
+                objects = []
+            finally:
+                if dir1 is not None:
+                    os.close(dir1)
+            for obj in objects:
+                self.on_exec(n, request, obj)  # takes ownership of obj
+        self.listener.send_continue(n.id)
+
+    def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
+        if path.startswith(b"/"):
+            return None
+        if dirfd == AT_FDCWD:
+            return self.contexts.cwd(tid, task)
+        return self.child_fds.open(tid, dirfd)
+
+    def _bind(
+        self, n: Notification, r: FsRequest, task: Task, credentials: Credentials | None
+    ) -> Target | None:
+        try:
+            dir1 = self._dirfd(n.pid, r.dirfd, r.path, task)
+        except OSError as exc:
+            self._reply_errno(n, exc.errno or errno.EBADF)
+            return None
+        try:
+            dir2 = self._dirfd(n.pid, r.dirfd2, r.path2, task) if r.path2 else None
+        except OSError as exc:
+            if dir1 is not None:
+                os.close(dir1)
+            self._reply_errno(n, exc.errno or errno.EBADF)
+            return None
+        umask = self.contexts.umask(task) if r.creates else 0
+        return Target(r, dir1, dir2, umask, credentials)
+
+    def _reply_errno(self, n: Notification, err: int) -> None:
+        # /proc/TID/fd/N missing means the child passed a bad fd.
+        self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
+
+    def serve(self, n: Notification, target: Target, generation: int) -> None:
+        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
+        try:
+            result = perform(target)
+            self.performed.note(target)
+        except KernelDecides:
+            result = None
+        except OSError as exc:
+            if exc.errno == errno.EACCES and self._deny(n, target, generation):
+                return
+            close_dirs(target)
+            self.listener.send_error(n.id, exc.errno or errno.EIO)
+            return
+        close_dirs(target)
+        if result is None:
+            self.listener.send_continue(n.id)
+        else:
+            reply(self.listener, n, target.request, result, self.cpu)
+
+    def _deny(self, n: Notification, target: Target, generation: int) -> bool:
+        """Hand a denial over; False when it was not Landlock's (no handled right missing)."""
+        try:
+            objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
+        except OSError:
+            objects = []
+        if not objects:
+            return False
+        self.on_denial(Pending(n, target, objects, generation))
+        return True

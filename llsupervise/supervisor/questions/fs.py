@@ -1,0 +1,193 @@
+"""Questions about filesystem denials: one per distinct (program, operation, objects), which
+every identical request waits on; the answer is remembered as rules or quiet objects and
+carried out for each waiting request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import trio
+
+from llsupervise.policy.model import ObjectId
+from llsupervise.rights import NO_FS, AccessFs, names
+from llsupervise.seccomp import Listener
+from llsupervise.supervisor.engine.denials import CheckedObject
+from llsupervise.supervisor.engine.pending import Pending
+from llsupervise.supervisor.engine.requests import FsRequest
+from llsupervise.supervisor.events.decisions import DecisionSource
+from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
+from llsupervise.supervisor.perform.procfs import read_status, status_number
+from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
+from llsupervise.supervisor.questions.conditional import ConditionalGrants
+from llsupervise.supervisor.rules.state import RuleState, Temporary
+
+
+class QuestionKey(NamedTuple):
+    """What makes two denials the same question."""
+
+    exe: str
+    op: str
+    objects: tuple[tuple[ObjectId, AccessFs], ...]
+
+
+@dataclass
+class Question:
+    """Identical concurrent denials share one question."""
+
+    denial: Denial
+    #: The first request's checked objects: what a rule from the answer binds to.
+    objects: list[CheckedObject]
+    #: Requests to answer (none for exec: the static layer has already answered it).
+    waiting: list[Pending] = field(default_factory=list)
+    count: int = 1
+
+
+class FsQuestions:
+    def __init__(
+        self,
+        rules: RuleState,
+        decisions: DecisionSource,
+        listener: Callable[[], Listener | None],
+        emit: Callable[[Event], None],
+    ) -> None:
+        self.rules = rules
+        self.decisions = decisions
+        self._listener = listener
+        self._emit = emit
+        self.conditional = ConditionalGrants(rules, listener, emit)
+        self._open: dict[QuestionKey, Question] = {}
+
+    def ask(
+        self,
+        exe: str,
+        cmdline: str,
+        tid: int,
+        request: FsRequest,
+        objects: list[CheckedObject],
+        generation: int,
+        pending: Pending | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Raise one question per distinct (exe, operation, objects); others wait on it.
+        ``pending`` None: an exec, reported only (the static layer has answered it)."""
+        denial = make_denial(exe, cmdline, tid, request, objects, generation)
+        if pending is not None and self.conditional.grant(pending, denial, nursery):
+            return
+        key = QuestionKey(exe, request.op, tuple((o.obj, o.access) for o in objects))
+        question = self._open.get(key)
+        if question is not None:
+            question.count += 1
+            if pending is None:
+                for o in objects:
+                    o.close()
+            else:
+                question.waiting.append(pending)
+            return
+        waiting = [] if pending is None else [pending]
+        self._open[key] = Question(denial, objects, waiting)
+        nursery.start_soon(self._resolve, key, nursery)
+
+    def _is_quiet(self, objects: list[CheckedObject]) -> bool:
+        return any(obj in self.rules.quiet for o in objects for obj in o.chain)
+
+    async def _resolve(self, key: QuestionKey, nursery: trio.Nursery) -> None:
+        question = self._open[key]
+        if self._is_quiet(question.objects):
+            decision = Decision(Answer.DENY_QUIET)
+            kept: list[Event] = []
+        else:
+            decision = await self.decisions.decide(question.denial)
+            kept = self._remember(question.objects, decision, nursery)
+        del self._open[key]
+        denial = question.denial
+        event = denial.event(decision.answer) | {"count": question.count}
+        if denial.next_run_only:
+            event["next_run_only"] = True
+        if kept:
+            event["rules"] = kept
+        self._emit(event)
+        if not question.waiting:  # exec: nothing to answer, only the objects to release
+            for o in question.objects:
+                o.close()
+        slot = self.rules.slot
+        assert slot is not None
+        for pending in question.waiting:
+            once = None
+            if decision.answer in ONCE:
+                once = once_broker(self.rules.in_force, pending, self.rules.table)
+            await trio.to_thread.run_sync(
+                carry_out, self._listener(), slot, pending, decision, once
+            )
+
+    def _remember(
+        self, objects: list[CheckedObject], decision: Decision, nursery: trio.Nursery
+    ) -> list[Event]:
+        """Keep what an answer says beyond this request: rules (always, for a while) and
+        quiet objects. Returns the rules kept, as the event log reports them."""
+        if decision.answer not in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR, Answer.DENY_QUIET):
+            return []
+        rules = self.rules
+        kept: list[Event] = []
+        permanent, quiet = rules.permanent, rules.quiet
+        for o in objects:
+            access = o.access
+            if o is objects[0] and decision.access is not None:
+                access |= decision.access & rules.static.handled_fs
+            elif rules.static.fs_rights_on(o.chain) & access == access:
+                continue  # e.g. the other end of a rename: the static rules already allow it
+            if decision.scope is not None and o is objects[0]:
+                obj = rules.table.open(decision.scope)
+            else:
+                obj = rules.table.adopt(os.dup(o.fd))
+            label = rules.table.label(obj)
+            if decision.answer == Answer.DENY_QUIET:
+                quiet = quiet | {obj}
+                kept.append({"quiet": label})
+            elif decision.answer == Answer.ALLOW_ALWAYS:
+                permanent = permanent.with_fs(obj, access, label)
+                kept.append({"path": label, "access": names(access)})
+            else:
+                seconds = decision.duration or 60.0
+                deadline = trio.current_time() + seconds
+                rules.grant_temporarily(Temporary(deadline, obj, access), seconds, nursery)
+                kept.append({"path": label, "access": names(access), "seconds": seconds})
+        if decision.answer != Answer.ALLOW_FOR:
+            rules.replace(permanent, quiet)
+        return kept
+
+    def drop(self) -> None:
+        """The run is over: close every waiting request (its listener closes: fails closed)."""
+        for question in self._open.values():
+            if not question.waiting:
+                for o in question.objects:
+                    o.close()
+            for pending in question.waiting:
+                pending.close()
+        self._open.clear()
+
+
+def make_denial(
+    exe: str,
+    cmdline: str,
+    tid: int,
+    request: FsRequest,
+    objects: list[CheckedObject],
+    generation: int,
+) -> Denial:
+    access: AccessFs = NO_FS
+    for o in objects:
+        access |= o.access
+    return Denial(
+        pid=status_number(read_status(tid), b"Tgid", 10, tid),
+        tid=tid,
+        exe=exe,
+        cmdline=cmdline,
+        syscall=request.syscall,
+        path=objects[0].label,
+        access=tuple(names(access)),
+        generation=generation,
+        next_run_only=request.op == "execute",
+    )
