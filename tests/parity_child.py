@@ -295,7 +295,11 @@ while True:
         with open(f"/proc/self/task/{t.native_id}/wchan") as f:
             wchan = f.read()
     except (FileNotFoundError, ProcessLookupError):
-        continue  # the reader has just returned: the check above sees it
+        if returned.is_set():
+            continue  # the reader has just returned: the check above sees it
+        t.join()  # it ended without returning from its open: the open failed
+        print("reader open failed", flush=True)
+        raise SystemExit(0)
     if "partner" in wchan:  # the kernel's FIFO wait
         print("reader open waits for a writer", flush=True)
         break
