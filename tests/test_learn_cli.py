@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,13 @@ from pathlib import Path
 import pytest
 from landlockconfig_schema import landlockconfig_errors
 
+import llsupervise
+from llsupervise.learn.paths import is_beneath
 from llsupervise.learn.recording import Recording
 from llsupervise.policy.loader import load_policy, parse_policy
+from llsupervise.rights import AccessFs
+
+ROOT = Path(llsupervise.__file__).resolve().parent.parent
 
 
 def cli(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
@@ -22,6 +28,7 @@ def cli(*args: str, work: Path) -> subprocess.CompletedProcess[str]:
         "TMPDIR": str(work.parent / "tmp"),
         "PWD": str(work),
         "LC_ALL": "C",
+        "PYTHONPATH": str(ROOT),  # this checkout's llsupervise, whatever the cwd
     }
     return subprocess.run(
         [sys.executable, "-m", "llsupervise.cli", *args],
@@ -147,3 +154,54 @@ def test_a_learned_policy_exports_to_landlockconfigs_format(work: Path) -> None:
     result = cli("export", "--policy", str(policy), "--landlockconfig", str(exported), work=work)
     assert result.returncode == 0, result.stderr
     assert landlockconfig_errors(exported.read_text()) == []
+
+
+def test_a_command_that_cannot_be_started_writes_no_policy(work: Path) -> None:
+    policy = work.parent / "policy.toml"
+    for command in (["nosuchprog-llsupervise"], [str(work / "a.txt")]):  # 127, then 126
+        result = cli("learn", "-o", str(policy), "--", *command, work=work)
+        assert result.returncode == 2, result.stderr
+        assert "could not be started" in result.stderr and "no policy was written" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not policy.exists() and not Path(f"{policy}.recording.json").exists()
+
+
+def test_an_output_in_a_missing_directory_is_refused_before_running(work: Path) -> None:
+    result = cli("learn", "-o", "/nonexistent/l.toml", "--", "touch", "ran", work=work)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("llsupervise: -o /nonexistent/l.toml: no such directory")
+    assert not (work / "ran").exists()
+
+
+def test_the_policy_is_never_written_where_the_program_may_write(work: Path) -> None:
+    result = cli("learn", "-o", "l.toml", "--", "sh", "-c", "echo x > new.txt", work=work)
+    assert result.returncode == 2
+    assert "would let the program change its own policy" in result.stderr
+    assert f"-o {work.parent / 'l.toml'}" in result.stderr  # a place outside
+    assert not (work / "l.toml").exists()
+    beside = cli("learn", "-o", "l.toml", "--", "cat", "a.txt", work=work)  # reads only
+    assert beside.returncode == 0, beside.stderr
+
+
+def test_git_log_is_given_the_files_it_read_not_etc_or_dev(work: Path) -> None:
+    env = {"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a",
+           "GIT_COMMITTER_EMAIL": "a@b"}  # fmt: skip
+    repo = work / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f").write_text("f\n")
+    for args in (["add", "-A"], ["commit", "-qm", "m"]):
+        subprocess.run(["git", *args], cwd=repo, env={**os.environ, **env}, check=True)
+    policy = work.parent / "learned.toml"
+    result = cli("learn", "-o", str(policy), "--", "git", "-C", str(repo), "log", "-3", work=work)
+    assert result.returncode == 0, result.stderr
+    document = load_policy(policy, env_of(work))
+    for entry in (*document.path_beneath, *document.supervisor.path_beneath):
+        for path in entry.paths:
+            assert path not in ("/", "/etc", "/dev", "/proc", "/home", "/sys"), entry
+            if entry.access & AccessFs.READ_FILE:
+                assert not is_beneath("/etc/shadow", path), entry
+    comments = " ".join(line.lstrip("# ") for line in policy.read_text().splitlines()
+                        if line.startswith("#"))  # fmt: skip
+    programs = re.findall(r"of [0-9]+ runs(?: \(rare\))?, by ([^.]*)\.", comments)
+    assert programs and all(p == "git" for p in programs), programs

@@ -1,10 +1,18 @@
-"""Learn a policy from a real program, then enforce it on a fresh copy of the same work.
+"""Learn a policy from a real program, then enforce it.
 
 Each workload is built twice, under ``learn/`` and ``enforce/`` (so the policy must be portable:
-``${PWD}``, ``${HOME}``, ``${TMPDIR}``), with its own home and temporary directory. The enforced
-run (``run --headless``: the learned mode is interactive, whose headless default denies) must
-see no denial and produce the same output; then children under the learned policy try to read
-a decoy secret that the program never read, and to write outside the workload's directories.
+``${PWD}``, ``${HOME}``, ``${TMPDIR}``), with its own home and temporary directory.
+
+- The enforced run (``run --headless``: the learned mode is interactive, whose headless default
+  denies) must see no denial and produce the same output.
+- Under the learned policy, in the tree the learning run left behind (so the directories it
+  created exist), decoys the program never read stay unreadable: beside each created directory,
+  in ``$HOME`` and under ``/etc``; and nothing outside the work tree becomes writable.
+
+Workloads that create directories need rules that bind to a path the run creates (the
+supervisor-side part of issue 17). Until the supervisor has them, their enforced run is denied
+inside the new directory, and that one assertion is a strict xfail raising
+:class:`NoCreatedPathRules`; the exposure checks hold today.
 """
 
 from __future__ import annotations
@@ -13,20 +21,33 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-DECOY = b"-----BEGIN DECOY PRIVATE KEY-----\n"
-APPENDED = b"probe\n"
+import llsupervise
+from llsupervise.learn.paths import is_beneath
+
+ROOT = Path(llsupervise.__file__).resolve().parent.parent
+DECOY = b"decoy: never read by the program\n"
+
+
+class NoCreatedPathRules(AssertionError):
+    """Denied inside a directory the run creates: the supervisor cannot yet bind a learned rule
+    to a path that does not exist when the policy is loaded (issue 17, supervisor side)."""
+
 
 MAKEFILE = """\
 build/prog: build/main.o build/util.o
 \tcc -o $@ $^
-build/%.o: src/%.c src/util.h
+build/%.o: src/%.c src/util.h | build
 \tcc -c -o $@ $<
+build:
+\tmkdir -p build
 """
 MAIN_C = '#include <stdio.h>\n#include "util.h"\nint main(void) { printf("%d\\n", add(2, 3)); }\n'
 UTIL_C = '#include "util.h"\nint add(int a, int b) { return a + b; }\n'
@@ -39,8 +60,23 @@ digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 result = {"n": len(rows), "mean": statistics.mean(values), "sha": digest,
           "top": collections.Counter(r["name"] for r in rows).most_common(1)}
 pathlib.Path("out/result.json").write_text(json.dumps(result, sort_keys=True) + "\\n")
+pathlib.Path("out/summary.txt").write_text(f"{len(rows)} rows\\n")
 print(json.dumps(result, sort_keys=True))
 """
+
+MKTEMP_SH = """\
+set -e
+scratch=$(mktemp)
+dir=$(mktemp -d)
+sort words.txt > "$scratch"
+uniq -c "$scratch" > "$dir/counts"
+cp "$dir/counts" out/result.txt
+cat out/result.txt
+rm -r "$scratch" "$dir"
+"""
+
+GIT_SCRIPT = "git init -q -b main && git add -A && git commit -q -m initial && git log --oneline"
+TAR_SCRIPT = "mkdir extracted && tar -xf archive.tar -C extracted && cat extracted/pkg/README"
 
 
 @dataclass(frozen=True)
@@ -50,11 +86,8 @@ class Workload:
     command: list[str]
     #: What must come out identical (relative path -> bytes), read after the run.
     outputs: Callable[[Path], dict[str, bytes]]
-    #: Relative to the working directory: a decoy the program never reads.
-    decoy: str
-    #: Relative to the working directory: places outside its directories, and one inside.
-    forbidden: tuple[str, ...]
-    allowed: str
+    #: Directories the run creates, relative to the working directory.
+    created: tuple[str, ...] = ()
 
 
 def _side(side: Path) -> None:
@@ -67,31 +100,25 @@ def build_c_project(side: Path) -> Path:
     _side(side)
     work = side / "project"
     (work / "src").mkdir(parents=True)
-    (work / "build").mkdir()
-    (work / "build" / ".keep").write_text("")
     (work / "Makefile").write_text(MAKEFILE)
     (work / "src" / "main.c").write_text(MAIN_C)
     (work / "src" / "util.c").write_text(UTIL_C)
     (work / "src" / "util.h").write_text("int add(int a, int b);\n")
-    (work / "secret.key").write_bytes(DECOY)
     return work
 
 
 def c_outputs(work: Path) -> dict[str, bytes]:
     ran = subprocess.run([work / "build" / "prog"], capture_output=True, check=True, timeout=60)
-    return {"build/prog": (work / "build" / "prog").read_bytes(), "stdout": ran.stdout}
+    return {"stdout": ran.stdout}
 
 
 def build_repository(side: Path) -> Path:
-    """The decoy sits beside the repository: ``git init`` creates ``.git`` inside it, so the
-    repository directory itself is where created objects are anchored (see synthesis)."""
     _side(side)
     work = side / "repo"
     (work / "docs").mkdir(parents=True)
     for i in range(5):
         (work / f"file{i}.txt").write_text(f"content {i}\n" * (i + 1))
     (work / "docs" / "guide.md").write_text("# Guide\n")
-    (side / "secret.key").write_bytes(DECOY)
     return work
 
 
@@ -103,6 +130,37 @@ def git_outputs(work: Path) -> dict[str, bytes]:
     return {"head": git("rev-parse", "HEAD"), "tree": git("ls-tree", "-r", "HEAD")}
 
 
+def build_archive(side: Path) -> Path:
+    _side(side)
+    work = side / "unpack"
+    work.mkdir()
+    source = side / "source"
+    (source / "pkg" / "lib").mkdir(parents=True)
+    (source / "pkg" / "README").write_text("the package\n")
+    (source / "pkg" / "lib" / "code.txt").write_text("code\n")
+    with tarfile.open(work / "archive.tar", "w") as archive:
+        archive.add(source / "pkg", arcname="pkg")
+    return work
+
+
+def tar_outputs(work: Path) -> dict[str, bytes]:
+    return {p: (work / "extracted" / p).read_bytes() for p in ("pkg/README", "pkg/lib/code.txt")}
+
+
+def build_mktemp_script(side: Path) -> Path:
+    _side(side)
+    work = side / "words"
+    work.mkdir()
+    (work / "out").mkdir()
+    (work / "words.txt").write_text("b\na\nb\nc\na\nb\n")
+    (work / "count.sh").write_text(MKTEMP_SH)
+    return work
+
+
+def mktemp_outputs(work: Path) -> dict[str, bytes]:
+    return {"out/result.txt": (work / "out" / "result.txt").read_bytes()}
+
+
 def build_python_program(side: Path) -> Path:
     _side(side)
     work = side / "analysis"
@@ -110,31 +168,20 @@ def build_python_program(side: Path) -> Path:
     (work / "out").mkdir()
     (work / "data" / "input.csv").write_text("name,value\nx,1\ny,2\nx,6\n")
     (work / "report.py").write_text(REPORT_PY)
-    (work / "secret.key").write_bytes(DECOY)
     return work
 
 
 def python_outputs(work: Path) -> dict[str, bytes]:
-    return {"out/result.json": (work / "out" / "result.json").read_bytes()}
+    return {p: (work / p).read_bytes() for p in ("out/result.json", "out/summary.txt")}
 
-
-GIT_SCRIPT = "git init -q -b main && git add -A && git commit -q -m initial && git log --oneline"
-OUTSIDE = ("../outside.txt", "../home/.profile", "../elsewhere/notes.txt", "../elsewhere/new.txt")
 
 WORKLOADS = {
-    "make": Workload(
-        build_c_project, ["make"], c_outputs, "secret.key",
-        (*OUTSIDE, "top-level.txt", "src/main.c", "Makefile"), "build/extra.o",
-    ),
-    "git": Workload(
-        build_repository, ["sh", "-c", GIT_SCRIPT], git_outputs, "../secret.key",
-        OUTSIDE, "new-file.txt",
-    ),
-    "python": Workload(
-        build_python_program, [sys.executable, "report.py"], python_outputs, "secret.key",
-        (*OUTSIDE, "top-level.txt", "data/input.csv", "report.py"), "out/extra.json",
-    ),
-}  # fmt: skip
+    "make": Workload(build_c_project, ["make"], c_outputs, ("build",)),
+    "git": Workload(build_repository, ["sh", "-c", GIT_SCRIPT], git_outputs, (".git",)),
+    "tar": Workload(build_archive, ["sh", "-c", TAR_SCRIPT], tar_outputs, ("extracted",)),
+    "mktemp": Workload(build_mktemp_script, ["sh", "count.sh"], mktemp_outputs),
+    "python": Workload(build_python_program, [sys.executable, "report.py"], python_outputs),
+}
 
 
 def environment(work: Path) -> dict[str, str]:
@@ -145,6 +192,7 @@ def environment(work: Path) -> dict[str, str]:
         "TMPDIR": str(side / "tmp"),
         "PWD": str(work),
         "LC_ALL": "C",
+        "PYTHONPATH": str(ROOT),  # for llsupervise itself; the workloads do not import
         "GIT_AUTHOR_NAME": "Learner",
         "GIT_AUTHOR_EMAIL": "learner@example.org",
         "GIT_COMMITTER_NAME": "Learner",
@@ -166,47 +214,89 @@ def denials(log: Path) -> list[dict[str, object]]:
     return [e for e in events if e["event"] == "denial"]
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_learned_policy_runs_the_program_and_nothing_else(tmp_path: Path, name: str) -> None:
-    workload = WORKLOADS[name]
-    learn_work = workload.build(tmp_path / "learn")
-    work = workload.build(tmp_path / "enforce")
+def learn(
+    tmp_path: Path, workload: Workload
+) -> tuple[Path, Path, subprocess.CompletedProcess[bytes]]:
+    """The learning run: (its work tree, the policy, the run)."""
+    work = workload.build(tmp_path / "learn")
     policy = tmp_path / "policy.toml"
-
-    learned = cli("learn", "-o", str(policy), "--", *workload.command, work=learn_work)
+    learned = cli("learn", "-o", str(policy), "--", *workload.command, work=work)
     assert learned.returncode == 0, learned.stderr.decode()
     assert b"llsupervise learn: static rules:" in learned.stderr
-
     checked = cli("check", str(policy), work=work)
     assert checked.returncode == 0, checked.stderr.decode()
     assert b"findings: none" in checked.stdout
+    return work, policy, learned
 
+
+def workload_params() -> list[object]:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=NoCreatedPathRules))
+        if WORKLOADS[name].created else name
+        for name in sorted(WORKLOADS)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", workload_params())
+def test_the_learned_policy_runs_the_same_workload_without_a_denial(
+    tmp_path: Path, name: str
+) -> None:
+    workload = WORKLOADS[name]
+    learn_work, policy, learned = learn(tmp_path, workload)
+    work = workload.build(tmp_path / "enforce")
     log = tmp_path / "enforce.jsonl"
     run = ["run", "--headless", "--policy", str(policy), "--log", str(log), "--"]
     enforced = cli(*run, *workload.command, work=work)
+    denied = denials(log)
+    created = [str(work / c) for c in workload.created]
+    if denied and all(any(is_beneath(str(d["path"]), c) for c in created) for d in denied):
+        raise NoCreatedPathRules(f"denied in the directories the run created: {denied}")
+    assert denied == []
     assert enforced.returncode == 0, enforced.stderr.decode()
-    assert denials(log) == []
     assert enforced.stdout == learned.stdout and enforced.stdout
     assert workload.outputs(work) == workload.outputs(learn_work)
 
-    decoy = (work / workload.decoy).resolve()
-    log.unlink()
-    read = cli(*run, "cat", str(decoy), work=work)
-    assert read.returncode != 0 and DECOY not in read.stdout
-    assert b"Permission denied" in read.stderr
-    assert [d["path"] for d in denials(log)] == [str(decoy)]
 
-    before = {t: _content(work / t) for t in (*workload.forbidden, workload.allowed)}
-    script = 'for f; do printf probe\\\\n >> "$f" && echo "wrote $f"; done; exit 0'
-    wrote = cli(*run, "sh", "-c", script, "sh", *workload.forbidden, workload.allowed, work=work)
-    assert wrote.stdout.decode().splitlines() == [f"wrote {workload.allowed}"]
-    for target in workload.forbidden:
-        assert _content(work / target) == before[target], target
-    assert _content(work / workload.allowed) == (before[workload.allowed] or b"") + APPENDED
-
-
-def _content(path: Path) -> bytes | None:
+@pytest.fixture
+def etc_decoy() -> Iterator[Path]:
+    """A file under /etc no program needs (the tests run as root, as the project's CI does)."""
+    decoy = Path(f"/etc/llsupervise-decoy-{uuid.uuid4().hex[:8]}.conf")
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+        decoy.write_bytes(DECOY)
+    except PermissionError:
+        pytest.skip("needs to write a decoy under /etc")
+    try:
+        yield decoy
+    finally:
+        decoy.unlink()
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_the_learned_policy_exposes_nothing_the_workload_did_not_use(
+    tmp_path: Path, name: str, etc_decoy: Path
+) -> None:
+    workload = WORKLOADS[name]
+    work, policy, _ = learn(tmp_path, workload)
+    side = work.parent
+    decoys = [side / "home" / "decoy.txt", etc_decoy]
+    for created in workload.created:
+        assert (work / created).is_dir(), created
+        decoys.append((work / created).parent / f"decoy-beside-{created.lstrip('.')}.txt")
+    for decoy in decoys:
+        decoy.write_bytes(DECOY)
+
+    log = tmp_path / "probe.jsonl"
+    run = ["run", "--headless", "--policy", str(policy), "--log", str(log), "--"]
+    read = cli(*run, "sh", "-c", 'for f; do cat "$f"; done; exit 0', "sh", *map(str, decoys),
+               work=work)  # fmt: skip
+    assert DECOY not in read.stdout, read.stdout
+    assert read.stderr.count(b"Permission denied") == len(decoys), read.stderr
+    assert {d["path"] for d in denials(log)} == {str(d) for d in decoys}
+
+    outside = [side / "outside.txt", side / "home" / ".profile", side / "elsewhere" / "notes.txt",
+               side / "elsewhere" / "new.txt", etc_decoy]  # fmt: skip
+    before = {p: p.read_bytes() if p.exists() else None for p in outside}
+    script = 'for f; do printf probe >> "$f" && echo "wrote $f"; done; exit 0'
+    wrote = cli(*run, "sh", "-c", script, "sh", *map(str, outside), work=work)
+    assert wrote.stdout == b"", wrote.stdout
+    assert {p: p.read_bytes() if p.exists() else None for p in outside} == before

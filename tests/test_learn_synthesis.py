@@ -17,8 +17,10 @@ from learn_helpers import (
     supervisor_rights,
 )
 
+from llsupervise.learn import places
+from llsupervise.learn.paths import is_beneath
 from llsupervise.learn.recording import Recording, RecordingError
-from llsupervise.learn.render import render
+from llsupervise.learn.render import CREATED_MARKER, render
 from llsupervise.learn.summary import summary
 from llsupervise.learn.synthesis import WRITE_RIGHTS, LearnedPolicy, synthesize
 from llsupervise.policy.loader import parse_policy
@@ -49,17 +51,21 @@ def learned(rec: Recording, fs: FakeFs | None = None) -> LearnedPolicy:
     return synthesize(rec, context(fs))
 
 
-def test_system_reads_become_one_read_only_rule_per_hierarchy() -> None:
+def test_code_hierarchies_are_whole_and_system_data_is_listed_file_by_file() -> None:
     policy = learned(
         recording(
             ("/usr/bin/cc", X, X), ("/usr/lib/libc.so", R), ("/etc/passwd", R),
-            ("/proc/cpuinfo", R, R),
+            ("/proc/cpuinfo", R, R), ("/dev/null", R),
         )
     )  # fmt: skip
     doc = parsed(policy)
-    assert sorted(rule_paths(doc)) == [("/etc", R), ("/proc", R), ("/usr", X | R)]
+    assert sorted(rule_paths(doc)) == [
+        ("/dev/null", R), ("/etc/passwd", R), ("/proc/cpuinfo", R), ("/usr", X | R),
+    ]  # fmt: skip
     assert doc.supervisor.path_beneath == ()
-    assert {r.kind for r in policy.rules} == {"system"}
+    assert {r.kind for r in policy.rules} == {"system", "sysdata"}
+    assert static_rights(doc, "/etc/shadow") == NO_FS
+    assert "System data, read-only" in render(policy)
 
 
 def test_code_hierarchies_are_executable_once_anything_ran() -> None:
@@ -87,10 +93,11 @@ def test_temporary_files_are_covered_by_their_directory() -> None:
     assert "It also exposes existing entries no run touched: other-user-file." in text
 
 
-def test_created_directories_anchor_on_the_first_existing_parent() -> None:
+def test_temporary_directories_anchor_on_the_first_existing_parent() -> None:
+    """Created and gone by the end: no rule can name them."""
     rec = recording(
-        ("${PWD}", AccessFs.MAKE_DIR), ("${PWD}/.git", MAKE), ("${PWD}/.git/HEAD", W | R),
-        created=("${PWD}/.git", "${PWD}/.git/HEAD"),
+        ("${PWD}", AccessFs.MAKE_DIR), ("${PWD}/t", MAKE), ("${PWD}/t/x", W | R),
+        created=("${PWD}/t", "${PWD}/t/x"), removed=("${PWD}/t",),
     )  # fmt: skip
     doc = parsed(learned(rec))
     assert rule_paths(doc) == [(PWD, AccessFs.MAKE_DIR | MAKE | W | R)]
@@ -270,3 +277,118 @@ def test_summary_lists_rules_by_kind_and_widenings() -> None:
     assert any(
         line.startswith("  ${TMPDIR} [write_file, make_reg]: for 1 objects") for line in lines
     )
+
+
+def test_a_created_directory_gets_its_own_rule_and_its_parent_only_make_dir() -> None:
+    """`mkdir out` and writes in it: `${PWD}` gets make_dir, `${PWD}/out` what was done in it,
+    and the untouched `secret.key` beside it nothing."""
+    rec = recording(
+        ("${PWD}", AccessFs.MAKE_DIR), ("${PWD}/new", MAKE), ("${PWD}/new/a.txt", W | R),
+        ("${PWD}/src/a.c", R), created=("${PWD}/new", "${PWD}/new/a.txt"),
+    )  # fmt: skip
+    fs = FakeFs([*FakeFs().files, f"{PWD}/new/a.txt"])
+    policy = learned(rec, fs)
+    doc = parsed(policy)
+    assert supervisor_rights(doc, PWD) == AccessFs.MAKE_DIR
+    assert supervisor_rights(doc, f"{PWD}/secret.key") == AccessFs.MAKE_DIR
+    assert supervisor_rights(doc, f"{PWD}/new/a.txt") == AccessFs.MAKE_DIR | MAKE | W | R
+    [created] = [r for r in policy.rules if r.created]
+    assert created.paths == (f"{PWD}/new",) and not created.widened
+    text = render(policy)
+    assert 'parent = ["${PWD}/new"]\n' + CREATED_MARKER in text
+    assert "Created by the run" in text
+    assert any(line == "  ${PWD}/new [write_file, read_file, make_reg]" for line in summary(policy))
+    [entry] = [e for e in doc.supervisor.path_beneath if e.paths == (f"{PWD}/new",)]
+    assert entry.optional  # today's loader skips it while the path does not exist
+
+
+def test_a_file_created_in_pwd_gets_its_own_rule_but_one_in_a_subdirectory_widens() -> None:
+    rec = recording(
+        ("${PWD}", MAKE), ("${PWD}/out.txt", W), ("${PWD}/build", MAKE), ("${PWD}/build/a.o", W),
+        created=("${PWD}/out.txt", "${PWD}/build/a.o"),
+    )  # fmt: skip
+    fs = FakeFs([*FakeFs().files, f"{PWD}/out.txt", f"{PWD}/build/a.o"])
+    doc = parsed(learned(rec, fs))
+    assert supervisor_rights(doc, f"{PWD}/secret.key") == MAKE
+    assert supervisor_rights(doc, f"{PWD}/out.txt") == MAKE | W
+    assert supervisor_rights(doc, f"{PWD}/build/other.o") == MAKE | W
+
+
+def test_pwd_beats_tmpdir_and_complete_directories_stop_at_pwd() -> None:
+    pwd = "/tmp/x/proj"
+    fs = FakeFs([f"{pwd}/f", "/usr/bin/cc"])
+    variables = {"PWD": pwd, "HOME": HOME, "TMPDIR": "/tmp"}
+    rec = recording((f"{pwd}/f", R)).templated(variables)
+    policy = synthesize(rec, context(fs, variables))
+    text = render(policy)
+    assert "${TMPDIR}" not in text and 'parent = ["${PWD}"]' in text
+    assert all(is_beneath(p, pwd) for r in policy.rules for p in r.paths)
+
+
+def test_many_entries_read_widen_to_their_directory_unless_it_holds_secrets() -> None:
+    fonts = [f"/etc/fonts/conf.d/{i}.conf" for i in range(6)]
+    keys = [f"/etc/ssl/private/{i}.pem" for i in range(6)]
+    fs = FakeFs([*FakeFs().files, *fonts, *keys, "/etc/ssl/certs/ca.pem"])
+    rec = recording(*[(p, R) for p in fonts[:5]], *[(p, R) for p in keys[:5]])
+    policy = learned(rec, fs)
+    doc = parsed(policy)
+    assert static_rights(doc, fonts[5]) == R  # widened: 5 of 6 entries were read
+    assert static_rights(doc, "/etc/fonts/other") == NO_FS
+    assert static_rights(doc, keys[5]) == NO_FS  # never in a sensitive place
+    assert static_rights(doc, keys[0]) == R
+    [wide] = [r for r in policy.rules if r.many]
+    assert wide.paths == ("/etc/fonts/conf.d",) and wide.many == (5, 6)
+    assert wide.exposes == (fonts[5],)
+    lines = summary(policy)
+    assert any(line.startswith("  /etc/fonts/conf.d [read_file]: 5 of its 6") for line in lines)
+    assert "SENSITIVE places were read and have a rule of their own (review these):" in lines
+    assert f"  {keys[0]} [read_file] by cc" in lines
+
+
+def test_the_system_data_hierarchies_are_never_opened_whole() -> None:
+    etc = [f"/etc/f{i}" for i in range(8)]
+    fs = FakeFs(["/usr/bin/cc", *etc, "/dev/null", "/dev/zero"])
+    rec = recording(*[(p, R) for p in etc], ("/dev/null", R), ("/dev/zero", R), ("/etc", R))
+    doc = parsed(learned(rec, fs))
+    for root in ("/etc", "/dev", "/proc", "/"):
+        assert static_rights(doc, f"{root}/shadow".replace("//", "/")) == NO_FS, root
+
+
+def test_sensitive_system_files_read_are_named_in_the_review() -> None:
+    policy = learned(recording(("/etc/shadow", R), ("/etc/passwd", R)))
+    doc = parsed(policy)
+    assert static_rights(doc, "/etc/shadow") == R
+    assert static_rights(doc, "/etc/gshadow") == NO_FS
+    assert "  /etc/shadow [read_file] by cc" in summary(policy)
+
+
+def test_churning_names_get_one_rule_on_their_directory() -> None:
+    packs = [f"{PWD}/.git/objects/pack/pack-1.{ext}" for ext in ("pack", "idx")]
+    lock = f"{PWD}/.git/index.lock"
+    fs = FakeFs([*FakeFs().files, *packs, f"{PWD}/.git/HEAD", f"{PWD}/.git/config", lock])
+    rec = recording(*[(p, R) for p in packs], ("${PWD}/.git/HEAD", R), (lock, W))
+    policy = learned(rec, fs)
+    paths = sorted(p for r in policy.rules for p in r.paths)
+    assert paths == [f"{PWD}/.git", f"{PWD}/.git/HEAD", f"{PWD}/.git/objects"]
+    text = render(policy)
+    assert "Names here churn (git's object store" in text and "lock files" in text
+
+
+def test_a_processs_own_proc_entries_are_reported_not_granted() -> None:
+    policy = learned(recording(("/proc/1234/status", R), ("/proc/cpuinfo", R)))
+    assert [p for r in policy.rules for p in r.paths] == ["/proc/cpuinfo"]
+    assert [u for u, _ in policy.unplaced] == ["/proc/1234/status"]
+
+
+@pytest.mark.parametrize(
+    ("path", "secret"),
+    [
+        ("/etc/shadow", True), ("/etc/gshadow-", True), ("/etc/ssh/ssh_host_rsa_key", True),
+        ("/etc/sudoers.d/x", True), ("/root/.bashrc", True), ("/home/v/notes", True),
+        (f"{HOME}/.aws/credentials", True), (f"{PWD}/deploy.key", True),
+        (f"{PWD}/id_ed25519", True), ("/etc/passwd", False), (f"{HOME}/.bashrc", False),
+        ("/home", False), (f"{PWD}/main.c", False), (f"{PWD}/id_ed25519.pub", False),
+    ],
+)  # fmt: skip
+def test_the_documented_sensitive_places(path: str, secret: bool) -> None:
+    assert places.is_secret(path, HOME, places.secret_points(HOME)) is secret

@@ -16,12 +16,15 @@ from typing import Any
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.context import live_context, live_variables
-from llsupervise.learn.recorder import record
+from llsupervise.learn.guard import writers
+from llsupervise.learn.paths import to_template
+from llsupervise.learn.recorder import CommandNotStarted, record
 from llsupervise.learn.recording import Recording, RecordingError
 from llsupervise.learn.render import render
 from llsupervise.learn.summary import summary
 from llsupervise.learn.synthesis import LearnedPolicy, synthesize
 from llsupervise.policy.loader import parse_policy
+from llsupervise.rights import names
 from llsupervise.supervisor.policyfile.persist import write_atomically
 from llsupervise.supervisor.rules.objects import ObjectTable, raise_nofile_limit, resolve
 
@@ -52,6 +55,39 @@ def load_recording(path: str) -> Recording:
     return Recording.from_json(text, source)
 
 
+def check_output_place(output: str) -> None:
+    """Before anything runs: the policy (and its recording) can be written there."""
+    directory = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        raise LearnError(f"-o {output}: is a directory; name the policy file to write")
+    if not os.path.isdir(directory):
+        raise LearnError(f"-o {output}: no such directory {directory}; nothing was run")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise LearnError(f"-o {output}: cannot write in {directory}; nothing was run")
+
+
+def check_out_of_reach(learned: LearnedPolicy, files: Sequence[str], cwd: str) -> None:
+    """The learned rules must not let the program change the policy it will run under."""
+    variables = learned.variables
+    for file in files:
+        real = os.path.realpath(file)
+        found = writers(learned, real)
+        if not found:
+            continue
+        rule = found[0]
+        how = f"{to_template(rule.paths[0], variables)} [{', '.join(names(rule.access))}]"
+        name = os.path.basename(real)
+        places = [os.path.join(os.path.dirname(cwd), name)]
+        if variables.get("HOME"):
+            places.append(os.path.join(variables["HOME"], name))
+        outside = [p for p in places if not writers(learned, p)]
+        suggestion = f"; e.g. -o {outside[0]}" if outside else ""
+        raise LearnError(
+            f"not writing {file}: the learned rule on {how} would let the program change its "
+            f"own policy; nothing was written. Pass -o a place outside its rules{suggestion}"
+        )
+
+
 def check_loads(text: str, source: str, env: Mapping[str, str]) -> None:
     """The policy must load and resolve here, or nothing is written."""
     raise_nofile_limit()
@@ -76,13 +112,18 @@ def learn(
     run's exit status and the learned rules."""
     environment = dict(os.environ if env is None else env)
     cwd = os.getcwd()
+    if output:
+        check_output_place(output)
     previous = load_recording(merge) if merge else None  # bad input changes nothing
     variables = live_variables(environment, cwd)
     stdio = (None, None, None) if output else (None, sys.stderr.fileno(), None)
     recording = previous
     status = 0
     for _ in range(runs):
-        status, run = record(argv, stdio=stdio)
+        try:
+            status, run = record(argv, stdio=stdio)
+        except CommandNotStarted as exc:
+            raise LearnError(f"{exc}; no policy was written") from None
         run = run.templated(variables)
         recording = run if recording is None else recording.merged(run)
     assert recording is not None
@@ -91,6 +132,7 @@ def learn(
     text = render(learned, recording_file=os.path.basename(side) if side else None)
     check_loads(text, output or "<stdout>", {**environment, "PWD": variables["PWD"]})
     if output and side:
+        check_out_of_reach(learned, [output, side], variables["PWD"])
         write_atomically(side, recording.to_json())
         write_atomically(output, text)
     else:

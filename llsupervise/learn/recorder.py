@@ -18,6 +18,7 @@ import contextlib
 import os
 import posixpath
 import select
+import shlex
 import signal
 import stat
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.recording import Recording
 from llsupervise.rights import NO_FS, NO_NET, NO_SCOPE, AccessFs
 from llsupervise.seccomp import (
@@ -72,7 +74,8 @@ UNRESTRICTED = StaticLayer(NO_FS, NO_NET, NO_SCOPE, allow_nothing=True)
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 
-#: The program named for the command's own exec (made by llsupervise's launcher).
+#: Stands for llsupervise's own launcher while it starts the command: never recorded as a
+#: program (its exec of the command is attributed to the program it starts).
 LAUNCHER = "llsupervise"
 
 #: Memory handles kept open at once (one descriptor each); a build starts thousands of
@@ -83,6 +86,10 @@ _LOOKUP = os.O_PATH | os.O_CLOEXEC
 _DELETED = " (deleted)"
 #: Signals passed on to the command. SIGINT is not: a terminal sends it to the command too.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class CommandNotStarted(LLSuperviseError):
+    """The launcher could not exec the command: nothing of it was recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +171,9 @@ class Recorder:
         self.launcher = launcher
         self._launcher_exe = os.path.realpath(sys.executable)
         self.arch = native_arch()
+        #: Whether the command was started: the launcher exec'd an executable file, or another
+        #: process made a trapped call. A launcher that could not exec exits 126 or 127.
+        self.started = False
         #: Per thread: its memory (opened before id_valid, so pid reuse is caught) and exe.
         self._tasks = TaskCache(_Traced.open, MAX_CACHED_TASKS)
         self.served = 0
@@ -221,6 +231,8 @@ class Recorder:
         request, exe = decoded
         if n.pid == self.launcher and exe == self._launcher_exe:
             exe = LAUNCHER
+        elif n.pid != self.launcher:
+            self.started = True
         try:
             self._observe(n.pid, request, exe)
         finally:
@@ -291,7 +303,8 @@ class Recorder:
     ) -> None:  # fmt: skip
         # Pipes, sockets and anonymous files have no path and no Landlock check.
         if path.startswith("/") and not path.endswith(_DELETED):
-            self.recording.record_path(path, access, exe, is_dir=is_dir, static=static)
+            program = None if exe == LAUNCHER else exe
+            self.recording.record_path(path, access, program, is_dir=is_dir, static=static)
 
     def _where(self, tid: int, dirfd: int, path: bytes) -> bytes:
         """A lookup path naming what ``path`` names for the caller (relative paths through its
@@ -437,6 +450,9 @@ class Recorder:
         found = _lookup(where, not r.flags & AT_SYMLINK_NOFOLLOW)
         if found is not None and stat.S_ISREG(found.mode):
             execute = AccessFs.EXECUTE
+            if exe == LAUNCHER and found.mode & 0o111:
+                # The launcher starts the command: from now on this pid is the command's.
+                exe, self.launcher, self.started = found.path, None, True
             self._record(found.path, execute, exe, static=execute)
 
 
@@ -480,7 +496,8 @@ def record(
     stdio: Stdio = (None, None, None),
 ) -> tuple[int, Recording]:
     """Run ``argv`` once with nothing denied; return its exit status (128+N if killed by
-    signal N) and what it did. Paths in the recording are literal (see Recording.templated)."""
+    signal N) and what it did; CommandNotStarted if it could not be started. Paths in the
+    recording are literal (see Recording.templated)."""
     recording = Recording.new_run(argv)
     launched = launch(argv, UNRESTRICTED, TRAPPED_SYSCALLS, env=env, cwd=cwd, stdio=stdio)
     recorder = Recorder(launched.listener, recording, launched.pid)
@@ -502,7 +519,13 @@ def record(
         recorder.close()
         launched.listener.close()
         returncode = launched.process.wait()
-    return exit_status(returncode), recording
+    status = exit_status(returncode)
+    if status in (126, 127) and not recorder.started:
+        raise CommandNotStarted(
+            f"the command could not be started (status {status}: "
+            f"{'not found' if status == 127 else 'not executable'}): {shlex.join(argv)}"
+        )
+    return status, recording
 
 
-__all__ = ["TRAPPED_SYSCALLS", "UNRESTRICTED", "Recorder", "record"]
+__all__ = ["TRAPPED_SYSCALLS", "UNRESTRICTED", "CommandNotStarted", "Recorder", "record"]

@@ -112,19 +112,21 @@ class Recording:
         self,
         path: str,
         access: AccessFs,
-        exe: str,
+        exe: str | None,
         *,
         is_dir: bool = False,
         static: AccessFs = NO_FS,
     ) -> None:
-        """One access needing ``access`` on ``path`` by program ``exe``."""
+        """One access needing ``access`` on ``path`` by program ``exe`` (None: not one of the
+        command's programs, such as llsupervise's launcher)."""
         use = self.paths.get(path)
         if use is None:
             use = self.paths[path] = PathUse(runs={self.run_id})
         use.access |= access | static
         use.static |= static
         use.count += 1
-        use.exes.add(exe)
+        if exe is not None:
+            use.exes.add(exe)
         use.is_dir = use.is_dir or is_dir
 
     def record_created(self, path: str) -> None:

@@ -4,6 +4,18 @@ exists. Pure: text in, text out.
 Paths use ``${PWD}``, ``${HOME}`` and ``${TMPDIR}`` where they apply; access rights are spelled
 out by name so the file means the same on every ABI; counts sit in comments (the recording
 beside the policy is what ``learn --merge`` reads back, not these comments).
+
+A rule on an object the run created (``${PWD}/out``) is a ``[[supervisor.path_beneath]]`` whose
+last line is exactly :data:`CREATED_MARKER`::
+
+    [[supervisor.path_beneath]]
+    allowed_access = ["read_file", "write_file", "make_reg"]
+    parent = ["${PWD}/out"]
+    optional = true  # created by the run
+
+Today's loader skips it while the path does not exist (``optional``) and applies it to the object
+found there at load otherwise; a supervisor that binds rules to paths the run creates recognises
+the marker.
 """
 
 from __future__ import annotations
@@ -43,6 +55,9 @@ _VERBS: tuple[tuple[AccessFs, str], ...] = (
 #: Comment text width, so that policy lines stay under 100 columns.
 COMMENT_WIDTH = 96
 LINE_WIDTH = 99
+
+#: The line that ends a rule on a path the run creates (see the module docstring).
+CREATED_MARKER = "optional = true  # created by the run"
 
 MODE_NOTE = {
     "interactive": (
@@ -126,10 +141,14 @@ class _Writer:
             current += f" {item},"
         self.lines += [current, "]"]
 
-    def table(self, header: str, access: Iterable[str], parents: Sequence[str]) -> None:
+    def table(
+        self, header: str, access: Iterable[str], parents: Sequence[str], created: bool = False
+    ) -> None:
         self.lines.append(f"[[{header}]]")
         self.array("allowed_access", access)
         self.array("parent", [self.t(p) for p in parents])
+        if created:
+            self.lines.append(CREATED_MARKER)
 
     def seen(self, count: int, runs: int, exes: Sequence[str]) -> str:
         total = self.policy.runs
@@ -141,15 +160,30 @@ class _Writer:
 
     def rule(self, rule: Rule) -> None:
         base = rule.paths[0]
-        if rule.kind == "system":
-            executable = " and executable (programs and libraries)" \
-                if rule.access & AccessFs.EXECUTE else ""  # fmt: skip
-            what = f"System hierarchy, read-only{executable}"
-        else:
+        if rule.kind == "sysdata":
+            what = "System data, read-only"
+        elif rule.kind != "system":
             what = _verbs(rule.access).capitalize()
+        elif rule.access & AccessFs.EXECUTE:
+            what = "System hierarchy, read-only and executable (programs and libraries)"
+        else:
+            what = "System hierarchy, read-only (programs and libraries)"
         self.comment(f"{what}: {self.seen(rule.count, rule.runs, rule.exes)}.")
         examples = ["(itself)" if p == base else self.relative(p, base) for p in rule.examples]
         self.comment(f"Accessed: {listed(examples)}.")
+        if rule.created:
+            self.comment(
+                "Created by the run: this path did not exist when the run began. The rule is for "
+                "the object the run creates here; nothing beside it is exposed."
+            )
+        if rule.churn:
+            self.comment(
+                f"Names here churn ({'; '.join(rule.churn)}): one rule for the directory, not "
+                "one per name."
+            )
+        if rule.many:
+            read, total = rule.many
+            self.comment(f"{read} of its {total} entries were read: one rule for the directory.")
         if rule.transient:
             created = [self.relative(p, base) for p in rule.transient]
             self.comment(
@@ -157,6 +191,7 @@ class _Writer:
                 "during the runs, or not UTF-8): "
                 f"{listed(created)}."
             )
+        if rule.transient or rule.churn or rule.many:
             if rule.exposes:
                 exposes = [self.relative(p, base) for p in rule.exposes]
                 self.comment(f"It also exposes existing entries no run touched: {listed(exposes)}.")
@@ -166,7 +201,7 @@ class _Writer:
             self.comment(f"Every one of its {rule.complete} entries was accessed: nothing more "
                          "is exposed.")  # fmt: skip
         header = "path_beneath" if rule.part == "static" else "supervisor.path_beneath"
-        self.table(header, names(rule.access), rule.paths)
+        self.table(header, names(rule.access), rule.paths, created=rule.created)
         self.blank()
 
     def port(self, rule: PortRule) -> None:

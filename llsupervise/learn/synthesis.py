@@ -3,24 +3,35 @@ the :class:`FsView` the caller passes in.
 
 How each recorded access becomes a rule:
 
-1. **Anchor.** A rule binds to an object that exists when the policy is loaded. Objects created
-   or removed during a run (temporary files, build outputs, ``.git``) do not qualify, nor do
-   names a policy file cannot hold (not UTF-8), so their accesses go to the nearest directory
-   above them that existed throughout: that directory gets the make/remove rights that created
-   them and the rights used on them. This is a widening; the rule lists the existing entries it
-   also exposes.
-2. **System hierarchies** (``/usr``, ``/etc``, ``/proc``, the Python prefix, ...) get one static
-   read-only rule each, with ``execute`` where programs and libraries live as soon as anything
-   was executed: ELF and ``#!`` interpreters are executed by the kernel without a trapped call.
-   Writes beneath them are never widened: they stay on the object (``/dev/null``).
+1. **Anchor.** A rule binds to an object that exists when the policy is loaded.
+   - A directory the run created and left behind (``out/``, ``.git``), or a file it created
+     directly in ``${PWD}``, gets a rule of its own **marked as created by the run** (``optional``,
+     so today's loader skips it while the path does not exist; see :mod:`render` for the marker):
+     its parent gets only the rights really used on it (``make_dir``), never read or write for
+     everything beside the new object.
+   - Other objects created or removed during a run (temporaries, files created in an existing
+     subdirectory), and names a policy file cannot hold (not UTF-8), go to the nearest directory
+     above them that existed throughout. That is a widening; the rule lists the existing entries
+     it also exposes.
+   - Churning names (:func:`places.churn`: git objects, lock and swap files, compiler
+     temporaries) go to their directory, with a comment saying why.
+2. **System hierarchies.** Where programs and libraries live (``/usr``, ``/lib``, the Python
+   prefix, ...) gets one static read-only rule each, with ``execute`` as soon as anything was
+   executed: ELF and ``#!`` interpreters are executed by the kernel without a trapped call. In
+   system data (``/etc``, ``/dev``, ``/proc``, ``/sys``) the files and directories actually read
+   get a rule each; a directory gets one instead only when many of its entries were read and
+   nothing sensitive is in it, and the hierarchies themselves are never opened whole. A
+   process's own ``/proc/PID`` entries cannot be named by any rule: they are reported.
+   Writes beneath system hierarchies are never widened: they stay on the object (``/dev/null``).
 3. **Static or supervisor.** Exec and what the kernel judges in the caller's own context
    (``/dev/stdout``, ``/proc/self/fd/N``) can only come from the static layer; every other access
    goes into ``[supervisor]``, where it stays revocable while the program runs.
 4. **Complete directories.** A directory every entry of which got a rule with read rights in
    common gets those rights itself (nothing more is exposed), so reading a whole tree is one
-   rule. Write rights are never merged this way.
-5. **Protected places** (``/``, ``$HOME``, ``~/.ssh``, ``~/.gnupg``, ``~/.aws``, the system
-   hierarchies and their parents, ...) never get write rights nor widened rights: those are
+   rule. Never above ``${PWD}`` (or another variable's directory), never onto a directory holding
+   an object the run created. Write rights are never merged this way.
+5. **Protected places** (``/``, ``$HOME``, the system hierarchies and their parents, and the
+   sensitive places of :mod:`places`) never get write rights nor widened rights: those are
    refused and listed, and the program will be denied there.
 6. **Nothing twice.** Rights a rule above already grants are dropped from the rule below.
 """
@@ -28,10 +39,12 @@ How each recorded access becomes a rule:
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from llsupervise.learn import places
 from llsupervise.learn.paths import TemplateError, ancestors, depth, expand, is_beneath
 from llsupervise.learn.recording import PathUse, Recording
 from llsupervise.rights import LATEST_ABI, NO_FS, AccessFs, AccessNet
@@ -60,16 +73,19 @@ WRITE_RIGHTS = (
 #: Rights a directory takes over from entries that all have them.
 COLLAPSIBLE = AccessFs.READ_FILE | AccessFs.READ_DIR
 
-#: Beneath ``$HOME``: secrets. Touching them is reported; no rule is ever widened into them.
-HOME_SECRETS = (".ssh", ".gnupg", ".aws", ".azure", ".kube", ".docker", ".netrc",
-                ".git-credentials", ".pgpass", ".password-store", ".config/gcloud",
-                ".local/share/keyrings")  # fmt: skip
-SYSTEM_SECRETS = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh")
+#: Kept for callers that list them: see :mod:`places` for every sensitive place.
+HOME_SECRETS = places.HOME_SECRETS
+SYSTEM_SECRETS = places.SYSTEM_SECRETS
 #: Places no write right and no widened right may land on (nor on their parents).
 PROTECTED = ("/", "/etc", "/usr", "/var", "/boot", "/root", "/home", "/srv", "/mnt", "/media",
              "/run", "/opt", "/snap", "/proc", "/sys", "/dev")  # fmt: skip
 #: Entries listed in a comment before "and N more".
 EXAMPLES = 3
+#: A directory of system data gets one rule for its entries when at least this many of them,
+#: and at least half of them, were read.
+MANY_ENTRIES = 4
+#: A process's own /proc entries: named after a pid, so no rule can name the next run's.
+_PROC_PID = re.compile(r"/proc/[0-9]+(?:/.*)?")
 
 
 class FsView(Protocol):
@@ -99,9 +115,7 @@ class Context:
         return posixpath.normpath(home) if home and home.startswith("/") else None
 
     def secrets(self) -> list[str]:
-        home = self.home
-        found = [posixpath.join(home, s) for s in HOME_SECRETS] if home else []
-        return found + list(SYSTEM_SECRETS)
+        return places.secret_points(self.home)
 
     def protected_points(self) -> list[str]:
         """Places that, with every directory above them, never get write or widened rights.
@@ -118,8 +132,9 @@ class Context:
 @dataclass(frozen=True)
 class Rule:
     part: Part
-    #: What the rule is for: system, exec, kernel (judged in the caller's context), read,
-    #: write, device (ioctl on opened devices).
+    #: What the rule is for: system (a whole hierarchy of programs and libraries), sysdata
+    #: (files and directories of system data read), exec, kernel (judged in the caller's
+    #: context), read, write, device (ioctl on opened devices).
     kind: str
     paths: tuple[str, ...]
     access: AccessFs
@@ -134,10 +149,17 @@ class Rule:
     exposes: tuple[str, ...] = ()
     #: Entries of a directory whose every entry was accessed (collapsed into this rule).
     complete: int = 0
+    #: A system data directory given one rule because many of its entries were read:
+    #: (entries read, entries in all).
+    many: tuple[int, int] | None = None
+    #: Why names beneath this directory churn (one rule for them instead of one per name).
+    churn: tuple[str, ...] = ()
+    #: The run created this object: the rule names a path that need not exist at load.
+    created: bool = False
 
     @property
     def widened(self) -> bool:
-        return bool(self.transient or self.complete)
+        return bool(self.transient or self.complete or self.many or self.churn)
 
 
 @dataclass(frozen=True)
@@ -164,6 +186,8 @@ class Sensitive:
     path: str
     access: AccessFs
     exes: tuple[str, ...]
+    #: The rights a rule of its own grants there (rules are never widened into it).
+    granted: AccessFs = NO_FS
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,9 @@ class _Bucket:
     examples: set[str] = field(default_factory=set)
     transient: set[str] = field(default_factory=set)
     complete: int = 0
+    many: tuple[int, int] | None = None
+    churn: set[str] = field(default_factory=set)
+    created: bool = False
 
     def add(self, path: str, access: AccessFs, use: PathUse, transient: bool) -> None:
         self.access |= access
@@ -219,6 +246,7 @@ class _Bucket:
         self.examples |= other.examples
         if widening:
             self.transient |= other.transient
+            self.churn |= other.churn
 
 
 def _expressible(path: str) -> bool:
@@ -247,8 +275,16 @@ class _Synthesis:
         self.code_roots = {r for r in self.roots if any(is_beneath(c, r) for c in code)}
         self.protected_points = [posixpath.normpath(p) for p in context.protected_points()]
         self.secrets = context.secrets()
+        self.home = context.home
+        #: Variables' directories: complete directories never collapse above them.
+        self.variable_dirs = [
+            posixpath.normpath(v) for v in context.variables.values() if v.startswith("/")
+        ]
+        self.pwd = posixpath.normpath(context.variables.get("PWD") or "/")
         self.unplaced: list[tuple[str, str]] = []
-        self.transient = self._expand_all(recording.created.keys() | recording.removed.keys())
+        self.created = self._expand_all(recording.created.keys())
+        self.removed = self._expand_all(recording.removed.keys())
+        self.transient = self.created | self.removed
         self.system: dict[str, _Bucket] = {}
         self.buckets: dict[tuple[Part, str], _Bucket] = {}
         self.refused: list[Refusal] = []
@@ -292,6 +328,35 @@ class _Synthesis:
                 return p
         return "/"
 
+    def _created_root(self, path: str, anchor: str) -> str | None:
+        """The object the run created (and left behind) that ``path`` is or lies in, when it
+        gets a rule of its own (module docstring, step 1): a directory, or a file created
+        directly in ``${PWD}``, whose parent is the anchor and may be written to."""
+        if anchor == path:
+            return None
+        top = next(p for p in ancestors(path) if posixpath.dirname(p) == anchor)
+        if top not in self.created or not _expressible(top) or places.churn(top) is not None:
+            return None
+        kind = self._kind(top)
+        if kind == "missing" or (kind == "file" and anchor != self.pwd):
+            return None
+        if self._root_of(anchor) is not None or self.protected(anchor) or self.secret(anchor):
+            return None  # refused there anyway: step 5
+        return top
+
+    def _churn(self, path: str, anchor: str) -> tuple[str, str | None]:
+        """The anchor for a churning name (its directory, when that existed throughout) and
+        why; otherwise ``anchor`` unchanged."""
+        found = places.churn(path)
+        if found is None:
+            return anchor, None
+        directory, why = found
+        if anchor != path and is_beneath(directory, anchor):
+            return anchor, why  # a temporary under ``anchor``: widened there anyway
+        if anchor == path and self._anchor(directory) == directory:
+            return directory, why
+        return anchor, None
+
     def _root_of(self, path: str) -> str | None:
         for root in self.roots:
             if is_beneath(path, root):
@@ -306,7 +371,11 @@ class _Synthesis:
         )
 
     def secret(self, path: str) -> bool:
-        return any(is_beneath(path, s) for s in self.secrets)
+        """A sensitive place (:mod:`places`); not the code hierarchies llsupervise itself runs
+        from (a Python installation may live in /root)."""
+        if any(is_beneath(path, c) for c in self.code_roots):
+            return False
+        return places.is_secret(path, self.home, self.secrets)
 
     def _bucket(self, part: Part, path: str) -> _Bucket:
         bucket = self.buckets.get((part, path))
@@ -322,29 +391,99 @@ class _Synthesis:
             path = self._expand(template)
             if path is None:
                 continue
+            if _PROC_PID.fullmatch(path):
+                self.unplaced.append((template, "a process's own /proc entry: its name changes "
+                                      "with every process (only a rule on all of /proc covers "
+                                      "it)"))  # fmt: skip
+                continue
             self.placed.append((path, use))
             anchor = self._anchor(path)
-            transient = anchor != path
+            created = self._created_root(path, anchor)
+            anchor, why = self._churn(path, anchor)
+            widened = anchor != path
             static = use.static | (use.access & AccessFs.EXECUTE)
             dynamic = use.access & ~static
             root = self._root_of(anchor)
             if root is not None:
                 read = (static | dynamic) & READ_RIGHTS
-                if read:
+                if read and root in self.code_roots:
                     system = self.system.get(root)
                     if system is None:
                         system = self.system[root] = _Bucket("static", root)
                     system.add(path, read, use, transient=False)  # wide by design
+                elif read:
+                    self._system_data(root, anchor, path, read, use, widened)
                 static &= ~READ_RIGHTS
                 dynamic &= ~READ_RIGHTS
             if static:
-                self._bucket("static", anchor).add(path, static, use, transient)
-            if dynamic:
-                self._bucket("supervisor", anchor).add(path, dynamic, use, transient)
+                self._bucket("static", anchor).add(path, static, use, widened)
+            if dynamic and created is not None:
+                bucket = self._bucket("supervisor", created)
+                bucket.created = True
+                bucket.add(path, dynamic, use, transient=False)
+            elif dynamic:
+                bucket = self._bucket("supervisor", anchor)
+                bucket.add(path, dynamic, use, widened)
+                if why and widened:
+                    bucket.churn.add(why)
+            if static and why and widened:
+                self._bucket("static", anchor).churn.add(why)
         executed = any(use.access & AccessFs.EXECUTE for use in self.rec.paths.values())
         for root, bucket in self.system.items():
             if root in self.code_roots and executed:
                 bucket.access |= AccessFs.EXECUTE
+
+    def _system_data(
+        self, root: str, anchor: str, path: str, read: AccessFs, use: PathUse, widened: bool
+    ) -> None:
+        """Reads in system data: a static rule on the object read, never on the hierarchy."""
+        if anchor == root:
+            # Only the listing of the hierarchy itself was recorded there, or objects beneath
+            # it that no rule can name: the hierarchy is never opened whole.
+            keep = read & AccessFs.READ_DIR if path == root else NO_FS
+            if read & ~keep:
+                self.refused.append(Refusal(
+                    root, read & ~keep, "a system hierarchy is never opened whole: only the "
+                    "objects read get rules", (path,),
+                ))  # fmt: skip
+            read = keep
+        if read:
+            self._bucket("static", anchor).add(path, read, use, widened)
+
+    def widen_system_data(self) -> None:
+        """Step 2's exception: a directory of system data many of whose entries were read, and
+        with nothing sensitive in it, gets one read rule instead of a rule per entry."""
+        candidates = {
+            posixpath.dirname(path)
+            for (part, path) in self.buckets
+            if part == "static" and self._root_of(path) not in (None, *self.code_roots)
+        }
+        for directory in sorted(candidates, key=lambda p: (-depth(p), p)):
+            if self._root_of(directory) in (None, directory) or self.protected(directory):
+                continue
+            names = self.fs.entries(directory)
+            if not names or self.secret(directory):
+                continue
+            entries = [posixpath.join(directory, n) for n in names]
+            if any(self.secret(e) for e in entries):
+                continue
+            read = [
+                b for b in (self.buckets.get(("static", e)) for e in entries)
+                if b is not None and b.access & COLLAPSIBLE
+            ]  # fmt: skip
+            if len(read) < MANY_ENTRIES or 2 * len(read) < len(names):
+                continue
+            common = NO_FS
+            for child in read:
+                common |= child.access & COLLAPSIBLE
+            whole = self._bucket("static", directory)
+            whole.many = (len(read), len(names))
+            for child in read:
+                whole.absorb(child, common)
+                child.access &= ~common
+                child.own &= ~common
+                if not child.access:
+                    del self.buckets[("static", child.path)]
 
     def collapse(self) -> None:
         """Step 4: a directory whose every entry has a rule gets their common rights."""
@@ -353,6 +492,8 @@ class _Synthesis:
             for parent in list(ancestors(path))[1:]:
                 if self._root_of(parent) is not None or self.protected(parent):
                     break
+                if any(v != parent and is_beneath(v, parent) for v in self.variable_dirs):
+                    break  # above ${PWD}: a policy must not depend on what is beside it
                 candidates.add(parent)
         for directory in sorted(candidates, key=lambda p: (-depth(p), p)):
             if self.secret(directory) or self._anchor(directory) != directory:
@@ -363,7 +504,7 @@ class _Synthesis:
             for part in PARTS:
                 children = [self.buckets.get((part, posixpath.join(directory, n))) for n in names]
                 present = [c for c in children if c is not None]
-                if len(present) != len(children):
+                if len(present) != len(children) or any(c.created for c in present):
                     continue
                 # Only reads: write rights stay as narrow as the runs showed.
                 common = COLLAPSIBLE
@@ -394,6 +535,7 @@ class _Synthesis:
             refused = bucket.access & ~keep
             # What is left was recorded on the place itself: the rule is not a widening.
             bucket.transient.clear()
+            bucket.churn.clear()
             bucket.complete = 0
             if not refused:
                 continue
@@ -433,7 +575,7 @@ class _Synthesis:
 
     def _exposes(self, bucket: _Bucket) -> tuple[str, ...]:
         """Entries of a widened directory rule that no run touched."""
-        if not bucket.transient:
+        if not (bucket.transient or bucket.churn or bucket.many):
             return ()
         names = self.fs.entries(bucket.path) or ()
         touched = {
@@ -457,20 +599,31 @@ class _Synthesis:
             transient=tuple(sorted(bucket.transient)),
             exposes=self._exposes(bucket),
             complete=bucket.complete,
+            many=bucket.many,
+            churn=tuple(sorted(bucket.churn)),
+            created=bucket.created,
         )
 
     def rules(self) -> list[Rule]:
         rules = [self._rule(b, "system") for _, b in sorted(self.system.items())]
-        for (part, _), bucket in sorted(self.buckets.items()):
-            rules.append(self._rule(bucket, _kind_of(part, bucket.access)))
+        for (part, path), bucket in sorted(self.buckets.items()):
+            kind = _kind_of(part, bucket.access)
+            if part == "static" and self._root_of(path) is not None and kind == "kernel":
+                kind = "sysdata"  # read-only system data
+            rules.append(self._rule(bucket, kind))
         return rules
 
     def sensitive(self) -> list[Sensitive]:
-        return [
-            Sensitive(path, use.access, tuple(sorted(use.exes)))
-            for path, use in self.placed
-            if self.secret(path)
-        ]
+        found = []
+        for path, use in self.placed:
+            if not self.secret(path):
+                continue
+            granted = NO_FS
+            for part in PARTS:
+                bucket = self.buckets.get((part, path))
+                granted |= bucket.access if bucket is not None else NO_FS
+            found.append(Sensitive(path, use.access, tuple(sorted(use.exes)), granted))
+        return found
 
 
 def _kind_of(part: Part, access: AccessFs) -> str:
@@ -487,6 +640,7 @@ def synthesize(recording: Recording, context: Context) -> LearnedPolicy:
     """The least-privilege rules for everything ``recording`` saw (see the module docstring)."""
     s = _Synthesis(recording, context)
     s.place()
+    s.widen_system_data()
     s.collapse()
     s.refuse()
     s.prune()
