@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import KernelSupport, detect_support
 from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.policy.analysis import unrestricted
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
-from llsupervise.rights import FILE_ACCESS, names
+from llsupervise.rights import FILE_ACCESS, LATEST_ABI, names
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -66,6 +67,10 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     target = "newest known" if doc.abi is None else str(doc.abi)
     lines = [f"policy: {doc.source} (access groups resolved for ABI {target})"]
     lines += [f"kernel: {line}" for line in report.lines()]
+    open_rights = unrestricted(
+        doc.handled_fs, doc.handled_net, doc.scoped, LATEST_ABI if doc.abi is None else doc.abi
+    )
+    lines.append(open_rights.line())
     lines += _rules("static rules, fixed for the run", policy.static, table)
     sup = doc.supervisor
     lines += _rules(
@@ -83,9 +88,9 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
         lines.append(f"skipped optional path {path!r} ({location}): it does not exist")
-    found = findings(policy, table)
+    found = [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
     lines.append(f"findings ({len(found)}):" if found else "findings: none")
-    lines += [f"  {finding.message()}" for finding in found]
+    lines += [f"  {message}" for message in found]
     return lines
 
 

@@ -12,6 +12,9 @@ it, and the rights of the rules on a chain add up. Pure: the caller opens the pa
 * A supervisor rule **overlaps a quiet object** when the quiet object lies beneath the rule (the
   rule grants there, so only the rights it lacks are denied quietly) or the rule lies beneath the
   quiet object (the rule carves an exception out of a quiet tree).
+* Rights and scopes the policy does not **handle** are not restricted at all (a policy without
+  ``[[ruleset]]`` handles only the rights its rules use): they are listed, and leaving every
+  removal or every creation right open is a finding.
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ from typing import Literal
 
 from llsupervise.policy.conditions import Condition
 from llsupervise.policy.model import ObjectId
-from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet, names
+from llsupervise.rights import (
+    NO_FS,
+    NO_NET,
+    AccessFs,
+    AccessNet,
+    Scope,
+    fs_all,
+    names,
+    net_all,
+    scope_all,
+)
 
 Layer = Literal["static", "supervisor"]
 Kind = Literal["redundant", "covered_by_static", "quiet_overlap"]
@@ -193,3 +206,53 @@ def analyse(rules: Sequence[Rule], quiet: Sequence[QuietObject], chains: Chains)
     seen = {id(f.rule) for f in by_static}
     same_layer = [f for f in redundant(rules, chains) if id(f.rule) not in seen]
     return [*by_static, *same_layer, *quiet_overlaps(rules, quiet, chains)]
+
+
+# -- what the policy leaves open ---------------------------------------------------------------
+
+_REMOVAL = AccessFs.REMOVE_DIR | AccessFs.REMOVE_FILE
+_CREATION = (
+    AccessFs.MAKE_CHAR | AccessFs.MAKE_DIR | AccessFs.MAKE_REG | AccessFs.MAKE_SOCK
+    | AccessFs.MAKE_FIFO | AccessFs.MAKE_BLOCK | AccessFs.MAKE_SYM
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Unrestricted:
+    """Rights and scopes of the target ABI that the policy does not handle: Landlock lets the
+    program use them everywhere, whatever the rules say."""
+
+    fs: AccessFs
+    net: AccessNet
+    scopes: Scope
+
+    def line(self) -> str:
+        parts = [
+            f"filesystem {', '.join(names(self.fs)) or 'none'}",
+            f"tcp {', '.join(names(self.net)) or 'none'}",
+            f"scopes {', '.join(names(self.scopes)) or 'none'}",
+        ]
+        return f"not restricted: {'; '.join(parts)}"
+
+    def messages(self) -> list[str]:
+        """Findings: whole families of rights left open (deleting, creating files)."""
+        found = []
+        for family, what, rights in (
+            ("removal", "delete files and directories", _REMOVAL),
+            ("creation", "create files, directories, links and special files", _CREATION),
+        ):
+            if rights & self.fs == rights:
+                found.append(
+                    f"unrestricted: no {family} right is handled ({', '.join(names(rights))}): "
+                    f"the program may {what} anywhere; add them to a [[ruleset]] "
+                    '(handled_access_fs = ["abi.all"] handles every right)'
+                )
+        return found
+
+
+def unrestricted(
+    handled_fs: AccessFs, handled_net: AccessNet, scoped: Scope, abi: int
+) -> Unrestricted:
+    return Unrestricted(
+        fs_all(abi) & ~handled_fs, net_all(abi) & ~handled_net, scope_all(abi) & ~scoped
+    )
