@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+from typing import NoReturn
 
+from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import KernelSupport, detect_support
 from llsupervise.landlock import Ruleset as KernelRuleset
@@ -87,11 +92,13 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     lines.append(f"quiet objects ({len(policy.quiet)}):")
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
-        lines.append(f"skipped optional path {path!r} ({location}): it does not exist")
+        lines.append(f"skipped optional path '{path}' ({location}): it does not exist")
     found = [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
     lines.append(f"findings ({len(found)}):" if found else "findings: none")
     lines += [f"  {message}" for message in found]
-    return lines
+    # Labels and paths may hold any byte a file name can (one persisted by "allow always"
+    # was named by the supervised program): each line is shown escaped.
+    return [escape(line) for line in lines]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -125,26 +132,62 @@ def cmd_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise LLSuperviseError(f"{args.landlockconfig}: {exc.strerror}") from None
     for path, location in policy.skipped:
-        print(f"skipped optional path {path!r} ({location}): it does not exist")
+        print(escape(f"skipped optional path '{path}' ({location}): it does not exist"))
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from llsupervise.supervisor.frontends.headless import run_headless
+def check_log(path: str) -> None:
+    """Refuse a ``--log`` file that cannot be appended to, before anything starts; creates
+    nothing (the log is created when the run opens it)."""
+    try:
+        # Non-blocking: a FIFO with no reader is refused here rather than hanging the run.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise LLSuperviseError(f"--log {path}: no such directory {directory}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise LLSuperviseError(f"--log {path}: cannot create a file in {directory}") from None
+        return
+    except OSError as exc:
+        raise LLSuperviseError(f"--log {path}: {exc.strerror}") from None
+    os.close(fd)
 
+
+def check_socket(path: str) -> None:
+    """``attach SOCKET``: it exists and is a socket (whether anyone listens, connect tells)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise LLSuperviseError(f"cannot attach to {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise LLSuperviseError(f"cannot attach to {path}: not a socket")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Every argument is checked before the supervisor starts: a mistake starts nothing.
     if not args.command:
         raise LLSuperviseError("no command given: llsupervise run [options] -- CMD [ARGS...]")
-    if args.headless:
-        cpu = min(os.sched_getaffinity(0)) if args.same_cpu else None
-        return run_headless(
-            args.policy, args.command, log_path=args.log, listen=args.listen, watch=True, cpu=cpu
-        )
-    if args.same_cpu:
+    if not args.headless and args.same_cpu:
         raise LLSuperviseError("--same-cpu goes with --headless")
-    if args.listen:
+    if not args.headless and args.listen:
         raise LLSuperviseError(
             "--listen goes with --headless: the command keeps this terminal and "
             "`llsupervise attach SOCKET` answers from another one"
+        )
+    load_policy(args.policy)
+    if args.listen:
+        from llsupervise.supervisor.frontends.hub import check_socket_path
+
+        check_socket_path(args.listen)
+    if args.log is not None:
+        check_log(args.log)
+    if args.headless:
+        from llsupervise.supervisor.frontends.headless import run_headless
+
+        cpu = min(os.sched_getaffinity(0)) if args.same_cpu else None
+        return run_headless(
+            args.policy, args.command, log_path=args.log, listen=args.listen, watch=True, cpu=cpu
         )
     from llsupervise.tui.app import run_tui
 
@@ -152,15 +195,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    check_socket(args.socket)
     from llsupervise.tui.app import run_attach
 
     return run_attach(args.socket)
 
 
+def version() -> str:
+    try:
+        return metadata.version("llsupervise")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (``--help`` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {escape(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="llsupervise", description="Interactive supervisor for mutable Landlock domains."
     )
+    parser.add_argument("--version", action="version", version=f"llsupervise {version()}")
     sub = parser.add_subparsers(dest="subcommand", required=True)
     abi = sub.add_parser("abi", help="show the kernel's Landlock ABI and what it supports")
     abi.add_argument("--json", action="store_true", help="machine-readable output")
@@ -197,15 +256,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The exit status: the command's for ``run``; 2 for any error, told in one line."""
+    try:
+        try:
+            status = _main(argv)
+        finally:
+            sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
+    except BrokenPipeError:
+        # The reader went away (``llsupervise check FILE | head``): stop quietly, as a
+        # command killed by SIGPIPE does; the final flush must not find the pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
     try:
         status: int = args.func(args)
     except LLSuperviseError as exc:
-        print(f"llsupervise: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except BrokenPipeError:
+        raise  # stdout closed by its reader: not an error to report (see main)
+    except OSError as exc:
+        # Not foreseen by a check above; still one line that names the file.
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+        return _fail(f"{where}{exc.strerror or exc}")
     return status
+
+
+def _fail(message: str) -> int:
+    print(f"llsupervise: {escape(message)}", file=sys.stderr, flush=True)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The interface's plain logic: escaping, the feed, questions and answers, rules, status."""
+"""The interface's plain logic: command output, the feed, questions and answers, rules, status."""
 
 from __future__ import annotations
 
@@ -20,45 +20,17 @@ from llsupervise.tui.prompts import (
     parse_duration,
     scope_choices,
 )
-from llsupervise.tui.text import TerminalText, printable
+from llsupervise.tui.text import TerminalText
 
-# -- escaping -----------------------------------------------------------------------------------
+# -- a command's output ---------------------------------------------------------------------
 
 
 def _safe_char(c: str) -> bool:
+    """Output keeps accents and look-alikes (it is the program's own text in its own pane),
+    never a control, format, unassigned or separator character other than the space."""
     return c == " " or unicodedata.category(c) not in {
-        "Cc",
-        "Cf",
-        "Cs",
-        "Co",
-        "Cn",
-        "Zl",
-        "Zp",
-        "Zs",
-    }
-
-
-@given(st.text())
-def test_printable_leaves_nothing_invisible(text: str) -> None:
-    shown = printable(text)
-    assert all(_safe_char(c) for c in shown)
-    assert "\x1b" not in shown
-
-
-@given(st.text(), st.text())
-def test_printable_is_unambiguous(a: str, b: str) -> None:
-    if a != b:
-        assert printable(a) != printable(b)
-
-
-def test_printable_examples() -> None:
-    assert printable("/home/ada/notes.txt") == "/home/ada/notes.txt"
-    assert printable("a\x1b[31mb") == "a\\x1b[31mb"
-    assert printable("x\u202ey") == "x\\u202ey"  # right-to-left override
-    assert printable("tab\there\n") == "tab\\there\\n"
-    assert printable("back\\slash") == "back\\\\slash"
-    assert printable("bad\udcffbyte") == "bad\\xffbyte"  # os.fsdecode of a non-UTF-8 byte
-    assert printable("no\u00a0break") == "no\\xa0break"
+        "Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs",
+    }  # fmt: skip
 
 
 def test_terminal_text_drops_sequences_and_escapes_controls() -> None:

@@ -315,3 +315,34 @@ def test_the_guest_run_ends_with_the_app(tmp_path: Path, monkeypatch: pytest.Mon
     launched = session.supervisor.launched
     assert launched is not None and launched.process.returncode == -9
     assert trio.run(trio.sleep, 0) is None
+
+
+async def test_a_hostile_name_is_shown_escaped_and_the_command_line_as_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # A window title, a bell, a division slash, a right-to-left override, a blank filler.
+    name = "\x1b]0;pwned\x07etc\u2215passwd\u202etxt\u3164"
+    (paths["data"] / name).write_bytes(PUBLIC)
+    shown = "\\x1b]0;pwned\\x07etc\\u2215passwd\\u202etxt\\u3164"
+    stop = paths["out"] / "stop"
+    script = (
+        "import os, sys, time\n"
+        "try:\n    open(os.path.join('data', sys.argv[1]), 'rb')\nexcept OSError:\n    pass\n"
+        "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.01)\n"
+    )
+    app = app_for(tmp_path, script, name, str(stop), "\x1b[2Jmake docs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.model.prompts.current is not None, "a question")
+        await pilot.pause(0.3)  # past the throttled redraw
+        who = str(app.query_one("#prompt-who", Static).render())
+        assert f"data/{shown}" in who
+        assert "command line (claimed by the program): " in who
+        assert "\\x1b[2Jmake docs" in who
+        assert not any(c in who for c in "\x1b\x07\u2215\u202e\u3164")
+        await pilot.press("d")
+        stop.touch()
+        await until(pilot, lambda: status_of(app) is not None, "the command's exit")
+        await until(pilot, lambda: drawn(app), "the screen to catch up")
+        assert cells(app, "#feed-table")[0][5] == f"{tmp_path}/data/{shown}"

@@ -31,11 +31,12 @@ from textual.widgets import (
     TabPane,
 )
 
+from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.supervisor.events.model import Answer, EventLog
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
-from llsupervise.tui.text import TerminalText, printable
+from llsupervise.tui.text import TerminalText
 from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
 
 #: Least time between two redraws of the feed and rules tables while denials pour in.
@@ -126,7 +127,7 @@ class SupervisorApp(App[int]):
                     yield Log(id="output-log", max_lines=10_000, auto_scroll=True)
                 else:
                     note = Text("The command's terminal is where it was started; this interface ")
-                    note.append(f"is {printable(self.session.origin)}.")
+                    note.append(f"is {escape(self.session.origin)}.")
                     yield Static(note, id="output-note")
         yield PromptPanel(self.clock, id="prompt", classes="-hidden")
         yield Footer()

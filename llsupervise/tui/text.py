@@ -1,8 +1,8 @@
-"""Untrusted text made safe to show: paths, command lines, a command's terminal output.
+"""Untrusted text made safe to show: a command's terminal output, long paths cut to fit.
 
-Everything a supervised program controls (file names, its command line, what it prints) is
-shown through these functions and rendered as plain rich ``Text``, never as markup, so that
-no byte sequence can move the cursor, recolour the screen or hide part of a line.
+Names the supervised program controls (paths, its command line) are shown through
+:func:`llsupervise.display.escape` and rendered as plain rich ``Text``, never as markup, so
+that no byte sequence can move the cursor, recolour the screen or hide part of a line.
 """
 
 from __future__ import annotations
@@ -11,47 +11,12 @@ import codecs
 import re
 import unicodedata
 
-#: Unicode categories shown as escapes: controls, format characters (bidi overrides,
-#: zero-width joiners), surrogates, private use, unassigned, line/paragraph separators.
+from llsupervise.display import escape_char
+
+#: Characters of a command's output shown escaped: controls, format characters (bidi
+#: overrides, zero widths), surrogates, private use, unassigned, line/paragraph separators.
+#: The output is the program's own text in its own pane, so accents and look-alikes stay.
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-_NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def _visible(char: str) -> bool:
-    if char == " ":
-        return True
-    category = unicodedata.category(char)
-    # Spaces other than U+0020 (no-break, em, ideographic...) could disguise a path.
-    return category not in _HIDDEN_CATEGORIES and category != "Zs"
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that is not plainly visible written as an escape.
-
-    Unambiguous: a backslash is doubled, so an escape can never be forged by a name that
-    contains a literal backslash sequence."""
-    if text.isprintable() and "\\" not in text and all(_visible(c) for c in text):
-        return text
-    out = []
-    for char in text:
-        if char in _NAMED:
-            out.append(_NAMED[char])
-        elif _visible(char):
-            out.append(char)
-        else:
-            out.append(_escape(char))
-    return "".join(out)
 
 
 def shorten(text: str, width: int) -> str:
@@ -92,11 +57,12 @@ _MAX_PENDING = 4096
 
 
 def _keep_output_char(char: str) -> str:
-    if char in "\n\t":
+    if char in "\n\t ":
         return char
     if char == "\b" or char == "\x07":
         return ""  # backspace and bell have no meaning in a scrolling log
-    return char if _visible(char) else _escape(char)
+    category = unicodedata.category(char)
+    return escape_char(char) if category in _HIDDEN_CATEGORIES or category == "Zs" else char
 
 
 class TerminalText:

@@ -1,5 +1,5 @@
 """Widgets that render the session model. Untrusted strings only ever go in as rich ``Text``
-built from :func:`~llsupervise.tui.text.printable`, never as markup."""
+built from :func:`~llsupervise.display.escape`, never as markup."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from textual.widgets import (
 )
 from textual.widgets.selection_list import Selection
 
+from llsupervise.display import escape
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.model import Rules, Status
 from llsupervise.tui.prompts import DURATIONS, Question, format_duration
-from llsupervise.tui.text import printable
 
 #: Rows the feed shows at most (the model keeps more; the filter reaches all of them).
 FEED_ROWS = 500
@@ -43,7 +43,7 @@ _DECISION_STYLE = {
 
 
 def safe(text: str, style: str = "") -> Text:
-    return Text(printable(text), style=style, no_wrap=False)
+    return Text(escape(text), style=style, no_wrap=False)
 
 
 def clock_time(ts: float) -> str:
@@ -67,7 +67,7 @@ class StatusBar(Static):
             line.append(f"  pid {status.pid}")
         state_style = "green" if status.running else ("red" if status.gone else "yellow")
         line.append("  ")
-        line.append(status.state, style=state_style)
+        line.append_text(safe(status.state, state_style))  # may quote a path (attach errors)
         line.append("  mode ")
         line.append(
             status.mode or "?", style="bold yellow" if status.mode == "permissive" else "bold"
@@ -207,7 +207,7 @@ class RulesView(Horizontal):
             notes.append_text(safe(str(reload.get("error", ""))))
         self.query_one("#supervisor-notes", Static).update(notes)
         kernel = Text()
-        kernel.append(f"policy: {printable(status.policy)}\n", style="dim")
+        kernel.append(f"policy: {escape(status.policy)}\n", style="dim")
         for line in status.kernel_lines:
             kernel.append(line + "\n", style="bold red" if line.startswith("NOT") else "")
         self.query_one("#kernel", Static).update(kernel)
@@ -292,7 +292,7 @@ class PromptPanel(Vertical):
             self._fill_choices(question)
         self.border_title = self._title()
         self.query_one("#prompt-who", Static).update(self._who(question))
-        self.query_one("#prompt-error", Static).update(Text(error or ""))
+        self.query_one("#prompt-error", Static).update(safe(error or ""))
 
     def tick(self) -> None:
         """Refresh the countdown."""
@@ -314,7 +314,8 @@ class PromptPanel(Vertical):
         text.append(" on ")
         text.append_text(safe(d.path, "bold"))
         text.append(f"  [{d.syscall}]\n", style="dim")
-        text.append("command: ", style="dim")
+        # The program writes its own command line (and can make it say anything).
+        text.append("command line (claimed by the program): ", style="dim")
         text.append_text(safe(d.cmdline.replace("\0", " ").strip() or "?"))
         if d.next_run_only:
             text.append(

@@ -361,14 +361,52 @@ def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int:
     return int(uid)
 
 
-def _private_directory(directory: str) -> None:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    st = os.stat(directory)
+#: sun_path holds 108 bytes, its NUL included.
+_SUN_PATH_MAX = 107
+
+
+def check_socket_path(path: str) -> None:
+    """Refuse a socket path that :func:`bind_private` would refuse, creating nothing (so that
+    ``run --listen`` can say so before it starts the command)."""
+    path = os.path.abspath(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise RemoteError(f"{path}: a socket path is at most {_SUN_PATH_MAX} bytes long")
+    directory = os.path.dirname(path)
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(directory)):
+            raise RemoteError(_NO_PARENT.format(directory)) from None
+        return  # bind_private makes it, private
+    except OSError as exc:
+        raise RemoteError(f"{directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RemoteError(f"{directory} is not a directory")
+    _check_private(directory, st)
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise RemoteError(f"{path} exists and is not a socket")
+
+
+_NO_PARENT = "{0}: its parent directory does not exist (only the socket's own directory is made)"
+
+
+def _check_private(directory: str, st: os.stat_result) -> None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise RemoteError(
             f"{directory}: the socket's directory must be private (owned by you, mode 0700); "
             f"name a socket in a directory that does not exist yet, or run: chmod 700 {directory}"
         )
+
+
+def _private_directory(directory: str) -> None:
+    # One level only: a mistyped path must not leave a trail of new directories behind.
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        raise RemoteError(_NO_PARENT.format(directory)) from None
+    _check_private(directory, os.stat(directory))
 
 
 def _remove_stale(path: str) -> None:
@@ -563,6 +601,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "bind_private",
+    "check_socket_path",
     "connect",
     "decode",
     "denial_from_json",
