@@ -283,33 +283,36 @@ def test_for_layer_takes_the_supervisee_handled_rights() -> None:
 
 def test_changes_stay_pending_until_commit() -> None:
     supervisor = MutableRuleset(FS, NET)
-    supervisor.add_fs(WORK, R, "/home/work")
-    supervisor.add_net(80, BIND)
+    supervisor.apply([AddFs(WORK, R, "/home/work")])
+    supervisor.apply([AddNet(80, BIND)])
     assert supervisor.has_pending
     assert len(supervisor.committed) == 0
-    assert supervisor.pending_ops() == [AddFs(WORK, R, "/home/work"), AddNet(80, BIND)]
+    assert diff(supervisor.committed, supervisor.pending) == [
+        AddFs(WORK, R, "/home/work"),
+        AddNet(80, BIND),
+    ]
 
 
 def test_commit_publishes_all_pending_changes_at_once() -> None:
     supervisor = MutableRuleset(FS, NET)
-    supervisor.add_fs(WORK, RW)
-    supervisor.add_fs(ETC, R)
-    supervisor.add_net(443, CONNECT)
+    supervisor.apply([AddFs(WORK, RW)])
+    supervisor.apply([AddFs(ETC, R)])
+    supervisor.apply([AddNet(443, CONNECT)])
     pending = supervisor.pending
     assert supervisor.commit() == 1
     assert supervisor.committed == pending
     assert dict(supervisor.committed.fs) == {WORK: RW, ETC: R}
     assert dict(supervisor.committed.net) == {443: CONNECT}
     assert not supervisor.has_pending
-    assert supervisor.pending_ops() == []
+    assert diff(supervisor.committed, supervisor.pending) == []
 
 
 def test_generation_counts_every_commit() -> None:
     supervisor = MutableRuleset(FS)
-    supervisor.add_fs(WORK, R)
+    supervisor.apply([AddFs(WORK, R)])
     assert supervisor.commit() == 1
     assert supervisor.commit() == 2  # a commit without changes still publishes
-    supervisor.intersect_fs(WORK, NO_FS)
+    supervisor.apply([IntersectFs(WORK, NO_FS)])
     assert supervisor.commit() == 3
     assert supervisor.generation == 3
     assert len(supervisor.committed) == 0
@@ -319,21 +322,24 @@ def test_intersect_methods_act_on_pending_only() -> None:
     supervisor = MutableRuleset(FS, NET)
     supervisor.apply([AddFs(WORK, RW), AddNet(80, NET)])
     supervisor.commit()
-    supervisor.intersect_fs(WORK, R)
-    supervisor.intersect_net(80, NO_NET)
+    supervisor.apply([IntersectFs(WORK, R)])
+    supervisor.apply([IntersectNet(80, NO_NET)])
     assert supervisor.committed.fs[WORK] == RW
     assert supervisor.committed.net[80] == NET
     assert supervisor.pending.fs[WORK] == R
     assert 80 not in supervisor.pending.net
-    assert supervisor.pending_ops() == [IntersectFs(WORK, R), IntersectNet(80, NO_NET)]
+    assert diff(supervisor.committed, supervisor.pending) == [
+        IntersectFs(WORK, R),
+        IntersectNet(80, NO_NET),
+    ]
 
 
 def test_discard_forgets_pending_changes() -> None:
     supervisor = MutableRuleset(FS)
-    supervisor.add_fs(WORK, R)
+    supervisor.apply([AddFs(WORK, R)])
     supervisor.commit()
-    supervisor.add_fs(ETC, R)
-    supervisor.intersect_fs(WORK, NO_FS)
+    supervisor.apply([AddFs(ETC, R)])
+    supervisor.apply([IntersectFs(WORK, NO_FS)])
     supervisor.discard()
     assert not supervisor.has_pending
     assert dict(supervisor.pending.fs) == {WORK: R}
@@ -342,7 +348,7 @@ def test_discard_forgets_pending_changes() -> None:
 
 def test_a_refused_operation_leaves_pending_untouched() -> None:
     supervisor = MutableRuleset(RW)
-    supervisor.add_fs(WORK, R)
+    supervisor.apply([AddFs(WORK, R)])
     before = supervisor.pending
     with pytest.raises(ModelError):
         supervisor.apply([AddFs(ETC, R), AddFs(HOME, X)])  # X is not handled
@@ -351,7 +357,7 @@ def test_a_refused_operation_leaves_pending_untouched() -> None:
 
 def test_replace_takes_target_rules_but_keeps_the_layers_handled_rights() -> None:
     supervisor = MutableRuleset(FS, NET)
-    supervisor.add_fs(WORK, RW)
+    supervisor.apply([AddFs(WORK, RW)])
     supervisor.commit()
     target = Ruleset(R | X, CONNECT, Scope.SIGNAL, {ETC: R}, {443: CONNECT}, {ETC: "/etc"})
     supervisor.replace(target)
@@ -359,7 +365,7 @@ def test_replace_takes_target_rules_but_keeps_the_layers_handled_rights() -> Non
     assert dict(supervisor.pending.fs) == {ETC: R}
     assert dict(supervisor.pending.net) == {443: CONNECT}
     assert supervisor.pending.labels == {ETC: "/etc"}
-    assert supervisor.pending_ops() == [
+    assert diff(supervisor.committed, supervisor.pending) == [
         IntersectFs(WORK, NO_FS),
         AddFs(ETC, R, "/etc"),
         AddNet(443, CONNECT),
@@ -375,9 +381,9 @@ def test_replace_refuses_rules_the_layer_does_not_handle() -> None:
 
 def test_label_changes_alone_are_not_pending_changes() -> None:
     supervisor = MutableRuleset(FS)
-    supervisor.add_fs(WORK, R, "/old")
+    supervisor.apply([AddFs(WORK, R, "/old")])
     supervisor.commit()
-    supervisor.add_fs(WORK, R, "/new")
+    supervisor.apply([AddFs(WORK, R, "/new")])
     assert not supervisor.has_pending
 
 
@@ -420,11 +426,11 @@ def test_rights_the_layer_does_not_handle_are_allowed() -> None:
 def test_uncommitted_supervisor_rules_never_count() -> None:
     supervisor = MutableRuleset(FS)
     domain = (Layer(Ruleset.empty(FS), supervisor),)
-    supervisor.add_fs(WORK, RW)
+    supervisor.apply([AddFs(WORK, RW)])
     assert not fs_allowed(domain, FILE_CHAIN, R)
     supervisor.commit()
     assert fs_allowed(domain, FILE_CHAIN, RW)
-    supervisor.intersect_fs(WORK, NO_FS)
+    supervisor.apply([IntersectFs(WORK, NO_FS)])
     assert fs_allowed(domain, FILE_CHAIN, RW)  # removal pending: still allowed
     supervisor.commit()
     assert not fs_allowed(domain, FILE_CHAIN, R)
@@ -432,7 +438,7 @@ def test_uncommitted_supervisor_rules_never_count() -> None:
 
 def test_supervisee_or_committed_supervisor_rules_allow() -> None:
     supervisor = MutableRuleset(FS)
-    supervisor.add_fs(WORK, W)
+    supervisor.apply([AddFs(WORK, W)])
     supervisor.commit()
     domain = (Layer(Ruleset(FS, fs={HOME: R}), supervisor),)
     # Neither ruleset grants RW alone: the layer sums them.
@@ -443,9 +449,9 @@ def test_supervisee_or_committed_supervisor_rules_allow() -> None:
 def test_commit_is_atomic_for_evaluation() -> None:
     supervisor = MutableRuleset(FS, NET)
     domain = (Layer(Ruleset.empty(FS, NET), supervisor),)
-    supervisor.add_fs(WORK, R)
-    supervisor.add_fs(ETC, R)
-    supervisor.add_net(443, CONNECT)
+    supervisor.apply([AddFs(WORK, R)])
+    supervisor.apply([AddFs(ETC, R)])
+    supervisor.apply([AddNet(443, CONNECT)])
     seen_before = (
         fs_allowed(domain, FILE_CHAIN, R),
         fs_allowed(domain, ETC_CHAIN, R),
@@ -487,7 +493,7 @@ def test_right_handled_by_one_layer_only_is_judged_by_that_layer() -> None:
 
 def test_supervisor_of_one_layer_cannot_override_another_layer() -> None:
     supervisor = MutableRuleset(FS)
-    supervisor.add_fs(ROOT, FS)
+    supervisor.apply([AddFs(ROOT, FS)])
     supervisor.commit()
     domain = (Layer(Ruleset(FS, fs={ETC: R})), Layer(Ruleset.empty(FS), supervisor))
     assert fs_allowed(domain, ETC_CHAIN, R)
@@ -499,7 +505,7 @@ def test_one_supervisor_shared_by_several_layers_is_seen_by_all() -> None:
     supervisor = MutableRuleset(FS)
     domain_a = (Layer(Ruleset.empty(FS), supervisor),)
     domain_b = (Layer(Ruleset(FS, fs={ETC: R}), supervisor),)
-    supervisor.add_fs(WORK, R)
+    supervisor.apply([AddFs(WORK, R)])
     supervisor.commit()
     assert fs_allowed(domain_a, FILE_CHAIN, R)
     assert fs_allowed(domain_b, FILE_CHAIN, R)
@@ -515,7 +521,7 @@ def test_net_evaluation() -> None:
     assert not net_allowed(domain, 80, CONNECT)
     assert net_denying_layers(domain, 80, CONNECT) == [0]
     assert not net_allowed(domain, 8080, BIND)
-    supervisor.add_net(8080, BIND)
+    supervisor.apply([AddNet(8080, BIND)])
     assert not net_allowed(domain, 8080, BIND)
     supervisor.commit()
     assert net_allowed(domain, 8080, BIND)  # the second layer does not handle bind

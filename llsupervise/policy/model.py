@@ -544,25 +544,9 @@ class MutableRuleset:
     def has_pending(self) -> bool:
         return self._pending != self._committed
 
-    def pending_ops(self) -> list[Op]:
-        """What a commit would publish, as the fewest rule operations."""
-        return diff(self._committed, self._pending)
-
     def apply(self, ops: Iterable[Op]) -> None:
         """Apply ``ops`` to the pending ruleset, all or none (a refused op changes nothing)."""
         self._pending = apply(self._pending, ops)
-
-    def add_fs(self, obj: ObjectId, access: AccessFs, label: str | None = None) -> None:
-        self.apply([AddFs(obj, access, label)])
-
-    def add_net(self, port: int, access: AccessNet) -> None:
-        self.apply([AddNet(port, access)])
-
-    def intersect_fs(self, obj: ObjectId, access: AccessFs) -> None:
-        self.apply([IntersectFs(obj, access)])
-
-    def intersect_net(self, port: int, access: AccessNet) -> None:
-        self.apply([IntersectNet(port, access)])
 
     def replace(self, target: Ruleset) -> None:
         """Make ``target``'s rules (and labels) pending.

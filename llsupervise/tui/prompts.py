@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from llsupervise.errors import LLSuperviseError
 from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
 from llsupervise.supervisor.events.model import Answer, Denial
 
@@ -19,26 +17,6 @@ FILE_ONLY = names(FILE_ACCESS)
 #: Choices offered for "allow for", in seconds.
 DURATIONS = (60.0, 300.0, 900.0, 3600.0, 8 * 3600.0)
 DEFAULT_DURATION = 300.0
-
-
-class DurationError(LLSuperviseError):
-    pass
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``5m``, ``1h30m``, ``2d`` → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
-        if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
-            raise DurationError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h30m)")
-        seconds = sum(float(n) * units[u] for n, u in parts)
-    if seconds <= 0:
-        raise DurationError("a duration must be more than 0 seconds")
-    return seconds
 
 
 def format_duration(seconds: float) -> str:

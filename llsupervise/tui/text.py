@@ -19,13 +19,6 @@ from llsupervise.display import escape_char
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
-def shorten(text: str, width: int) -> str:
-    """Keep the end of a long path (the part that tells files apart), marked with '…'."""
-    if width < 2 or len(text) <= width:
-        return text
-    return "…" + text[-(width - 1) :]
-
-
 # -- a command's terminal output ------------------------------------------------------------
 
 #: Terminal escape sequences, removed whole: CSI (colours, cursor moves), OSC (titles,
