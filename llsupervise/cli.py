@@ -1,4 +1,7 @@
-"""Command line: ``llsupervise abi | check | run``."""
+"""Command line: ``llsupervise abi | check | export | run | attach | learn``.
+
+Each subcommand checks its arguments before it starts anything: an error is one line with
+status 2."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llsupervise.supervisor.perform.broker import _NUMBER, Broker
+from llsupervise.supervisor.perform.broker import _NUMBER, Broker, BrokerClosed
 
 
 def test_a_call_returns_what_the_function_returned_in_the_brokers_thread() -> None:
@@ -69,7 +69,7 @@ def test_close_waits_for_the_call_in_flight_and_later_calls_fail() -> None:
     caller.join()
     closer.join()
     assert outcome == ["done"]
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(BrokerClosed, match="closed"):
         broker.call(lambda: None)
     broker.close()  # twice is fine
 

@@ -15,6 +15,7 @@ import platform
 from collections.abc import Iterable
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.libc import libc as _libc
 
 
 class LandlockError(LLSuperviseError):
@@ -94,7 +95,6 @@ class NetPortAttr(ctypes.Structure):
 
 # --- Calls --------------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _prctl = _libc.prctl

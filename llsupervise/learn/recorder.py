@@ -29,6 +29,7 @@ from types import FrameType
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.recording import Recording
+from llsupervise.libc import AT_FDCWD
 from llsupervise.rights import NO_FS, NO_NET, NO_SCOPE, AccessFs
 from llsupervise.seccomp import (
     MEDIATED_FS_SYSCALLS,
@@ -45,7 +46,6 @@ from llsupervise.seccomp import (
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
-    AT_FDCWD,
     AT_SYMLINK_FOLLOW,
     AT_SYMLINK_NOFOLLOW,
     OPEN_HOW,

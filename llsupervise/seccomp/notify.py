@@ -15,6 +15,7 @@ import select
 from dataclasses import dataclass
 
 from llsupervise.fdowner import FdOwner
+from llsupervise.libc import libc as _libc
 from llsupervise.seccomp.constants import (
     NOTIF_ID,
     SECCOMP_ADDFD_FLAG_SEND,
@@ -45,7 +46,6 @@ from llsupervise.seccomp.constants import (
     syscall_name,
 )
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

@@ -8,6 +8,7 @@ import errno
 import os
 from collections.abc import Callable
 
+from llsupervise.libc import AT_FDCWD
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
@@ -23,7 +24,7 @@ from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
 from llsupervise.supervisor.engine.performed import PerformedLog
-from llsupervise.supervisor.engine.requests import AT_FDCWD, DecodeError, FsRequest
+from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform

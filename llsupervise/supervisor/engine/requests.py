@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.libc import AT_FDCWD
 from llsupervise.rights import NO_FS, AccessFs
 from llsupervise.seccomp import Notification
 
-AT_FDCWD = -100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_SYMLINK_NOFOLLOW = 0x100

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from llsupervise.landlock.support import KernelSupport, detect_support
+from llsupervise.libc import libc as _libc
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessNet, names
 from llsupervise.seccomp import (
@@ -65,7 +66,6 @@ NET_CALLS: Final = (*NET_SYSCALLS, "socketcall")
 PIDFD_THREAD: Final = os.O_EXCL
 _WORD_SIZE: Final = ctypes.sizeof(ctypes.c_ulong)
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _getsockopt = _libc.getsockopt

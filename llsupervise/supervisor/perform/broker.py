@@ -16,19 +16,24 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import Ruleset as KernelRuleset
 from llsupervise.landlock import set_no_new_privs
+from llsupervise.libc import libc as _libc
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_SCOPE
 from llsupervise.supervisor.perform.placement import pin_self
 from llsupervise.supervisor.rules.objects import ObjectTable
 
 T = TypeVar("T")
+
+
+class BrokerClosed(LLSuperviseError):
+    """A call came after the broker was closed (its generation is over)."""
 #: A call's number, as handed to the broker thread (one pipe write: never split).
 _NUMBER = struct.Struct("=Q")
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_FS = 0x200
 
 
@@ -120,7 +125,7 @@ class Broker:
     def call(self, fn: Callable[[], T]) -> T:
         with self._lock:
             if self._go_w < 0:
-                raise RuntimeError("broker is closed")
+                raise BrokerClosed("the broker is closed")
             self._sequence += 1
             self._jobs[self._sequence] = fn
             os.write(self._go_w, _NUMBER.pack(self._sequence))

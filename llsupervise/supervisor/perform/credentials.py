@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Final
 
+from llsupervise.libc import libc as _libc
 from llsupervise.seccomp import SYSCALLS, native_arch
 from llsupervise.supervisor.perform.procfs import read_status
 
@@ -27,7 +28,6 @@ from llsupervise.supervisor.perform.procfs import read_status
 Credentials = tuple[bytes, bytes, bytes, bytes]
 
 _CAPABILITY_VERSION_3: Final = 0x20080522
-_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

@@ -14,23 +14,24 @@ import os
 import stat
 from dataclasses import dataclass
 
+from llsupervise.libc import AT_FDCWD
+from llsupervise.libc import libc as _libc
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
-    AT_FDCWD,
     AT_SYMLINK_FOLLOW,
     OPEN_HOW,
     FsRequest,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
 ]  # fmt: skip
 
 
 class KernelDecides(Exception):
-    """The operation cannot be performed on the child's behalf; CONTINUE instead."""
+    """The operation cannot be performed on the child's behalf; CONTINUE instead.
+    Never reported to a user (see llsupervise.errors)."""
 
 
 # What names its caller must never be reached by the broker on the child's behalf: the broker
@@ -292,9 +293,8 @@ def _kind(dirfd: int | None, path: bytes) -> os.stat_result | None:
 
 
 def _renameat2(dir1: int | None, p1: bytes, dir2: int | None, p2: bytes, flags: int) -> None:
-    at_fdcwd = -100
-    d1 = at_fdcwd if dir1 is None else dir1
-    d2 = at_fdcwd if dir2 is None else dir2
+    d1 = AT_FDCWD if dir1 is None else dir1
+    d2 = AT_FDCWD if dir2 is None else dir2
     if _libc.renameat2(d1, p1, d2, p2, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
