@@ -12,9 +12,9 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.learn.arguments import RECORDING_SUFFIX
 from llsupervise.learn.context import live_context, live_variables
 from llsupervise.learn.guard import writers
 from llsupervise.learn.paths import to_template
@@ -27,8 +27,6 @@ from llsupervise.policy.loader import parse_policy
 from llsupervise.rights import names
 from llsupervise.supervisor.policyfile.persist import write_atomically
 from llsupervise.supervisor.rules.objects import ObjectTable, raise_nofile_limit, resolve
-
-RECORDING_SUFFIX = ".recording.json"
 
 
 class LearnError(LLSuperviseError):
@@ -141,16 +139,6 @@ def learn(
     return status, learned
 
 
-def _runs(value: str) -> int:
-    try:
-        runs = int(value)
-    except ValueError:
-        runs = 0
-    if runs < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of runs of at least 1, not {value!r}")
-    return runs
-
-
 def cmd_learn(args: argparse.Namespace) -> int:
     if not args.command:
         raise LearnError("no command given: llsupervise learn [options] -- CMD [ARGS...]")
@@ -167,20 +155,3 @@ def cmd_learn(args: argparse.Namespace) -> int:
         lines.append("no recording kept (pass -o FILE to keep one for --merge)")
     print("\n".join(f"llsupervise learn: {line}" for line in lines), file=sys.stderr)
     return status
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``learn`` on the CLI's subparsers."""
-    learn_parser = subparsers.add_parser(
-        "learn", help="run a command with nothing denied; write a least-privilege policy"
-    )
-    learn_parser.add_argument("-o", "--output", metavar="FILE",
-                              help="policy file to write (default: standard output)")  # fmt: skip
-    learn_parser.add_argument(
-        "--merge", metavar="FILE",
-        help=f"add the runs recorded for this policy (FILE{RECORDING_SUFFIX}, or a recording)",
-    )  # fmt: skip
-    learn_parser.add_argument("--runs", type=_runs, default=1, metavar="N",
-                              help="run the command N times (default 1)")  # fmt: skip
-    learn_parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    learn_parser.set_defaults(func=cmd_learn)

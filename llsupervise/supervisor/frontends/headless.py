@@ -11,15 +11,14 @@ from collections.abc import Sequence
 
 import trio
 
-from llsupervise.policy.loader import load_policy
+from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
-from llsupervise.supervisor.frontends.hub import Hub, listening
 
 
 def run_headless(
-    policy_path: str,
+    document: PolicyDocument,
     argv: Sequence[str],
     *,
     log_path: str | None = None,
@@ -31,7 +30,6 @@ def run_headless(
 
     ``watch``: reload the policy file on each save (see ``Supervisor.open``); ``cpu``: run
     the command and the threads serving it on that one CPU (see ``Supervisor.run``)."""
-    document = load_policy(policy_path)
     log = EventLog.open(log_path)
     section = document.supervisor
 
@@ -42,6 +40,8 @@ def run_headless(
         ) as supervisor:
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
+            from llsupervise.supervisor.frontends.hub import Hub, listening
+
             hub = Hub(supervisor, decisions)
             async with listening(hub, listen) as path:
                 print(f"llsupervise: answer from another terminal with: llsupervise attach {path}",
