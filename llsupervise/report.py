@@ -8,8 +8,7 @@ import json
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
-from llsupervise.landlock import KernelSupport, detect_support
-from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import KernelSupport, LandlockRuleset, detect_support
 from llsupervise.policy.analysis import unrestricted
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
@@ -59,7 +58,7 @@ def _rules(title: str, rules: Ruleset, table: ObjectTable) -> list[str]:
 def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupport) -> list[str]:
     """What this kernel will enforce for the policy: handled rights and rules, best effort."""
     doc: PolicyDocument = policy.document
-    with KernelRuleset(
+    with LandlockRuleset(
         doc.handled_fs, doc.handled_net, doc.scoped, support=support, allow_nothing=True
     ) as ruleset:
         report = ruleset.report

@@ -139,10 +139,10 @@ def run_case(case: dict[str, Any]) -> list[str]:
 
 def sandbox(spec: dict[str, Any]) -> None:
     """The reference run: a plain Landlock domain, enforced on this process."""
-    from llsupervise.landlock import Ruleset, set_no_new_privs
+    from llsupervise.landlock import LandlockRuleset, set_no_new_privs
     from llsupervise.rights import AccessFs
 
-    with Ruleset(AccessFs(spec["handled"])) as ruleset:
+    with LandlockRuleset(AccessFs(spec["handled"])) as ruleset:
         for path, access in spec["rules"]:
             ruleset.add_path(path, AccessFs(access))
         set_no_new_privs()

@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Any
 
-from llsupervise.landlock import Ruleset, no_new_privs, set_no_new_privs
+from llsupervise.landlock import LandlockRuleset, no_new_privs, set_no_new_privs
 from llsupervise.rights import AccessFs, AccessNet, Scope
 
 _listeners: dict[str, socket.socket] = {}
@@ -98,7 +98,7 @@ def run_ops(ops: list[list[Any]]) -> list[str]:
 
 def sandbox(spec: dict[str, Any], out: dict[str, Any]) -> None:
     """Build the ruleset, set no_new_privs and restrict the calling thread."""
-    ruleset = Ruleset(
+    ruleset = LandlockRuleset(
         AccessFs(spec.get("handled_fs", 0)),
         AccessNet(spec.get("handled_net", 0)),
         Scope(spec.get("scopes", 0)),

@@ -13,10 +13,10 @@ from __future__ import annotations
 #: then execs argv[2:]: the domain stays across exec, as it does for a supervised command.
 PLAIN = r"""
 import json, os, sys
-from llsupervise.landlock import Ruleset, set_no_new_privs
+from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.rights import AccessFs
 spec = json.loads(sys.argv[1])
-with Ruleset(AccessFs(spec["handled"])) as ruleset:
+with LandlockRuleset(AccessFs(spec["handled"])) as ruleset:
     for path, access in spec["rules"]:
         ruleset.add_path(path, AccessFs(access))
     set_no_new_privs()

@@ -15,8 +15,8 @@ from landlockconfig_schema import landlockconfig_errors
 
 from llsupervise.policy.analysis import (
     Finding,
+    PolicyRule,
     QuietObject,
-    Rule,
     analyse,
     covered_by_static,
     quiet_overlaps,
@@ -52,8 +52,8 @@ def chain(n: int) -> tuple[ObjectId, ...]:
 CHAINS = {obj(n): chain(n) for n in range(5)}
 
 
-def r(layer: str, n: int, access: AccessFs, condition: Condition | None = None) -> Rule:
-    return Rule(layer, obj(n), access, f"/o{n}", f"p.toml:{n}", condition)  # type: ignore[arg-type]
+def r(layer: str, n: int, access: AccessFs, condition: Condition | None = None) -> PolicyRule:
+    return PolicyRule(layer, obj(n), access, f"/o{n}", f"p.toml:{n}", condition)  # type: ignore[arg-type]
 
 
 # -- analysis: plain cases -----------------------------------------------------------------------
@@ -122,7 +122,7 @@ RULES = st.lists(
 ).map(lambda items: [r(layer, n, access) for layer, n, access in items])
 
 
-def granted(rules: Sequence[Rule], layers: set[str]) -> dict[int, AccessFs]:
+def granted(rules: Sequence[PolicyRule], layers: set[str]) -> dict[int, AccessFs]:
     """Rights on every object of the tree from the rules of ``layers`` (Landlock's walk)."""
     result = {}
     for n in range(5):
@@ -136,7 +136,7 @@ def granted(rules: Sequence[Rule], layers: set[str]) -> dict[int, AccessFs]:
 
 @settings(max_examples=300, derandomize=True, database=None)
 @given(RULES)
-def test_dropping_every_redundant_rule_changes_no_right(rules: list[Rule]) -> None:
+def test_dropping_every_redundant_rule_changes_no_right(rules: list[PolicyRule]) -> None:
     found = analyse(rules, [], CHAINS)
     dropped = {id(f.rule) for f in found if f.kind != "quiet_overlap"}
     kept = [rule for rule in rules if id(rule) not in dropped]
@@ -146,7 +146,7 @@ def test_dropping_every_redundant_rule_changes_no_right(rules: list[Rule]) -> No
         assert finding.rule.access & ~_cover(finding, rules) == 0
 
 
-def _cover(finding: Finding, rules: Sequence[Rule]) -> AccessFs:
+def _cover(finding: Finding, rules: Sequence[PolicyRule]) -> AccessFs:
     if finding.other is not None:
         assert finding.other.obj in CHAINS[finding.rule.obj]
         return finding.other.access
@@ -156,7 +156,7 @@ def _cover(finding: Finding, rules: Sequence[Rule]) -> AccessFs:
 @settings(max_examples=200, derandomize=True, database=None)
 @given(RULES)
 def test_no_rule_is_reported_twice_and_order_of_rules_changes_only_duplicates(
-    rules: list[Rule],
+    rules: list[PolicyRule],
 ) -> None:
     found = [f for f in analyse(rules, [], CHAINS) if f.kind != "quiet_overlap"]
     assert len({id(f.rule) for f in found}) == len(found)

@@ -14,7 +14,7 @@ import pytest
 from supervised import PUBLIC, make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.engine.childfds import ChildFds, Kept, open_child_fd
+from llsupervise.supervisor.engine.childfds import ChildFds, KeptDir, open_child_fd
 
 # Holds fd 50 on argv[1]; on each line of input, moves it to the directory named there.
 HOLDER = r"""
@@ -35,7 +35,7 @@ class Counting:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, tid: int, fd: int) -> tuple[int, Kept | None]:
+    def __call__(self, tid: int, fd: int) -> tuple[int, KeptDir | None]:
         self.calls += 1
         return open_child_fd(tid, fd)
 

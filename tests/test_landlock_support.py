@@ -21,9 +21,9 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import (
     KernelSupport,
     LandlockError,
+    LandlockRuleset,
     LandlockUnsupported,
     RestrictFlag,
-    Ruleset,
     _syscall,
     detect_support,
     no_new_privs,
@@ -123,7 +123,7 @@ def test_restrict_flags_are_found_by_trying_them() -> None:
         assert flag.name is not None
 
         def restrict(flag: RestrictFlag = flag) -> None:
-            with Ruleset(AccessFs.MAKE_BLOCK) as ruleset:
+            with LandlockRuleset(AccessFs.MAKE_BLOCK) as ruleset:
                 set_no_new_privs()
                 ruleset.restrict_self(flag)
 
@@ -146,7 +146,7 @@ def test_restrict_self_without_no_new_privs_or_capability_is_refused() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
 
     def as_nobody() -> None:
-        with Ruleset(AccessFs.MAKE_BLOCK) as ruleset:
+        with LandlockRuleset(AccessFs.MAKE_BLOCK) as ruleset:
             # Leaving uid 0 drops this thread's capabilities, CAP_SYS_ADMIN included.
             assert libc.syscall(SETRESUID[os.uname().machine], 65534, 65534, 65534) == 0
             ruleset.restrict_self()
@@ -176,7 +176,7 @@ def test_ruleset_attr_size_is_the_smallest_covering_prefix() -> None:
 def test_strict_names_exactly_what_an_older_kernel_lacks() -> None:
     old = KernelSupport.for_abi(1)
     with pytest.raises(LandlockUnsupported) as info:
-        Ruleset(
+        LandlockRuleset(
             AccessFs.READ_FILE | AccessFs.REFER | AccessFs.TRUNCATE,
             AccessNet.BIND_TCP,
             Scope.SIGNAL,
@@ -194,7 +194,7 @@ def test_strict_names_exactly_what_an_older_kernel_lacks() -> None:
 
 @needs_landlock
 def test_strict_accepts_what_the_kernel_has() -> None:
-    with Ruleset(fs_all(ABI), net_all(ABI), scope_all(ABI), strict=True) as ruleset:
+    with LandlockRuleset(fs_all(ABI), net_all(ABI), scope_all(ABI), strict=True) as ruleset:
         assert not ruleset.report.dropped_anything
         assert ruleset.report.enforced_fs == fs_all(ABI)
 
@@ -203,7 +203,7 @@ def test_strict_accepts_what_the_kernel_has() -> None:
 def test_best_effort_drops_and_reports() -> None:
     old = KernelSupport.for_abi(1)
     requested = AccessFs.READ_FILE | AccessFs.REFER | AccessFs.TRUNCATE
-    with Ruleset(requested, AccessNet.CONNECT_TCP, support=old) as ruleset:
+    with LandlockRuleset(requested, AccessNet.CONNECT_TCP, support=old) as ruleset:
         report = ruleset.report
         assert report.enforced_fs == AccessFs.READ_FILE
         assert report.dropped_fs == AccessFs.REFER | AccessFs.TRUNCATE
@@ -223,14 +223,14 @@ def test_best_effort_drops_and_reports() -> None:
 def test_enforcing_nothing_is_never_silent() -> None:
     none = KernelSupport.for_abi(0)
     with pytest.raises(LandlockUnsupported, match="allow_nothing"):
-        Ruleset(AccessFs.READ_FILE, support=none)
+        LandlockRuleset(AccessFs.READ_FILE, support=none)
     # Network rights alone on a kernel without them leave nothing either.
     with pytest.raises(LandlockUnsupported, match="network access: bind_tcp"):
-        Ruleset(NO_FS, AccessNet.BIND_TCP, support=KernelSupport.for_abi(3))
+        LandlockRuleset(NO_FS, AccessNet.BIND_TCP, support=KernelSupport.for_abi(3))
     with pytest.raises(LandlockError, match="at least one"):
-        Ruleset(NO_FS)
+        LandlockRuleset(NO_FS)
 
-    ruleset = Ruleset(AccessFs.READ_FILE, support=none, allow_nothing=True)
+    ruleset = LandlockRuleset(AccessFs.READ_FILE, support=none, allow_nothing=True)
     assert ruleset.report.enforced_nothing
     assert "nothing is enforced" in ruleset.report.lines()[-1]
     assert ruleset.add_path("/", AccessFs.READ_FILE) == NO_FS
@@ -245,13 +245,13 @@ def test_enforcing_nothing_is_never_silent() -> None:
 
 @needs_landlock
 def test_ruleset_fd_is_close_on_exec() -> None:
-    with Ruleset(AccessFs.READ_FILE) as ruleset:
+    with LandlockRuleset(AccessFs.READ_FILE) as ruleset:
         assert fcntl.fcntl(ruleset.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
 
 
 @needs_landlock
 def test_ruleset_close_and_context_manager() -> None:
-    with Ruleset(AccessFs.READ_FILE) as ruleset:
+    with LandlockRuleset(AccessFs.READ_FILE) as ruleset:
         fd = ruleset.fileno()
         assert not ruleset.closed
         os.fstat(fd)
@@ -270,7 +270,7 @@ def test_ruleset_close_and_context_manager() -> None:
 def test_add_path_masks_rights_by_file_type(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    with Ruleset(fs_all(ABI)) as ruleset:
+    with LandlockRuleset(fs_all(ABI)) as ruleset:
         assert ruleset.add_path(target, fs_read_write(ABI)) == fs_read_write(ABI) & FILE_ACCESS
         assert ruleset.add_path(str(tmp_path), fs_read_write(ABI)) == fs_read_write(ABI)
         assert ruleset.add_path(target, AccessFs.READ_DIR | AccessFs.MAKE_DIR) == NO_FS
@@ -292,7 +292,7 @@ def test_kernel_rejects_directory_rights_on_a_file(tmp_path: Path) -> None:
     target.write_text("x")
     fd = os.open(target, os.O_PATH | os.O_CLOEXEC)
     try:
-        with Ruleset(fs_all(ABI)) as ruleset:
+        with LandlockRuleset(fs_all(ABI)) as ruleset:
             attr = _syscall.PathBeneathAttr(allowed_access=AccessFs.READ_DIR, parent_fd=fd)
             with pytest.raises(LandlockError) as info:
                 _syscall.add_rule(ruleset.fileno(), _syscall.RULE_PATH_BENEATH, attr)
@@ -303,7 +303,7 @@ def test_kernel_rejects_directory_rights_on_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(ABI < 4, reason=f"needs Landlock ABI 4, kernel has {ABI}")
 def test_add_port_masks_and_validates() -> None:
-    with Ruleset(AccessFs.READ_FILE, AccessNet.BIND_TCP) as ruleset:
+    with LandlockRuleset(AccessFs.READ_FILE, AccessNet.BIND_TCP) as ruleset:
         assert ruleset.add_port(8080, net_all(ABI)) == AccessNet.BIND_TCP
         assert ruleset.add_port(8080, AccessNet.CONNECT_TCP) == NO_NET
         with pytest.raises(LandlockError, match="out of range"):

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 from net_child import serve
 
-from llsupervise.landlock import Ruleset as KernelRuleset
-from llsupervise.landlock import set_no_new_privs
+from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import LATEST_ABI, NO_FS, NO_SCOPE, AccessNet, fs_all
 from llsupervise.supervisor.events.model import Answer
@@ -173,7 +172,7 @@ def supervised(
     def loop() -> None:
         if confined_loop:
             set_no_new_privs()
-            with KernelRuleset(fs_all(LATEST_ABI), HANDLED, NO_SCOPE) as nothing:
+            with LandlockRuleset(fs_all(LATEST_ABI), HANDLED, NO_SCOPE) as nothing:
                 nothing.restrict_self()
         serve(launched.listener, mediator, stop_r)
 

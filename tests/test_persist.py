@@ -22,7 +22,7 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.policyfile.persist import (
-    Kept,
+    KeptAnswer,
     PersistError,
     add_answers,
     kept_from_event,
@@ -68,7 +68,11 @@ def supervisor_rules(text: str) -> dict[str, set[str]]:
 def test_answers_are_added_with_comments_and_layout_kept() -> None:
     text = add_answers(
         COMMENTED,
-        [Kept("/srv/b", ("read_file",)), Kept("/srv/c", ("write_file",)), Kept("/home/u/.ssh")],
+        [
+            KeptAnswer("/srv/b", ("read_file",)),
+            KeptAnswer("/srv/c", ("write_file",)),
+            KeptAnswer("/home/u/.ssh"),
+        ],
     )
     # Everything that was there is still there, in order, byte for byte.
     position = 0
@@ -87,21 +91,23 @@ def test_answers_are_added_with_comments_and_layout_kept() -> None:
 
 
 def test_adding_again_changes_nothing() -> None:
-    answers = [Kept("/srv/a", ("read_file",)), Kept("/q")]
+    answers = [KeptAnswer("/srv/a", ("read_file",)), KeptAnswer("/q")]
     once = add_answers(COMMENTED, answers)
     assert add_answers(once, answers) == once
 
 
 def test_a_policy_without_supervisor_table_gets_one() -> None:
     text = add_answers('[[path_beneath]]\nallowed_access = ["read_file"]\nparent = ["/usr"]\n',
-                       [Kept("/srv/b", ("read_file", "read_dir"))])  # fmt: skip
+                       [KeptAnswer("/srv/b", ("read_file", "read_dir"))])  # fmt: skip
     doc = parse_policy(text, "p.toml", ENV)
     [entry] = doc.supervisor.path_beneath
     assert entry.paths == ("/srv/b",) and entry.access == AccessFs.READ_FILE | AccessFs.READ_DIR
 
 
 def test_inline_supervisor_table_stays_inline() -> None:
-    text = add_answers('supervisor = { mode = "enforce" }\n', [Kept("/srv/b", ("read_file",))])
+    text = add_answers(
+        'supervisor = { mode = "enforce" }\n', [KeptAnswer("/srv/b", ("read_file",))]
+    )
     doc = parse_policy(text, "p.toml", ENV)
     assert doc.supervisor.mode == "enforce"
     assert [e.paths for e in doc.supervisor.path_beneath] == [("/srv/b",)]
@@ -112,7 +118,7 @@ def test_conditional_and_optional_entries_are_not_extended() -> None:
         '[supervisor]\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
         'parent = ["/srv/a"]\nexe = ["/usr/bin/git"]\n'
     )
-    doc = parse_policy(add_answers(text, [Kept("/srv/b", ("read_file",))]), "p.toml", ENV)
+    doc = parse_policy(add_answers(text, [KeptAnswer("/srv/b", ("read_file",))]), "p.toml", ENV)
     assert [(e.paths, e.exe) for e in doc.supervisor.path_beneath] == [
         (("/srv/a",), ("/usr/bin/git",)), (("/srv/b",), ()),
     ]  # fmt: skip
@@ -123,7 +129,7 @@ def test_conditional_and_optional_entries_are_not_extended() -> None:
 def test_any_path_reads_back_as_written(name: str) -> None:
     """``$`` and TOML's special characters survive: the loader expands to the same path."""
     path = "/srv/" + name.replace("/", "_")
-    text = add_answers(COMMENTED, [Kept(path, ("read_file",)), Kept(path + "q")])
+    text = add_answers(COMMENTED, [KeptAnswer(path, ("read_file",)), KeptAnswer(path + "q")])
     doc = parse_policy(text, "p.toml", ENV)
     assert any(path in e.paths for e in doc.supervisor.path_beneath)
     assert any(path + "q" in e.paths for e in doc.supervisor.quiet)
@@ -133,7 +139,9 @@ def test_a_broken_file_is_not_written(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text("[supervisor\n")
     with pytest.raises(PersistError):
-        persist(str(policy), [Kept("/srv", ("read_file",))], lambda t: parse_policy(t, "p", ENV))
+        persist(
+            str(policy), [KeptAnswer("/srv", ("read_file",))], lambda t: parse_policy(t, "p", ENV)
+        )
     assert policy.read_text() == "[supervisor\n"
 
 
@@ -155,7 +163,7 @@ def test_temporary_grants_are_not_persisted() -> None:
         {"path": "/b", "access": ["read_file"]},
         {"quiet": "/c"},
     ]}  # fmt: skip
-    assert kept_from_event(event) == [Kept("/b", ("read_file",)), Kept("/c")]
+    assert kept_from_event(event) == [KeptAnswer("/b", ("read_file",)), KeptAnswer("/c")]
     assert kept_from_event({"event": "commit", "rules": 3}) == []
 
 

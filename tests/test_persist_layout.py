@@ -23,7 +23,7 @@ from llsupervise.policy.loader import parse_policy
 from llsupervise.rights import AccessFs, AccessNet, parse_fs, parse_net
 from llsupervise.supervisor.policyfile.persist import (
     MARK,
-    Kept,
+    KeptAnswer,
     PersistError,
     add_answers,
     kept_from_event,
@@ -70,7 +70,7 @@ def model(text: str) -> Model:
     return rules, frozenset(conditional), quiet, ports, rest
 
 
-def changed(before: Model, kept: Kept, remove: bool) -> Model:
+def changed(before: Model, kept: KeptAnswer, remove: bool) -> Model:
     rules, conditional, quiet, ports, rest = before
     rules, ports, paths = dict(rules), dict(ports), set(quiet)
     if kept.kind == "quiet":
@@ -168,17 +168,17 @@ def specs(draw: st.DrawFn) -> Spec:
 
 
 @st.composite
-def answers(draw: st.DrawFn) -> tuple[Kept, bool]:
+def answers(draw: st.DrawFn) -> tuple[KeptAnswer, bool]:
     kind = draw(st.sampled_from(KINDS))
     remove = draw(st.booleans())
     if kind == "quiet":
-        return Kept(draw(st.sampled_from(PATHS))), remove
+        return KeptAnswer(draw(st.sampled_from(PATHS))), remove
     if kind == "net_port":
         access = tuple(draw(st.lists(st.sampled_from(("bind_tcp", "connect_tcp")), min_size=1,
                                      max_size=2, unique=True)))  # fmt: skip
-        return Kept("", access, draw(st.sampled_from(PORTS))), remove
+        return KeptAnswer("", access, draw(st.sampled_from(PORTS))), remove
     access = tuple(draw(st.lists(st.sampled_from(ACCESS), min_size=1, max_size=3, unique=True)))
-    return Kept(draw(st.sampled_from(PATHS)), access), remove
+    return KeptAnswer(draw(st.sampled_from(PATHS)), access), remove
 
 
 def check_marks(text: str) -> None:
@@ -206,7 +206,7 @@ def check_marks(text: str) -> None:
 @settings(max_examples=300, derandomize=True, database=None, deadline=None)
 @given(st.lists(specs(), max_size=7), st.lists(answers(), min_size=1, max_size=4))
 def test_answers_move_nothing_and_change_exactly_what_they_say(
-    policy: list[Spec], steps: list[tuple[Kept, bool]]
+    policy: list[Spec], steps: list[tuple[KeptAnswer, bool]]
 ) -> None:
     text, person_blocks = render(policy)
     for kept, remove in steps:
@@ -244,8 +244,8 @@ def test_an_answer_to_the_example_policy_is_only_inserted_after_its_kind() -> No
     """The report's case: nothing moves, the new entry follows the conditional rule with a blank
     line and its comment, and the quiet entry keeps its comment."""
     text = EXAMPLE.read_text()
-    kept = Kept("/root", ("read_dir",), reason='"allow always" to "/usr/bin/ls" (openat: read_dir '
-                'on "/root")', when=0)  # fmt: skip
+    reason = '"allow always" to "/usr/bin/ls" (openat: read_dir on "/root")'
+    kept = KeptAnswer("/root", ("read_dir",), reason=reason, when=0)
     after = add_answers(text, [kept])
     old, new = lines(text), lines(after)
     at = old.index("# Denied without asking (and without a notification): secrets nothing should "
@@ -266,19 +266,19 @@ def test_an_answer_to_the_example_policy_is_only_inserted_after_its_kind() -> No
 def test_a_persons_entry_is_never_extended() -> None:
     text = ('[supervisor]\n\n# the a directory\n[[supervisor.path_beneath]]\n'
             'allowed_access = ["read_file"]\nparent = ["/srv/a"]\n')  # fmt: skip
-    after = add_answers(text, [Kept("/srv/b", ("read_file",))], now=0)
+    after = add_answers(text, [KeptAnswer("/srv/b", ("read_file",))], now=0)
     assert after.startswith(text)
     assert tomllib.loads(after)["supervisor"]["path_beneath"][0]["parent"] == ["/srv/a"]
 
 
 def test_an_entry_llsupervise_wrote_is_extended_then_widened() -> None:
-    text = add_answers("[supervisor]\n", [Kept("/srv/a", ("read_file",))], now=0)
-    text = add_answers(text, [Kept("/srv/b", ("read_file",))], now=0)
+    text = add_answers("[supervisor]\n", [KeptAnswer("/srv/a", ("read_file",))], now=0)
+    text = add_answers(text, [KeptAnswer("/srv/b", ("read_file",))], now=0)
     [entry] = tomllib.loads(text)["supervisor"]["path_beneath"]
     assert entry["parent"] == ["/srv/a", "/srv/b"]
     # One path only: its own entry widens instead of a second entry for the same path.
-    text = add_answers("[supervisor]\n", [Kept("/srv/a", ("read_file",))], now=0)
-    text = add_answers(text, [Kept("/srv/a", ("read_dir",))], now=0)
+    text = add_answers("[supervisor]\n", [KeptAnswer("/srv/a", ("read_file",))], now=0)
+    text = add_answers(text, [KeptAnswer("/srv/a", ("read_dir",))], now=0)
     [entry] = tomllib.loads(text)["supervisor"]["path_beneath"]
     assert entry == {"allowed_access": ["read_file", "read_dir"], "parent": ["/srv/a"]}
     marked = [line.startswith(MARK) for line in lines(text)]
@@ -287,26 +287,28 @@ def test_an_entry_llsupervise_wrote_is_extended_then_widened() -> None:
 
 @pytest.mark.parametrize("edit", ["# mine: keep it\n", "inline"])
 def test_an_entry_a_person_commented_on_is_no_longer_extended(edit: str) -> None:
-    text = add_answers("[supervisor]\n", [Kept("/srv/a", ("read_file",))], now=0)
+    text = add_answers("[supervisor]\n", [KeptAnswer("/srv/a", ("read_file",))], now=0)
     if edit == "inline":
         text = text.replace('parent = ["/srv/a"]', 'parent = ["/srv/a"]  # only a')
     else:
         text = text.replace(MARK, edit + MARK)
-    after = add_answers(text, [Kept("/srv/b", ("read_file",))], now=0)
+    after = add_answers(text, [KeptAnswer("/srv/b", ("read_file",))], now=0)
     assert after.startswith(text)
     assert [e["parent"] for e in tomllib.loads(after)["supervisor"]["path_beneath"]] == [
         ["/srv/a"], ["/srv/b"],
     ]  # fmt: skip
     with pytest.raises(PersistError, match="did not write"):
-        remove_answers(after, [Kept("/srv/a", ("read_file",))])
+        remove_answers(after, [KeptAnswer("/srv/a", ("read_file",))])
 
 
 def test_removing_the_last_path_takes_the_entry_and_its_comment() -> None:
     text = '[supervisor]\nmode = "enforce"\n'
-    added = add_answers(text, [Kept("/srv/a", ("read_file",)), Kept("/srv/b", ("read_file",))])
-    once = remove_answers(added, [Kept("/srv/a", ("read_file",))])
+    added = add_answers(
+        text, [KeptAnswer("/srv/a", ("read_file",)), KeptAnswer("/srv/b", ("read_file",))]
+    )
+    once = remove_answers(added, [KeptAnswer("/srv/a", ("read_file",))])
     assert '"/srv/a"' not in once and '"/srv/b"' in once
-    assert remove_answers(once, [Kept("/srv/b", ("read_file",))]) == text
+    assert remove_answers(once, [KeptAnswer("/srv/b", ("read_file",))]) == text
 
 
 def test_the_reason_cannot_break_out_of_its_comment_line() -> None:

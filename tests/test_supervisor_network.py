@@ -17,7 +17,7 @@ from llsupervise.rights import AccessNet
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
-from llsupervise.supervisor.policyfile.persist import Kept, add_answers, kept_from_event
+from llsupervise.supervisor.policyfile.persist import KeptAnswer, add_answers, kept_from_event
 
 # Connects to 127.0.0.1:PORT once per iteration on a fresh socket; logs "ok" or "err ERRNO".
 CONNECT_LOOP = r"""
@@ -138,7 +138,7 @@ async def test_answers_to_a_refused_connect(
         assert len(frontend.asked) == 1
         assert committed == {server: AccessNet.CONNECT_TCP}
         assert denials[0]["rules"] == [{"port": server, "access": ["connect_tcp"]}]
-        assert kept_from_event(denials[0]) == [Kept("", ("connect_tcp",), server)]
+        assert kept_from_event(denials[0]) == [KeptAnswer("", ("connect_tcp",), server)]
     elif answer == Answer.DENY_QUIET:
         assert len(frontend.asked) == 1  # the second refusal was quiet
         assert [d["decision"] for d in denials] == ["deny_quiet", "deny_quiet"]
@@ -148,8 +148,8 @@ async def test_answers_to_a_refused_connect(
 
 def test_port_answers_are_written_as_net_port_rules() -> None:
     text = '[supervisor]\nmode = "interactive"\n'
-    once = add_answers(text, [Kept("", ("connect_tcp",), 8080)])
-    twice = add_answers(once, [Kept("", ("connect_tcp",), 9090)])
+    once = add_answers(text, [KeptAnswer("", ("connect_tcp",), 8080)])
+    twice = add_answers(once, [KeptAnswer("", ("connect_tcp",), 9090)])
     doc = parse_policy(twice, "p.toml", {"HOME": "/", "PWD": "/"})
     [entry] = doc.supervisor.net_port
     assert entry.ports == (8080, 9090) and entry.access == AccessNet.CONNECT_TCP

@@ -8,7 +8,7 @@ from llsupervise.landlock._syscall import (
 )
 from llsupervise.landlock.ruleset import (
     EnforcementReport,
-    Ruleset,
+    LandlockRuleset,
     no_new_privs,
     set_no_new_privs,
 )
@@ -24,9 +24,9 @@ __all__ = [
     "EnforcementReport",
     "KernelSupport",
     "LandlockError",
+    "LandlockRuleset",
     "LandlockUnsupported",
     "RestrictFlag",
-    "Ruleset",
     "detect_support",
     "no_new_privs",
     "probe_abi",

@@ -107,7 +107,7 @@ def _ruleset_attr_size(net: AccessNet, scopes: Scope) -> int:
     return _syscall.RULESET_ATTR_SIZE_FS
 
 
-class Ruleset(FdOwner):
+class LandlockRuleset(FdOwner):
     """A Landlock ruleset owning its (close-on-exec) file descriptor.
 
     With ``allow_nothing=True`` and nothing enforceable, no kernel ruleset exists: rules add
@@ -183,7 +183,7 @@ class Ruleset(FdOwner):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
-        return f"<Ruleset {state} fs={_listed(self.report.enforced_fs)}>"
+        return f"<LandlockRuleset {state} fs={_listed(self.report.enforced_fs)}>"
 
     def add_path(self, target: int | str | os.PathLike[str], access: AccessFs) -> AccessFs:
         """Allow ``access`` beneath ``target`` (an O_PATH fd, kept open, or a path); return what was
@@ -288,7 +288,7 @@ def _fstat_mode(fd: int) -> int:
 
 __all__ = [
     "EnforcementReport",
-    "Ruleset",
+    "LandlockRuleset",
     "no_new_privs",
     "set_no_new_privs",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import posixpath
 
 from llsupervise.learn.paths import is_beneath
-from llsupervise.learn.synthesis import LearnedPolicy, Rule
+from llsupervise.learn.synthesis import LearnedPolicy, LearnedRule
 from llsupervise.rights import AccessFs
 
 #: Rights on the file itself (or a directory above it) that change its content.
@@ -16,7 +16,7 @@ CHANGE_FILE = AccessFs.WRITE_FILE | AccessFs.TRUNCATE
 REPLACE_FILE = AccessFs.REMOVE_FILE | AccessFs.MAKE_REG | AccessFs.REFER | AccessFs.MAKE_SYM
 
 
-def writers(policy: LearnedPolicy, path: str) -> list[Rule]:
+def writers(policy: LearnedPolicy, path: str) -> list[LearnedRule]:
     """The learned rules that would let the program change or replace the file ``path``
     (absolute, symlinks resolved)."""
     directory = posixpath.dirname(path)

@@ -26,7 +26,7 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 
 from llsupervise.learn.paths import is_beneath, to_template
-from llsupervise.learn.synthesis import EXAMPLES, LearnedPolicy, PortRule, Refusal, Rule
+from llsupervise.learn.synthesis import EXAMPLES, LearnedPolicy, LearnedRule, PortRule, Refusal
 from llsupervise.policy.document import Default, Mode
 from llsupervise.rights import NO_FS, AccessFs, fs_all, names
 
@@ -158,7 +158,7 @@ class _Writer:
         times = "1 access" if count == 1 else f"{count} accesses"
         return f"{times} in {runs} of {total} runs{rare}{by}"
 
-    def rule(self, rule: Rule) -> None:
+    def rule(self, rule: LearnedRule) -> None:
         base = rule.paths[0]
         if rule.kind == "sysdata":
             what = "System data, read-only"

@@ -130,7 +130,7 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Rule:
+class LearnedRule:
     part: Part
     #: What the rule is for: system (a whole hierarchy of programs and libraries), sysdata
     #: (files and directories of system data read), exec, kernel (judged in the caller's
@@ -194,7 +194,7 @@ class Sensitive:
 class LearnedPolicy:
     runs: int
     commands: tuple[tuple[str, ...], ...]
-    rules: tuple[Rule, ...]
+    rules: tuple[LearnedRule, ...]
     ports: tuple[PortRule, ...]
     #: Whether the runs recorded network use: only then is the network handled.
     handle_net: bool
@@ -585,9 +585,11 @@ class _Synthesis:
         }
         return tuple(posixpath.join(bucket.path, n) for n in sorted(names) if n not in touched)
 
-    def _rule(self, bucket: _Bucket, kind: str, paths: tuple[str, ...] | None = None) -> Rule:
+    def _rule(
+        self, bucket: _Bucket, kind: str, paths: tuple[str, ...] | None = None
+    ) -> LearnedRule:
         examples = sorted(bucket.examples, key=lambda p: (p != bucket.path, p))
-        return Rule(
+        return LearnedRule(
             part=bucket.part,
             kind=kind,
             paths=paths or (bucket.path,),
@@ -604,7 +606,7 @@ class _Synthesis:
             created=bucket.created,
         )
 
-    def rules(self) -> list[Rule]:
+    def rules(self) -> list[LearnedRule]:
         rules = [self._rule(b, "system") for _, b in sorted(self.system.items())]
         for (part, path), bucket in sorted(self.buckets.items()):
             kind = _kind_of(part, bucket.access)

@@ -43,7 +43,7 @@ Chains = Mapping[ObjectId, Sequence[ObjectId]]
 
 
 @dataclass(frozen=True)
-class Rule:
+class PolicyRule:
     """One path of one ``path_beneath`` entry, resolved to its object."""
 
     layer: Layer
@@ -68,9 +68,9 @@ class QuietObject:
 @dataclass(frozen=True)
 class Finding:
     kind: Kind
-    rule: Rule
+    rule: PolicyRule
     #: The covering rule (redundant), or None when the static rules together cover it.
-    other: Rule | None = None
+    other: PolicyRule | None = None
     quiet: QuietObject | None = None
     #: For quiet overlaps: True when the quiet object lies beneath the rule.
     quiet_beneath: bool = False
@@ -104,15 +104,15 @@ class PortFinding:
         )
 
 
-def _describe(rule: Rule) -> str:
+def _describe(rule: PolicyRule) -> str:
     text = f"{rule.layer} rule {rule.label}: {', '.join(names(rule.access)) or 'none'}"
     if rule.condition is not None:
         text += " (conditional)"
     return text
 
 
-def _index(rules: Iterable[Rule]) -> dict[ObjectId, list[tuple[int, Rule]]]:
-    by_obj: dict[ObjectId, list[tuple[int, Rule]]] = {}
+def _index(rules: Iterable[PolicyRule]) -> dict[ObjectId, list[tuple[int, PolicyRule]]]:
+    by_obj: dict[ObjectId, list[tuple[int, PolicyRule]]] = {}
     for i, rule in enumerate(rules):
         by_obj.setdefault(rule.obj, []).append((i, rule))
     return by_obj
@@ -122,7 +122,7 @@ def _chain(chains: Chains, obj: ObjectId) -> Sequence[ObjectId]:
     return chains.get(obj, (obj,))
 
 
-def _may_cover(other: Rule, rule: Rule) -> bool:
+def _may_cover(other: PolicyRule, rule: PolicyRule) -> bool:
     """Whether ``other`` counts for ``rule``'s layer (see the module docstring)."""
     if other.layer != rule.layer:
         return False
@@ -131,7 +131,7 @@ def _may_cover(other: Rule, rule: Rule) -> bool:
     return rule.condition == other.condition
 
 
-def redundant(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
+def redundant(rules: Sequence[PolicyRule], chains: Chains) -> list[Finding]:
     """Rules covered by one other rule of the same layer on the same object or an ancestor."""
     by_obj = _index(rules)
     findings = []
@@ -156,7 +156,7 @@ def redundant(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
     return findings
 
 
-def covered_by_static(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
+def covered_by_static(rules: Sequence[PolicyRule], chains: Chains) -> list[Finding]:
     """Supervisor rules whose rights the static rules on their chain already grant."""
     static: dict[ObjectId, AccessFs] = {}
     for rule in rules:
@@ -175,7 +175,7 @@ def covered_by_static(rules: Sequence[Rule], chains: Chains) -> list[Finding]:
 
 
 def quiet_overlaps(
-    rules: Sequence[Rule], quiet: Sequence[QuietObject], chains: Chains
+    rules: Sequence[PolicyRule], quiet: Sequence[QuietObject], chains: Chains
 ) -> list[Finding]:
     findings = []
     for rule in rules:
@@ -200,7 +200,9 @@ def redundant_ports(
     ]
 
 
-def analyse(rules: Sequence[Rule], quiet: Sequence[QuietObject], chains: Chains) -> list[Finding]:
+def analyse(
+    rules: Sequence[PolicyRule], quiet: Sequence[QuietObject], chains: Chains
+) -> list[Finding]:
     """Every finding, one per rule for redundancy (static coverage first), then overlaps."""
     by_static = covered_by_static(rules, chains)
     seen = {id(f.rule) for f in by_static}

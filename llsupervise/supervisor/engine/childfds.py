@@ -34,7 +34,7 @@ SWEEP_SECONDS = 0.25
 
 
 @dataclass
-class Kept:
+class KeptDir:
     """Our O_PATH descriptor of what the child's fd named, and the child's fdinfo file."""
 
     fd: int
@@ -71,7 +71,7 @@ def _identity(fdinfo: bytes) -> bytes | None:
     return fdinfo[start : end + 1]
 
 
-def open_child_fd(tid: int, fd: int) -> tuple[int, Kept | None]:
+def open_child_fd(tid: int, fd: int) -> tuple[int, KeptDir | None]:
     """Our O_PATH descriptor of what thread ``tid``'s fd ``fd`` names, and what to keep of it
     (None where it cannot stand for the child's fd later). Needs the supervisor's standing."""
     ours = os.open(f"/proc/{tid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
@@ -91,16 +91,16 @@ def open_child_fd(tid: int, fd: int) -> tuple[int, Kept | None]:
     except OSError:
         os.close(info)
         return ours, None
-    return ours, Kept(kept, info, identity)
+    return ours, KeptDir(kept, info, identity)
 
 
 class ChildFds:
     """Kept child descriptors by (thread id, fd number); ``open_unrestricted`` runs
     :func:`open_child_fd` with the supervisor's standing."""
 
-    def __init__(self, open_unrestricted: Callable[[int, int], tuple[int, Kept | None]]) -> None:
+    def __init__(self, open_unrestricted: Callable[[int, int], tuple[int, KeptDir | None]]) -> None:
         self._open = open_unrestricted
-        self._kept: dict[tuple[int, int], Kept] = {}
+        self._kept: dict[tuple[int, int], KeptDir] = {}
         self._swept = time.monotonic()
 
     def __len__(self) -> int:

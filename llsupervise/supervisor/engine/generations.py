@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import LandlockRuleset
 from llsupervise.supervisor.perform.broker import Broker
 
 
@@ -33,7 +33,7 @@ class Server:
     """One generation's serving thread: restricted like that generation's broker, so the
     requests it performs are judged by the kernel with no hand-off to another thread."""
 
-    def __init__(self, kernel: KernelRuleset, generation: int) -> None:
+    def __init__(self, kernel: LandlockRuleset, generation: int) -> None:
         #: The generation's ruleset (its broker's, open until the server has restricted).
         self.kernel = kernel
         self.generation = generation

@@ -43,8 +43,7 @@ from typing import Any, Protocol
 import trio
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.landlock import Ruleset as KernelRuleset
-from llsupervise.landlock import detect_support
+from llsupervise.landlock import LandlockRuleset, detect_support
 from llsupervise.policy.document import MODES, Mode
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
@@ -103,7 +102,7 @@ def kernel_report(sup: Supervisor) -> dict[str, Any]:
     doc = sup.policy.document
     if support.abi == 0:
         return {"abi": 0, "lines": ["Landlock is not available: nothing is enforced"]}
-    with KernelRuleset(
+    with LandlockRuleset(
         doc.handled_fs, doc.handled_net, doc.scoped, support=support, allow_nothing=True
     ) as ruleset:
         report = ruleset.report

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.landlock import LandlockError
-from llsupervise.landlock import Ruleset as KernelRuleset
+from llsupervise.landlock import LandlockError, LandlockRuleset
 from llsupervise.landlock import syscall_numbers as landlock_syscall_numbers
 from llsupervise.rights import AccessFs, AccessNet, Scope
 from llsupervise.seccomp import SYSCALLS, Listener, SeccompError, build_filter, native_arch
@@ -104,11 +103,11 @@ def launch(
         parent_sock.close()
 
 
-def _static_ruleset(layer: StaticLayer) -> KernelRuleset | None:
+def _static_ruleset(layer: StaticLayer) -> LandlockRuleset | None:
     """The static layer as a kernel ruleset, which the helper restricts itself with; None
     when the layer allows running with nothing enforced and nothing would be."""
     try:
-        ruleset = KernelRuleset(
+        ruleset = LandlockRuleset(
             layer.handled_fs, layer.handled_net, layer.scopes,
             strict=layer.strict, allow_nothing=layer.allow_nothing,
         )  # fmt: skip

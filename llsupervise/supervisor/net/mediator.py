@@ -150,7 +150,7 @@ def socket_kind(fd: int) -> SocketKind:
     return SocketKind(option(_SO_DOMAIN), option(_SO_TYPE), option(_SO_PROTOCOL))
 
 
-def perform(direction: Direction, fd: int, sockaddr: bytes) -> None:
+def connect_or_bind(direction: Direction, fd: int, sockaddr: bytes) -> None:
     """bind/connect ``fd`` to ``sockaddr`` in the calling thread (OSError: the kernel's errno)."""
     _checked(_SOCKET_CALLS[direction](fd, sockaddr, len(sockaddr)), direction)
 
@@ -176,7 +176,7 @@ class _Job:
             p.close()
             return
         try:
-            perform(p.direction, p.sock, p.sockaddr)
+            connect_or_bind(p.direction, p.sock, p.sockaddr)
         except OSError as exc:
             err = exc.errno or errno.EIO
             if err == errno.EACCES and not self.asked and not _grants(self.rules, p):

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from llsupervise.landlock import Ruleset as KernelRuleset
-from llsupervise.landlock import set_no_new_privs
+from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
@@ -51,7 +50,7 @@ def restrict_thread(key: ThreadKey, support: KernelSupport) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     lower_capabilities(key.caps)
     set_no_new_privs()
-    with KernelRuleset(NO_FS, key.rules.handled, NO_SCOPE, support=support) as ruleset:
+    with LandlockRuleset(NO_FS, key.rules.handled, NO_SCOPE, support=support) as ruleset:
         for port, access in key.rules.ports:
             ruleset.add_port(port, access)
         ruleset.restrict_self()

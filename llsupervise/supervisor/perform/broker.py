@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.landlock import Ruleset as KernelRuleset
-from llsupervise.landlock import set_no_new_privs
+from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.libc import libc as _libc
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_SCOPE
@@ -30,6 +29,8 @@ T = TypeVar("T")
 
 class BrokerClosed(LLSuperviseError):
     """A call came after the broker was closed (its generation is over)."""
+
+
 #: A call's number, as handed to the broker thread (one pipe write: never split).
 _NUMBER = struct.Struct("=Q")
 
@@ -47,16 +48,16 @@ def own_umask_zero() -> None:
     os.umask(0)
 
 
-def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> KernelRuleset:
+def kernel_ruleset(rules: Ruleset, table: ObjectTable) -> LandlockRuleset:
     """``rules`` as a kernel ruleset, ready to restrict threads with (each calls
     ``restrict_self`` on it): built once per generation for all the threads that use it."""
     # Scopes stay out: they would only limit the broker's own IPC.
-    return KernelRuleset(rules.handled_fs, rules.handled_net, NO_SCOPE).fill(
+    return LandlockRuleset(rules.handled_fs, rules.handled_net, NO_SCOPE).fill(
         table.path_rules(rules.fs), rules.net.items()
     )
 
 
-def restrict_thread(ruleset: KernelRuleset | None) -> None:
+def restrict_thread(ruleset: LandlockRuleset | None) -> None:
     """Restrict the calling thread (only it) with ``ruleset``; None leaves it unrestricted.
 
     A restricted thread performs operations for the child, so it also gets a umask of 0."""
@@ -82,7 +83,7 @@ class Broker:
     the notification loop makes one for every request relative to a child's dirfd."""
 
     def __init__(
-        self, kernel: KernelRuleset | None, name: str = "broker", cpu: int | None = None
+        self, kernel: LandlockRuleset | None, name: str = "broker", cpu: int | None = None
     ) -> None:
         self.kernel = kernel
         #: One caller at a time. A call is handed over as its number, which the broker

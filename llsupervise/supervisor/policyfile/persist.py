@@ -54,7 +54,7 @@ class PersistError(LLSuperviseError):
 
 
 @dataclass(frozen=True)
-class Kept:
+class KeptAnswer:
     """One answer to write: a rule on ``path`` (``access`` names), a quiet path (``access``
     None), or, with ``port`` given, a ``net_port`` rule."""
 
@@ -91,7 +91,7 @@ def _quoted(text: object) -> str:
     return json.dumps(str(text), ensure_ascii=True)
 
 
-def kept_from_event(event: Mapping[str, Any]) -> list[Kept]:
+def kept_from_event(event: Mapping[str, Any]) -> list[KeptAnswer]:
     """What a denial event says to persist: its kept rules, temporary grants excepted."""
     if event.get("event") != "denial":
         return []
@@ -106,14 +106,14 @@ def kept_from_event(event: Mapping[str, Any]) -> list[Kept]:
     kept = []
     for rule in event.get("rules", ()):
         if "quiet" in rule:
-            kept.append(Kept(rule["quiet"], reason=reason, when=when))
+            kept.append(KeptAnswer(rule["quiet"], reason=reason, when=when))
         elif "seconds" in rule:
             continue
         elif "port" in rule:
             port = int(rule["port"])
-            kept.append(Kept("", tuple(rule["access"]), port, reason=reason, when=when))
+            kept.append(KeptAnswer("", tuple(rule["access"]), port, reason=reason, when=when))
         else:
-            kept.append(Kept(rule["path"], tuple(rule["access"]), reason=reason, when=when))
+            kept.append(KeptAnswer(rule["path"], tuple(rule["access"]), reason=reason, when=when))
     return kept
 
 
@@ -130,7 +130,7 @@ def _toml(value: object) -> str:
     return tomlkit.item(value).as_string()
 
 
-def _mark(kept: Kept, now: float) -> str:
+def _mark(kept: KeptAnswer, now: float) -> str:
     """The comment line written with an answer (``\\n`` included)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(kept.when or now))
     if kept.reason:
@@ -141,7 +141,7 @@ def _mark(kept: Kept, now: float) -> str:
     return f"{MARK} {stamp} {_about(kept)} {why}\n"
 
 
-def _about(kept: Kept) -> str:
+def _about(kept: KeptAnswer) -> str:
     """What an answer's comment line is about (removal finds the line by it)."""
     return f"for port {kept.port}:" if kept.port is not None else f"for {_quoted(kept.value)}:"
 
@@ -215,7 +215,7 @@ class _File:
         return last.last + 1
 
 
-def _holds(f: _File, kept: Kept, table: dict[str, Any]) -> bool:
+def _holds(f: _File, kept: KeptAnswer, table: dict[str, Any]) -> bool:
     """Whether an entry already holds the answer (the file needs no change for it)."""
     key = "port" if kept.kind == "net_port" else "parent"
     values = table.get(key)
@@ -245,14 +245,14 @@ def _replace(f: _File, s: Statement, new: list[str]) -> None:
     f.lines[s.first : s.last + 1] = new
 
 
-def _new_entry(kept: Kept, mark: str) -> list[str]:
+def _new_entry(kept: KeptAnswer, mark: str) -> list[str]:
     assert kept.kind != "quiet" or kept.access is None
     body = [] if kept.access is None else [f"allowed_access = {_toml(list(kept.access))}\n"]
     body.append(f"{'port' if kept.port is not None else 'parent'} = {_toml([kept.value])}\n")
     return ["\n", mark, f"[[supervisor.{kept.kind}]]\n", *body]
 
 
-def _insert_new(f: _File, kept: Kept, mark: str) -> None:
+def _insert_new(f: _File, kept: KeptAnswer, mark: str) -> None:
     same = f.of_kind(kept.kind)
     if same:
         at = f.end_line(same[-1][0])
@@ -273,7 +273,7 @@ def _insert_new(f: _File, kept: Kept, mark: str) -> None:
     f.lines[at:at] = block
 
 
-def _add_one(f: _File, kept: Kept, now: float) -> bool:
+def _add_one(f: _File, kept: KeptAnswer, now: float) -> bool:
     """Add one answer to ``f``'s lines; False if the file already held it."""
     same = f.of_kind(kept.kind)
     if any(_holds(f, kept, table) for _, table in same):
@@ -306,7 +306,7 @@ def _add_one(f: _File, kept: Kept, now: float) -> bool:
     return True
 
 
-def _add_inline(text: str, kept: Kept) -> str:
+def _add_inline(text: str, kept: KeptAnswer) -> str:
     """For a supervisor table (or kind) written inline: one more inline table, through tomlkit
     (there are no headers, hence no comments above entries, to keep)."""
     document = tomlkit.parse(text)
@@ -326,7 +326,7 @@ def _add_inline(text: str, kept: Kept) -> str:
 
 
 def add_answers(
-    text: str, answers: Iterable[Kept], source: str = "policy", now: float | None = None
+    text: str, answers: Iterable[KeptAnswer], source: str = "policy", now: float | None = None
 ) -> str:
     """``text`` with ``answers`` added to its ``[supervisor]`` table, everything else as it was."""
     now = time.time() if now is None else now
@@ -357,7 +357,7 @@ def _delete_entry(f: _File, entry: Entry) -> None:
     del f.lines[first:end]
 
 
-def _remove_one(f: _File, kept: Kept, source: str) -> bool:
+def _remove_one(f: _File, kept: KeptAnswer, source: str) -> bool:
     key = "port" if kept.kind == "net_port" else "parent"
     holders = [(e, t) for e, t in f.of_kind(kept.kind)
                if isinstance(t.get(key), list) and kept.value in t[key]]  # fmt: skip
@@ -387,7 +387,7 @@ def _remove_one(f: _File, kept: Kept, source: str) -> bool:
     return True
 
 
-def remove_answers(text: str, answers: Iterable[Kept], source: str = "policy") -> str:
+def remove_answers(text: str, answers: Iterable[KeptAnswer], source: str = "policy") -> str:
     """``text`` without ``answers``: taken out of the entries llsupervise wrote (an entry left
     empty goes, with its comment); an answer held by a person's entry is refused."""
     try:
@@ -401,7 +401,7 @@ def remove_answers(text: str, answers: Iterable[Kept], source: str = "policy") -
         raise PersistError(f"{source}: cannot remove the answers from this file: {exc}") from None
 
 
-def check_answers(document: PolicyDocument, answers: Sequence[Kept]) -> None:
+def check_answers(document: PolicyDocument, answers: Sequence[KeptAnswer]) -> None:
     """Raise unless ``document`` (the file after the write) holds every answer."""
     for kept in answers:
         if kept.port is not None:
@@ -454,7 +454,7 @@ def write_atomically(path: str, text: str) -> None:
 
 
 def persist(
-    path: str, answers: Sequence[Kept], parse: Callable[[str], PolicyDocument]
+    path: str, answers: Sequence[KeptAnswer], parse: Callable[[str], PolicyDocument]
 ) -> tuple[str, str]:
     """Add ``answers`` to the policy file at ``path``; return its text before and after.
 

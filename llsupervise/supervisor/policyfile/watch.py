@@ -31,7 +31,12 @@ from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import names, parse_fs
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import Event
-from llsupervise.supervisor.policyfile.persist import Kept, PersistError, kept_from_event, persist
+from llsupervise.supervisor.policyfile.persist import (
+    KeptAnswer,
+    PersistError,
+    kept_from_event,
+    persist,
+)
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
 
@@ -114,7 +119,7 @@ class PolicyFile:
         self._known_applied = True
         self._signature = _signature(self.path)
         #: Answers not yet in the file (written at the next chance; part of every reload).
-        self.unpersisted: list[Kept] = []
+        self.unpersisted: list[KeptAnswer] = []
         sup.listeners.append(self._on_event)
 
     # -- watching -------------------------------------------------------------------------

@@ -20,9 +20,9 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.analysis import (
     Finding,
     Layer,
+    PolicyRule,
     PortFinding,
     QuietObject,
-    Rule,
     analyse,
     redundant_ports,
 )
@@ -170,7 +170,7 @@ def _check_capacity(needed: int) -> None:
         )
 
 
-#: A :class:`Rule`'s fields, in order.
+#: A :class:`PolicyRule`'s fields, in order.
 RuleRow = tuple[Layer, ObjectId, AccessFs, str, object, Condition | None]
 
 
@@ -191,9 +191,9 @@ class ResolvedPolicy:
     rule_rows: tuple[RuleRow, ...] = field(default=(), repr=False, compare=False)
 
     @functools.cached_property
-    def rules(self) -> tuple[Rule, ...]:
+    def rules(self) -> tuple[PolicyRule, ...]:
         """Every path of every rule entry, resolved (what ``check`` analyses)."""
-        return tuple(Rule(*row) for row in self.rule_rows)
+        return tuple(PolicyRule(*row) for row in self.rule_rows)
 
     def objects(self) -> set[ObjectId]:
         """Every object a rule of this policy refers to (what the table must keep open)."""
@@ -226,7 +226,7 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
             access = entry.access
             for obj, location in _open_entry(table, entry, skipped):
                 label, is_dir = table.held(obj)[2:]
-                # A row, not a Rule: most resolutions (reloads) never look at them.
+                # A row, not a PolicyRule: most resolutions (reloads) never look at them.
                 rows.append((name, obj, _enforced(access, is_dir), label, location, condition))
                 if condition is not None:
                     conditional.append(ConditionalRule(obj, access, condition, label))
