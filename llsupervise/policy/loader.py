@@ -31,13 +31,9 @@ Where llsupervise differs, and why:
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import date, datetime, time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeGuard, TypeVar
 
@@ -47,7 +43,6 @@ from llsupervise.policy.document import (
     DEFAULTS,
     MODES,
     ElementLocation,
-    LazyLocation,
     Location,
     NetPortEntry,
     PathBeneathEntry,
@@ -57,7 +52,19 @@ from llsupervise.policy.document import (
     SupervisorSection,
     TableArray,
 )
-from llsupervise.policy.locate import LineIndex, join_key
+from llsupervise.policy.fields import FieldReader
+from llsupervise.policy.tomlcheck import (
+    Context,
+    checked_choice,
+    checked_strings,
+    checked_table,
+    checked_tables,
+    is_int,
+    parse_access,
+    required_value,
+    type_name,
+)
+from llsupervise.policy.variables import PREDEFINED_VARIABLES, Variables, variable_name_error
 from llsupervise.rights import (
     LATEST_ABI,
     NO_FS,
@@ -66,7 +73,6 @@ from llsupervise.rights import (
     AccessFs,
     AccessNet,
     Scope,
-    UnknownAccessName,
     names,
     parse_fs,
     parse_net,
@@ -74,9 +80,6 @@ from llsupervise.rights import (
 )
 
 __all__ = ["PREDEFINED_VARIABLES", "load_policy", "parse_policy"]
-
-#: Variables taken from the environment; a policy cannot redefine them.
-PREDEFINED_VARIABLES = ("HOME", "PWD", "TMPDIR", "USER")
 
 _TOP_KEYS = ("abi", "ruleset", "variable", "path_beneath", "net_port", "supervisor")
 _RULESET_KEYS = ("handled_access_fs", "handled_access_net", "scoped")
@@ -88,17 +91,11 @@ _QUIET_KEYS = ("parent", "optional")
 _SUPERVISOR_KEYS = ("mode", "prompt_timeout", "default", "path_beneath", "net_port", "quiet")
 
 _MAX_ABI = 2**31 - 1  # landlockconfig's bound
-_MAX_PORT = 65535
-_MAX_TIMEOUT = 1e9  # seconds; keeps timer arithmetic finite
-# Cartesian products grow fast: refuse a string or variable expanding to more values than this.
-_MAX_EXPANSION = 4096
-_MAX_VARIABLE_DEPTH = 64
 
 _POSITION = re.compile(r" \(at line (\d+), column (\d+)\)$")
 _END_OF_DOCUMENT = " (at end of document)"
 
 _Flag = TypeVar("_Flag", AccessFs, AccessNet, Scope)
-_Choice = TypeVar("_Choice", bound=str)
 
 
 def load_policy(
@@ -124,7 +121,7 @@ def _parse(
     text: str, source: str, env: Mapping[str, str] | None, *, shortcuts: bool
 ) -> PolicyDocument:
     """``shortcuts=False`` takes the general path for every rule (tests compare the two)."""
-    context = _Context(source, text)
+    context = Context(source, text)
     document = _decode_toml(context, text)
     return _Builder(context, document, os.environ if env is None else env, shortcuts).build()
 
@@ -148,7 +145,7 @@ def _read_text(source: str) -> str:
         raise PolicyError(Location(source, line, ""), message) from None
 
 
-def _decode_toml(context: _Context, text: str) -> dict[str, object]:
+def _decode_toml(context: Context, text: str) -> dict[str, object]:
     try:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
@@ -174,240 +171,7 @@ def _syntax_error(source: str, text: str, exc: tomli.TOMLDecodeError) -> PolicyE
 # -- shared validation helpers -------------------------------------------------------------------
 
 
-class _Context:
-    """The source name plus a lazily built line index, to make locations and errors."""
-
-    def __init__(self, source: str, text: str) -> None:
-        self.source = source
-        self._text = text
-        self._index: LineIndex | None = None
-        self._lines = self._line  # one bound method for every location
-
-    def loc(self, key: str) -> Location:
-        return LazyLocation(self.source, key, self._lines)
-
-    def array(self, key: str) -> TableArray:
-        """Shared by the :class:`ElementLocation` of every table of the array at ``key``."""
-        return TableArray(self.source, key, self._lines)
-
-    def _line(self, key: str) -> int | None:
-        if self._index is None:
-            self._index = LineIndex(self._text)
-        return self._index.line(key)
-
-    def error(self, key: str, message: str) -> PolicyError:
-        return PolicyError(self.loc(key), message)
-
-
-def _type_name(value: object) -> str:
-    # bool before int: True is an int to Python but not to TOML.
-    kinds: tuple[tuple[type, str], ...] = (
-        (bool, "a boolean"),
-        (int, "an integer"),
-        (float, "a float"),
-        (str, "a string"),
-        (list, "an array"),
-        (dict, "a table"),
-        (datetime, "a date-time"),
-        (date, "a date"),
-        (time, "a time"),
-    )
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _table(
-    context: _Context, value: object, key: str, allowed: tuple[str, ...]
-) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise context.error(key, f"expected a table, found {_type_name(value)}")
-    for name in value:
-        if name not in allowed:
-            expected = ", ".join(allowed)
-            raise context.error(join_key(key, name), f"unknown key {name!r} (expected {expected})")
-    return value
-
-
-def _array(context: _Context, value: object, key: str, what: str, non_empty: bool) -> list[object]:
-    if not isinstance(value, list):
-        raise context.error(key, f"expected an array of {what}, found {_type_name(value)}")
-    if non_empty and not value:
-        raise context.error(key, f"expected a non-empty array of {what}")
-    return value
-
-
-def _tables(
-    context: _Context, value: object, key: str, allowed: tuple[str, ...], non_empty: bool
-) -> list[tuple[str, dict[str, object]]]:
-    """Each table of an array of tables, with its key (``key[i]``)."""
-    items = _array(context, value, key, "tables", non_empty)
-    keyed = [(f"{key}[{i}]", item) for i, item in enumerate(items)]
-    return [(k, _table(context, item, k, allowed)) for k, item in keyed]
-
-
-def _strings(context: _Context, value: object, key: str) -> list[tuple[str, str]]:
-    """Each string of a non-empty array of strings, with its key (``key[i]``)."""
-    items = _array(context, value, key, "strings", non_empty=True)
-    result = []
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise context.error(f"{key}[{i}]", f"expected a string, found {_type_name(item)}")
-        result.append((f"{key}[{i}]", item))
-    return result
-
-
-def _required(context: _Context, table: dict[str, object], key: str, name: str) -> object:
-    if name not in table:
-        raise context.error(key, f"missing required key {name!r}")
-    return table[name]
-
-
-def _choice(context: _Context, value: object, key: str, choices: tuple[_Choice, ...]) -> _Choice:
-    for choice in choices:
-        if value == choice:
-            return choice
-    expected = ", ".join(repr(c) for c in choices)
-    found = repr(value) if isinstance(value, str) else _type_name(value)
-    raise context.error(key, f"expected one of {expected}, found {found}")
-
-
-def _access(
-    context: _Context,
-    value: object,
-    key: str,
-    parse: Callable[[Iterable[str], int], _Flag],
-    abi: int,
-    known: dict[tuple[str, ...], _Flag],
-) -> _Flag:
-    """The rights an array of names grants; ``known`` holds the arrays already parsed.
-
-    Policies repeat the same few arrays thousands of times, and parsing names into flags is
-    slow. Only valid arrays of strings are ever stored, so a hit needs no further check.
-    """
-    if isinstance(value, list):
-        try:
-            return known[tuple(value)]
-        except (KeyError, TypeError):  # TypeError: an unhashable item (array, table)
-            pass
-    items = _strings(context, value, key)
-    for item_key, name in items:
-        try:
-            parse([name], abi)
-        except UnknownAccessName as exc:
-            raise context.error(item_key, str(exc)) from None
-    names = tuple(name for _, name in items)
-    known[names] = rights = parse(names, abi)
-    return rights
-
-
-def _variable_name_error(name: str) -> str | None:
-    """Why ``name`` is not a valid variable name (landlockconfig's rules), or None."""
-    if not name:
-        return "variable name cannot be empty"
-    if not (name[0].isascii() and name[0].isalpha()):
-        return f"invalid variable name {name!r}: must start with an ASCII letter"
-    if not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
-        return f"invalid variable name {name!r}: only ASCII letters, digits and '_' are allowed"
-    return None
-
-
 # -- variables -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """A ``${name}`` inside a template string."""
-
-    name: str
-
-
-def _tokenize(context: _Context, template: str, key: str) -> list[str | _Ref]:
-    tokens: list[str | _Ref] = []
-    text: list[str] = []
-    i = 0
-    while i < len(template):
-        pair = template[i : i + 2]
-        if pair == "$$":
-            text.append("$")
-            i += 2
-        elif pair == "${":
-            end = template.find("}", i + 2)
-            if end < 0:
-                raise context.error(key, f"unclosed '${{' at position {i} in {template!r}")
-            name = template[i + 2 : end]
-            problem = _variable_name_error(name)
-            if problem:
-                raise context.error(key, f"{problem} (at position {i} in {template!r})")
-            tokens.extend(["".join(text), _Ref(name)])
-            text.clear()
-            i = end + 1
-        else:
-            text.append(template[i])
-            i += 1
-    tokens.append("".join(text))
-    return tokens
-
-
-class _Variables:
-    """Predefined and ``[[variable]]`` values, each expanded once on first use."""
-
-    def __init__(
-        self,
-        context: _Context,
-        env: Mapping[str, str],
-        definitions: dict[str, list[tuple[str, str]]],
-    ) -> None:
-        self._context = context
-        self._definitions = definitions
-        self._resolving: list[str] = []
-        self.values: dict[str, tuple[str, ...]] = {}
-        for name in PREDEFINED_VARIABLES:
-            value = env.get(name) or ("/tmp" if name == "TMPDIR" else "")
-            if value:
-                self.values[name] = (value,)
-
-    def resolve_all(self) -> None:
-        for name, literals in self._definitions.items():
-            self.resolve(name, literals[0][0] if literals else "variable")
-
-    def resolve(self, name: str, key: str) -> tuple[str, ...]:
-        if name in self.values:
-            return self.values[name]
-        if name in self._resolving:
-            cycle = " -> ".join([*self._resolving[self._resolving.index(name) :], name])
-            raise self._context.error(key, f"variable {name!r} refers to itself ({cycle})")
-        if name not in self._definitions:
-            if name in PREDEFINED_VARIABLES:
-                raise self._context.error(key, f"variable {name!r} is not set in the environment")
-            raise self._context.error(key, f"unknown variable {name!r}")
-        if len(self._resolving) >= _MAX_VARIABLE_DEPTH:
-            raise self._context.error(key, "variables refer to each other too deeply")
-        self._resolving.append(name)
-        values: dict[str, None] = {}  # ordered set
-        for literal_key, literal in self._definitions[name]:
-            values.update(dict.fromkeys(self.expand(literal, literal_key)))
-            if len(values) > _MAX_EXPANSION:
-                raise self._context.error(key, f"variable {name!r} has too many values")
-        self._resolving.pop()
-        self.values[name] = tuple(values)
-        return self.values[name]
-
-    def expand(self, template: str, key: str) -> list[str]:
-        if "$" not in template:
-            return [template]  # most paths: nothing to tokenise
-        choices = [
-            (token,) if isinstance(token, str) else self.resolve(token.name, key)
-            for token in _tokenize(self._context, template, key)
-        ]
-        if math.prod(len(c) for c in choices) > _MAX_EXPANSION:
-            raise self._context.error(key, f"{template!r} expands to too many values")
-        return ["".join(parts) for parts in itertools.product(*choices)]
 
 
 # -- the document --------------------------------------------------------------------------------
@@ -418,17 +182,18 @@ class _Builder:
 
     def __init__(
         self,
-        context: _Context,
+        context: Context,
         document: dict[str, object],
         env: Mapping[str, str],
         shortcuts: bool = True,
     ) -> None:
         self.context = context
         self.shortcuts = shortcuts
-        self.root = _table(context, document, "", _TOP_KEYS)
+        self.root = checked_table(context, document, "", _TOP_KEYS)
         self.abi_value = self._abi()
         self.abi = LATEST_ABI if self.abi_value is None else self.abi_value
-        self.variables = _Variables(context, env, self._variable_definitions())
+        self.variables = Variables(context, env, self._variable_definitions())
+        self.fields = FieldReader(context, self.variables)
         self._known_fs: dict[tuple[str, ...], AccessFs] = {}
         self._known_net: dict[tuple[str, ...], AccessNet] = {}
         self._known_scopes: dict[tuple[str, ...], Scope] = {}
@@ -472,8 +237,8 @@ class _Builder:
         value = self.root.get("abi")
         if value is None:
             return None
-        if not _is_int(value):
-            raise self.context.error("abi", f"expected an integer, found {_type_name(value)}")
+        if not is_int(value):
+            raise self.context.error("abi", f"expected an integer, found {type_name(value)}")
         if not 1 <= value <= _MAX_ABI:
             raise self.context.error("abi", f"ABI version must be between 1 and {_MAX_ABI}")
         return value
@@ -482,28 +247,28 @@ class _Builder:
         definitions: dict[str, list[tuple[str, str]]] = {}
         if "variable" not in self.root:
             return definitions
-        for key, table in _tables(
+        for key, table in checked_tables(
             self.context, self.root["variable"], "variable", _VARIABLE_KEYS, non_empty=True
         ):
             name_key = f"{key}.name"
-            name = _required(self.context, table, key, "name")
+            name = required_value(self.context, table, key, "name")
             if not isinstance(name, str):
-                raise self.context.error(name_key, f"expected a string, found {_type_name(name)}")
-            problem = _variable_name_error(name)
+                raise self.context.error(name_key, f"expected a string, found {type_name(name)}")
+            problem = variable_name_error(name)
             if problem:
                 raise self.context.error(name_key, problem)
             if name in PREDEFINED_VARIABLES:
                 raise self.context.error(name_key, f"variable {name!r} is predefined")
             literals = definitions.setdefault(name, [])
             if "literal" in table:
-                literals.extend(_strings(self.context, table["literal"], f"{key}.literal"))
+                literals.extend(checked_strings(self.context, table["literal"], f"{key}.literal"))
         return definitions
 
     def _rulesets(self) -> tuple[AccessFs, AccessNet, Scope]:
         fs, net, scoped = NO_FS, NO_NET, NO_SCOPE
         if "ruleset" not in self.root:
             return fs, net, scoped
-        for key, table in _tables(
+        for key, table in checked_tables(
             self.context, self.root["ruleset"], "ruleset", _RULESET_KEYS, non_empty=True
         ):
             if not table:
@@ -515,7 +280,7 @@ class _Builder:
             if "handled_access_net" in table:
                 net |= self._net(table["handled_access_net"], f"{key}.handled_access_net")
             if "scoped" in table:
-                scoped |= _access(
+                scoped |= parse_access(
                     self.context,
                     table["scoped"],
                     f"{key}.scoped",
@@ -526,10 +291,10 @@ class _Builder:
         return fs, net, scoped
 
     def _fs(self, value: object, key: str) -> AccessFs:
-        return _access(self.context, value, key, parse_fs, self.abi, self._known_fs)
+        return parse_access(self.context, value, key, parse_fs, self.abi, self._known_fs)
 
     def _net(self, value: object, key: str) -> AccessNet:
-        return _access(self.context, value, key, parse_net, self.abi, self._known_net)
+        return parse_access(self.context, value, key, parse_net, self.abi, self._known_net)
 
     # -- rules --
 
@@ -544,7 +309,7 @@ class _Builder:
         else:
             entries = [
                 self._path_beneath(table, entry_key)
-                for entry_key, table in _tables(self.context, value, key, allowed, non_empty)
+                for entry_key, table in checked_tables(self.context, value, key, allowed, non_empty)
             ]
         # landlockconfig drops rules left without any right
         return tuple(entry for entry in entries if entry.access)
@@ -552,18 +317,18 @@ class _Builder:
     def _path_beneath(self, table: dict[str, object], key: str) -> PathBeneathEntry:
         """One ``path_beneath`` table, already checked to be a table with allowed keys only."""
         access = self._fs(
-            _required(self.context, table, key, "allowed_access"), f"{key}.allowed_access"
+            required_value(self.context, table, key, "allowed_access"), f"{key}.allowed_access"
         )
-        paths, locations = self._paths(table, key)
-        optional = self._optional(table, key)
+        paths, locations = self.fields.paths(table, key)
+        optional = self.fields.optional(table, key)
         return PathBeneathEntry(
             access,
             paths,
             optional,
             self.context.loc(key),
             locations,
-            exe=self._executables(table, key),
-            cgroup=self._cgroup(table, key),
+            exe=self.fields.executables(table, key),
+            cgroup=self.fields.cgroup(table, key),
         )
 
     def _entries_with_shortcut(
@@ -580,7 +345,9 @@ class _Builder:
         if _all_tables_with(value, frozenset(allowed), non_empty):
             tables = value
         else:  # the general check, which reports what is wrong
-            tables = [table for _, table in _tables(self.context, value, key, allowed, non_empty)]
+            tables = [
+                table for _, table in checked_tables(self.context, value, key, allowed, non_empty)
+            ]
         array = self.context.array(key)
         known = self._known_fs
         plain = PathBeneathEntry.plain
@@ -621,13 +388,13 @@ class _Builder:
         if value is None:
             return ()
         entries = []
-        for entry_key, table in _tables(self.context, value, key, _NET_PORT_KEYS, non_empty):
+        for entry_key, table in checked_tables(self.context, value, key, _NET_PORT_KEYS, non_empty):
             access_key = f"{entry_key}.allowed_access"
             access = self._net(
-                _required(self.context, table, entry_key, "allowed_access"), access_key
+                required_value(self.context, table, entry_key, "allowed_access"), access_key
             )
-            ports = self._ports(
-                _required(self.context, table, entry_key, "port"), f"{entry_key}.port"
+            ports = self.fields.ports(
+                required_value(self.context, table, entry_key, "port"), f"{entry_key}.port"
             )
             if access:
                 entries.append(NetPortEntry(access, ports, self.context.loc(entry_key)))
@@ -637,109 +404,29 @@ class _Builder:
         if value is None:
             return ()
         entries = []
-        for entry_key, table in _tables(self.context, value, key, _QUIET_KEYS, non_empty=False):
-            paths, locations = self._paths(table, entry_key)
-            optional = self._optional(table, entry_key)
+        for entry_key, table in checked_tables(
+            self.context, value, key, _QUIET_KEYS, non_empty=False
+        ):
+            paths, locations = self.fields.paths(table, entry_key)
+            optional = self.fields.optional(table, entry_key)
             entries.append(QuietEntry(paths, optional, self.context.loc(entry_key), locations))
         return tuple(entries)
-
-    def _ports(self, value: object, key: str) -> tuple[int, ...]:
-        ports: list[int] = []
-        for i, port in enumerate(_array(self.context, value, key, "integers", non_empty=True)):
-            if not _is_int(port):
-                raise self.context.error(
-                    f"{key}[{i}]", f"expected an integer, found {_type_name(port)}"
-                )
-            if not 0 <= port <= _MAX_PORT:
-                raise self.context.error(
-                    f"{key}[{i}]", f"port {port} is out of range 0..{_MAX_PORT}"
-                )
-            if port not in ports:
-                ports.append(port)
-        return tuple(ports)
-
-    def _executables(self, table: dict[str, object], key: str) -> tuple[str, ...]:
-        """``exe``: absolute executable paths, variables expanded, duplicates removed."""
-        if "exe" not in table:
-            return ()
-        found: dict[str, None] = {}
-        for exe_key, template in _strings(self.context, table["exe"], f"{key}.exe"):
-            for path in self.variables.expand(template, exe_key):
-                if not path.startswith("/"):
-                    raise self.context.error(
-                        exe_key, f"executable {path!r} must be an absolute path"
-                    )
-                if "\0" in path:
-                    raise self.context.error(exe_key, f"path {path!r} contains a NUL character")
-                found[path] = None
-        return tuple(found)
-
-    def _cgroup(self, table: dict[str, object], key: str) -> str | None:
-        """``cgroup``: one absolute cgroup v2 path (as in /proc/PID/cgroup), normalised."""
-        if "cgroup" not in table:
-            return None
-        cgroup_key = f"{key}.cgroup"
-        value = table["cgroup"]
-        if not isinstance(value, str):
-            raise self.context.error(cgroup_key, f"expected a string, found {_type_name(value)}")
-        expanded = self.variables.expand(value, cgroup_key)
-        if len(expanded) != 1:
-            raise self.context.error(
-                cgroup_key, f"{value!r} must expand to one cgroup, not {len(expanded)}"
-            )
-        path = expanded[0]
-        if not path.startswith("/"):
-            raise self.context.error(
-                cgroup_key, f"cgroup {path!r} must be an absolute path such as /user.slice"
-            )
-        parts = [part for part in path.split("/") if part]
-        if any(part in (".", "..") for part in parts) or "\0" in path:
-            raise self.context.error(cgroup_key, f"cgroup {path!r} is not a plain cgroup path")
-        return "/" + "/".join(parts)
-
-    def _optional(self, table: dict[str, object], key: str) -> bool:
-        value = table.get("optional", False)
-        if not isinstance(value, bool):
-            raise self.context.error(
-                f"{key}.optional", f"expected a boolean, found {_type_name(value)}"
-            )
-        return value
-
-    def _paths(
-        self, table: dict[str, object], key: str
-    ) -> tuple[tuple[str, ...], tuple[Location, ...]]:
-        """Expanded, absolute, de-duplicated ``parent`` paths, each with its string's location."""
-        found: dict[str, Location] = {}
-        parents = _required(self.context, table, key, "parent")
-        for parent_key, template in _strings(self.context, parents, f"{key}.parent"):
-            location = self.context.loc(parent_key)
-            for path in self.variables.expand(template, parent_key):
-                found.setdefault(self._absolute(path, parent_key), location)
-        return tuple(found), tuple(found.values())
-
-    def _absolute(self, path: str, key: str) -> str:
-        if not path:
-            raise self.context.error(key, "empty path")
-        if "\0" in path:
-            raise self.context.error(key, f"path {path!r} contains a NUL character")
-        if path.startswith("/"):
-            return path
-        pwd = self.variables.values.get("PWD")
-        if pwd is None:
-            raise self.context.error(key, f"relative path {path!r} needs PWD, which is not set")
-        return os.path.join(pwd[0], path)
 
     # -- supervisor --
 
     def _supervisor(self) -> SupervisorSection:
         if "supervisor" not in self.root:
             return SupervisorSection()
-        table = _table(self.context, self.root["supervisor"], "supervisor", _SUPERVISOR_KEYS)
+        table = checked_table(self.context, self.root["supervisor"], "supervisor", _SUPERVISOR_KEYS)
         defaults = SupervisorSection()
         return SupervisorSection(
-            mode=_choice(self.context, table.get("mode", defaults.mode), "supervisor.mode", MODES),
-            prompt_timeout=self._timeout(table.get("prompt_timeout", defaults.prompt_timeout)),
-            default=_choice(
+            mode=checked_choice(
+                self.context, table.get("mode", defaults.mode), "supervisor.mode", MODES
+            ),
+            prompt_timeout=self.fields.timeout(
+                table.get("prompt_timeout", defaults.prompt_timeout)
+            ),
+            default=checked_choice(
                 self.context, table.get("default", defaults.default), "supervisor.default", DEFAULTS
             ),
             path_beneath=self._path_beneath_list(
@@ -753,17 +440,6 @@ class _Builder:
             ),
             quiet=self._quiet_list(table.get("quiet"), "supervisor.quiet"),
         )
-
-    def _timeout(self, value: object) -> float:
-        key = "supervisor.prompt_timeout"
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self.context.error(
-                key, f"expected a number of seconds, found {_type_name(value)}"
-            )
-        # Written so that NaN fails too.
-        if not 0 < value <= _MAX_TIMEOUT:
-            raise self.context.error(key, f"must be greater than 0 and at most {_MAX_TIMEOUT:g}")
-        return float(value)
 
     def _check_handled(
         self, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet
