@@ -258,9 +258,17 @@ def _expressible(path: str) -> bool:
     return True
 
 
-class _Synthesis:
+_PROC_PID_WHY = (
+    "a process's own /proc entry: its name changes with every process (only a rule on all of "
+    "/proc covers it)"
+)
+
+
+class _PathFacts:
+    """What is known of the paths a recording names: their expansion, what exists, the
+    system hierarchies and protected or secret places they lie in."""
+
     def __init__(self, recording: Recording, context: Context) -> None:
-        self.rec = recording
         self.ctx = context
         self.fs = context.fs
         every_root = {posixpath.normpath(r) for r in context.system_roots}
@@ -282,19 +290,12 @@ class _Synthesis:
         ]
         self.pwd = posixpath.normpath(context.variables.get("PWD") or "/")
         self.unplaced: list[tuple[str, str]] = []
-        self.created = self._expand_all(recording.created.keys())
-        self.removed = self._expand_all(recording.removed.keys())
+        self.created = self.expand_all(recording.created.keys())
+        self.removed = self.expand_all(recording.removed.keys())
         self.transient = self.created | self.removed
-        self.system: dict[str, _Bucket] = {}
-        self.buckets: dict[tuple[Part, str], _Bucket] = {}
-        self.refused: list[Refusal] = []
         self._kinds: dict[str, Kind] = {}
-        #: Every recorded path that could be expanded, with its use.
-        self.placed: list[tuple[str, PathUse]] = []
 
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _expand(self, template: str) -> str | None:
+    def expand(self, template: str) -> str | None:
         try:
             path = posixpath.normpath(expand(template, self.ctx.variables))
         except TemplateError as exc:
@@ -305,17 +306,17 @@ class _Synthesis:
             return None
         return path
 
-    def _expand_all(self, templates: Iterable[str]) -> set[str]:
-        expanded = (self._expand(t) for t in sorted(templates))
+    def expand_all(self, templates: Iterable[str]) -> set[str]:
+        expanded = (self.expand(t) for t in sorted(templates))
         return {p for p in expanded if p is not None}
 
-    def _kind(self, path: str) -> Kind:
+    def kind(self, path: str) -> Kind:
         kind = self._kinds.get(path)
         if kind is None:
             kind = self._kinds[path] = self.fs.kind(path)
         return kind
 
-    def _anchor(self, path: str) -> str:
+    def anchor(self, path: str) -> str:
         """The nearest object at or above ``path`` that exists now and was neither created
         nor removed during the runs (nor lies beneath something that was)."""
         chain = list(ancestors(path))
@@ -324,11 +325,11 @@ class _Synthesis:
             if p in self.transient or not _expressible(p):
                 start = i + 1
         for p in chain[start:]:
-            if self._kind(p) != "missing":
+            if self.kind(p) != "missing":
                 return p
         return "/"
 
-    def _created_root(self, path: str, anchor: str) -> str | None:
+    def created_root(self, path: str, anchor: str) -> str | None:
         """The object the run created (and left behind) that ``path`` is or lies in, when it
         gets a rule of its own (module docstring, step 1): a directory, or a file created
         directly in ``${PWD}``, whose parent is the anchor and may be written to."""
@@ -337,14 +338,14 @@ class _Synthesis:
         top = next(p for p in ancestors(path) if posixpath.dirname(p) == anchor)
         if top not in self.created or not _expressible(top) or places.churn(top) is not None:
             return None
-        kind = self._kind(top)
+        kind = self.kind(top)
         if kind == "missing" or (kind == "file" and anchor != self.pwd):
             return None
-        if self._root_of(anchor) is not None or self.protected(anchor) or self.secret(anchor):
+        if self.root_of(anchor) is not None or self.protected(anchor) or self.secret(anchor):
             return None  # refused there anyway: step 5
         return top
 
-    def _churn(self, path: str, anchor: str) -> tuple[str, str | None]:
+    def churn(self, path: str, anchor: str) -> tuple[str, str | None]:
         """The anchor for a churning name (its directory, when that existed throughout) and
         why; otherwise ``anchor`` unchanged."""
         found = places.churn(path)
@@ -353,11 +354,11 @@ class _Synthesis:
         directory, why = found
         if anchor != path and is_beneath(directory, anchor):
             return anchor, why  # a temporary under ``anchor``: widened there anyway
-        if anchor == path and self._anchor(directory) == directory:
+        if anchor == path and self.anchor(directory) == directory:
             return directory, why
         return anchor, None
 
-    def _root_of(self, path: str) -> str | None:
+    def root_of(self, path: str) -> str | None:
         for root in self.roots:
             if is_beneath(path, root):
                 return root
@@ -377,6 +378,17 @@ class _Synthesis:
             return False
         return places.is_secret(path, self.home, self.secrets)
 
+
+class _Synthesis:
+    def __init__(self, recording: Recording, context: Context) -> None:
+        self.rec = recording
+        self.facts = _PathFacts(recording, context)
+        self.system: dict[str, _Bucket] = {}
+        self.buckets: dict[tuple[Part, str], _Bucket] = {}
+        self.refused: list[Refusal] = []
+        #: Every recorded path that could be expanded, with its use.
+        self.placed: list[tuple[str, PathUse]] = []
+
     def _bucket(self, part: Part, path: str) -> _Bucket:
         bucket = self.buckets.get((part, path))
         if bucket is None:
@@ -388,25 +400,23 @@ class _Synthesis:
     def place(self) -> None:
         """Steps 1-3: every recorded access to its anchor, part and system hierarchy."""
         for template, use in sorted(self.rec.paths.items()):
-            path = self._expand(template)
+            path = self.facts.expand(template)
             if path is None:
                 continue
             if _PROC_PID.fullmatch(path):
-                self.unplaced.append((template, "a process's own /proc entry: its name changes "
-                                      "with every process (only a rule on all of /proc covers "
-                                      "it)"))  # fmt: skip
+                self.facts.unplaced.append((template, _PROC_PID_WHY))
                 continue
             self.placed.append((path, use))
-            anchor = self._anchor(path)
-            created = self._created_root(path, anchor)
-            anchor, why = self._churn(path, anchor)
+            anchor = self.facts.anchor(path)
+            created = self.facts.created_root(path, anchor)
+            anchor, why = self.facts.churn(path, anchor)
             widened = anchor != path
             static = use.static | (use.access & AccessFs.EXECUTE)
             dynamic = use.access & ~static
-            root = self._root_of(anchor)
+            root = self.facts.root_of(anchor)
             if root is not None:
                 read = (static | dynamic) & READ_RIGHTS
-                if read and root in self.code_roots:
+                if read and root in self.facts.code_roots:
                     system = self.system.get(root)
                     if system is None:
                         system = self.system[root] = _Bucket("static", root)
@@ -430,7 +440,7 @@ class _Synthesis:
                 self._bucket("static", anchor).churn.add(why)
         executed = any(use.access & AccessFs.EXECUTE for use in self.rec.paths.values())
         for root, bucket in self.system.items():
-            if root in self.code_roots and executed:
+            if root in self.facts.code_roots and executed:
                 bucket.access |= AccessFs.EXECUTE
 
     def _system_data(
@@ -456,16 +466,18 @@ class _Synthesis:
         candidates = {
             posixpath.dirname(path)
             for (part, path) in self.buckets
-            if part == "static" and self._root_of(path) not in (None, *self.code_roots)
+            if part == "static" and self.facts.root_of(path) not in (None, *self.facts.code_roots)
         }
         for directory in sorted(candidates, key=lambda p: (-depth(p), p)):
-            if self._root_of(directory) in (None, directory) or self.protected(directory):
+            if self.facts.root_of(directory) in (None, directory) or self.facts.protected(
+                directory
+            ):
                 continue
-            names = self.fs.entries(directory)
-            if not names or self.secret(directory):
+            names = self.facts.fs.entries(directory)
+            if not names or self.facts.secret(directory):
                 continue
             entries = [posixpath.join(directory, n) for n in names]
-            if any(self.secret(e) for e in entries):
+            if any(self.facts.secret(e) for e in entries):
                 continue
             read = [
                 b for b in (self.buckets.get(("static", e)) for e in entries)
@@ -490,15 +502,15 @@ class _Synthesis:
         candidates: set[str] = set()
         for _, path in self.buckets:
             for parent in list(ancestors(path))[1:]:
-                if self._root_of(parent) is not None or self.protected(parent):
+                if self.facts.root_of(parent) is not None or self.facts.protected(parent):
                     break
-                if any(v != parent and is_beneath(v, parent) for v in self.variable_dirs):
+                if any(v != parent and is_beneath(v, parent) for v in self.facts.variable_dirs):
                     break  # above ${PWD}: a policy must not depend on what is beside it
                 candidates.add(parent)
         for directory in sorted(candidates, key=lambda p: (-depth(p), p)):
-            if self.secret(directory) or self._anchor(directory) != directory:
+            if self.facts.secret(directory) or self.facts.anchor(directory) != directory:
                 continue
-            names = self.fs.entries(directory)
+            names = self.facts.fs.entries(directory)
             if not names:
                 continue
             for part in PARTS:
@@ -524,10 +536,10 @@ class _Synthesis:
     def refuse(self) -> None:
         """Step 5: no write rights and no widened rights on protected places."""
         for key, bucket in list(self.buckets.items()):
-            if self.protected(bucket.path):
+            if self.facts.protected(bucket.path):
                 keep = bucket.own & ~WRITE_RIGHTS
                 reason = "protected place: no write or widened rights are granted here"
-            elif self.secret(bucket.path):
+            elif self.facts.secret(bucket.path):
                 keep = bucket.own
                 reason = "inside a place holding secrets: rules are never widened here"
             else:
@@ -577,10 +589,10 @@ class _Synthesis:
         """Entries of a widened directory rule that no run touched."""
         if not (bucket.transient or bucket.churn or bucket.many):
             return ()
-        names = self.fs.entries(bucket.path) or ()
+        names = self.facts.fs.entries(bucket.path) or ()
         touched = {
             p[len(bucket.path) :].lstrip("/").split("/", 1)[0]
-            for p in (*bucket.examples, *self.transient)
+            for p in (*bucket.examples, *self.facts.transient)
             if is_beneath(p, bucket.path) and p != bucket.path
         }
         return tuple(posixpath.join(bucket.path, n) for n in sorted(names) if n not in touched)
@@ -610,7 +622,7 @@ class _Synthesis:
         rules = [self._rule(b, "system") for _, b in sorted(self.system.items())]
         for (part, path), bucket in sorted(self.buckets.items()):
             kind = _kind_of(part, bucket.access)
-            if part == "static" and self._root_of(path) is not None and kind == "kernel":
+            if part == "static" and self.facts.root_of(path) is not None and kind == "kernel":
                 kind = "sysdata"  # read-only system data
             rules.append(self._rule(bucket, kind))
         return rules
@@ -618,7 +630,7 @@ class _Synthesis:
     def sensitive(self) -> list[Sensitive]:
         found = []
         for path, use in self.placed:
-            if not self.secret(path):
+            if not self.facts.secret(path):
                 continue
             granted = NO_FS
             for part in PARTS:
@@ -659,7 +671,7 @@ def synthesize(recording: Recording, context: Context) -> LearnedPolicy:
         handle_net=recording.net_observed,
         refused=tuple(s.refused),
         sensitive=tuple(s.sensitive()),
-        unplaced=tuple(sorted(set(s.unplaced))),
+        unplaced=tuple(sorted(set(s.facts.unplaced))),
         variables=dict(context.variables),
         abi=context.abi,
     )
