@@ -177,7 +177,7 @@ def clean_build(root: Path) -> None:
 
 
 def make_repo(root: Path, env: dict[str, str], files: int, commits: int) -> None:
-    """A git repository of ``files`` small files over ``commits`` commits, plus one modified
+    """A git repository of ``files`` small files over ``commits`` commits, packed, plus one modified
     and one untracked file, so that status and log have something to say."""
     if (root / ".git").exists():
         return  # made for the other git workload
@@ -196,6 +196,7 @@ def make_repo(root: Path, env: dict[str, str], files: int, commits: int) -> None
             (sub / f"f{i}.txt").write_text(f"file {i}, commit {c}\n" * 5)
         git("add", "-A")
         git("commit", "-q", "-m", f"commit {c}")
+    git("gc", "-q")  # packed, as a cloned repository is: not one loose file per object
     (root / "d0" / "f0.txt").write_text("changed\n")
     (root / "untracked.txt").write_text("new\n")
 
