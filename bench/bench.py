@@ -1,174 +1,130 @@
-"""Overhead of supervision, child-measured, in one run.
+"""llsupervise beside bare runs, a plain Landlock wrapper, sandlock and a compiled floor.
 
-    python bench/bench.py [--opens 20000] [--files 2000] [--repeat 5]
+    python bench/bench.py [--quick] [--workloads KEY,...] [--runners NAME,...] [--repeat N]
 
-Prints µs per open for: bare, Landlock only (the static layer, no supervision), supervised
-static path (a file the static layer allows), supervised grant path (a file only a
-committed supervisor rule allows), the last two again with the command and the supervisor
-on one CPU (``run --same-cpu``); then a whole workload (extracting a tarball of small files
-into a granted directory) for the same set-ups, several times interleaved, with the median's
-ratios against bare and Landlock only and what supervision adds per file (the supervised
-median less the Landlock-only one); and the start-up cost (a supervised ``true``).
+Each workload (per-open loops, start-up, short processes, make -j2, git, find, tar) runs under
+each runner (bare; ``landlock``, a plain Landlock wrapper; ``ll-static`` and ``ll-granted``,
+``llsupervise run --headless`` with the workload's files under static or supervisor-layer rules;
+``sandlock``; ``floor``, bench/floor.c, the least a seccomp-notify supervisor costs). Runs are
+interleaved: every repetition takes each runner in turn (starting one further along each time),
+so a slow spell of the machine or its disk lands on all of them alike; the table gives the median
+with ratios to bare, Landlock, sandlock and the floor, then issue 19's targets met or not.
+``--quick`` is a smoke run of about a minute (fewer, smaller runs: its figures are rough).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
-from llsupervise.policy.loader import parse_policy
-from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.launch.launcher import launch
-
-OPEN_LOOP = r"""
-import os, sys, time
-path, n = sys.argv[1], int(sys.argv[2])
-t0 = time.perf_counter_ns()
-for _ in range(n):
-    os.close(os.open(path, os.O_RDONLY))
-print((time.perf_counter_ns() - t0) / n / 1000)
-"""
+from peers import NAMES, OPTIONAL, Runner, make_runners
+from report import Results, Samples, block, header, target_lines
+from workloads import Layout, Workload, all_workloads
 
 
-def policy_text(root: Path, granted_static: bool = False) -> str:
-    """Static: the system and static/; supervisor: granted/ (static too for Landlock only)."""
-    extra = [str(root / "granted")] if granted_static else []
-    system = sorted({"/usr", "/lib", "/etc", "/proc", "/dev", os.path.realpath(sys.base_prefix),
-                     sys.prefix, str(root / "static")})  # fmt: skip
-    rw = (
-        f'[[path_beneath]]\nallowed_access = ["abi.read_write"]\nparent = {extra!r}'
-        if extra
-        else ""
-    )
-    return f"""
-[[ruleset]]
-handled_access_fs = ["abi.all"]
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = {system!r}
-{rw}
-[supervisor]
-mode = "enforce"
-[[supervisor.path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{root}/granted"]
-""".replace("'", '"')
-
-
-def run_capture(argv: Sequence[str], how: str, root: Path) -> tuple[str, float]:
-    """Run argv bare, Landlock-only or supervised; return (stdout, wall seconds)."""
-    out = root / "stdout"
-    with out.open("wb") as sink:
-        start = time.perf_counter()
-        if how == "bare":
-            subprocess.run(argv, stdout=sink, check=True, cwd=root)
-        else:
-            trio.run(_supervised, argv, how, root, sink.fileno())
-        wall = time.perf_counter() - start
-    return out.read_text().strip(), wall
-
-
-async def _supervised(argv: Sequence[str], how: str, root: Path, stdout: int) -> None:
-    text = policy_text(root, granted_static=how == "landlock")
-    document = parse_policy(text, "bench", {"PWD": str(root), "HOME": str(root)})
-    saved = os.dup(1)
-    os.dup2(stdout, 1)
+def run_once(runner: Runner, workload: Workload, env: dict[str, str]) -> float | str:
+    """The workload's figure under the runner (its own µs/open, or wall ms), or why it
+    failed."""
+    argv = [*runner.prefix, *workload.argv]
+    workload.prepare()
+    start = time.perf_counter()
     try:
-        async with Supervisor.open(document) as sup:
-            if how == "landlock":
-                # The same static layer, no syscall trapped: Landlock's own cost.
-                launched = launch(argv, sup.static_layer(), [], cwd=str(root))
-                await trio.to_thread.run_sync(launched.process.wait)
-                launched.listener.close()
+        done = subprocess.run(argv, cwd=workload.cwd, env=env, capture_output=True,
+                              timeout=600)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "timed out after 600 s"
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        return f"exit status {done.returncode}: {last}"
+    if not workload.child_measured:
+        return wall * 1000
+    try:
+        return float(done.stdout.split()[-1])
+    except (IndexError, ValueError):
+        return f"no figure in its output: {done.stdout[-80:]!r}"
+
+
+def measure(workload: Workload, runners: list[Runner], repeat: int,
+            env: dict[str, str]) -> dict[str, Samples]:  # fmt: skip
+    row = {runner.name: Samples() for runner in runners}
+    for rep in range(repeat):
+        # Round-robin, starting one runner further along each repetition.
+        turn = rep % len(runners)
+        for runner in runners[turn:] + runners[:turn]:
+            samples = row[runner.name]
+            if samples.failure is not None:
+                continue
+            result = run_once(runner, workload, env)
+            if isinstance(result, str):
+                samples.failure = result
             else:
-                os.chdir(root)
-                cpu = min(os.sched_getaffinity(0)) if how == "one-cpu" else None
-                status = await sup.run(argv, forward_signals=False, cpu=cpu)
-                assert status == 0, status
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+                samples.values.append(result)
+    return row
 
 
-def make_tarball(root: Path, files: int) -> Path:
-    tar_path = root / "static" / "tree.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        for i in range(files):
-            data = b"x" * 512
-            info = tarfile.TarInfo(f"tree/d{i // 100}/f{i}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return tar_path
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
+    parser.add_argument("--workloads", help="comma-separated keys (default: all; see --list)")
+    parser.add_argument("--runners", help=f"comma-separated, of {', '.join(NAMES + OPTIONAL)} "
+                                          f"(default: {','.join(NAMES)})")  # fmt: skip
+    parser.add_argument("--repeat", type=int, help="runs per workload and runner (default: "
+                                                   "each workload's own)")  # fmt: skip
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--opens", type=int, default=20000)
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="llsupervise-bench-"))
     try:
-        for sub in ("static", "granted"):
-            (root / sub).mkdir()
-            (root / sub / "f").write_bytes(b"data")
-        print(f"per open, child-measured over {args.opens} opens (µs)")
-        cases = [("bare", "bare", "static"), ("landlock only", "landlock", "static"),
-                 ("supervised, static path", "supervised", "static"),
-                 ("supervised, grant path", "supervised", "granted"),
-                 ("  same, --same-cpu: static", "one-cpu", "static"),
-                 ("  same, --same-cpu: grant", "one-cpu", "granted")]  # fmt: skip
-        base: dict[str, float] = {}
-        for label, how, where in cases:
-            argv = [sys.executable, "-c", OPEN_LOOP, str(root / where / "f"), str(args.opens)]
-            per_open = float(run_capture(argv, how, root)[0].splitlines()[-1])
-            base.setdefault(how, per_open)
-            extra = per_open - base["bare"]
-            print(f"  {label:26s} {per_open:8.2f}  (+{extra:6.2f} over bare)")
-        tarball = make_tarball(root, args.files)
-        print(f"workload: tar -xf of {args.files} files into a granted directory "
-              f"(s, median of {args.repeat} interleaved runs)")  # fmt: skip
-        setups = (("bare", "bare"), ("landlock only", "landlock"), ("supervised", "supervised"),
-                  ("supervised, --same-cpu", "one-cpu"))  # fmt: skip
-        runs: dict[str, list[float]] = {how: [] for _, how in setups}
-        for _ in range(args.repeat):
-            # Interleaved, so a slow spell of the machine (its disk) hits every set-up alike.
-            for _, how in setups:
-                shutil.rmtree(root / "granted" / "tree", ignore_errors=True)
-                argv = ["tar", "-xf", str(tarball), "-C", str(root / "granted")]
-                runs[how].append(run_capture(argv, how, root)[1])
-        walls = {how: statistics.median(times) for how, times in runs.items()}
-        for label, how in setups:
-            ratio = walls[how] / walls["bare"]
-            vs_ll = walls[how] / walls["landlock"]
-            spread = f"{min(runs[how]):.3f}-{max(runs[how]):.3f}"
-            # Supervision's own cost per file: the disk's mood moves bare and Landlock-only
-            # runs several-fold, and both sides of this difference alike.
-            if how == "bare":
-                per_file = f"  {walls[how] / args.files * 1e6:6.1f} µs/file"
-            elif how in ("supervised", "one-cpu"):
-                per_file = f"  +{(walls[how] - walls['landlock']) / args.files * 1e6:5.1f} µs/file"
-            else:
-                per_file = ""
-            print(f"  {label:26s} {walls[how]:8.3f}  ×{ratio:5.2f} bare  ×{vs_ll:5.2f} landlock"
-                  f"   (runs {spread}){per_file}")  # fmt: skip
-        start = [run_capture(["true"], "supervised", root)[1] for _ in range(args.repeat)]
-        print(f"start-up: supervised `true`, median {statistics.median(start) * 1000:.1f} ms")
+        layout = Layout(root)
+        layout.create()
+        env = layout.environment()
+        workloads = all_workloads(layout, args.quick)
+        if args.list:
+            for w in workloads:
+                print(f"{w.key:<14}{w.label}")
+            return 0
+        if args.workloads:
+            keys = args.workloads.split(",")
+            unknown = set(keys) - {w.key for w in workloads}
+            if unknown:
+                sys.exit(f"unknown workload(s): {', '.join(sorted(unknown))} (see --list)")
+            workloads = [w for w in workloads if w.key in keys]
+        names = args.runners.split(",") if args.runners else list(NAMES)
+        unknown = set(names) - set(NAMES + OPTIONAL)
+        if unknown:
+            sys.exit(f"unknown runner(s): {', '.join(sorted(unknown))}")
+        runners, skipped = make_runners(layout, names, root)
+        if not runners:
+            sys.exit("no runner can run here")
+        print("runners:")
+        for runner in runners:
+            print(f"  {runner.name:<12}{runner.description}")
+        for message in skipped:
+            print(message)
+        print("workloads interleaved: each repetition runs every runner in turn")
+        print(header())
+        results: Results = {}
+        for workload in workloads:
+            workload.setup()
+            repeat = args.repeat or workload.repeat
+            results[workload.key] = measure(workload, runners, repeat, env)
+            for line in block(workload.label, workload.unit, repeat, results[workload.key]):
+                print(line, flush=True)
+        for line in target_lines(results):
+            print(line)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
