@@ -51,10 +51,12 @@ from llsupervise.supervisor.engine.requests import (
     OPEN_HOW,
     DecodeError,
     FsRequest,
+    created_file_rights,
     decode,
     make_right,
     open_rights,
     remove_right,
+    rename_rights,
     signed_fd,
 )
 from llsupervise.supervisor.engine.tasks import TaskCache
@@ -371,8 +373,7 @@ class Recorder:
             created = posixpath.join(directory.path, name)
             make = AccessFs.MAKE_REG
             self._record(directory.path, make, exe, is_dir=True, static=make if kernel else NO_FS)
-            # The new file's rights come from the directory (O_TRUNC does nothing to it).
-            access = open_rights(flags & ~os.O_TRUNC, False)
+            access = created_file_rights(flags)
             self._record(created, access, exe, static=access if kernel else NO_FS)
             self.recording.record_created(created)
 
@@ -407,14 +408,7 @@ class Recorder:
         if found1 is None or found2 is None:
             return
         (dir1, name1), (dir2, name2) = found1, found2
-        access1, access2 = remove_right(src_mode), make_right(src_mode)
-        if dst_mode is not None:
-            access2 |= remove_right(dst_mode)  # the object renamed over is removed
-            if exchange:
-                access1 |= make_right(dst_mode)
-        if dir1.ident != dir2.ident:
-            access1 |= AccessFs.REFER
-            access2 |= AccessFs.REFER
+        access1, access2 = rename_rights(src_mode, dst_mode, exchange, dir1.ident == dir2.ident)
         self._record(dir1.path, access1, exe, is_dir=True)
         self._record(dir2.path, access2, exe, is_dir=True)
         old, new = posixpath.join(dir1.path, name1), posixpath.join(dir2.path, name2)

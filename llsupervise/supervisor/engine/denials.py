@@ -14,9 +14,11 @@ from llsupervise.supervisor.engine.requests import (
     AT_SYMLINK_NOFOLLOW,
     RENAME_EXCHANGE,
     FsRequest,
+    created_file_rights,
     make_right,
     open_rights,
     remove_right,
+    rename_rights,
 )
 from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 
@@ -110,7 +112,7 @@ def checked_objects(
         if found is not None:
             objects.append(found)
         elif r.flags & os.O_CREAT:
-            rights = AccessFs.MAKE_REG | open_rights(r.flags & ~os.O_TRUNC, False)
+            rights = AccessFs.MAKE_REG | created_file_rights(r.flags)
             objects.append(_parent(dir1, r.path, rights))
     elif r.op in ("mkdir", "mknod", "symlink"):
         mode = stat.S_IFLNK if r.op == "symlink" else r.mode
@@ -131,16 +133,17 @@ def checked_objects(
         found = _existing(dir1, path, lambda _: AccessFs.EXECUTE, follow)
         if found is not None:
             objects.append(found)
-    elif r.op in ("rename", "link"):
-        mode = _mode_of(dir1, r.path)
-        src = _parent(dir1, r.path, remove_right(mode) if r.op == "rename" else NO_FS)
-        dst = _parent(dir2, r.path2, make_right(mode))
-        replaced = _mode_or_none(dir2, r.path2) if r.op == "rename" else None
-        if replaced is not None:
-            # What the rename removes (or, exchanged, moves back) needs rights too.
-            dst.access |= remove_right(replaced)
-            if r.flags & RENAME_EXCHANGE:
-                src.access |= make_right(replaced)
+    elif r.op == "rename":
+        src = _parent(dir1, r.path, NO_FS)
+        dst = _parent(dir2, r.path2, NO_FS)
+        src.access, dst.access = rename_rights(
+            _mode_of(dir1, r.path), _mode_or_none(dir2, r.path2),
+            bool(r.flags & RENAME_EXCHANGE), src.obj == dst.obj,
+        )  # fmt: skip
+        objects += [src, dst]
+    elif r.op == "link":
+        src = _parent(dir1, r.path, NO_FS)
+        dst = _parent(dir2, r.path2, make_right(_mode_of(dir1, r.path)))
         if src.obj != dst.obj:
             src.access |= AccessFs.REFER
             dst.access |= AccessFs.REFER

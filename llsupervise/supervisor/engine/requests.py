@@ -186,3 +186,27 @@ def open_rights(flags: int, is_dir: bool) -> AccessFs:
     if flags & os.O_TRUNC:
         rights |= AccessFs.TRUNCATE
     return rights
+
+
+def created_file_rights(flags: int) -> AccessFs:
+    """Rights an ``O_CREAT`` open needs on the file it creates: they come from its directory
+    (where the rule must be), and ``O_TRUNC`` does nothing to a new file."""
+    return open_rights(flags & ~os.O_TRUNC, False)
+
+
+def rename_rights(
+    src_mode: int, dst_mode: int | None, exchange: bool, same_directory: bool
+) -> tuple[AccessFs, AccessFs]:
+    """Rights a rename (or an exchange) needs on the source's and the destination's
+    directories: the moved object is removed from one and made in the other; an object
+    renamed over is removed (or, exchanged, moved back); across directories, ``refer``."""
+    source, destination = remove_right(src_mode), make_right(src_mode)
+    if dst_mode is not None:
+        destination |= remove_right(dst_mode)
+        if exchange:
+            source |= make_right(dst_mode)
+    if not same_directory:
+        source |= AccessFs.REFER
+        destination |= AccessFs.REFER
+    return source, destination
+
