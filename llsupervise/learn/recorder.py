@@ -58,6 +58,7 @@ from llsupervise.supervisor.engine.requests import (
     remove_right,
     rename_rights,
     signed_fd,
+    split_last,
 )
 from llsupervise.supervisor.engine.tasks import TaskCache
 from llsupervise.supervisor.launch.launcher import StaticLayer, Stdio, exit_status, launch
@@ -124,8 +125,8 @@ def _mode(where: bytes, follow: bool = False) -> int | None:
 
 def _split(where: bytes) -> tuple[bytes, str]:
     """The directory part of a lookup path and the last component's name."""
-    head, _, tail = where.rstrip(b"/").rpartition(b"/")
-    return head or b"/", os.fsdecode(tail)
+    head, tail = split_last(where)
+    return head or b"/", os.fsdecode(tail.rstrip(b"/"))
 
 
 def _child_view(tid: int, path: bytes) -> bytes:

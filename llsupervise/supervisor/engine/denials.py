@@ -19,6 +19,7 @@ from llsupervise.supervisor.engine.requests import (
     open_rights,
     remove_right,
     rename_rights,
+    split_last,
 )
 from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 
@@ -43,11 +44,11 @@ class CheckedObject:
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:
-    path = path.rstrip(b"/") or b"/"
-    head, _, tail = path.rpartition(b"/")
-    if not _:
-        return b".", tail
-    return head or b"/", tail
+    """The directory to open for ``path``'s parent (``.``: the dirfd itself), and the name."""
+    head, tail = split_last(path)
+    if head is None:
+        head = b"/" if path.startswith(b"/") else b"."
+    return head, tail.rstrip(b"/")
 
 
 def _open_dir(dirfd: int | None, path: bytes) -> int:

@@ -210,3 +210,14 @@ def rename_rights(
         destination |= AccessFs.REFER
     return source, destination
 
+
+def split_last(path: bytes) -> tuple[bytes | None, bytes]:
+    """``(directory part, last component)`` of ``path``; the last component keeps any
+    trailing slashes (they keep their meaning). The directory part is None for a bare name,
+    and for ``/``, which has none."""
+    stripped = path.rstrip(b"/")
+    slash = stripped.rfind(b"/")
+    if slash < 0 or not stripped:
+        return None, path
+    return stripped[:slash] or b"/", path[slash + 1 :]
+

@@ -21,6 +21,7 @@ from llsupervise.supervisor.engine.requests import (
     AT_SYMLINK_FOLLOW,
     OPEN_HOW,
     FsRequest,
+    split_last,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 
@@ -205,11 +206,9 @@ def _parent(
     """``(directory fd, last component)`` for ``path`` relative to ``dirfd``: the directory
     is opened (O_PATH, closed by ``stack``) through :func:`_openat2` when the path has one.
     Trailing slashes stay with the last component, which keeps their meaning."""
-    stripped = path.rstrip(b"/")
-    slash = stripped.rfind(b"/")
-    if slash < 0 or not stripped:
+    parent, name = split_last(path)
+    if parent is None:
         return dirfd, path  # a bare name (in the child's own directory fd), or "/"
-    parent, name = stripped[:slash] or b"/", path[slash + 1 :]
     fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
     stack.callback(os.close, fd)
     return fd, name
