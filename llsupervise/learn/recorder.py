@@ -162,6 +162,164 @@ class _Traced:
         self.memory.close()
 
 
+class _Observer:
+    """Records what each observed request needs, as Landlock would check it."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+
+    def record(
+        self, path: str, access: AccessFs, exe: str, *, is_dir: bool = False,
+        static: AccessFs = NO_FS,
+    ) -> None:  # fmt: skip
+        # Pipes, sockets and anonymous files have no path and no Landlock check.
+        if path.startswith("/") and not path.endswith(_DELETED):
+            program = None if exe == LAUNCHER else exe
+            self.recording.record_path(path, access, program, is_dir=is_dir, static=static)
+
+    def parent(self, where: bytes) -> tuple[_Found, str] | None:
+        head, name = _split(where)
+        parent = _lookup(head, True)
+        if parent is None or not stat.S_ISDIR(parent.mode):
+            return None
+        return parent, name
+
+    def observe(self, tid: int, r: FsRequest, exe: str) -> None:
+        if r.op == "open" and r.flags & os.O_PATH:
+            return  # Landlock does not check O_PATH opens
+        # Paths such as /dev/stdout are judged in the caller's context: static layer only.
+        kernel = r.leave_to_kernel()
+        where = _where(tid, r.dirfd, r.path)
+        if r.op == "open":
+            self.open(where, r.flags, exe, kernel)
+        elif r.op in ("mkdir", "mknod", "symlink"):
+            mode = {"mkdir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r.op, r.mode)
+            self.make(where, make_right(mode), exe, kernel)
+        elif r.op in ("unlink", "rmdir"):
+            self.remove(where, exe, kernel)
+        elif r.op == "rename":
+            self.rename(where, _where(tid, r.dirfd2, r.path2), r.flags, exe)
+        elif r.op == "link":
+            self.link(tid, r, where, exe, kernel)
+        elif r.op == "truncate":
+            found = _lookup(where, True)
+            if found is not None:
+                self.record(found.path, AccessFs.TRUNCATE, exe,
+                             static=AccessFs.TRUNCATE if kernel else NO_FS)  # fmt: skip
+        elif r.op == "execute":
+            self.execute(tid, r, where, exe)
+
+    def open(self, where: bytes, flags: int, exe: str, kernel: bool) -> None:
+        found = _lookup(where, not flags & os.O_NOFOLLOW)
+        if found is not None:
+            if (flags & os.O_CREAT and flags & os.O_EXCL) or stat.S_ISLNK(found.mode):
+                return  # EEXIST, ELOOP: no access happens
+            is_dir = stat.S_ISDIR(found.mode)
+            tmpfile = flags & os.O_TMPFILE == os.O_TMPFILE
+            access = open_rights(flags, is_dir and not tmpfile)
+            if tmpfile:
+                access |= AccessFs.MAKE_REG  # an unnamed file in that directory
+            static = access if kernel else NO_FS
+            if stat.S_ISCHR(found.mode) or stat.S_ISBLK(found.mode):
+                # ioctl is not trapped (too frequent): an opened device may need it, and the
+                # right is fixed at open time, often by a static-layer open.
+                access |= AccessFs.IOCTL_DEV
+                static |= AccessFs.IOCTL_DEV
+            self.record(found.path, access, exe, is_dir=is_dir, static=static)
+        elif flags & os.O_CREAT:
+            parent = self.parent(where)
+            if parent is None:
+                return
+            directory, name = parent
+            created = posixpath.join(directory.path, name)
+            make = AccessFs.MAKE_REG
+            self.record(directory.path, make, exe, is_dir=True, static=make if kernel else NO_FS)
+            access = created_file_rights(flags)
+            self.record(created, access, exe, static=access if kernel else NO_FS)
+            self.recording.record_created(created)
+
+    def make(self, where: bytes, right: AccessFs, exe: str, kernel: bool) -> None:
+        if _mode(where) is not None:
+            return  # EEXIST: mkdir -p and friends try existing directories
+        parent = self.parent(where)
+        if parent is not None:
+            directory, name = parent
+            self.record(directory.path, right, exe, is_dir=True,
+                         static=right if kernel else NO_FS)  # fmt: skip
+            self.recording.record_created(posixpath.join(directory.path, name))
+
+    def remove(self, where: bytes, exe: str, kernel: bool) -> None:
+        mode = _mode(where)
+        parent = self.parent(where) if mode is not None else None
+        if mode is None or parent is None:
+            return
+        directory, name = parent
+        right = remove_right(mode)
+        self.record(directory.path, right, exe, is_dir=True, static=right if kernel else NO_FS)
+        self.recording.record_removed(posixpath.join(directory.path, name))
+
+    def rename(self, where: bytes, where2: bytes, flags: int, exe: str) -> None:
+        src_mode, dst_mode = _mode(where), _mode(where2)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        if src_mode is None or (exchange and dst_mode is None):
+            return
+        if dst_mode is not None and flags & RENAME_NOREPLACE:
+            return
+        found1, found2 = self.parent(where), self.parent(where2)
+        if found1 is None or found2 is None:
+            return
+        (dir1, name1), (dir2, name2) = found1, found2
+        access1, access2 = rename_rights(src_mode, dst_mode, exchange, dir1.ident == dir2.ident)
+        self.record(dir1.path, access1, exe, is_dir=True)
+        self.record(dir2.path, access2, exe, is_dir=True)
+        old, new = posixpath.join(dir1.path, name1), posixpath.join(dir2.path, name2)
+        self.recording.record_removed(old)
+        self.recording.record_created(new)
+        if exchange:
+            self.recording.record_created(old)
+            self.recording.record_removed(new)
+
+    def link(self, tid: int, r: FsRequest, where: bytes, exe: str, kernel: bool) -> None:
+        from_fd = not r.path and r.flags & AT_EMPTY_PATH
+        source = b"/proc/%d/fd/%d" % (tid, r.dirfd) if from_fd else where
+        src_mode = _mode(source, follow=bool(from_fd or r.flags & AT_SYMLINK_FOLLOW))
+        where2 = _where(tid, r.dirfd2, r.path2)
+        if src_mode is None or _mode(where2) is not None:
+            return
+        found2 = self.parent(where2)
+        if found2 is None:
+            return
+        dir2, name2 = found2
+        access2 = make_right(src_mode)
+        # The source's directory is unknown for an fd, or one under /proc (O_TMPFILE links).
+        found1 = None if from_fd or kernel else self.parent(where)
+        if found1 is not None and found1[0].ident != dir2.ident:
+            access2 |= AccessFs.REFER
+            self.record(found1[0].path, AccessFs.REFER, exe, is_dir=True)
+        self.record(dir2.path, access2, exe, is_dir=True)
+        self.recording.record_created(posixpath.join(dir2.path, name2))
+
+    def execute(self, tid: int, r: FsRequest, where: bytes, exe: str) -> None:
+        if not r.path and r.flags & AT_EMPTY_PATH:
+            where = b"/proc/%d/fd/%d" % (tid, r.dirfd)
+        found = _lookup(where, not r.flags & AT_SYMLINK_NOFOLLOW)
+        if found is not None and stat.S_ISREG(found.mode):
+            execute = AccessFs.EXECUTE
+            if exe == LAUNCHER and found.mode & 0o111:
+                # The launcher starts the command: from now on this pid is the command's.
+                exe, self.launcher, self.started = found.path, None, True
+            self.record(found.path, execute, exe, static=execute)
+
+
+def _where(tid: int, dirfd: int, path: bytes) -> bytes:
+    """A lookup path naming what ``path`` names for the caller (relative paths through its
+    cwd or dirfd, as the kernel resolves them)."""
+    if path.startswith(b"/"):
+        return _child_view(tid, path)
+    base = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
+    return base + b"/" + path if path else base
+
+
 class Recorder:
     """Serves one listener: record, then CONTINUE, for every trapped call."""
 
@@ -170,6 +328,7 @@ class Recorder:
     ) -> None:
         self.listener = listener
         self.recording = recording
+        self.observer = _Observer(recording)
         #: The launcher's pid: until it execs the command it is llsupervise's own interpreter.
         self.launcher = launcher
         self._launcher_exe = os.path.realpath(sys.executable)
@@ -237,7 +396,7 @@ class Recorder:
         elif n.pid != self.launcher:
             self.started = True
         try:
-            self._observe(n.pid, request, exe)
+            self.observer.observe(n.pid, request, exe)
         finally:
             if request.op == "execute":
                 self._tasks.forget(n.pid)  # the address space and exe are about to change
@@ -296,159 +455,7 @@ class Recorder:
         valid = self.listener.id_valid(n.id)
         self.listener.send_continue(n.id)
         if path is not None and task is not None and valid:
-            self._record(path, AccessFs.TRUNCATE, task.exe)
-
-    # -- what a request needs ---------------------------------------------------------------
-
-    def _record(
-        self, path: str, access: AccessFs, exe: str, *, is_dir: bool = False,
-        static: AccessFs = NO_FS,
-    ) -> None:  # fmt: skip
-        # Pipes, sockets and anonymous files have no path and no Landlock check.
-        if path.startswith("/") and not path.endswith(_DELETED):
-            program = None if exe == LAUNCHER else exe
-            self.recording.record_path(path, access, program, is_dir=is_dir, static=static)
-
-    def _where(self, tid: int, dirfd: int, path: bytes) -> bytes:
-        """A lookup path naming what ``path`` names for the caller (relative paths through its
-        cwd or dirfd, as the kernel resolves them)."""
-        if path.startswith(b"/"):
-            return _child_view(tid, path)
-        base = b"/proc/%d/cwd" % tid if dirfd == AT_FDCWD else b"/proc/%d/fd/%d" % (tid, dirfd)
-        return base + b"/" + path if path else base
-
-    def _parent(self, where: bytes) -> tuple[_Found, str] | None:
-        head, name = _split(where)
-        parent = _lookup(head, True)
-        if parent is None or not stat.S_ISDIR(parent.mode):
-            return None
-        return parent, name
-
-    def _observe(self, tid: int, r: FsRequest, exe: str) -> None:
-        if r.op == "open" and r.flags & os.O_PATH:
-            return  # Landlock does not check O_PATH opens
-        # Paths such as /dev/stdout are judged in the caller's context: static layer only.
-        kernel = r.leave_to_kernel()
-        where = self._where(tid, r.dirfd, r.path)
-        if r.op == "open":
-            self._open(where, r.flags, exe, kernel)
-        elif r.op in ("mkdir", "mknod", "symlink"):
-            mode = {"mkdir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(r.op, r.mode)
-            self._make(where, make_right(mode), exe, kernel)
-        elif r.op in ("unlink", "rmdir"):
-            self._remove(where, exe, kernel)
-        elif r.op == "rename":
-            self._rename(where, self._where(tid, r.dirfd2, r.path2), r.flags, exe)
-        elif r.op == "link":
-            self._link(tid, r, where, exe, kernel)
-        elif r.op == "truncate":
-            found = _lookup(where, True)
-            if found is not None:
-                self._record(found.path, AccessFs.TRUNCATE, exe,
-                             static=AccessFs.TRUNCATE if kernel else NO_FS)  # fmt: skip
-        elif r.op == "execute":
-            self._execute(tid, r, where, exe)
-
-    def _open(self, where: bytes, flags: int, exe: str, kernel: bool) -> None:
-        found = _lookup(where, not flags & os.O_NOFOLLOW)
-        if found is not None:
-            if (flags & os.O_CREAT and flags & os.O_EXCL) or stat.S_ISLNK(found.mode):
-                return  # EEXIST, ELOOP: no access happens
-            is_dir = stat.S_ISDIR(found.mode)
-            tmpfile = flags & os.O_TMPFILE == os.O_TMPFILE
-            access = open_rights(flags, is_dir and not tmpfile)
-            if tmpfile:
-                access |= AccessFs.MAKE_REG  # an unnamed file in that directory
-            static = access if kernel else NO_FS
-            if stat.S_ISCHR(found.mode) or stat.S_ISBLK(found.mode):
-                # ioctl is not trapped (too frequent): an opened device may need it, and the
-                # right is fixed at open time, often by a static-layer open.
-                access |= AccessFs.IOCTL_DEV
-                static |= AccessFs.IOCTL_DEV
-            self._record(found.path, access, exe, is_dir=is_dir, static=static)
-        elif flags & os.O_CREAT:
-            parent = self._parent(where)
-            if parent is None:
-                return
-            directory, name = parent
-            created = posixpath.join(directory.path, name)
-            make = AccessFs.MAKE_REG
-            self._record(directory.path, make, exe, is_dir=True, static=make if kernel else NO_FS)
-            access = created_file_rights(flags)
-            self._record(created, access, exe, static=access if kernel else NO_FS)
-            self.recording.record_created(created)
-
-    def _make(self, where: bytes, right: AccessFs, exe: str, kernel: bool) -> None:
-        if _mode(where) is not None:
-            return  # EEXIST: mkdir -p and friends try existing directories
-        parent = self._parent(where)
-        if parent is not None:
-            directory, name = parent
-            self._record(directory.path, right, exe, is_dir=True,
-                         static=right if kernel else NO_FS)  # fmt: skip
-            self.recording.record_created(posixpath.join(directory.path, name))
-
-    def _remove(self, where: bytes, exe: str, kernel: bool) -> None:
-        mode = _mode(where)
-        parent = self._parent(where) if mode is not None else None
-        if mode is None or parent is None:
-            return
-        directory, name = parent
-        right = remove_right(mode)
-        self._record(directory.path, right, exe, is_dir=True, static=right if kernel else NO_FS)
-        self.recording.record_removed(posixpath.join(directory.path, name))
-
-    def _rename(self, where: bytes, where2: bytes, flags: int, exe: str) -> None:
-        src_mode, dst_mode = _mode(where), _mode(where2)
-        exchange = bool(flags & RENAME_EXCHANGE)
-        if src_mode is None or (exchange and dst_mode is None):
-            return
-        if dst_mode is not None and flags & RENAME_NOREPLACE:
-            return
-        found1, found2 = self._parent(where), self._parent(where2)
-        if found1 is None or found2 is None:
-            return
-        (dir1, name1), (dir2, name2) = found1, found2
-        access1, access2 = rename_rights(src_mode, dst_mode, exchange, dir1.ident == dir2.ident)
-        self._record(dir1.path, access1, exe, is_dir=True)
-        self._record(dir2.path, access2, exe, is_dir=True)
-        old, new = posixpath.join(dir1.path, name1), posixpath.join(dir2.path, name2)
-        self.recording.record_removed(old)
-        self.recording.record_created(new)
-        if exchange:
-            self.recording.record_created(old)
-            self.recording.record_removed(new)
-
-    def _link(self, tid: int, r: FsRequest, where: bytes, exe: str, kernel: bool) -> None:
-        from_fd = not r.path and r.flags & AT_EMPTY_PATH
-        source = b"/proc/%d/fd/%d" % (tid, r.dirfd) if from_fd else where
-        src_mode = _mode(source, follow=bool(from_fd or r.flags & AT_SYMLINK_FOLLOW))
-        where2 = self._where(tid, r.dirfd2, r.path2)
-        if src_mode is None or _mode(where2) is not None:
-            return
-        found2 = self._parent(where2)
-        if found2 is None:
-            return
-        dir2, name2 = found2
-        access2 = make_right(src_mode)
-        # The source's directory is unknown for an fd, or one under /proc (O_TMPFILE links).
-        found1 = None if from_fd or kernel else self._parent(where)
-        if found1 is not None and found1[0].ident != dir2.ident:
-            access2 |= AccessFs.REFER
-            self._record(found1[0].path, AccessFs.REFER, exe, is_dir=True)
-        self._record(dir2.path, access2, exe, is_dir=True)
-        self.recording.record_created(posixpath.join(dir2.path, name2))
-
-    def _execute(self, tid: int, r: FsRequest, where: bytes, exe: str) -> None:
-        if not r.path and r.flags & AT_EMPTY_PATH:
-            where = b"/proc/%d/fd/%d" % (tid, r.dirfd)
-        found = _lookup(where, not r.flags & AT_SYMLINK_NOFOLLOW)
-        if found is not None and stat.S_ISREG(found.mode):
-            execute = AccessFs.EXECUTE
-            if exe == LAUNCHER and found.mode & 0o111:
-                # The launcher starts the command: from now on this pid is the command's.
-                exe, self.launcher, self.started = found.path, None, True
-            self._record(found.path, execute, exe, static=execute)
+            self.observer.record(path, AccessFs.TRUNCATE, task.exe)
 
 
 def _decode_request(n: Notification, name: str, mem: ProcessMemory) -> FsRequest:
