@@ -66,26 +66,20 @@ def locate(text: str, key: str) -> int | None:
     return LineIndex(text).line(key)
 
 
-class _Scanner:
+class _Cursor:
+    """A position in TOML text, and skipping what holds no key: blanks, comments, strings,
+    nested values, the rest of a line."""
+
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
-        self.lines: dict[str, int] = {}
         self._line_starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
-        # Number of [[x]] headers met so far, per array path: gives the index of the next one.
-        self._arrays: dict[str, int] = {}
-
-    # -- primitives ---------------------------------------------------------------------------
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def line_of(self, pos: int) -> int:
         return bisect.bisect_right(self._line_starts, pos)
-
-    def record(self, key: str, pos: int) -> None:
-        # First occurrence wins: a later duplicate is a TOML error anyway.
-        self.lines.setdefault(key, self.line_of(pos))
 
     def skip_trivia(self, newlines: bool) -> None:
         while self.pos < len(self.text):
@@ -97,6 +91,68 @@ class _Scanner:
                 self.pos = len(self.text) if end < 0 else end
             else:
                 return
+
+    def skip_line(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end + 1
+
+    def skip_nested(self) -> None:
+        depth = 0
+        while self.pos < len(self.text):
+            c = self.peek()
+            if c in ('"', "'"):
+                self.string()
+                continue
+            self.pos += 1
+            if c in "[{":
+                depth += 1
+            elif c in "]}":
+                depth -= 1
+                if depth == 0:
+                    return
+
+    def string(self) -> None:
+        quote = self.peek()
+        if self.text.startswith(quote * 3, self.pos):
+            self.multiline_string(quote)
+            return
+        self.pos += 1
+        while self.pos < len(self.text):
+            c = self.text[self.pos]
+            if c == "\n":
+                return
+            self.pos += 2 if c == "\\" and quote == '"' else 1
+            if c == quote:
+                return
+
+    def multiline_string(self, quote: str) -> None:
+        self.pos += 3
+        while self.pos < len(self.text):
+            if quote == '"' and self.text[self.pos] == "\\":
+                self.pos += 2
+            elif self.text.startswith(quote * 3, self.pos):
+                self.pos += 3
+                # Up to two quotes may sit right before the closing delimiter: """a""""".
+                for _ in range(2):
+                    if self.peek() == quote:
+                        self.pos += 1
+                return
+            else:
+                self.pos += 1
+
+
+class _Scanner(_Cursor):
+    """Finds the line of every key: tables, arrays of tables and their elements, keys."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lines: dict[str, int] = {}
+        # Number of [[x]] headers met so far, per array path: gives the index of the next one.
+        self._arrays: dict[str, int] = {}
+
+    def record(self, key: str, pos: int) -> None:
+        # First occurrence wins: a later duplicate is a TOML error anyway.
+        self.lines.setdefault(key, self.line_of(pos))
 
     # -- document level -----------------------------------------------------------------------
 
@@ -113,10 +169,6 @@ class _Scanner:
                 self.key_value(table, depth=0)
             if self.pos == start:
                 self.skip_line()
-
-    def skip_line(self) -> None:
-        end = self.text.find("\n", self.pos)
-        self.pos = len(self.text) if end < 0 else end + 1
 
     def header(self) -> str:
         start = self.pos
@@ -235,48 +287,4 @@ class _Scanner:
             if c != ",":
                 self.key_value(path, depth + 1)
             if self.pos == start:
-                self.pos += 1
-
-    def skip_nested(self) -> None:
-        depth = 0
-        while self.pos < len(self.text):
-            c = self.peek()
-            if c in ('"', "'"):
-                self.string()
-                continue
-            self.pos += 1
-            if c in "[{":
-                depth += 1
-            elif c in "]}":
-                depth -= 1
-                if depth == 0:
-                    return
-
-    def string(self) -> None:
-        quote = self.peek()
-        if self.text.startswith(quote * 3, self.pos):
-            self.multiline_string(quote)
-            return
-        self.pos += 1
-        while self.pos < len(self.text):
-            c = self.text[self.pos]
-            if c == "\n":
-                return
-            self.pos += 2 if c == "\\" and quote == '"' else 1
-            if c == quote:
-                return
-
-    def multiline_string(self, quote: str) -> None:
-        self.pos += 3
-        while self.pos < len(self.text):
-            if quote == '"' and self.text[self.pos] == "\\":
-                self.pos += 2
-            elif self.text.startswith(quote * 3, self.pos):
-                self.pos += 3
-                # Up to two quotes may sit right before the closing delimiter: """a""""".
-                for _ in range(2):
-                    if self.peek() == quote:
-                        self.pos += 1
-                return
-            else:
                 self.pos += 1
