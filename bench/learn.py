@@ -26,41 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workloads import clean_build, make_project
+
 from llsupervise.learn.recorder import record
-
-MAKEFILE = """\
-SOURCES := $(wildcard src/*.c)
-OBJECTS := $(patsubst src/%.c,build/%.o,$(SOURCES))
-build/prog: $(OBJECTS)
-\tcc -o $@ $^
-build/%.o: src/%.c src/common.h
-\tcc -O1 -c -o $@ $<
-"""
-
-
-def make_project(root: Path, files: int) -> None:
-    (root / "src").mkdir(parents=True)
-    (root / "build").mkdir()
-    (root / "Makefile").write_text(MAKEFILE)
-    (root / "src" / "common.h").write_text(
-        "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
-        + "".join(f"int f{i}(int);\n" for i in range(files))
-    )
-    for i in range(files):
-        (root / "src" / f"f{i}.c").write_text(
-            f'#include "common.h"\nint f{i}(int x) {{ char b[32]; snprintf(b, sizeof b, "%d", x);'
-            f" return (int)strlen(b) + {i}; }}\n"
-        )
-    calls = " + ".join(f"f{i}(argc)" for i in range(files))
-    (root / "src" / "main.c").write_text(
-        f'#include "common.h"\nint main(int argc, char **argv) {{ (void)argv; '
-        f'printf("%d\\n", {calls}); return 0; }}\n'
-    )
-
-
-def clean(root: Path) -> None:
-    for entry in (root / "build").iterdir():
-        entry.unlink()
 
 
 def measure(runs: dict[str, Callable[[], None]], root: Path, repeat: int) -> dict[str, float]:
@@ -69,7 +37,7 @@ def measure(runs: dict[str, Callable[[], None]], root: Path, repeat: int) -> dic
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
-            clean(root)
+            clean_build(root)
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)
