@@ -1,9 +1,10 @@
 """A cheap test for opens the static layer alone allows, answered with CONTINUE.
 
 CONTINUE is always safe: the kernel then judges the child's own open against the static
-layer. The test is lexical (absolute paths without ``..`` under a static rule's canonical
-path), so a symlink leading out of a static tree is judged by the static layer only and
-raises no denial event; everything else goes through a broker.
+layer. The test is lexical (paths without ``..`` under a static rule's canonical path; a path
+relative to the cwd is joined to the cwd's path), so a symlink leading out of a static tree,
+or a cwd renamed since its path was read, is judged by the static layer only and raises no
+denial event; everything else goes through a broker.
 """
 
 from __future__ import annotations
@@ -29,27 +30,35 @@ class StaticPrefixes:
                 path = os.fsencode(fd_path(table.fd(obj))).rstrip(b"/")
                 self._dirs[path] = self._dirs.get(path, NO_FS) | access
 
-    def allows(self, r: FsRequest) -> bool:
-        if r.op != "open" or r.flags & os.O_CREAT or not r.path.startswith(b"/"):
+    def allows(self, r: FsRequest, cwd: bytes | None = None) -> bool:
+        """Whether the static layer alone allows ``r``; ``cwd``: the path of the caller's
+        working directory, for a path relative to it (none: only absolute paths qualify)."""
+        if r.op != "open" or r.flags & os.O_CREAT:
+            return False
+        if r.path.startswith(b"/"):
+            path = r.path
+        elif cwd is not None and r.path:
+            path = cwd.rstrip(b"/") + b"/" + r.path
+        else:
             return False
         # The answer depends only on the path and the flags, and static rules never change:
         # programs open the same files again and again.
-        key = (r.path, r.flags & _RELEVANT_FLAGS)
+        key = (path, r.flags & _RELEVANT_FLAGS)
         known = self._known.get(key)
         if known is None:
-            known = self._allows(r)
+            known = self._allows(path, r.flags)
             if len(self._known) >= _KNOWN_MAX:
                 self._known.clear()
             self._known[key] = known
         return known
 
-    def _allows(self, r: FsRequest) -> bool:
-        if b"/.." in r.path:
+    def _allows(self, path: bytes, flags: int) -> bool:
+        if b"/.." in path:
             return False
         # Either a file or a directory may be behind the path: require both kinds of read.
-        need = open_rights(r.flags, False) | open_rights(r.flags, True)
+        need = open_rights(flags, False) | open_rights(flags, True)
         granted = NO_FS
-        path = r.path.rstrip(b"/")
+        path = path.rstrip(b"/")
         while path:
             granted |= self._dirs.get(path, NO_FS)
             if need & ~granted == NO_FS:
