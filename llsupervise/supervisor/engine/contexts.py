@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from llsupervise.seccomp import Notification, ProcessMemory
+from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
 from llsupervise.supervisor.engine.requests import FsRequest, decode
 from llsupervise.supervisor.engine.tasks import TaskCache
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
@@ -108,6 +108,28 @@ class ThreadContexts:
     def forget(self, tid: int) -> None:
         """The thread's address space is replaced (exec): a cached reader would read the old."""
         self._tasks.forget(tid)
+
+    def decode_exec(self, n: Notification, name: str) -> FsRequest | None:
+        """An exec's request, read once: the address space is about to be replaced, so no
+        reader is kept for the thread (a kept one is dropped). None when the task is gone."""
+        task = self._tasks.pop(n.pid)
+        try:
+            if task is not None:
+                try:
+                    return decode(n, name, task.memory.read_cstring, task.memory.read)
+                except MemoryReadError:
+                    pass  # stale (an earlier exec of another thread): read afresh
+            try:
+                memory = self._unrestricted(lambda: ProcessMemory(n.pid))
+            except (OSError, SeccompError):
+                return None
+            try:
+                return decode(n, name, memory.read_cstring, memory.read)
+            finally:
+                memory.close()
+        finally:
+            if task is not None:
+                task.close()
 
     def unsettle(self, tid: int) -> None:
         """``tid`` may change its cwd, root or umask (shared with other threads and even

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 
+from llsupervise.libc import AT_FDCWD
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs
-from llsupervise.supervisor.engine.requests import FsRequest, open_rights
+from llsupervise.supervisor.engine.requests import AT_EMPTY_PATH, FsRequest, open_rights
 from llsupervise.supervisor.rules.objects import ObjectTable, fd_path
 
 #: The open flags ``open_rights`` looks at.
 _RELEVANT_FLAGS = os.O_ACCMODE | os.O_TRUNC
 _KNOWN_MAX = 4096
+#: Stands for "exec" among the open flags in the cache key (not an open flag).
+_EXECUTE = -1
 
 
 class StaticPrefixes:
@@ -31,10 +34,17 @@ class StaticPrefixes:
                 self._dirs[path] = self._dirs.get(path, NO_FS) | access
 
     def allows(self, r: FsRequest, cwd: bytes | None = None) -> bool:
-        """Whether the static layer alone allows ``r``; ``cwd``: the path of the caller's
-        working directory, for a path relative to it (none: only absolute paths qualify)."""
-        if r.op != "open" or r.flags & os.O_CREAT:
+        """Whether the static layer alone allows ``r`` (an open or an exec); ``cwd``: the path
+        of the caller's working directory, for a path relative to it (none: only absolute
+        paths qualify)."""
+        if r.op == "execute":
+            if r.flags & AT_EMPTY_PATH or r.dirfd != AT_FDCWD:
+                return False
+            flags = _EXECUTE
+        elif r.op != "open" or r.flags & os.O_CREAT:
             return False
+        else:
+            flags = r.flags & _RELEVANT_FLAGS
         if r.path.startswith(b"/"):
             path = r.path
         elif cwd is not None and r.path:
@@ -43,10 +53,10 @@ class StaticPrefixes:
             return False
         # The answer depends only on the path and the flags, and static rules never change:
         # programs open the same files again and again.
-        key = (path, r.flags & _RELEVANT_FLAGS)
+        key = (path, flags)
         known = self._known.get(key)
         if known is None:
-            known = self._allows(path, r.flags)
+            known = self._allows(path, flags)
             if len(self._known) >= _KNOWN_MAX:
                 self._known.clear()
             self._known[key] = known
@@ -55,8 +65,11 @@ class StaticPrefixes:
     def _allows(self, path: bytes, flags: int) -> bool:
         if b"/.." in path:
             return False
-        # Either a file or a directory may be behind the path: require both kinds of read.
-        need = open_rights(flags, False) | open_rights(flags, True)
+        if flags == _EXECUTE:
+            need = AccessFs.EXECUTE
+        else:
+            # Either a file or a directory may be behind the path: require both kinds of read.
+            need = open_rights(flags, False) | open_rights(flags, True)
         granted = NO_FS
         path = path.rstrip(b"/")
         while path:

@@ -120,15 +120,19 @@ class RequestHandler:
     def _exec(self, n: Notification, name: str) -> None:
         """Exec cannot be granted live (Landlock checks it in the child's context): the static
         layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
+        if self.on_exec is None:
+            self.contexts.forget(n.pid)
+            self.listener.send_continue(n.id)
+            return
         try:
-            decoded = self.contexts.decode(n, name) if self.on_exec is not None else None
+            request = self.contexts.decode_exec(n, name)
         except (DecodeError, MemoryReadError):
-            decoded = None
-        if decoded is not None and not self.listener.id_valid(n.id):
-            decoded = None
-        self.contexts.forget(n.pid)
-        if decoded is not None and self.on_exec is not None:
-            request = decoded[0]
+            request = None
+        if request is not None and not self.listener.id_valid(n.id):
+            request = None
+        if request is not None and self.fast is not None and self.fast.allows(request):
+            request = None  # a static rule allows it: nothing to report
+        if request is not None:
             try:
                 dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
             except OSError:

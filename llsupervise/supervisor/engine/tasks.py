@@ -49,6 +49,10 @@ class TaskCache(Generic[T]):
             self._entries[tid] = entry
         return entry
 
+    def pop(self, tid: int) -> T | None:
+        """The thread's entry if one is kept, no longer kept (the caller closes it)."""
+        return self._entries.pop(tid, None)
+
     def forget(self, tid: int) -> None:
         entry = self._entries.pop(tid, None)
         if entry is not None:
