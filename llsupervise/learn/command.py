@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.arguments import RECORDING_SUFFIX
 from llsupervise.learn.context import live_context, live_variables
@@ -153,5 +154,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
         lines.append(f"review it, then: {run}")
     else:
         lines.append("no recording kept (pass -o FILE to keep one for --merge)")
-    print("\n".join(f"llsupervise learn: {line}" for line in lines), file=sys.stderr)
+    # The review names what the program touched: escaped, as everywhere a person reads it.
+    print("\n".join(f"llsupervise learn: {escape(line)}" for line in lines), file=sys.stderr)
     return status

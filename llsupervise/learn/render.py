@@ -25,6 +25,7 @@ import shlex
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 
+from llsupervise.display import escape
 from llsupervise.learn.paths import is_beneath, to_template
 from llsupervise.learn.synthesis import EXAMPLES, LearnedPolicy, LearnedRule, PortRule, Refusal
 from llsupervise.policy.document import Default, Mode
@@ -85,9 +86,8 @@ def toml_string(text: str) -> str:
 
 def _comment_safe(text: str) -> str:
     # A comment ends at a newline; TOML forbids other control characters in comments too, and
-    # the file is UTF-8 while a file name need not be (its stray bytes are shown escaped).
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join("?" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text)
+    # the file is UTF-8 while a file name need not be: escaped as everywhere a person reads it.
+    return escape(text)
 
 
 def listed(items: Sequence[str], limit: int = EXAMPLES) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.layout import Entry, LayoutError, Statement, entries, lines, statements
@@ -134,8 +135,7 @@ def _mark(kept: KeptAnswer, now: float) -> str:
     """The comment line written with an answer (``\\n`` included)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(kept.when or now))
     if kept.reason:
-        why = kept.reason.encode("ascii", "backslashreplace").decode()
-        why = "".join(c if c.isprintable() else "?" for c in why)
+        why = escape(kept.reason)  # the program chose its name and its paths
     else:
         why = '"deny quietly"' if kept.kind == "quiet" else '"allow always"'
     return f"{MARK} {stamp} {_about(kept)} {why}\n"
