@@ -116,6 +116,13 @@ def test_feed_coalesces_by_program_access_object_newest_first() -> None:
     assert feed.total == 8
 
 
+def test_feed_says_when_a_kept_rule_could_not_be_saved() -> None:
+    feed = Feed()
+    unbound = [{"path": "/w/sub", "access": ["read_file"], "reason": "moved"}]
+    entry = feed.add(denial_event("/w/sub/f", decision="allow_always", unbound=unbound))
+    assert entry.decision == "allow_always, path moved: not saved"
+
+
 def test_feed_filter_needs_every_word() -> None:
     feed = Feed()
     feed.add(denial_event("/home/ada/.netrc"))
