@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import PUBLIC, SECRET, policy
+from supervised import PUBLIC, SECRET, policy, policy_text, wait_until
 
+from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import ObjectId
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
@@ -287,3 +288,71 @@ async def test_every_offered_scope_makes_the_retry_succeed(
         assert (status, out) == (0, [f"{first} ok", f"{second} ok"]), (index, out)
         assert len(frontend.asked) == 1, index
         await trio.lowlevel.checkpoint()
+
+
+SWAP_THEN_READ = r"""
+import os, sys, time
+SECRET = sys.argv[1].encode()
+os.rename("work/pub", "work/pub-old")
+os.symlink(os.path.abspath("secret"), "work/pub")
+open("out/swapped", "w").close()
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+for path in ("work/pub/f", "work/pub-old/f"):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        print(path, "errno", e.errno, flush=True)
+    else:
+        print(path, "LEAK" if SECRET in data else "ok", flush=True)
+"""
+
+
+@pytest.mark.trio
+async def test_a_reload_keeps_a_rule_on_its_object_when_the_program_swapped_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The program may make and remove names in work/: it swaps work/pub (a supervisor rule's
+    directory) for a symlink to secret/. A reload (a comment added) keeps the rule on the
+    directory it named, and says so."""
+    root = Path(os.path.realpath(tmp_path))
+    (root / "work" / "pub").mkdir(parents=True)
+    (root / "work" / "pub" / "f").write_bytes(PUBLIC)
+    (root / "secret").mkdir()
+    (root / "secret" / "f").write_bytes(SECRET)
+    (root / "out").mkdir()
+    monkeypatch.chdir(root)
+    changing = (
+        '\n[[path_beneath]]\nallowed_access = ["make_dir", "make_sym", "remove_dir", "refer"]\n'
+        f'parent = ["{root}/work"]\n'
+    )
+    rule = (
+        '\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
+        f'parent = ["{root}/work/pub"]\n'
+    )
+    text = policy_text(root, supervisor_rules=rule, extra_static=changing)
+    policy_file = root / "policy.toml"
+    policy_file.write_text(text)
+    doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+    events: list[dict[str, Any]] = []
+    argv = [sys.executable, "-c", SWAP_THEN_READ, SECRET.decode()]
+    async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
+        sup.listeners.append(events.append)
+        statuses: list[int] = []
+
+        async def run() -> None:
+            statuses.append(await sup.run(argv, forward_signals=False))
+
+        nursery.start_soon(run)
+        await wait_until(lambda: (root / "out" / "swapped").exists(), "the swap")
+        policy_file.write_text(text + "# a comment\n")
+        await wait_until(lambda: any(e["event"] == "reload" for e in events), "the reload")
+        (root / "out" / "go").touch()
+    out = capfd.readouterr().out.splitlines()
+    assert statuses == [0]
+    assert not [line for line in out if "LEAK" in line], out
+    assert out == ["work/pub/f errno 13", "work/pub-old/f ok"]
+    [reload] = [e for e in events if e["event"] == "reload"]
+    assert reload["ok"] is True
+    assert [k["path"] for k in reload["kept_bindings"]] == [f"{root}/work/pub"]

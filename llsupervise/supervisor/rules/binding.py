@@ -12,10 +12,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import struct
 
-from llsupervise.policy.model import ObjectId
-from llsupervise.supervisor.rules.objects import fd_path, object_id
+from llsupervise.policy.model import ObjectId, Ruleset
+from llsupervise.rights import AccessFs
+from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -80,3 +82,64 @@ def directory_of_file(fd: int) -> int | None:
         os.close(parent)
         return None
     return parent
+
+
+#: Rights with which the program can change what a name in a directory leads to.
+NAME_CHANGING = (
+    AccessFs.REMOVE_DIR | AccessFs.REMOVE_FILE | AccessFs.MAKE_CHAR | AccessFs.MAKE_DIR
+    | AccessFs.MAKE_REG | AccessFs.MAKE_SOCK | AccessFs.MAKE_FIFO | AccessFs.MAKE_BLOCK
+    | AccessFs.MAKE_SYM | AccessFs.REFER
+)  # fmt: skip
+#: Symlinks followed at most while walking a path (the kernel's own limit).
+_MAX_SYMLINKS = 40
+
+
+def could_be_changed(path: str, in_force: Ruleset) -> bool:
+    """Whether the program, with the rights ``in_force`` gives it, may have changed where
+    ``path`` leads: some directory in which the walk of ``path`` looks a name up (through
+    symlinks too) lets it make, remove or move names. Unknown (a name missing, too many
+    symlinks) counts as changeable."""
+    unhandled = ~in_force.handled_fs & NAME_CHANGING
+    if unhandled:
+        return True
+    parts = path.split("/")
+    if not path.startswith("/"):
+        return True
+    current = os.open("/", _O_DIR)
+    followed = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            if in_force.fs_rights_on(ancestry(current)) & NAME_CHANGING:
+                return True
+            if name == "..":
+                parent = parent_of(current)
+                if parent is not None:
+                    os.close(current)
+                    current = parent
+                continue
+            st = os.stat(name, dir_fd=current, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                followed += 1
+                if followed > _MAX_SYMLINKS:
+                    return True
+                target = os.readlink(name, dir_fd=current)
+                parts = target.split("/") + parts
+                if target.startswith("/"):
+                    os.close(current)
+                    current = os.open("/", _O_DIR)
+                continue
+            if not parts:
+                return False  # the last name, looked up in a directory checked above
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            nxt = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(current)
