@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from llsupervise.policy.model import Ruleset
+from llsupervise.rights import AccessFs
+from llsupervise.supervisor.rules.binding import could_be_changed
 from llsupervise.supervisor.rules.objects import ObjectTable, object_id
 
 
@@ -61,3 +64,47 @@ def test_a_symlink_swapped_to_another_target_is_followed(tmp_path: Path) -> None
         (tmp_path / "link").unlink()
         (tmp_path / "link").symlink_to(tmp_path / "b")
         assert table.open(str(tmp_path / "link")) == object_id(os.stat(tmp_path / "b"))
+
+
+def test_a_replaced_path_keeps_its_object_when_rebinding_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with ObjectTable() as table:
+        old = table.open(str(tmp_path / "d"))
+        os.rename(tmp_path / "d", tmp_path / "moved")
+        (tmp_path / "d").symlink_to("/")
+        asked: list[str] = []
+
+        def refuse(path: str) -> bool:
+            asked.append(path)
+            return False
+
+        kept = table.open(str(tmp_path / "d"), refuse)
+        assert kept is old and asked == [str(tmp_path / "d")]
+        assert table.open(str(tmp_path / "d"), lambda _: True) == object_id(os.stat("/"))
+
+
+def _ruleset(rules: dict[Path, AccessFs]) -> Ruleset:
+    """Every right handled, ``rules`` granted."""
+    return Ruleset(AccessFs(sum(AccessFs)), fs={object_id(os.stat(p)): a for p, a in rules.items()})
+
+
+def test_a_path_could_be_changed_where_names_may_be_made_or_removed_on_its_way(
+    tmp_path: Path,
+) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "elsewhere").mkdir()
+    (root / "link").symlink_to(root / "a")
+    target = str(root / "a" / "b")
+    assert not could_be_changed(target, _ruleset({root: AccessFs.READ_FILE}))
+    assert could_be_changed(target, _ruleset({root / "a": AccessFs.MAKE_SYM}))
+    assert could_be_changed(target, _ruleset({root: AccessFs.REMOVE_DIR}))
+    # On the object itself (names beneath it) is not on the way to it.
+    assert not could_be_changed(target, _ruleset({root / "a" / "b": AccessFs.MAKE_DIR}))
+    # Through a symlink: the directories of the link's target count too.
+    via_link = str(root / "link" / "b")
+    assert could_be_changed(via_link, _ruleset({root / "a": AccessFs.REFER}))
+    assert not could_be_changed(via_link, _ruleset({root / "elsewhere": AccessFs.REFER}))
+    # Rights the layer does not handle are allowed everywhere.
+    unhandled = Ruleset(AccessFs.READ_FILE)
+    assert could_be_changed(target, unhandled)

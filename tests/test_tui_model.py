@@ -85,6 +85,13 @@ def test_feed_coalesces_by_program_access_object_newest_first() -> None:
     assert feed.total == 8
 
 
+def test_feed_says_when_a_kept_rule_could_not_be_saved() -> None:
+    feed = Feed()
+    unbound = [{"path": "/w/sub", "access": ["read_file"], "reason": "moved"}]
+    entry = feed.add(denial_event("/w/sub/f", decision="allow_always", unbound=unbound))
+    assert entry.decision == "allow_always, path moved: not saved"
+
+
 def test_feed_filter_needs_every_word() -> None:
     feed = Feed()
     feed.add(denial_event("/home/ada/.netrc"))
@@ -113,24 +120,38 @@ def test_feed_counts_add_up_and_keys_are_unique(
 # -- questions ----------------------------------------------------------------------------------
 
 
-def denial(path: str = "/home/ada/p/f.txt", access: tuple[str, ...] = ("read_file",)) -> Denial:
+def denial(
+    path: str = "/home/ada/p/f.txt",
+    access: tuple[str, ...] = ("read_file",),
+    scopes: tuple[str, ...] = ("/home/ada/p/f.txt", "/home/ada/p", "/home/ada", "/home", "/"),
+    scope_kind: str = "file",
+) -> Denial:
     return Denial(
         pid=7, tid=7, exe="/usr/bin/cat", cmdline="cat f.txt", syscall="openat", path=path,
-        access=access, generation=1, ts=0.0,
+        access=access, generation=1, ts=0.0, scopes=scopes, scope_kind=scope_kind,
     )  # fmt: skip
 
 
-def test_scopes_run_from_the_object_to_the_root() -> None:
+def test_scopes_are_those_offered_narrowest_first() -> None:
     choices = scope_choices(denial())
     assert [(c.path, c.title, c.is_dir) for c in choices] == [
-        ("/home/ada/p/f.txt", "this file", False),
-        ("/home/ada/p", "its directory", True),
-        ("/home/ada", "parent directory", True),
-        ("/home", "parent directory", True),
-        ("/", "parent directory", True),
+        ("/home/ada/p/f.txt", "only this file", False),
+        ("/home/ada/p", "its dir and all below", True),
+        ("/home/ada", "all below", True),
+        ("/home", "all below", True),
+        ("/", "all below", True),
     ]
-    mkdir = scope_choices(denial("/home/ada/p", ("make_dir",)))
-    assert mkdir[0].title == "this directory" and mkdir[0].is_dir
+    mkdir = scope_choices(
+        denial("/home/ada/p/new", ("make_dir",), ("/home/ada/p", "/"), "changed_directory")
+    )
+    assert [(c.path, c.is_dir) for c in mkdir] == [("/home/ada/p", True), ("/", True)]
+    assert mkdir[0].title == "the dir it changes in, all below"
+
+
+def test_without_offered_scopes_an_answer_names_none() -> None:
+    q = Question.create(2, denial(scopes=(), scope_kind=""), deadline=0.0)
+    assert len(q.scopes) == 1
+    assert "scope" not in q.answer(Answer.ALLOW_ALWAYS)
 
 
 def test_answer_messages_carry_scope_rights_and_duration() -> None:

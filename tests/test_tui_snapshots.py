@@ -54,6 +54,9 @@ def test_exec_question_and_a_broader_scope(snap_compare: Compare) -> None:
         "denial": {
             "pid": 4260, "tid": 4260, "exe": "/usr/bin/cc", "cmdline": "cc -o hello hello.c",
             "syscall": "execve", "path": "/opt/toolchain/bin/ld", "access": ["execute"],
+            "scopes": ["/opt/toolchain/bin/ld", "/opt/toolchain/bin", "/opt/toolchain", "/opt",
+                       "/"],
+            "scope_kind": "file",
             "generation": 3, "next_run_only": True, "ts": demo.T0 + 9, "count": 1,
         },
     }  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from llsupervise.tui.session import ReplaySession
@@ -71,6 +72,11 @@ def state(*, generation: int = 3, exit_status: int | None = None) -> dict[str, A
         },
         "reload": None,
     }
+
+
+def _up(path: str) -> list[str]:
+    """``path`` and each directory above it: the scopes offered for an object there."""
+    return [path, *(str(p) for p in PurePosixPath(path).parents)]
 
 
 def _denial(
@@ -144,6 +150,8 @@ def messages() -> list[dict[str, Any]]:
                 "syscall": "openat",
                 "path": "/home/ada/.local/share/virtualenvs/ci/pyvenv.cfg",
                 "access": ["read_file"],
+                "scopes": _up("/home/ada/.local/share/virtualenvs/ci/pyvenv.cfg"),
+                "scope_kind": "file",
                 "generation": 3,
                 "next_run_only": False,
                 "ts": T0 + 7,
@@ -162,6 +170,8 @@ def messages() -> list[dict[str, Any]]:
                 "syscall": "mkdirat",
                 "path": "/usr/local/share",
                 "access": ["make_dir"],
+                "scopes": _up("/usr/local"),
+                "scope_kind": "changed_directory",
                 "generation": 3,
                 "next_run_only": False,
                 "ts": T0 + 8,

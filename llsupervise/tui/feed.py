@@ -67,6 +67,9 @@ class Feed:
         entry.pid = int(event.get("pid", entry.pid))
         entry.syscall = str(event.get("syscall", entry.syscall))
         entry.decision = str(event.get("decision", ""))
+        if event.get("unbound"):
+            # In force for this run, but its path now leads elsewhere: not in the policy file.
+            entry.decision += ", path moved: not saved"
         entry.next_run_only = bool(event.get("next_run_only", False))
         self._entries[key] = entry  # most recently seen last
         while len(self._entries) > self.limit:

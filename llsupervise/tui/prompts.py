@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
@@ -34,13 +33,15 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class ScopeChoice:
-    """Where a rule may go: the object itself, its directory, or a directory above."""
+    """Where a rule may go: one of the places the supervisor offered for the denial."""
 
     path: str
     title: str
     is_dir: bool
     #: The rights of a port rule (a network denial), which has no other scope.
     port_rights: tuple[str, ...] = ()
+    #: False for the stand-in shown when the supervisor offered no scope: no scope is sent.
+    offered: bool = True
 
     def rights(self) -> list[str]:
         """Rights that a rule on this object can carry (the kernel refuses the others)."""
@@ -58,16 +59,28 @@ def is_network(denial: Denial) -> bool:
     return denial.path.startswith("tcp://")
 
 
+#: What the first offered scope covers, by the denial's ``scope_kind`` (file and directory:
+#: the object itself; changed_directory: where a name is made or removed, which is what the
+#: kernel checks for a creation, removal, rename or link).
+FIRST_SCOPE = {
+    "file": ("only this file", False),
+    "directory": ("this dir and all below", True),
+    "changed_directory": ("the dir it changes in, all below", True),
+}
+
+
 def scope_choices(denial: Denial) -> list[ScopeChoice]:
-    """The checked object first, then each parent directory up to ``/`` (a port: itself)."""
+    """The scopes the supervisor offered, narrowest first (a port: itself)."""
     if is_network(denial):
         return [ScopeChoice(denial.path, "this port", False, denial.access)]
-    path = PurePosixPath(denial.path)
-    own_dir = is_directory_request(denial.access)
-    choices = [ScopeChoice(str(path), "this directory" if own_dir else "this file", own_dir)]
-    for i, parent in enumerate(path.parents):
-        title = "its directory" if i == 0 and not own_dir else "parent directory"
-        choices.append(ScopeChoice(str(parent), title, True))
+    if not denial.scopes:
+        own_dir = is_directory_request(denial.access)
+        return [ScopeChoice(denial.path, "as asked", own_dir, offered=False)]
+    first, first_is_dir = FIRST_SCOPE.get(denial.scope_kind, ("this object", True))
+    choices = [ScopeChoice(denial.scopes[0], first, first_is_dir)]
+    for i, path in enumerate(denial.scopes[1:]):
+        title = "its dir and all below" if i == 0 and not first_is_dir else "all below"
+        choices.append(ScopeChoice(path, title, True))
     return choices
 
 
@@ -118,7 +131,8 @@ class Question:
             if answer == Answer.ALLOW_FOR:
                 message["duration"] = self.duration
             return message
-        if answer in (Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.DENY_QUIET):
+        kept = answer in (Answer.ALLOW_FOR, Answer.ALLOW_ALWAYS, Answer.DENY_QUIET)
+        if kept and self.scope.offered:
             message["scope"] = self.scope.path
         if answer == Answer.ALLOW_FOR:
             message["duration"] = self.duration

@@ -21,6 +21,7 @@ from llsupervise.supervisor.engine.requests import (
     rename_rights,
     split_last,
 )
+from llsupervise.supervisor.rules.binding import directory_of_file
 from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
@@ -34,6 +35,14 @@ class CheckedObject:
     label: str
     access: AccessFs
     chain: tuple[ObjectId, ...]
+    #: ``fd`` is the directory where a name is made or removed (what Landlock checks for a
+    #: creation, removal, rename or link), not the object the request names.
+    in_directory: bool = False
+    #: ``fd`` is a directory (the request's own object, or the directory it changes in).
+    is_dir: bool = False
+    #: For a non-directory object: the directory holding it (an ``O_PATH`` fd), verified to
+    #: hold that very object; None when that could not be verified.
+    directory: int | None = None
 
     @property
     def obj(self) -> ObjectId:
@@ -41,6 +50,8 @@ class CheckedObject:
 
     def close(self) -> None:
         os.close(self.fd)
+        if self.directory is not None:
+            os.close(self.directory)
 
 
 def _split(path: bytes) -> tuple[bytes, bytes]:
@@ -60,7 +71,7 @@ def _parent(dirfd: int | None, path: bytes, access: AccessFs) -> CheckedObject:
     fd = _open_dir(dirfd, head)
     chain = tuple(ancestry(fd))
     label = os.path.join(fd_path(fd), os.fsdecode(tail))
-    return CheckedObject(fd, label, access, chain)
+    return CheckedObject(fd, label, access, chain, in_directory=True, is_dir=True)
 
 
 def _existing(
@@ -75,16 +86,31 @@ def _existing(
     is_dir = stat.S_ISDIR(st.st_mode)
     access = access_of(is_dir)
     if is_dir:
-        chain = tuple(ancestry(fd))
-    else:
-        head, _ = _split(path)
-        try:
-            parent = _open_dir(dirfd, head)
-            chain = (object_id(st), *ancestry(parent))
-            os.close(parent)
-        except OSError:
-            chain = (object_id(st),)
-    return CheckedObject(fd, fd_path(fd), access, chain)
+        return CheckedObject(fd, fd_path(fd), access, tuple(ancestry(fd)), is_dir=True)
+    parent = _holding_directory(dirfd, path, fd, st)
+    chain: tuple[ObjectId, ...] = (object_id(st),)
+    if parent is not None:
+        chain += tuple(ancestry(parent))
+    return CheckedObject(fd, fd_path(fd), access, chain, directory=parent)
+
+
+def _holding_directory(dirfd: int | None, path: bytes, fd: int, st: os.stat_result) -> int | None:
+    """The directory that holds the file ``fd`` (opened from ``path``): the path's own
+    directory when it still holds that file under the last name, else the one the fd's name
+    says, verified; None if neither can be verified (never a directory by path alone)."""
+    head, tail = _split(path)
+    try:
+        parent = _open_dir(dirfd, head)
+    except OSError:
+        return directory_of_file(fd)
+    try:
+        named = os.stat(tail, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        named = None
+    if named is not None and object_id(named) == object_id(st):
+        return parent
+    os.close(parent)
+    return directory_of_file(fd)
 
 
 def _mode_or_none(dirfd: int | None, path: bytes) -> int | None:

@@ -39,8 +39,9 @@ class Decision:
     answer: Answer
     #: Seconds, for ALLOW_FOR.
     duration: float | None = None
-    #: Where an ALLOW_ALWAYS / ALLOW_FOR rule goes (default: the object that was checked).
-    scope: str | None = None
+    #: Where an ALLOW_ALWAYS / ALLOW_FOR rule (or a quiet object) goes: one of the denial's
+    #: offered ``scopes``, by label or index. Default, or not offered: the narrowest, the first.
+    scope: str | int | None = None
     #: Rights of that rule (default: those that were asked). Only widens: what was asked is
     #: always included.
     access: AccessFs | None = None
@@ -61,6 +62,12 @@ class Denial:
     generation: int
     #: True for exec: a grant only takes effect on the next run.
     next_run_only: bool = False
+    #: Where a rule may go (labels, narrowest first): only places where a rule makes this
+    #: request work, each bound to an object held since the check (see questions.scopes).
+    scopes: tuple[str, ...] = ()
+    #: What ``scopes[0]`` is: "file" or "directory" (the object itself), or
+    #: "changed_directory" (where a name is made or removed); the others are directories above.
+    scope_kind: str = ""
     ts: float = field(default_factory=time.time)
     count: int = 1
 

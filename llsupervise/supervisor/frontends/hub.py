@@ -18,8 +18,9 @@ server → client
 
 client → server
   ``answer``    ``id``, ``answer`` (allow_once allow_for allow_always deny deny_quiet),
-                ``duration`` (seconds, allow_for), ``scope`` (the path or one of its parent
-                directories), ``rights`` (allow_always: access names, at least those asked)
+                ``duration`` (seconds, allow_for), ``scope`` (one of the denial's
+                offered ``scopes``, by label or index), ``rights`` (allow_always: access
+                names, at least those asked)
   ``mode``      ``mode``: interactive, enforce or permissive
 """
 
@@ -37,7 +38,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 import trio
@@ -79,7 +79,10 @@ class Client(Protocol):
 
 
 def denial_json(denial: Denial) -> dict[str, Any]:
-    return {k: list(v) if k == "access" else v for k, v in dataclasses.asdict(denial).items()}
+    return {
+        k: list(v) if k in ("access", "scopes") else v
+        for k, v in dataclasses.asdict(denial).items()
+    }
 
 
 def denial_from_json(data: Mapping[str, Any]) -> Denial:
@@ -87,6 +90,7 @@ def denial_from_json(data: Mapping[str, Any]) -> Denial:
     known = {f.name for f in dataclasses.fields(Denial)}
     values = {k: v for k, v in data.items() if k in known}
     values["access"] = tuple(values.get("access", ()))
+    values["scopes"] = tuple(values.get("scopes", ()))
     return Denial(**values)
 
 
@@ -297,7 +301,7 @@ class Hub:
             allowed = ", ".join(CLIENT_ANSWERS)
             raise ProtocolError(f"answer must be one of {allowed}, not {raw!r}")
         duration = _duration(message.get("duration")) if answer == Answer.ALLOW_FOR else None
-        scope = _scope(message.get("scope"), asked.denial.path)
+        scope = _scope(message.get("scope"), asked.denial.scopes)
         access = self._rule_rights(message.get("rights"), answer, asked.denial)
         self._settle(asked, Decision(answer, duration=duration, scope=scope, access=access))
 
@@ -338,16 +342,21 @@ def _duration(value: object) -> float:
     return float(value)
 
 
-def _scope(value: object, path: str) -> str | None:
-    """The path itself or one of its parent directories (what a rule may be put on)."""
+def _scope(value: object, offered: tuple[str, ...]) -> str | int | None:
+    """One of the scopes the denial offered, by label or index: only there does a rule make
+    the request work, and only those are bound to the object that was checked."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise ProtocolError("scope must be a path")
-    target = PurePosixPath(path)
-    if PurePosixPath(value) not in (target, *target.parents) or not value.startswith("/"):
-        raise ProtocolError(f"scope {value!r} is neither {path!r} nor one of its parents")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < len(offered):
+            return value
+    elif isinstance(value, str):
+        if value in offered:
+            return value
+    else:
+        raise ProtocolError("scope must be one of the offered scopes, by label or index")
+    choices = ", ".join(repr(s) for s in offered) or "none"
+    raise ProtocolError(f"scope {value!r} was not offered (offered: {choices})")
 
 
 # -- the Unix socket --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from llsupervise.supervisor.policyfile.persist import (
     kept_from_event,
     persist,
 )
+from llsupervise.supervisor.rules.binding import could_be_changed
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
 
@@ -68,6 +69,12 @@ RUST_TIMEOUT_MS = 200
 STATIC_CHANGED = (
     "the static part (top-level rules, [[ruleset]], abi) changed: it takes effect on the next "
     "run; the supervisor part was applied"
+)
+
+
+KEPT_BINDING = (
+    "this path now leads to another object, and the program may make, remove or move names "
+    "in a directory on the way: the rule stays bound to the object it named before"
 )
 
 
@@ -205,7 +212,7 @@ class PolicyFile:
         try:
             document = parse_policy(text, self.source, self.env)
             self._check_handled(document, text)
-            resolved = resolve(document, sup.rules.table)
+            resolved = resolve(document, sup.rules.table, self._may_rebind)
             permanent, quiet = self._with_unpersisted(resolved)
             static_changed = (
                 resolved.static != sup.rules.static or document.abi != self._started_abi
@@ -222,9 +229,19 @@ class PolicyFile:
             sup.decisions.default = settings.default
             sup.decisions.prompt_timeout = settings.prompt_timeout
         event: dict[str, Any] = {"event": "reload", "ok": True, "generation": generation}
+        if resolved.kept_bindings:
+            event["kept_bindings"] = [
+                {"path": path, "reason": KEPT_BINDING} for path in resolved.kept_bindings
+            ]
         if static_changed:
             event |= {"static_changed": True, "message": STATIC_CHANGED}
         return event
+
+    def _may_rebind(self, path: str) -> bool:
+        """A supervisor path now leads to another object: follow it only if the program
+        cannot have made that change (no directory on the way lets it make, remove or move
+        names)."""
+        return not could_be_changed(path, self.sup.rules.in_force)
 
     def _check_handled(self, document: PolicyDocument, text: str) -> None:
         """Supervisor rules must use rights the running layer handles: it cannot change."""
@@ -258,7 +275,7 @@ class PolicyFile:
         table = self.sup.rules.table
         for kept in self.unpersisted:
             try:
-                obj = table.open(kept.path)
+                obj = table.open(kept.path, self._may_rebind)
             except OSError:
                 continue  # gone since: nothing to grant or silence there
             if kept.access is None:

@@ -4,6 +4,7 @@ carried out for each waiting request."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource
 from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
 from llsupervise.supervisor.perform.procfs import read_status, status_number
+from llsupervise.supervisor.questions import scopes as scoping
 from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
 from llsupervise.supervisor.questions.conditional import ConditionalGrants
+from llsupervise.supervisor.questions.scopes import Scope
+from llsupervise.supervisor.rules.binding import leads_to
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
 
@@ -43,6 +47,8 @@ class Question:
     #: Requests to answer (none for exec: the static layer has already answered it).
     waiting: list[Pending] = field(default_factory=list)
     count: int = 1
+    #: Where a rule for the first object may go, held open since the question was raised.
+    scopes: list[Scope] = field(default_factory=list)
 
 
 class FsQuestions:
@@ -87,7 +93,11 @@ class FsQuestions:
                 question.waiting.append(pending)
             return
         waiting = [] if pending is None else [pending]
-        self._open[key] = Question(denial, objects, waiting)
+        kind, offered = scoping.offer(objects[0]) if objects else ("", [])
+        denial = dataclasses.replace(
+            denial, scopes=tuple(s.label for s in offered), scope_kind=kind
+        )
+        self._open[key] = Question(denial, objects, waiting, scopes=offered)
         nursery.start_soon(self._resolve, key, nursery)
 
     def _is_quiet(self, objects: list[CheckedObject]) -> bool:
@@ -98,16 +108,20 @@ class FsQuestions:
         if self._is_quiet(question.objects):
             decision = Decision(Answer.DENY_QUIET)
             kept: list[Event] = []
+            unbound: list[Event] = []
         else:
             decision = await self.decisions.decide(question.denial)
-            kept = self._remember(question.objects, decision, nursery)
+            kept, unbound = self._remember(question, decision, nursery)
         del self._open[key]
+        scoping.close(question.scopes)
         denial = question.denial
         event = denial.event(decision.answer) | {"count": question.count}
         if denial.next_run_only:
             event["next_run_only"] = True
         if kept:
             event["rules"] = kept
+        if unbound:
+            event["unbound"] = unbound
         self._emit(event)
         if not question.waiting:  # exec: nothing to answer, only the objects to release
             for o in question.objects:
@@ -123,14 +137,19 @@ class FsQuestions:
             )
 
     def _remember(
-        self, objects: list[CheckedObject], decision: Decision, nursery: trio.Nursery
-    ) -> list[Event]:
+        self, question: Question, decision: Decision, nursery: trio.Nursery
+    ) -> tuple[list[Event], list[Event]]:
         """Keep what an answer says beyond this request: rules (always, for a while) and
-        quiet objects. Returns the rules kept, as the event log reports them."""
+        quiet objects, each bound to an object held since the check. Returns the rules kept
+        as the event log reports them (what the policy file gets), and those in force whose
+        path no longer leads to their object (reported, never written: a load would bind
+        them elsewhere)."""
         if decision.answer not in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR, Answer.DENY_QUIET):
-            return []
+            return [], []
         rules = self.rules
+        objects = question.objects
         kept: list[Event] = []
+        unbound: list[Event] = []
         permanent, quiet = rules.permanent, rules.quiet
         for o in objects:
             access = o.access
@@ -138,35 +157,66 @@ class FsQuestions:
                 access |= decision.access & rules.static.handled_fs
             elif rules.static.fs_rights_on(o.chain) & access == access:
                 continue  # e.g. the other end of a rename: the static rules already allow it
-            if decision.scope is not None and o is objects[0]:
-                obj = rules.table.open(decision.scope)
+            scope = _chosen(question.scopes, decision.scope) if o is objects[0] else None
+            if scope is not None:
+                access = scope.rights(access)
+                obj = rules.table.adopt(os.dup(scope.fd))
+                label, holds = scope.label, scope.label_holds()
             else:
                 obj = rules.table.adopt(os.dup(o.fd))
-            label = rules.table.label(obj)
+                label = rules.table.label(obj)
+                holds = leads_to(label, obj)
             if decision.answer == Answer.DENY_QUIET:
                 quiet = quiet | {obj}
-                kept.append({"quiet": label})
+                entry: Event = {"quiet": label}
             elif decision.answer == Answer.ALLOW_ALWAYS:
                 permanent = permanent.with_fs(obj, access, label)
-                kept.append({"path": label, "access": names(access)})
+                entry = {"path": label, "access": names(access)}
             else:
                 seconds = decision.duration or 60.0
                 deadline = trio.current_time() + seconds
                 rules.grant_temporarily(Temporary(deadline, obj, access), seconds, nursery)
                 kept.append({"path": label, "access": names(access), "seconds": seconds})
+                continue  # never written: nothing resolves its path again
+            if holds:
+                kept.append(entry)
+            else:
+                unbound.append(entry | {"reason": UNBOUND})
         if decision.answer != Answer.ALLOW_FOR:
             rules.replace(permanent, quiet)
-        return kept
+        return kept, unbound
 
     def drop(self) -> None:
         """The run is over: close every waiting request (its listener closes: fails closed)."""
         for question in self._open.values():
+            scoping.close(question.scopes)
             if not question.waiting:
                 for o in question.objects:
                     o.close()
             for pending in question.waiting:
                 pending.close()
         self._open.clear()
+
+
+#: Why a kept rule is not written to the policy file.
+UNBOUND = (
+    "in force for this run, bound to the object that was checked, but not written to the "
+    "policy file: its path no longer leads to that object (it was moved, or a symlink "
+    "replaced a directory on the way)"
+)
+
+
+def _chosen(offered: list[Scope], choice: str | int | None) -> Scope | None:
+    """The offered scope ``choice`` names (label or index); the narrowest for anything else."""
+    if not offered:
+        return None
+    if isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(offered):
+        return offered[choice]
+    if isinstance(choice, str):
+        for scope in offered:
+            if scope.label == choice:
+                return scope
+    return offered[0]
 
 
 def make_denial(

@@ -12,7 +12,7 @@ import functools
 import os
 import resource
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -110,16 +110,19 @@ class ObjectTable:
     def is_dir(self, obj: ObjectId) -> bool:
         return self._held[obj].is_dir
 
-    def open(self, path: str) -> ObjectId:
+    def open(self, path: str, may_rebind: Callable[[str], bool] | None = None) -> ObjectId:
         """Open ``path`` (following symlinks, as Landlock rules do) and keep one fd per object.
 
         A path this table opened before is only stat'ed: if it still leads to the object
         held for it, that object is the answer (its inode cannot have been reused: we hold
-        it open); otherwise the path is opened anew, so a replaced directory is followed."""
+        it open); otherwise the path is opened anew, so a replaced directory is followed,
+        unless ``may_rebind(path)`` says no: the object held for it stays the answer."""
         known = self._by_path.get(path)  # only objects still held (see release)
         if known is not None:
             st = os.stat(path)
             if st.st_ino == known.ino and st.st_dev == known.dev:
+                return known
+            if may_rebind is not None and not may_rebind(path):
                 return known
         _check_capacity(len(self._held) + 1)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -189,6 +192,8 @@ class ResolvedPolicy:
     quiet_objects: tuple[QuietObject, ...] = ()
     #: What :attr:`rules` is made of, made only when asked for.
     rule_rows: tuple[RuleRow, ...] = field(default=(), repr=False, compare=False)
+    #: Supervisor paths that now lead to another object but kept the one bound before.
+    kept_bindings: tuple[str, ...] = ()
 
     @functools.cached_property
     def rules(self) -> tuple[PolicyRule, ...]:
@@ -203,13 +208,32 @@ class ResolvedPolicy:
         }  # fmt: skip
 
 
-def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
+def resolve(
+    document: PolicyDocument,
+    table: ObjectTable,
+    may_rebind: Callable[[str], bool] | None = None,
+) -> ResolvedPolicy:
     """Open every rule path of ``document`` into ``table`` and build the model rulesets.
+
+    ``may_rebind``: whether a supervisor rule's or quiet object's path that ``table`` bound
+    before, and that now leads to another object, may be bound to it (else it keeps its
+    object, and the path is listed in :attr:`ResolvedPolicy.kept_bindings`).
 
     On error nothing is returned, and the objects already opened stay in ``table``; callers
     that must not change anything resolve into a fresh table and swap it in on success.
     """
     skipped: list[tuple[str, Location]] = []
+    kept_bindings: list[str] = []
+    supervisor_rebind: Callable[[str], bool] | None = None
+    if may_rebind is not None:
+        check = may_rebind
+
+        def supervisor_rebind(path: str) -> bool:
+            if check(path):
+                return True
+            kept_bindings.append(path)
+            return False
+
     handled = (document.handled_fs, document.handled_net, document.scoped)
     rows: list[RuleRow] = []
     conditional: list[ConditionalRule] = []
@@ -221,10 +245,11 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
     ) -> Ruleset:
         fs: dict[ObjectId, AccessFs] = {}
         labels: dict[ObjectId, str] = {}
+        rebind = supervisor_rebind if name == "supervisor" else None
         for entry in entries:
             condition = _condition(entry)
             access = entry.access
-            for obj, location in _open_entry(table, entry, skipped):
+            for obj, location in _open_entry(table, entry, skipped, rebind):
                 label, is_dir = table.held(obj)[2:]
                 # A row, not a PolicyRule: most resolutions (reloads) never look at them.
                 rows.append((name, obj, _enforced(access, is_dir), label, location, condition))
@@ -247,7 +272,7 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
     quiet_objects = tuple(
         QuietObject(obj, table.label(obj), location)
         for entry in document.supervisor.quiet
-        for obj, location in _open_entry(table, entry, skipped)
+        for obj, location in _open_entry(table, entry, skipped, supervisor_rebind)
     )
     return ResolvedPolicy(
         document,
@@ -258,16 +283,20 @@ def resolve(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
         tuple(conditional),
         quiet_objects,
         tuple(rows),
+        tuple(dict.fromkeys(kept_bindings)),
     )
 
 
 def _open_entry(
-    table: ObjectTable, entry: PathBeneathEntry | QuietEntry, skipped: list[tuple[str, Location]]
+    table: ObjectTable,
+    entry: PathBeneathEntry | QuietEntry,
+    skipped: list[tuple[str, Location]],
+    may_rebind: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[ObjectId, Location]]:
     """Each object of an entry with the location of the string it came from."""
     for path, location in zip(entry.paths, entry.path_locations, strict=True):
         try:
-            obj = table.open(path)
+            obj = table.open(path, may_rebind)
         except FileNotFoundError:
             if not entry.optional:
                 raise PolicyError(

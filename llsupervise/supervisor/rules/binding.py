@@ -1,0 +1,145 @@
+"""Binding to objects, not path strings: directories reached from a held fd by ``..``, and
+labels (the kernel's name for a held fd) checked without following symlinks.
+
+The supervised program can rename a directory and put a symlink in its place at any moment,
+so a path is only ever a label: it is computed from an fd and, before anyone relies on it
+naming that fd's object (a policy file read on the next load), resolved again with
+``RESOLVE_NO_SYMLINKS`` and compared by ``(st_dev, st_ino)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import struct
+
+from llsupervise.policy.model import ObjectId, Ruleset
+from llsupervise.rights import AccessFs
+from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_SYS_OPENAT2 = 437
+_AT_FDCWD = -100
+_RESOLVE_NO_SYMLINKS = 0x04
+_OPEN_HOW = struct.Struct("=QQQ")
+_O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
+
+
+def open_no_symlinks(path: str, flags: int = os.O_PATH | os.O_CLOEXEC) -> int:
+    """Open the absolute ``path`` refusing every symlink on the way (ELOOP)."""
+    if not path.startswith("/"):
+        raise OSError(errno.EINVAL, f"not an absolute path: {path!r}")
+    how = _OPEN_HOW.pack(flags, 0, _RESOLVE_NO_SYMLINKS)
+    fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, len(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def leads_to(path: str, obj: ObjectId) -> bool:
+    """Whether ``path``, resolved without following any symlink, is ``obj`` now."""
+    try:
+        fd = open_no_symlinks(path)
+    except OSError:
+        return False
+    try:
+        return object_id(os.fstat(fd)) == obj
+    finally:
+        os.close(fd)
+
+
+def parent_of(fd: int) -> int | None:
+    """An ``O_PATH`` fd of the directory ``..`` of the directory ``fd`` (None at the root)."""
+    parent = os.open("..", _O_DIR, dir_fd=fd)
+    if object_id(os.fstat(parent)) == object_id(os.fstat(fd)):
+        os.close(parent)
+        return None
+    return parent
+
+
+def directory_of_file(fd: int) -> int | None:
+    """The directory holding the non-directory ``fd``, found from the fd's own name and
+    verified to hold that very object under that name; None when it cannot be verified
+    (unlinked, or the name changed since)."""
+    label = fd_path(fd)
+    if not label.startswith("/") or label.endswith(" (deleted)"):
+        return None
+    head, name = os.path.split(label)
+    try:
+        parent = open_no_symlinks(head or "/", _O_DIR)
+    except OSError:
+        return None
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        st = None
+    if st is None or object_id(st) != object_id(os.fstat(fd)):
+        os.close(parent)
+        return None
+    return parent
+
+
+#: Rights with which the program can change what a name in a directory leads to.
+NAME_CHANGING = (
+    AccessFs.REMOVE_DIR | AccessFs.REMOVE_FILE | AccessFs.MAKE_CHAR | AccessFs.MAKE_DIR
+    | AccessFs.MAKE_REG | AccessFs.MAKE_SOCK | AccessFs.MAKE_FIFO | AccessFs.MAKE_BLOCK
+    | AccessFs.MAKE_SYM | AccessFs.REFER
+)  # fmt: skip
+#: Symlinks followed at most while walking a path (the kernel's own limit).
+_MAX_SYMLINKS = 40
+
+
+def could_be_changed(path: str, in_force: Ruleset) -> bool:
+    """Whether the program, with the rights ``in_force`` gives it, may have changed where
+    ``path`` leads: some directory in which the walk of ``path`` looks a name up (through
+    symlinks too) lets it make, remove or move names. Unknown (a name missing, too many
+    symlinks) counts as changeable."""
+    unhandled = ~in_force.handled_fs & NAME_CHANGING
+    if unhandled:
+        return True
+    parts = path.split("/")
+    if not path.startswith("/"):
+        return True
+    current = os.open("/", _O_DIR)
+    followed = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            if in_force.fs_rights_on(ancestry(current)) & NAME_CHANGING:
+                return True
+            if name == "..":
+                parent = parent_of(current)
+                if parent is not None:
+                    os.close(current)
+                    current = parent
+                continue
+            st = os.stat(name, dir_fd=current, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                followed += 1
+                if followed > _MAX_SYMLINKS:
+                    return True
+                target = os.readlink(name, dir_fd=current)
+                parts = target.split("/") + parts
+                if target.startswith("/"):
+                    os.close(current)
+                    current = os.open("/", _O_DIR)
+                continue
+            if not parts:
+                return False  # the last name, looked up in a directory checked above
+            if not stat.S_ISDIR(st.st_mode):
+                return True
+            nxt = os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = nxt
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(current)
