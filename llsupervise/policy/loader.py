@@ -80,6 +80,8 @@ PREDEFINED_VARIABLES = ("HOME", "PWD", "TMPDIR", "USER")
 
 _TOP_KEYS = ("abi", "ruleset", "variable", "path_beneath", "net_port", "supervisor")
 _RULESET_KEYS = ("handled_access_fs", "handled_access_net", "scoped")
+#: The first ABI with scopes.
+_SCOPES_ABI = 6
 _VARIABLE_KEYS = ("name", "literal")
 _PATH_BENEATH_KEYS = ("allowed_access", "parent", "optional")
 _SUPERVISOR_PATH_BENEATH_KEYS = (*_PATH_BENEATH_KEYS, "exe", "cgroup")
@@ -454,6 +456,7 @@ class _Builder:
             handled_fs=AccessFs(handled_fs),
             handled_net=AccessNet(handled_net),
             scoped=scoped,
+            scoped_stated=self.scoped_stated,
             path_beneath=path_beneath,
             net_port=net_port,
             supervisor=supervisor,
@@ -502,7 +505,7 @@ class _Builder:
     def _rulesets(self) -> tuple[AccessFs, AccessNet, Scope]:
         fs, net, scoped = NO_FS, NO_NET, NO_SCOPE
         if "ruleset" not in self.root:
-            return fs, net, scoped
+            return fs, net, self._default_scopes()
         for key, table in _tables(
             self.context, self.root["ruleset"], "ruleset", _RULESET_KEYS, non_empty=True
         ):
@@ -523,7 +526,21 @@ class _Builder:
                     self.abi,
                     self._known_scopes,
                 )
+        if not self.scoped_stated:
+            scoped |= self._default_scopes()
         return fs, net, scoped
+
+    @property
+    def scoped_stated(self) -> bool:
+        rulesets = self.root.get("ruleset")
+        return isinstance(rulesets, list) and any(
+            isinstance(t, dict) and "scoped" in t for t in rulesets
+        )
+
+    def _default_scopes(self) -> Scope:
+        """The signal scope unless the policy says otherwise (or targets an ABI without
+        scopes): the program cannot signal outside its domain, so not the supervisor."""
+        return Scope.SIGNAL if self.abi >= _SCOPES_ABI else NO_SCOPE
 
     def _fs(self, value: object, key: str) -> AccessFs:
         return _access(self.context, value, key, parse_fs, self.abi, self._known_fs)

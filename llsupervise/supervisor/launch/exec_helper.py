@@ -35,6 +35,8 @@ MSG_LISTENER = b"L"
 MSG_ERROR = b"E"
 
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9  # signal is not imported: it would slow start-up
 
 
 class _SockFprog(ctypes.Structure):
@@ -100,11 +102,22 @@ def _seccomp_filter(libc: ctypes.CDLL, spec: dict[str, Any], flags: int, fprog: 
                  ctypes.byref(fprog))  # fmt: skip
 
 
+def _die_with_supervisor(libc: ctypes.CDLL, supervisor: int) -> None:
+    """SIGKILL when the supervisor dies: the command would otherwise run on with every trapped
+    call failing (ENOSYS). It survives the exec (no_new_privs keeps set-uid from clearing it);
+    the command's own children do not inherit it."""
+    if libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != supervisor:  # it died before the line above: no signal will come
+        os._exit(126)
+
+
 def main() -> None:
     spec_fd, sock_fd = int(sys.argv[1]), int(sys.argv[2])
     sock = _socket.socket(fileno=sock_fd)
     try:
         spec = _read_spec(spec_fd)
+        _die_with_supervisor(ctypes.CDLL(None, use_errno=True), spec["supervisor_pid"])
         if spec["new_session"]:
             _take_terminal()
         listener = _confine(spec)
