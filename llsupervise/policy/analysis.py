@@ -128,7 +128,7 @@ def signal_scope_warning(scoped_stated: bool, signal_scoped: bool) -> list[Polic
         return []
     return [
         PolicyWarning(
-            "[[ruleset]] states scoped without \"signal\": the program can signal processes "
+            '[[ruleset]] states scoped without "signal": the program can signal processes '
             "outside its domain, the supervisor included (without a scoped key, signal is scoped)"
         )
     ]
