@@ -223,17 +223,10 @@ def listener() -> socket.socket:
     return s
 
 
-@pytest.mark.trio
-async def test_mptcp_cannot_go_around_the_tcp_rules(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """Only port ``allowed`` may be connected to: MPTCP sockets are refused (the errno of a
-    kernel without MPTCP), plain TCP is judged as before."""
-    monkeypatch.chdir(tmp_path)
+def connect_policy(root: Path, allowed: int) -> Any:
+    """Connects handled, the static layer allows port ``allowed`` only."""
     system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
-    with listener() as allowed_sock, listener() as other_sock:
-        allowed, other = allowed_sock.getsockname()[1], other_sock.getsockname()[1]
-        text = f"""
+    text = f"""
 [[ruleset]]
 handled_access_fs = ["abi.all"]
 handled_access_net = ["connect_tcp"]
@@ -246,9 +239,20 @@ port = [{allowed}]
 [supervisor]
 mode = "enforce"
 """
-        document = parse_policy(text, "mptcp.toml", {"HOME": str(tmp_path), "PWD": str(tmp_path)})
+    return parse_policy(text, "mptcp.toml", {"HOME": str(root), "PWD": str(root)})
+
+
+@pytest.mark.trio
+async def test_mptcp_cannot_go_around_the_tcp_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Only port ``allowed`` may be connected to: MPTCP sockets are refused (the errno of a
+    kernel without MPTCP), plain TCP is judged as before."""
+    monkeypatch.chdir(tmp_path)
+    with listener() as allowed_sock, listener() as other_sock:
+        allowed, other = allowed_sock.getsockname()[1], other_sock.getsockname()[1]
         events: list[dict[str, Any]] = []
-        async with Supervisor.open(document) as sup:
+        async with Supervisor.open(connect_policy(tmp_path, allowed)) as sup:
             sup.listeners.append(events.append)
             argv = [sys.executable, "-c", CONNECTS, str(NR["socket"]), str(allowed), str(other)]
             status = await sup.run(argv, forward_signals=False)
@@ -264,6 +268,75 @@ mode = "enforce"
             assert report[f"{port} {family} mptcp_high"] == refused
     ports = {e["port"] for e in events if e["event"] == "denial" and "port" in e}
     assert ports == {other}  # the plain TCP connects, nothing else
+
+
+#: An MPTCP socket made and connected through io_uring (IORING_OP_SOCKET, IORING_OP_CONNECT),
+#: where no socket or connect syscall is made; prints "setup ERRNO" or "PROTOCOL RESULT".
+URING_MPTCP = r"""
+import ctypes, mmap, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+nr_setup, nr_enter, port = map(int, sys.argv[1:])
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+ring = libc.syscall(ctypes.c_long(nr_setup), 4, params)
+if ring < 0:
+    print("setup", ctypes.get_errno()); sys.exit()
+sq_entries, cq_entries = struct.unpack_from("<II", params.raw, 0)
+sq_off = struct.unpack_from("<8IQ", params.raw, 40)  # head, tail, mask, ..., array (6)
+cq_off = struct.unpack_from("<8IQ", params.raw, 80)  # head, tail, mask, ..., cqes (5)
+sq = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+def word(m, off, value=None):
+    if value is None:
+        return struct.unpack_from("<I", m, off)[0]
+    struct.pack_into("<I", m, off, value)
+def submit(opcode, fd, off, addr, length):
+    tail = word(sq, sq_off[1])
+    i = tail & word(sq, sq_off[2])
+    entry = bytearray(64)
+    struct.pack_into("<BBHiQQII", entry, 0, opcode, 0, 0, fd, off, addr, length, 0)
+    sqes[i * 64:(i + 1) * 64] = bytes(entry)
+    word(sq, sq_off[6] + 4 * i, i)
+    word(sq, sq_off[1], tail + 1)
+    libc.syscall(ctypes.c_long(nr_enter), ring, 1, 1, 1, None, 8)  # GETEVENTS
+    head = word(cq, cq_off[0])
+    _, res, _ = struct.unpack_from("<QiI", cq, cq_off[5] + 16 * (head & word(cq, cq_off[2])))
+    word(cq, cq_off[0], head + 1)
+    return res
+fd = submit(45, socket.AF_INET, socket.SOCK_STREAM, 0, 262)  # IORING_OP_SOCKET
+addr = ctypes.create_string_buffer(
+    struct.pack("<H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton("127.0.0.1")
+    + bytes(8)
+)
+result = submit(16, fd, 16, ctypes.addressof(addr), 0)  # IORING_OP_CONNECT
+print(socket.socket(fileno=fd).getsockopt(socket.SOL_SOCKET, 38), result)  # SO_PROTOCOL
+"""
+URING_NR = {"io_uring_setup": 425, "io_uring_enter": 426}  # asm-generic: the same on both
+
+
+def test_unsupervised_io_uring_makes_mptcp_sockets() -> None:
+    """The control: io_uring makes and connects an MPTCP socket with no socket syscall."""
+    with listener() as server:
+        argv = [sys.executable, "-c", URING_MPTCP, *map(str, URING_NR.values())]
+        argv.append(str(server.getsockname()[1]))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=LIMIT, check=True)
+    assert done.stdout.split() == ["262", "0"]
+
+
+@pytest.mark.trio
+async def test_io_uring_cannot_make_mptcp_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with listener() as allowed_sock, listener() as other_sock:
+        allowed, other = allowed_sock.getsockname()[1], other_sock.getsockname()[1]
+        async with Supervisor.open(connect_policy(tmp_path, allowed)) as sup:
+            argv = [sys.executable, "-c", URING_MPTCP, *map(str, URING_NR.values()), str(other)]
+            status = await sup.run(argv, forward_signals=False)
+    out = capfd.readouterr().out
+    assert status == 0, out
+    assert out.split() == ["setup", str(errno.EPERM)]
 
 
 def test_unsupervised_mptcp_connects() -> None:

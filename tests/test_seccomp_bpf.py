@@ -118,12 +118,16 @@ def test_terminal_and_identity_refusals(arch: str, trap: bool, cmd: int, option:
     handled=st.booleans(),
 )
 def test_mptcp_refusal(arch: str, family: int, kind: int, protocol: int, handled: bool) -> None:
-    refusals = (*ALWAYS_REFUSED, MPTCP_REFUSED) if handled else ALWAYS_REFUSED
+    refusals = (*ALWAYS_REFUSED, *MPTCP_REFUSED) if handled else ALWAYS_REFUSED
     prog = build_filter(["connect"], arch=arch, refusals=refusals)
-    verdict = run_bpf(prog, SYSCALLS[arch]["socket"], AUDIT_ARCH[arch], (family, kind, protocol))
+    table, audit = SYSCALLS[arch], AUDIT_ARCH[arch]
+    verdict = run_bpf(prog, table["socket"], audit, (family, kind, protocol))
     inet = family & 0xFFFFFFFF in (2, 10)
     refused = handled and inet and protocol & 0xFFFFFFFF == 262
     assert verdict == (ERRNO | errno.EPROTONOSUPPORT if refused else ALLOW)
+    uring = run_bpf(prog, table["io_uring_setup"], audit, (4, kind))
+    assert uring == (ERRNO | errno.EPERM if handled else ALLOW)
+    assert run_bpf(prog, table["connect"], audit, (3, 0, 16)) == NOTIFY
 
 
 def test_unknown_names_and_arches_raise() -> None:

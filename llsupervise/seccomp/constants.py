@@ -173,6 +173,7 @@ _X86_64 = {
     "ioctl": 16,
     "prctl": 157,
     "socket": 41,
+    "io_uring_setup": 425,
 }
 _AARCH64 = {
     "openat": 56,
@@ -213,6 +214,7 @@ _AARCH64 = {
     "ioctl": 29,
     "prctl": 167,
     "socket": 198,
+    "io_uring_setup": 425,
 }
 
 #: Architecture name -> {syscall name -> number}.

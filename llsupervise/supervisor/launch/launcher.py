@@ -137,7 +137,7 @@ def _filter_spec(syscalls: Sequence[str], *, refuse_mptcp: bool) -> dict[str, An
     """The seccomp filter and what the helper needs to install it, from our bindings.
 
     ``refuse_mptcp``: TCP bind/connect is handled, and Landlock does not see MPTCP sockets."""
-    refusals = (*ALWAYS_REFUSED, MPTCP_REFUSED) if refuse_mptcp else ALWAYS_REFUSED
+    refusals = (*ALWAYS_REFUSED, *MPTCP_REFUSED) if refuse_mptcp else ALWAYS_REFUSED
     try:
         program = build_filter(syscalls, refusals=refusals)
     except SeccompError as exc:
