@@ -181,10 +181,12 @@ exe = ["{sys.executable}"]
     assert f"warning: rule {tmp_path}/cond is only for exe {exe}" in done.stdout
     assert EXE_CONDITION_WARNING in done.stdout
     assert 'states scoped without "signal"' in done.stdout
+    assert "signal scoped by default" not in done.stdout
     source.write_text(source.read_text().replace('scoped = ["abstract_unix_socket"]', ""))
     done = subprocess.run(cli("check", str(source)), capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert 'without "signal"' not in done.stdout and EXE_CONDITION_WARNING in done.stdout
+    assert "signal scoped by default (no scoped key)" in done.stdout
 
 
 # --- MPTCP ----------------------------------------------------------------------------------
