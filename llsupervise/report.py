@@ -13,7 +13,7 @@ from llsupervise.policy.analysis import unrestricted
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
-from llsupervise.rights import FILE_ACCESS, LATEST_ABI, names
+from llsupervise.rights import FILE_ACCESS, LATEST_ABI, Scope, names
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -65,6 +65,9 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     target = "newest known" if doc.abi is None else str(doc.abi)
     lines = [f"policy: {doc.source} (access groups resolved for ABI {target})"]
     lines += [f"kernel: {line}" for line in report.lines()]
+    if not doc.scoped_stated and Scope.SIGNAL in doc.scoped:
+        lines.append("signal scoped by default (no scoped key): the program cannot signal "
+                     "processes outside its sandbox, llsupervise included")  # fmt: skip
     open_rights = unrestricted(
         doc.handled_fs, doc.handled_net, doc.scoped, LATEST_ABI if doc.abi is None else doc.abi
     )

@@ -259,8 +259,11 @@ def supervise(config: dict[str, Any]) -> None:
         held.append(pending)
         os.write(status, f"denial {pending.port}\n".encode())
 
+    # "in_child": the client runs as a child of the command, which (unlike the command) does
+    # not die with the supervisor.
+    mode = "client-in-child" if config.get("in_child") else "client"
     launched = launch(
-        [sys.executable, __file__, "client"],
+        [sys.executable, __file__, mode],
         StaticLayer(NO_FS, handled, NO_SCOPE, ports=list(static_ports.items())),
         ("bind", "connect"),
         stdio=(config["stdin"], config["stdout"], None),
@@ -275,5 +278,9 @@ def supervise(config: dict[str, Any]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "client":
         client()
+    elif sys.argv[1] == "client-in-child":
+        import subprocess
+
+        sys.exit(subprocess.run([sys.executable, __file__, "client"]).returncode)
     elif sys.argv[1] == "supervise":
         supervise(json.loads(sys.argv[2]))

@@ -536,8 +536,9 @@ def test_rewriting_the_address_after_the_check_cannot_reach_a_denied_port() -> N
 
 
 def test_killed_supervisor_fails_closed() -> None:
-    """Killing the supervisor never turns into an allow: bind/connect then fail (ENOSYS),
-    the pending one included."""
+    """Killing the supervisor never turns into an allow: bind/connect of a descendant still
+    running then fail (ENOSYS), the pending one included. (The command itself dies with the
+    supervisor.)"""
     with server() as srv:
         port, denied = port_of(srv), free_port()
         status_r, status_w = os.pipe()
@@ -549,6 +550,7 @@ def test_killed_supervisor_fails_closed() -> None:
             "status_fd": status_w,
             "stdin": in_r,
             "stdout": out_w,
+            "in_child": True,
         }
         supervisor = subprocess.Popen(
             [sys.executable, str(CHILD), "supervise", json.dumps(config)],

@@ -225,7 +225,31 @@ def test_handled_rights_inferred_from_all_rules_without_ruleset() -> None:
     )
     assert document.handled_fs == AccessFs.READ_FILE | AccessFs.WRITE_FILE
     assert document.handled_net == AccessNet.BIND_TCP
-    assert document.scoped == Scope(0)
+    assert document.scoped == Scope.SIGNAL  # the default: the supervisor out of reach
+    assert not document.scoped_stated
+
+
+@pytest.mark.parametrize(
+    ("text", "scoped", "stated"),
+    [
+        ("[[ruleset]]\nhandled_access_fs = ['read_file']\n", Scope.SIGNAL, False),
+        ("abi = 6\n[[ruleset]]\nhandled_access_fs = ['read_file']\n", Scope.SIGNAL, False),
+        ("abi = 5\n[[ruleset]]\nhandled_access_fs = ['read_file']\n", Scope(0), False),
+        (
+            "[[ruleset]]\nhandled_access_fs = ['read_file']\n"
+            "[[ruleset]]\nscoped = ['abstract_unix_socket']\n",
+            Scope.ABSTRACT_UNIX_SOCKET,
+            True,
+        ),
+        ("abi = 5\n[[ruleset]]\nscoped = ['abi.all']\n", Scope(0), True),
+    ],
+)
+def test_signal_is_scoped_unless_the_policy_states_its_scopes(
+    text: str, scoped: Scope, stated: bool
+) -> None:
+    document = parse(text)
+    assert document.scoped == scoped
+    assert document.scoped_stated == stated
 
 
 def test_static_rules_add_to_an_explicit_ruleset() -> None:

@@ -27,6 +27,7 @@ from llsupervise.rights import (
     LATEST_ABI,
     NET_NAMES,
     SCOPE_NAMES,
+    Scope,
     parse_fs,
     parse_net,
     parse_scopes,
@@ -268,7 +269,11 @@ def test_generated_documents_round_trip_rights(spec: Spec, layout: int, spacing:
     assert document.abi == spec.abi
     assert document.handled_fs == fs
     assert document.handled_net == net
-    assert document.scoped == parse_scopes(ruleset_names(spec, "scoped"), abi)
+    stated = any("scoped" in entry for entry in spec.ruleset)
+    # Without a scoped key, signal is scoped (from ABI 6, the first with scopes).
+    default = Scope.SIGNAL if not stated and abi >= 6 else Scope(0)
+    assert document.scoped == parse_scopes(ruleset_names(spec, "scoped"), abi) | default
+    assert document.scoped_stated == stated
     assert document.supervisor.mode == "enforce"
     assert document.variables["v"] == ("1", "2")
 

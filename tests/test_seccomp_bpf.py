@@ -17,8 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llsupervise.seccomp import (
+    ALWAYS_REFUSED,
     AUDIT_ARCH,
     MEDIATED_FS_SYSCALLS,
+    MPTCP_REFUSED,
     NET_SYSCALLS,
     SYSCALLS,
     SeccompError,
@@ -29,15 +31,20 @@ from llsupervise.seccomp import (
     syscall_name,
 )
 from llsupervise.seccomp import constants as c
+from llsupervise.seccomp.bpf import TIOCLINUX, TIOCSTI
 
 CHILD = Path(__file__).with_name("seccomp_child.py")
 ROOT = Path(__file__).resolve().parents[1]
 ALLOW, NOTIFY, KILL = c.SECCOMP_RET_ALLOW, c.SECCOMP_RET_USER_NOTIF, c.SECCOMP_RET_KILL_PROCESS
 
 
-def run_bpf(prog: bytes, nr: int, arch: int) -> int:
-    """Evaluate the instructions build_filter emits against seccomp_data (nr, arch)."""
+def run_bpf(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> int:
+    """Evaluate the instructions build_filter emits against seccomp_data (nr, arch, args)."""
     data = {c.SECCOMP_DATA_NR_OFFSET: nr, c.SECCOMP_DATA_ARCH_OFFSET: arch}
+    for i in range(6):
+        arg = args[i] if i < len(args) else 0
+        offset = c.SECCOMP_DATA_ARGS_OFFSET + 8 * i
+        data[offset], data[offset + 4] = arg & 0xFFFFFFFF, arg >> 32  # little-endian halves
     insns = disassemble(prog)
     acc, pc = 0, 0
     while True:
@@ -60,15 +67,67 @@ def test_program_shape_on_x86_64() -> None:
     assert insns[1][0] == c.BPF_JEQ_K and insns[1][3] == AUDIT_ARCH["x86_64"]
     assert insns[2] == (c.BPF_LD_W_ABS, 0, 0, c.SECCOMP_DATA_NR_OFFSET)
     assert insns[3][0] == c.BPF_JSET_K and insns[3][3] == c.X32_SYSCALL_BIT
-    assert [insn[3] for insn in insns[4:6]] == [83, 257]  # de-duplicated, sorted
+    trapped = insns[-5:-3]
+    assert [insn[3] for insn in trapped] == [83, 257]  # de-duplicated, sorted, last
+    assert all(insn[0] == c.BPF_JEQ_K for insn in trapped)
     assert insns[-3:] == [(c.BPF_RET_K, 0, 0, ret) for ret in (ALLOW, NOTIFY, KILL)]
 
 
 def test_aarch64_has_no_x32_check_and_skips_legacy_names() -> None:
-    prog = build_filter(["open", "mkdir", "openat", "socketcall"], arch="aarch64")
+    prog = build_filter(["open", "mkdir", "openat", "socketcall"], arch="aarch64", refusals=())
     insns = disassemble(prog)
     assert all(code != c.BPF_JSET_K for code, *_ in insns)
     assert [k for code, _, _, k in insns if code == c.BPF_JEQ_K] == [AUDIT_ARCH["aarch64"], 56]
+
+
+ERRNO = c.SECCOMP_RET_ERRNO
+IOCTL_CMDS = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([TIOCSTI, TIOCLINUX, 0x5401]).flatmap(
+        lambda low: st.integers(0, 2**32 - 1).map(lambda high: high << 32 | low)
+    ),
+)
+
+
+@pytest.mark.parametrize("arch", sorted(SYSCALLS))
+@given(
+    trap=st.booleans(),
+    cmd=IOCTL_CMDS,
+    option=st.one_of(st.integers(0, 2**64 - 1), st.just(35 | 7 << 32), st.just(35)),
+)
+def test_terminal_and_identity_refusals(arch: str, trap: bool, cmd: int, option: int) -> None:
+    """TIOCSTI, TIOCLINUX and PR_SET_MM fail with EPERM whatever the high bits say, trapped
+    or not; other commands and options are untouched."""
+    names = ["ioctl", "prctl"] if trap else ["openat"]
+    prog = build_filter(names, arch=arch)
+    table, audit = SYSCALLS[arch], AUDIT_ARCH[arch]
+    otherwise = NOTIFY if trap else ALLOW
+    ioctl = run_bpf(prog, table["ioctl"], audit, (1, cmd, 0))
+    assert ioctl == (ERRNO | errno.EPERM if cmd & 0xFFFFFFFF in (TIOCSTI, TIOCLINUX) else otherwise)
+    prctl = run_bpf(prog, table["prctl"], audit, (option, 6, 0))
+    assert prctl == (ERRNO | errno.EPERM if option & 0xFFFFFFFF == 35 else otherwise)
+    # The command as an argument of another syscall means nothing.
+    assert run_bpf(prog, table["socket"], audit, (1, TIOCSTI, 0)) == ALLOW
+
+
+@pytest.mark.parametrize("arch", sorted(SYSCALLS))
+@given(
+    family=st.sampled_from([1, 2, 10, 16, 2 | 1 << 40]),
+    kind=st.integers(0, 2**64 - 1),
+    protocol=st.sampled_from([0, 6, 262, 262 | 1 << 33, 263]),
+    handled=st.booleans(),
+)
+def test_mptcp_refusal(arch: str, family: int, kind: int, protocol: int, handled: bool) -> None:
+    refusals = (*ALWAYS_REFUSED, *MPTCP_REFUSED) if handled else ALWAYS_REFUSED
+    prog = build_filter(["connect"], arch=arch, refusals=refusals)
+    table, audit = SYSCALLS[arch], AUDIT_ARCH[arch]
+    verdict = run_bpf(prog, table["socket"], audit, (family, kind, protocol))
+    inet = family & 0xFFFFFFFF in (2, 10)
+    refused = handled and inet and protocol & 0xFFFFFFFF == 262
+    assert verdict == (ERRNO | errno.EPROTONOSUPPORT if refused else ALLOW)
+    uring = run_bpf(prog, table["io_uring_setup"], audit, (4, kind))
+    assert uring == (ERRNO | errno.EPERM if handled else ALLOW)
+    assert run_bpf(prog, table["connect"], audit, (3, 0, 16)) == NOTIFY
 
 
 def test_unknown_names_and_arches_raise() -> None:

@@ -316,8 +316,17 @@ while True:
 """
 
 
+#: The command: runs KILL_LOOP in a child of its own (which, unlike the command, does not die
+#: with the supervisor) and waits for it.
+KILL_LOOP_IN_CHILD = r"""
+import subprocess, sys
+subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]], pass_fds=[int(sys.argv[2])])
+"""
+
+
 def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
-    """Killing the supervisor never turns into an allow: trapped syscalls then fail (ENOSYS)."""
+    """Killing the supervisor never turns into an allow: trapped syscalls of a descendant
+    still running then fail (ENOSYS). The command itself dies with the supervisor."""
     paths = make_tree(tmp_path)
     policy_file = tmp_path / "out" / "policy.toml"
     system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
@@ -329,7 +338,8 @@ def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy",
-         str(policy_file), "--", sys.executable, "-c", KILL_LOOP, str(write_end)],
+         str(policy_file), "--", sys.executable, "-c", KILL_LOOP_IN_CHILD, KILL_LOOP,
+         str(write_end)],
         cwd=tmp_path, pass_fds=[write_end], start_new_session=True,
     )  # fmt: skip
     os.close(write_end)

@@ -104,6 +104,49 @@ class PortFinding:
         )
 
 
+#: What an ``exe`` condition is worth; the README says the same.
+EXE_CONDITION_WARNING = (
+    "an exe condition is a program identity, not a boundary for programs that read files they "
+    "are told to (git, interpreters, shells)"
+)
+
+
+@dataclass(frozen=True)
+class PolicyWarning:
+    """A property of the policy worth a line in ``check``, not about one rule's redundancy."""
+
+    text: str
+
+    def message(self) -> str:
+        return f"warning: {self.text}"
+
+
+def exe_condition_warnings(
+    labels_and_exes: Iterable[tuple[str, Iterable[str]]],
+) -> list[PolicyWarning]:
+    """One warning per conditional rule with an ``exe`` condition."""
+    return [
+        PolicyWarning(
+            f"rule {label} is only for exe {', '.join(sorted(exes))}: {EXE_CONDITION_WARNING}"
+        )
+        for label, exes in labels_and_exes
+        if exes
+    ]
+
+
+def signal_scope_warning(scoped_stated: bool, signal_scoped: bool) -> list[PolicyWarning]:
+    """A warning when the policy states its scopes and leaves out ``signal``: the program can
+    then signal the supervisor (stop it, and with it every trapped call)."""
+    if not scoped_stated or signal_scoped:
+        return []
+    return [
+        PolicyWarning(
+            '[[ruleset]] states scoped without "signal": the program can signal processes '
+            "outside its domain, the supervisor included (without a scoped key, signal is scoped)"
+        )
+    ]
+
+
 def _describe(rule: PolicyRule) -> str:
     text = f"{rule.layer} rule {rule.label}: {', '.join(names(rule.access)) or 'none'}"
     if rule.condition is not None:

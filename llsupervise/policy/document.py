@@ -194,12 +194,15 @@ class PolicyDocument:
     #: Handled rights of the supervised layer: ``[[ruleset]]`` plus every right a rule uses.
     handled_fs: AccessFs
     handled_net: AccessNet
+    #: The ``scoped`` keys, or the signal scope when no ``[[ruleset]]`` states ``scoped``.
     scoped: Scope
     path_beneath: tuple[PathBeneathEntry, ...]
     net_port: tuple[NetPortEntry, ...]
     supervisor: SupervisorSection
     #: Every variable that was defined (predefined ones included), fully expanded.
     variables: Mapping[str, tuple[str, ...]] = field(hash=False)
+    #: Whether a ``[[ruleset]]`` states ``scoped`` (its scopes are then exactly those).
+    scoped_stated: bool = False
 
 
 class PolicyError(LLSuperviseError):

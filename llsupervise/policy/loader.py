@@ -83,6 +83,8 @@ __all__ = ["PREDEFINED_VARIABLES", "load_policy", "parse_policy"]
 
 _TOP_KEYS = ("abi", "ruleset", "variable", "path_beneath", "net_port", "supervisor")
 _RULESET_KEYS = ("handled_access_fs", "handled_access_net", "scoped")
+#: The first ABI with scopes.
+_SCOPES_ABI = 6
 _VARIABLE_KEYS = ("name", "literal")
 _PATH_BENEATH_KEYS = ("allowed_access", "parent", "optional")
 _SUPERVISOR_PATH_BENEATH_KEYS = (*_PATH_BENEATH_KEYS, "exe", "cgroup")
@@ -219,6 +221,7 @@ class _Builder:
             handled_fs=AccessFs(handled_fs),
             handled_net=AccessNet(handled_net),
             scoped=scoped,
+            scoped_stated=_scoped_stated(self.root),
             path_beneath=path_beneath,
             net_port=net_port,
             supervisor=supervisor,
@@ -267,7 +270,7 @@ class _Builder:
     def _rulesets(self) -> tuple[AccessFs, AccessNet, Scope]:
         fs, net, scoped = NO_FS, NO_NET, NO_SCOPE
         if "ruleset" not in self.root:
-            return fs, net, scoped
+            return fs, net, _default_scopes(self.abi)
         for key, table in checked_tables(
             self.context, self.root["ruleset"], "ruleset", _RULESET_KEYS, non_empty=True
         ):
@@ -288,6 +291,8 @@ class _Builder:
                     self.abi,
                     self._known_scopes,
                 )
+        if not _scoped_stated(self.root):
+            scoped |= _default_scopes(self.abi)
         return fs, net, scoped
 
     def _fs(self, value: object, key: str) -> AccessFs:
@@ -504,3 +509,18 @@ def _union(flags: Iterable[_Flag]) -> int:
     for flag in flags:
         result |= int(flag)  # plain ints: a flag's own | is much slower
     return result
+
+
+def _scoped_stated(root: dict[str, object]) -> bool:
+    """Whether a ``[[ruleset]]`` states ``scoped`` (its scopes are then exactly those)."""
+    rulesets = root.get("ruleset")
+    return isinstance(rulesets, list) and any(
+        isinstance(t, dict) and "scoped" in t for t in rulesets
+    )
+
+
+def _default_scopes(abi: int) -> Scope:
+    """The signal scope unless the policy says otherwise (or targets an ABI without scopes):
+    the program cannot signal outside its domain, so not the supervisor."""
+    return Scope.SIGNAL if abi >= _SCOPES_ABI else NO_SCOPE
+

@@ -1,6 +1,14 @@
 """Typed bindings for seccomp user notification: filters, listeners, the trapped task's memory."""
 
-from llsupervise.seccomp.bpf import build_filter, disassemble, resolve_syscalls
+from llsupervise.seccomp.bpf import (
+    ALWAYS_REFUSED,
+    MPTCP_REFUSED,
+    ArgIs,
+    Refusal,
+    build_filter,
+    disassemble,
+    resolve_syscalls,
+)
 from llsupervise.seccomp.constants import (
     AUDIT_ARCH,
     CONTEXT_SYSCALLS,
@@ -18,17 +26,21 @@ from llsupervise.seccomp.memory import PATH_MAX, MemoryReadError, ProcessMemory
 from llsupervise.seccomp.notify import Listener, Notification, install_filter, notif_sizes
 
 __all__ = [
+    "ALWAYS_REFUSED",
     "AUDIT_ARCH",
     "CONTEXT_SYSCALLS",
     "MEDIATED_FS_SYSCALLS",
+    "MPTCP_REFUSED",
     "NET_SYSCALLS",
     "PATH_MAX",
     "SYSCALLS",
+    "ArgIs",
     "Listener",
     "MemoryReadError",
     "Notification",
     "NotificationGone",
     "ProcessMemory",
+    "Refusal",
     "SeccompError",
     "SuperviseesGone",
     "arch_from_audit",

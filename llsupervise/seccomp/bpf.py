@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from llsupervise.seccomp.constants import (
     AUDIT_ARCH,
@@ -13,8 +14,10 @@ from llsupervise.seccomp.constants import (
     BPF_RET_K,
     FOREIGN_SYSCALLS,
     SECCOMP_DATA_ARCH_OFFSET,
+    SECCOMP_DATA_ARGS_OFFSET,
     SECCOMP_DATA_NR_OFFSET,
     SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
     SECCOMP_RET_KILL_PROCESS,
     SECCOMP_RET_USER_NOTIF,
     SOCK_FILTER,
@@ -28,6 +31,55 @@ Instruction = tuple[int, int, int, int]
 
 # Conditional jump offsets are 8 bits wide; every syscall test jumps over the ones after it.
 _MAX_TRAPPED = 250
+
+# Terminal ioctls that push input or act on the console (asm-generic/ioctls.h, same numbers on
+# x86_64 and aarch64).
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+PR_SET_MM = 35
+AF_INET, AF_INET6 = 2, 10
+IPPROTO_MPTCP = 262
+
+
+@dataclass(frozen=True)
+class ArgIs:
+    """Argument ``index`` is one of ``values``, compared on its low 32 bits only: the kernel
+    reads these arguments as ``int`` / ``unsigned int``, so high bits a program sets are
+    ignored by the call and must be ignored by the test too, or they would slip past it."""
+
+    index: int
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call that fails with ``errno`` when every condition holds, whatever else the filter
+    does with that syscall."""
+
+    syscall: str
+    when: tuple[ArgIs, ...]
+    errno: int
+
+
+#: Always refused: typing into a terminal (TIOCSTI, and TIOCLINUX's paste), and repointing
+#: /proc/PID/exe and the other identity fields of the mm (PR_SET_MM, root only).
+ALWAYS_REFUSED: tuple[Refusal, ...] = (
+    Refusal("ioctl", (ArgIs(1, (TIOCSTI, TIOCLINUX)),), errno.EPERM),
+    Refusal("prctl", (ArgIs(0, (PR_SET_MM,)),), errno.EPERM),
+)
+
+#: Refused while TCP bind/connect is handled: Landlock does not mediate MPTCP sockets. The
+#: errno is what a kernel without MPTCP answers, so programs fall back to plain TCP. io_uring
+#: makes sockets without the socket syscall (IORING_OP_SOCKET), so it is refused too, with the
+#: errno of a kernel whose io_uring is switched off (``kernel.io_uring_disabled``).
+MPTCP_REFUSED: tuple[Refusal, ...] = (
+    Refusal(
+        "socket",
+        (ArgIs(0, (AF_INET, AF_INET6)), ArgIs(2, (IPPROTO_MPTCP,))),
+        errno.EPROTONOSUPPORT,
+    ),
+    Refusal("io_uring_setup", (), errno.EPERM),
+)
 
 
 def resolve_syscalls(syscalls: Iterable[str], arch: str) -> list[int]:
@@ -48,11 +100,39 @@ def resolve_syscalls(syscalls: Iterable[str], arch: str) -> list[int]:
     return sorted(numbers)
 
 
-def build_filter(syscalls: Iterable[str], arch: str | None = None) -> bytes:
-    """Packed struct sock_filter array: notify on syscalls, allow the rest, kill foreign ABIs.
+def _refusal_block(refusal: Refusal, nr: int) -> list[Instruction]:
+    """Instructions that return the refusal's errno when the call (accumulator: nr) matches,
+    and otherwise leave nr in the accumulator and fall through to what follows.
+
+    Layout: JEQ nr; per condition LD arg, one JEQ per value; RET ERRNO; LD nr (the miss)."""
+    length = 1 + sum(1 + len(cond.values) for cond in refusal.when) + 2
+    ret, miss = length - 2, length - 1
+    block: list[Instruction] = [(BPF_JEQ_K, 0, length - 1, nr)]  # not this syscall: past it all
+    for cond in refusal.when:
+        if not cond.values:
+            raise SeccompError(errno.EINVAL, f"{refusal.syscall}: a condition has no values")
+        block.append((BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARGS_OFFSET + 8 * cond.index))
+        next_cond = len(block) + len(cond.values)
+        for value in cond.values[:-1]:
+            block.append((BPF_JEQ_K, next_cond - len(block) - 1, 0, value & 0xFFFFFFFF))
+        block.append((BPF_JEQ_K, 0, miss - len(block) - 1, cond.values[-1] & 0xFFFFFFFF))
+    assert len(block) == ret
+    block.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | refusal.errno))
+    block.append((BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET))
+    return block
+
+
+def build_filter(
+    syscalls: Iterable[str],
+    arch: str | None = None,
+    refusals: Sequence[Refusal] = ALWAYS_REFUSED,
+) -> bytes:
+    """Packed struct sock_filter array: refuse ``refusals``, notify on syscalls, allow the
+    rest, kill foreign ABIs.
 
     A syscall made through another ABI (i386 via int 0x80, x32) would carry numbers this filter
     does not test, so such calls kill the process instead of slipping past the supervisor.
+    Refusals come before the notifications: a refused call is never asked about.
     """
     arch = arch or native_arch()
     numbers = resolve_syscalls(syscalls, arch)
@@ -60,8 +140,9 @@ def build_filter(syscalls: Iterable[str], arch: str | None = None) -> bytes:
         raise SeccompError(errno.E2BIG, f"{len(numbers)} syscalls exceed one filter's jump range")
 
     head: list[Instruction] = [(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH_OFFSET)]
-    # Layout: head, one JEQ per syscall, then ALLOW, NOTIFY, KILL. Jump offsets are relative
-    # to the next instruction, so they are filled in once the length of the head is known.
+    # Layout: head (ending in the refusals), one JEQ per syscall, then ALLOW, NOTIFY, KILL.
+    # Jump offsets are relative to the next instruction, so they are filled in once the
+    # length of the head is known.
     checks = len(numbers)
     arch_check = len(head)
     head.append((BPF_JEQ_K, 0, 0, AUDIT_ARCH[arch]))  # jf patched below
@@ -70,6 +151,10 @@ def build_filter(syscalls: Iterable[str], arch: str | None = None) -> bytes:
     if arch == "x86_64":
         x32_check = len(head)
         head.append((BPF_JSET_K, 0, 0, X32_SYSCALL_BIT))  # jt patched below
+
+    for refusal in refusals:
+        (refused_nr,) = resolve_syscalls([refusal.syscall], arch)
+        head += _refusal_block(refusal, refused_nr)
 
     allow = len(head) + checks
     notify, kill = allow + 1, allow + 2
@@ -87,6 +172,8 @@ def build_filter(syscalls: Iterable[str], arch: str | None = None) -> bytes:
         (BPF_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF),
         (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
     ]
+    if any(jt > 255 or jf > 255 for _, jt, jf, _ in prog):
+        raise SeccompError(errno.E2BIG, f"{len(numbers)} syscalls exceed one filter's jump range")
     return b"".join(SOCK_FILTER.pack(*insn) for insn in prog)
 
 

@@ -53,6 +53,8 @@ SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: Final = 1 << 5
 SECCOMP_RET_KILL_PROCESS: Final = 0x80000000
 SECCOMP_RET_USER_NOTIF: Final = 0x7FC00000
 SECCOMP_RET_ALLOW: Final = 0x7FFF0000
+#: The low 16 bits carry the errno the call fails with.
+SECCOMP_RET_ERRNO: Final = 0x00050000
 
 # Flags of struct seccomp_notif_resp and struct seccomp_notif_addfd.
 SECCOMP_USER_NOTIF_FLAG_CONTINUE: Final = 1 << 0
@@ -82,6 +84,9 @@ NOTIF_ID: Final = struct.Struct("<Q")
 SECCOMP_DATA_NR_OFFSET: Final = 0
 SECCOMP_DATA_ARCH_OFFSET: Final = 4
 SECCOMP_DATA_SIZE: Final = 64
+#: args[i] is at ARGS_OFFSET + 8 * i; its low 32 bits come first (both architectures are
+#: little-endian).
+SECCOMP_DATA_ARGS_OFFSET: Final = 16
 
 # --- ioctls on the listener fd ('!' type, asm-generic encoding on x86_64 and aarch64) -------
 
@@ -165,6 +170,10 @@ _X86_64 = {
     "setfsuid": 122,
     "setfsgid": 123,
     "capset": 126,
+    "ioctl": 16,
+    "prctl": 157,
+    "socket": 41,
+    "io_uring_setup": 425,
 }
 _AARCH64 = {
     "openat": 56,
@@ -202,6 +211,10 @@ _AARCH64 = {
     "setfsuid": 151,
     "setfsgid": 152,
     "setgroups": 159,
+    "ioctl": 29,
+    "prctl": 167,
+    "socket": 198,
+    "io_uring_setup": 425,
 }
 
 #: Architecture name -> {syscall name -> number}.

@@ -4,9 +4,9 @@ The supervisor is a multi-threaded trio process, where ``preexec_fn`` is unsafe,
 child is a fresh interpreter running this file. Everything that can fail for a reason worth
 explaining (the Landlock ruleset, the BPF program) is prepared by the supervisor; this file
 reads the result from an inherited fd (marshalled) and only makes the calls that must come from the
-child, in this order: no_new_privs, ``landlock_restrict_self`` on the inherited ruleset, the
-seccomp filter (whose listener fd goes back to the supervisor over an inherited socket), and
-finally exec.
+child, in this order: the parent-death signal, no_new_privs, ``landlock_restrict_self`` on the
+inherited ruleset, the seccomp filter (whose listener fd goes back to the supervisor over an
+inherited socket), and finally exec.
 
 It runs in a bare interpreter (``python -I -S``) and imports nothing but the standard
 library: that start-up is paid by every supervised command. The supervisor passes the
@@ -35,6 +35,8 @@ MSG_LISTENER = b"L"
 MSG_ERROR = b"E"
 
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9  # signal is not imported: it would slow start-up
 
 
 class _SockFprog(ctypes.Structure):
@@ -100,11 +102,23 @@ def _seccomp_filter(libc: ctypes.CDLL, spec: dict[str, Any], flags: int, fprog: 
                  ctypes.byref(fprog))  # fmt: skip
 
 
+def _die_with_supervisor(libc: ctypes.CDLL, supervisor: int) -> None:
+    """SIGKILL when the supervisor dies: the command would otherwise run on with every trapped
+    call failing (ENOSYS). It survives the exec (with no_new_privs a set-uid file changes no
+    ids, which would clear it). The command's children do not inherit it, and a command that
+    changes its uid, or clears it itself, loses it: only fail-closed ENOSYS is left then."""
+    if libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != supervisor:  # it died before the line above: no signal will come
+        os._exit(126)
+
+
 def main() -> None:
     spec_fd, sock_fd = int(sys.argv[1]), int(sys.argv[2])
     sock = _socket.socket(fileno=sock_fd)
     try:
         spec = _read_spec(spec_fd)
+        _die_with_supervisor(ctypes.CDLL(None, use_errno=True), spec["supervisor_pid"])
         if spec["new_session"]:
             _take_terminal()
         listener = _confine(spec)

@@ -15,7 +15,15 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import LandlockError, LandlockRuleset
 from llsupervise.landlock import syscall_numbers as landlock_syscall_numbers
 from llsupervise.rights import AccessFs, AccessNet, Scope
-from llsupervise.seccomp import SYSCALLS, Listener, SeccompError, build_filter, native_arch
+from llsupervise.seccomp import (
+    ALWAYS_REFUSED,
+    MPTCP_REFUSED,
+    SYSCALLS,
+    Listener,
+    SeccompError,
+    build_filter,
+    native_arch,
+)
 from llsupervise.seccomp.constants import (
     SECCOMP_FILTER_FLAG_NEW_LISTENER,
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
@@ -81,8 +89,12 @@ def launch(
             "ruleset_fd": ruleset_fd,
             "restrict_flags": layer.restrict_flags,
             "new_session": new_session,
+            # The helper's parent: the thread that spawns it must live as long as the command
+            # (PR_SET_PDEATHSIG fires when that thread exits); the supervisor spawns from the
+            # thread that runs trio, which lasts until the run is over.
+            "supervisor_pid": os.getpid(),
             "nr_restrict": landlock_syscall_numbers()[2],
-            **_filter_spec(syscalls),
+            **_filter_spec(syscalls, refuse_mptcp=bool(layer.handled_net)),
             "argv": list(argv),
         }
         process, spec_w, parent_sock = _spawn(
@@ -120,10 +132,13 @@ def _static_ruleset(layer: StaticLayer) -> LandlockRuleset | None:
     return ruleset
 
 
-def _filter_spec(syscalls: Sequence[str]) -> dict[str, Any]:
-    """The seccomp filter and what the helper needs to install it, from our bindings."""
+def _filter_spec(syscalls: Sequence[str], *, refuse_mptcp: bool) -> dict[str, Any]:
+    """The seccomp filter and what the helper needs to install it, from our bindings.
+
+    ``refuse_mptcp``: TCP bind/connect is handled, and Landlock does not see MPTCP sockets."""
+    refusals = (*ALWAYS_REFUSED, *MPTCP_REFUSED) if refuse_mptcp else ALWAYS_REFUSED
     try:
-        program = build_filter(syscalls)
+        program = build_filter(syscalls, refusals=refusals)
     except SeccompError as exc:
         raise LaunchError(f"cannot confine the command: {exc}") from exc
     return {

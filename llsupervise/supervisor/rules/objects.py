@@ -21,10 +21,13 @@ from llsupervise.policy.analysis import (
     Finding,
     Layer,
     PolicyRule,
+    PolicyWarning,
     PortFinding,
     QuietObject,
     analyse,
+    exe_condition_warnings,
     redundant_ports,
+    signal_scope_warning,
 )
 from llsupervise.policy.conditions import Condition, ConditionalRule
 from llsupervise.policy.document import (
@@ -36,7 +39,7 @@ from llsupervise.policy.document import (
     QuietEntry,
 )
 from llsupervise.policy.model import ObjectId, Ruleset
-from llsupervise.rights import FILE_ACCESS, NO_NET, AccessFs, AccessNet
+from llsupervise.rights import FILE_ACCESS, NO_NET, AccessFs, AccessNet, Scope
 
 #: Descriptors left for everything but rule objects (listener, logs, memory fds, brokers).
 RESERVED_FDS = 256
@@ -370,11 +373,20 @@ def fd_path(fd: int) -> str:
         return f"<fd {fd}>"
 
 
-def findings(policy: ResolvedPolicy, table: ObjectTable) -> list[Finding | PortFinding]:
-    """What ``check`` reports about the rules: redundant ones and overlaps with quiet objects."""
+def findings(
+    policy: ResolvedPolicy, table: ObjectTable
+) -> list[Finding | PortFinding | PolicyWarning]:
+    """What ``check`` reports about the rules: redundant ones, overlaps with quiet objects,
+    exe conditions (an identity, not a boundary) and a signal scope left out."""
     known = chains(table, [*(r.obj for r in policy.rules), *policy.quiet])
-    found: list[Finding | PortFinding] = list(analyse(policy.rules, policy.quiet_objects, known))
+    found: list[Finding | PortFinding | PolicyWarning] = list(
+        analyse(policy.rules, policy.quiet_objects, known)
+    )
     found += redundant_ports(policy.static.net, policy.supervisor.net)
+    conditional = sorted(policy.conditional, key=lambda rule: rule.label)
+    found += exe_condition_warnings((rule.label, rule.condition.exe) for rule in conditional)
+    document = policy.document
+    found += signal_scope_warning(document.scoped_stated, Scope.SIGNAL in document.scoped)
     return found
 
 
