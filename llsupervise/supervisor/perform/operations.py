@@ -173,6 +173,10 @@ def _perform(t: Target) -> int:
                 # truncate that very object.
                 target = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
                 stack.callback(os.close, target)
+                if _leased(os.fstat(target)):
+                    # truncate(2) would wait for the holder to give the lease up (up to
+                    # lease-break-time): the child's own call waits, not a serving thread.
+                    raise KernelDecides("a leased file")
                 os.truncate(b"/proc/self/fd/%d" % target, r.mode)
             case "rename" | "link":
                 path2, dir2 = _at(t.dir2, r.path2)
@@ -237,6 +241,10 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             if kind is not None and stat.S_ISCHR(kind.st_mode) and kind.st_rdev == _DEV_TTY:
                 # We have no terminal; the child may well have one.
                 raise KernelDecides("/dev/tty") from exc
+        elif exc.errno == errno.EWOULDBLOCK and blocking:
+            # A lease on the file (our O_NONBLOCK open started breaking it): the child's own
+            # open waits for the holder, in its own context; a serving thread never does.
+            raise KernelDecides("a leased file") from exc
         elif exc.errno == errno.EACCES and _in_procfs(dirfd, path):
             # Refused by procfs, not Landlock: /proc/PID/fd/, cwd and the like need ptrace
             # standing over PID, which our restricted thread lacks and the child has over
@@ -254,6 +262,32 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     if blocking:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
+
+
+def _open_locks() -> int | None:
+    try:
+        return os.open("/proc/locks", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+#: Opened while the process is unrestricted: a serving thread, restricted, may not open it.
+_LOCKS = _open_locks()
+
+
+def _leased(st: os.stat_result) -> bool:
+    """Whether a lease is held on the object (``/proc/locks``: ``LEASE ... MAJ:MIN:INODE``)."""
+    if _LOCKS is None:
+        return False
+    needle = b" %02x:%02x:%d " % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    chunks, offset = [], 0
+    try:
+        while chunk := os.pread(_LOCKS, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError:
+        return False
+    return any(b"LEASE" in line and needle in line for line in b"".join(chunks).splitlines())
 
 
 def _in_procfs(dirfd: int | None, path: bytes) -> bool:
