@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from llsupervise.rights import AccessFs
+from llsupervise.supervisor.events.encode import escaped
 
 #: One event of the log (and of the hub and the TUI): a JSON object.
 Event = dict[str, Any]
@@ -81,7 +82,10 @@ class Denial:
 
 
 class EventLog:
-    """Appends one JSON object per line; flushed per event so a crash loses nothing."""
+    """Appends one JSON object per line; flushed per event so a crash loses nothing.
+
+    Strings are written escaped (see :mod:`.encode`): a name that is not UTF-8 is a record
+    like any other, never an error."""
 
     def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
@@ -95,7 +99,7 @@ class EventLog:
 
     def write(self, event: dict[str, Any]) -> None:
         if self._stream is not None:
-            self._stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self._stream.write(json.dumps(escaped(event), ensure_ascii=False) + "\n")
             self._stream.flush()
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.encode import EscapeError, escaped, unescaped
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 PROTOCOL_VERSION = 1
@@ -431,7 +432,9 @@ class SocketClient:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+    """One line of the protocol. Strings go escaped (see :mod:`..events.encode`): a name
+    that is not UTF-8 crosses as ``\\xNN``, and :func:`decode` gives it back as it was."""
+    return json.dumps(escaped(message), ensure_ascii=False).encode() + b"\n"
 
 
 class LineReader:
@@ -457,9 +460,11 @@ class LineReader:
 
 def decode(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        return unescaped(json.loads(line))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from exc
+    except EscapeError as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 async def _serve_connection(

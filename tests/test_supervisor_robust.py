@@ -1,0 +1,127 @@
+"""Whatever the supervised program does, the supervisor survives it: names that are not
+UTF-8, floods of denials, permissive runs that touch thousands of files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from supervised import make_tree, policy, policy_text, wait_until
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.encode import unescape
+from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode, listening
+
+#: Names no UTF-8 decoder takes, and one that reads like an escape of the first.
+ODD_NAMES = (b"\xff\xfe", b"\\xff\\xfe", b"caf\xe9")
+
+#: Opens each name given (bytes, as hex) under data/; prints what each got.
+OPEN_NAMES = r"""
+import sys
+for name in sys.argv[1:]:
+    try:
+        with open(b"data/" + bytes.fromhex(name), "rb") as f:
+            print("ok", f.read().decode())
+    except OSError as e:
+        print("err", e.errno)
+"""
+
+
+def _odd_files(data: Path) -> list[str]:
+    """Create data/NAME for each odd name (content: its index); return the names in hex."""
+    for i, name in enumerate(ODD_NAMES):
+        with open(os.fsencode(data) + b"/" + name, "wb") as f:
+            f.write(str(i).encode())
+    return [name.hex() for name in ODD_NAMES]
+
+
+#: The supervisor in a subprocess imports this checkout's llsupervise, not an installed one.
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
+def _cli(tmp_path: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llsupervise.cli", "run", "--headless", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV, **kwargs,
+    )  # fmt: skip
+
+
+def test_names_that_are_not_utf8_are_logged_escaped_and_distinct(tmp_path: Path) -> None:
+    """``--log``: each denied open of an odd name is one record, its path escaped so that
+    it reads back as exactly the name the program used."""
+    paths = make_tree(tmp_path)
+    hexes = _odd_files(paths["data"])
+    (tmp_path / "p.toml").write_text(policy_text(tmp_path))
+    log = tmp_path / "log.jsonl"
+    done = _cli(tmp_path, "--policy", "p.toml", "--log", str(log), "--",
+                sys.executable, "-c", OPEN_NAMES, *hexes)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["err 13"] * len(ODD_NAMES)
+    assert "Traceback" not in done.stderr
+    records = [json.loads(line) for line in log.read_bytes().decode("utf-8").splitlines()]
+    # (The child inherits PYTHONPATH: its look at this checkout is denied too.)
+    data = str(paths["data"]) + "/"
+    denied = [r["path"] for r in records if r["event"] == "denial" and r["path"].startswith(data)]
+    expected = [os.fsdecode(os.fsencode(paths["data"]) + b"/" + name) for name in ODD_NAMES]
+    assert [unescape(p) for p in denied] == expected
+    assert len(set(denied)) == len(ODD_NAMES)
+    assert any(r["event"] == "exit" and r["status"] == 0 for r in records)
+
+
+@pytest.mark.trio
+async def test_a_client_sees_and_answers_names_that_are_not_utf8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the attach socket the name crosses escaped and comes back as it was: a rule
+    scoped on it ("always") is put on that very file."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    hexes = _odd_files(paths["data"])
+    sock = str(tmp_path / "private" / "sock")
+    decisions = ModeDecisions("interactive", "deny", 60.0)
+    argv = [sys.executable, "-c", OPEN_NAMES, hexes[0], hexes[1], hexes[0]]
+    out = paths["out"] / "stdout"
+    async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:
+        hub = Hub(sup, decisions)
+        async with listening(hub, sock), trio.open_nursery() as nursery:
+            stream = await connect(sock)
+            lines = LineReader(stream)
+            status: list[int] = []
+
+            async def child() -> None:
+                with open(out, "wb") as f:
+                    status.append(
+                        await sup.run(argv, forward_signals=False, stdio=(None, f.fileno(), None))
+                    )
+
+            async def next_question() -> dict[str, Any]:
+                with trio.fail_after(60):  # only keeps a broken test from hanging
+                    while (line := await lines.next()) is not None:
+                        message = decode(line)
+                        if message["type"] == "question":
+                            return dict(message)
+                raise AssertionError("the connection closed")
+
+            await wait_until(lambda: hub.clients != [], "the client")
+            nursery.start_soon(child)
+            answers = ("allow_always", "deny")
+            for name, answer in zip(ODD_NAMES[:2], answers, strict=True):
+                question = await next_question()
+                path = question["denial"]["path"]
+                assert path == os.fsdecode(os.fsencode(paths["data"]) + b"/" + name)
+                message = {"type": "answer", "id": question["id"], "answer": answer}
+                if answer == "allow_always":
+                    message["scope"] = path
+                await stream.send_all(encode(message))
+            await wait_until(lambda: bool(status), "the child's exit")
+            await stream.aclose()
+    assert status == [0]
+    # Granted always on the first name; the look-alike second name stays refused.
+    assert out.read_text().splitlines() == ["ok 0", "err 13", "ok 0"]
