@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ ODD_NAMES = (b"\xff\xfe", b"\\xff\\xfe", b"caf\xe9")
 #: Opens each name given (bytes, as hex) under data/; prints what each got.
 OPEN_NAMES = r"""
 import sys
+import time
 for name in sys.argv[1:]:
     try:
         with open(b"data/" + bytes.fromhex(name), "rb") as f:
@@ -125,3 +127,85 @@ async def test_a_client_sees_and_answers_names_that_are_not_utf8(
     assert status == [0]
     # Granted always on the first name; the look-alike second name stays refused.
     assert out.read_text().splitlines() == ["ok 0", "err 13", "ok 0"]
+
+
+#: Reads data/0 .. data/N-1, checking each; pauses at each count named in argv (writes
+#: out/paused-K, waits for out/go-K) so that the test can count the supervisor's fds.
+READ_MANY = r"""
+import os, sys, time
+count, pauses = int(sys.argv[1]), {int(k) for k in sys.argv[2:]}
+for i in range(count):
+    if i in pauses:
+        open(f"out/paused-{i}", "w").close()
+        while not os.path.exists(f"out/go-{i}"):
+            time.sleep(0.01)
+    with open(f"data/{i}") as f:
+        assert f.read() == str(i), i
+print("read", count)
+"""
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _low_nofile() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, LOW_NOFILE))
+
+
+#: Hard and soft: the supervisor keeps 256 for itself, so rule objects get ~140.
+LOW_NOFILE = 400
+
+
+def test_a_permissive_run_holds_nothing_for_its_grants(tmp_path: Path) -> None:
+    """Each permissive grant is served by a one-shot broker and then forgotten: 2000
+    distinct files read under a descriptor limit of 400, and the supervisor holds as many
+    fds after the last as after the first hundred."""
+    paths = make_tree(tmp_path)
+    count = 2000
+    for i in range(count):
+        (paths["data"] / str(i)).write_text(str(i))
+    (tmp_path / "p.toml").write_text(policy_text(tmp_path, mode="permissive"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy", "p.toml",
+         "--", sys.executable, "-c", READ_MANY, str(count), "100", str(count - 1)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=_low_nofile,
+    )  # fmt: skip
+    try:
+        first = _fds_when_paused(proc, paths["out"], 100)
+        (paths["out"] / "go-100").touch()
+        _fds_settle(proc, paths["out"], count - 1, first)
+        (paths["out"] / f"go-{count - 1}").touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == [f"read {count}"]
+
+
+def _fds_when_paused(proc: subprocess.Popen[str], out: Path, at: int) -> int:
+    _wait_for(proc, lambda: (out / f"paused-{at}").exists(), f"the pause at {at}")
+    return _fds(proc.pid)
+
+
+def _fds_settle(proc: subprocess.Popen[str], out: Path, at: int, bound: int) -> None:
+    """Wait for the pause at ``at``, then for the supervisor's fd count to come back to
+    ``bound`` (a grant's broker closes just after its reply)."""
+    _wait_for(proc, lambda: (out / f"paused-{at}").exists(), f"the pause at {at}")
+    _wait_for(proc, lambda: _fds(proc.pid) <= bound, f"fds back to {bound} (first pause)")
+
+
+def _wait_for(proc: subprocess.Popen[str], predicate: Any, what: str) -> None:
+    """Poll ``predicate`` while the supervisor lives; the limit only keeps a broken test
+    from hanging."""
+    deadline = time.monotonic() + 120
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the supervisor exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")  # fmt: skip
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
