@@ -3,8 +3,11 @@ UTF-8, floods of denials, permissive runs that touch thousands of files."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.encode import unescape
 from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode, listening
+from llsupervise.supervisor.questions import limits
 
 #: Names no UTF-8 decoder takes, and one that reads like an escape of the first.
 ODD_NAMES = (b"\xff\xfe", b"\\xff\\xfe", b"caf\xe9")
@@ -150,8 +154,6 @@ def _fds(pid: int) -> int:
 
 
 def _low_nofile() -> None:
-    import resource
-
     resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, LOW_NOFILE))
 
 
@@ -209,3 +211,150 @@ def _wait_for(proc: subprocess.Popen[str], predicate: Any, what: str) -> None:
                                  f"{proc.stderr.read() if proc.stderr else ''}")  # fmt: skip
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.02)
+
+
+#: Starts N threads, each opening its own denied file data/I, and waits for the N - CAP
+#: that must be refused at once (the others wait for an answer that never comes); then
+#: opens FLOOD more distinct denied files, each refused at once too, and exits 7.
+THREAD_FLOOD = r"""
+import os, sys, threading, time
+count, cap, flood = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+done, lock = [], threading.Lock()
+
+def one(i):
+    try:
+        open(f"data/{i}").close()
+        result = "ok"
+    except OSError as e:
+        result = e.errno
+    with lock:
+        done.append(result)
+
+for i in range(count):
+    threading.Thread(target=one, args=(i,), daemon=True).start()
+deadline = time.monotonic() + 120  # only keeps a broken supervisor from hanging the test
+while len(done) < count - cap:
+    if time.monotonic() > deadline:
+        print("stuck", len(done), flush=True)
+        os._exit(99)
+    time.sleep(0.01)
+with lock:
+    print("refused", len(done), set(done), flush=True)
+errors = set()
+for i in range(count, count + flood):
+    try:
+        open(f"data/{i}").close()
+    except OSError as e:
+        errors.add(e.errno)
+print("flood", errors, flush=True)
+os._exit(7)
+"""
+
+
+class SilentClient:
+    """Attached, reads everything, answers nothing."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.seen: list[dict[str, Any]] = []
+
+    async def read(self) -> None:
+        lines = LineReader(self.stream)
+        while (line := await lines.next()) is not None:
+            self.seen.append(decode(line))
+
+
+@pytest.mark.trio
+async def test_a_flood_of_distinct_denials_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 threads each wait on a distinct question nobody answers: the process gets
+    PER_PROCESS open questions, the other denials (8, then 5000 in a loop) are refused at
+    once and the events say so; the supervisor's fds stay bounded and the exit status
+    comes through."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    count, flood = limits.PER_PROCESS + 8, 5000
+    for i in range(count + flood):
+        (paths["data"] / str(i)).write_text(str(i))
+    out = paths["out"] / "stdout"
+    sock = str(tmp_path / "private" / "sock")
+    decisions = ModeDecisions("interactive", "deny", 3600.0)
+    argv = [sys.executable, "-I", "-c", THREAD_FLOOD, str(count), str(limits.PER_PROCESS),
+            str(flood)]  # fmt: skip
+    # glibc reads the CPU count when a thread needs a new malloc arena.
+    cpus = '[[path_beneath]]\nallowed_access = ["read_file"]\nparent = ["/sys/devices/system/cpu"]'
+    doc = policy(tmp_path, mode="interactive", extra_static=cpus + "\n")
+    async with Supervisor.open(doc, decisions=decisions) as sup:
+        hub = Hub(sup, decisions)
+        async with listening(hub, sock), trio.open_nursery() as nursery:
+            client = SilentClient(await connect(sock))
+            nursery.start_soon(client.read)
+            await wait_until(lambda: hub.clients != [], "the client")
+            before = _fds(os.getpid())
+            most = 0
+
+            async def count_fds() -> None:
+                nonlocal most
+                while True:
+                    most = max(most, _fds(os.getpid()))
+                    await trio.sleep(0.005)
+
+            nursery.start_soon(count_fds)
+            with open(out, "wb") as f:
+                status = await sup.run(argv, forward_signals=False, stdio=(None, f.fileno(), None))
+            await wait_until(
+                lambda: any(m["type"] == "event" and m["event"]["event"] == "exit"
+                            for m in client.seen), "the exit event",
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        await client.stream.aclose()
+    assert status == 7
+    assert out.read_text().splitlines() == ["refused 8 {13}", "flood {13}"]
+    over = [m["event"] for m in client.seen
+            if m["type"] == "event" and m["event"].get("over_limit")]  # fmt: skip
+    assert len(over) == 8 + flood
+    assert all(e["decision"] == "deny" for e in over)
+    # Each open question and each thread of the program hold a few fds; refusals none.
+    assert most - before < 8 * count
+
+
+@pytest.mark.trio
+async def test_the_listener_survives_running_out_of_fds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """accept() failing with EMFILE is waited out: the connection is served once fds are
+    free again."""
+    make_tree(tmp_path)
+    sock = str(tmp_path / "private" / "sock")
+    decisions = ModeDecisions("interactive", "deny", 60.0)
+    async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:
+        hub = Hub(sup, decisions)
+        async with listening(hub, sock):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            fillers: list[int] = []
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (_fds(os.getpid()) + 16, hard))
+                with pytest.raises(OSError) as full:
+                    while True:
+                        fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+                assert full.value.errno == errno.EMFILE
+                client.connect(sock)  # waits in the backlog: accept() has no fd for it
+                err = ""
+
+                def refused() -> bool:
+                    nonlocal err
+                    err += capsys.readouterr().err
+                    return "cannot accept an attach connection now" in err
+
+                await wait_until(refused, "an accept() refused for want of fds")
+            finally:
+                for fd in fillers:
+                    os.close(fd)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+            with trio.fail_after(30):  # only keeps a broken test from hanging
+                hello = await LineReader(stream).next()
+            assert hello is not None and decode(hello)["type"] == "hello"
+            await stream.aclose()

@@ -33,6 +33,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -65,6 +66,13 @@ MAX_DURATION = 366 * 24 * 3600.0
 #: Messages queued for a client that does not read; beyond, it is disconnected.
 CLIENT_BUFFER = 20_000
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+#: accept() failures that pass (a connection that went away; no fd or memory just now).
+_ACCEPT_RETRY = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
+)
+#: First and longest wait before accept() is tried again after one of those.
+ACCEPT_BACKOFF = 0.05
+ACCEPT_BACKOFF_MAX = 2.0
 
 
 class RemoteError(LLSuperviseError):
@@ -470,6 +478,15 @@ def decode(line: bytes) -> Any:
 async def _serve_connection(
     hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
 ) -> None:
+    try:
+        await _serve_stream(hub, conn, clients)
+    except OSError:
+        pass  # this connection failed (the peer vanished, no fd for a pipe): not the others
+
+
+async def _serve_stream(
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+) -> None:
     stream = trio.SocketStream(conn)
     async with stream:
         uid = peer_uid(conn)
@@ -522,8 +539,21 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
         async with trio.open_nursery() as nursery:
 
             async def accept() -> None:
+                backoff = ACCEPT_BACKOFF
                 while True:
-                    conn, _ = await sock.accept()
+                    try:
+                        conn, _ = await sock.accept()
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_RETRY:
+                            raise
+                        # Out of fds (or buffers): the connection waits in the backlog.
+                        print(f"llsupervise: cannot accept an attach connection now "
+                              f"({exc.strerror}); retrying in {backoff:g} s",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                        continue
+                    backoff = ACCEPT_BACKOFF
                     nursery.start_soon(_serve_connection, hub, conn, clients)
 
             nursery.start_soon(accept)

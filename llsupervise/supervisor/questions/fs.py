@@ -22,6 +22,7 @@ from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
 from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
 from llsupervise.supervisor.questions.conditional import ConditionalGrants
+from llsupervise.supervisor.questions.limits import QuestionLimits
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
 
@@ -59,6 +60,7 @@ class FsQuestions:
         self._emit = emit
         self.conditional = ConditionalGrants(rules, listener, emit)
         self._open: dict[QuestionKey, Question] = {}
+        self.limits = QuestionLimits()
 
     def ask(
         self,
@@ -78,17 +80,36 @@ class FsQuestions:
             return
         key = QuestionKey(exe, request.op, tuple((o.obj, o.access) for o in objects))
         question = self._open.get(key)
-        if question is not None:
+        if question is not None and (pending is None or self.limits.may_wait()):
             question.count += 1
             if pending is None:
                 for o in objects:
                     o.close()
             else:
+                self.limits.joined()
                 question.waiting.append(pending)
+            return
+        if question is not None or not self.limits.may_open(denial.pid):
+            self._refuse(denial, objects, pending)
             return
         waiting = [] if pending is None else [pending]
         self._open[key] = Question(denial, objects, waiting)
+        self.limits.opened(denial.pid, len(waiting))
         nursery.start_soon(self._resolve, key, nursery)
+
+    def _refuse(
+        self, denial: Denial, objects: list[CheckedObject], pending: Pending | None
+    ) -> None:
+        """Over a bound (see :mod:`.limits`): refused at once, without asking."""
+        self.limits.refused += 1
+        self._emit(denial.event(Answer.DENY) | {"over_limit": True})
+        if pending is None:
+            for o in objects:
+                o.close()
+            return
+        slot = self.rules.slot
+        assert slot is not None
+        carry_out(self._listener(), slot, pending, Decision(Answer.DENY), None)  # no wait
 
     def _is_quiet(self, objects: list[CheckedObject]) -> bool:
         return any(obj in self.rules.quiet for o in objects for obj in o.chain)
@@ -103,6 +124,7 @@ class FsQuestions:
             kept = self._remember(question.objects, decision, nursery)
         del self._open[key]
         denial = question.denial
+        self.limits.closed(denial.pid, len(question.waiting))
         event = denial.event(decision.answer) | {"count": question.count}
         if denial.next_run_only:
             event["next_run_only"] = True
@@ -167,6 +189,7 @@ class FsQuestions:
             for pending in question.waiting:
                 pending.close()
         self._open.clear()
+        self.limits.clear()
 
 
 def make_denial(
