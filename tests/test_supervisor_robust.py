@@ -358,3 +358,29 @@ async def test_the_listener_survives_running_out_of_fds(
                 hello = await LineReader(stream).next()
             assert hello is not None and decode(hello)["type"] == "hello"
             await stream.aclose()
+
+
+def test_a_denial_loop_is_folded_in_the_log(tmp_path: Path) -> None:
+    """5000 identical refused opens: a handful of log records, whose counts add up."""
+    make_tree(tmp_path)
+    (tmp_path / "p.toml").write_text(policy_text(tmp_path))
+    log = tmp_path / "log.jsonl"
+    loop = (
+        "n = 0\n"
+        "for _ in range(5000):\n"
+        "    try: open('secret/s').close()\n"
+        "    except PermissionError: n += 1\n"
+        "print(n)\n"
+    )
+    done = _cli(tmp_path, "--policy", "p.toml", "--log", str(log), "--",
+                sys.executable, "-c", loop)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5000"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    secret = str(tmp_path / "secret" / "s")
+    mine = [r for r in records if r.get("path") == secret]
+    assert sum(r["count"] for r in mine) == 5000
+    folded = [r for r in mine if r["event"] == "folded"]
+    assert folded and all(r["decision"] == "deny" for r in folded)
+    assert len(mine) < 5000 // 10
+    assert records[-1]["event"] == "exit"
