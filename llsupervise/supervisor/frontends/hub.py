@@ -6,7 +6,9 @@ their answers. The terminal interface is one client (in-process); ``llsupervise 
 another, over a Unix socket (:func:`listening`). With no client attached, the policy's default
 applies at once, as in headless mode.
 
-Protocol: one JSON object per line, each with a ``type``.
+Protocol: one JSON object per line, each with a ``type``. Strings are escaped both ways
+(see :mod:`llsupervise.supervisor.events.encode`): a byte of a name that is not UTF-8 is
+``\\xNN``, a backslash ``\\\\``; :func:`encode` and :func:`decode` do it.
 
 server → client
   ``hello``     ``version``, ``state``: sent first (then past events, then open questions)
