@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,3 +137,31 @@ async def run_script(root: Path, script: str, *args: str, supervisor_rules: str 
     doc = policy(root, supervisor_rules=supervisor_rules)
     async with Supervisor.open(doc) as sup:
         return await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
+
+
+class TimedLines:
+    """Lines from a pipe's read end, each read waiting at most until one overall deadline:
+    a child that stops writing fails the test instead of hanging it."""
+
+    def __init__(self, fd: int, limit: float = 30.0) -> None:
+        self._fd = fd
+        self._deadline = time.monotonic() + limit
+        self._buffer = b""
+
+    def readline(self) -> bytes:
+        """The next line with its newline; b"" at the end of the pipe."""
+        while b"\n" not in self._buffer:
+            left = self._deadline - time.monotonic()
+            ready, _, _ = select.select([self._fd], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no line from the child in time (so far {self._buffer!r})")
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                line, self._buffer = self._buffer, b""
+                return line
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line + b"\n"
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -356,3 +356,29 @@ async def test_a_reload_keeps_a_rule_on_its_object_when_the_program_swapped_its_
     [reload] = [e for e in events if e["event"] == "reload"]
     assert reload["ok"] is True
     assert [k["path"] for k in reload["kept_bindings"]] == [f"{root}/work/pub"]
+
+
+def test_a_deep_path_offers_a_bounded_number_of_scopes(tmp_path: Path) -> None:
+    """Each offered scope holds a descriptor while its question is open: a program making a
+    path as deep as it likes gets no more of them (the narrowest are offered)."""
+    from llsupervise.rights import AccessFs as _Fs
+    from llsupervise.supervisor.engine.denials import checked_objects
+    from llsupervise.supervisor.engine.requests import FsRequest
+    from llsupervise.supervisor.questions import scopes
+
+    deep = tmp_path.joinpath(*["d"] * 60)
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    request = FsRequest("openat", "open", -100, os.fsencode(deep / "f"), os.O_RDONLY)
+    [checked] = checked_objects(request, None, None, _Fs.READ_FILE)
+    try:
+        kind, offered = scopes.offer(checked)
+        try:
+            assert kind == scopes.FILE
+            assert len(offered) == scopes.MAX_SCOPES
+            assert offered[0].label == str(deep / "f")
+            assert offered[1].label == str(deep)
+        finally:
+            scopes.close(offered)
+    finally:
+        checked.close()

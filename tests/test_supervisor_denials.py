@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from supervised import make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
@@ -87,3 +88,45 @@ async def test_a_kept_rule_names_the_directory_a_creation_was_checked_on(
     assert status == 0
     kept = [e["rules"] for e in events if e["event"] == "denial" and "rules" in e]
     assert kept == [[{"path": str(paths["data"]), "access": ["write_file", "make_reg"]}]]
+
+
+class HoldUntilBoth:
+    """Answers allow-once, but only once two questions are open at the same time."""
+
+    def __init__(self) -> None:
+        self.asked: list[Denial] = []
+
+    async def ask(self, denial: Denial) -> Decision:
+        self.asked.append(denial)
+        while sum(d.path.endswith("data/x") for d in self.asked) < 2:
+            await trio.sleep(0.01)
+        return Decision(Answer.ALLOW_ONCE)
+
+
+#: Two processes of one executable, told apart only by their command lines, read the same
+#: denied file at the same time.
+TWO_READERS = r"""
+import subprocess, sys
+reader = "import sys; print(open('data/x').read().strip(), sys.argv[1])"
+procs = [subprocess.Popen([sys.executable, "-c", reader, name]) for name in ("docs", "exfil")]
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
+@pytest.mark.trio
+async def test_two_processes_never_share_one_question(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person answering for "make docs" must not thereby answer for another process."""
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    frontend = HoldUntilBoth()
+    decisions = ModeDecisions("interactive", "deny", 30.0, frontend)
+    doc = policy(tmp_path, mode="interactive")
+    async with Supervisor.open(doc, decisions=decisions) as sup:
+        with trio.fail_after(60):  # a question per process, or none answered: fail, not hang
+            status = await sup.run([sys.executable, "-c", TWO_READERS], forward_signals=False)
+    assert status == 0
+    asked = [d for d in frontend.asked if d.path.endswith("data/x")]
+    assert sorted(d.cmdline.split()[-1] for d in asked) == ["docs", "exfil"]
+    assert len({d.pid for d in asked}) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -13,6 +14,7 @@ import trio
 from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
+from llsupervise.seccomp import NotificationGone, SeccompError
 from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
 from llsupervise.supervisor.engine.loop import NotificationLoop
 from llsupervise.supervisor.engine.pending import Pending
@@ -161,9 +163,17 @@ async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) 
     async with Supervisor.open(policy(tmp_path)) as sup:
         assert sup.rules.slot is not None
         launched = launch([sys.executable, "-c", "pass"], sup.static_layer(), TRAPPED_SYSCALLS)
-        loop = NotificationLoop(
-            launched.listener, sup.rules.slot, sup.static.handled_fs, Pending.close
-        )
+
+        def refuse(pending: Pending) -> None:
+            """A denied request is answered (EACCES), never left waiting."""
+            try:
+                launched.listener.send_error(pending.notification.id, errno.EACCES)
+            except (NotificationGone, SeccompError):
+                pass  # the requester is gone, or the listener closed with the run
+            finally:
+                pending.close()
+
+        loop = NotificationLoop(launched.listener, sup.rules.slot, sup.static.handled_fs, refuse)
         await trio.to_thread.run_sync(loop.run)  # returns once the command is gone
         launched.process.wait()
         loop._start(sup.rules.slot.broker, sup.generation + 1)  # what such a commit does

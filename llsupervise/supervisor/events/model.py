@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from llsupervise.rights import AccessFs
+from llsupervise.supervisor.events.encode import escaped
+from llsupervise.supervisor.events.fold import DenialFolder
 
 #: One event of the log (and of the hub and the TUI): a JSON object.
 Event = dict[str, Any]
@@ -88,10 +90,15 @@ class Denial:
 
 
 class EventLog:
-    """Appends one JSON object per line; flushed per event so a crash loses nothing."""
+    """Appends one JSON object per line; flushed per event so a crash loses nothing.
 
-    def __init__(self, stream: TextIO | None) -> None:
+    Strings are written escaped (see :mod:`.encode`): a name that is not UTF-8 is a record
+    like any other, never an error. Repeated identical denials are folded into one record
+    with their number (see :mod:`.fold`)."""
+
+    def __init__(self, stream: TextIO | None, folder: DenialFolder | None = None) -> None:
         self._stream = stream
+        self._folder = folder or DenialFolder()
 
     @classmethod
     def open(cls, path: str | None) -> EventLog:
@@ -102,9 +109,16 @@ class EventLog:
 
     def write(self, event: dict[str, Any]) -> None:
         if self._stream is not None:
-            self._stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self._write(self._folder.take(event))
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        if self._stream is not None and records:
+            self._stream.write(
+                "".join(json.dumps(escaped(r), ensure_ascii=False) + "\n" for r in records)
+            )
             self._stream.flush()
 
     def close(self) -> None:
         if self._stream is not None:
+            self._write(self._folder.flush())
             self._stream.close()

@@ -6,7 +6,9 @@ their answers. The terminal interface is one client (in-process); ``llsupervise 
 another, over a Unix socket (:func:`listening`). With no client attached, the policy's default
 applies at once, as in headless mode.
 
-Protocol: one JSON object per line, each with a ``type``.
+Protocol: one JSON object per line, each with a ``type``. Strings are escaped both ways
+(see :mod:`llsupervise.supervisor.events.encode`): a byte of a name that is not UTF-8 is
+``\\xNN``, a backslash ``\\\\``; :func:`encode` and :func:`decode` do it.
 
 server → client
   ``hello``     ``version``, ``state``: sent first (then past events, then open questions)
@@ -34,6 +36,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -49,6 +52,7 @@ from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
+from llsupervise.supervisor.events.encode import EscapeError, escaped, unescaped
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
 PROTOCOL_VERSION = 1
@@ -63,6 +67,13 @@ MAX_DURATION = 366 * 24 * 3600.0
 #: Messages queued for a client that does not read; beyond, it is disconnected.
 CLIENT_BUFFER = 20_000
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+#: accept() failures that pass (a connection that went away; no fd or memory just now).
+_ACCEPT_RETRY = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
+)
+#: First and longest wait before accept() is tried again after one of those.
+ACCEPT_BACKOFF = 0.05
+ACCEPT_BACKOFF_MAX = 2.0
 
 
 class RemoteError(LLSuperviseError):
@@ -477,7 +488,9 @@ class SocketClient:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+    """One line of the protocol. Strings go escaped (see :mod:`..events.encode`): a name
+    that is not UTF-8 crosses as ``\\xNN``, and :func:`decode` gives it back as it was."""
+    return json.dumps(escaped(message), ensure_ascii=False).encode() + b"\n"
 
 
 class LineReader:
@@ -503,12 +516,23 @@ class LineReader:
 
 def decode(line: bytes) -> Any:
     try:
-        return json.loads(line)
+        return unescaped(json.loads(line))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from exc
+    except EscapeError as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 async def _serve_connection(
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+) -> None:
+    try:
+        await _serve_stream(hub, conn, clients)
+    except OSError:
+        pass  # this connection failed (the peer vanished, no fd for a pipe): not the others
+
+
+async def _serve_stream(
     hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
 ) -> None:
     stream = trio.SocketStream(conn)
@@ -563,8 +587,21 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
         async with trio.open_nursery() as nursery:
 
             async def accept() -> None:
+                backoff = ACCEPT_BACKOFF
                 while True:
-                    conn, _ = await sock.accept()
+                    try:
+                        conn, _ = await sock.accept()
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_RETRY:
+                            raise
+                        # Out of fds (or buffers): the connection waits in the backlog.
+                        print(f"llsupervise: cannot accept an attach connection now "
+                              f"({exc.strerror}); retrying in {backoff:g} s",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                        continue
+                    backoff = ACCEPT_BACKOFF
                     nursery.start_soon(_serve_connection, hub, conn, clients)
 
             nursery.start_soon(accept)

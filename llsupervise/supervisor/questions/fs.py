@@ -24,14 +24,17 @@ from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions import scopes as scoping
 from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
 from llsupervise.supervisor.questions.conditional import ConditionalGrants
+from llsupervise.supervisor.questions.limits import QuestionLimits
 from llsupervise.supervisor.questions.scopes import Scope
 from llsupervise.supervisor.rules.binding import leads_to
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
 
 class QuestionKey(NamedTuple):
-    """What makes two denials the same question."""
+    """What makes two denials the same question: the same process (its threads share one
+    answer), never two processes, whose command lines may tell different stories."""
 
+    pid: int
     exe: str
     op: str
     objects: tuple[tuple[ObjectId, AccessFs], ...]
@@ -65,6 +68,7 @@ class FsQuestions:
         self._emit = emit
         self.conditional = ConditionalGrants(rules, listener, emit)
         self._open: dict[QuestionKey, Question] = {}
+        self.limits = QuestionLimits()
 
     def ask(
         self,
@@ -77,20 +81,26 @@ class FsQuestions:
         pending: Pending | None,
         nursery: trio.Nursery,
     ) -> None:
-        """Raise one question per distinct (exe, operation, objects); others wait on it.
+        """Raise one question per distinct (process, exe, operation, objects); others wait.
         ``pending`` None: an exec, reported only (the static layer has answered it)."""
         denial = make_denial(exe, cmdline, tid, request, objects, generation)
         if pending is not None and self.conditional.grant(pending, denial, nursery):
             return
-        key = QuestionKey(exe, request.op, tuple((o.obj, o.access) for o in objects))
+        key = QuestionKey(
+            denial.pid, exe, request.op, tuple((o.obj, o.access) for o in objects)
+        )
         question = self._open.get(key)
-        if question is not None:
+        if question is not None and (pending is None or self.limits.may_wait()):
             question.count += 1
             if pending is None:
                 for o in objects:
                     o.close()
             else:
+                self.limits.joined()
                 question.waiting.append(pending)
+            return
+        if question is not None or not self.limits.may_open(denial.pid):
+            self._refuse(denial, objects, pending)
             return
         waiting = [] if pending is None else [pending]
         kind, offered = scoping.offer(objects[0]) if objects else ("", [])
@@ -98,7 +108,22 @@ class FsQuestions:
             denial, scopes=tuple(s.label for s in offered), scope_kind=kind
         )
         self._open[key] = Question(denial, objects, waiting, scopes=offered)
+        self.limits.opened(denial.pid, len(waiting))
         nursery.start_soon(self._resolve, key, nursery)
+
+    def _refuse(
+        self, denial: Denial, objects: list[CheckedObject], pending: Pending | None
+    ) -> None:
+        """Over a bound (see :mod:`.limits`): refused at once, without asking."""
+        self.limits.refused += 1
+        self._emit(denial.event(Answer.DENY) | {"over_limit": True})
+        if pending is None:
+            for o in objects:
+                o.close()
+            return
+        slot = self.rules.slot
+        assert slot is not None
+        carry_out(self._listener(), slot, pending, Decision(Answer.DENY), None)  # no wait
 
     def _is_quiet(self, objects: list[CheckedObject]) -> bool:
         return any(obj in self.rules.quiet for o in objects for obj in o.chain)
@@ -115,6 +140,7 @@ class FsQuestions:
         del self._open[key]
         scoping.close(question.scopes)
         denial = question.denial
+        self.limits.closed(denial.pid, len(question.waiting))
         event = denial.event(decision.answer) | {"count": question.count}
         if denial.next_run_only:
             event["next_run_only"] = True
@@ -196,6 +222,7 @@ class FsQuestions:
             for pending in question.waiting:
                 pending.close()
         self._open.clear()
+        self.limits.clear()
 
 
 #: Why a kept rule is not written to the policy file.

@@ -23,6 +23,9 @@ from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.rules.binding import leads_to, parent_of
 from llsupervise.supervisor.rules.objects import fd_path, object_id
 
+#: Scopes offered at most, narrowest first: each holds a descriptor while its question is
+#: open, and a program can make a path as deep as it likes.
+MAX_SCOPES = 8
 #: What the first offered scope is (every later one is a directory above it).
 FILE, DIRECTORY, CHANGED_DIRECTORY = "file", "directory", "changed_directory"
 
@@ -69,6 +72,8 @@ def offer(checked: CheckedObject) -> tuple[str, list[Scope]]:
         current: int | None = start
         while current is not None:
             scopes.append(_scope(current))
+            if len(scopes) == MAX_SCOPES:
+                break  # (``current`` is held by the scope just added)
             current = parent_of(current)
     except OSError:
         pass  # a directory above went away: offer what was reached
