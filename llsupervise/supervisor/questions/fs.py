@@ -20,6 +20,7 @@ from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource
 from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
+from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions import scopes as scoping
 from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
@@ -45,7 +46,7 @@ class Question:
     #: The first request's checked objects: what a rule from the answer binds to.
     objects: list[CheckedObject]
     #: Requests to answer (none for exec: the static layer has already answered it).
-    waiting: list[Pending] = field(default_factory=list)
+    waiting: list[Pending | UnixPending] = field(default_factory=list)
     count: int = 1
     #: Where a rule for the first object may go, held open since the question was raised.
     scopes: list[Scope] = field(default_factory=list)
@@ -74,13 +75,13 @@ class FsQuestions:
         request: FsRequest,
         objects: list[CheckedObject],
         generation: int,
-        pending: Pending | None,
+        pending: Pending | UnixPending | None,
         nursery: trio.Nursery,
     ) -> None:
         """Raise one question per distinct (exe, operation, objects); others wait on it.
         ``pending`` None: an exec, reported only (the static layer has answered it)."""
         denial = make_denial(exe, cmdline, tid, request, objects, generation)
-        if pending is not None and self.conditional.grant(pending, denial, nursery):
+        if isinstance(pending, Pending) and self.conditional.grant(pending, denial, nursery):
             return
         key = QuestionKey(exe, request.op, tuple((o.obj, o.access) for o in objects))
         question = self._open.get(key)
@@ -92,7 +93,7 @@ class FsQuestions:
             else:
                 question.waiting.append(pending)
             return
-        waiting = [] if pending is None else [pending]
+        waiting: list[Pending | UnixPending] = [] if pending is None else [pending]
         kind, offered = scoping.offer(objects[0]) if objects else ("", [])
         denial = dataclasses.replace(
             denial, scopes=tuple(s.label for s in offered), scope_kind=kind
@@ -129,6 +130,9 @@ class FsQuestions:
         slot = self.rules.slot
         assert slot is not None
         for pending in question.waiting:
+            if isinstance(pending, UnixPending):
+                pending.answer(decision.answer.allows)  # performed on the checked socket
+                continue
             once = None
             if decision.answer in ONCE:
                 once = once_broker(self.rules.in_force, pending, self.rules.table)
