@@ -32,6 +32,10 @@ class AccessFs(enum.IntFlag):
     REFER = 1 << 13  # ABI 2
     TRUNCATE = 1 << 14  # ABI 3
     IOCTL_DEV = 1 << 15  # ABI 5
+    #: llsupervise's own right, judged by the supervisor layer alone (Landlock has no right for
+    #: connecting to a pathname UNIX socket): connect() and sendto()/sendmsg() to the socket.
+    #: A bit far above the kernel's, which a kernel ruleset masks out (see KERNEL_FS).
+    CONNECT_UNIX = 1 << 40
 
 
 class AccessNet(enum.IntFlag):
@@ -55,7 +59,14 @@ FILE_ACCESS = (
     | AccessFs.READ_FILE
     | AccessFs.TRUNCATE
     | AccessFs.IOCTL_DEV
+    | AccessFs.CONNECT_UNIX
 )
+
+#: Filesystem rights only the supervisor layer knows: never in a kernel ruleset, a static rule,
+#: a ``[[ruleset]]`` or an exported landlockconfig file.
+SUPERVISOR_ONLY_FS = AccessFs.CONNECT_UNIX
+#: Every filesystem right a Landlock kernel may know of.
+KERNEL_FS = AccessFs((1 << 40) - 1)
 
 
 def fs_all(abi: int) -> AccessFs:

@@ -180,6 +180,9 @@ class SupervisorSection:
     mode: Mode = "interactive"
     prompt_timeout: float = 30.0
     default: Default = "deny"
+    #: Whether the supervisor layer judges connect()/sendto() to pathname UNIX sockets
+    #: (the ``connect_unix`` right): off unless the policy says so.
+    handle_connect_unix: bool = False
     path_beneath: tuple[PathBeneathEntry, ...] = ()
     net_port: tuple[NetPortEntry, ...] = ()
     quiet: tuple[QuietEntry, ...] = ()

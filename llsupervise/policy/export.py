@@ -4,7 +4,8 @@ The result has the static and the (unconditional) supervisor rules merged into o
 every variable resolved, explicit right names instead of ``abi.*`` groups (so its meaning does
 not depend on an ``abi`` key), ``$`` escaped, and none of llsupervise's extensions: no
 ``[supervisor]`` table, no ``optional`` key (skipped optional paths are simply absent), no
-conditional rules (landlockconfig cannot express them). Its keys are landlockconfig's TOML
+conditional rules (landlockconfig cannot express them), no ``connect_unix`` right (the
+supervisor layer's own). Its keys are landlockconfig's TOML
 keys: ``[[ruleset]]`` ``handled_access_fs`` / ``handled_access_net`` / ``scoped``,
 ``[[path_beneath]]`` ``allowed_access`` / ``parent``, ``[[net_port]]`` ``allowed_access`` /
 ``port``, each array non-empty.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.rights import AccessFs, AccessNet, Scope, names
+from llsupervise.rights import SUPERVISOR_ONLY_FS, AccessFs, AccessNet, Scope, names
 
 
 class ExportError(LLSuperviseError):
@@ -57,6 +58,9 @@ def to_landlockconfig(
 ) -> str:
     """landlockconfig TOML for one layer; ``fs_rules`` are (absolute path, rights) pairs."""
     lines = [f"# {line}" if line else "#" for line in comment]
+    # landlockconfig has no right for the supervisor layer's own (connect_unix): left out.
+    handled_fs &= ~SUPERVISOR_ONLY_FS
+    fs_rules = [(path, access & ~SUPERVISOR_ONLY_FS) for path, access in fs_rules]
     ruleset = [
         f"{key} = {_names(flags)}"
         for key, flags in (

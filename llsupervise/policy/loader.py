@@ -70,6 +70,7 @@ from llsupervise.rights import (
     NO_FS,
     NO_NET,
     NO_SCOPE,
+    SUPERVISOR_ONLY_FS,
     AccessFs,
     AccessNet,
     Scope,
@@ -90,7 +91,9 @@ _PATH_BENEATH_KEYS = ("allowed_access", "parent", "optional")
 _SUPERVISOR_PATH_BENEATH_KEYS = (*_PATH_BENEATH_KEYS, "exe", "cgroup")
 _NET_PORT_KEYS = ("allowed_access", "port")
 _QUIET_KEYS = ("parent", "optional")
-_SUPERVISOR_KEYS = ("mode", "prompt_timeout", "default", "path_beneath", "net_port", "quiet")
+_SUPERVISOR_KEYS = (
+    "mode", "prompt_timeout", "default", "handle_connect_unix", "path_beneath", "net_port", "quiet"
+)  # fmt: skip
 
 _MAX_ABI = 2**31 - 1  # landlockconfig's bound
 
@@ -207,6 +210,9 @@ class _Builder:
         path_beneath = self._path_beneath_list(self.root.get("path_beneath"), "path_beneath")
         net_port = self._net_port_list(self.root.get("net_port"), "net_port")
         supervisor = self._supervisor()
+        self._check_supervisor_only(path_beneath, supervisor)
+        if supervisor.handle_connect_unix:
+            handled_fs |= SUPERVISOR_ONLY_FS
         # landlockconfig: every right a static rule uses becomes handled.
         handled_fs |= _union(e.access for e in path_beneath)
         handled_net |= _union(e.access for e in net_port)
@@ -279,7 +285,14 @@ class _Builder:
                     key, f"empty ruleset: set one of {', '.join(_RULESET_KEYS)}"
                 )
             if "handled_access_fs" in table:
-                fs |= self._fs(table["handled_access_fs"], f"{key}.handled_access_fs")
+                handled = self._fs(table["handled_access_fs"], f"{key}.handled_access_fs")
+                if handled & SUPERVISOR_ONLY_FS:
+                    raise self.context.error(
+                        f"{key}.handled_access_fs",
+                        "connect_unix is llsupervise's own right, which landlockconfig does "
+                        "not know: handle it with [supervisor] handle_connect_unix = true",
+                    )
+                fs |= handled
             if "handled_access_net" in table:
                 net |= self._net(table["handled_access_net"], f"{key}.handled_access_net")
             if "scoped" in table:
@@ -431,6 +444,7 @@ class _Builder:
             prompt_timeout=self.fields.timeout(
                 table.get("prompt_timeout", defaults.prompt_timeout)
             ),
+            handle_connect_unix=self._boolean(table, "handle_connect_unix"),
             default=checked_choice(
                 self.context, table.get("default", defaults.default), "supervisor.default", DEFAULTS
             ),
@@ -445,6 +459,42 @@ class _Builder:
             ),
             quiet=self._quiet_list(table.get("quiet"), "supervisor.quiet"),
         )
+
+    def _boolean(self, table: dict[str, object], name: str) -> bool:
+        value = table.get(name, False)
+        if not isinstance(value, bool):
+            raise self.context.error(
+                f"supervisor.{name}", f"expected a boolean, found {type_name(value)}"
+            )
+        return value
+
+    def _check_supervisor_only(
+        self, static: tuple[PathBeneathEntry, ...], supervisor: SupervisorSection
+    ) -> None:
+        """``connect_unix`` (the supervisor layer's own right) only in unconditional
+        ``[[supervisor.path_beneath]]`` rules, and only when ``[supervisor]`` handles it."""
+        for e in static:
+            if e.access & SUPERVISOR_ONLY_FS:
+                raise self.context.error(
+                    f"{e.location.key}.allowed_access",
+                    f"{', '.join(names(e.access & SUPERVISOR_ONLY_FS))} is judged by the "
+                    "supervisor layer only (landlockconfig does not know it): "
+                    "put it in a [[supervisor.path_beneath]]",
+                )
+        for e in supervisor.path_beneath:
+            if not e.access & SUPERVISOR_ONLY_FS:
+                continue
+            if e.exe or e.cgroup is not None:
+                raise self.context.error(
+                    f"{e.location.key}.allowed_access",
+                    "connect_unix cannot be granted conditionally (exe, cgroup): "
+                    "put it in a rule of its own without them",
+                )
+            if not supervisor.handle_connect_unix:
+                raise self.context.error(
+                    f"{e.location.key}.allowed_access",
+                    "connect_unix not handled: add handle_connect_unix = true to [supervisor]",
+                )
 
     def _check_handled(
         self, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet

@@ -72,13 +72,14 @@ ALWAYS_REFUSED: tuple[Refusal, ...] = (
 #: errno is what a kernel without MPTCP answers, so programs fall back to plain TCP. io_uring
 #: makes sockets without the socket syscall (IORING_OP_SOCKET), so it is refused too, with the
 #: errno of a kernel whose io_uring is switched off (``kernel.io_uring_disabled``).
+IO_URING_REFUSED: tuple[Refusal, ...] = (Refusal("io_uring_setup", (), errno.EPERM),)
 MPTCP_REFUSED: tuple[Refusal, ...] = (
     Refusal(
         "socket",
         (ArgIs(0, (AF_INET, AF_INET6)), ArgIs(2, (IPPROTO_MPTCP,))),
         errno.EPROTONOSUPPORT,
     ),
-    Refusal("io_uring_setup", (), errno.EPERM),
+    *IO_URING_REFUSED,
 )
 
 

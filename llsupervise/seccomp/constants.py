@@ -150,6 +150,7 @@ _X86_64 = {
     "execveat": 322,
     "bind": 49,
     "connect": 42,
+    "sendto": 44,
     "seccomp": 317,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
@@ -191,6 +192,7 @@ _AARCH64 = {
     "execveat": 281,
     "bind": 200,
     "connect": 203,
+    "sendto": 206,
     "seccomp": 277,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
@@ -267,6 +269,8 @@ CONTEXT_SYSCALLS: Final = (
 
 #: Network syscalls Landlock mediates (TCP bind/connect).
 NET_SYSCALLS: Final = ("bind", "connect")
+#: What reaches a pathname UNIX socket by its name (the supervisor's connect_unix right).
+UNIX_SYSCALLS: Final = ("connect", "sendto")
 
 
 def native_arch() -> str:

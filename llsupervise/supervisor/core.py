@@ -25,9 +25,11 @@ import trio
 
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
+from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
     MEDIATED_FS_SYSCALLS,
+    UNIX_SYSCALLS,
     Listener,
     Notification,
     SeccompError,
@@ -43,6 +45,7 @@ from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator, PendingNet
+from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
@@ -56,7 +59,7 @@ from llsupervise.supervisor.rules.objects import (
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
-_P = TypeVar("_P", Pending, PendingNet)
+_P = TypeVar("_P", Pending, PendingNet, UnixPending)
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
 
 
@@ -176,7 +179,9 @@ class Supervisor:
         slot = self.rules.slot
         assert slot is not None
         self._token = trio.lowlevel.current_trio_token()
+        unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
+        syscalls += UNIX_SYSCALLS if unix else ()
         launched = self.launched = launch(
             argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu, new_session=new_session
         )
@@ -184,10 +189,11 @@ class Supervisor:
             launched.listener.set_sync_wakeup()
         except SeccompError:
             pass  # older kernels: slower wake-ups, same behaviour
-        if self.static.handled_net:  # made here: its helper thread needs our standing
+        if self.static.handled_net or unix:  # made here: its helper needs our standing
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
                 lambda pending: self._post(self._on_net_denial, pending),
+                on_unix_denial=lambda pending: self._post(self._on_unix_denial, pending),
             )  # fmt: skip
         loop = NotificationLoop(
             launched.listener,
@@ -285,6 +291,16 @@ class Supervisor:
         self.questions.ask(
             exe, cmdline, n.pid, request, [obj], self.generation, None, self._nursery
         )
+
+    def _on_unix_denial(self, pending: UnixPending) -> None:
+        """A connect/sendto to a UNIX socket no rule allows: asked like a file request."""
+        if self._nursery is None:
+            pending.close()
+            return
+        self.questions.ask(
+            pending.exe, pending.cmdline, pending.tid, pending.request, [pending.target],
+            pending.generation, pending, self._nursery,
+        )  # fmt: skip
 
     def _on_net_denial(self, pending: PendingNet) -> None:
         if self._nursery is None or self.net is None:

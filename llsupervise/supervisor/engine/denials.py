@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -87,6 +88,22 @@ def _existing(
     access = access_of(is_dir)
     if is_dir:
         return CheckedObject(fd, fd_path(fd), access, tuple(ancestry(fd)), is_dir=True)
+    parent = _holding_directory(dirfd, path, fd, st)
+    chain: tuple[ObjectId, ...] = (object_id(st),)
+    if parent is not None:
+        chain += tuple(ancestry(parent))
+    return CheckedObject(fd, fd_path(fd), access, chain, directory=parent)
+
+
+def socket_object(dirfd: int | None, path: bytes, access: AccessFs) -> CheckedObject:
+    """The UNIX socket a connect to ``path`` reaches, held open (O_PATH, following symlinks as
+    connect does), with its ancestry; OSError with the errno connect would give otherwise
+    (ECONNREFUSED for a file that is no socket)."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC, dir_fd=None if path.startswith(b"/") else dirfd)
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.ECONNREFUSED, "not a socket")
     parent = _holding_directory(dirfd, path, fd, st)
     chain: tuple[ObjectId, ...] = (object_id(st),)
     if parent is not None:

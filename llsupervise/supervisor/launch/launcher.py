@@ -17,6 +17,7 @@ from llsupervise.landlock import syscall_numbers as landlock_syscall_numbers
 from llsupervise.rights import AccessFs, AccessNet, Scope
 from llsupervise.seccomp import (
     ALWAYS_REFUSED,
+    IO_URING_REFUSED,
     MPTCP_REFUSED,
     SYSCALLS,
     Listener,
@@ -94,7 +95,12 @@ def launch(
             # thread that runs trio, which lasts until the run is over.
             "supervisor_pid": os.getpid(),
             "nr_restrict": landlock_syscall_numbers()[2],
-            **_filter_spec(syscalls, refuse_mptcp=bool(layer.handled_net)),
+            **_filter_spec(
+                syscalls,
+                refuse_mptcp=bool(layer.handled_net),
+                # io_uring connects without the connect syscall (IORING_OP_CONNECT).
+                refuse_io_uring=bool(layer.handled_fs & AccessFs.CONNECT_UNIX),
+            ),
             "argv": list(argv),
         }
         process, spec_w, parent_sock = _spawn(
@@ -132,11 +138,17 @@ def _static_ruleset(layer: StaticLayer) -> LandlockRuleset | None:
     return ruleset
 
 
-def _filter_spec(syscalls: Sequence[str], *, refuse_mptcp: bool) -> dict[str, Any]:
+def _filter_spec(
+    syscalls: Sequence[str], *, refuse_mptcp: bool, refuse_io_uring: bool = False
+) -> dict[str, Any]:
     """The seccomp filter and what the helper needs to install it, from our bindings.
 
     ``refuse_mptcp``: TCP bind/connect is handled, and Landlock does not see MPTCP sockets."""
-    refusals = (*ALWAYS_REFUSED, *MPTCP_REFUSED) if refuse_mptcp else ALWAYS_REFUSED
+    refusals = ALWAYS_REFUSED
+    if refuse_mptcp:
+        refusals = (*refusals, *MPTCP_REFUSED)
+    elif refuse_io_uring:
+        refusals = (*refusals, *IO_URING_REFUSED)
     try:
         program = build_filter(syscalls, refusals=refusals)
     except SeccompError as exc:

@@ -32,10 +32,11 @@ from typing import Any, Final
 from llsupervise.landlock.support import KernelSupport, detect_support
 from llsupervise.libc import libc as _libc
 from llsupervise.policy.model import Ruleset
-from llsupervise.rights import AccessNet, names
+from llsupervise.rights import AccessFs, AccessNet, names
 from llsupervise.seccomp import (
     NET_SYSCALLS,
     SYSCALLS,
+    UNIX_SYSCALLS,
     Listener,
     MemoryReadError,
     Notification,
@@ -54,9 +55,20 @@ from llsupervise.supervisor.net.sockaddr import (
     Direction,
     Endpoint,
     NetCall,
+    c_int,
     decode_call,
     parse_sockaddr,
 )
+from llsupervise.supervisor.net.unix import (
+    MAX_SEND,
+    SOCKADDR_UN_SIZE,
+    SUN_PATH_OFFSET,
+    UnixPending,
+    perform,
+    resolve_socket,
+    unix_path,
+)
+from llsupervise.supervisor.perform.credentials import access_credentials, own_credentials
 from llsupervise.supervisor.perform.procfs import read_proc, read_status, status_number
 
 #: Trapped syscalls this module answers (socketcall exists only on other architectures).
@@ -127,6 +139,7 @@ class SocketKind:
         )
 
 
+_AF_UNIX = 1
 _SOL_SOCKET, _SO_TYPE, _SO_PROTOCOL, _SO_DOMAIN = 1, 3, 38, 39
 _SOCK_STREAM, _IPPROTO_TCP = 1, 6
 
@@ -291,6 +304,36 @@ class PendingNet:
 
 
 DenialHandler = Callable[[PendingNet], None]
+UnixDenialHandler = Callable[[UnixPending], None]
+
+
+class _UnixJob:
+    """A connect/sendto to a checked UNIX socket to perform; implements the pool's Job."""
+
+    def __init__(self, mediator: NetMediator, pending: UnixPending):
+        self.mediator = mediator
+        self.pending = pending
+
+    def run(self) -> None:
+        p, mediator = self.pending, self.mediator
+        try:
+            if not mediator.listener.id_valid(p.notification.id):
+                p.close()
+                return
+            result = perform(p)
+        except SeccompError:
+            p.close()
+        except OSError as exc:
+            mediator._reply(p, exc.errno or errno.EIO)
+        else:
+            mediator._reply(p, 0, result)
+
+    def refuse(self, err: int) -> None:
+        self.mediator._reply(self.pending, err)
+
+    @property
+    def done(self) -> bool:
+        return self.pending.closed
 
 
 class NetMediator:
@@ -314,11 +357,18 @@ class NetMediator:
         max_threads: int = 64,
         idle_threads: int = 2,
         support: KernelSupport | None = None,
+        on_unix_denial: UnixDenialHandler | None = None,
     ) -> None:
         """``static``: the static layer's rules (its ports go straight to the kernel).
-        ``rules``: static ∪ committed supervisor rules of ``generation``."""
+        ``rules``: static ∪ committed supervisor rules of ``generation``.
+        ``on_unix_denial``: like ``on_denial``, for UNIX socket requests (see unix); it is
+        called only when the static rules handle ``connect_unix``."""
         self.listener = listener
         self.on_denial = on_denial
+        self.on_unix_denial = on_unix_denial
+        #: Whether connect/sendto to pathname UNIX sockets are judged here.
+        self._unix = bool(static.handled_fs & AccessFs.CONNECT_UNIX)
+        self._own_credentials = own_credentials()
         self.arch = native_arch()
         support = detect_support() if support is None else support
         self._static = static
@@ -370,7 +420,7 @@ class NetMediator:
         Returns at once, so the calling thread may be restricted: the work that needs the
         supervisor's own standing (the child's memory and socket) happens in the helper."""
         name = syscall_name(self.arch, n.nr)
-        if name not in NET_CALLS:
+        if name not in NET_CALLS and not (self._unix and name in UNIX_SYSCALLS):
             return False
         if not self._pool.post(lambda: self._dispatch(n, name)):
             with contextlib.suppress(SeccompError):
@@ -384,7 +434,10 @@ class NetMediator:
             pass
         except Exception:
             with contextlib.suppress(SeccompError):
-                self._kernel_decides(n)  # never less safe than the static layer
+                if self._unix:  # nothing but us judges a UNIX socket connect
+                    self.listener.send_error(n.id, errno.EACCES)
+                else:
+                    self._kernel_decides(n)  # never less safe than the static layer
             raise
 
     def _kernel_decides(self, n: Notification) -> None:
@@ -392,6 +445,11 @@ class NetMediator:
         self.listener.send_continue(n.id)
 
     def _handle(self, n: Notification, name: str) -> None:
+        if self._unix and self._handle_unix(n, name):
+            return
+        if name not in NET_CALLS:
+            self._kernel_decides(n)  # a sendto that names no UNIX socket
+            return
         try:
             mem = ProcessMemory(n.pid)
         except MemoryReadError:
@@ -428,6 +486,117 @@ class NetMediator:
             self._kernel_decides(n)
             return
         self._perform(n, call, endpoint, raw, sock)
+
+    # -- UNIX sockets (see unix) -------------------------------------------------------------
+
+    def _handle_unix(self, n: Notification, name: str) -> bool:
+        """Take a connect/sendto that names a pathname UNIX socket on an AF_UNIX socket (True:
+        it is answered, now or later); False: not one, nothing was done.
+
+        Once the address names a pathname, it fails closed: CONTINUE would let the kernel
+        connect by a name that may have changed since it was read, and nothing judges it."""
+        args = n.args
+        data: bytes | None = None
+        flags = 0
+        try:
+            mem = ProcessMemory(n.pid)
+        except MemoryReadError:
+            # Gone (the reply fails harmlessly), or short of descriptors: fail closed.
+            self._send_error(n, errno.EACCES)
+            return True
+        try:
+            if name == "connect":
+                fd, addr, addrlen = c_int(args[0]), args[1], c_int(args[2])
+            else:
+                fd, addr, addrlen = c_int(args[0]), args[4], c_int(args[5])
+                if addr == 0:
+                    return False  # a send on a connected socket
+            if not SUN_PATH_OFFSET < addrlen <= SOCKADDR_UN_SIZE:
+                return False
+            path = unix_path(mem.read(addr, addrlen))
+            if path is None:
+                return False
+            if name == "sendto":
+                if args[2] > MAX_SEND:
+                    self._send_error(n, errno.EMSGSIZE)
+                    return True
+                data, flags = mem.read(args[1], args[2]), c_int(args[3])
+            pidfd = open_pidfd(n.pid)
+        except (MemoryReadError, OSError):
+            self._send_error(n, errno.EFAULT)
+            return True
+        finally:
+            mem.close()
+        try:
+            if not self.listener.id_valid(n.id):
+                os.close(pidfd)
+                return True
+            sock = pidfd_getfd(pidfd, fd)
+        except OSError as exc:
+            self._send_error(n, errno.EBADF if exc.errno != errno.ENOTSOCK else errno.ENOTSOCK)
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(pidfd)
+        try:
+            domain = socket_kind(sock).domain
+        except OSError:
+            domain = -1
+        if domain != _AF_UNIX:
+            os.close(sock)
+            return False  # the kernel (or the TCP mediation) answers what this socket does
+        try:
+            target = resolve_socket(n.pid, path)
+        except OSError as exc:
+            os.close(sock)
+            self._send_error(n, exc.errno or errno.EACCES)
+            return True
+        tgid, caps = _status(n.pid)
+        theirs = access_credentials(read_status(n.pid))
+        rules, generation = self._current
+        pending = UnixPending(
+            notification=n, tid=n.pid, pid=tgid, syscall=name, path=path, sock=sock,
+            target=target, generation=generation,
+            credentials=None if theirs == self._own_credentials else theirs,
+            caps=caps, data=data, flags=flags, on_answer=self.answer_unix,
+        )  # fmt: skip
+        if theirs is None:
+            self._reply(pending, errno.EACCES)  # not knowing them, we may not act for it
+        elif rules.fs_rights_on(target.chain) & AccessFs.CONNECT_UNIX:
+            self._count("performed")
+            self._pool.submit(ThreadKey(NetRules.of(rules), caps), _UnixJob(self, pending))
+        else:
+            self._count("denied")
+            self._report_unix(pending)
+        return True
+
+    def _send_error(self, n: Notification, err: int) -> None:
+        with contextlib.suppress(SeccompError):
+            self.listener.send_error(n.id, err)
+
+    def _report_unix(self, pending: UnixPending) -> None:
+        pending.exe = read_proc(pending.tid, "exe")
+        pending.cmdline = read_proc(pending.tid, "cmdline")
+        if self.on_unix_denial is None:
+            self._reply(pending, errno.EACCES)
+            return
+        try:
+            self.on_unix_denial(pending)
+        except BaseException:
+            self._reply(pending, errno.EACCES)
+            raise
+
+    def answer_unix(self, pending: UnixPending, allowed: bool) -> None:
+        """Answer a denied UNIX socket request: perform it on the checked socket, or refuse
+        it (EACCES). Returns at once; the reply follows."""
+        if pending.closed:
+            return
+        if not allowed:
+            self._reply(pending, errno.EACCES)
+            return
+        self._count("answered")
+        key = ThreadKey(NetRules.of(self.rules), pending.caps)
+        self._pool.submit(key, _UnixJob(self, pending))
 
     def _read(
         self, n: Notification, name: str, mem: ProcessMemory
@@ -511,13 +680,13 @@ class NetMediator:
             self._reply(pending, errno.EACCES)
             raise
 
-    def _reply(self, pending: PendingNet, err: int) -> None:
-        """Return 0 or -err to the child, and release the request."""
+    def _reply(self, pending: PendingNet | UnixPending, err: int, value: int = 0) -> None:
+        """Return ``value`` or -err to the child, and release the request."""
         try:
             if err:
                 self.listener.send_error(pending.notification.id, err)
             else:
-                self.listener.send_value(pending.notification.id, 0)
+                self.listener.send_value(pending.notification.id, value)
         except SeccompError:
             pass  # the child is gone (NotificationGone) or so is the listener: nobody waits
         finally:

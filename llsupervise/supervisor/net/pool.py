@@ -50,6 +50,8 @@ def restrict_thread(key: ThreadKey, support: KernelSupport) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     lower_capabilities(key.caps)
     set_no_new_privs()
+    if not key.rules.handled:
+        return  # only UNIX sockets are mediated: Landlock has nothing to judge here
     with LandlockRuleset(NO_FS, key.rules.handled, NO_SCOPE, support=support) as ruleset:
         for port, access in key.rules.ports:
             ruleset.add_port(port, access)

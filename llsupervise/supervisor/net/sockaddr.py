@@ -92,7 +92,7 @@ class Endpoint:
         return f"tcp://{host}:{self.port}"
 
 
-def _c_int(value: int) -> int:
+def c_int(value: int) -> int:
     """A syscall argument as a C int (fds and socklen_t lengths are 32-bit)."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -109,17 +109,17 @@ def decode_call(
     """
     if name in ("bind", "connect"):
         direction: Direction = "bind" if name == "bind" else "connect"
-        return NetCall(name, direction, _c_int(args[0]), args[1], _c_int(args[2]))
+        return NetCall(name, direction, c_int(args[0]), args[1], c_int(args[2]))
     if name != "socketcall":
         return None
     if word_size not in (4, 8):
         raise ValueError(f"socketcall arguments are 4 or 8 bytes wide, not {word_size}")
-    socketcall = SOCKETCALL_CALLS.get(_c_int(args[0]))
+    socketcall = SOCKETCALL_CALLS.get(c_int(args[0]))
     if socketcall is None:
         return None
     words = struct.Struct("=" + ("Q" if word_size == 8 else "I") * 3)
     fd, addr, addrlen = words.unpack(read(args[1], words.size))
-    return NetCall(name, socketcall, _c_int(fd), addr, _c_int(addrlen))
+    return NetCall(name, socketcall, c_int(fd), addr, c_int(addrlen))
 
 
 def parse_sockaddr(raw: bytes, direction: Direction) -> Endpoint | None:

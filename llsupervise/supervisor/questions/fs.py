@@ -20,6 +20,7 @@ from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource
 from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
+from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions import scopes as scoping
 from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
@@ -48,7 +49,7 @@ class Question:
     #: The first request's checked objects: what a rule from the answer binds to.
     objects: list[CheckedObject]
     #: Requests to answer (none for exec: the static layer has already answered it).
-    waiting: list[Pending] = field(default_factory=list)
+    waiting: list[Pending | UnixPending] = field(default_factory=list)
     count: int = 1
     #: Where a rule for the first object may go, held open since the question was raised.
     scopes: list[Scope] = field(default_factory=list)
@@ -78,13 +79,13 @@ class FsQuestions:
         request: FsRequest,
         objects: list[CheckedObject],
         generation: int,
-        pending: Pending | None,
+        pending: Pending | UnixPending | None,
         nursery: trio.Nursery,
     ) -> None:
         """Raise one question per distinct (process, exe, operation, objects); others wait.
         ``pending`` None: an exec, reported only (the static layer has answered it)."""
         denial = make_denial(exe, cmdline, tid, request, objects, generation)
-        if pending is not None and self.conditional.grant(pending, denial, nursery):
+        if isinstance(pending, Pending) and self.conditional.grant(pending, denial, nursery):
             return
         key = QuestionKey(
             denial.pid, exe, request.op, tuple((o.obj, o.access) for o in objects)
@@ -102,7 +103,7 @@ class FsQuestions:
         if question is not None or not self.limits.may_open(denial.pid):
             self._refuse(denial, objects, pending)
             return
-        waiting = [] if pending is None else [pending]
+        waiting: list[Pending | UnixPending] = [] if pending is None else [pending]
         kind, offered = scoping.offer(objects[0]) if objects else ("", [])
         denial = dataclasses.replace(
             denial, scopes=tuple(s.label for s in offered), scope_kind=kind
@@ -112,11 +113,17 @@ class FsQuestions:
         nursery.start_soon(self._resolve, key, nursery)
 
     def _refuse(
-        self, denial: Denial, objects: list[CheckedObject], pending: Pending | None
+        self,
+        denial: Denial,
+        objects: list[CheckedObject],
+        pending: Pending | UnixPending | None,
     ) -> None:
         """Over a bound (see :mod:`.limits`): refused at once, without asking."""
         self.limits.refused += 1
         self._emit(denial.event(Answer.DENY) | {"over_limit": True})
+        if isinstance(pending, UnixPending):
+            pending.answer(False)  # refused; the pending owns its objects and closes them
+            return
         if pending is None:
             for o in objects:
                 o.close()
@@ -155,6 +162,9 @@ class FsQuestions:
         slot = self.rules.slot
         assert slot is not None
         for pending in question.waiting:
+            if isinstance(pending, UnixPending):
+                pending.answer(decision.answer.allows)  # performed on the checked socket
+                continue
             once = None
             if decision.answer in ONCE:
                 once = once_broker(self.rules.in_force, pending, self.rules.table)

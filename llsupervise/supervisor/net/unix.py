@@ -1,0 +1,151 @@
+"""Connects and sends to pathname UNIX sockets, judged by the supervisor layer (``connect_unix``).
+
+Landlock does not mediate ``connect()`` to a pathname UNIX socket on this kernel, so a program
+could run commands outside its sandbox through a same-uid tmux, docker or ssh-agent socket.
+With the right handled, a trapped ``connect``/``sendto`` naming such a socket is judged like a
+file: the supervisor opens (O_PATH) the socket the name leads to from the child's cwd, a rule on
+it or on an ancestor directory allows it, otherwise it is a denial that is asked about.
+
+It is performed on the object that was checked: the supervisor takes the child's socket
+(``pidfd_getfd``) and connects it, or sends on it, to ``/proc/self/fd/N`` of the O_PATH fd it
+holds, so a name swapped after the check cannot redirect it. Abstract sockets are left to the
+kernel (Landlock's ``abstract_unix_socket`` scope covers them), and so are unnamed addresses.
+
+The peer sees the connection made by the supervisor's process: ``SO_PEERCRED`` names its pid
+(and its uid and gid, which are the child's unless the child changed its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from llsupervise.libc import libc as _libc
+from llsupervise.rights import AccessFs, names
+from llsupervise.seccomp import Notification
+from llsupervise.supervisor.engine.denials import CheckedObject, socket_object
+from llsupervise.supervisor.engine.requests import FsRequest
+from llsupervise.supervisor.events.model import Denial
+from llsupervise.supervisor.perform.credentials import Credentials, acting_as
+
+AF_UNIX: Final = 1
+#: offsetof(struct sockaddr_un, sun_path), and sizeof(struct sockaddr_un): the kernel refuses
+#: longer addresses (EINVAL), which it is then left to say.
+SUN_PATH_OFFSET: Final = 2
+SOCKADDR_UN_SIZE: Final = 110
+#: The most a trapped sendto may carry (a datagram the kernel would refuse anyway beyond it).
+MAX_SEND: Final = 1 << 20
+
+_FAMILY: Final = struct.Struct("=H")
+_sendto = _libc.sendto
+_sendto.argtypes = [
+    ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32
+]  # fmt: skip
+_sendto.restype = ctypes.c_ssize_t
+_connect = _libc.connect
+_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_connect.restype = ctypes.c_int
+
+
+def unix_path(raw: bytes) -> bytes | None:
+    """The pathname a ``sockaddr_un`` names; None for any other address (another family,
+    abstract or unnamed, or a length the kernel refuses): the kernel decides those."""
+    if not SUN_PATH_OFFSET < len(raw) <= SOCKADDR_UN_SIZE:
+        return None
+    if _FAMILY.unpack_from(raw)[0] != AF_UNIX or raw[SUN_PATH_OFFSET] == 0:
+        return None
+    # The kernel ends the name at the first NUL, or at the address length.
+    return raw[SUN_PATH_OFFSET:].split(b"\0", 1)[0]
+
+
+def sockaddr_un(path: bytes) -> bytes:
+    return _FAMILY.pack(AF_UNIX) + path + b"\0"
+
+
+def resolve_socket(tid: int, path: bytes) -> CheckedObject:
+    """The socket ``path`` leads to for thread ``tid`` (relative to its cwd), held open.
+
+    OSError: the errno the connect fails with (ENOENT, ECONNREFUSED for a non-socket...);
+    EACCES for a thread whose root is not ours (a chroot), which is not resolved for it."""
+    if os.stat(f"/proc/{tid}/root") != os.stat("/"):
+        raise OSError(errno.EACCES, "the program's root is not the supervisor's")
+    cwd = os.open(f"/proc/{tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return socket_object(cwd, path, AccessFs.CONNECT_UNIX)
+    finally:
+        os.close(cwd)
+
+
+@dataclass(eq=False)
+class UnixPending:
+    """A connect/sendto to a pathname UNIX socket; owns ``sock`` and ``target`` until
+    :meth:`close`. ``data`` and ``flags``: what a sendto sends (None for a connect)."""
+
+    notification: Notification
+    tid: int
+    pid: int
+    syscall: str
+    path: bytes
+    sock: int
+    target: CheckedObject
+    generation: int
+    #: The child's credentials where they differ from ours (the connect is made with them).
+    credentials: Credentials | None = None
+    caps: int = 0
+    data: bytes | None = field(default=None, repr=False)
+    flags: int = 0
+    exe: str = ""
+    cmdline: str = ""
+    ts: float = field(default_factory=time.time)
+    closed: bool = False
+    #: Set by the mediator: performs (True) or refuses (False) the request and replies.
+    on_answer: Any = field(default=None, repr=False)
+
+    @property
+    def request(self) -> FsRequest:
+        """The request as the questions see it (an operation on the socket object)."""
+        return FsRequest(self.syscall, "connect_unix", -100, self.path)
+
+    def denial(self) -> Denial:
+        return Denial(
+            pid=self.pid,
+            tid=self.tid,
+            exe=self.exe,
+            cmdline=self.cmdline,
+            syscall=self.syscall,
+            path=self.target.label,
+            access=tuple(names(AccessFs.CONNECT_UNIX)),
+            generation=self.generation,
+            ts=self.ts,
+        )
+
+    def answer(self, allowed: bool) -> None:
+        """The question's answer: perform it (allowed) or refuse it with EACCES."""
+        self.on_answer(self, allowed)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.sock)
+            self.target.close()
+
+
+def perform(p: UnixPending) -> int:
+    """Connect the child's socket, or send on it, to the checked socket object; the result
+    (0, or the bytes sent). OSError: the kernel's errno."""
+    address = sockaddr_un(f"/proc/self/fd/{p.target.fd}".encode())
+    with acting_as(p.credentials) if p.credentials is not None else contextlib.nullcontext():
+        if p.data is None:
+            ret = _connect(p.sock, address, len(address))
+        else:
+            ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, len(address))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
