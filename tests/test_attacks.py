@@ -28,6 +28,7 @@ from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.questions.fs import NOT_UTF8
 
 pytestmark = pytest.mark.kernel
 
@@ -567,3 +568,74 @@ def test_tiocsti_through_a_foreign_abi_types_nothing(tmp_path: Path, which: str)
     assert pending == b""
     assert "returned" not in done.stdout, done.stdout
     assert done.returncode != 0
+
+
+#: Directory names the program chose: control characters, quotes, a TOML injection, a
+#: variable, bytes that are not UTF-8, a name like the kernel's " (deleted)" suffix.
+WEIRD_NAMES = [
+    b"new\nline",
+    b'quote" , "',
+    b'x"]\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\nparent = ["${HOME}',
+    b"back\\slash\\",
+    b"${HOME}",
+    b"\xff\xfe not utf-8",
+    b"esc\x1b[2Jape",
+    b"gone (deleted)",
+]
+
+READ_EACH = r"""
+import os, sys
+for name in sys.argv[1:]:
+    path = os.fsencode(name)
+    try:
+        with open(b"work/" + path + b"/f", "rb") as f:
+            print("LEAK" if b"secret" in f.read() else "ok", flush=True)
+    except OSError as e:
+        print("errno", e.errno, flush=True)
+"""
+
+
+@pytest.mark.trio
+async def test_answers_on_names_the_program_chose_write_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """ "Allow always" on directories with hostile names: the supervisor survives each (a
+    name that is not UTF-8 crashed it, writing the policy file), and the policy file loads,
+    names only those directories (each leading to the very object granted), and grants
+    nothing on secret/ or above."""
+    root = Path(os.path.realpath(tmp_path))
+    swap_tree(root)
+    names = WEIRD_NAMES
+    objects = set()
+    for name in names:
+        directory = os.fsencode(root / "work") + b"/" + name
+        os.mkdir(directory)
+        with open(directory + b"/f", "wb") as f:
+            f.write(PUBLIC)
+        objects.add(os.stat(directory).st_ino)
+    monkeypatch.chdir(root)
+    frontend = Answers(*[lambda _: Decision(Answer.ALLOW_ALWAYS, scope=1)] * len(names))
+    policy_file = root / "policy.toml"
+    policy_file.write_text(policy_text(root, mode="interactive"))
+    doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+    decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
+    events: list[dict[str, Any]] = []
+    argv = [sys.executable, "-c", READ_EACH, *map(os.fsdecode, names)]
+    async with Supervisor.open(doc, decisions=decisions, watch=True) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run(argv, forward_signals=False)
+    out = capfd.readouterr().out.splitlines()
+    assert status == 0
+    assert out == ["ok"] * len(names)
+    assert len(frontend.asked) == len(names)
+    after = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+    written = [p for e in after.supervisor.path_beneath for p in e.paths]
+    assert str(root / "secret") not in written and str(root) not in written
+    for path in written:
+        assert os.stat(path, follow_symlinks=False).st_ino in objects, path
+    # Every name but the one that is not UTF-8 was written; that one is said to hold for
+    # this run only (and does not stop the others from being written).
+    assert len(written) == len(names) - 1
+    unbound = [u for e in events if e["event"] == "denial" for u in e.get("unbound", ())]
+    assert [u["reason"] for u in unbound] == [NOT_UTF8]
+    assert all(e["ok"] for e in events if e["event"] == "persist")
