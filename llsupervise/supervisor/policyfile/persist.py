@@ -465,6 +465,10 @@ def persist(
     except (OSError, UnicodeDecodeError) as exc:
         raise PersistError(f"{path}: cannot read the policy file: {exc}") from None
     after = add_answers(before, answers, path)
+    try:
+        after.encode("utf-8")
+    except UnicodeEncodeError:  # a path with bytes that are not UTF-8: TOML cannot hold it
+        raise PersistError(f"{path}: an answer's path is not valid UTF-8") from None
     check_answers(parse(after), answers)
     if after != before:
         try:

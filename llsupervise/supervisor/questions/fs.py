@@ -214,10 +214,12 @@ class FsQuestions:
                 rules.grant_temporarily(Temporary(deadline, obj, access), seconds, nursery)
                 kept.append({"path": label, "access": names(access), "seconds": seconds})
                 continue  # never written: nothing resolves its path again
-            if holds:
-                kept.append(entry)
-            else:
+            if not holds:
                 unbound.append(entry | {"reason": UNBOUND})
+            elif not _writable(label):
+                unbound.append(entry | {"reason": NOT_UTF8})
+            else:
+                kept.append(entry)
         if decision.answer != Answer.ALLOW_FOR:
             rules.replace(permanent, quiet)
         return kept, unbound
@@ -241,6 +243,23 @@ UNBOUND = (
     "policy file: its path no longer leads to that object (it was moved, or a symlink "
     "replaced a directory on the way)"
 )
+
+
+#: Why a kept rule whose path is not UTF-8 is not written to the policy file.
+NOT_UTF8 = (
+    "in force for this run, bound to the object that was checked, but not written to the "
+    "policy file: its path is not valid UTF-8, which a TOML file cannot hold"
+)
+
+
+def _writable(label: str) -> bool:
+    """Whether a policy file (UTF-8 TOML) can hold ``label`` (a byte that was not UTF-8 is
+    a lone surrogate here)."""
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _chosen(offered: list[Scope], choice: str | int | None) -> Scope | None:

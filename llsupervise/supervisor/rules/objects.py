@@ -145,12 +145,18 @@ class ObjectTable:
         the kernel: a creation is checked on the parent directory, not on the new name."""
         st = os.fstat(fd)
         obj = object_id(st)
+        label = fd_path(fd)
         held = self._held.get(obj)
         if held is not None:
             os.close(fd)
-            return held.obj
-        _check_capacity(len(self._held) + 1)
-        self._held[obj] = HeldObject(obj, fd, fd_path(fd), stat.S_ISDIR(st.st_mode))
+            obj = held.obj
+        else:
+            _check_capacity(len(self._held) + 1)
+            self._held[obj] = HeldObject(obj, fd, label, stat.S_ISDIR(st.st_mode))
+        # The label is what an answer writes to the policy file: when a reload opens it, the
+        # object held now is the binding it checks first (else a directory swapped for a
+        # symlink since the answer would be followed with no question asked).
+        self._by_path.setdefault(label, obj)
         return obj
 
     def release(self, keep: Iterable[ObjectId]) -> None:
