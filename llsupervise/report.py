@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
@@ -14,6 +15,7 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, LATEST_ABI, Scope, names
+from llsupervise.supervisor.rules.binding import resolve_at_launch, through_symlink
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -89,7 +91,13 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
         lines.append(f"skipped optional path '{path}' ({location}): it does not exist")
+    lines += _through_symlinks(policy)
     found = [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
+    found += [
+        f"supervisor rule on '{path}' left out: it passes through a symlink in a directory "
+        "the program may change (an earlier run may have planted it); name the real path"
+        for path in policy.redirectable
+    ]
     lines.append(f"findings ({len(found)}):" if found else "findings: none")
     lines += [f"  {message}" for message in found]
     # Labels and paths may hold any byte a file name can (one persisted by "allow always"
@@ -97,11 +105,24 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     return [escape(line) for line in lines]
 
 
+def _through_symlinks(policy: ResolvedPolicy) -> list[str]:
+    """Rule paths that pass through a symlink, with where they lead now (those left out
+    included)."""
+    document = policy.document
+    entries = [*document.path_beneath, *document.supervisor.path_beneath]
+    paths = [path for entry in entries for path in entry.paths]
+    return [
+        f"rule path '{path}' passes through a symlink: it leads to '{os.path.realpath(path)}'"
+        for path in dict.fromkeys([*paths, *policy.redirectable])
+        if through_symlink(path)
+    ]
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     raise_nofile_limit()
     document = load_policy(args.file)
     with ObjectTable() as table:
-        policy = resolve(document, table)
+        policy = resolve_at_launch(document, table)
         print("\n".join(check_report(policy, table, detect_support())))
     return 0
 

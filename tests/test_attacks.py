@@ -220,14 +220,6 @@ for path in ("work/pub/f", "work/pub-old/f"):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="HOLE: a reload re-binds a supervisor rule's path when no static or committed rule "
-    "lets the program change names on the way (binding.could_be_changed looks at in_force "
-    "only), but the program made the swap with rights it was granted once (or for a while, "
-    "since expired): the rule then follows the symlink to secret/",
-)
 def test_a_swap_made_with_allow_once_answers_does_not_redirect_a_rule_at_reload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -274,14 +266,6 @@ except OSError as e:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="HOLE: at launch every supervisor rule path is opened following symlinks; a "
-    "symlink the previous run planted in a directory the static rules let it change "
-    "redirects the rule (issue 14 item 3, 'between runs'; Supervisor.open resolves with no "
-    "may_rebind / could_be_changed check)",
-)
 def test_a_symlink_planted_by_one_run_does_not_redirect_the_next_runs_rule(
     tmp_path: Path,
 ) -> None:

@@ -50,11 +50,11 @@ from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
+from llsupervise.supervisor.rules.binding import resolve_at_launch
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
     raise_nofile_limit,
-    resolve,
 )
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
@@ -103,7 +103,7 @@ class Supervisor:
         raise_nofile_limit()
         table = ObjectTable()
         try:
-            policy = resolve(document, table)
+            policy = resolve_at_launch(document, table)
             section = document.supervisor
             sup = cls(
                 policy,
@@ -207,7 +207,12 @@ class Supervisor:
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
-        self.emit({"event": "start", "pid": launched.pid, "argv": list(argv)})
+        start: Event = {"event": "start", "pid": launched.pid, "argv": list(argv)}
+        if self.policy.redirectable:
+            # Left out: through a symlink in a directory the program may change, so possibly
+            # planted by an earlier run (see rules.binding.resolve_at_launch).
+            start["redirectable"] = list(self.policy.redirectable)
+        self.emit(start)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -241,7 +241,7 @@ class PolicyFile:
         """A supervisor path now leads to another object: follow it only if the program
         cannot have made that change (no directory on the way lets it make, remove or move
         names)."""
-        return not could_be_changed(path, self.sup.rules.in_force)
+        return not could_be_changed(path, self.sup.rules.ever_granted)
 
     def _check_handled(self, document: PolicyDocument, text: str) -> None:
         """Supervisor rules must use rights the running layer handles: it cannot change."""

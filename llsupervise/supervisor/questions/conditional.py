@@ -60,6 +60,7 @@ class ConditionalGrants:
         extra = self.rules.in_force
         for rule in matched:
             extra = extra.with_fs(rule.obj, rule.access)
+            self.rules.note_granted(rule.obj, rule.access)
         try:
             broker: Broker | None = Broker(
                 kernel_ruleset(extra, self.rules.table), "broker-conditional"

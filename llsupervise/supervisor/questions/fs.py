@@ -167,6 +167,8 @@ class FsQuestions:
                 continue
             once = None
             if decision.answer in ONCE:
+                for o in pending.objects:
+                    self.rules.note_granted(o.obj, o.access)
                 once = once_broker(self.rules.in_force, pending, self.rules.table)
             await trio.to_thread.run_sync(
                 carry_out, self._listener(), slot, pending, decision, once

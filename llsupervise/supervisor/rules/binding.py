@@ -10,20 +10,28 @@ naming that fd's object (a policy file read on the next load), resolved again wi
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import stat
 import struct
 
+from llsupervise.libc import AT_FDCWD, libc
+from llsupervise.policy.document import PathBeneathEntry, PolicyDocument
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import AccessFs
-from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
+from llsupervise.supervisor.rules.objects import (
+    ObjectTable,
+    ResolvedPolicy,
+    ancestry,
+    fd_path,
+    object_id,
+    resolve,
+)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
+_syscall = libc.syscall
 _syscall.restype = ctypes.c_long
 _SYS_OPENAT2 = 437
-_AT_FDCWD = -100
 _RESOLVE_NO_SYMLINKS = 0x04
 _OPEN_HOW = struct.Struct("=QQQ")
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
@@ -34,7 +42,7 @@ def open_no_symlinks(path: str, flags: int = os.O_PATH | os.O_CLOEXEC) -> int:
     if not path.startswith("/"):
         raise OSError(errno.EINVAL, f"not an absolute path: {path!r}")
     how = _OPEN_HOW.pack(flags, 0, _RESOLVE_NO_SYMLINKS)
-    fd = _syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, len(how))
+    fd = _syscall(_SYS_OPENAT2, AT_FDCWD, os.fsencode(path), how, len(how))
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -143,3 +151,46 @@ def could_be_changed(path: str, in_force: Ruleset) -> bool:
         return True
     finally:
         os.close(current)
+
+
+def through_symlink(path: str) -> bool:
+    """Whether resolving ``path`` follows a symlink (on any component)."""
+    try:
+        os.close(open_no_symlinks(path))
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def resolve_at_launch(document: PolicyDocument, table: ObjectTable) -> ResolvedPolicy:
+    """:func:`resolve`, refusing what an earlier run may have planted: a supervisor rule path
+    that passes through a symlink in a directory the program may change (by the policy's own
+    static and supervisor rules) is left out, and listed in ``redirectable``. Its next-run
+    twin of a reload's kept binding: there is no earlier binding to keep at launch."""
+    policy = resolve(document, table)
+    may_change = policy.static | policy.supervisor
+    redirectable = [
+        path
+        for entry in document.supervisor.path_beneath
+        for path in entry.paths
+        if through_symlink(path) and could_be_changed(path, may_change)
+    ]
+    if not redirectable:
+        return policy
+    left_out = set(redirectable)
+
+    def without(entry: PathBeneathEntry) -> PathBeneathEntry:
+        kept = [(p, loc) for p, loc in zip(entry.paths, entry.path_locations, strict=True)
+                if p not in left_out]  # fmt: skip
+        return dataclasses.replace(
+            entry,
+            paths=tuple(p for p, _ in kept),
+            path_locations=tuple(loc for _, loc in kept),
+        )
+
+    section = dataclasses.replace(
+        document.supervisor,
+        path_beneath=tuple(without(e) for e in document.supervisor.path_beneath),
+    )
+    policy = resolve(dataclasses.replace(document, supervisor=section), table)
+    return dataclasses.replace(policy, redirectable=tuple(dict.fromkeys(redirectable)))

@@ -203,6 +203,8 @@ class ResolvedPolicy:
     rule_rows: tuple[RuleRow, ...] = field(default=(), repr=False, compare=False)
     #: Supervisor paths that now lead to another object but kept the one bound before.
     kept_bindings: tuple[str, ...] = ()
+    #: Supervisor paths left out at launch: through a symlink the program may have planted.
+    redirectable: tuple[str, ...] = ()
 
     @functools.cached_property
     def rules(self) -> tuple[PolicyRule, ...]:

@@ -53,6 +53,10 @@ class RuleState:
         self._temporaries: dict[int, Temporary] = {}
         self._next_temporary = 0
         self.slot: BrokerSlot | None = None
+        #: Every right the program has held during the run: static, each committed
+        #: generation, each allow-once grant. What it may have changed is judged by this,
+        #: not by what is in force now (a grant since withdrawn still made its changes).
+        self.ever_granted = policy.static
         self.commit()
 
     @property
@@ -88,6 +92,7 @@ class RuleState:
             self.mutable.discard()
             raise
         generation = self.mutable.commit()
+        self.ever_granted = self.ever_granted | self.mutable.committed
         if self.slot is None:
             self.slot = BrokerSlot(broker, generation)
         else:
@@ -95,6 +100,10 @@ class RuleState:
         self.release_objects()
         self.on_commit(generation, self.mutable.committed)
         return generation
+
+    def note_granted(self, obj: ObjectId, access: AccessFs) -> None:
+        """A grant made outside the committed rules (allow once, a conditional rule)."""
+        self.ever_granted = self.ever_granted.with_fs(obj, access)
 
     def release_objects(self) -> None:
         """Close the descriptors of objects no rule refers to any more."""

@@ -1,0 +1,48 @@
+"""``check`` shows rule paths that pass through symlinks, with where they lead, and names the
+supervisor rules left out because the program may have planted the symlink."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_check_names_symlinked_rule_paths_and_leaves_out_redirectable_ones(
+    tmp_path: Path,
+) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "work").mkdir()
+    (root / "secret").mkdir()
+    (root / "real").mkdir()
+    (root / "work" / "pub").symlink_to(root / "secret")  # in work/, which the program changes
+    (root / "fixed").symlink_to(root / "real")  # in root/, which it does not
+    policy = root / "p.toml"
+    policy.write_text(f"""
+[[ruleset]]
+handled_access_fs = ["abi.all"]
+
+[[path_beneath]]
+allowed_access = ["make_sym", "remove_dir", "make_dir"]
+parent = ["{root}/work"]
+
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{root}/work/pub", "{root}/fixed"]
+""")
+    done = subprocess.run(
+        [sys.executable, "-m", "llsupervise.cli", "check", str(policy)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert (
+        f"rule path '{root}/work/pub' passes through a symlink: it leads to '{root}/secret'" in out
+    )
+    assert f"rule path '{root}/fixed' passes through a symlink: it leads to '{root}/real'" in out
+    assert f"supervisor rule on '{root}/work/pub' left out" in out
+    assert f"supervisor rule on '{root}/fixed' left out" not in out
+    # The rule kept is on fixed/ (labelled as written); none reaches the secret.
+    assert f"  {root}/fixed: read_file" in out
+    assert "secret: read_file" not in out and "pub: read_file" not in out
