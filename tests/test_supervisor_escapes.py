@@ -324,8 +324,9 @@ subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2]], pass_fds=[int(s
 
 
 def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
-    """Killing the supervisor never turns into an allow: trapped syscalls of a descendant
-    still running then fail (ENOSYS). The command itself dies with the supervisor."""
+    """Killing the supervisor never turns into an allow: a descendant still running is
+    killed with it (its cgroup, see launch.lifeline) or, where no cgroup could be made, its
+    trapped syscalls fail (ENOSYS). Never another "ok"."""
     paths = make_tree(tmp_path)
     policy_file = tmp_path / "out" / "policy.toml"
     system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
@@ -350,9 +351,12 @@ def test_sigkilled_supervisor_fails_closed(tmp_path: Path) -> None:
         seen: list[bytes] = []
         while not seen or seen[-1].startswith(b"ok"):
             seen.append(reader.readline())
-        assert seen[-1] == b"err 38\n"  # ENOSYS: the listener is gone
-        after = [reader.readline() for _ in range(5)]
-        assert after == [b"err 38\n"] * 5  # and it stays closed
+        after = [seen[-1]]
+        while after[-1] and len(after) < 6:
+            after.append(reader.readline())
+        # ENOSYS (the listener is gone) until the descendant is killed with the supervisor
+        # (the end of the pipe); without a cgroup, ENOSYS for good. Never another "ok".
+        assert set(after) <= {b"err 38\n", b""}, seen + after
     finally:
         os.killpg(supervisor.pid, signal.SIGKILL)
         reader.close()

@@ -44,6 +44,7 @@ from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecision
 from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
+from llsupervise.supervisor.launch.lifeline import Lifeline
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator, PendingNet
 from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_proc
@@ -182,9 +183,16 @@ class Supervisor:
         unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
         syscalls += UNIX_SYSCALLS if unix else ()
-        launched = self.launched = launch(
-            argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu, new_session=new_session
-        )
+        lifeline = Lifeline.create()
+        try:
+            launched = self.launched = launch(
+                argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
+                new_session=new_session, lifeline=lifeline,
+            )  # fmt: skip
+        except BaseException:
+            if lifeline is not None:
+                lifeline.close()
+            raise
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:
@@ -239,6 +247,8 @@ class Supervisor:
                 self.net.close()
                 self.net = None
             launched.listener.close()
+            if lifeline is not None:
+                lifeline.close()  # what the command left running goes with it
             self._nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status

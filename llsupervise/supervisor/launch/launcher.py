@@ -32,6 +32,7 @@ from llsupervise.seccomp.constants import (
     SOCK_FILTER,
 )
 from llsupervise.supervisor.launch import exec_helper
+from llsupervise.supervisor.launch.lifeline import Lifeline
 
 Stdio = tuple[int | None, int | None, int | None]
 
@@ -75,12 +76,14 @@ def launch(
     stdio: Stdio = (None, None, None),
     cpu: int | None = None,
     new_session: bool = False,
+    lifeline: Lifeline | None = None,
 ) -> Launched:
     """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener.
 
     ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours).
     ``cpu``: keep the command and its descendants on that CPU. ``new_session``: the command
-    leads a new session with its stdin (a terminal) as controlling terminal."""
+    leads a new session with its stdin (a terminal) as controlling terminal. ``lifeline``:
+    the cgroup the command and its descendants live in (see lifeline)."""
     if not argv:
         raise LaunchError("no command given")
     ruleset = _static_ruleset(layer)
@@ -113,6 +116,16 @@ def launch(
         # Set while the helper starts up, before it confines itself and execs: the command and
         # everything it starts inherit it.
         os.sched_setaffinity(process.pid, {cpu})
+    if lifeline is not None:
+        try:
+            # Before the helper has its spec: it execs nothing, and forks nothing, until then.
+            lifeline.adopt(process.pid)
+        except OSError:
+            process.kill()
+            process.wait()
+            os.close(spec_w)
+            parent_sock.close()
+            raise LaunchError(f"cannot move the command into {lifeline.path}") from None
     try:
         with os.fdopen(spec_w, "wb") as pipe:
             pipe.write(marshal.dumps(spec))

@@ -1,0 +1,118 @@
+"""Tying the lives of the command and of all its descendants to the supervisor's.
+
+The command runs in a cgroup v2 of its own, made beside ours. A watchdog process, started
+outside that cgroup and in a session of its own, waits for the supervisor to end, however it
+ends (its pipe from us reaches end of file when our last descriptor of it closes, a SIGKILL
+included), then kills everything left in the cgroup (``cgroup.kill``) and removes it. A
+descendant cannot leave the cgroup (that takes write access to another cgroup's
+``cgroup.procs``, which Landlock's static layer does not grant), cannot clear anything (as it
+could a parent-death signal), and cannot signal the watchdog (the signal scope).
+
+Without a writable cgroup v2 (an unprivileged user without a delegated subtree) the command
+has only its parent-death signal (see the exec helper), and its descendants may outlive a
+killed supervisor, failing every trapped call (ENOSYS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from itertools import count
+
+#: The watchdog: waits for end of file on its descriptor, then empties and removes the cgroup.
+WATCHDOG = r"""
+import os, sys, time
+path, fd = sys.argv[1], int(sys.argv[2])
+while os.read(fd, 1):
+    pass
+for attempt in range(200):
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        os.rmdir(path)
+        break
+    except FileNotFoundError:
+        break
+    except OSError:
+        time.sleep(0.01)  # the killed processes take a moment to leave the cgroup
+"""
+
+_names = count()
+
+
+def _cgroup2_mount() -> str | None:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split(" - ")
+            if len(fields) == 2 and fields[1].split()[0] == "cgroup2":
+                return fields[0].split()[4]
+    return None
+
+
+def _own_cgroup() -> str | None:
+    with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return None
+
+
+class Lifeline:
+    """A cgroup for one run and the watchdog that empties it once the supervisor is gone."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._write: int | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls) -> Lifeline | None:
+        """A new cgroup beside ours; None where none can be made."""
+        try:
+            mount, own = _cgroup2_mount(), _own_cgroup()
+            if mount is None or own is None:
+                return None
+            path = os.path.join(mount, own.lstrip("/"), f"llsupervise-{os.getpid()}-{next(_names)}")
+            os.mkdir(path, 0o755)
+        except OSError:
+            return None
+        lifeline = cls(path)
+        try:
+            lifeline._start_watchdog()
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            return None
+        return lifeline
+
+    def _start_watchdog(self) -> None:
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", WATCHDOG, self.path, str(read)],
+                pass_fds=[read], start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        self._write = write
+
+    def adopt(self, pid: int) -> None:
+        """Move ``pid`` (the helper, before it execs the command) into the cgroup."""
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def close(self) -> None:
+        """The run is over: the watchdog kills what is left and removes the cgroup."""
+        if self._write is not None:
+            os.close(self._write)
+            self._write = None
+        if self._watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(5)  # a few ms: kill, wait for the cgroup to empty
+            self._watchdog = None
