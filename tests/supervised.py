@@ -165,3 +165,25 @@ class TimedLines:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+#: Renames work/pub away and puts a symlink to secret/ in its place (each asked about where
+#: work/ gives no such rights), then, once out/go appears, reads through both names: one line
+#: each, "<name> ok", "<name> LEAK" (a secret byte read) or "<name> errno N".
+SWAP_THEN_READ = r"""
+import os, sys, time
+SECRET = sys.argv[1].encode()
+os.rename("work/pub", "work/pub-old")
+os.symlink(os.path.abspath("secret"), "work/pub")
+open("out/swapped", "w").close()
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+for path in ("work/pub/f", "work/pub-old/f"):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        print(path, "errno", e.errno, flush=True)
+    else:
+        print(path, "LEAK" if SECRET in data else "ok", flush=True)
+"""

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import PUBLIC, SECRET, policy, policy_text, wait_until
+from supervised import PUBLIC, SECRET, SWAP_THEN_READ, policy, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import ObjectId
@@ -290,23 +290,6 @@ async def test_every_offered_scope_makes_the_retry_succeed(
         await trio.lowlevel.checkpoint()
 
 
-SWAP_THEN_READ = r"""
-import os, sys, time
-SECRET = sys.argv[1].encode()
-os.rename("work/pub", "work/pub-old")
-os.symlink(os.path.abspath("secret"), "work/pub")
-open("out/swapped", "w").close()
-while not os.path.exists("out/go"):
-    time.sleep(0.01)
-for path in ("work/pub/f", "work/pub-old/f"):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        print(path, "errno", e.errno, flush=True)
-    else:
-        print(path, "LEAK" if SECRET in data else "ok", flush=True)
-"""
 
 
 @pytest.mark.trio

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import PUBLIC, SECRET, policy_text, wait_until
+from supervised import PUBLIC, SECRET, SWAP_THEN_READ, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -199,25 +199,6 @@ async def test_an_unpersisted_answer_is_not_rebound_by_a_reload_after_a_swap(
     assert str(root / "secret") not in policy_file.read_text()
 
 
-# Renames work/pub away and puts a symlink to secret/ there - each asked about (work/ gives
-# it no such rights) - then, once told, reads through the name.
-ONCE_SWAP_READ = r"""
-import os, sys, time
-SECRET = sys.argv[1].encode()
-os.rename("work/pub", "work/pub-old")
-os.symlink(os.path.abspath("secret"), "work/pub")
-open("out/swapped", "w").close()
-while not os.path.exists("out/go"):
-    time.sleep(0.01)
-for path in ("work/pub/f", "work/pub-old/f"):
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        print(path, "errno", e.errno, flush=True)
-    else:
-        print(path, "LEAK" if SECRET in data else "ok", flush=True)
-"""
 
 
 def test_a_swap_made_with_allow_once_answers_does_not_redirect_a_rule_at_reload(
@@ -241,7 +222,7 @@ def test_a_swap_made_with_allow_once_answers_does_not_redirect_a_rule_at_reload(
     once = Answers(lambda _: Decision(Answer.ALLOW_ONCE), lambda _: Decision(Answer.ALLOW_ONCE))
     # trio.run, not the trio marker: its nursery would wrap the AssertionError that the
     # xfail expects in an ExceptionGroup.
-    statuses, _events = trio.run(run_with_reload, root, text, once, ONCE_SWAP_READ)
+    statuses, _events = trio.run(run_with_reload, root, text, once, SWAP_THEN_READ)
     out = capfd.readouterr().out.splitlines()
     assert statuses == [0]
     assert [d.syscall for d in once.asked][:2] == ["rename", "symlink"]
