@@ -36,6 +36,7 @@ from llsupervise.rights import (
     FS_NAMES,
     LATEST_ABI,
     NO_FS,
+    SUPERVISOR_ONLY_FS,
     AccessFs,
     fs_all,
     fs_read_execute,
@@ -61,7 +62,8 @@ OPEN_MODES = (
     "r", "w", "rw", "append", "trunc", "rtrunc", "dir", "nofollow", "creat", "excl", "creat_trunc",
 )  # fmt: skip
 VIAS = ("abs", "cwd", "dirfd")
-RIGHT_NAMES = tuple(FS_NAMES)
+# Landlock's rights only: connect_unix is llsupervise's own, judged outside Landlock.
+RIGHT_NAMES = tuple(name for name, right in FS_NAMES.items() if not right & SUPERVISOR_ONLY_FS)
 ALL_RIGHTS = frozenset(RIGHT_NAMES)
 
 
@@ -341,7 +343,12 @@ def _cases_json(base: Path, cases: Sequence[Sequence[Step]]) -> list[dict[str, A
 def _supervisor_rules(base: Path, rules: Sequence[Rule], copies: int) -> str:
     text = ""
     for rule in rules:
-        parents = ", ".join(json.dumps(str(base / f"t{i}" / rule.path)) for i in range(copies))
+        # Written as the real path, as check asks: at launch a supervisor rule through a
+        # symlink the program may have planted (here, in a directory it may change) is left
+        # out (rules.binding.resolve_at_launch). The rule binds to the same object either way.
+        parents = ", ".join(
+            json.dumps(os.path.realpath(base / f"t{i}" / rule.path)) for i in range(copies)
+        )
         access = ", ".join(json.dumps(r) for r in sorted(rule.rights))
         text += (
             f"\n[[supervisor.path_beneath]]\nallowed_access = [{access}]\nparent = [{parents}]\n"

@@ -177,26 +177,41 @@ class Supervisor:
         CPU, at the price of the command's own parallelism. Without it the serving threads
         still share one CPU, and a child thread is brought there only while a descriptor is
         injected (see placement)."""
-        slot = self.rules.slot
-        assert slot is not None
         self._token = trio.lowlevel.current_trio_token()
         unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
         syscalls += UNIX_SYSCALLS if unix else ()
         lifeline = Lifeline.create()
         try:
-            launched = self.launched = launch(
-                argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
-                new_session=new_session, lifeline=lifeline,
-            )  # fmt: skip
-        except BaseException:
+            return await self._run(argv, syscalls, lifeline, forward_signals, stdio, cpu,
+                                   new_session)  # fmt: skip
+        finally:
+            # Here, not in _run's cleanup, which a cancellation may cut short: what the
+            # command left running goes with the run, whatever ended it.
             if lifeline is not None:
                 lifeline.close()
-            raise
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        syscalls: Sequence[str],
+        lifeline: Lifeline | None,
+        forward_signals: bool,
+        stdio: Stdio,
+        cpu: int | None,
+        new_session: bool,
+    ) -> int:
+        slot = self.rules.slot
+        assert slot is not None
+        launched = self.launched = launch(
+            argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
+            new_session=new_session, lifeline=lifeline,
+        )  # fmt: skip
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:
             pass  # older kernels: slower wake-ups, same behaviour
+        unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         if self.static.handled_net or unix:  # made here: its helper needs our standing
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
@@ -247,8 +262,6 @@ class Supervisor:
                 self.net.close()
                 self.net = None
             launched.listener.close()
-            if lifeline is not None:
-                lifeline.close()  # what the command left running goes with it
             self._nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status

@@ -13,7 +13,6 @@ from llsupervise.supervisor.engine.requests import FsRequest, decode
 from llsupervise.supervisor.engine.tasks import TaskCache
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
 from llsupervise.supervisor.perform.procfs import status_fields, status_number
-from llsupervise.supervisor.rules.objects import fd_path
 
 #: Threads whose memory reader (and cached cwd) is kept open at once.
 MAX_TASKS = 1024
@@ -30,8 +29,6 @@ class Task:
     #: Our O_PATH fd of the thread's cwd, and its umask, while no context syscall may have
     #: changed them (see ThreadContexts.unsettle).
     cwd: int | None = None
-    #: That directory's path, for the lexical static check (see fastpath).
-    cwd_path: bytes | None = None
     cached_umask: int | None = None
     #: The thread's access credentials (see credentials).
     cached_credentials: Credentials | None = None
@@ -39,7 +36,7 @@ class Task:
     def forget_context(self) -> None:
         if self.cwd is not None:
             os.close(self.cwd)
-        self.cwd = self.cwd_path = self.cached_umask = self.cached_credentials = None
+        self.cwd = self.cached_umask = self.cached_credentials = None
 
     def close(self) -> None:
         self.forget_context()
@@ -148,19 +145,6 @@ class ThreadContexts:
             return fd
         task.cwd = fd
         return os.dup(fd)
-
-    def cwd_path(self, tid: int, task: Task) -> bytes:
-        """The path of the thread's current working directory, as the kernel names it."""
-        if task.cwd_path is not None:
-            return task.cwd_path
-        fd = self.cwd(tid, task)
-        try:
-            path = os.fsencode(fd_path(fd))
-        finally:
-            os.close(fd)
-        if not self._unsettled:
-            task.cwd_path = path
-        return path
 
     def credentials(self, task: Task) -> Credentials | None:
         """The thread's access credentials; None when unknown (it is gone)."""

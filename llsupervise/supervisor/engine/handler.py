@@ -88,7 +88,7 @@ class RequestHandler:
             self.listener.send_continue(n.id)
             return
         request, task = decoded
-        if request.leave_to_kernel() or self._static_allows(n, request, task):
+        if request.leave_to_kernel() or self._static_allows(request):
             self.listener.send_continue(n.id)
             return
         credentials = self.contexts.credentials(task)
@@ -105,17 +105,9 @@ class RequestHandler:
             return
         self.serve(n, target, generation)
 
-    def _static_allows(self, n: Notification, r: FsRequest, task: Task) -> bool:
+    def _static_allows(self, r: FsRequest) -> bool:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
-        if self.fast is None:
-            return False
-        cwd = None
-        if not r.path.startswith(b"/") and r.dirfd == AT_FDCWD and r.op == "open":
-            try:
-                cwd = self.contexts.cwd_path(n.pid, task)
-            except OSError:
-                return False  # gone: the broker path finds out and answers
-        return self.fast.allows(r, cwd)
+        return self.fast is not None and self.fast.allows(r)
 
     def _exec(self, n: Notification, name: str) -> None:
         """Exec cannot be granted live (Landlock checks it in the child's context): the static

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
+import time
 from itertools import count
 
 #: The watchdog: waits for end of file on its descriptor, then empties and removes the cgroup.
@@ -65,7 +65,7 @@ class Lifeline:
     def __init__(self, path: str) -> None:
         self.path = path
         self._write: int | None = None
-        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog: int | None = None
 
     @classmethod
     def create(cls) -> Lifeline | None:
@@ -90,11 +90,20 @@ class Lifeline:
     def _start_watchdog(self) -> None:
         read, write = os.pipe2(os.O_CLOEXEC)
         try:
-            self._watchdog = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", WATCHDOG, self.path, str(read)],
-                pass_fds=[read], start_new_session=True,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            os.set_inheritable(read, True)
+            devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                # posix_spawn, not subprocess: a bare pid to reap when it is done, and no
+                # object to warn about it if the run is abandoned first.
+                self._watchdog = os.posix_spawn(
+                    sys.executable,
+                    [sys.executable, "-I", "-S", "-c", WATCHDOG, self.path, str(read)],
+                    os.environ,
+                    file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
+                    setsid=True,
+                )
+            finally:
+                os.close(devnull)
         except BaseException:
             os.close(write)
             raise
@@ -113,6 +122,11 @@ class Lifeline:
             os.close(self._write)
             self._write = None
         if self._watchdog is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._watchdog.wait(5)  # a few ms: kill, wait for the cgroup to empty
+            # A few ms (kill, the cgroup empties, rmdir); reaped if done by then.
+            for _ in range(100):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(self._watchdog, os.WNOHANG)[0] == 0:
+                        time.sleep(0.005)
+                        continue
+                break
             self._watchdog = None
