@@ -50,7 +50,9 @@ def _rules(title: str, rules: Ruleset, table: ObjectTable) -> list[str]:
     lines = [f"{title} ({len(rules)}):"]
     for obj, access in sorted(rules.fs.items(), key=lambda item: table.label(item[0])):
         enforced = access if table.is_dir(obj) else access & FILE_ACCESS
-        note = "" if enforced == access else f"  (file: {_listed(access & ~enforced)} do not apply)"
+        # Directory-only rights on a file: Landlock checks them on its directory (see findings).
+        dropped = access & ~enforced
+        note = f"  (ineffective on a file: {_listed(dropped)})" if dropped else ""
         lines.append(f"  {table.label(obj)}: {_listed(enforced)}{note}")
     for port, net_access in sorted(rules.net.items()):
         lines.append(f"  tcp port {port}: {_listed(net_access)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -19,6 +20,7 @@ from llsupervise.policy.analysis import (
     QuietObject,
     analyse,
     covered_by_static,
+    ineffective,
     quiet_overlaps,
     redundant,
     redundant_ports,
@@ -106,6 +108,41 @@ def test_quiet_overlaps_both_ways() -> None:
     found = quiet_overlaps([rule, r("static", 1, R)], [below, above, aside], CHAINS)
     assert [(f.quiet, f.quiet_beneath) for f in found] == [(below, True), (above, False)]
     assert "lies beneath" in found[0].message() and "inside the quiet tree" in found[1].message()
+
+
+def on_file(layer: str, n: int, stated: AccessFs) -> PolicyRule:
+    """A rule on a file: only the rights that apply to a file are enforced."""
+    rule = r(layer, n, stated & FILE_ACCESS)
+    return PolicyRule(rule.layer, rule.obj, rule.access, rule.label, rule.where, None, stated)
+
+
+def test_directory_rights_on_a_file_are_ineffective_never_redundant() -> None:
+    """remove_file on a file (what "allow always" once wrote for a removal) grants nothing:
+    Landlock checks it on the file's directory. It is ineffective, not covered by anything."""
+    removal = on_file("supervisor", 4, AccessFs.REMOVE_FILE)
+    mixed = on_file("supervisor", 3, R | AccessFs.MAKE_REG)
+    broad = r("supervisor", 0, R | W | AccessFs.REMOVE_FILE | AccessFs.MAKE_REG)
+    found = analyse([broad, removal, mixed], [QuietObject(obj(4), "/o4", "q")], CHAINS)
+    assert [(f.kind, f.rule) for f in found if f.rule is removal] == [("ineffective", removal)]
+    # The part that applies (read_file) is judged as usual: covered, and it meets the quiet o4.
+    kinds = [f.kind for f in found if f.rule is mixed]
+    assert kinds == ["ineffective", "redundant", "quiet_overlap"]
+    assert found[0].message().startswith(
+        "ineffective: remove_file on /o4 (a file: Landlock checks these on its directory)"
+    )
+    assert "make_reg on /o3" in found[1].message()
+    assert covered_by_static([r("static", 0, R), removal], CHAINS) == []
+
+
+def test_a_group_on_a_file_is_not_ineffective_when_part_of_it_applies() -> None:
+    """abi.read_execute on /etc/hosts is the landlockconfig idiom: read_dir is dropped there."""
+    from llsupervise.rights import fs_all, fs_read_execute
+
+    assert ineffective([on_file("static", 4, fs_read_execute(7))]) == []
+    assert ineffective([on_file("static", 4, fs_all(3) & ~AccessFs.EXECUTE)]) == []
+    # Nothing of it applies (read_dir alone on a file): ineffective all the same.
+    [finding] = ineffective([on_file("static", 4, D)])
+    assert finding.message().startswith("ineffective: read_dir on /o4")
 
 
 def test_redundant_ports() -> None:
@@ -292,6 +329,34 @@ def test_check_reports_conditional_rules_redundancy_and_quiet_overlaps(tmp_path:
     assert f"overlap: quiet {tmp_path}/rw/file" in out and "lies beneath supervisor rule" in out
     # Static read of ro/ does not cover the supervisor's write there: not reported.
     assert f"supervisor rule {tmp_path}/ro:" not in out
+
+
+def test_check_reports_a_removal_right_on_a_file_as_ineffective(tmp_path: Path) -> None:
+    """The rule "allow always" once wrote for ``rm file``: ineffective, and not redundant."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "f").write_text("x")
+    source = tmp_path / "policy.toml"
+    source.write_text(
+        '[[ruleset]]\nhandled_access_fs = ["abi.all"]\n'
+        f'[[path_beneath]]\nallowed_access = ["read_file"]\nparent = ["{tmp_path}"]\n'
+        "[supervisor]\n"
+        '[[supervisor.path_beneath]]\nallowed_access = ["remove_file"]\n'
+        f'parent = ["{tmp_path}/work/f"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "llsupervise.cli", "check", str(source)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"  {tmp_path}/work/f: none  (ineffective on a file: remove_file)" in out
+    assert (
+        f"ineffective: remove_file on {tmp_path}/work/f (a file: Landlock checks these on its "
+        "directory)"
+    ) in out
+    assert "redundant" not in out
+    assert "findings (1):" in out
 
 
 @settings(max_examples=60, derandomize=True, database=None, deadline=None)

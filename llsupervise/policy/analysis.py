@@ -1,9 +1,16 @@
-"""Findings about a policy's rules: redundant ones, and supervisor rules that meet quiet objects.
+"""Findings about a policy's rules: ineffective and redundant ones, and supervisor rules that
+meet quiet objects.
 
 Works on file objects and their *chains* (the object, then each ancestor up to the root), the
 way Landlock evaluates a path: a ``path_beneath`` rule on a directory covers everything beneath
 it, and the rights of the rules on a chain add up. Pure: the caller opens the paths.
 
+* A rule is **ineffective** when it states directory-only rights (read_dir, remove_*, make_*,
+  refer) on a file: Landlock checks them on the file's directory, so on the file they grant
+  nothing. A rule that grants nothing at all is reported so, and never as redundant. Groups
+  (``abi.read_execute``, ``vN.read_write``...) are broad on purpose and bring directory rights onto
+  files (landlockconfig drops them there): a rule whose directory-only part is exactly a group's
+  is reported only when nothing else of it applies either.
 * A rule is **redundant** when another rule of the same layer, on the same object or on an
   ancestor, grants a superset of its rights (of two identical rules, the later one is reported).
   A conditional rule is also redundant when an unconditional supervisor rule covers it.
@@ -26,19 +33,23 @@ from typing import Literal
 from llsupervise.policy.conditions import Condition
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import (
+    FILE_ACCESS,
+    LATEST_ABI,
     NO_FS,
     NO_NET,
     AccessFs,
     AccessNet,
     Scope,
     fs_all,
+    fs_read_execute,
+    fs_read_write,
     names,
     net_all,
     scope_all,
 )
 
 Layer = Literal["static", "supervisor"]
-Kind = Literal["redundant", "covered_by_static", "quiet_overlap"]
+Kind = Literal["ineffective", "redundant", "covered_by_static", "quiet_overlap"]
 Chains = Mapping[ObjectId, Sequence[ObjectId]]
 
 
@@ -56,6 +67,13 @@ class PolicyRule:
     where: object
     #: Set for conditional supervisor rules (``exe`` / ``cgroup``).
     condition: Condition | None = None
+    #: The rights the entry states (None: the same as ``access``).
+    stated: AccessFs | None = None
+
+    @property
+    def ineffective(self) -> AccessFs:
+        """Stated rights that do not apply to the object (directory-only rights on a file)."""
+        return NO_FS if self.stated is None else self.stated & ~self.access
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,12 @@ class Finding:
     quiet_beneath: bool = False
 
     def message(self) -> str:
+        if self.kind == "ineffective":
+            return (
+                f"ineffective: {', '.join(names(self.rule.ineffective))} on {self.rule.label} "
+                f"(a file: Landlock checks these on its directory) ({self.rule.layer} rule, "
+                f"{self.rule.where})"
+            )
         rule = f"{_describe(self.rule)} ({self.rule.where})"
         if self.kind == "redundant":
             assert self.other is not None
@@ -174,11 +198,35 @@ def _may_cover(other: PolicyRule, rule: PolicyRule) -> bool:
     return rule.condition == other.condition
 
 
+#: The directory-only rights a group brings onto a file, for each group and ABI.
+_GROUP_TAILS = frozenset(
+    group(abi) & ~FILE_ACCESS
+    for group in (fs_all, fs_read_execute, fs_read_write)
+    for abi in range(1, LATEST_ABI + 1)
+)
+
+
+def ineffective(rules: Sequence[PolicyRule]) -> list[Finding]:
+    """Rules stating rights that do not apply to their object (see the module docstring)."""
+    return [
+        Finding("ineffective", rule)
+        for rule in rules
+        if rule.ineffective and (rule.access == NO_FS or rule.ineffective not in _GROUP_TAILS)
+    ]
+
+
+def _grants(rule: PolicyRule) -> bool:
+    """Whether any of the rule's rights applies: one that grants nothing is only ineffective."""
+    return rule.access != NO_FS
+
+
 def redundant(rules: Sequence[PolicyRule], chains: Chains) -> list[Finding]:
     """Rules covered by one other rule of the same layer on the same object or an ancestor."""
     by_obj = _index(rules)
     findings = []
     for i, rule in enumerate(rules):
+        if not _grants(rule):
+            continue
         for depth, obj in enumerate(_chain(chains, rule.obj)):
             cover = next(
                 (
@@ -207,7 +255,7 @@ def covered_by_static(rules: Sequence[PolicyRule], chains: Chains) -> list[Findi
             static[rule.obj] = static.get(rule.obj, NO_FS) | rule.access
     findings = []
     for rule in rules:
-        if rule.layer != "supervisor":
+        if rule.layer != "supervisor" or not _grants(rule):
             continue
         granted = NO_FS
         for obj in _chain(chains, rule.obj):
@@ -222,7 +270,7 @@ def quiet_overlaps(
 ) -> list[Finding]:
     findings = []
     for rule in rules:
-        if rule.layer != "supervisor":
+        if rule.layer != "supervisor" or not _grants(rule):
             continue
         rule_chain = set(_chain(chains, rule.obj))
         for q in quiet:
@@ -246,11 +294,12 @@ def redundant_ports(
 def analyse(
     rules: Sequence[PolicyRule], quiet: Sequence[QuietObject], chains: Chains
 ) -> list[Finding]:
-    """Every finding, one per rule for redundancy (static coverage first), then overlaps."""
+    """Every finding: ineffective rights, then one per rule for redundancy (static coverage
+    first), then overlaps."""
     by_static = covered_by_static(rules, chains)
     seen = {id(f.rule) for f in by_static}
     same_layer = [f for f in redundant(rules, chains) if id(f.rule) not in seen]
-    return [*by_static, *same_layer, *quiet_overlaps(rules, quiet, chains)]
+    return [*ineffective(rules), *by_static, *same_layer, *quiet_overlaps(rules, quiet, chains)]
 
 
 # -- what the policy leaves open ---------------------------------------------------------------

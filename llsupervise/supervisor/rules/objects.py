@@ -183,7 +183,7 @@ def _check_capacity(needed: int) -> None:
 
 
 #: A :class:`PolicyRule`'s fields, in order.
-RuleRow = tuple[Layer, ObjectId, AccessFs, str, object, Condition | None]
+RuleRow = tuple[Layer, ObjectId, AccessFs, str, object, Condition | None, AccessFs]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,9 @@ def resolve(
             for obj, location in _open_entry(table, entry, skipped, rebind):
                 label, is_dir = table.held(obj)[2:]
                 # A row, not a PolicyRule: most resolutions (reloads) never look at them.
-                rows.append((name, obj, _enforced(access, is_dir), label, location, condition))
+                rows.append(
+                    (name, obj, _enforced(access, is_dir), label, location, condition, access)
+                )
                 if condition is not None:
                     conditional.append(ConditionalRule(obj, access, condition, label))
                     continue
