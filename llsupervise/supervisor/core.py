@@ -19,7 +19,6 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 import trio
 
@@ -31,25 +30,20 @@ from llsupervise.seccomp import (
     MEDIATED_FS_SYSCALLS,
     UNIX_SYSCALLS,
     Listener,
-    Notification,
     SeccompError,
 )
-from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.loop import NotificationLoop
-from llsupervise.supervisor.engine.pending import Pending
-from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.launch.lifeline import Lifeline
-from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator, PendingNet
-from llsupervise.supervisor.net.unix import UnixPending
-from llsupervise.supervisor.perform.procfs import read_proc
+from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
+from llsupervise.supervisor.questions.handover import Handover
 from llsupervise.supervisor.questions.net import NetQuestions
 from llsupervise.supervisor.rules.binding import resolve_at_launch
 from llsupervise.supervisor.rules.objects import (
@@ -60,7 +54,6 @@ from llsupervise.supervisor.rules.objects import (
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
-_P = TypeVar("_P", Pending, PendingNet, UnixPending)
 TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
 
 
@@ -83,8 +76,9 @@ class Supervisor:
         self.rule_uses = RuleUses(self.rules, self.emit)
         #: Watches and rewrites the policy file (``open(..., watch=True)``).
         self.policy_file: PolicyFile | None = None
-        self._nursery: trio.Nursery | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
+        self.handover = Handover(
+            self.questions, self.net_questions, self.rules.static, lambda: self.generation
+        )
         self.launched: Launched | None = None
         #: Set when SIGHUP came (and was passed on): our terminal is gone.
         self.hung_up = False
@@ -177,7 +171,7 @@ class Supervisor:
         CPU, at the price of the command's own parallelism. Without it the serving threads
         still share one CPU, and a child thread is brought there only while a descriptor is
         injected (see placement)."""
-        self._token = trio.lowlevel.current_trio_token()
+        self.handover.token = trio.lowlevel.current_trio_token()
         unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
         syscalls += UNIX_SYSCALLS if unix else ()
@@ -215,15 +209,14 @@ class Supervisor:
         if self.static.handled_net or unix:  # made here: its helper needs our standing
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
-                lambda pending: self._post(self._on_net_denial, pending),
-                on_unix_denial=lambda pending: self._post(self._on_unix_denial, pending),
+                self.handover.net_denial, on_unix_denial=self.handover.unix_denial,
             )  # fmt: skip
         loop = NotificationLoop(
             launched.listener,
             slot,
             self.static.handled_fs,
-            lambda pending: self._post(self._on_denial, pending),
-            on_exec=self._post_exec,
+            self.handover.denial,
+            on_exec=self.handover.exec,
             fast=StaticPrefixes(self.static, self.table),
             net=self.net,
             cpu=cpu,
@@ -238,7 +231,7 @@ class Supervisor:
         self.emit(start)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self.handover.nursery = nursery
                 if forward_signals:
                     nursery.start_soon(signals.forward, launched.process.send_signal, self._hang_up)
                 if self.policy_file is not None:
@@ -262,7 +255,7 @@ class Supervisor:
                 self.net.close()
                 self.net = None
             launched.listener.close()
-            self._nursery = None
+            self.handover.nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
 
@@ -274,64 +267,3 @@ class Supervisor:
         while True:
             await trio.sleep(1.0)
             self.rule_uses.count(loop.performed)
-
-    # -- denials, handed over from the serving threads ------------------------------------
-
-    def _post(self, handler: Callable[[_P], None], pending: _P) -> None:
-        """Hand a request over from a worker thread to trio; once the run is over, it is
-        dropped (its listener closes with the run: it fails closed)."""
-        assert self._token is not None
-        try:
-            self._token.run_sync_soon(handler, pending)
-        except trio.RunFinishedError:
-            pending.close()
-
-    def _on_denial(self, pending: Pending) -> None:
-        if self._nursery is None:
-            pending.close()  # the listener closes with the run: fails closed
-            return
-        n = pending.notification
-        pending.exe, pending.cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
-        self.questions.ask(
-            pending.exe, pending.cmdline, n.pid, pending.request, pending.objects,
-            pending.generation, pending, self._nursery,
-        )  # fmt: skip
-
-    def _post_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
-        """Called from the notification thread for each executable the child asks to run.
-
-        The static layer alone decides exec (the call is already on its way with CONTINUE);
-        a refusal is reported so that "always" can persist a rule for the next run."""
-        if self._token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
-            obj.close()
-            return
-        try:
-            self._token.run_sync_soon(self._on_exec, n, request, obj)
-        except trio.RunFinishedError:
-            obj.close()
-
-    def _on_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
-        if self._nursery is None:
-            obj.close()
-            return
-        # A refused exec leaves the process as it was: exe and cmdline are still the caller's.
-        exe, cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
-        self.questions.ask(
-            exe, cmdline, n.pid, request, [obj], self.generation, None, self._nursery
-        )
-
-    def _on_unix_denial(self, pending: UnixPending) -> None:
-        """A connect/sendto to a UNIX socket no rule allows: asked like a file request."""
-        if self._nursery is None:
-            pending.close()
-            return
-        self.questions.ask(
-            pending.exe, pending.cmdline, pending.tid, pending.request, [pending.target],
-            pending.generation, pending, self._nursery,
-        )  # fmt: skip
-
-    def _on_net_denial(self, pending: PendingNet) -> None:
-        if self._nursery is None or self.net is None:
-            pending.close()
-            return
-        self.net_questions.ask(pending, self._nursery)

@@ -1,0 +1,107 @@
+"""Denials handed over from the serving threads (plain threads) to trio, where questions are
+asked. Once the run is over, a request handed over is dropped: its listener closes with the
+run, so it fails closed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from llsupervise.policy.model import Ruleset
+from llsupervise.seccomp import Notification
+from llsupervise.supervisor.engine.denials import CheckedObject
+from llsupervise.supervisor.engine.pending import Pending
+from llsupervise.supervisor.engine.requests import FsRequest
+from llsupervise.supervisor.net.mediator import PendingNet
+from llsupervise.supervisor.net.unix import UnixPending
+from llsupervise.supervisor.perform.procfs import read_proc
+from llsupervise.supervisor.questions.fs import FsQuestions
+from llsupervise.supervisor.questions.net import NetQuestions
+
+_P = TypeVar("_P", Pending, PendingNet, UnixPending)
+
+
+class Handover:
+    """Called from the serving threads; asks in trio, within the run's nursery."""
+
+    def __init__(
+        self,
+        questions: FsQuestions,
+        net_questions: NetQuestions,
+        static: Ruleset,
+        generation: Callable[[], int],
+    ) -> None:
+        self.questions = questions
+        self.net_questions = net_questions
+        self.static = static
+        self._generation = generation
+        self.token: trio.lowlevel.TrioToken | None = None
+        #: The run's nursery, while the run lasts.
+        self.nursery: trio.Nursery | None = None
+
+    def _post(self, handler: Callable[[_P], None], pending: _P) -> None:
+        assert self.token is not None
+        try:
+            self.token.run_sync_soon(handler, pending)
+        except trio.RunFinishedError:
+            pending.close()
+
+    def denial(self, pending: Pending) -> None:
+        self._post(self._on_denial, pending)
+
+    def unix_denial(self, pending: UnixPending) -> None:
+        self._post(self._on_unix_denial, pending)
+
+    def net_denial(self, pending: PendingNet) -> None:
+        self._post(self._on_net_denial, pending)
+
+    def _on_denial(self, pending: Pending) -> None:
+        if self.nursery is None:
+            pending.close()
+            return
+        n = pending.notification
+        pending.exe, pending.cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
+        self.questions.ask(
+            pending.exe, pending.cmdline, n.pid, pending.request, pending.objects,
+            pending.generation, pending, self.nursery,
+        )  # fmt: skip
+
+    def exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
+        """Each executable the child asks to run. The static layer alone decides exec (the
+        call is already on its way with CONTINUE); a refusal is reported so that "always"
+        can persist a rule for the next run."""
+        if self.token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
+            obj.close()
+            return
+        try:
+            self.token.run_sync_soon(self._on_exec, n, request, obj)
+        except trio.RunFinishedError:
+            obj.close()
+
+    def _on_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
+        if self.nursery is None:
+            obj.close()
+            return
+        # A refused exec leaves the process as it was: exe and cmdline are still the caller's.
+        exe, cmdline = read_proc(n.pid, "exe"), read_proc(n.pid, "cmdline")
+        self.questions.ask(
+            exe, cmdline, n.pid, request, [obj], self._generation(), None, self.nursery
+        )
+
+    def _on_unix_denial(self, pending: UnixPending) -> None:
+        """A connect/sendto to a UNIX socket no rule allows: asked like a file request."""
+        if self.nursery is None:
+            pending.close()
+            return
+        self.questions.ask(
+            pending.exe, pending.cmdline, pending.tid, pending.request, [pending.target],
+            pending.generation, pending, self.nursery,
+        )  # fmt: skip
+
+    def _on_net_denial(self, pending: PendingNet) -> None:
+        if self.nursery is None:
+            pending.close()
+            return
+        self.net_questions.ask(pending, self.nursery)
