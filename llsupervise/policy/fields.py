@@ -123,3 +123,12 @@ class FieldReader:
         if not 0 < value <= _MAX_TIMEOUT:
             raise self.context.error(key, f"must be greater than 0 and at most {_MAX_TIMEOUT:g}")
         return float(value)
+
+    def boolean(self, table: dict[str, object], name: str) -> bool:
+        """A ``[supervisor]`` switch (false when absent)."""
+        value = table.get(name, False)
+        if not isinstance(value, bool):
+            raise self.context.error(
+                f"supervisor.{name}", f"expected a boolean, found {type_name(value)}"
+            )
+        return value

@@ -210,14 +210,14 @@ class _Builder:
         path_beneath = self._path_beneath_list(self.root.get("path_beneath"), "path_beneath")
         net_port = self._net_port_list(self.root.get("net_port"), "net_port")
         supervisor = self._supervisor()
-        self._check_supervisor_only(path_beneath, supervisor)
+        _check_supervisor_only(self.context, path_beneath, supervisor)
         if supervisor.handle_connect_unix:
             handled_fs |= SUPERVISOR_ONLY_FS
         # landlockconfig: every right a static rule uses becomes handled.
         handled_fs |= _union(e.access for e in path_beneath)
         handled_net |= _union(e.access for e in net_port)
         if "ruleset" in self.root:
-            self._check_handled(supervisor, handled_fs, handled_net)
+            _check_handled(self.context, supervisor, handled_fs, handled_net)
         else:
             handled_fs |= _union(e.access for e in supervisor.path_beneath)
             handled_net |= _union(e.access for e in supervisor.net_port)
@@ -444,7 +444,7 @@ class _Builder:
             prompt_timeout=self.fields.timeout(
                 table.get("prompt_timeout", defaults.prompt_timeout)
             ),
-            handle_connect_unix=self._boolean(table, "handle_connect_unix"),
+            handle_connect_unix=self.fields.boolean(table, "handle_connect_unix"),
             default=checked_choice(
                 self.context, table.get("default", defaults.default), "supervisor.default", DEFAULTS
             ),
@@ -459,65 +459,6 @@ class _Builder:
             ),
             quiet=self._quiet_list(table.get("quiet"), "supervisor.quiet"),
         )
-
-    def _boolean(self, table: dict[str, object], name: str) -> bool:
-        value = table.get(name, False)
-        if not isinstance(value, bool):
-            raise self.context.error(
-                f"supervisor.{name}", f"expected a boolean, found {type_name(value)}"
-            )
-        return value
-
-    def _check_supervisor_only(
-        self, static: tuple[PathBeneathEntry, ...], supervisor: SupervisorSection
-    ) -> None:
-        """``connect_unix`` (the supervisor layer's own right) only in unconditional
-        ``[[supervisor.path_beneath]]`` rules, and only when ``[supervisor]`` handles it."""
-        for e in static:
-            if e.access & SUPERVISOR_ONLY_FS:
-                raise self.context.error(
-                    f"{e.location.key}.allowed_access",
-                    f"{', '.join(names(e.access & SUPERVISOR_ONLY_FS))} is judged by the "
-                    "supervisor layer only (landlockconfig does not know it): "
-                    "put it in a [[supervisor.path_beneath]]",
-                )
-        for e in supervisor.path_beneath:
-            if not e.access & SUPERVISOR_ONLY_FS:
-                continue
-            if e.exe or e.cgroup is not None:
-                raise self.context.error(
-                    f"{e.location.key}.allowed_access",
-                    "connect_unix cannot be granted conditionally (exe, cgroup): "
-                    "put it in a rule of its own without them",
-                )
-            if not supervisor.handle_connect_unix:
-                raise self.context.error(
-                    f"{e.location.key}.allowed_access",
-                    "connect_unix not handled: add handle_connect_unix = true to [supervisor]",
-                )
-
-    def _check_handled(
-        self, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet
-    ) -> None:
-        """Supervisor rules cannot widen a running layer's handled rights: refuse extra ones."""
-        # Plain ints: one check per rule, and a flag's own operators are slow.
-        not_fs, not_net = ~int(handled_fs), ~int(handled_net)
-        checks: list[tuple[str, AccessFs | AccessNet, str]] = [
-            (e.location.key, AccessFs(int(e.access) & not_fs), "handled_access_fs")
-            for e in supervisor.path_beneath
-            if int(e.access) & not_fs
-        ]
-        checks += [
-            (e.location.key, AccessNet(int(e.access) & not_net), "handled_access_net")
-            for e in supervisor.net_port
-            if int(e.access) & not_net
-        ]
-        for key, extra, ruleset_key in checks[:1]:
-            raise self.context.error(
-                f"{key}.allowed_access",
-                f"{', '.join(names(extra))} not handled by the layer: "
-                f"add to [[ruleset]] {ruleset_key}",
-            )
 
 
 def _all_tables_with(
@@ -574,3 +515,54 @@ def _default_scopes(abi: int) -> Scope:
     the program cannot signal outside its domain, so not the supervisor."""
     return Scope.SIGNAL if abi >= _SCOPES_ABI else NO_SCOPE
 
+
+def _check_supervisor_only(
+    context: Context, static: tuple[PathBeneathEntry, ...], supervisor: SupervisorSection
+) -> None:
+    """``connect_unix`` (the supervisor layer's own right) only in unconditional
+    ``[[supervisor.path_beneath]]`` rules, and only when ``[supervisor]`` handles it."""
+    for e in static:
+        if e.access & SUPERVISOR_ONLY_FS:
+            raise context.error(
+                f"{e.location.key}.allowed_access",
+                f"{', '.join(names(e.access & SUPERVISOR_ONLY_FS))} is judged by the "
+                "supervisor layer only (landlockconfig does not know it): "
+                "put it in a [[supervisor.path_beneath]]",
+            )
+    for e in supervisor.path_beneath:
+        if not e.access & SUPERVISOR_ONLY_FS:
+            continue
+        if e.exe or e.cgroup is not None:
+            raise context.error(
+                f"{e.location.key}.allowed_access",
+                "connect_unix cannot be granted conditionally (exe, cgroup): "
+                "put it in a rule of its own without them",
+            )
+        if not supervisor.handle_connect_unix:
+            raise context.error(
+                f"{e.location.key}.allowed_access",
+                "connect_unix not handled: add handle_connect_unix = true to [supervisor]",
+            )
+
+
+def _check_handled(
+    context: Context, supervisor: SupervisorSection, handled_fs: AccessFs, handled_net: AccessNet
+) -> None:
+    """Supervisor rules cannot widen a running layer's handled rights: refuse extra ones."""
+    # Plain ints: one check per rule, and a flag's own operators are slow.
+    not_fs, not_net = ~int(handled_fs), ~int(handled_net)
+    checks: list[tuple[str, AccessFs | AccessNet, str]] = [
+        (e.location.key, AccessFs(int(e.access) & not_fs), "handled_access_fs")
+        for e in supervisor.path_beneath
+        if int(e.access) & not_fs
+    ]
+    checks += [
+        (e.location.key, AccessNet(int(e.access) & not_net), "handled_access_net")
+        for e in supervisor.net_port
+        if int(e.access) & not_net
+    ]
+    for key, extra, ruleset_key in checks[:1]:
+        raise context.error(
+            f"{key}.allowed_access",
+            f"{', '.join(names(extra))} not handled by the layer: add to [[ruleset]] {ruleset_key}",
+        )
