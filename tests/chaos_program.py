@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 #: Names the program controls: not UTF-8, newlines, terminal escapes, look-alike and bidi
-#: characters, near and at NAME_MAX.
+#: characters, near, at and past NAME_MAX.
 HOSTILE_NAMES: tuple[bytes, ...] = (
     b"plain",
     b"\xff\xfe",
@@ -28,6 +28,7 @@ HOSTILE_NAMES: tuple[bytes, ...] = (
     b"...",
     b"n" * 254,
     b"m" * 255,
+    b"o" * 256,
 )
 #: 20 levels of 100-byte names: paths of ~2 kB, still under PATH_MAX with a long name.
 DEEP = b"work/deep/" + b"/".join([b"d" * 100] * 20)

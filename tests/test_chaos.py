@@ -67,6 +67,8 @@ def _tree(root: Path) -> bytes:
             os.makedirs(base + b"/" + directory, exist_ok=True)
     for directory in (b"data", b"data/sub", b"work", DEEP):
         for name in HOSTILE_NAMES:
+            if len(name) > 255:  # past NAME_MAX: no such file can exist
+                continue
             with open(base + b"/" + directory + b"/" + name, "wb") as f:
                 f.write(b"public " + name)
     shutil.copy("/bin/true", root / "data" / "true")
