@@ -26,6 +26,8 @@ from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.tui.prompts import Question
 
+pytestmark = pytest.mark.kernel
+
 
 class SwapThenAnswer:
     """The first question: run ``swap`` (the attacker's move), then answer with ``answer``.

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llsupervise.policy.analysis import unrestricted
 from llsupervise.rights import AccessFs, AccessNet, Scope, fs_all, net_all, scope_all
 
@@ -31,6 +33,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+@pytest.mark.kernel
 def test_a_read_only_policy_without_ruleset_reports_removal_and_creation_open(
     tmp_path: Path,
 ) -> None:
@@ -62,6 +65,7 @@ def test_a_read_only_policy_without_ruleset_reports_removal_and_creation_open(
     assert not victim.exists()
 
 
+@pytest.mark.kernel
 def test_handling_every_right_leaves_nothing_open_and_denies_the_removal(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text(READ_ONLY.replace("abi = 7\n", "abi = 7\n" + HANDLES_ALL))

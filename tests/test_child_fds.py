@@ -16,6 +16,8 @@ from supervised import PUBLIC, make_tree, policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine.childfds import ChildFds, KeptDir, open_child_fd
 
+pytestmark = pytest.mark.kernel
+
 # Holds fd 50 on argv[1]; on each line of input, moves it to the directory named there.
 HOLDER = r"""
 import os, sys

@@ -66,6 +66,7 @@ def test_check_missing_path_is_an_error_unless_optional(tmp_path: Path) -> None:
     assert "skipped optional path '/nope/x'" in result.stdout
 
 
+@pytest.mark.kernel
 def test_run_headless_keeps_exit_status_and_logs_denials(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
     # The example policy grants /tmp and the working directory, not /var/tmp.
@@ -106,6 +107,7 @@ def test_too_many_rule_objects_fail_clearly(
         resolve(_document(tmp_path, 10), table)
 
 
+@pytest.mark.kernel
 def test_same_cpu_keeps_the_command_on_one_cpu_and_still_mediates(tmp_path: Path) -> None:
     """The command (and what it starts) sees one CPU, and a denied read is still denied."""
     log = tmp_path / "events.jsonl"

@@ -47,6 +47,7 @@ def run_touching(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[s
     return cli("run", *options, "--", "touch", str(tmp_path / "marker"), cwd=tmp_path)
 
 
+@pytest.mark.kernel
 def test_the_valid_run_would_touch_the_marker(tmp_path: Path) -> None:
     result = run_touching(tmp_path, "--headless", "--policy", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
@@ -110,6 +111,7 @@ def test_listen_in_a_missing_directory_tree_creates_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "marker").exists()
 
 
+@pytest.mark.kernel
 def test_listen_makes_the_sockets_own_directory_only(tmp_path: Path) -> None:
     """The valid twin: a new directory for the socket, whose parent exists, is made private."""
     result = run_touching(

@@ -26,6 +26,8 @@ from llsupervise.policy.model import ObjectId
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
 
+pytestmark = pytest.mark.kernel
+
 # -- pure matching -------------------------------------------------------------------------------
 
 

@@ -21,6 +21,8 @@ import pytest
 
 import llsupervise
 
+pytestmark = pytest.mark.kernel
+
 EXAMPLE = Path(__file__).parent.parent / "config" / "example.toml"
 #: This llsupervise, whatever the current directory, without a PYTHONPATH the tools would see.
 LLSUPERVISE = [

@@ -15,6 +15,8 @@ from llsupervise.policy.loader import parse_policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.launch.launcher import inherited_fds
 
+pytestmark = pytest.mark.kernel
+
 # Lists the command's descriptors beyond stdio, each with what it is.
 LIST_FDS = r"""
 import os

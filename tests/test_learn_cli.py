@@ -18,6 +18,8 @@ from llsupervise.learn.recording import Recording
 from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.rights import AccessFs
 
+pytestmark = pytest.mark.kernel
+
 ROOT = Path(llsupervise.__file__).resolve().parent.parent
 
 

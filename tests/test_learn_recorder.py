@@ -8,9 +8,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from llsupervise.learn.recorder import LAUNCHER, MAX_CACHED_TASKS, record
 from llsupervise.learn.recording import Recording
 from llsupervise.rights import NO_FS, AccessFs, AccessNet
+
+pytestmark = pytest.mark.kernel
 
 R, W, X = AccessFs.READ_FILE, AccessFs.WRITE_FILE, AccessFs.EXECUTE
 

@@ -32,6 +32,8 @@ import pytest
 import llsupervise
 from llsupervise.learn.paths import is_beneath
 
+pytestmark = pytest.mark.kernel
+
 ROOT = Path(llsupervise.__file__).resolve().parent.parent
 DECOY = b"decoy: never read by the program\n"
 

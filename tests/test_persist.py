@@ -202,6 +202,7 @@ class UserEditsWhileAsked:
         return Decision(Answer.DENY)
 
 
+@pytest.mark.kernel
 @pytest.mark.trio
 async def test_a_user_edit_made_while_an_answer_is_persisted_survives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
@@ -260,6 +261,7 @@ class AlwaysForDataQuietForSecret:
         return Decision(Answer.DENY_QUIET)
 
 
+@pytest.mark.kernel
 @pytest.mark.trio
 async def test_own_write_is_recognised_and_not_reloaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]

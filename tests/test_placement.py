@@ -69,6 +69,7 @@ with open("out/affinity", "w") as f:
 """
 
 
+@pytest.mark.kernel
 @pytest.mark.trio
 async def test_grants_leave_the_childs_affinity_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

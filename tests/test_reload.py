@@ -18,6 +18,8 @@ from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 
+pytestmark = pytest.mark.kernel
+
 
 def rule(path: Path | str, access: str = '"read_file"') -> str:
     return f'\n[[supervisor.path_beneath]]\nallowed_access = [{access}]\nparent = ["{path}"]\n'

@@ -31,6 +31,8 @@ from llsupervise.supervisor.frontends.hub import (
     listening,
 )
 
+pytestmark = pytest.mark.kernel
+
 #: Waits for the go file (so the client is attached first), then reads data/x twice.
 READ_AFTER_GO = r"""
 import os, sys, time

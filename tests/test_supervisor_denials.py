@@ -14,6 +14,8 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
+pytestmark = pytest.mark.kernel
+
 RENAME = r"""
 import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)

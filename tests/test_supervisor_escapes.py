@@ -19,6 +19,8 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Decision, Denial
 
+pytestmark = pytest.mark.kernel
+
 DATA_RW = """
 [[supervisor.path_beneath]]
 allowed_access = ["abi.read_write"]

@@ -15,6 +15,8 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
+pytestmark = pytest.mark.kernel
+
 EXEC = r"""
 import os, sys
 try:

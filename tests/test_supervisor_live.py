@@ -20,6 +20,8 @@ from llsupervise.supervisor.engine.loop import NotificationLoop
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.launch.launcher import launch
 
+pytestmark = pytest.mark.kernel
+
 
 @pytest.mark.trio
 async def test_grant_and_revoke_while_running(

@@ -19,6 +19,8 @@ from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.policyfile.persist import KeptAnswer, add_answers, kept_from_event
 
+pytestmark = pytest.mark.kernel
+
 # Connects to 127.0.0.1:PORT once per iteration on a fresh socket; logs "ok" or "err ERRNO".
 CONNECT_LOOP = r"""
 import os, socket, sys, time

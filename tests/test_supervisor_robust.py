@@ -24,6 +24,8 @@ from llsupervise.supervisor.events.encode import unescape
 from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode, listening
 from llsupervise.supervisor.questions import limits, scopes
 
+pytestmark = pytest.mark.kernel
+
 #: Names no UTF-8 decoder takes, and one that reads like an escape of the first.
 ODD_NAMES = (b"\xff\xfe", b"\\xff\\xfe", b"caf\xe9")
 

@@ -21,6 +21,8 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
+pytestmark = pytest.mark.kernel
+
 # Connects to each address in argv (a leading "@" names an abstract socket), sends "hello"
 # on success, and prints the errno (0: connected) of each.
 CONNECT = r"""

@@ -22,6 +22,8 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
+pytestmark = pytest.mark.kernel
+
 GRANT_SECONDS = 30.0
 
 

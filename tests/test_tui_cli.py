@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.kernel
+
 EXAMPLE = Path(__file__).parent.parent / "config" / "example.toml"
 
 

@@ -22,7 +22,7 @@ from llsupervise.tui.session import LocalSession
 from llsupervise.tui.widgets import FeedView, PromptPanel
 
 # These run on asyncio (textual), not trio: each is marked, trio mode stays off.
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.kernel]
 
 OK = "ok " + PUBLIC.decode().strip()
 
