@@ -43,10 +43,17 @@ from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator, PendingNet
+from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
+from llsupervise.supervisor.rules.controlplane import (
+    ControlFile,
+    control_files,
+    guard_for,
+    refuse_static,
+)
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -82,6 +89,8 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.launched: Launched | None = None
+        #: The control plane: what is never performed for the program (see perform.guard).
+        self.guard = Guard()
         #: Set when SIGHUP came (and was passed on): our terminal is gone.
         self.hung_up = False
 
@@ -94,13 +103,19 @@ class Supervisor:
         decisions: DecisionSource | None = None,
         log: EventLog | None = None,
         watch: bool = False,
+        control: Sequence[ControlFile] | None = None,
     ) -> AsyncIterator[Supervisor]:
         """``watch``: reload ``document.source`` on each save while :meth:`run` runs, and
-        write "always" answers back into it."""
+        write "always" answers back into it. ``control``: the control plane of the run
+        (default: the policy file and its learn recording), never reached for the program:
+        a policy whose static rules hand it over is refused (ControlPlaneError)."""
         raise_nofile_limit()
         table = ObjectTable()
+        if control is None:
+            control = control_files(document.source)
         try:
             policy = resolve(document, table)
+            refuse_static(policy, control)
             section = document.supervisor
             sup = cls(
                 policy,
@@ -108,12 +123,14 @@ class Supervisor:
                 decisions or ModeDecisions(section.mode, section.default, section.prompt_timeout),
                 log or EventLog(None),
             )
+            sup.guard = guard_for(control)
             try:
                 if watch:
                     sup.policy_file = PolicyFile(sup, document.source)
                 yield sup
             finally:
                 sup.rules.close()
+                sup.guard.close()
         finally:
             table.close()
 
@@ -198,6 +215,7 @@ class Supervisor:
             fast=StaticPrefixes(self.static, self.table),
             net=self.net,
             cpu=cpu,
+            guard=self.guard,
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()

@@ -68,11 +68,14 @@ class Denial:
     #: What ``scopes[0]`` is: "file" or "directory" (the object itself), or
     #: "changed_directory" (where a name is made or removed); the others are directories above.
     scope_kind: str = ""
+    #: Non-empty when the request reaches llsupervise's control plane (e.g. "llsupervise's
+    #: policy file"): it is never performed, and no "allow" is offered.
+    protected: str = ""
     ts: float = field(default_factory=time.time)
     count: int = 1
 
     def event(self, decision: Answer) -> dict[str, Any]:
-        return {
+        event = {
             "event": "denial",
             "ts": self.ts,
             "pid": self.pid,
@@ -85,6 +88,9 @@ class Denial:
             "generation": self.generation,
             "count": self.count,
         }
+        if self.protected:
+            event["protected"] = self.protected
+        return event
 
 
 class EventLog:
