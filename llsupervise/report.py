@@ -14,6 +14,11 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, LATEST_ABI, Scope, names
+from llsupervise.supervisor.rules.controlplane import (
+    control_files,
+    static_violations,
+    unhandled_warnings,
+)
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -89,7 +94,10 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
         lines.append(f"skipped optional path '{path}' ({location}): it does not exist")
-    found = [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
+    control = control_files(doc.source)
+    found = [f"error: {line}" for line in static_violations(policy, control)]
+    found += [f"warning: {line}" for line in unhandled_warnings(policy, control)]
+    found += [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
     lines.append(f"findings ({len(found)}):" if found else "findings: none")
     lines += [f"  {message}" for message in found]
     # Labels and paths may hold any byte a file name can (one persisted by "allow always"
@@ -103,7 +111,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     with ObjectTable() as table:
         policy = resolve(document, table)
         print("\n".join(check_report(policy, table, detect_support())))
-    return 0
+        # An error finding: `run` would refuse this policy (see rules.controlplane).
+        return 2 if static_violations(policy, control_files(document.source)) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ from llsupervise.supervisor.questions.net import NetQuestions
 from llsupervise.supervisor.rules.controlplane import (
     ControlFile,
     control_files,
+    devices,
     guard_for,
     refuse_static,
 )
@@ -112,7 +113,7 @@ class Supervisor:
         raise_nofile_limit()
         table = ObjectTable()
         if control is None:
-            control = control_files(document.source)
+            control = control_files(document.source, log=log.path if log else None)
         try:
             policy = resolve(document, table)
             refuse_static(policy, control)
@@ -192,6 +193,11 @@ class Supervisor:
         injected (see placement)."""
         slot = self.rules.slot
         assert slot is not None
+        if new_session:
+            # The command has a terminal of its own: ours is the control plane's.
+            terminals = control_files(None, terminals=(0, 1, 2))
+            refuse_static(self.policy, terminals)
+            self.guard.add_devices(devices(terminals))
         self._token = trio.lowlevel.current_trio_token()
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
         launched = self.launched = launch(

@@ -96,15 +96,17 @@ class Denial:
 class EventLog:
     """Appends one JSON object per line; flushed per event so a crash loses nothing."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, path: str | None = None) -> None:
         self._stream = stream
+        #: The file it appends to (part of the control plane), when opened by path.
+        self.path = path
 
     @classmethod
     def open(cls, path: str | None) -> EventLog:
         if path is None:
             return cls(None)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        return cls(os.fdopen(fd, "a", encoding="utf-8"))
+        return cls(os.fdopen(fd, "a", encoding="utf-8"), path)
 
     def write(self, event: dict[str, Any]) -> None:
         if self._stream is not None:

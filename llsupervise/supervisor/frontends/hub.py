@@ -17,6 +17,9 @@ server → client
   ``error``     ``message`` (and the ``id`` it concerns): a client message was refused
 
 client → server
+  ``token``     ``token``: sent first, the content of SOCKET.token (in the socket's private
+                directory, out of the supervised program's reach): a connection without it
+                is refused (the program can connect to the socket, not read the token)
   ``answer``    ``id``, ``answer`` (allow_once allow_for allow_always deny deny_quiet),
                 ``duration`` (seconds, allow_for), ``scope`` (one of the denial's
                 offered ``scopes``, by label or index), ``rights`` (allow_always: access
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hmac
 import json
 import math
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -50,6 +55,7 @@ from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.rules.controlplane import token_path
 
 PROTOCOL_VERSION = 1
 #: What a person may answer; the others are the supervisor's own.
@@ -508,16 +514,67 @@ def decode(line: bytes) -> Any:
         raise ProtocolError(f"not a JSON line: {exc}") from exc
 
 
+def make_token(path: str) -> str:
+    """Write a new attach token beside the socket ``path`` (in its private directory, made
+    here if need be); return it. Replaces a token a crash left behind."""
+    path = os.path.abspath(path)
+    _private_directory(os.path.dirname(path))
+    token = secrets.token_hex(32)
+    target = token_path(path)
+    temporary = f"{target}.{os.getpid()}.new"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+    return token
+
+
+def read_token(path: str) -> str:
+    """The token of the supervisor listening on ``path`` (what ``attach`` sends first)."""
+    try:
+        with open(token_path(path), encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a token"
+        raise RemoteError(
+            f"cannot attach to {path}: its token {token_path(path)}: {reason}"
+        ) from exc
+
+
+async def _refuse(stream: trio.SocketStream, refusal: str) -> None:
+    with trio.move_on_after(1):
+        await stream.send_all(encode({"type": "error", "message": refusal}))
+
+
 async def _serve_connection(
-    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient], token: str
 ) -> None:
     stream = trio.SocketStream(conn)
     async with stream:
         uid = peer_uid(conn)
         if uid != os.geteuid():
             refusal = f"refused: this supervisor belongs to uid {os.geteuid()}, you are uid {uid}"
-            with trio.move_on_after(1):
-                await stream.send_all(encode({"type": "error", "message": refusal}))
+            await _refuse(stream, refusal)
+            return
+        lines = LineReader(stream)
+        # Same uid proves nothing (the supervised program has it): the token does.
+        try:
+            first = await lines.next()
+            message = decode(first) if first is not None else None
+        except (ProtocolError, trio.BrokenResourceError):
+            message = None
+        sent = message.get("token") if isinstance(message, dict) else None
+        if (
+            not isinstance(message, dict)
+            or message.get("type") != "token"
+            or not isinstance(sent, str)
+            or not hmac.compare_digest(sent.encode(), token.encode())
+        ):
+            await _refuse(
+                stream, "refused: no valid attach token (sent first by llsupervise attach)"
+            )
             return
         client = SocketClient()
         clients.append(client)
@@ -526,7 +583,6 @@ async def _serve_connection(
             async with trio.open_nursery() as nursery:
 
                 async def reader() -> None:
-                    lines = LineReader(stream)
                     try:
                         while (line := await lines.next()) is not None:
                             if line.strip():
@@ -551,11 +607,16 @@ async def _serve_connection(
 
 
 @asynccontextmanager
-async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator[str]:
+async def listening(
+    hub: Hub, path: str, *, grace: float = 2.0, token: str | None = None
+) -> AsyncIterator[str]:
     """Serve attach clients on ``path`` for the duration of the block; yields the path.
 
-    On the way out, queued messages (the command's exit) get ``grace`` seconds to reach the
+    ``token``: made by :func:`make_token` (default: made here). On the way out, queued
+    messages (the command's exit) get ``grace`` seconds to reach the
     clients; then connections close and the socket file is removed."""
+    if token is None:
+        token = make_token(path)
     sock = bind_private(path)
     path = os.path.abspath(path)
     clients: list[SocketClient] = []
@@ -565,7 +626,7 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
             async def accept() -> None:
                 while True:
                     conn, _ = await sock.accept()
-                    nursery.start_soon(_serve_connection, hub, conn, clients)
+                    nursery.start_soon(_serve_connection, hub, conn, clients, token)
 
             nursery.start_soon(accept)
             try:
@@ -580,10 +641,11 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
                 nursery.cancel_scope.cancel()
     finally:
         sock.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        for name in (path, token_path(path)):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
 
 
 async def connect(path: str) -> trio.SocketStream:
@@ -597,6 +659,11 @@ async def connect(path: str) -> trio.SocketStream:
     if uid != os.geteuid():
         await stream.aclose()
         raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
+    try:
+        await stream.send_all(encode({"type": "token", "token": read_token(path)}))
+    except BaseException:
+        await stream.aclose()
+        raise
     return stream
 
 

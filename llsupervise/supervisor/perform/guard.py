@@ -108,6 +108,11 @@ class Guard:
             return None
         return self.directory(st) or self.object(st, reading_only=False)
 
+    def add_devices(self, devices: Iterable[tuple[os.stat_result, str]]) -> None:
+        """Protect devices (any open refused); only before the serving threads start."""
+        for st, what in devices:
+            self.objects[_id(st)] = (what, True)
+
     # -- refusing -------------------------------------------------------------------------
 
     def refuse_entries(self, *places: tuple[int | None, bytes]) -> None:

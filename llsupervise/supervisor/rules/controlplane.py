@@ -14,7 +14,7 @@ rules would let the program:
 
 Each is computed on objects: the rules are on held fds, and a control object's ancestry is
 its chain of (dev, ino) from the object up (``..``), never a path prefix. A right the policy
-does not handle is granted to everyone: it counts as a rule of its own.
+does not handle is not mediated at all: ``check`` warns about it.
 """
 
 from __future__ import annotations
@@ -107,15 +107,20 @@ def terminal(fd: int, what: str) -> ControlFile | None:
         return None
 
 
-def guard_for(files: Sequence[ControlFile]) -> Guard:
-    devices: list[tuple[os.stat_result, str]] = []
+def devices(files: Iterable[ControlFile]) -> list[tuple[os.stat_result, str]]:
+    """The terminal devices among ``files``, by status (they are protected by identity)."""
+    found: list[tuple[os.stat_result, str]] = []
     for f in files:
         if f.device:
             try:
-                devices.append((os.stat(f.path), f.what))
+                found.append((os.stat(f.path), f.what))
             except OSError:
                 pass
-    return build_guard(((f.path, f.what, f.secret) for f in files if not f.device), devices)
+    return found
+
+
+def guard_for(files: Sequence[ControlFile]) -> Guard:
+    return build_guard(((f.path, f.what, f.secret) for f in files if not f.device), devices(files))
 
 
 def _directory_chain(directory: str) -> list[ObjectId]:
@@ -152,9 +157,21 @@ def _chain(path: str, directory_only: bool) -> list[ObjectId]:
 
 def static_violations(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> list[str]:
     """One line per (static rule, control file) the rule would hand to the program."""
+    return _static(policy, files)[0]
+
+
+def unhandled_warnings(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> list[str]:
+    """One line per control file on which the program may use a right the policy does not
+    handle (not mediated at all: neither layer sees it). A warning, not a refusal: a policy
+    that handles only what its rules grant (no [[ruleset]]) is a usual one."""
+    return _static(policy, files)[1]
+
+
+def _static(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> tuple[list[str], list[str]]:
     static = policy.static
     rows = [rule for rule in policy.rules if rule.layer == "static" and rule.condition is None]
     found: list[str] = []
+    unmediated: list[str] = []
     for f in files:
         rights = DEVICE_RIGHTS if f.device else SECRET_RIGHTS if f.secret else FILE_RIGHTS
         checks = [(_chain(f.path, False), rights, f"{f.what} {f.path}")]
@@ -168,7 +185,7 @@ def static_violations(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> l
                 continue
             unhandled = dangerous & ~static.handled_fs
             if unhandled:
-                found.append(
+                unmediated.append(
                     f"{', '.join(names(unhandled))} not handled by the policy's [[ruleset]]: "
                     f'the program may use them on {target}; handle them (e.g. "abi.all")'
                 )
@@ -184,7 +201,7 @@ def static_violations(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> l
                         f"on {target}: move the file out of the rule's reach, or narrow the rule "
                         f"(or grant it under [supervisor], where llsupervise keeps it protected)"
                     )
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found)), list(dict.fromkeys(unmediated))
 
 
 def refuse_static(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> None:
