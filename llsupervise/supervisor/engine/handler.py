@@ -28,7 +28,7 @@ from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
-from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform
+from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
 
 EXEC_SYSCALLS = ("execve", "execveat")
 
@@ -189,15 +189,15 @@ class RequestHandler:
         except KernelDecides:
             result = None
         except ProtectedError as exc:
-            # Never performed, whatever the rules say: refused now, reported (not asked).
-            self.listener.send_error(n.id, errno.EACCES)
-            try:
-                objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
-            except OSError:
-                objects = []
-            self.on_denial(Pending(n, target, objects, generation, protected=exc.what))
+            self._protected(n, target, generation, exc.what)
             return
         except OSError as exc:
+            if exc.errno == errno.EACCES:
+                # Refused by Landlock; one that reaches the control plane is not asked about.
+                what = protected(target)
+                if what is not None:
+                    self._protected(n, target, generation, what)
+                    return
             if exc.errno == errno.EACCES and self._deny(n, target, generation):
                 return
             close_dirs(target)
@@ -208,6 +208,15 @@ class RequestHandler:
             self.listener.send_continue(n.id)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
+
+    def _protected(self, n: Notification, target: Target, generation: int, what: str) -> None:
+        """Never performed, whatever the rules or answers say: refused now, reported."""
+        self.listener.send_error(n.id, errno.EACCES)
+        try:
+            objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
+        except OSError:
+            objects = []
+        self.on_denial(Pending(n, target, objects, generation, protected=what))
 
     def _deny(self, n: Notification, target: Target, generation: int) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""

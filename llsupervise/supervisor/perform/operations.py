@@ -24,7 +24,7 @@ from llsupervise.supervisor.engine.requests import (
     split_last,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
-from llsupervise.supervisor.perform.guard import Guard
+from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
@@ -206,6 +206,36 @@ def _perform(t: Target) -> int:
             case _:
                 raise KernelDecides(r.op)
     return 0
+
+
+def protected(t: Target) -> str | None:
+    """What of the control plane ``t`` would reach, if anything, found without performing it
+    (for a request Landlock refused: it is then refused as protected, not asked about)."""
+    if not t.guard:
+        return None
+    r = t.request
+    path, dir1 = _at(t.dir1, r.path)
+    try:
+        with contextlib.ExitStack() as stack:
+            if r.op == "open":
+                writes = r.flags & os.O_ACCMODE != os.O_RDONLY or bool(
+                    r.flags & (os.O_TRUNC | os.O_CREAT)
+                )
+                if r.flags & os.O_CREAT:
+                    parent, name = _parent(stack, dir1, path)
+                    t.guard.refuse_entries((parent, name))
+                nofollow = r.flags & os.O_NOFOLLOW
+                fd = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC | nofollow, 0)
+                stack.callback(os.close, fd)
+                t.guard.refuse_open(os.fstat(fd), reading_only=not writes)
+            else:
+                parent, name = _parent(stack, dir1, path)
+                _check_guard(t.guard, stack, t, parent, name)
+    except ProtectedError as exc:
+        return exc.what
+    except (OSError, KernelDecides):
+        return None
+    return None
 
 
 def _check_guard(
