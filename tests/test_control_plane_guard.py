@@ -369,3 +369,61 @@ def test_control_files_name_the_run(tmp_path: Path) -> None:
         ("llsupervise's attach token", True),
     ]
     assert ControlFile(str(tmp_path / "s.token"), "llsupervise's attach token", True) in files
+
+
+# --- terminals ------------------------------------------------------------------------------
+
+#: Opens the terminal at argv[1] to write into it (as a supervisor rule on /dev/pts allows).
+OPEN_TERMINAL = r"""
+import os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NOCTTY)
+    os.write(fd, b"painted over\n")
+    print(0)
+except OSError as e:
+    print(e.errno)
+"""
+
+
+@pytest.mark.trio
+async def test_the_supervisors_terminal_is_not_the_programs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """In the TUI the program runs on a pty of ours; our real terminal is protected by its
+    device identity, whatever [supervisor] grants (here all of /dev/pts)."""
+    paths = tree(tmp_path)
+    monkeypatch.chdir(paths["out"])
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        system = [d for d in SYSTEM_DIRS if d != "/dev"]
+        text = policy_text(tmp_path, supervisor_rules=rw("/dev/pts")).replace(
+            ", ".join(f'"{d}"' for d in SYSTEM_DIRS), ", ".join(f'"{d}"' for d in system)
+        )
+        doc = parse_policy(text, str(tmp_path / "nowhere.toml"), {"PWD": str(tmp_path)})
+        ours = ControlFile(name, "llsupervise's terminal", secret=True, device=True)
+        async with Supervisor.open(doc, control=[ours]) as sup:
+            status = await sup.run([*PYTHON, OPEN_TERMINAL, name], forward_signals=False)
+        assert status == 0
+        assert capfd.readouterr().out.split() == [str(errno.EACCES)]
+        os.set_blocking(master, False)
+        with pytest.raises(BlockingIOError):
+            os.read(master, 100)  # nothing was written to it
+        # A static rule over it is refused before anything runs.
+        static = '\n[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["/dev/pts"]\n'
+        doc = parse_policy(
+            policy_text(tmp_path, static=static), str(tmp_path / "nowhere.toml"),
+            {"PWD": str(tmp_path)},
+        )  # fmt: skip
+        with pytest.raises(ControlPlaneError, match="llsupervise's terminal"):
+            async with Supervisor.open(doc, control=[ours]):
+                pass
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_tty_is_the_programs_own_terminal(tmp_path: Path) -> None:
+    text = '[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["${TTY}"]\n'
+    doc = parse_policy(text, "p.toml", {"PWD": str(tmp_path)})
+    assert doc.path_beneath[0].paths == ("/dev/tty",)
