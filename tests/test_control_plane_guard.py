@@ -427,3 +427,15 @@ def test_tty_is_the_programs_own_terminal(tmp_path: Path) -> None:
     text = '[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["${TTY}"]\n'
     doc = parse_policy(text, "p.toml", {"PWD": str(tmp_path)})
     assert doc.path_beneath[0].paths == ("/dev/tty",)
+
+
+@pytest.mark.trio
+async def test_a_protected_denial_is_denied_whatever_the_mode_or_default() -> None:
+    from llsupervise.supervisor.events.model import Answer, Denial
+
+    denial = Denial(1, 1, "/bin/x", "x", "openat", "/p.toml", ("write_file",), 1,
+                    protected="llsupervise's policy file")  # fmt: skip
+    for mode in ("permissive", "interactive", "enforce"):
+        decision = await ModeDecisions(mode, "allow_once").decide(denial)
+        assert decision.answer == Answer.DENY
+    assert denial.event(Answer.DENY)["protected"] == "llsupervise's policy file"

@@ -244,6 +244,8 @@ class Hub:
 
     async def ask(self, denial: Denial) -> Decision:
         """The Frontend call: wait for a client's answer (ModeDecisions applies the timeout)."""
+        if denial.protected:
+            return Decision(Answer.DENY)  # the control plane: nothing could allow it
         if not self.clients:
             return self._headless_decision()
         asked = _Asked(self._next_id, denial, trio.current_time())
@@ -306,6 +308,8 @@ class Hub:
         if answer is None:
             allowed = ", ".join(CLIENT_ANSWERS)
             raise ProtocolError(f"answer must be one of {allowed}, not {raw!r}")
+        if asked.denial.protected and answer.allows:
+            raise ProtocolError(f"{asked.denial.protected} is protected: only deny is offered")
         duration = _duration(message.get("duration")) if answer == Answer.ALLOW_FOR else None
         scope = _scope(message.get("scope"), asked.denial.scopes)
         access = self._rule_rights(message.get("rights"), answer, asked.denial)
