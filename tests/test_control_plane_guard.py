@@ -439,3 +439,41 @@ async def test_a_protected_denial_is_denied_whatever_the_mode_or_default() -> No
         decision = await ModeDecisions(mode, "allow_once").decide(denial)
         assert decision.answer == Answer.DENY
     assert denial.event(Answer.DENY)["protected"] == "llsupervise's policy file"
+
+
+@pytest.mark.trio
+async def test_the_terminal_of_attach_is_not_the_programs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """attach names its terminals with its token; from then on they are protected like ours."""
+    paths = tree(tmp_path)
+    monkeypatch.chdir(paths["out"])
+    sock = str(tmp_path / "private" / "sock")
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        system = [d for d in SYSTEM_DIRS if d != "/dev"]
+        text = policy_text(tmp_path, supervisor_rules=rw("/dev/pts")).replace(
+            ", ".join(f'"{d}"' for d in SYSTEM_DIRS), ", ".join(f'"{d}"' for d in system)
+        )
+        doc = parse_policy(text, str(tmp_path / "nowhere.toml"), {"PWD": str(tmp_path)})
+        decisions = ModeDecisions("enforce")
+        token = make_token(sock)
+        control = control_files(None, listen=sock)
+        async with Supervisor.open(doc, decisions=decisions, control=control) as sup:
+            hub = Hub(sup, decisions)
+            async with listening(hub, sock, token=token):
+                stream = await trio.open_unix_socket(sock)
+                first = {"type": "token", "token": token, "terminals": [name]}
+                await stream.send_all(encode(first))
+                await wait_until(lambda: bool(hub.clients), "the client")
+                status = await sup.run([*PYTHON, OPEN_TERMINAL, name], forward_signals=False)
+                await stream.aclose()
+        assert status == 0
+        assert capfd.readouterr().out.split() == [str(errno.EACCES)]
+        os.set_blocking(master, False)
+        with pytest.raises(BlockingIOError):
+            os.read(master, 100)
+    finally:
+        os.close(master)
+        os.close(slave)

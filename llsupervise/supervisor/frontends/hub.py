@@ -19,7 +19,8 @@ server → client
 client → server
   ``token``     ``token``: sent first, the content of SOCKET.token (in the socket's private
                 directory, out of the supervised program's reach): a connection without it
-                is refused (the program can connect to the socket, not read the token)
+                is refused (the program can connect to the socket, not read the token);
+                ``terminals``: the client's terminals, protected like the supervisor's
   ``answer``    ``id``, ``answer`` (allow_once allow_for allow_always deny deny_quiet),
                 ``duration`` (seconds, allow_for), ``scope`` (one of the denial's
                 offered ``scopes``, by label or index), ``rights`` (allow_always: access
@@ -55,7 +56,12 @@ from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
-from llsupervise.supervisor.rules.controlplane import token_path
+from llsupervise.supervisor.rules.controlplane import (
+    ControlFile,
+    devices,
+    static_violations,
+    token_path,
+)
 
 PROTOCOL_VERSION = 1
 #: What a person may answer; the others are the supervisor's own.
@@ -547,6 +553,27 @@ def read_token(path: str) -> str:
         ) from exc
 
 
+def protect_terminals(sup: Supervisor, names: object) -> str | None:
+    """Protect the terminals of an attach client (their device identity, like ours) for the
+    rest of the run; why not, if a static rule hands one to the program."""
+    if not isinstance(names, list):
+        return None
+    found = []
+    for name in names:
+        if isinstance(name, str) and name.startswith("/dev/"):
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                found.append(ControlFile(name, "the terminal of llsupervise attach", True, True))
+    violations = static_violations(sup.policy, found)
+    if violations:
+        return f"{violations[0]}: attach from a terminal the policy does not reach"
+    sup.guard.add_devices(devices(found))
+    return None
+
+
 async def _refuse(stream: trio.SocketStream, refusal: str) -> None:
     with trio.move_on_after(1):
         await stream.send_all(encode({"type": "error", "message": refusal}))
@@ -579,6 +606,10 @@ async def _serve_connection(
             await _refuse(
                 stream, "refused: no valid attach token (sent first by llsupervise attach)"
             )
+            return
+        problem = protect_terminals(hub.sup, message.get("terminals"))
+        if problem is not None:
+            await _refuse(stream, f"refused: {problem}")
             return
         client = SocketClient()
         clients.append(client)
@@ -664,7 +695,9 @@ async def connect(path: str) -> trio.SocketStream:
         await stream.aclose()
         raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
     try:
-        await stream.send_all(encode({"type": "token", "token": read_token(path)}))
+        terminals = list(dict.fromkeys(os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)))
+        hello = {"type": "token", "token": read_token(path), "terminals": terminals}
+        await stream.send_all(encode(hello))
     except BaseException:
         await stream.aclose()
         raise

@@ -109,7 +109,7 @@ class Guard:
         return self.directory(st) or self.object(st, reading_only=False)
 
     def add_devices(self, devices: Iterable[tuple[os.stat_result, str]]) -> None:
-        """Protect devices (any open refused); only before the serving threads start."""
+        """Protect devices (any open refused). Safe while threads read: one dict store each."""
         for st, what in devices:
             self.objects[_id(st)] = (what, True)
 
