@@ -72,7 +72,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_headless(
             document, args.command, log_path=args.log, listen=args.listen, watch=True, cpu=cpu
         )
+    from llsupervise.supervisor.rules.controlplane import check_document, control_files
     from llsupervise.tui.app import run_tui
+
+    # The command runs on a pty of the TUI's: our terminal is the control plane's (refused
+    # here, before the interface starts; headless checks its own).
+    check_document(document, control_files(args.policy, log=args.log, terminals=(0, 1, 2)))
 
     return run_tui(args.policy, args.command, log_path=args.log, watch=True)
 
@@ -132,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     abi = sub.add_parser("abi", help="show the kernel's Landlock ABI and what it supports")
     abi.add_argument("--json", action="store_true", help="machine-readable output")
     abi.set_defaults(func=_lazy("cmd_abi"))
-    check = sub.add_parser("check", help="validate a policy; show what this kernel enforces")
+    check = sub.add_parser(
+        "check",
+        help="validate a policy; show what this kernel enforces (status 2: an error finding, "
+        "a static rule that hands the program llsupervise's own files, which run refuses)",
+    )
     check.add_argument("file")
     check.set_defaults(func=_lazy("cmd_check"))
     export = sub.add_parser("export", help="write a policy as a plain landlockconfig file")

@@ -16,6 +16,11 @@ from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, LATEST_ABI, Scope, names
 from llsupervise.supervisor.rules.binding import resolve_at_launch, through_symlink
+from llsupervise.supervisor.rules.controlplane import (
+    control_files,
+    static_violations,
+    unhandled_warnings,
+)
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -94,7 +99,10 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     for path, location in policy.skipped:
         lines.append(f"skipped optional path '{path}' ({location}): it does not exist")
     lines += _through_symlinks(policy)
-    found = [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
+    control = control_files(doc.source)
+    found = [f"error: {line}" for line in static_violations(policy, control)]
+    found += [f"warning: {line}" for line in unhandled_warnings(policy, control)]
+    found += [*open_rights.messages(), *(finding.message() for finding in findings(policy, table))]
     found += [
         f"supervisor rule on '{path}' left out: it passes through a symlink in a directory "
         "the program may change (an earlier run may have planted it); name the real path"
@@ -126,7 +134,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     with ObjectTable() as table:
         policy = resolve_at_launch(document, table)
         print("\n".join(check_report(policy, table, detect_support())))
-    return 0
+        # An error finding: `run` would refuse this policy (see rules.controlplane).
+        return 2 if static_violations(policy, control_files(document.source)) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

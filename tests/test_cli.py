@@ -68,7 +68,9 @@ def test_check_missing_path_is_an_error_unless_optional(tmp_path: Path) -> None:
 
 @pytest.mark.kernel
 def test_run_headless_keeps_exit_status_and_logs_denials(tmp_path: Path) -> None:
-    log = tmp_path / "events.jsonl"
+    # Not under /tmp: the example grants /tmp statically, and the log is the control plane's.
+    log_dir = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    log = log_dir / "events.jsonl"
     # The example policy grants /tmp and the working directory, not /var/tmp.
     secret_dir = Path(tempfile.mkdtemp(dir="/var/tmp"))
     secret = secret_dir / "secret"
@@ -82,6 +84,7 @@ def test_run_headless_keeps_exit_status_and_logs_denials(tmp_path: Path) -> None
     assert result.returncode == 7
     assert "Permission denied" in result.stderr
     events = [json.loads(line) for line in log.read_text().splitlines()]
+    shutil.rmtree(log_dir)
     denials = [e for e in events if e["event"] == "denial"]
     assert denials and denials[0]["path"] == str(secret)
     assert denials[0]["access"] == ["read_file"] and denials[0]["decision"] == "deny"
@@ -110,8 +113,9 @@ def test_too_many_rule_objects_fail_clearly(
 @pytest.mark.kernel
 def test_same_cpu_keeps_the_command_on_one_cpu_and_still_mediates(tmp_path: Path) -> None:
     """The command (and what it starts) sees one CPU, and a denied read is still denied."""
-    log = tmp_path / "events.jsonl"
     secret_dir = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not granted by the example policy
+    # Not under /tmp: the example grants /tmp statically, and the log is the control plane's.
+    log = secret_dir / "events.jsonl"
     secret = secret_dir / "secret"
     secret.write_text("s")
     result = cli(
@@ -119,9 +123,9 @@ def test_same_cpu_keeps_the_command_on_one_cpu_and_still_mediates(tmp_path: Path
         "sh", "-c", f"grep Cpus_allowed_list /proc/self/status; cat {secret}; exit 3",
         cwd=tmp_path,
     )  # fmt: skip
+    denials = [json.loads(line) for line in log.read_text().splitlines()]
     shutil.rmtree(secret_dir)
     assert result.returncode == 3
     allowed = result.stdout.split()[-1]
     assert allowed == str(min(os.sched_getaffinity(0)))
-    denials = [json.loads(line) for line in log.read_text().splitlines()]
     assert any(e["event"] == "denial" and e["path"] == str(secret) for e in denials)

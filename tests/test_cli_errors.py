@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -113,13 +115,29 @@ def test_listen_in_a_missing_directory_tree_creates_nothing(tmp_path: Path) -> N
 
 @pytest.mark.kernel
 def test_listen_makes_the_sockets_own_directory_only(tmp_path: Path) -> None:
-    """The valid twin: a new directory for the socket, whose parent exists, is made private."""
+    """The valid twin: a new directory for the socket, whose parent exists, is made private.
+    Not under /tmp, which the example grants statically: the socket is the control plane's."""
+    parent = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        result = run_touching(
+            tmp_path, "--headless", "--policy", str(EXAMPLE), "--listen", str(parent / "new" / "s")
+        )
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "marker").exists()
+        assert (parent / "new").stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(parent)
+
+
+def test_listen_where_a_static_rule_reaches_starts_nothing(tmp_path: Path) -> None:
+    """The example grants /tmp read-write statically: a socket (and its token) there would
+    be the program's to replace and read."""
     result = run_touching(
         tmp_path, "--headless", "--policy", str(EXAMPLE), "--listen", str(tmp_path / "new" / "s")
     )
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "marker").exists()
-    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    refused(result, "control plane: static rule /tmp", "listen socket")
+    assert not (tmp_path / "marker").exists()
+    assert not (tmp_path / "new").exists()
 
 
 def test_listen_in_a_shared_directory_starts_nothing(tmp_path: Path) -> None:

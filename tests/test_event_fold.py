@@ -63,7 +63,7 @@ KINDS = st.sampled_from(["/a", "/b", "/c"])
 def test_counts_add_up(events: list[tuple[str, int, float]]) -> None:
     clock = Clock()
     stream = io.StringIO()
-    log = EventLog(stream, DenialFolder(1.0, clock))
+    log = EventLog(stream, folder=DenialFolder(1.0, clock))
     for path, count, step in events:
         clock.now += step
         log.write(denial(path, count))

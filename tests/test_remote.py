@@ -327,7 +327,7 @@ async def test_cli_listen_keeps_the_terminal_and_serves_answers(tmp_path: Path) 
     )
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy", "p.toml",
-         "--listen", sock, "--", sys.executable, "-c", script],
+         "--listen", sock, "--", "env", "-u", "PYTHONPATH", sys.executable, "-c", script],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -21,7 +21,15 @@ from supervised import make_tree, policy, policy_text, wait_until
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.encode import unescape
-from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode, listening
+from llsupervise.supervisor.frontends.hub import (
+    Hub,
+    LineReader,
+    connect,
+    decode,
+    encode,
+    listening,
+    read_token,
+)
 from llsupervise.supervisor.questions import limits, scopes
 
 pytestmark = pytest.mark.kernel
@@ -357,6 +365,10 @@ async def test_the_listener_survives_running_out_of_fds(
                     os.close(fd)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+            # What attach sends first (see hub: the token proves it is not the program).
+            await stream.send_all(
+                encode({"type": "token", "token": read_token(sock), "terminals": []})
+            )
             with trio.fail_after(30):  # only keeps a broken test from hanging
                 hello = await LineReader(stream).next()
             assert hello is not None and decode(hello)["type"] == "hello"

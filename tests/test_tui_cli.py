@@ -111,8 +111,10 @@ def test_run_shows_a_question_and_d_denies(tmp_path: Path, secret: Path) -> None
 
 
 def test_attach_from_another_terminal_answers(tmp_path: Path, secret: Path) -> None:
-    """``run --headless --listen`` keeps the terminal for the command; ``attach`` answers."""
-    sock = tmp_path / "run" / "sock"
+    """``run --headless --listen`` keeps the terminal for the command; ``attach`` answers.
+    The socket is not under /tmp, which the example grants statically."""
+    sock_parent = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    sock = sock_parent / "run" / "sock"
     script = f"while [ ! -e go ]; do sleep 0.05; done; cat {secret}; echo status=$?"
     runner = subprocess.Popen(
         [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--listen", str(sock),
@@ -143,6 +145,7 @@ def test_attach_from_another_terminal_answers(tmp_path: Path, secret: Path) -> N
             runner.wait()
         if term is not None:
             term.kill()
+        shutil.rmtree(sock_parent)
 
 
 def test_run_without_a_terminal_says_what_to_do(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ Where llsupervise differs, and why:
   knows about"; write ``abi = N`` to pin the meaning.
 * ``HOME``, ``PWD``, ``TMPDIR`` (``/tmp`` when unset) and ``USER`` are predefined from the
   environment and may not be redefined; literals may use variables (landlockconfig keeps them
-  verbatim) so that ``${PWD}/build`` works; relative paths are joined to ``PWD``.
+  verbatim) so that ``${PWD}/build`` works; relative paths are joined to ``PWD``. ``TTY`` is
+  ``/dev/tty``: the program's own terminal (a pty of the TUI's, or in headless mode the terminal
+  it shares with us), never the supervisor's or attach's.
 * ``optional = true`` in a ``path_beneath`` table and the whole ``[supervisor]`` table are
   extensions; so are ``exe`` and ``cgroup`` in a ``[[supervisor.path_beneath]]`` table, which make
   the rule conditional (it applies only to requests from those executables or that cgroup

@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from llsupervise.policy.tomlcheck import Context
 
-#: Variables taken from the environment; a policy cannot redefine them.
-PREDEFINED_VARIABLES = ("HOME", "PWD", "TMPDIR", "USER")
+#: Variables taken from the environment (TTY is not); a policy cannot redefine them.
+PREDEFINED_VARIABLES = ("HOME", "PWD", "TMPDIR", "USER", "TTY")
+#: The program's own terminal, whichever it is: /dev/tty is its controlling terminal (the
+#: TUI's pty, or in headless mode the terminal it shares with us), never another one.
+TTY = "/dev/tty"
 # Cartesian products grow fast: refuse a string or variable expanding to more values than this.
 _MAX_EXPANSION = 4096
 _MAX_VARIABLE_DEPTH = 64
@@ -76,7 +79,8 @@ class Variables:
         self._resolving: list[str] = []
         self.values: dict[str, tuple[str, ...]] = {}
         for name in PREDEFINED_VARIABLES:
-            value = env.get(name) or ("/tmp" if name == "TMPDIR" else "")
+            default = "/tmp" if name == "TMPDIR" else ""
+            value = TTY if name == "TTY" else env.get(name) or default
             if value:
                 self.values[name] = (value,)
 

@@ -41,11 +41,19 @@ from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.launch.lifeline import Lifeline
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
+from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.handover import Handover
 from llsupervise.supervisor.questions.net import NetQuestions
 from llsupervise.supervisor.rules.binding import resolve_at_launch
+from llsupervise.supervisor.rules.controlplane import (
+    ControlFile,
+    control_files,
+    devices,
+    guard_for,
+    refuse_static,
+)
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -80,6 +88,8 @@ class Supervisor:
             self.questions, self.net_questions, self.rules.static, lambda: self.generation
         )
         self.launched: Launched | None = None
+        #: The control plane: what is never performed for the program (see perform.guard).
+        self.guard = Guard()
         #: Set when SIGHUP came (and was passed on): our terminal is gone.
         self.hung_up = False
 
@@ -92,13 +102,19 @@ class Supervisor:
         decisions: DecisionSource | None = None,
         log: EventLog | None = None,
         watch: bool = False,
+        control: Sequence[ControlFile] | None = None,
     ) -> AsyncIterator[Supervisor]:
         """``watch``: reload ``document.source`` on each save while :meth:`run` runs, and
-        write "always" answers back into it."""
+        write "always" answers back into it. ``control``: the control plane of the run
+        (default: the policy file and its learn recording), never reached for the program:
+        a policy whose static rules hand it over is refused (ControlPlaneError)."""
         raise_nofile_limit()
         table = ObjectTable()
+        if control is None:
+            control = control_files(document.source, log=log.path if log else None)
         try:
             policy = resolve_at_launch(document, table)
+            refuse_static(policy, control)
             section = document.supervisor
             sup = cls(
                 policy,
@@ -106,12 +122,14 @@ class Supervisor:
                 decisions or ModeDecisions(section.mode, section.default, section.prompt_timeout),
                 log or EventLog(None),
             )
+            sup.guard = guard_for(control)
             try:
                 if watch:
                     sup.policy_file = PolicyFile(sup, document.source)
                 yield sup
             finally:
                 sup.rules.close()
+                sup.guard.close()
         finally:
             table.close()
 
@@ -197,6 +215,11 @@ class Supervisor:
     ) -> int:
         slot = self.rules.slot
         assert slot is not None
+        if new_session:
+            # The command has a terminal of its own: ours is the control plane's.
+            terminals = control_files(None, terminals=(0, 1, 2))
+            refuse_static(self.policy, terminals)
+            self.guard.add_devices(devices(terminals))
         launched = self.launched = launch(
             argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
             new_session=new_session, lifeline=lifeline,
@@ -220,6 +243,7 @@ class Supervisor:
             fast=StaticPrefixes(self.static, self.table),
             net=self.net,
             cpu=cpu,
+            guard=self.guard,
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()

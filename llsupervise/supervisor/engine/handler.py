@@ -27,7 +27,8 @@ from llsupervise.supervisor.engine.performed import PerformedLog
 from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
-from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform
+from llsupervise.supervisor.perform.guard import Guard, ProtectedError
+from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
 
 EXEC_SYSCALLS = ("execve", "execveat")
 
@@ -48,6 +49,7 @@ class RequestHandler:
         fast: StaticPrefixes | None,
         net: NetMediator | None,
         cpu: int | None,
+        guard: Guard | None = None,
     ) -> None:
         self.listener = listener
         self.handled_fs = handled_fs
@@ -58,6 +60,8 @@ class RequestHandler:
         self.fast = fast
         self.net = net
         self.cpu = cpu
+        #: The control plane, never reached for the child (see perform.guard).
+        self.guard = guard
         self.arch = native_arch()
         #: Read here: the serving threads, restricted, may not read /proc.
         self._our_credentials = own_credentials()
@@ -163,7 +167,7 @@ class RequestHandler:
             self._reply_errno(n, exc.errno or errno.EBADF)
             return None
         umask = self.contexts.umask(task) if r.creates else 0
-        return Target(r, dir1, dir2, umask, credentials)
+        return Target(r, dir1, dir2, umask, credentials, self.guard)
 
     def _reply_errno(self, n: Notification, err: int) -> None:
         # /proc/TID/fd/N missing means the child passed a bad fd.
@@ -176,7 +180,16 @@ class RequestHandler:
             self.performed.note(target)
         except KernelDecides:
             result = None
+        except ProtectedError as exc:
+            self._protected(n, target, generation, exc.what)
+            return
         except OSError as exc:
+            if exc.errno == errno.EACCES:
+                # Refused by Landlock; one that reaches the control plane is not asked about.
+                what = protected(target)
+                if what is not None:
+                    self._protected(n, target, generation, what)
+                    return
             if exc.errno == errno.EACCES and self._deny(n, target, generation):
                 return
             close_dirs(target)
@@ -187,6 +200,15 @@ class RequestHandler:
             self.listener.send_continue(n.id)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
+
+    def _protected(self, n: Notification, target: Target, generation: int, what: str) -> None:
+        """Never performed, whatever the rules or answers say: refused now, reported."""
+        self.listener.send_error(n.id, errno.EACCES)
+        try:
+            objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
+        except OSError:
+            objects = []
+        self.on_denial(Pending(n, target, objects, generation, protected=what))
 
     def _deny(self, n: Notification, target: Target, generation: int) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""

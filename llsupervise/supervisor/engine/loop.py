@@ -27,6 +27,7 @@ from llsupervise.supervisor.engine.handler import OnExec, RequestHandler
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.broker import Broker, restrict_thread
+from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class NotificationLoop:
         fast: StaticPrefixes | None = None,
         net: NetMediator | None = None,
         cpu: int | None = None,
+        guard: Guard | None = None,
     ) -> None:
         #: The CPU the loop's threads run on (see placement).
         self.cpu = home_cpu(cpu)
@@ -63,7 +65,7 @@ class NotificationLoop:
         self._contexts = ThreadContexts(self._call_unrestricted)
         self.handler = RequestHandler(
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
-            net, self.cpu,
+            net, self.cpu, guard,
         )  # fmt: skip
         self._lock = threading.Lock()
         self._server: Server | None = None

@@ -23,6 +23,9 @@ class Pending:
     #: Filled in by the supervisor (reading them needs its standing, not the loop's).
     exe: str = ""
     cmdline: str = ""
+    #: Set for a request refused (and already answered) because it reaches the control
+    #: plane: what it would have reached. Reported, never asked about.
+    protected: str = ""
     closed: bool = field(default=False)
 
     @property

@@ -40,6 +40,9 @@ class ModeDecisions:
         self.frontend = frontend
 
     async def decide(self, denial: Denial) -> Decision:
+        if denial.protected:
+            # The control plane: denied in every mode (permissive and allow_once included).
+            return Decision(Answer.DENY)
         if self.mode == "enforce":
             return Decision(Answer.DENY)
         if self.mode == "permissive":

@@ -70,11 +70,14 @@ class Denial:
     #: What ``scopes[0]`` is: "file" or "directory" (the object itself), or
     #: "changed_directory" (where a name is made or removed); the others are directories above.
     scope_kind: str = ""
+    #: Non-empty when the request reaches llsupervise's control plane (e.g. "llsupervise's
+    #: policy file"): it is never performed, and no "allow" is offered.
+    protected: str = ""
     ts: float = field(default_factory=time.time)
     count: int = 1
 
     def event(self, decision: Answer) -> dict[str, Any]:
-        return {
+        event = {
             "event": "denial",
             "ts": self.ts,
             "pid": self.pid,
@@ -87,6 +90,9 @@ class Denial:
             "generation": self.generation,
             "count": self.count,
         }
+        if self.protected:
+            event["protected"] = self.protected
+        return event
 
 
 class EventLog:
@@ -96,8 +102,12 @@ class EventLog:
     like any other, never an error. Repeated identical denials are folded into one record
     with their number (see :mod:`.fold`)."""
 
-    def __init__(self, stream: TextIO | None, folder: DenialFolder | None = None) -> None:
+    def __init__(
+        self, stream: TextIO | None, path: str | None = None, folder: DenialFolder | None = None
+    ) -> None:
         self._stream = stream
+        #: The file it appends to (part of the control plane), when opened by path.
+        self.path = path
         self._folder = folder or DenialFolder()
 
     @classmethod
@@ -105,7 +115,7 @@ class EventLog:
         if path is None:
             return cls(None)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        return cls(os.fdopen(fd, "a", encoding="utf-8"))
+        return cls(os.fdopen(fd, "a", encoding="utf-8"), path)
 
     def write(self, event: dict[str, Any]) -> None:
         if self._stream is not None:

@@ -15,6 +15,7 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
+from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
 def run_headless(
@@ -30,20 +31,28 @@ def run_headless(
 
     ``watch``: reload the policy file on each save (see ``Supervisor.open``); ``cpu``: run
     the command and the threads serving it on that one CPU (see ``Supervisor.run``)."""
+    # The program shares our terminal here: the control plane is our files.
+    control = control_files(document.source, log=log_path, listen=listen)
+    check_document(document, control)  # before anything is made
     log = EventLog.open(log_path)
     section = document.supervisor
+    token = None
+    if listen is not None:
+        from llsupervise.supervisor.frontends.hub import make_token
+
+        token = make_token(listen)  # and its private directory: protected from the start
 
     async def main() -> int:
         decisions = ModeDecisions(section.mode, section.default, section.prompt_timeout)
         async with Supervisor.open(
-            document, decisions=decisions, log=log, watch=watch
+            document, decisions=decisions, log=log, watch=watch, control=control
         ) as supervisor:
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
             from llsupervise.supervisor.frontends.hub import Hub, listening
 
             hub = Hub(supervisor, decisions)
-            async with listening(hub, listen) as path:
+            async with listening(hub, listen, token=token) as path:
                 print(f"llsupervise: answer from another terminal with: llsupervise attach {path}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 return await supervisor.run(argv, cpu=cpu)

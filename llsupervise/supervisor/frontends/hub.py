@@ -19,6 +19,10 @@ server → client
   ``error``     ``message`` (and the ``id`` it concerns): a client message was refused
 
 client → server
+  ``token``     ``token``: sent first, the content of SOCKET.token (in the socket's private
+                directory, out of the supervised program's reach): a connection without it
+                is refused (the program can connect to the socket, not read the token);
+                ``terminals``: the client's terminals, protected like the supervisor's
   ``answer``    ``id``, ``answer`` (allow_once allow_for allow_always deny deny_quiet),
                 ``duration`` (seconds, allow_for), ``scope`` (one of the denial's
                 offered ``scopes``, by label or index), ``rights`` (allow_always: access
@@ -30,9 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hmac
 import json
 import math
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -54,6 +60,12 @@ from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.encode import EscapeError, escaped, unescaped
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.rules.controlplane import (
+    ControlFile,
+    devices,
+    static_violations,
+    token_path,
+)
 
 PROTOCOL_VERSION = 1
 #: What a person may answer; the others are the supervisor's own.
@@ -249,6 +261,8 @@ class Hub:
 
     async def ask(self, denial: Denial) -> Decision:
         """The Frontend call: wait for a client's answer (ModeDecisions applies the timeout)."""
+        if denial.protected:
+            return Decision(Answer.DENY)  # the control plane: nothing could allow it
         if not self.clients:
             return self._headless_decision()
         asked = _Asked(self._next_id, denial, trio.current_time())
@@ -311,6 +325,8 @@ class Hub:
         if answer is None:
             allowed = ", ".join(CLIENT_ANSWERS)
             raise ProtocolError(f"answer must be one of {allowed}, not {raw!r}")
+        if asked.denial.protected and answer.allows:
+            raise ProtocolError(f"{asked.denial.protected} is protected: only deny is offered")
         duration = _duration(message.get("duration")) if answer == Answer.ALLOW_FOR else None
         scope = _scope(message.get("scope"), asked.denial.scopes)
         access = self._rule_rights(message.get("rights"), answer, asked.denial)
@@ -523,25 +539,101 @@ def decode(line: bytes) -> Any:
         raise ProtocolError(str(exc)) from exc
 
 
+def make_token(path: str) -> str:
+    """Write a new attach token beside the socket ``path`` (in its private directory, made
+    here if need be); return it. Replaces a token a crash left behind."""
+    path = os.path.abspath(path)
+    _private_directory(os.path.dirname(path))
+    token = secrets.token_hex(32)
+    target = token_path(path)
+    temporary = f"{target}.{os.getpid()}.new"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+    return token
+
+
+def read_token(path: str) -> str:
+    """The token of the supervisor listening on ``path`` (what ``attach`` sends first)."""
+    try:
+        with open(token_path(path), encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a token"
+        raise RemoteError(
+            f"cannot attach to {path}: its token {token_path(path)}: {reason}"
+        ) from exc
+
+
+def protect_terminals(sup: Supervisor, names: object) -> str | None:
+    """Protect the terminals of an attach client (their device identity, like ours) for the
+    rest of the run; why not, if a static rule hands one to the program."""
+    if not isinstance(names, list):
+        return None
+    found = []
+    for name in names:
+        if isinstance(name, str) and name.startswith("/dev/"):
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                found.append(ControlFile(name, "the terminal of llsupervise attach", True, True))
+    violations = static_violations(sup.policy, found)
+    if violations:
+        return f"{violations[0]}: attach from a terminal the policy does not reach"
+    sup.guard.add_devices(devices(found))
+    return None
+
+
+async def _refuse(stream: trio.SocketStream, refusal: str) -> None:
+    with trio.move_on_after(1):
+        await stream.send_all(encode({"type": "error", "message": refusal}))
+
+
 async def _serve_connection(
-    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient], token: str
 ) -> None:
     try:
-        await _serve_stream(hub, conn, clients)
+        await _serve_stream(hub, conn, clients, token)
     except OSError:
         pass  # this connection failed (the peer vanished, no fd for a pipe): not the others
 
 
 async def _serve_stream(
-    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient]
+    hub: Hub, conn: trio.socket.SocketType, clients: list[SocketClient], token: str
 ) -> None:
     stream = trio.SocketStream(conn)
     async with stream:
         uid = peer_uid(conn)
         if uid != os.geteuid():
             refusal = f"refused: this supervisor belongs to uid {os.geteuid()}, you are uid {uid}"
-            with trio.move_on_after(1):
-                await stream.send_all(encode({"type": "error", "message": refusal}))
+            await _refuse(stream, refusal)
+            return
+        lines = LineReader(stream)
+        # Same uid proves nothing (the supervised program has it): the token does.
+        try:
+            first = await lines.next()
+            message = decode(first) if first is not None else None
+        except (ProtocolError, trio.BrokenResourceError):
+            message = None
+        sent = message.get("token") if isinstance(message, dict) else None
+        if (
+            not isinstance(message, dict)
+            or message.get("type") != "token"
+            or not isinstance(sent, str)
+            or not hmac.compare_digest(sent.encode(), token.encode())
+        ):
+            await _refuse(
+                stream, "refused: no valid attach token (sent first by llsupervise attach)"
+            )
+            return
+        problem = protect_terminals(hub.sup, message.get("terminals"))
+        if problem is not None:
+            await _refuse(stream, f"refused: {problem}")
             return
         client = SocketClient()
         clients.append(client)
@@ -550,7 +642,6 @@ async def _serve_stream(
             async with trio.open_nursery() as nursery:
 
                 async def reader() -> None:
-                    lines = LineReader(stream)
                     try:
                         while (line := await lines.next()) is not None:
                             if line.strip():
@@ -575,11 +666,16 @@ async def _serve_stream(
 
 
 @asynccontextmanager
-async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator[str]:
+async def listening(
+    hub: Hub, path: str, *, grace: float = 2.0, token: str | None = None
+) -> AsyncIterator[str]:
     """Serve attach clients on ``path`` for the duration of the block; yields the path.
 
-    On the way out, queued messages (the command's exit) get ``grace`` seconds to reach the
+    ``token``: made by :func:`make_token` (default: made here). On the way out, queued
+    messages (the command's exit) get ``grace`` seconds to reach the
     clients; then connections close and the socket file is removed."""
+    if token is None:
+        token = make_token(path)
     sock = bind_private(path)
     path = os.path.abspath(path)
     clients: list[SocketClient] = []
@@ -602,7 +698,7 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
                         backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
                         continue
                     backoff = ACCEPT_BACKOFF
-                    nursery.start_soon(_serve_connection, hub, conn, clients)
+                    nursery.start_soon(_serve_connection, hub, conn, clients, token)
 
             nursery.start_soon(accept)
             try:
@@ -617,10 +713,11 @@ async def listening(hub: Hub, path: str, *, grace: float = 2.0) -> AsyncIterator
                 nursery.cancel_scope.cancel()
     finally:
         sock.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        for name in (path, token_path(path)):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
 
 
 async def connect(path: str) -> trio.SocketStream:
@@ -634,6 +731,13 @@ async def connect(path: str) -> trio.SocketStream:
     if uid != os.geteuid():
         await stream.aclose()
         raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
+    try:
+        terminals = list(dict.fromkeys(os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)))
+        hello = {"type": "token", "token": read_token(path), "terminals": terminals}
+        await stream.send_all(encode(hello))
+    except BaseException:
+        await stream.aclose()
+        raise
     return stream
 
 

@@ -24,6 +24,7 @@ from llsupervise.supervisor.engine.requests import (
     split_last,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
+from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
@@ -126,6 +127,8 @@ class Target:
     umask: int
     #: The child's access credentials, when they are not ours: taken to perform.
     credentials: Credentials | None = None
+    #: The control plane: what is never performed for the child (see guard).
+    guard: Guard | None = None
 
 
 def _at(dirfd: int | None, path: bytes) -> tuple[bytes, int | None]:
@@ -150,12 +153,17 @@ def perform(t: Target) -> int:
 def _perform(t: Target) -> int:
     r = t.request
     path, dir1 = _at(t.dir1, r.path)
+    guard = t.guard if t.guard else None
     if r.op == "open":
+        if guard is not None:
+            return _guarded_open(guard, path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
         return _open(path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
     with contextlib.ExitStack() as stack:
         # The directories the operation acts in, resolved as an open would (no magic link,
         # nothing of procfs): the last component is then looked up in them and nowhere else.
         dir1, name = _parent(stack, dir1, path)
+        if guard is not None:
+            _check_guard(guard, stack, t, dir1, name)
         match r.op:
             case "mkdir":
                 os.mkdir(name, r.mode & ~t.umask & 0o7777, dir_fd=dir1)
@@ -202,6 +210,100 @@ def _perform(t: Target) -> int:
             case _:
                 raise KernelDecides(r.op)
     return 0
+
+
+def protected(t: Target) -> str | None:
+    """What of the control plane ``t`` would reach, if anything, found without performing it
+    (for a request Landlock refused: it is then refused as protected, not asked about)."""
+    if not t.guard:
+        return None
+    r = t.request
+    path, dir1 = _at(t.dir1, r.path)
+    try:
+        with contextlib.ExitStack() as stack:
+            if r.op == "open":
+                writes = r.flags & os.O_ACCMODE != os.O_RDONLY or bool(
+                    r.flags & (os.O_TRUNC | os.O_CREAT)
+                )
+                if r.flags & os.O_CREAT:
+                    parent, name = _parent(stack, dir1, path)
+                    t.guard.refuse_entries((parent, name))
+                nofollow = r.flags & os.O_NOFOLLOW
+                fd = _openat2(dir1, path, os.O_PATH | os.O_CLOEXEC | nofollow, 0)
+                stack.callback(os.close, fd)
+                t.guard.refuse_open(os.fstat(fd), reading_only=not writes)
+            else:
+                parent, name = _parent(stack, dir1, path)
+                _check_guard(t.guard, stack, t, parent, name)
+    except ProtectedError as exc:
+        return exc.what
+    except (OSError, KernelDecides):
+        return None
+    return None
+
+
+def _check_guard(
+    guard: Guard, stack: contextlib.ExitStack, t: Target, dir1: int | None, name: bytes
+) -> None:
+    """Refuse (ProtectedError) an operation on the control plane, checked on the directory
+    it acts in and the object it names there (see guard)."""
+    r = t.request
+    match r.op:
+        case "mkdir" | "mknod" | "symlink":
+            guard.refuse_entries((dir1, name))
+        case "unlink" | "rmdir":
+            guard.refuse_children((dir1, name))
+        case "truncate":
+            target = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
+            try:
+                guard.refuse_open(os.fstat(target), reading_only=False)
+            finally:
+                os.close(target)
+        case "rename" | "link":
+            path2, dir2 = _at(t.dir2, r.path2)
+            dir2, name2 = _parent(stack, dir2, path2)
+            if r.op == "rename":
+                # Either end: what moves away, and what is replaced (or exchanged).
+                guard.refuse_children((dir1, name), (dir2, name2))
+                return
+            guard.refuse_entries((dir2, name2))
+            if r.flags & AT_EMPTY_PATH and not r.path and t.dir1 is not None:
+                guard.refuse_open(os.fstat(t.dir1), reading_only=False)
+            elif r.flags & AT_SYMLINK_FOLLOW:
+                source = _openat2(dir1, name, os.O_PATH | os.O_CLOEXEC, 0)
+                try:
+                    guard.refuse_open(os.fstat(source), reading_only=False)
+                finally:
+                    os.close(source)
+            else:
+                guard.refuse_children((dir1, name))
+
+
+def _guarded_open(guard: Guard, path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
+    """:func:`_open` that refuses the control plane: a creation of a protected entry, a
+    write to a protected file, any open of a secret one. The object is checked on the fd
+    opened, before anything is written: ``O_TRUNC`` is applied only after the check, by
+    reopening that very file."""
+    writes = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & (os.O_TRUNC | os.O_CREAT))
+    if flags & os.O_CREAT:
+        with contextlib.ExitStack() as stack:
+            parent, name = _parent(stack, dirfd, path)
+            guard.refuse_entries((parent, name))
+    fd = _open(path, dirfd, flags & ~os.O_TRUNC, mode)
+    try:
+        st = os.fstat(fd)
+        guard.refuse_open(st, reading_only=not writes)
+        if not flags & os.O_TRUNC or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return fd
+        # The very object checked (our fd's magic link), now truncated as asked: Landlock
+        # judges the truncate as it would have judged O_TRUNC.
+        reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC)
+        truncated = os.open(b"/proc/self/fd/%d" % fd, reopen | os.O_CLOEXEC | os.O_NOCTTY)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return truncated
 
 
 def _parent(

@@ -85,6 +85,12 @@ class FsQuestions:
         """Raise one question per distinct (process, exe, operation, objects); others wait.
         ``pending`` None: an exec, reported only (the static layer has answered it)."""
         denial = make_denial(exe, cmdline, tid, request, objects, generation)
+        if isinstance(pending, Pending) and pending.protected:
+            # Already refused: the control plane is never reached, whatever the answer.
+            denial = dataclasses.replace(denial, protected=pending.protected)
+            pending.close()
+            self._emit(denial.event(Answer.DENY))
+            return
         if isinstance(pending, Pending) and self.conditional.grant(pending, denial, nursery):
             return
         key = QuestionKey(
@@ -137,10 +143,14 @@ class FsQuestions:
 
     async def _resolve(self, key: QuestionKey, nursery: trio.Nursery) -> None:
         question = self._open[key]
-        if self._is_quiet(question.objects):
-            decision = Decision(Answer.DENY_QUIET)
+        if question.denial.protected:
+            decision = Decision(Answer.DENY)  # nothing to ask: it could not be allowed
             kept: list[Event] = []
             unbound: list[Event] = []
+        elif self._is_quiet(question.objects):
+            decision = Decision(Answer.DENY_QUIET)
+            kept = []
+            unbound = []
         else:
             decision = await self.decisions.decide(question.denial)
             kept, unbound = self._remember(question, decision, nursery)
@@ -294,7 +304,7 @@ def make_denial(
         exe=exe,
         cmdline=cmdline,
         syscall=request.syscall,
-        path=objects[0].label,
+        path=objects[0].label if objects else os.fsdecode(request.path),
         access=tuple(names(access)),
         generation=generation,
         next_run_only=request.op == "execute",
