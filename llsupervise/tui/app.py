@@ -33,6 +33,9 @@ from textual.widgets import (
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
+from llsupervise.policies import DEFAULT_SOURCE
+from llsupervise.policies.answers import KeptAnswers
+from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.events.model import Answer, EventLog
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
@@ -101,6 +104,10 @@ class SupervisorApp(App[int]):
         self._quit_requests = 0
         #: Makes the command's output safe to show (escape sequences, controls).
         self._terminal = TerminalText()
+        #: Under the built-in policy: this run's "always" answers (no file keeps them) and the
+        #: new file they are saved into at the end (``--save-answers``), if any.
+        self.kept = KeptAnswers()
+        self.save_path: str | None = None
 
     # -- the session's side (called in this thread: trio is a guest here) -------------------
 
@@ -150,7 +157,17 @@ class SupervisorApp(App[int]):
     # -- rendering ------------------------------------------------------------------------
 
     def on_incoming(self, event: Incoming) -> None:
-        changed = self.model.apply(event.message)
+        message = event.message
+        if message.get("type") == "event" and self.model.status.policy == DEFAULT_SOURCE:
+            before = len(self.kept)
+            self.kept.on_event(message.get("event") or {})
+            if len(self.kept) > before and self.save_path is None:
+                self.notify(
+                    "Kept for this run only: the built-in policy is never written. "
+                    "Press w to save this run's answers into a new policy file.",
+                    title="answer kept", timeout=8,
+                )  # fmt: skip
+        changed = self.model.apply(message)
         if PROMPT in changed and self.is_running:
             self._show_prompt()
         self._dirty |= changed - {PROMPT}
@@ -276,6 +293,19 @@ class SupervisorApp(App[int]):
             return
         self.exit(self.exit_status)
 
+    def save_at_exit(self) -> None:
+        """After the interface closed: save or mention the answers no file keeps."""
+        if not self.kept:
+            return
+        if self.save_path is not None:
+            self.kept.save(self.save_path)
+            print(f"llsupervise: {len(self.kept)} answer(s) saved in {escape(self.save_path)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print(f"llsupervise: {len(self.kept)} answer(s) were kept for this run only (not "
+                  "saved; press w in the interface, or run with --save-answers FILE)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
     @property
     def exit_status(self) -> int | None:
         return self.model.status.exit_status
@@ -334,21 +364,28 @@ def _finish(app: SupervisorApp, status: int | None) -> int:
 
 
 def run_tui(
-    policy_path: str, argv: Sequence[str], *, log_path: str | None = None, watch: bool = False
+    document: PolicyDocument,
+    argv: Sequence[str],
+    *,
+    log_path: str | None = None,
+    watch: bool = False,
+    save_answers: str | None = None,
 ) -> int:
-    """``llsupervise run``: the command's exit status once the user quits."""
-    from llsupervise.policy.loader import load_policy
-
+    """``llsupervise run``: the command's exit status once the user quits. ``save_answers``:
+    under the built-in policy, the new file its "always" answers are saved into at the end."""
     _need_terminal()
-    document = load_policy(policy_path)
     log = EventLog.open(log_path)
+    log.write({"event": "policy", "source": document.source})
     try:
         session = LocalSession(document, argv, log=log, watch=watch)
         app = build_app(session)
+        app.save_path = save_answers
         app.run()
-        return _finish(app, session.exit_status)
+        status = _finish(app, session.exit_status)
     finally:
         log.close()
+    app.save_at_exit()
+    return status
 
 
 def run_attach(path: str) -> int:

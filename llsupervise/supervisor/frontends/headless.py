@@ -7,14 +7,15 @@ while the command keeps this terminal; with no client attached the policy's defa
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
+from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import EventLog
+from llsupervise.supervisor.events.model import Event, EventLog
 
 
 def run_headless(
@@ -25,19 +26,27 @@ def run_headless(
     listen: str | None = None,
     watch: bool = False,
     cpu: int | None = None,
+    listeners: Sequence[Callable[[Event], None]] = (),
 ) -> int:
     """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N).
 
     ``watch``: reload the policy file on each save (see ``Supervisor.open``); ``cpu``: run
-    the command and the threads serving it on that one CPU (see ``Supervisor.run``)."""
+    the command and the threads serving it on that one CPU (see ``Supervisor.run``);
+    ``listeners`` see every event. The log's first line, and a line on stderr under the
+    built-in policy, say which policy is in force."""
     log = EventLog.open(log_path)
     section = document.supervisor
+    log.write({"event": "policy", "source": document.source})
+    if document.source == DEFAULT_SOURCE:
+        print("llsupervise: policy: built-in default (`llsupervise policy default` prints it)",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     async def main() -> int:
         decisions = ModeDecisions(section.mode, section.default, section.prompt_timeout)
         async with Supervisor.open(
             document, decisions=decisions, log=log, watch=watch
         ) as supervisor:
+            supervisor.listeners.extend(listeners)
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
             from llsupervise.supervisor.frontends.hub import Hub, listening
