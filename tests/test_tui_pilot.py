@@ -25,6 +25,8 @@ from llsupervise.tui.widgets import FeedView, PromptPanel
 pytestmark = pytest.mark.anyio
 
 OK = "ok " + PUBLIC.decode().strip()
+#: Wide enough that no cell the tests read is cut to fit (temporary paths are long).
+WIDE = (240, 50)
 
 #: Reads data/x N times; each outcome goes to the log file and to the terminal.
 READS = r"""
@@ -112,7 +114,7 @@ async def answer_first_question(root: Path, key: str, reads: int = 1) -> Seen:
     log = root / "out" / "log"
     log.touch()
     app = app_for(root, READS, str(log), str(reads))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         question = app.model.prompts.current
         assert question is not None
@@ -179,7 +181,7 @@ async def test_broader_scope_and_extra_rights_go_on_the_rule(
     log.touch()
     script = READS + "\nprint(sorted(os.listdir('data')), open('data/y').read().strip())\n"
     app = app_for(tmp_path, script, str(log), "1")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         await pilot.press("s")  # this file → its directory
         question = app.model.prompts.current
@@ -208,7 +210,7 @@ async def test_timeout_applies_the_default(tmp_path: Path, monkeypatch: pytest.M
     log = tmp_path / "out" / "log"
     log.touch()
     app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 0.5")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         assert "deny in" in str(app.query_one(PromptPanel).border_title)
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
@@ -225,7 +227,7 @@ async def test_a_flood_of_denials_coalesces_and_keys_still_work(
     monkeypatch.chdir(tmp_path)
     log, stop = tmp_path / "out" / "log", tmp_path / "out" / "stop"
     app = app_for(tmp_path, FLOOD, str(log), "1000", str(stop), mode="enforce")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.feed.total >= 1, "the first denial")
         # Keys are handled while denials pour in (each press waits until it was processed).
         await pilot.press("2")
@@ -237,22 +239,32 @@ async def test_a_flood_of_denials_coalesces_and_keys_still_work(
         await until(pilot, lambda: cells(app, "#feed-table")[:1] != [] and
                     cells(app, "#feed-table")[0][1] == "1000", "the coalesced row")  # fmt: skip
         [row] = cells(app, "#feed-table")
-        assert row[2] == "deny" and row[4] == "read_file"
-        await pilot.press("escape", "m")  # switching modes still answers at once
+        assert row[2] == "deny×1000" and row[4] == "read_file"
+        await pilot.press("escape", "m", "y")  # permissive, once confirmed
         await until(pilot, lambda: app.model.status.mode == "permissive", "permissive mode")
         stop.touch()
         await until(pilot, lambda: status_of(app) == 0, "the command's exit")
     assert app.model.feed.total == 1000 and len(app.model.feed) == 1
 
 
-async def test_permissive_mode_answers_the_open_question(
+async def test_permissive_mode_never_answers_an_open_question(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    seen = await answer_first_question(tmp_path, "m")
-    assert seen.log == [OK]
-    assert seen.feed[0][2] == "permissive"
+    log = tmp_path / "out" / "log"
+    log.touch()
+    app = app_for(tmp_path, READS, str(log), "1")
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model.prompts.current is not None, "a question")
+        await pilot.press("m")
+        await pilot.pause(0.3)  # the mode would have changed by now, and the question gone
+        assert app.model.prompts.current is not None
+        assert app.model.status.mode == "interactive"
+        assert lines(log) == []  # the read still waits for its answer
+        await pilot.press("d")
+        await until(pilot, lambda: status_of(app) is not None, "the command's exit")
+    assert lines(log) == ["err 13"]
 
 
 async def test_exec_denial_says_a_grant_helps_the_next_run(
@@ -272,7 +284,7 @@ async def test_exec_denial_says_a_grant_helps_the_next_run(
         "sys.exit(status)\n"
     )
     app = app_for(tmp_path, script, str(tool), str(stop))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         who = str(app.query_one("#prompt-who", Static).render())
         assert "takes effect on the next run" in who
@@ -292,9 +304,12 @@ async def test_quitting_ends_the_command_and_returns_its_status(
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     app = app_for(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: "up" in app.query_one("#output-log", Log).lines, "start")
-        await pilot.press("ctrl+q")
+        await pilot.press("ctrl+q", "n")  # asked first: kept running
+        await pilot.pause(0.3)
+        assert status_of(app) is None and app.return_value is None
+        await pilot.press("ctrl+q", "y")
         await until(pilot, lambda: app.return_value is not None, "the app's exit")
     assert app.return_value == 128 + 15  # SIGTERM
 
@@ -333,7 +348,7 @@ async def test_a_hostile_name_is_shown_escaped_and_the_command_line_as_claimed(
         "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.01)\n"
     )
     app = app_for(tmp_path, script, name, str(stop), "\x1b[2Jmake docs")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         await pilot.pause(0.3)  # past the throttled redraw
         who = str(app.query_one("#prompt-who", Static).render())

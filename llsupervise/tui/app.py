@@ -34,10 +34,11 @@ from textual.widgets import (
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policies import DEFAULT_SOURCE
-from llsupervise.policies.answers import KeptAnswers
+from llsupervise.policies.answers import KeptAnswers, check_new_file
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.events.model import Answer, EventLog
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
+from llsupervise.tui.screens import ConfirmScreen, FileNameScreen, HelpScreen
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
 from llsupervise.tui.text import TerminalText
 from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
@@ -73,28 +74,41 @@ class SupervisorApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     TabbedContent { height: 1fr; }
+    /* The views size themselves to the pane: a scrollbar here would only come and go. */
+    TabPane { overflow: hidden hidden; }
     #output-note { padding: 1 2; }
     """
+    # The answer keys are not in the footer: the question's buttons show them (underlined).
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("o", "answer('allow_once')", "once"),
-        Binding("t", "answer('allow_for')", "for a while"),
-        Binding("a", "answer('allow_always')", "always"),
-        Binding("d", "answer('deny')", "deny"),
-        Binding("q", "answer('deny_quiet')", "deny+quiet"),
+        Binding("o", "answer('allow_once')", "once", show=False),
+        Binding("t", "answer('allow_for')", "for a while", show=False),
+        Binding("a", "answer('allow_always')", "always", show=False),
+        Binding("d", "answer('deny')", "deny", show=False),
+        Binding("q", "answer('deny_quiet')", "deny+quiet", show=False),
         Binding("s", "broader", "scope"),
         Binding("m", "toggle_mode", "permissive"),
         Binding("1", "show_tab('feed')", "denials", show=False),
         Binding("2", "show_tab('rules')", "rules", show=False),
         Binding("3", "show_tab('output')", "output", show=False),
         Binding("slash", "focus_filter", "filter"),
+        Binding("w", "save_answers", "save answers"),
         Binding("escape", "leave_filter", "leave filter", show=False),
+        Binding("question_mark,f1", "help", "help"),
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
-    def __init__(self, session: Session, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` times questions; ``wall`` (epoch seconds) the temporary grants' time left."""
         super().__init__()
         self.session = session
         self.clock = clock
+        self.wall = wall
         self.model = SessionModel(clock)
         #: The exception that ended the session, if it failed.
         self.failure: BaseException | None = None
@@ -108,6 +122,8 @@ class SupervisorApp(App[int]):
         #: new file they are saved into at the end (``--save-answers``), if any.
         self.kept = KeptAnswers()
         self.save_path: str | None = None
+        #: How many of them are saved in a file already (``w``).
+        self.saved = 0
 
     # -- the session's side (called in this thread: trio is a guest here) -------------------
 
@@ -149,6 +165,8 @@ class SupervisorApp(App[int]):
 
     def on_resize(self) -> None:
         self._resize_terminal()
+        self._dirty |= {FEED, RULES}  # columns are cut to the width
+        self._schedule_redraw()
 
     def _resize_terminal(self) -> None:
         # The pane is the screen less the status bar, tabs, borders and footer.
@@ -162,11 +180,13 @@ class SupervisorApp(App[int]):
             before = len(self.kept)
             self.kept.on_event(message.get("event") or {})
             if len(self.kept) > before and self.save_path is None:
-                self.notify(
+                self._notify(
                     "Kept for this run only: the built-in policy is never written. "
                     "Press w to save this run's answers into a new policy file.",
                     title="answer kept", timeout=8,
                 )  # fmt: skip
+        if message.get("type") == "event" and (message.get("event") or {}).get("event") == "reload":
+            self._notify_reload(message["event"])
         changed = self.model.apply(message)
         if PROMPT in changed and self.is_running:
             self._show_prompt()
@@ -195,6 +215,21 @@ class SupervisorApp(App[int]):
         if self._quit_requests:
             self.exit(self.exit_status)
 
+    def _notify(self, message: str, **kwargs: Any) -> None:
+        """A notification; never markup: it may quote paths and policy errors."""
+        self.notify(message, markup=False, **kwargs)
+
+    def _notify_reload(self, reload: dict[str, Any]) -> None:
+        if reload.get("ok"):
+            note = f"{self.model.status.policy}: generation {reload.get('generation')} in force"
+            if reload.get("message"):
+                note += f"; {reload['message']}"
+            self._notify(escape(note), title="policy reloaded")
+        else:
+            error = escape(str(reload.get("error", "")))
+            self._notify(f"{error}\nThe rules in force are unchanged.",
+                         title="policy reload REJECTED", severity="error", timeout=15)  # fmt: skip
+
     def _schedule_redraw(self) -> None:
         if not self._redraw_scheduled:
             self._redraw_scheduled = True
@@ -214,10 +249,12 @@ class SupervisorApp(App[int]):
         if FEED in dirty:
             self.query_one(FeedView).show(model.feed)
         if RULES in dirty:
-            self.query_one(RulesView).show(model.rules, model.status)
+            self.query_one(RulesView).show(model.rules, model.status, self.wall())
         if STATUS in dirty:
             attached = None if self.session.local else self.session.origin
-            self.query_one(StatusBar).show(model.status, model.rules.generation, attached)
+            self.query_one(StatusBar).show(
+                model.status, model.rules.generation, attached, model.rules.reload
+            )
             self.refresh_bindings()
 
     def _show_prompt(self) -> None:
@@ -230,6 +267,9 @@ class SupervisorApp(App[int]):
     def _tick(self) -> None:
         if self.is_running:
             self.query_one(PromptPanel).tick()
+            if self.model.rules.temporary:  # their time left
+                self._dirty.add(RULES)
+                self._schedule_redraw()
 
     # -- actions --------------------------------------------------------------------------
 
@@ -237,14 +277,32 @@ class SupervisorApp(App[int]):
         question = self.model.prompts.current
         if action in ("answer", "broader") and question is None:
             return False
+        if action == "save_answers":
+            return bool(self.kept) and self.model.status.policy == DEFAULT_SOURCE
         if action == "answer" and parameters in (("allow_once",), ("allow_for",)):
             # An exec was refused already: shown, but greyed out.
             return None if question is not None and question.denial.next_run_only else True
         return True
 
-    def action_answer(self, answer: str) -> None:
+    def _question_in_reach(self) -> bool:
+        """Answer keys act on the Denials tab or with the question focused: a key typed on
+        another tab (meant for something else) must not answer, let alone write a rule."""
+        if self.query_one(TabbedContent).active == "feed":
+            return True
+        focused = self.focused
+        return focused is not None and self.query_one(PromptPanel) in focused.ancestors_with_self
+
+    def action_answer(self, answer: str, *, by_button: bool = False) -> None:
         question = self.model.prompts.current
         if question is None or self.check_action("answer", (answer,)) is not True:
+            return
+        if not by_button and not self._question_in_reach():
+            self._notify(
+                "Answer keys work on the Denials tab (1) or with the question focused "
+                "(click it, or Tab to it).",
+                title="not answered",
+                severity="warning",
+            )
             return
         if answer == Answer.ALLOW_ALWAYS and question.missing_rights():
             self.model.prompts.error = (
@@ -266,9 +324,66 @@ class SupervisorApp(App[int]):
         status = self.model.status
         if status.mode == "permissive":
             mode = status.policy_mode if status.policy_mode != "permissive" else "interactive"
-        else:
-            mode = "permissive"
-        self.session.send({"type": "mode", "mode": mode})
+            self.session.send({"type": "mode", "mode": mode})
+            return
+        if self.model.prompts.current is not None:
+            # Permissive mode would allow the open questions at once: answer them yourself.
+            self._notify("Answer the open question(s) first: permissive mode would allow them.",
+                        title="still permissive: no", severity="warning")  # fmt: skip
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and self.model.prompts.current is None:
+                self.session.send({"type": "mode", "mode": "permissive"})
+            elif yes:
+                self._notify("A question came meanwhile: answer it first.", severity="warning")
+
+        self.push_screen(
+            ConfirmScreen(
+                "Permissive mode?",
+                "Every denied access will be ALLOWED without asking, and recorded, until you "
+                "press m again. Quiet objects stay denied.",
+                yes="allow everything", no="stay",
+            ),
+            confirmed,
+        )  # fmt: skip
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_save_answers(self) -> None:
+        if not self.kept or self.model.status.policy != DEFAULT_SOURCE:
+            return
+
+        def check(name: str) -> str | None:
+            try:
+                check_new_file(name)
+            except LLSuperviseError as exc:
+                return str(exc)
+            return None
+
+        def chosen(name: str | None) -> None:
+            if name is None:
+                return
+            try:
+                self.kept.save(name)
+            except LLSuperviseError as exc:
+                self._notify(str(exc), title="not saved", severity="error")
+                return
+            self.saved = len(self.kept)
+            self._notify(f"{len(self.kept)} answer(s) saved in {escape(name)}: run with "
+                        f"--policy {escape(name)} to use them", title="saved")  # fmt: skip
+
+        self.push_screen(
+            FileNameScreen(
+                "Save answers",
+                f"The built-in policy is never written. Save it, with this run's "
+                f"{len(self.kept)} answer(s), into a new policy file:",
+                check,
+            ),
+            chosen,
+        )  # fmt: skip
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -283,10 +398,21 @@ class SupervisorApp(App[int]):
     async def action_quit(self) -> None:
         status = self.model.status
         if self.session.local and status.exit_status is None and self.failure is None:
+            if not self._quit_requests:
+                if not isinstance(self.screen, ConfirmScreen):
+                    self.push_screen(
+                        ConfirmScreen(
+                            "Quit?",
+                            "The command is still running. End it (SIGTERM) and quit?",
+                            yes="end it and quit", no="keep running",
+                        ),
+                        self._quit_confirmed,
+                    )  # fmt: skip
+                return
             self._quit_requests += 1
             force = self._quit_requests > 1
             self.session.terminate(force)
-            self.notify(
+            self._notify(
                 "killing the command" if force
                 else "ending the command (SIGTERM); ctrl+q again kills it"
             )  # fmt: skip
@@ -295,16 +421,28 @@ class SupervisorApp(App[int]):
 
     def save_at_exit(self) -> None:
         """After the interface closed: save or mention the answers no file keeps."""
-        if not self.kept:
+        if len(self.kept) <= self.saved:
             return
         if self.save_path is not None:
-            self.kept.save(self.save_path)
+            try:
+                self.kept.save(self.save_path)
+            except LLSuperviseError as exc:  # the command's status still comes through
+                print(f"llsupervise: {escape(str(exc))}", file=sys.stderr, flush=True)
+                return
             print(f"llsupervise: {len(self.kept)} answer(s) saved in {escape(self.save_path)}",
                   file=sys.stderr, flush=True)  # fmt: skip
         else:
             print(f"llsupervise: {len(self.kept)} answer(s) were kept for this run only (not "
                   "saved; press w in the interface, or run with --save-answers FILE)",
                   file=sys.stderr, flush=True)  # fmt: skip
+
+    def _quit_confirmed(self, yes: bool | None) -> None:
+        if yes and self.model.status.exit_status is None:
+            self._quit_requests = 1
+            self.session.terminate(False)
+            self._notify("ending the command (SIGTERM); ctrl+q again kills it")
+        elif yes:
+            self.exit(self.exit_status)
 
     @property
     def exit_status(self) -> int | None:
@@ -339,12 +477,17 @@ class SupervisorApp(App[int]):
     @on(Button.Pressed)
     def _button(self, event: Button.Pressed) -> None:
         if event.button.id in {a.value for a in Answer}:
-            self.action_answer(str(event.button.id))
+            self.action_answer(str(event.button.id), by_button=True)
 
 
-def build_app(session: Session, *, clock: Callable[[], float] = time.monotonic) -> SupervisorApp:
+def build_app(
+    session: Session,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> SupervisorApp:
     """The interface over ``session`` (local supervisor, attached socket, or fixed data)."""
-    return SupervisorApp(session, clock=clock)
+    return SupervisorApp(session, clock=clock, wall=wall)
 
 
 def _need_terminal() -> None:

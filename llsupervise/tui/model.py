@@ -70,6 +70,7 @@ class Rules:
     #: The last ``reload`` event, if any.
     reload: Mapping[str, Any] | None = None
     uses: dict[str, RuleUse] = field(default_factory=dict)
+    #: Temporary grants: path -> when it expires (epoch seconds).
     temporary: dict[str, float] = field(default_factory=dict)
 
     def apply_state(self, state: Mapping[str, Any]) -> None:
@@ -93,7 +94,9 @@ class Rules:
             use.answers += 1
             use.last = float(event.get("ts", 0.0))
             if "seconds" in rule:
-                self.temporary[str(path)] = float(rule["seconds"])
+                self.temporary[str(path)] = float(event.get("ts", 0.0)) + float(rule["seconds"])
+            else:
+                self.temporary.pop(str(path), None)
 
     def note_uses(self, event: Mapping[str, Any]) -> None:
         """A ``rule_use`` event: running totals of requests performed beneath rules."""
@@ -207,7 +210,7 @@ class SessionModel:
             return {FEED}
         if kind == "reload":
             self.rules.reload = event
-            return {RULES}
+            return {RULES, STATUS}
         if kind == "rule_use":
             self.rules.note_uses(event)
             return {RULES}
