@@ -298,6 +298,23 @@ async def test_exec_denial_says_a_grant_helps_the_next_run(
     assert status_of(app) == 13
 
 
+async def test_a_command_that_cannot_be_executed_is_a_denial_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    tool = paths["data"] / "true"
+    shutil.copy(shutil.which("true") or "/bin/true", tool)
+    doc = policy(tmp_path)
+    app = build_app(LocalSession(doc, [str(tool)], forward_signals=False))
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: status_of(app) is not None, "the command's exit")
+        await until(pilot, lambda: len(cells(app, "#feed-table")) == 1, "the denial row")
+        [row] = cells(app, "#feed-table")
+        assert (row[2], row[4], row[5]) == ("deny", "execute", str(tool))
+    assert status_of(app) == 126
+
+
 async def test_quitting_ends_the_command_and_returns_its_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

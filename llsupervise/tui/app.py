@@ -187,7 +187,16 @@ class SupervisorApp(App[int]):
                 )  # fmt: skip
         if message.get("type") == "event" and (message.get("event") or {}).get("event") == "reload":
             self._notify_reload(message["event"])
+        refused = self.model.refused_exec
         changed = self.model.apply(message)
+        if self.model.refused_exec is not refused and self.model.refused_exec is not None:
+            denial = self.model.refused_exec
+            self._notify(
+                f"{escape(denial.path)} could not be executed: no static rule gives "
+                f"{', '.join(denial.access)} on it. Add that to the policy (or answer its "
+                "question with always): exec rules take effect on the next run.",
+                title="the command was not run (status 126)", severity="error", timeout=30,
+            )  # fmt: skip
         if PROMPT in changed and self.is_running:
             self._show_prompt()
         self._dirty |= changed - {PROMPT}

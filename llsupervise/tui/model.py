@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llsupervise.supervisor.events.model import Answer, Denial
 from llsupervise.supervisor.frontends.hub import denial_from_json
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.prompts import PromptQueue
@@ -168,6 +169,11 @@ class SessionModel:
         self.status = Status()
         #: Recent errors and notices for the user (newest last).
         self.notices: list[str] = []
+        #: Exec denials asked about and not yet in the feed: the run may end (the command
+        #: itself could not be executed, status 126) before anyone answers them.
+        self._execs: dict[int, Denial] = {}
+        #: The command itself could not be executed for want of these rights on this path.
+        self.refused_exec: Denial | None = None
 
     def apply(self, message: Mapping[str, Any]) -> set[str]:
         """Apply one message; return the parts of the screen it changed."""
@@ -181,6 +187,8 @@ class SessionModel:
             return self._event(message.get("event") or {})
         if kind == "question":
             denial = denial_from_json(message.get("denial") or {})
+            if denial.next_run_only:
+                self._execs[int(message["id"])] = denial
             timeout_in = float(message.get("timeout_in", self.status.prompt_timeout))
             self.prompts.add(int(message["id"]), denial, timeout_in, self.clock())
             return {PROMPT}
@@ -200,9 +208,23 @@ class SessionModel:
             return {PROMPT, STATUS}
         return set()
 
+    def _exec_refused(self) -> set[str]:
+        """The run ended with 126 while its exec denials were still open: the command itself
+        could not be executed. Each becomes a feed row, as a denial with no answer."""
+        for denial in self._execs.values():
+            self.feed.add(denial.event(Answer.DENY) | {"next_run_only": True})
+            self.refused_exec = denial
+        self._execs.clear()
+        return {FEED}
+
     def _event(self, event: Mapping[str, Any]) -> set[str]:
         kind = event.get("event")
         if kind == "denial":
+            if event.get("next_run_only"):
+                self._execs = {
+                    k: d for k, d in self._execs.items()
+                    if (d.path, d.pid) != (event.get("path"), event.get("pid"))
+                }  # fmt: skip
             self.feed.add(event)
             if event.get("rules"):
                 self.rules.note_answer(event)
@@ -221,5 +243,7 @@ class SessionModel:
             else:
                 self.status.exit_status = event.get("status")
                 self.status.running = False
+                if event.get("status") == 126 and self._execs:
+                    return {STATUS, *self._exec_refused()}
             return {STATUS}
         return set()
