@@ -41,6 +41,7 @@ from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.screens import ConfirmScreen, FileNameScreen, HelpScreen
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
 from llsupervise.tui.text import TerminalText
+from llsupervise.tui.tty import on_terminal, open_terminal
 from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
 
 #: Least time between two redraws of the feed and rules tables while denials pour in.
@@ -499,14 +500,6 @@ def build_app(
     return SupervisorApp(session, clock=clock, wall=wall)
 
 
-def _need_terminal() -> None:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise LLSuperviseError(
-            "the terminal interface needs a terminal; pass --headless, or --listen SOCKET and "
-            "attach from a terminal"
-        )
-
-
 def _finish(app: SupervisorApp, status: int | None) -> int:
     if app.failure is not None:
         if isinstance(app.failure, LLSuperviseError):
@@ -525,14 +518,19 @@ def run_tui(
 ) -> int:
     """``llsupervise run``: the command's exit status once the user quits. ``save_answers``:
     under the built-in policy, the new file its "always" answers are saved into at the end."""
-    _need_terminal()
-    log = EventLog.open(log_path)
+    terminal = open_terminal()
+    try:
+        log = EventLog.open(log_path)  # before the terminal takes stderr: --log /dev/stderr
+    except BaseException:
+        os.close(terminal)
+        raise
     log.write({"event": "policy", "source": document.source})
     try:
         session = LocalSession(document, argv, log=log, watch=watch)
         app = build_app(session)
         app.save_path = save_answers
-        app.run()
+        with on_terminal(terminal):
+            app.run()
         status = _finish(app, session.exit_status)
     finally:
         log.close()
@@ -542,7 +540,8 @@ def run_tui(
 
 def run_attach(path: str) -> int:
     """``llsupervise attach SOCKET``: 0 once the user detaches."""
-    _need_terminal()
+    terminal = open_terminal()
     app = build_app(RemoteSession(path))
-    app.run()
+    with on_terminal(terminal):
+        app.run()
     return _finish(app, 0)
