@@ -15,10 +15,11 @@ import trio
 from rich.text import Text
 from supervised import PUBLIC, lines, make_tree, policy
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Log, SelectionList, Static
+from textual.widgets import DataTable, SelectionList, Static
 
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import LocalSession
+from llsupervise.tui.terminal_pane import TerminalPane
 from llsupervise.tui.widgets import FeedView, PromptPanel
 
 # These run on asyncio (textual), not trio: each is marked, trio mode stays off.
@@ -127,7 +128,7 @@ async def answer_first_question(root: Path, key: str, reads: int = 1) -> Seen:
         await until(pilot, lambda: drawn(app), "the screen to catch up")
         assert app.query_one(PromptPanel).has_class("-hidden")
         return Seen(app, lines(log), cells(app, "#feed-table"), cells(app, "#supervisor-rules"),
-                    list(app.query_one("#output-log", Log).lines))  # fmt: skip
+                    app.query_one(TerminalPane).lines)  # fmt: skip
 
 
 async def test_allow_once_key_lets_the_pending_open_succeed(
@@ -196,7 +197,7 @@ async def test_broader_scope_and_extra_rights_go_on_the_rule(
         await pilot.press("a")
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
         await until(pilot, lambda: drawn(app), "the screen to catch up")
-        output = app.query_one("#output-log", Log).lines
+        output = app.query_one(TerminalPane).lines
         [row] = cells(app, "#supervisor-rules")
     assert lines(log) == [OK]
     assert "['x', 'y'] public data" in output  # listing and the sibling file: no more questions
@@ -322,7 +323,7 @@ async def test_quitting_ends_the_command_and_returns_its_status(
     monkeypatch.chdir(tmp_path)
     app = app_for(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)")
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: "up" in app.query_one("#output-log", Log).lines, "start")
+        await until(pilot, lambda: "up" in app.query_one(TerminalPane).lines, "start")
         await pilot.press("ctrl+q", "n")  # asked first: kept running
         await pilot.pause(0.3)
         assert status_of(app) is None and app.return_value is None
@@ -378,3 +379,54 @@ async def test_a_hostile_name_is_shown_escaped_and_the_command_line_as_claimed(
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
         await until(pilot, lambda: drawn(app), "the screen to catch up")
         assert cells(app, "#feed-table")[0][5] == f"{tmp_path}/data/{shown}"
+
+
+#: A REPL-like loop on the terminal: says its size when started and on each SIGWINCH.
+SIZED = r"""
+import os, signal, sys
+def size(*_):
+    print("size %dx%d" % tuple(os.get_terminal_size()), flush=True)
+signal.signal(signal.SIGWINCH, size)
+size()
+"""
+
+
+def has_keyboard(pane: TerminalPane) -> bool:
+    return pane.typing
+
+
+async def test_the_output_pane_is_a_terminal_for_a_python_repl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # -i: the REPL after the script; -I: nothing from the environment or the home directory.
+    argv = [sys.executable, "-I", "-q", "-i", "-c", SIZED]
+    app = build_app(LocalSession(policy(tmp_path), argv, forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await until(pilot, lambda: any(line.startswith(">>>") for line in pane.lines), "a prompt")
+        await pilot.press("1", "1")  # not the keyboard's yet: tabs
+        assert app.query_one("#tabs").active == "feed"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+t")
+        assert has_keyboard(pane) and app.query_one("#tabs").active == "output"  # type: ignore[attr-defined]
+        width, height = pane.content_size
+        assert f"size {width}x{height}" in pane.lines  # the size it started with
+        await pilot.press(*"11*3", "enter")  # digits are the program's now
+        await until(pilot, lambda: "33" in pane.lines, "the answer")
+        assert app.query_one("#tabs").active == "output"  # type: ignore[attr-defined]
+        await pilot.press(*"while 1: pass", "enter", "enter", "ctrl+c")
+        await until(pilot, lambda: "KeyboardInterrupt" in pane.lines, "Ctrl+C reaching it")
+        await pilot.resize_terminal(90, 26)
+        await until(pilot, lambda: pane.content_size.width == 88, "the pane's new size")
+        width, height = pane.content_size
+        # Printed where the cursor was: after the prompt.
+        await until(pilot, lambda: any(line.strip() == f"size {width}x{height}"
+                                       for line in pane.lines), "SIGWINCH")  # fmt: skip
+        await pilot.press("ctrl+t")  # the keyboard back: keys are the interface's again
+        assert not has_keyboard(pane)
+        await pilot.press("1")
+        assert app.query_one("#tabs").active == "feed"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+t", *"raise SystemExit(5)", "enter")
+        await until(pilot, lambda: status_of(app) is not None, "the REPL's exit")
+    assert status_of(app) == 5

@@ -22,7 +22,6 @@ from textual.widgets import (
     Button,
     Footer,
     Input,
-    Log,
     RadioSet,
     Select,
     SelectionList,
@@ -40,7 +39,7 @@ from llsupervise.supervisor.events.model import Answer, EventLog
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.screens import ConfirmScreen, FileNameScreen, HelpScreen
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
-from llsupervise.tui.text import TerminalText
+from llsupervise.tui.terminal_pane import TerminalPane
 from llsupervise.tui.tty import on_terminal, open_terminal
 from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
 
@@ -95,6 +94,7 @@ class SupervisorApp(App[int]):
         Binding("w", "save_answers", "save answers"),
         Binding("escape", "leave_filter", "leave filter", show=False),
         Binding("question_mark,f1", "help", "help"),
+        Binding("ctrl+t", "keyboard", "keyboard to command", priority=True),
         Binding("ctrl+q", "quit", "quit", priority=True),
     ]
 
@@ -117,8 +117,6 @@ class SupervisorApp(App[int]):
         self._redraw_scheduled = False
         self._last_redraw = 0.0
         self._quit_requests = 0
-        #: Makes the command's output safe to show (escape sequences, controls).
-        self._terminal = TerminalText()
         #: Under the built-in policy: this run's "always" answers (no file keeps them) and the
         #: new file they are saved into at the end (``--save-answers``), if any.
         self.kept = KeptAnswers()
@@ -148,7 +146,7 @@ class SupervisorApp(App[int]):
                 yield RulesView(id="rules-view")
             with TabPane("Output [3]", id="output"):
                 if self.session.local:
-                    yield Log(id="output-log", max_lines=10_000, auto_scroll=True)
+                    yield TerminalPane(self.session.write_input, id="terminal")
                 else:
                     note = Text("The command's terminal is where it was started; this interface ")
                     note.append(f"is {escape(self.session.origin)}.")
@@ -159,19 +157,34 @@ class SupervisorApp(App[int]):
     def on_mount(self) -> None:
         self.set_interval(0.5, self._tick)
         self.session.start(self)
-        self._resize_terminal()
 
     async def on_unmount(self) -> None:
         await self.session.stop()
 
     def on_resize(self) -> None:
-        self._resize_terminal()
+        pane = self.query_one(TerminalPane) if self.session.local else None
+        if pane is not None and not pane.content_size.area:
+            # The pane is not shown (another tab): its size once shown is the screen less
+            # the header, the tabs, the footer and its border.
+            rows, cols = max(self.size.height - 7, 2), max(self.size.width - 2, 10)
+            pane.screen_.resize(rows, cols)
+            self.session.resize(rows, cols)
         self._dirty |= {FEED, RULES}  # columns are cut to the width
         self._schedule_redraw()
 
-    def _resize_terminal(self) -> None:
-        # The pane is the screen less the status bar, tabs, borders and footer.
-        self.session.resize(max(self.size.height - 6, 5), max(self.size.width - 2, 20))
+    @on(TerminalPane.Resized)
+    def _terminal_resized(self, event: TerminalPane.Resized) -> None:
+        self.session.resize(event.size.height, event.size.width)
+
+    @on(TerminalPane.Typing)
+    def _typing(self) -> None:
+        self.refresh_bindings()
+
+    def _typing_pane(self) -> TerminalPane | None:
+        if not self.session.local:
+            return None
+        pane = self.query_one(TerminalPane)
+        return pane if pane.typing else None
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -204,9 +217,8 @@ class SupervisorApp(App[int]):
         self._schedule_redraw()
 
     def on_output(self, event: Output) -> None:
-        text = self._terminal.feed(event.data)
-        if text and self.session.local and self.is_running:
-            self.query_one("#output-log", Log).write(text)
+        if self.session.local and self.is_running:
+            self.query_one(TerminalPane).feed(event.data)
 
     def on_ended(self, event: Ended) -> None:
         if isinstance(event.result, outcome.Error):
@@ -215,8 +227,6 @@ class SupervisorApp(App[int]):
             return
         self._dirty.add(STATUS)
         self._schedule_redraw()
-        if (tail := self._terminal.feed(b"", final=True)) and self.session.local:
-            self.query_one("#output-log", Log).write(tail)
         if self.session.hung_up:
             # Our terminal is gone: nobody can see or answer the interface, and restoring a
             # terminal that no longer exists hangs the interface's own shutdown. The log is
@@ -284,6 +294,10 @@ class SupervisorApp(App[int]):
     # -- actions --------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "keyboard":
+            return self.session.local
+        if self._typing_pane() is not None:
+            return False  # every other key goes to the command, Ctrl+Q and Ctrl+C included
         question = self.model.prompts.current
         if action in ("answer", "broader") and question is None:
             return False
@@ -394,6 +408,18 @@ class SupervisorApp(App[int]):
             ),
             chosen,
         )  # fmt: skip
+
+    def action_keyboard(self) -> None:
+        """Give the keyboard to the command's terminal, or take it back."""
+        if not self.session.local:
+            return
+        pane = self.query_one(TerminalPane)
+        if pane.typing:
+            pane.set_typing(False)
+            self.set_focus(None)
+        else:
+            self.action_show_tab("output")
+            pane.set_typing(True)
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
