@@ -430,3 +430,55 @@ async def test_the_output_pane_is_a_terminal_for_a_python_repl(
         await pilot.press("ctrl+t", *"raise SystemExit(5)", "enter")
         await until(pilot, lambda: status_of(app) is not None, "the REPL's exit")
     assert status_of(app) == 5
+
+
+async def test_the_output_pane_runs_less(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full-screen program that opens /dev/tty by name sets its terminal modes there: the
+    policy must give it its terminal (here all of /dev/pts, which a real policy should not)."""
+    less = shutil.which("less")
+    if less is None:
+        pytest.skip("less is not installed")
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LESSHISTFILE", "-")  # no history file to write
+    text = paths["out"] / "long.txt"
+    text.write_text("".join(f"line {i}\n" for i in range(200)))
+    terminal = (
+        '[[path_beneath]]\nallowed_access = ["read_file", "write_file", "ioctl_dev"]\n'
+        'parent = ["/dev/tty", "/dev/pts"]\n'
+    )
+    doc = policy(tmp_path, extra_static=terminal)
+    app = build_app(LocalSession(doc, [less, str(text)], forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: pane.lines[0] == "line 0", "the first page")
+        rows = pane.content_size.height
+        assert pane.lines[rows - 2] == f"line {rows - 2}"  # a page of the pane's height
+        await pilot.press("space")
+        await until(pilot, lambda: pane.lines[0] == f"line {rows - 1}", "the next page")
+        await pilot.press("q")
+        await until(pilot, lambda: status_of(app) is not None, "less to quit")
+    assert status_of(app) == 0
+
+
+async def test_a_question_over_the_typing_pane_takes_no_key_until_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = "input()\nopen('data/x').read()\nprint('was read', flush=True)\ninput()\n"
+    app = app_for(tmp_path, script, mode="interactive")
+    async with app.run_test(size=WIDE) as pilot:
+        pane = app.query_one(TerminalPane)
+        await pilot.press("ctrl+t", "enter")
+        await until(pilot, lambda: app.model.prompts.current is not None, "the question")
+        assert not app.query_one(PromptPanel).has_class("-hidden")
+        await pilot.press("o")  # the program's key, not an answer
+        assert app.model.prompts.current is not None and has_keyboard(pane)
+        await pilot.press("ctrl+t", "1", "o")  # the keyboard back, to the question: answered
+        # After the "o" the program got (echoed by its terminal).
+        await until(pilot, lambda: "owas read" in pane.lines, "the read")
+        await pilot.press("ctrl+t", "enter")
+        await until(pilot, lambda: status_of(app) is not None, "the exit")
+    assert status_of(app) == 0
