@@ -1,4 +1,4 @@
-"""Command line: ``llsupervise abi | check | export | run | attach | learn``.
+"""Command line: ``llsupervise abi | check | export | run | attach | learn | policy``.
 
 Each subcommand checks its arguments before it starts anything: an error is one line with
 status 2."""
@@ -11,10 +11,13 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
+
+if TYPE_CHECKING:
+    from llsupervise.policy.document import PolicyDocument
 
 
 def check_log(path: str) -> None:
@@ -56,9 +59,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             "--listen goes with --headless: the command keeps this terminal and "
             "`llsupervise attach SOCKET` answers from another one"
         )
-    from llsupervise.policy.loader import load_policy
+    if args.explain and not args.headless:
+        raise LLSuperviseError("--explain goes with --headless: the interface shows each decision")
+    if args.save_answers is not None:
+        if args.policy is not None:
+            raise LLSuperviseError(
+                "--save-answers goes without --policy: answers are written into that file"
+            )
+        from llsupervise.policies.answers import check_new_file
 
-    document = load_policy(args.policy)
+        check_new_file(args.save_answers)
+    if args.policy is not None:
+        from llsupervise.policy.loader import load_policy
+
+        document = load_policy(args.policy)
+    else:
+        from llsupervise.policies import load_default
+
+        document = load_default()
     if args.listen:
         from llsupervise.supervisor.frontends.hub import check_socket_path
 
@@ -66,20 +84,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log is not None:
         check_log(args.log)
     if args.headless:
-        from llsupervise.supervisor.frontends.headless import run_headless
-
-        cpu = min(os.sched_getaffinity(0)) if args.same_cpu else None
-        return run_headless(
-            document, args.command, log_path=args.log, listen=args.listen, watch=True, cpu=cpu
-        )
+        return _run_headless(args, document)
     from llsupervise.supervisor.rules.controlplane import check_document, control_files
     from llsupervise.tui.app import run_tui
 
     # The command runs on a pty of the TUI's: our terminal is the control plane's (refused
     # here, before the interface starts; headless checks its own).
     check_document(document, control_files(args.policy, log=args.log, terminals=(0, 1, 2)))
+    return run_tui(
+        document, args.command, log_path=args.log, watch=args.policy is not None,
+        save_answers=args.save_answers,
+    )  # fmt: skip
 
-    return run_tui(args.policy, args.command, log_path=args.log, watch=True)
+
+def _run_headless(args: argparse.Namespace, document: PolicyDocument) -> int:
+    from llsupervise.policies.answers import KeptAnswers
+    from llsupervise.supervisor.frontends.headless import run_headless
+
+    listeners: list[Callable[[dict[str, Any]], None]] = []
+    kept = KeptAnswers()
+    if args.policy is None:  # "always" answers: kept for the run, saved only where asked
+        listeners.append(kept.on_event)
+    explainer = None
+    if args.explain:
+        from llsupervise.explain import Explainer
+
+        explainer = Explainer(sys.stderr, document, asking=args.listen is not None)
+        listeners.append(explainer.on_event)
+    cpu = min(os.sched_getaffinity(0)) if args.same_cpu else None
+    status = run_headless(
+        document, args.command, log_path=args.log, listen=args.listen,
+        watch=args.policy is not None, cpu=cpu, listeners=listeners,
+    )  # fmt: skip
+    if explainer is not None:
+        print(explainer.summary(status), file=sys.stderr, flush=True)
+    if kept:
+        if args.save_answers is not None:
+            kept.save(args.save_answers)
+            print(f"llsupervise: {len(kept)} answer(s) saved in {escape(args.save_answers)}; "
+                  f"run with --policy {escape(args.save_answers)} to use them",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print(f"llsupervise: {len(kept)} answer(s) kept for this run only (the built-in "
+                  "policy is never written): run with --save-answers FILE to save them in a "
+                  "new policy file", file=sys.stderr, flush=True)  # fmt: skip
+    return status
+
+
+def cmd_policy_default(args: argparse.Namespace) -> int:
+    from llsupervise.policies import default_text
+
+    sys.stdout.write(default_text())
+    return 0
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -149,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--landlockconfig", required=True, help="landlockconfig file to write")
     export.set_defaults(func=_lazy("cmd_export"))
     run = sub.add_parser("run", help="run a command under supervision")
-    run.add_argument("--policy", required=True, help="policy file (TOML)")
+    run.add_argument(
+        "--policy", help="policy file (TOML); without it, the built-in default policy "
+        "(`llsupervise policy default` prints it)",
+    )  # fmt: skip
     run.add_argument("--headless", action="store_true", help="no interface: mode/default apply")
     run.add_argument("--log", help="append events to this JSON-lines file")
     run.add_argument(
@@ -161,11 +220,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --headless: keep the command and the supervisor on one CPU (a little "
         "faster per trapped call; the command loses its parallelism)",
     )
+    run.add_argument(
+        "--explain",
+        action="store_true",
+        help="with --headless: print each decision, and a summary, on stderr",
+    )
+    run.add_argument(
+        "--save-answers",
+        metavar="FILE",
+        help='without --policy: save the built-in policy plus this run\'s "always" answers '
+        "into FILE, a new file",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
     attach = sub.add_parser("attach", help="open the interface of a `run --listen` supervisor")
     attach.add_argument("socket", help="the SOCKET given to --listen")
     attach.set_defaults(func=cmd_attach)
+    policy = sub.add_parser("policy", help="print a built-in policy (a file to start from)")
+    policy.add_argument(
+        "name", choices=["default"], help="default: what `run` uses without --policy"
+    )
+    policy.set_defaults(func=cmd_policy_default)
     from llsupervise.learn.arguments import add_parser as add_learn_parser
 
     add_learn_parser(sub)  # learn [-o FILE] [--merge FILE] [--runs N] -- CMD

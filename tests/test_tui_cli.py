@@ -148,10 +148,33 @@ def test_attach_from_another_terminal_answers(tmp_path: Path, secret: Path) -> N
         shutil.rmtree(sock_parent)
 
 
+def test_interface_draws_on_the_terminal_when_stdout_and_stderr_are_files(
+    tmp_path: Path, secret: Path
+) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    cli = ["/bin/sh", "-c", f'exec "$0" "$@" >{out} 2>{err}', sys.executable, "-m",
+           "llsupervise.cli", "run", "--log", "/dev/stderr", "--policy", str(EXAMPLE), "--",
+           "cat", str(secret)]  # fmt: skip
+    term = Terminal(cli, tmp_path)
+    try:
+        term.read_until(b"deny in")  # the question, on the terminal
+        term.type(b"d")
+        term.read_until(b"exited with status 1")
+        term.type(b"\x11")  # ctrl+q
+        assert term.wait() == 1
+    finally:
+        term.kill()
+    log = err.read_bytes()
+    assert b"\x1b[" not in log and b"deny in" not in log  # nothing of the interface
+    assert b'"event": "policy"' in log and b'"decision": "deny"' in log  # --log /dev/stderr
+    assert out.read_bytes() == b""
+
+
 def test_run_without_a_terminal_says_what_to_do(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "llsupervise.cli", "run", "--policy", str(EXAMPLE), "--", "true"],
         capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, check=False,
+        start_new_session=True,  # no controlling terminal, even when the tests have one
     )  # fmt: skip
     assert result.returncode == 2
     assert "needs a terminal" in result.stderr and "--headless" in result.stderr

@@ -264,3 +264,35 @@ def test_a_port_denial_is_answered_on_the_port_alone() -> None:
     assert q.answer(Answer.ALLOW_ALWAYS) == {"type": "answer", "id": 4, "answer": "allow_always"}
     assert "scope" not in q.answer(Answer.DENY_QUIET)
     assert q.answer(Answer.ALLOW_FOR)["duration"] == q.duration
+
+
+def _exec_question(qid: int, path: str) -> dict[str, Any]:
+    denial = Denial(pid=7, tid=7, exe="?", cmdline="", syscall="execve", path=path,
+                    access=("execute",), generation=1, next_run_only=True, ts=5.0)  # fmt: skip
+    return {"type": "question", "id": qid, "timeout_in": 30.0, "denial": denial_json(denial)}
+
+
+def test_an_unanswered_exec_of_a_command_that_ended_with_126_is_a_feed_row() -> None:
+    model = SessionModel(lambda: 0.0)
+    model.apply(_exec_question(1, "/opt/tool"))
+    model.apply({"type": "resolved", "id": 1})  # the run ended: nobody answered
+    changed = model.apply({"type": "event", "event": {"event": "exit", "status": 126}})
+    assert FEED in changed
+    [entry] = model.feed.entries()
+    assert (entry.path, entry.access, entry.decision) == ("/opt/tool", ("execute",), "deny")
+    assert model.refused_exec is not None and model.refused_exec.path == "/opt/tool"
+
+
+def test_an_answered_exec_is_not_added_twice_and_other_statuses_add_nothing() -> None:
+    model = SessionModel(lambda: 0.0)
+    model.apply(_exec_question(1, "/opt/tool"))
+    model.apply({"type": "event", "event": {
+        "event": "denial", "pid": 7, "exe": "?", "syscall": "execve", "path": "/opt/tool",
+        "access": ["execute"], "decision": "allow_always", "next_run_only": True, "ts": 6.0,
+    }})  # fmt: skip
+    model.apply({"type": "event", "event": {"event": "exit", "status": 126}})
+    assert [e.decision for e in model.feed.entries()] == ["allow_always"]
+    other = SessionModel(lambda: 0.0)
+    other.apply(_exec_question(1, "/opt/tool"))
+    other.apply({"type": "event", "event": {"event": "exit", "status": 1}})
+    assert len(other.feed) == 0 and other.refused_exec is None

@@ -15,16 +15,19 @@ import trio
 from rich.text import Text
 from supervised import PUBLIC, lines, make_tree, policy
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Log, SelectionList, Static
+from textual.widgets import DataTable, SelectionList, Static
 
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import LocalSession
+from llsupervise.tui.terminal_pane import TerminalPane
 from llsupervise.tui.widgets import FeedView, PromptPanel
 
 # These run on asyncio (textual), not trio: each is marked, trio mode stays off.
 pytestmark = [pytest.mark.anyio, pytest.mark.kernel]
 
 OK = "ok " + PUBLIC.decode().strip()
+#: Wide enough that no cell the tests read is cut to fit (temporary paths are long).
+WIDE = (240, 50)
 
 #: Reads data/x N times; each outcome goes to the log file and to the terminal.
 READS = r"""
@@ -112,7 +115,7 @@ async def answer_first_question(root: Path, key: str, reads: int = 1) -> Seen:
     log = root / "out" / "log"
     log.touch()
     app = app_for(root, READS, str(log), str(reads))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         question = app.model.prompts.current
         assert question is not None
@@ -125,7 +128,7 @@ async def answer_first_question(root: Path, key: str, reads: int = 1) -> Seen:
         await until(pilot, lambda: drawn(app), "the screen to catch up")
         assert app.query_one(PromptPanel).has_class("-hidden")
         return Seen(app, lines(log), cells(app, "#feed-table"), cells(app, "#supervisor-rules"),
-                    list(app.query_one("#output-log", Log).lines))  # fmt: skip
+                    app.query_one(TerminalPane).lines)  # fmt: skip
 
 
 async def test_allow_once_key_lets_the_pending_open_succeed(
@@ -179,7 +182,7 @@ async def test_broader_scope_and_extra_rights_go_on_the_rule(
     log.touch()
     script = READS + "\nprint(sorted(os.listdir('data')), open('data/y').read().strip())\n"
     app = app_for(tmp_path, script, str(log), "1")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         await pilot.press("s")  # this file → its directory
         question = app.model.prompts.current
@@ -194,7 +197,7 @@ async def test_broader_scope_and_extra_rights_go_on_the_rule(
         await pilot.press("a")
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
         await until(pilot, lambda: drawn(app), "the screen to catch up")
-        output = app.query_one("#output-log", Log).lines
+        output = app.query_one(TerminalPane).lines
         [row] = cells(app, "#supervisor-rules")
     assert lines(log) == [OK]
     assert "['x', 'y'] public data" in output  # listing and the sibling file: no more questions
@@ -208,7 +211,7 @@ async def test_timeout_applies_the_default(tmp_path: Path, monkeypatch: pytest.M
     log = tmp_path / "out" / "log"
     log.touch()
     app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 0.5")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         assert "deny in" in str(app.query_one(PromptPanel).border_title)
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
@@ -225,7 +228,7 @@ async def test_a_flood_of_denials_coalesces_and_keys_still_work(
     monkeypatch.chdir(tmp_path)
     log, stop = tmp_path / "out" / "log", tmp_path / "out" / "stop"
     app = app_for(tmp_path, FLOOD, str(log), "1000", str(stop), mode="enforce")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.feed.total >= 1, "the first denial")
         # Keys are handled while denials pour in (each press waits until it was processed).
         await pilot.press("2")
@@ -237,22 +240,32 @@ async def test_a_flood_of_denials_coalesces_and_keys_still_work(
         await until(pilot, lambda: cells(app, "#feed-table")[:1] != [] and
                     cells(app, "#feed-table")[0][1] == "1000", "the coalesced row")  # fmt: skip
         [row] = cells(app, "#feed-table")
-        assert row[2] == "deny" and row[4] == "read_file"
-        await pilot.press("escape", "m")  # switching modes still answers at once
+        assert row[2] == "deny×1000" and row[4] == "read_file"
+        await pilot.press("escape", "m", "y")  # permissive, once confirmed
         await until(pilot, lambda: app.model.status.mode == "permissive", "permissive mode")
         stop.touch()
         await until(pilot, lambda: status_of(app) == 0, "the command's exit")
     assert app.model.feed.total == 1000 and len(app.model.feed) == 1
 
 
-async def test_permissive_mode_answers_the_open_question(
+async def test_permissive_mode_never_answers_an_open_question(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    seen = await answer_first_question(tmp_path, "m")
-    assert seen.log == [OK]
-    assert seen.feed[0][2] == "permissive"
+    log = tmp_path / "out" / "log"
+    log.touch()
+    app = app_for(tmp_path, READS, str(log), "1")
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model.prompts.current is not None, "a question")
+        await pilot.press("m")
+        await pilot.pause(0.3)  # the mode would have changed by now, and the question gone
+        assert app.model.prompts.current is not None
+        assert app.model.status.mode == "interactive"
+        assert lines(log) == []  # the read still waits for its answer
+        await pilot.press("d")
+        await until(pilot, lambda: status_of(app) is not None, "the command's exit")
+    assert lines(log) == ["err 13"]
 
 
 async def test_exec_denial_says_a_grant_helps_the_next_run(
@@ -272,7 +285,7 @@ async def test_exec_denial_says_a_grant_helps_the_next_run(
         "sys.exit(status)\n"
     )
     app = app_for(tmp_path, script, str(tool), str(stop))
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         who = str(app.query_one("#prompt-who", Static).render())
         assert "takes effect on the next run" in who
@@ -286,15 +299,35 @@ async def test_exec_denial_says_a_grant_helps_the_next_run(
     assert status_of(app) == 13
 
 
+async def test_a_command_that_cannot_be_executed_is_a_denial_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    tool = paths["data"] / "true"
+    shutil.copy(shutil.which("true") or "/bin/true", tool)
+    doc = policy(tmp_path)
+    app = build_app(LocalSession(doc, [str(tool)], forward_signals=False))
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: status_of(app) is not None, "the command's exit")
+        await until(pilot, lambda: len(cells(app, "#feed-table")) == 1, "the denial row")
+        [row] = cells(app, "#feed-table")
+        assert (row[2], row[4], row[5]) == ("deny", "execute", str(tool))
+    assert status_of(app) == 126
+
+
 async def test_quitting_ends_the_command_and_returns_its_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     app = app_for(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)")
-    async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: "up" in app.query_one("#output-log", Log).lines, "start")
-        await pilot.press("ctrl+q")
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: "up" in app.query_one(TerminalPane).lines, "start")
+        await pilot.press("ctrl+q", "n")  # asked first: kept running
+        await pilot.pause(0.3)
+        assert status_of(app) is None and app.return_value is None
+        await pilot.press("ctrl+q", "y")
         await until(pilot, lambda: app.return_value is not None, "the app's exit")
     assert app.return_value == 128 + 15  # SIGTERM
 
@@ -333,7 +366,7 @@ async def test_a_hostile_name_is_shown_escaped_and_the_command_line_as_claimed(
         "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.01)\n"
     )
     app = app_for(tmp_path, script, name, str(stop), "\x1b[2Jmake docs")
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         await pilot.pause(0.3)  # past the throttled redraw
         who = str(app.query_one("#prompt-who", Static).render())
@@ -346,3 +379,106 @@ async def test_a_hostile_name_is_shown_escaped_and_the_command_line_as_claimed(
         await until(pilot, lambda: status_of(app) is not None, "the command's exit")
         await until(pilot, lambda: drawn(app), "the screen to catch up")
         assert cells(app, "#feed-table")[0][5] == f"{tmp_path}/data/{shown}"
+
+
+#: A REPL-like loop on the terminal: says its size when started and on each SIGWINCH.
+SIZED = r"""
+import os, signal, sys
+def size(*_):
+    print("size %dx%d" % tuple(os.get_terminal_size()), flush=True)
+signal.signal(signal.SIGWINCH, size)
+size()
+"""
+
+
+def has_keyboard(pane: TerminalPane) -> bool:
+    return pane.typing
+
+
+async def test_the_output_pane_is_a_terminal_for_a_python_repl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # -i: the REPL after the script; -I: nothing from the environment or the home directory.
+    argv = [sys.executable, "-I", "-q", "-i", "-c", SIZED]
+    app = build_app(LocalSession(policy(tmp_path), argv, forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await until(pilot, lambda: any(line.startswith(">>>") for line in pane.lines), "a prompt")
+        await pilot.press("1", "1")  # not the keyboard's yet: tabs
+        assert app.query_one("#tabs").active == "feed"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+t")
+        assert has_keyboard(pane) and app.query_one("#tabs").active == "output"  # type: ignore[attr-defined]
+        width, height = pane.content_size
+        assert f"size {width}x{height}" in pane.lines  # the size it started with
+        await pilot.press(*"11*3", "enter")  # digits are the program's now
+        await until(pilot, lambda: "33" in pane.lines, "the answer")
+        assert app.query_one("#tabs").active == "output"  # type: ignore[attr-defined]
+        await pilot.press(*"while 1: pass", "enter", "enter", "ctrl+c")
+        await until(pilot, lambda: "KeyboardInterrupt" in pane.lines, "Ctrl+C reaching it")
+        await pilot.resize_terminal(90, 26)
+        await until(pilot, lambda: pane.content_size.width == 88, "the pane's new size")
+        width, height = pane.content_size
+        # Printed where the cursor was: after the prompt.
+        await until(pilot, lambda: any(line.strip() == f"size {width}x{height}"
+                                       for line in pane.lines), "SIGWINCH")  # fmt: skip
+        await pilot.press("ctrl+t")  # the keyboard back: keys are the interface's again
+        assert not has_keyboard(pane)
+        await pilot.press("1")
+        assert app.query_one("#tabs").active == "feed"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+t", *"raise SystemExit(5)", "enter")
+        await until(pilot, lambda: status_of(app) is not None, "the REPL's exit")
+    assert status_of(app) == 5
+
+
+async def test_the_output_pane_runs_less(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full-screen program that opens /dev/tty by name sets its terminal modes there: the
+    policy must give it its terminal (here all of /dev/pts, which a real policy should not)."""
+    less = shutil.which("less")
+    if less is None:
+        pytest.skip("less is not installed")
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LESSHISTFILE", "-")  # no history file to write
+    text = paths["out"] / "long.txt"
+    text.write_text("".join(f"line {i}\n" for i in range(200)))
+    terminal = (
+        '[[path_beneath]]\nallowed_access = ["read_file", "write_file", "ioctl_dev"]\n'
+        'parent = ["/dev/tty", "/dev/pts"]\n'
+    )
+    doc = policy(tmp_path, extra_static=terminal)
+    app = build_app(LocalSession(doc, [less, str(text)], forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: pane.lines[0] == "line 0", "the first page")
+        rows = pane.content_size.height
+        assert pane.lines[rows - 2] == f"line {rows - 2}"  # a page of the pane's height
+        await pilot.press("space")
+        await until(pilot, lambda: pane.lines[0] == f"line {rows - 1}", "the next page")
+        await pilot.press("q")
+        await until(pilot, lambda: status_of(app) is not None, "less to quit")
+    assert status_of(app) == 0
+
+
+async def test_a_question_over_the_typing_pane_takes_no_key_until_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = "input()\nopen('data/x').read()\nprint('was read', flush=True)\ninput()\n"
+    app = app_for(tmp_path, script, mode="interactive")
+    async with app.run_test(size=WIDE) as pilot:
+        pane = app.query_one(TerminalPane)
+        await pilot.press("ctrl+t", "enter")
+        await until(pilot, lambda: app.model.prompts.current is not None, "the question")
+        assert not app.query_one(PromptPanel).has_class("-hidden")
+        await pilot.press("o")  # the program's key, not an answer
+        assert app.model.prompts.current is not None and has_keyboard(pane)
+        await pilot.press("ctrl+t", "1", "o")  # the keyboard back, to the question: answered
+        # After the "o" the program got (echoed by its terminal).
+        await until(pilot, lambda: "owas read" in pane.lines, "the read")
+        await pilot.press("ctrl+t", "enter")
+        await until(pilot, lambda: status_of(app) is not None, "the exit")
+    assert status_of(app) == 0

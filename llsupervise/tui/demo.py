@@ -11,6 +11,8 @@ from llsupervise.tui.session import ReplaySession
 T0 = 1735787045.0
 #: What the model's clock reads in a demo: questions expire 27 s after it.
 CLOCK = 1000.0
+#: The wall clock in a demo (temporary grants' time left).
+WALL = T0 + 20
 
 _READ_EXEC = ["execute", "read_file", "read_dir"]
 
@@ -128,6 +130,21 @@ def messages() -> list[dict[str, Any]]:
             5, "/usr/bin/cat", "/home/ada/Downloads/\x1b[31mred\u202egnp.exe", ["read_file"], "deny"
         ),
         _denial(6, "/usr/bin/python3.11", "/home/ada/.netrc", ["read_file"], "deny", count=2),
+        _denial(6, "/usr/bin/python3.11", "/home/ada/.netrc", ["read_file"], "allow_once"),
+        _denial(
+            6,
+            "/usr/bin/pip",
+            "/home/ada/.cache/pip/http/index",
+            ["read_file"],
+            "allow_for",
+            rules=[
+                {
+                    "path": "/home/ada/.cache/pip",
+                    "access": ["read_file", "read_dir"],
+                    "seconds": 900,
+                }
+            ],
+        ),
         {
             "type": "event",
             "event": {

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FeedKey = tuple[str, tuple[str, ...], str]
+
+#: Answer runs a feed row remembers.
+HISTORY = 8
 
 
 @dataclass
@@ -24,6 +27,15 @@ class FeedEntry:
     #: The answer the last one got (``deny``, ``allow_once``, ...).
     decision: str
     next_run_only: bool = False
+    #: Every answer the row was given, oldest first, as [answer, how many in a row] runs
+    #: (at most HISTORY runs: the oldest are dropped).
+    history: list[list[Any]] = field(default_factory=list)
+
+    def answers(self) -> str:
+        """The answers, newest first: ``allow_once ‹ deny×5``."""
+        return " ‹ ".join(
+            f"{answer}×{n}" if n > 1 else str(answer) for answer, n in reversed(self.history)
+        )
 
     @property
     def key(self) -> FeedKey:
@@ -70,6 +82,11 @@ class Feed:
         if event.get("unbound"):
             # In force for this run, but its path now leads elsewhere: not in the policy file.
             entry.decision += ", path moved: not saved"
+        if entry.history and entry.history[-1][0] == entry.decision:
+            entry.history[-1][1] += count
+        else:
+            entry.history.append([entry.decision, count])
+            del entry.history[:-HISTORY]
         entry.next_run_only = bool(event.get("next_run_only", False))
         self._entries[key] = entry  # most recently seen last
         while len(self._entries) > self.limit:

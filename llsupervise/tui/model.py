@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llsupervise.supervisor.events.model import Answer, Denial
 from llsupervise.supervisor.frontends.hub import denial_from_json
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.prompts import PromptQueue
@@ -70,6 +71,7 @@ class Rules:
     #: The last ``reload`` event, if any.
     reload: Mapping[str, Any] | None = None
     uses: dict[str, RuleUse] = field(default_factory=dict)
+    #: Temporary grants: path -> when it expires (epoch seconds).
     temporary: dict[str, float] = field(default_factory=dict)
 
     def apply_state(self, state: Mapping[str, Any]) -> None:
@@ -93,7 +95,9 @@ class Rules:
             use.answers += 1
             use.last = float(event.get("ts", 0.0))
             if "seconds" in rule:
-                self.temporary[str(path)] = float(rule["seconds"])
+                self.temporary[str(path)] = float(event.get("ts", 0.0)) + float(rule["seconds"])
+            else:
+                self.temporary.pop(str(path), None)
 
     def note_uses(self, event: Mapping[str, Any]) -> None:
         """A ``rule_use`` event: running totals of requests performed beneath rules."""
@@ -165,6 +169,11 @@ class SessionModel:
         self.status = Status()
         #: Recent errors and notices for the user (newest last).
         self.notices: list[str] = []
+        #: Exec denials asked about and not yet in the feed: the run may end (the command
+        #: itself could not be executed, status 126) before anyone answers them.
+        self._execs: dict[int, Denial] = {}
+        #: The command itself could not be executed for want of these rights on this path.
+        self.refused_exec: Denial | None = None
 
     def apply(self, message: Mapping[str, Any]) -> set[str]:
         """Apply one message; return the parts of the screen it changed."""
@@ -178,6 +187,8 @@ class SessionModel:
             return self._event(message.get("event") or {})
         if kind == "question":
             denial = denial_from_json(message.get("denial") or {})
+            if denial.next_run_only:
+                self._execs[int(message["id"])] = denial
             timeout_in = float(message.get("timeout_in", self.status.prompt_timeout))
             self.prompts.add(int(message["id"]), denial, timeout_in, self.clock())
             return {PROMPT}
@@ -197,9 +208,23 @@ class SessionModel:
             return {PROMPT, STATUS}
         return set()
 
+    def _exec_refused(self) -> set[str]:
+        """The run ended with 126 while its exec denials were still open: the command itself
+        could not be executed. Each becomes a feed row, as a denial with no answer."""
+        for denial in self._execs.values():
+            self.feed.add(denial.event(Answer.DENY) | {"next_run_only": True})
+            self.refused_exec = denial
+        self._execs.clear()
+        return {FEED}
+
     def _event(self, event: Mapping[str, Any]) -> set[str]:
         kind = event.get("event")
         if kind == "denial":
+            if event.get("next_run_only"):
+                self._execs = {
+                    k: d for k, d in self._execs.items()
+                    if (d.path, d.pid) != (event.get("path"), event.get("pid"))
+                }  # fmt: skip
             self.feed.add(event)
             if event.get("rules"):
                 self.rules.note_answer(event)
@@ -207,7 +232,7 @@ class SessionModel:
             return {FEED}
         if kind == "reload":
             self.rules.reload = event
-            return {RULES}
+            return {RULES, STATUS}
         if kind == "rule_use":
             self.rules.note_uses(event)
             return {RULES}
@@ -218,5 +243,7 @@ class SessionModel:
             else:
                 self.status.exit_status = event.get("status")
                 self.status.running = False
+                if event.get("status") == 126 and self._execs:
+                    return {STATUS, *self._exec_refused()}
             return {STATUS}
         return set()

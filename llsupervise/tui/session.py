@@ -57,6 +57,9 @@ class Session:
     def resize(self, rows: int, cols: int) -> None:
         """The command's terminal pane changed size."""
 
+    def write_input(self, data: bytes) -> None:
+        """Keys typed into the command's terminal pane."""
+
 
 class _GuestSession(Session):
     def __init__(self) -> None:
@@ -103,6 +106,7 @@ class LocalSession(_GuestSession):
         self.supervisor: Supervisor | None = None
         self.exit_status: int | None = None
         self._pty: Pty | None = None
+        self._size = (24, 80)
         self._client = _HubClient(self)
 
     def send(self, message: dict[str, Any]) -> None:
@@ -118,7 +122,12 @@ class LocalSession(_GuestSession):
 
     def resize(self, rows: int, cols: int) -> None:
         if self._pty is not None:
-            self._pty.resize(rows, cols)
+            self._pty.resize(rows, cols)  # the kernel tells the command (SIGWINCH)
+        self._size = (rows, cols)
+
+    def write_input(self, data: bytes) -> None:
+        if self._pty is not None:
+            self._pty.write(data)
 
     def terminate(self, force: bool) -> None:
         self.guest.call(self._signal, signal.SIGKILL if force else signal.SIGTERM)
@@ -140,7 +149,7 @@ class LocalSession(_GuestSession):
             self.supervisor = sup
             self.hub = Hub(sup, decisions)
             self.hub.attach(self._client)
-            pty = self._pty = Pty()
+            pty = self._pty = Pty(*self._size)
             emit = self._output
             try:
                 async with trio.open_nursery() as nursery:

@@ -26,6 +26,14 @@ class Pty:
         size = struct.pack("HHHH", max(rows, 1), max(cols, 1), 0, 0)
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
 
+    def write(self, data: bytes) -> None:
+        """Keys for the command; what the terminal cannot take now is dropped (as a full
+        terminal input queue drops it)."""
+        try:
+            os.write(self.master, data)
+        except (BlockingIOError, OSError):
+            pass
+
     def _read(self) -> bytes | None:
         """Available output; b"" when there is none now; None once no writer is left."""
         try:

@@ -4,12 +4,13 @@ built from :func:`~llsupervise.display.escape`, never as markup."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import (
     Button,
     DataTable,
@@ -50,6 +51,72 @@ def clock_time(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
+#: A column is never cut below this many cells.
+_NARROWEST = 8
+
+
+def fitted(
+    headers: Sequence[str], rows: list[list[Text]], available: int, flexible: Sequence[int]
+) -> list[list[Text]]:
+    """``rows`` with the ``flexible`` columns cut, widest first, so that the table fits in
+    ``available`` cells (a cell is padded by one on each side); a cut text ends with "…"."""
+    widths = [max([len(h), *(row[i].cell_len for row in rows)]) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * len(widths) - available
+    while excess > 0:
+        column = max(flexible, key=lambda i: widths[i])
+        cut = min(excess, widths[column] - _NARROWEST)
+        if cut <= 0:
+            break
+        widths[column] -= cut
+        excess -= cut
+    out = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i in flexible and cell.cell_len > widths[i]:
+                cell = cell.copy()
+                cell.truncate(widths[i], overflow="ellipsis")
+            cells.append(cell)
+        out.append(cells)
+    return out
+
+
+class FittedTable(DataTable[Text]):
+    """A table whose cells its view cuts to its width: tells the view when that changes."""
+
+    class Resized(Message):
+        pass
+
+    def on_resize(self) -> None:
+        self.post_message(self.Resized())
+
+    def refill(self, rows: list[list[Text]]) -> None:
+        """Replace the rows. The columns are made anew with the width of their widest cell
+        (a column never narrows by itself, and measures its cells only later)."""
+        headers = [(str(c.label), c.key.value) for c in self.columns.values()]
+        self.clear(columns=True)
+        for i, (title, key) in enumerate(headers):
+            width = max([len(title), *(row[i].cell_len for row in rows)])
+            self.add_column(title, key=key, width=width)
+        for row in rows:
+            self.add_row(*row)
+
+
+def table_width(table: DataTable[Text]) -> int:
+    """Cells a table can show without scrolling sideways (its vertical scrollbar aside)."""
+    width = table.size.width or table.app.size.width
+    return max(width - table.styles.scrollbar_size_vertical, 20)
+
+
+def time_left(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 class StatusBar(Static):
     """Command, its pid and state, mode, generation, and what the kernel really enforces."""
 
@@ -60,22 +127,36 @@ class StatusBar(Static):
     }
     """
 
-    def show(self, status: Status, generation: int, attached_to: str | None = None) -> None:
+    def show(
+        self,
+        status: Status,
+        generation: int,
+        attached_to: str | None = None,
+        reload: Mapping[str, Any] | None = None,
+    ) -> None:
+        # Separating spaces end the piece before them, never start one: an SVG export draws
+        # each styled piece on its own and some viewers drop a piece's leading spaces.
         line = Text()
-        line.append("llsupervise", style="bold")
+        line.append("llsupervise  ", style="bold")
         if status.pid is not None:
-            line.append(f"  pid {status.pid}")
+            line.append(f"pid {status.pid}  ")
         state_style = "green" if status.running else ("red" if status.gone else "yellow")
-        line.append("  ")
-        line.append_text(safe(status.state, state_style))  # may quote a path (attach errors)
-        line.append("  mode ")
+        line.append_text(safe(status.state + "  ", state_style))  # may quote a path (attach)
+        line.append("mode ")
         line.append(
-            status.mode or "?", style="bold yellow" if status.mode == "permissive" else "bold"
+            f"{status.mode or '?'}  ",
+            style="bold yellow" if status.mode == "permissive" else "bold",
         )
-        line.append(f"  generation {generation}  ")
+        line.append(f"gen {generation}  ")
         # The command last: a long one is cut at the edge, the state above stays visible.
         line.append_text(safe(" ".join(status.argv) or "…", "dim"))
         line.append("\n")
+        line.append("policy ")
+        line.append_text(safe(status.policy or "?", "bold"))
+        if reload is not None:
+            line.append(" · ")
+            line.append_text(reload_text(reload))
+        line.append(" · ")
         if status.kernel_abi == 0 and status.kernel_lines:
             line.append(status.kernel_lines[0], style="bold red")
         elif status.kernel_abi:
@@ -84,24 +165,40 @@ class StatusBar(Static):
                 line.append("NOT enforced (kernel lacks it): " + "; ".join(status.kernel_missing),
                             style="bold red")  # fmt: skip
             else:
-                line.append("every handled right is enforced", style="green")
+                line.append("every handled right enforced", style="green")
         if attached_to:
-            line.append("  ")
+            line.append(" · ")
             line.append_text(safe(attached_to, "italic"))
         self.update(line)
+
+
+def reload_text(reload: Mapping[str, Any]) -> Text:
+    """A reload's outcome in a few words, with the file and line of a rejected one."""
+    text = Text()
+    if reload.get("ok"):
+        text.append(f"reloaded: generation {reload.get('generation')}", style="green")
+        if reload.get("message"):
+            text.append(" · ")
+            text.append_text(safe(str(reload["message"]), "yellow"))
+    else:
+        text.append("reload REJECTED, rules unchanged: ", style="bold red")
+        text.append_text(safe(str(reload.get("error", ""))))
+    return text
 
 
 class FeedView(Vertical):
     """Denials, newest first, coalesced by (program, access, object); filter by words."""
 
     DEFAULT_CSS = """
-    FeedView #filter { height: 3; }
-    FeedView DataTable { height: 1fr; }
+    FeedView #filter { height: 1; margin: 0 1; }
+    FeedView DataTable { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-gutter: stable; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter: words that must all appear ( / )", id="filter")
-        table: DataTable[Text] = DataTable(id="feed-table", cursor_type="row", zebra_stripes=True)
+        yield Input(
+            placeholder="filter: words that must all appear ( / )", id="filter", compact=True
+        )
+        table = FittedTable(id="feed-table", cursor_type="row", zebra_stripes=True)
         yield table
 
     def on_mount(self) -> None:
@@ -114,19 +211,40 @@ class FeedView(Vertical):
     def filter_text(self) -> str:
         return self.query_one("#filter", Input).value
 
+    _shown: Feed | None = None
+
+    def on_fitted_table_resized(self) -> None:
+        if self._shown is not None:  # columns are cut to the width
+            self.show(self._shown)
+
     def show(self, feed: Feed) -> None:
-        table = self.query_one("#feed-table", DataTable)
-        table.clear()
+        self._shown = feed
+        table = self.query_one("#feed-table", FittedTable)
+        rows = []
+        styles = []
         for entry in feed.entries(self.filter_text, limit=FEED_ROWS):
             exe = entry.exe.rsplit("/", 1)[-1] or entry.exe
-            table.add_row(
+            rows.append([
                 Text(clock_time(entry.last_seen)),
                 Text(str(entry.count), justify="right"),
-                Text(entry.decision, style=_DECISION_STYLE.get(entry.decision, "")),
+                Text(entry.answers() or entry.decision),
                 safe(exe),
                 Text(", ".join(entry.access)),
                 safe(entry.path),
-            )
+            ])  # fmt: skip
+            styles.append(_DECISION_STYLE.get(entry.decision, ""))
+        headers = ["last seen", "count", "answer", "program", "access", "path"]
+        width = table_width(table)
+        # The path matters most: the other columns give way first, down to leaving it 2/5.
+        path = max([4, *(row[5].cell_len for row in rows)])
+        room = width - min(path, width * 2 // 5) - 2
+        rest = fitted(headers[:5], [row[:5] for row in rows], room, (2, 3, 4))
+        rows = [front + row[5:] for front, row in zip(rest, rows, strict=True)]
+        rows = fitted(headers, rows, width, (5,))
+        for row, style in zip(rows, styles, strict=True):
+            # The latest answer, with the space after it (see StatusBar.show).
+            row[2].stylize(style, 0, len(str(row[2]).split(" ", 1)[0]) + 1)
+        table.refill(rows)
         shown = len(feed.entries(self.filter_text))
         table.border_title = f"{shown} of {len(feed)} entries · {feed.total} denials"
 
@@ -137,7 +255,12 @@ class RulesView(Horizontal):
     DEFAULT_CSS = """
     RulesView > Vertical { width: 2fr; }
     RulesView > Vertical#supervisor-side { width: 3fr; }
-    RulesView DataTable { height: 1fr; }
+    RulesView.-narrow { layout: vertical; }
+    RulesView.-narrow > Vertical, RulesView.-narrow > Vertical#supervisor-side {
+        width: 1fr; height: 1fr;
+    }
+    RulesView.-narrow #kernel { display: none; }
+    RulesView DataTable { height: 1fr; scrollbar-size-horizontal: 0; scrollbar-gutter: stable; }
     RulesView .notes { height: auto; max-height: 12; padding: 0 1; }
     RulesView .title { padding: 0 1; text-style: bold; }
     """
@@ -145,11 +268,11 @@ class RulesView(Horizontal):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("Static rules: fixed for the run", classes="title")
-            yield DataTable(id="static-rules", cursor_type="row")
+            yield FittedTable(id="static-rules", cursor_type="row")
             yield Static(id="kernel", classes="notes")
         with Vertical(id="supervisor-side"):
             yield Static(id="supervisor-title", classes="title")
-            yield DataTable(id="supervisor-rules", cursor_type="row")
+            yield FittedTable(id="supervisor-rules", cursor_type="row")
             yield Static(id="supervisor-notes", classes="notes")
 
     def on_mount(self) -> None:
@@ -162,30 +285,51 @@ class RulesView(Horizontal):
         for title in ("path", "state", "answers", "uses", "last", "rights"):
             sup.add_column(title, key=title)
 
-    def show(self, rules: Rules, status: Status) -> None:
-        static = self.query_one("#static-rules", DataTable)
-        static.clear()
-        for path, access in sorted(rules.static.items()):
-            static.add_row(safe(path), Text(", ".join(access)))
+    _shown: tuple[Rules, Status, float] | None = None
+
+    def on_resize(self) -> None:
+        # Side by side when there is room, one above the other on a narrow terminal.
+        self.set_class(self.size.width < 110, "-narrow")
+
+    def on_fitted_table_resized(self) -> None:
+        if self._shown is not None:  # columns are cut to the width
+            self.show(*self._shown)
+
+    def show(self, rules: Rules, status: Status, now: float) -> None:
+        """``now``: the wall clock, for the time temporary grants have left."""
+        self._shown = (rules, status, now)
+        static = self.query_one("#static-rules", FittedTable)
+        rows = [
+            [safe(path), Text(", ".join(access))] for path, access in sorted(rules.static.items())
+        ]
         for port, net_access in sorted(rules.static_net.items()):
-            static.add_row(Text(f"tcp port {port}"), Text(", ".join(net_access)))
-        sup = self.query_one("#supervisor-rules", DataTable)
-        sup.clear()
-        for row in rules.supervisor_rows():
-            use = rules.uses.get(row.path)
-            rights = row.pending if row.status != "committed" else row.committed
-            state = Text(row.status, style="green" if row.status == "committed" else "yellow")
-            sup.add_row(
-                safe(row.path),
+            rows.append([Text(f"tcp port {port}"), Text(", ".join(net_access))])
+        static.refill(fitted(["path", "rights"], rows, table_width(static), (0, 1)))
+        sup = self.query_one("#supervisor-rules", FittedTable)
+        rows = []
+        for rule in rules.supervisor_rows():
+            use = rules.uses.get(rule.path)
+            rights = rule.pending if rule.status != "committed" else rule.committed
+            expires = rules.temporary.get(rule.path)
+            if rule.status == "committed" and expires is not None:
+                left = expires - now
+                state = Text(f"{time_left(left)} left" if left > 0 else "expiring",
+                             style="cyan")  # fmt: skip
+            else:
+                state = Text(rule.status, style="green" if rule.status == "committed" else "yellow")
+            rows.append([
+                safe(rule.path),
                 state,
                 Text(str(use.answers) if use else "", justify="right"),
                 Text(str(use.used) if use else "", justify="right"),
                 Text(clock_time(use.last) if use and use.last else ""),
                 Text(", ".join(rights)),
-            )
+            ])  # fmt: skip
         for port, net_access in sorted(rules.committed_net.items()):
-            sup.add_row(Text(f"tcp port {port}"), Text("committed", style="green"), Text(""),
-                        Text(""), Text(""), Text(", ".join(net_access)))  # fmt: skip
+            rows.append([Text(f"tcp port {port}"), Text("committed", style="green"), Text(""),
+                         Text(""), Text(""), Text(", ".join(net_access))])  # fmt: skip
+        headers = ["path", "state", "answers", "uses", "last", "rights"]
+        sup.refill(fitted(headers, rows, table_width(sup), (0, 5)))
         pending = " · changes pending" if rules.has_pending else ""
         self.query_one("#supervisor-title", Static).update(
             Text(f"Supervisor rules: generation {rules.generation}{pending}", style="bold")
@@ -207,7 +351,6 @@ class RulesView(Horizontal):
             notes.append_text(safe(str(reload.get("error", ""))))
         self.query_one("#supervisor-notes", Static).update(notes)
         kernel = Text()
-        kernel.append(f"policy: {escape(status.policy)}\n", style="dim")
         for line in status.kernel_lines:
             kernel.append(line + "\n", style="bold red" if line.startswith("NOT") else "")
         self.query_one("#kernel", Static).update(kernel)
@@ -216,10 +359,10 @@ class RulesView(Horizontal):
 #: Answer buttons: (answer, title with its key in brackets, variant).
 _BUTTONS: tuple[tuple[str, str, Literal["success", "primary", "error"]], ...] = (
     ("allow_once", "allow [o]nce", "success"),
-    ("allow_for", "allow for a while [t]", "success"),
+    ("allow_for", "[t]emporarily", "success"),
     ("allow_always", "[a]llow always", "primary"),
     ("deny", "[d]eny", "error"),
-    ("deny_quiet", "deny + [q]uiet", "error"),
+    ("deny_quiet", "deny+[q]uiet", "error"),
 )
 
 
@@ -227,10 +370,7 @@ def _key_label(title: str) -> Text:
     """``"[d]eny"`` → "deny" with the key letter underlined (a Text: brackets are not markup)."""
     before, rest = title.split("[", 1)
     key, after = rest.split("]", 1)
-    text = Text(f" {before}")
-    text.append(key, style="bold underline")
-    text.append(f"{after} ")
-    return text
+    return Text.assemble(before, (key, "bold underline"), after)
 
 
 class PromptPanel(Vertical):
@@ -238,17 +378,18 @@ class PromptPanel(Vertical):
 
     DEFAULT_CSS = """
     PromptPanel {
-        dock: bottom; height: auto; max-height: 70%;
+        dock: bottom; height: auto; max-height: 80%;
         border: heavy $warning; background: $panel; padding: 0 1;
     }
     PromptPanel.-hidden { display: none; }
-    PromptPanel #prompt-who { height: auto; }
+    PromptPanel #prompt-who { height: auto; max-height: 4; }
     PromptPanel #prompt-choices { height: auto; }
     PromptPanel #prompt-choices > Vertical { width: 1fr; height: auto; }
-    PromptPanel RadioSet { width: 1fr; height: auto; max-height: 6; }
-    PromptPanel SelectionList { height: auto; max-height: 6; }
+    PromptPanel #prompt-choices > #rights-box { width: 26; margin-left: 1; }
+    PromptPanel RadioSet { width: 1fr; height: auto; max-height: 4; border: none; padding: 0; }
+    PromptPanel SelectionList { height: auto; max-height: 4; border: none; padding: 0; }
     PromptPanel #prompt-buttons { height: 1; margin-top: 1; }
-    PromptPanel #prompt-buttons Button { margin: 0 1 0 0; width: auto; }
+    PromptPanel #prompt-buttons Button { margin: 0 1 0 0; width: auto; min-width: 0; }
     PromptPanel #prompt-error { color: $error; height: auto; }
     PromptPanel Select { width: 8; margin: 0 1 0 0; }
     """
@@ -267,12 +408,12 @@ class PromptPanel(Vertical):
             with Vertical(id="scope-box"):
                 yield Static("Rule on (s: broader):", classes="label")
             with Vertical(id="rights-box"):
-                yield Static("Rights kept by allow always:", classes="label")
+                yield Static("Rights of the rule:", classes="label")
                 yield SelectionList[str](id="rights")
         with Horizontal(id="prompt-buttons"):
             for answer, title, variant in _BUTTONS:
                 yield Button(_key_label(title), id=answer, variant=variant, compact=True)
-                if answer == "allow_once":
+                if answer == "allow_for":
                     yield Select[float](
                         [(format_duration(d), d) for d in DURATIONS], id="duration",
                         allow_blank=False, value=DURATIONS[1], compact=True,
@@ -307,13 +448,14 @@ class PromptPanel(Vertical):
 
     def _who(self, question: Question) -> Text:
         d = question.denial
+        # Separating spaces end the piece before them (see StatusBar.show).
         text = Text()
-        text.append_text(safe(d.exe, "bold"))
-        text.append(f" (pid {d.pid}) was denied ")
-        text.append(", ".join(d.access), style="bold yellow")
-        text.append(" on ")
-        text.append_text(safe(d.path, "bold"))
-        text.append(f"  [{d.syscall}]\n", style="dim")
+        text.append_text(safe(d.exe + " ", "bold"))
+        text.append(f"(pid {d.pid}) was denied ")
+        text.append(", ".join(d.access) + " ", style="bold yellow")
+        text.append("on ")
+        text.append_text(safe(d.path + " ", "bold"))
+        text.append(f"[{d.syscall}]\n", style="dim")
         # The program writes its own command line (and can make it say anything).
         text.append("command line (claimed by the program): ", style="dim")
         text.append_text(safe(d.cmdline.replace("\0", " ").strip() or "?"))

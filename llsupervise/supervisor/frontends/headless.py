@@ -7,14 +7,15 @@ while the command keeps this terminal; with no client attached the policy's defa
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
+from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import EventLog
+from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -26,16 +27,23 @@ def run_headless(
     listen: str | None = None,
     watch: bool = False,
     cpu: int | None = None,
+    listeners: Sequence[Callable[[Event], None]] = (),
 ) -> int:
     """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N).
 
     ``watch``: reload the policy file on each save (see ``Supervisor.open``); ``cpu``: run
-    the command and the threads serving it on that one CPU (see ``Supervisor.run``)."""
+    the command and the threads serving it on that one CPU (see ``Supervisor.run``);
+    ``listeners`` see every event. The log's first line, and a line on stderr under the
+    built-in policy, say which policy is in force."""
     # The program shares our terminal here: the control plane is our files.
     control = control_files(document.source, log=log_path, listen=listen)
     check_document(document, control)  # before anything is made
     log = EventLog.open(log_path)
     section = document.supervisor
+    log.write({"event": "policy", "source": document.source})
+    if document.source == DEFAULT_SOURCE:
+        print("llsupervise: policy: built-in default (`llsupervise policy default` prints it)",
+              file=sys.stderr, flush=True)  # fmt: skip
     token = None
     if listen is not None:
         from llsupervise.supervisor.frontends.hub import make_token
@@ -47,6 +55,7 @@ def run_headless(
         async with Supervisor.open(
             document, decisions=decisions, log=log, watch=watch, control=control
         ) as supervisor:
+            supervisor.listeners.extend(listeners)
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
             from llsupervise.supervisor.frontends.hub import Hub, listening
