@@ -151,7 +151,10 @@ def test_attach_from_another_terminal_answers(tmp_path: Path, secret: Path) -> N
 def test_interface_draws_on_the_terminal_when_stdout_and_stderr_are_files(
     tmp_path: Path, secret: Path
 ) -> None:
-    out, err = tmp_path / "out", tmp_path / "err"
+    # The log (--log /dev/stderr, so err) is the control plane: not where the example
+    # policy lets the program write (/tmp, the working directory).
+    files = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    out, err = files / "out", files / "err"
     cli = ["/bin/sh", "-c", f'exec "$0" "$@" >{out} 2>{err}', sys.executable, "-m",
            "llsupervise.cli", "run", "--log", "/dev/stderr", "--policy", str(EXAMPLE), "--",
            "cat", str(secret)]  # fmt: skip
@@ -164,10 +167,11 @@ def test_interface_draws_on_the_terminal_when_stdout_and_stderr_are_files(
         assert term.wait() == 1
     finally:
         term.kill()
-    log = err.read_bytes()
+    log, output = err.read_bytes(), out.read_bytes()
+    shutil.rmtree(files)
     assert b"\x1b[" not in log and b"deny in" not in log  # nothing of the interface
     assert b'"event": "policy"' in log and b'"decision": "deny"' in log  # --log /dev/stderr
-    assert out.read_bytes() == b""
+    assert output == b""
 
 
 def test_run_without_a_terminal_says_what_to_do(tmp_path: Path) -> None:

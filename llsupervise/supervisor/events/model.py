@@ -115,7 +115,9 @@ class EventLog:
         if path is None:
             return cls(None)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        return cls(os.fdopen(fd, "a", encoding="utf-8"), path)
+        # The file opened, by its own name (``/dev/stderr`` names whatever fd 2 is later).
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        return cls(os.fdopen(fd, "a", encoding="utf-8"), opened if opened[:1] == "/" else path)
 
     def write(self, event: dict[str, Any]) -> None:
         if self._stream is not None:

@@ -62,6 +62,7 @@ from llsupervise.supervisor.events.encode import EscapeError, escaped, unescaped
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.rules.controlplane import (
     ControlFile,
+    device_node,
     devices,
     static_violations,
     token_path,
@@ -732,7 +733,7 @@ async def connect(path: str) -> trio.SocketStream:
         await stream.aclose()
         raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
     try:
-        terminals = list(dict.fromkeys(os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)))
+        terminals = list(dict.fromkeys(device_node(fd) for fd in (0, 1, 2) if os.isatty(fd)))
         hello = {"type": "token", "token": read_token(path), "terminals": terminals}
         await stream.send_all(encode(hello))
     except BaseException:

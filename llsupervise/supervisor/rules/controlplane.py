@@ -19,8 +19,10 @@ does not handle is not mediated at all: ``check`` warns about it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -97,14 +99,35 @@ def policy_files(source: str) -> list[ControlFile]:
     ]
 
 
+_TIOCGDEV = 0x80045432
+
+
 def terminal(fd: int, what: str) -> ControlFile | None:
-    """The terminal on ``fd``, if it is one."""
+    """The terminal on ``fd``, if it is one, by its own device node: an fd opened through
+    ``/dev/tty`` names that node, which means each process's own terminal, not ours."""
     try:
         if not os.isatty(fd):
             return None
-        return ControlFile(os.ttyname(fd), what, secret=True, device=True)
+        return ControlFile(device_node(fd), what, secret=True, device=True)
     except OSError:
         return None
+
+
+def device_node(fd: int) -> str:
+    """The device node of the terminal on ``fd`` (the real one behind ``/dev/tty``)."""
+    name = os.ttyname(fd)
+    if name != "/dev/tty":
+        return name
+    # The terminal behind /dev/tty: TIOCGDEV gives its real device number.
+    (rdev,) = struct.unpack("I", fcntl.ioctl(fd, _TIOCGDEV, b"\0" * 4))
+    major, minor = os.major(rdev), os.minor(rdev)
+    if 136 <= major <= 143:  # a pseudo-terminal: devpts has no sysfs entry
+        return f"/dev/pts/{(major - 136) * 256 + minor}"
+    with open(f"/sys/dev/char/{major}:{minor}/uevent", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("DEVNAME="):
+                return "/dev/" + line.split("=", 1)[1].strip()
+    raise OSError(f"no device node for terminal {major}:{minor}")
 
 
 def devices(files: Iterable[ControlFile]) -> list[tuple[os.stat_result, str]]:
