@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
@@ -15,7 +14,7 @@ from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.loader import load_policy
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import FILE_ACCESS, LATEST_ABI, Scope, names
-from llsupervise.supervisor.rules.binding import resolve_at_launch, through_symlink
+from llsupervise.supervisor.rules.binding import resolve_at_launch, symlinked_paths
 from llsupervise.supervisor.rules.controlplane import (
     control_files,
     static_violations,
@@ -116,15 +115,9 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
 
 
 def _through_symlinks(policy: ResolvedPolicy) -> list[str]:
-    """Rule paths that pass through a symlink, with where they lead now (those left out
-    included)."""
-    document = policy.document
-    entries = [*document.path_beneath, *document.supervisor.path_beneath]
-    paths = [path for entry in entries for path in entry.paths]
     return [
-        f"rule path '{path}' passes through a symlink: it leads to '{os.path.realpath(path)}'"
-        for path in dict.fromkeys([*paths, *policy.redirectable])
-        if through_symlink(path)
+        f"rule path '{path}' passes through a symlink: it leads to '{target}'"
+        for path, target in symlinked_paths(policy)
     ]
 
 

@@ -7,6 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+from supervised import policy
+
+from llsupervise.supervisor.core import Supervisor
 
 
 def test_check_names_symlinked_rule_paths_and_leaves_out_redirectable_ones(
@@ -46,3 +52,22 @@ parent = ["{root}/work/pub", "{root}/fixed"]
     # The rule kept is on fixed/ (labelled as written); none reaches the secret.
     assert f"  {root}/fixed: read_file" in out
     assert "secret: read_file" not in out and "pub: read_file" not in out
+
+
+@pytest.mark.kernel
+@pytest.mark.trio
+async def test_a_run_says_which_rule_paths_pass_through_symlinks(tmp_path: Path) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "real").mkdir()
+    (root / "fixed").symlink_to(root / "real")
+    (root / "out").mkdir()
+    rule = (
+        f'\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\nparent = ["{root}/fixed"]'
+    )
+    doc = policy(root, supervisor_rules=rule)
+    events: list[dict[str, Any]] = []
+    async with Supervisor.open(doc) as sup:
+        sup.listeners.append(events.append)
+        assert await sup.run(["true"], forward_signals=False) == 0
+    [start] = [e for e in events if e["event"] == "start"]
+    assert {"path": f"{root}/fixed", "leads_to": f"{root}/real"} in start["through_symlinks"]

@@ -46,7 +46,7 @@ from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.handover import Handover
 from llsupervise.supervisor.questions.net import NetQuestions
-from llsupervise.supervisor.rules.binding import resolve_at_launch
+from llsupervise.supervisor.rules.binding import resolve_at_launch, symlinked_paths
 from llsupervise.supervisor.rules.controlplane import (
     ControlFile,
     control_files,
@@ -248,6 +248,10 @@ class Supervisor:
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
         start: Event = {"event": "start", "pid": launched.pid, "argv": list(argv)}
+        symlinked = symlinked_paths(self.policy)
+        if symlinked:
+            # Rules whose paths pass through symlinks, with where they lead: as check shows.
+            start["through_symlinks"] = [{"path": p, "leads_to": to} for p, to in symlinked]
         if self.policy.redirectable:
             # Left out: through a symlink in a directory the program may change, so possibly
             # planted by an earlier run (see rules.binding.resolve_at_launch).

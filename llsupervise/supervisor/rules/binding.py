@@ -194,3 +194,17 @@ def resolve_at_launch(document: PolicyDocument, table: ObjectTable) -> ResolvedP
     )
     policy = resolve(dataclasses.replace(document, supervisor=section), table)
     return dataclasses.replace(policy, redirectable=tuple(dict.fromkeys(redirectable)))
+
+
+def symlinked_paths(policy: ResolvedPolicy) -> list[tuple[str, str]]:
+    """Every rule path (static, supervisor, and those left out at launch) that passes
+    through a symlink, with where it leads now: what ``check`` and the start of a run show."""
+    document = policy.document
+    entries = [*document.path_beneath, *document.supervisor.path_beneath]
+    paths = [path for entry in entries for path in entry.paths]
+    return [
+        (path, os.path.realpath(path))
+        for path in dict.fromkeys([*paths, *policy.redirectable])
+        if through_symlink(path)
+    ]
+
