@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import socket
@@ -117,15 +118,11 @@ def launch(
         # everything it starts inherit it.
         os.sched_setaffinity(process.pid, {cpu})
     if lifeline is not None:
-        try:
-            # Before the helper has its spec: it execs nothing, and forks nothing, until then.
+        # Before the helper has its spec: it execs nothing, and forks nothing, until then.
+        # A cgroup that refuses it (one whose controllers forbid processes beside children)
+        # leaves the command with its parent-death signal only, as without a cgroup.
+        with contextlib.suppress(OSError):
             lifeline.adopt(process.pid)
-        except OSError:
-            process.kill()
-            process.wait()
-            os.close(spec_w)
-            parent_sock.close()
-            raise LaunchError(f"cannot move the command into {lifeline.path}") from None
     try:
         with os.fdopen(spec_w, "wb") as pipe:
             pipe.write(marshal.dumps(spec))
