@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import policy
+from supervised import policy, policy_text
 
 from llsupervise.supervisor.core import Supervisor
 
@@ -71,3 +71,25 @@ async def test_a_run_says_which_rule_paths_pass_through_symlinks(tmp_path: Path)
         assert await sup.run(["true"], forward_signals=False) == 0
     [start] = [e for e in events if e["event"] == "start"]
     assert {"path": f"{root}/fixed", "leads_to": f"{root}/real"} in start["through_symlinks"]
+
+
+@pytest.mark.kernel
+def test_run_headless_says_which_rule_paths_pass_through_symlinks(tmp_path: Path) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "real").mkdir()
+    (root / "fixed").symlink_to(root / "real")
+    (root / "out").mkdir()
+    rule = (
+        f'\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\nparent = ["{root}/fixed"]'
+    )
+    (root / "p.toml").write_text(policy_text(root, supervisor_rules=rule))
+    done = subprocess.run(
+        [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy",
+         str(root / "p.toml"), "--", "true"],
+        capture_output=True, text=True, check=False, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"llsupervise: rule path {root}/fixed passes through a symlink: it leads to {root}/real"
+        in done.stderr
+    )

@@ -35,7 +35,7 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policies.answers import KeptAnswers, check_new_file
 from llsupervise.policy.document import PolicyDocument
-from llsupervise.supervisor.events.model import Answer, EventLog
+from llsupervise.supervisor.events.model import Answer, EventLog, symlink_notes
 from llsupervise.tui.model import FEED, PROMPT, RULES, STATUS, SessionModel
 from llsupervise.tui.screens import ConfirmScreen, FileNameScreen, HelpScreen
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
@@ -201,6 +201,11 @@ class SupervisorApp(App[int]):
                 )  # fmt: skip
         if message.get("type") == "event" and (message.get("event") or {}).get("event") == "reload":
             self._notify_reload(message["event"])
+        if message.get("type") == "event" and (message.get("event") or {}).get("event") == "start":
+            notes = symlink_notes(message["event"])
+            if notes:
+                self._notify(escape("\n".join(notes)), title="rules through symlinks",
+                             severity="warning", timeout=15)  # fmt: skip
         refused = self.model.refused_exec
         changed = self.model.apply(message)
         if self.model.refused_exec is not refused and self.model.refused_exec is not None:

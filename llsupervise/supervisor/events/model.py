@@ -134,3 +134,17 @@ class EventLog:
         if self._stream is not None:
             self._write(self._folder.flush())
             self._stream.close()
+
+
+def symlink_notes(start: Event) -> list[str]:
+    """What a ``start`` event says of rule paths through symlinks, for a person (not escaped)."""
+    notes = [
+        f"rule path {item['path']} passes through a symlink: it leads to {item['leads_to']}"
+        for item in start.get("through_symlinks", ())
+    ]
+    notes += [
+        f"supervisor rule on {path} left out: it passes through a symlink in a directory the "
+        "program may change (an earlier run may have planted it); name the real path"
+        for path in start.get("redirectable", ())
+    ]
+    return notes

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from llsupervise.display import escape
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import Event, EventLog
+from llsupervise.supervisor.events.model import Event, EventLog, symlink_notes
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -55,7 +56,7 @@ def run_headless(
         async with Supervisor.open(
             document, decisions=decisions, log=log, watch=watch, control=control
         ) as supervisor:
-            supervisor.listeners.extend(listeners)
+            supervisor.listeners.extend([*listeners, _say_symlink_notes])
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
             from llsupervise.supervisor.frontends.hub import Hub, listening
@@ -70,3 +71,10 @@ def run_headless(
         return trio.run(main)
     finally:
         log.close()
+
+
+def _say_symlink_notes(event: Event) -> None:
+    """Rule paths through symlinks, said on stderr as the run starts (check says the same)."""
+    if event.get("event") == "start":
+        for note in symlink_notes(event):
+            print(f"llsupervise: {escape(note)}", file=sys.stderr, flush=True)
