@@ -137,14 +137,11 @@ class EventLog:
 
 
 def symlink_notes(start: Event) -> list[str]:
-    """What a ``start`` event says of rule paths through symlinks, for a person (not escaped)."""
-    notes = [
-        f"rule path {item['path']} passes through a symlink: it leads to {item['leads_to']}"
-        for item in start.get("through_symlinks", ())
-    ]
-    notes += [
+    """What a ``start`` event says a person must know of rule paths through symlinks: the
+    supervisor rules left out (not escaped). Every path through a symlink is in the event
+    (``through_symlinks``) and in ``check``; most are harmless (``/lib`` on merged-usr)."""
+    return [
         f"supervisor rule on {path} left out: it passes through a symlink in a directory the "
         "program may change (an earlier run may have planted it); name the real path"
         for path in start.get("redirectable", ())
     ]
-    return notes
