@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import libc as _libc
+from llsupervise.libc import syscall as _syscall
 
 
 class LandlockError(LLSuperviseError):
@@ -95,8 +96,6 @@ class NetPortAttr(ctypes.Structure):
 
 # --- Calls --------------------------------------------------------------------------------------
 
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 _prctl = _libc.prctl
 _prctl.restype = ctypes.c_int
 _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)

@@ -29,7 +29,7 @@ from types import FrameType
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.recording import Recording
-from llsupervise.libc import AT_FDCWD
+from llsupervise.libc import AT_FDCWD, OPEN_HOW
 from llsupervise.rights import NO_FS, NO_NET, NO_SCOPE, AccessFs
 from llsupervise.seccomp import (
     MEDIATED_FS_SYSCALLS,
@@ -48,7 +48,6 @@ from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_SYMLINK_FOLLOW,
     AT_SYMLINK_NOFOLLOW,
-    OPEN_HOW,
     DecodeError,
     FsRequest,
     created_file_rights,

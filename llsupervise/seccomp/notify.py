@@ -15,7 +15,7 @@ import select
 from dataclasses import dataclass
 
 from llsupervise.fdowner import FdOwner
-from llsupervise.libc import libc as _libc
+from llsupervise.libc import syscall as _syscall
 from llsupervise.seccomp.constants import (
     NOTIF_ID,
     SECCOMP_ADDFD_FLAG_SEND,
@@ -45,9 +45,6 @@ from llsupervise.seccomp.constants import (
     native_arch,
     syscall_name,
 )
-
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 def _seccomp(operation: int, flags: int, arg: ctypes.Array[ctypes.c_char]) -> int:

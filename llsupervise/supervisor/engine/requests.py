@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.libc import AT_FDCWD
+from llsupervise.libc import AT_FDCWD, OPEN_HOW
 from llsupervise.rights import NO_FS, AccessFs
 from llsupervise.seccomp import Notification
 
@@ -25,7 +24,6 @@ AT_EMPTY_PATH = 0x1000
 RENAME_EXCHANGE = 1 << 1
 O_ACCMODE = 0o3
 #: struct open_how { u64 flags; u64 mode; u64 resolve; } (openat2), in native byte order.
-OPEN_HOW = struct.Struct("=QQQ")
 
 #: Paths that, opened on the child's behalf, would name the supervisor's own objects instead
 #: of the child's; they are left to the kernel in the child's context. (The same objects

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from llsupervise.landlock.support import KernelSupport, detect_support
 from llsupervise.libc import libc as _libc
+from llsupervise.libc import syscall as _syscall
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs, AccessNet, names
 from llsupervise.seccomp import (
@@ -78,8 +79,6 @@ NET_CALLS: Final = (*NET_SYSCALLS, "socketcall")
 PIDFD_THREAD: Final = os.O_EXCL
 _WORD_SIZE: Final = ctypes.sizeof(ctypes.c_ulong)
 
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 _getsockopt = _libc.getsockopt
 _getsockopt.argtypes = [
     ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)

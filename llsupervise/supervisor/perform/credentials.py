@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from llsupervise.libc import libc as _libc
+from llsupervise.libc import syscall as _syscall
 from llsupervise.seccomp import SYSCALLS, native_arch
 from llsupervise.supervisor.perform.procfs import read_status
 
@@ -28,8 +29,6 @@ from llsupervise.supervisor.perform.procfs import read_status
 Credentials = tuple[bytes, bytes, bytes, bytes]
 
 _CAPABILITY_VERSION_3: Final = 0x20080522
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 class _CapHeader(ctypes.Structure):

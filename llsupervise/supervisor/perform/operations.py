@@ -14,12 +14,11 @@ import os
 import stat
 from dataclasses import dataclass
 
-from llsupervise.libc import AT_FDCWD
+from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.libc import libc as _libc
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
     AT_SYMLINK_FOLLOW,
-    OPEN_HOW,
     FsRequest,
     split_last,
 )
@@ -40,7 +39,6 @@ class KernelDecides(Exception):
 # would get ITS OWN object (the supervisor's memory, descriptors, terminal). Paths that say so
 # lexically are left to the kernel before this point (requests.SELF_REFERENTIAL); these
 # checks catch the same objects reached through the child's symlinks.
-_SYS_OPENAT2 = 437  # one number on every architecture since the unified table (not alpha)
 _RESOLVE_NO_MAGICLINKS = 0x02
 _PROC_SUPER_MAGIC = 0x9FA0
 _DEV_TTY = os.makedev(5, 0)
@@ -79,8 +77,6 @@ def _names_caller(fd: int, st: os.stat_result) -> bool:
 
 # No argtypes: converting declared arguments costs a third of the call, and every argument
 # here is a small int (sign-extended to a register by libffi) or bytes (a pointer).
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 
 def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
@@ -96,13 +92,13 @@ def _openat2_stat(
     """:func:`_openat2`, and the status of what it opened."""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
-    how = OPEN_HOW.pack(flags, mode, _RESOLVE_NO_MAGICLINKS)
-    fd = _syscall(_SYS_OPENAT2, AT_FDCWD if dirfd is None else dirfd, path, how, len(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        if err in (errno.ELOOP, errno.EINVAL):
-            raise KernelDecides("magic link, or flags openat2 refuses")
-        raise OSError(err, os.strerror(err))
+    try:
+        fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, mode,
+                     _RESOLVE_NO_MAGICLINKS)  # fmt: skip
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EINVAL):
+            raise KernelDecides("magic link, or flags openat2 refuses") from exc
+        raise
     try:
         st = os.fstat(fd)
         caller = _names_caller(fd, st)

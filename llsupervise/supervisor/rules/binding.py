@@ -9,14 +9,12 @@ naming that fd's object (a policy file read on the next load), resolved again wi
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import errno
 import os
 import stat
-import struct
 
-from llsupervise.libc import AT_FDCWD, libc
+from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.policy.document import PathBeneathEntry, PolicyDocument
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import AccessFs
@@ -29,11 +27,7 @@ from llsupervise.supervisor.rules.objects import (
     resolve,
 )
 
-_syscall = libc.syscall
-_syscall.restype = ctypes.c_long
-_SYS_OPENAT2 = 437
 _RESOLVE_NO_SYMLINKS = 0x04
-_OPEN_HOW = struct.Struct("=QQQ")
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
 
 
@@ -41,12 +35,10 @@ def open_no_symlinks(path: str, flags: int = os.O_PATH | os.O_CLOEXEC) -> int:
     """Open the absolute ``path`` refusing every symlink on the way (ELOOP)."""
     if not path.startswith("/"):
         raise OSError(errno.EINVAL, f"not an absolute path: {path!r}")
-    how = _OPEN_HOW.pack(flags, 0, _RESOLVE_NO_SYMLINKS)
-    fd = _syscall(_SYS_OPENAT2, AT_FDCWD, os.fsencode(path), how, len(how))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
+    try:
+        return openat2(AT_FDCWD, os.fsencode(path), flags, 0, _RESOLVE_NO_SYMLINKS)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def leads_to(path: str, obj: ObjectId) -> bool:
@@ -207,4 +199,3 @@ def symlinked_paths(policy: ResolvedPolicy) -> list[tuple[str, str]]:
         for path in dict.fromkeys([*paths, *policy.redirectable])
         if through_symlink(path)
     ]
-
