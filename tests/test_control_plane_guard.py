@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import SECRET, SYSTEM_DIRS, wait_until
+from supervised import SECRET, SYSTEM_DIRS, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.supervisor.core import Supervisor
@@ -57,25 +57,6 @@ def tree(root: Path) -> dict[str, Path]:
         p.mkdir(parents=True, exist_ok=True)
     (paths["secret"] / "s").write_bytes(SECRET)
     return paths
-
-
-def policy_text(root: Path, *, supervisor_rules: str = "", static: str = "") -> str:
-    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
-    return f"""[[ruleset]]
-handled_access_fs = ["abi.all"]
-
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = [{system}]
-
-[[path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{root}/out"]
-{static}
-[supervisor]
-mode = "enforce"
-{supervisor_rules}
-"""
 
 
 def rw(path: Path | str) -> str:
@@ -196,7 +177,7 @@ def test_a_static_rule_over_the_policy_directory_is_refused(tmp_path: Path) -> N
     policy = paths["work"] / "policy.toml"
 
     def refusal(static: str) -> str | None:
-        policy.write_text(policy_text(tmp_path, static=static))
+        policy.write_text(policy_text(tmp_path, extra_static=static))
         doc = load_policy(policy, {"HOME": str(tmp_path), "PWD": str(paths["work"])})
 
         async def main() -> None:
@@ -227,7 +208,7 @@ def test_check_reports_the_control_plane_as_an_error(tmp_path: Path) -> None:
     static = (
         f'\n[[path_beneath]]\nallowed_access = ["abi.read_write"]\nparent = ["{paths["work"]}"]\n'
     )
-    policy.write_text(policy_text(tmp_path, static=static))
+    policy.write_text(policy_text(tmp_path, extra_static=static))
     result = subprocess.run(
         [sys.executable, "-m", "llsupervise", "check", str(policy)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": WORKTREE},
@@ -412,7 +393,7 @@ async def test_the_supervisors_terminal_is_not_the_programs(
         # A static rule over it is refused before anything runs.
         static = '\n[[path_beneath]]\nallowed_access = ["write_file"]\nparent = ["/dev/pts"]\n'
         doc = parse_policy(
-            policy_text(tmp_path, static=static), str(tmp_path / "nowhere.toml"),
+            policy_text(tmp_path, extra_static=static), str(tmp_path / "nowhere.toml"),
             {"PWD": str(tmp_path)},
         )  # fmt: skip
         with pytest.raises(ControlPlaneError, match="llsupervise's terminal"):
