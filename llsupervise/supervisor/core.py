@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from llsupervise.display import escape
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
@@ -32,6 +33,7 @@ from llsupervise.seccomp import (
     Listener,
     SeccompError,
 )
+from llsupervise.supervisor.engine.created import CreatedBinder
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.loop import NotificationLoop
@@ -82,6 +84,8 @@ class Supervisor:
         self.questions = FsQuestions(self.rules, decisions, self._listener, self.emit)
         self.net_questions = NetQuestions(self.rules, decisions, lambda: self.net, self.emit)
         self.rule_uses = RuleUses(self.rules, self.emit)
+        #: Binds pending created-path rules to what the program creates (rules.created).
+        self.created = CreatedBinder(self.rules, self.emit)
         #: Watches and rewrites the policy file (``open(..., watch=True)``).
         self.policy_file: PolicyFile | None = None
         self.handover = Handover(
@@ -244,7 +248,11 @@ class Supervisor:
             net=self.net,
             cpu=cpu,
             guard=self.guard,
+            created=lambda: self.rules.created_index,
+            on_created=self.created.created,
         )
+        self.created.token = self.handover.token
+        self.created.listener = launched.listener
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
         start: Event = {"event": "start", "pid": launched.pid, "argv": list(argv)}
@@ -256,6 +264,9 @@ class Supervisor:
             # Left out: through a symlink in a directory the program may change, so possibly
             # planted by an earlier run (see rules.binding.resolve_at_launch).
             start["redirectable"] = list(self.policy.redirectable)
+        if self.rules.created:
+            # Rules that bind when the program creates their path (see rules.created).
+            start["pending_creation"] = [escape(rule.path) for rule in self.rules.created]
         self.emit(start)
         try:
             async with trio.open_nursery() as nursery:
@@ -282,6 +293,7 @@ class Supervisor:
             if self.net is not None:
                 self.net.close()
                 self.net = None
+            self.created.listener = None
             launched.listener.close()
             self.handover.nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})

@@ -4,6 +4,7 @@ Landlock denial is handed over as a :class:`Pending`."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.engine.childfds import ChildFds
 from llsupervise.supervisor.engine.contexts import Task, ThreadContexts
+from llsupervise.supervisor.engine.created import Creation, anchored, names_pending, open_created
 from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
@@ -29,6 +31,12 @@ from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
+from llsupervise.supervisor.rules.created import (
+    EMPTY_INDEX,
+    CreatedIndex,
+    PendingCreation,
+    coarse_now_ns,
+)
 
 EXEC_SYSCALLS = ("execve", "execveat")
 
@@ -50,6 +58,8 @@ class RequestHandler:
         net: NetMediator | None,
         cpu: int | None,
         guard: Guard | None = None,
+        created: Callable[[], CreatedIndex] | None = None,
+        on_created: Callable[[Creation], None] | None = None,
     ) -> None:
         self.listener = listener
         self.handled_fs = handled_fs
@@ -62,6 +72,9 @@ class RequestHandler:
         self.cpu = cpu
         #: The control plane, never reached for the child (see perform.guard).
         self.guard = guard
+        #: Pending created-path rules (see rules.created), and where their creations go.
+        self.created = created or (lambda: EMPTY_INDEX)
+        self.on_created = on_created
         self.arch = native_arch()
         #: Read here: the serving threads, restricted, may not read /proc.
         self._our_credentials = own_credentials()
@@ -92,7 +105,14 @@ class RequestHandler:
             self.listener.send_continue(n.id)
             return
         request, task = decoded
-        if request.leave_to_kernel() or self._static_allows(request):
+        if request.leave_to_kernel():
+            self.listener.send_continue(n.id)
+            return
+        # A creation a pending rule may wait for is performed here even if the static layer
+        # allows it: a CONTINUE would create it out of our sight, and nothing would bind.
+        index = self.created()
+        creating = self.on_created is not None and names_pending(request, index)
+        if not creating and self._static_allows(request):
             self.listener.send_continue(n.id)
             return
         credentials = self.contexts.credentials(task)
@@ -107,7 +127,32 @@ class RequestHandler:
         target = self._bind(n, request, task, theirs)
         if target is None:
             return
+        found = anchored(target, index) if creating else None
+        if found is not None:
+            self._create(n, request, *found, generation)
+            return
         self.serve(n, target, generation)
+
+    def _create(
+        self, n: Notification, asked: FsRequest, target: Target, rules: tuple[PendingCreation, ...],
+        generation: int,
+    ) -> None:
+        """Perform a creation in a pending rule's anchor, and hand it to ``on_created``
+        unanswered; anything but a successful creation is served as usual (an exclusive
+        open that finds the name taken is then the program's own open)."""
+        before = coarse_now_ns()
+        try:
+            result = perform(target)
+        except (KernelDecides, ProtectedError, OSError):
+            plain = dataclasses.replace(target.request, flags=asked.flags)
+            self.serve(n, dataclasses.replace(target, request=plain), generation)
+            return
+        self.performed.note(target)
+        assert target.dir1 is not None and self.on_created is not None
+        created = open_created(target.dir1, target.request, result)
+        self.on_created(Creation(
+            n, target.request, result, rules, target.dir1, created, before, self.cpu
+        ))  # fmt: skip
 
     def _static_allows(self, r: FsRequest) -> bool:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""

@@ -21,6 +21,7 @@ from llsupervise.rights import AccessFs
 from llsupervise.seccomp import Listener, NotificationGone, SeccompError, SuperviseesGone
 from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
 from llsupervise.supervisor.engine.contexts import ThreadContexts
+from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
 from llsupervise.supervisor.engine.handler import OnExec, RequestHandler
@@ -29,6 +30,7 @@ from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.broker import Broker, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
+from llsupervise.supervisor.rules.created import CreatedIndex
 
 T = TypeVar("T")
 
@@ -54,6 +56,8 @@ class NotificationLoop:
         net: NetMediator | None = None,
         cpu: int | None = None,
         guard: Guard | None = None,
+        created: Callable[[], CreatedIndex] | None = None,
+        on_created: Callable[[Creation], None] | None = None,
     ) -> None:
         #: The CPU the loop's threads run on (see placement).
         self.cpu = home_cpu(cpu)
@@ -65,7 +69,7 @@ class NotificationLoop:
         self._contexts = ThreadContexts(self._call_unrestricted)
         self.handler = RequestHandler(
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
-            net, self.cpu, guard,
+            net, self.cpu, guard, created, on_created,
         )  # fmt: skip
         self._lock = threading.Lock()
         self._server: Server | None = None

@@ -38,6 +38,7 @@ from llsupervise.supervisor.policyfile.persist import (
     persist,
 )
 from llsupervise.supervisor.rules.binding import could_be_changed
+from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
 
@@ -212,12 +213,16 @@ class PolicyFile:
         try:
             document = parse_policy(text, self.source, self.env)
             self._check_handled(document, text)
-            resolved = resolve(document, sup.rules.table, self._may_rebind)
+            # Pending created-path rules stay pending, on their anchors (see rules.created).
+            created = CreatedResolver(sup.rules.created)
+            resolved = resolve(document, sup.rules.table, self._may_rebind, created)
             permanent, quiet = self._with_unpersisted(resolved)
             static_changed = (
                 resolved.static != sup.rules.static or document.abi != self._started_abi
             )
-            generation = sup.rules.replace(permanent, quiet, resolved.conditional)
+            generation = sup.rules.replace(
+                permanent, quiet, resolved.conditional, resolved.created
+            )
         except (LLSuperviseError, OSError) as exc:
             sup.rules.release_objects()  # what the failed load opened
             error = str(exc) if isinstance(exc, PolicyError) else f"{self.source}: {exc}"

@@ -18,6 +18,7 @@ from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.policy.document import PathBeneathEntry, PolicyDocument
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import AccessFs
+from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
@@ -159,7 +160,7 @@ def resolve_at_launch(document: PolicyDocument, table: ObjectTable) -> ResolvedP
     that passes through a symlink in a directory the program may change (by the policy's own
     static and supervisor rules) is left out, and listed in ``redirectable``. Its next-run
     twin of a reload's kept binding: there is no earlier binding to keep at launch."""
-    policy = resolve(document, table)
+    policy = resolve(document, table, created=CreatedResolver())
     may_change = policy.static | policy.supervisor
     redirectable = [
         path
@@ -184,7 +185,9 @@ def resolve_at_launch(document: PolicyDocument, table: ObjectTable) -> ResolvedP
         document.supervisor,
         path_beneath=tuple(without(e) for e in document.supervisor.path_beneath),
     )
-    policy = resolve(dataclasses.replace(document, supervisor=section), table)
+    policy = resolve(
+        dataclasses.replace(document, supervisor=section), table, created=CreatedResolver()
+    )
     return dataclasses.replace(policy, redirectable=tuple(dict.fromkeys(redirectable)))
 
 

@@ -14,7 +14,7 @@ import resource
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.analysis import (
@@ -40,6 +40,9 @@ from llsupervise.policy.document import (
 )
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import FILE_ACCESS, NO_NET, AccessFs, AccessNet, Scope
+
+if TYPE_CHECKING:
+    from llsupervise.supervisor.rules.created import CreatedResolver, PendingCreation
 
 #: Descriptors left for everything but rule objects (listener, logs, memory fds, brokers).
 RESERVED_FDS = 256
@@ -159,6 +162,10 @@ class ObjectTable:
         self._by_path.setdefault(label, obj)
         return obj
 
+    def remember(self, path: str, obj: ObjectId) -> None:
+        """``path`` led to the held ``obj`` when it was bound: what a reload checks first."""
+        self._by_path[path] = self._held[obj].obj
+
     def release(self, keep: Iterable[ObjectId]) -> None:
         """Close the descriptors of objects no rule refers to any more."""
         keep = set(keep)
@@ -205,6 +212,8 @@ class ResolvedPolicy:
     kept_bindings: tuple[str, ...] = ()
     #: Supervisor paths left out at launch: through a symlink the program may have planted.
     redirectable: tuple[str, ...] = ()
+    #: Supervisor rules waiting for the run to create their path (see rules.created).
+    created: tuple[PendingCreation, ...] = ()
 
     @functools.cached_property
     def rules(self) -> tuple[PolicyRule, ...]:
@@ -215,7 +224,7 @@ class ResolvedPolicy:
         """Every object a rule of this policy refers to (what the table must keep open)."""
         return {
             *self.static.fs, *self.supervisor.fs, *self.quiet,
-            *(rule.obj for rule in self.conditional),
+            *(rule.obj for rule in self.conditional), *(rule.anchor for rule in self.created),
         }  # fmt: skip
 
 
@@ -223,8 +232,12 @@ def resolve(
     document: PolicyDocument,
     table: ObjectTable,
     may_rebind: Callable[[str], bool] | None = None,
+    created: CreatedResolver | None = None,
 ) -> ResolvedPolicy:
     """Open every rule path of ``document`` into ``table`` and build the model rulesets.
+
+    ``created``: missing optional unconditional supervisor paths become rules pending on
+    their creation (and those pending before stay so, existing or not) instead of skipped.
 
     ``may_rebind``: whether a supervisor rule's or quiet object's path that ``table`` bound
     before, and that now leads to another object, may be bound to it (else it keeps its
@@ -260,7 +273,8 @@ def resolve(
         for entry in entries:
             condition = _condition(entry)
             access = entry.access
-            for obj, location in _open_entry(table, entry, skipped, rebind):
+            pending = created if name == "supervisor" and condition is None else None
+            for obj, location in _open_entry(table, entry, skipped, rebind, pending):
                 label, is_dir = table.held(obj)[2:]
                 # A row, not a PolicyRule: most resolutions (reloads) never look at them.
                 rows.append(
@@ -297,6 +311,7 @@ def resolve(
         quiet_objects,
         tuple(rows),
         tuple(dict.fromkeys(kept_bindings)),
+        created=tuple(created.pending) if created is not None else (),
     )
 
 
@@ -305,9 +320,15 @@ def _open_entry(
     entry: PathBeneathEntry | QuietEntry,
     skipped: list[tuple[str, Location]],
     may_rebind: Callable[[str], bool] | None = None,
+    created: CreatedResolver | None = None,
 ) -> Iterator[tuple[ObjectId, Location]]:
     """Each object of an entry with the location of the string it came from."""
     for path, location in zip(entry.paths, entry.path_locations, strict=True):
+        pending_before = created is not None and created.was_pending(path)
+        if pending_before and created is not None and isinstance(entry, PathBeneathEntry):
+            # Never bound by its path, which the program may have made lead anywhere.
+            created.keep(path, entry.access, location)
+            continue
         try:
             obj = table.open(path, may_rebind)
         except FileNotFoundError:
@@ -315,6 +336,12 @@ def _open_entry(
                 raise PolicyError(
                     location, f"{path!r} does not exist (mark the rule optional = true to skip it)"
                 ) from None
+            if (
+                created is not None
+                and isinstance(entry, PathBeneathEntry)
+                and created.anchor(table, path, entry.access, location)
+            ):
+                continue
             skipped.append((path, location))
             continue
         except OSError as exc:

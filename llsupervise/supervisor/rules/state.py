@@ -18,6 +18,7 @@ from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
 from llsupervise.rights import NO_FS, NO_NET, AccessFs, AccessNet
 from llsupervise.supervisor.engine.generations import BrokerSlot
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
+from llsupervise.supervisor.rules.created import CreatedIndex, PendingCreation
 from llsupervise.supervisor.rules.objects import ObjectTable, ResolvedPolicy
 
 
@@ -47,6 +48,10 @@ class RuleState:
         self.permanent = policy.supervisor
         self.quiet = policy.quiet
         self.conditional: tuple[ConditionalRule, ...] = policy.conditional
+        self.created: tuple[PendingCreation, ...] = ()
+        #: What the serving threads look pending created-path rules up by (swapped whole).
+        self.created_index = CreatedIndex.of(())
+        self._set_created(policy.created)
         self.mutable = MutableRuleset.for_layer(policy.static)
         #: Called after each commit with the generation and the committed supervisor rules.
         self.on_commit = on_commit
@@ -101,6 +106,31 @@ class RuleState:
         self.on_commit(generation, self.mutable.committed)
         return generation
 
+    def _set_created(self, created: tuple[PendingCreation, ...]) -> None:
+        self.created = created
+        self.created_index = CreatedIndex.of(created)
+
+    def bind_created(self, rule: PendingCreation, obj: ObjectId, label: str) -> int:
+        """The object ``rule`` waited for was created: make it a permanent rule, committed
+        now; return the generation. On error nothing changed."""
+        previous = (self.permanent, self.created)
+        self.permanent = self.permanent.with_fs(obj, rule.access, label)
+        self._set_created(tuple(r for r in self.created if r is not rule))
+        try:
+            return self.commit()
+        except BaseException:
+            self.permanent = previous[0]
+            self._set_created(previous[1])
+            raise
+
+    def reanchor_created(self, rule: PendingCreation, anchor: ObjectId) -> PendingCreation:
+        """The first of ``rule``'s missing names was created as a directory: the rule now
+        waits for the next name in it."""
+        moved = PendingCreation(rule.path, anchor, rule.names[1:], rule.access, rule.location)
+        self._set_created(tuple(moved if r is rule else r for r in self.created))
+        self.release_objects()
+        return moved
+
     def note_granted(self, obj: ObjectId, access: AccessFs) -> None:
         """A grant made outside the committed rules (allow once, a conditional rule)."""
         self.ever_granted = self.ever_granted.with_fs(obj, access)
@@ -110,6 +140,7 @@ class RuleState:
         self.table.release(
             [*self.static.fs, *self.permanent.fs, *self.quiet,
              *(rule.obj for rule in self.conditional),
+             *(rule.anchor for rule in self.created),
              *(t.obj for t in self._temporaries.values() if t.obj is not None)]
         )  # fmt: skip
 
@@ -118,15 +149,19 @@ class RuleState:
         rules: Ruleset,
         quiet: frozenset[ObjectId] | None = None,
         conditional: tuple[ConditionalRule, ...] | None = None,
+        created: tuple[PendingCreation, ...] | None = None,
     ) -> int:
         """Make ``rules`` the permanent supervisor rules, and swap the quiet objects and
         conditional rules when given, in one step (a reload or an answer); return the
         generation. Commits once, and only if the committed ruleset changes. On error
         nothing changed."""
         previous = (self.permanent, self.quiet, self.conditional)
+        previous_created = self.created
         self.permanent = rules
         self.quiet = self.quiet if quiet is None else quiet
         self.conditional = self.conditional if conditional is None else conditional
+        if created is not None:
+            self._set_created(created)
         try:
             target, committed = self._target(), self.mutable.committed
             if target.fs != committed.fs or target.net != committed.net:
@@ -135,6 +170,7 @@ class RuleState:
             return self.generation
         except BaseException:
             self.permanent, self.quiet, self.conditional = previous
+            self._set_created(previous_created)
             raise
 
     def grant_temporarily(

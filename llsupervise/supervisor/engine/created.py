@@ -1,0 +1,201 @@
+"""Creations that bind a pending created-path rule (see :mod:`..rules.created`).
+
+In a serving thread: a creation (``mkdir``, ``mknod``, ``open`` with ``O_CREAT``) whose last
+name a pending rule waits for is performed in the directory object its path's directory part
+leads to, opened once (:func:`anchored`); if that object is the rule's anchor, the creation is
+made there under that name (an open made exclusive, so it creates or fails), and the new object
+is opened at once. The notification stays unanswered and goes to trio (:class:`CreatedBinder`),
+which verifies the object is the new one, binds the rule to it and commits, then replies: the
+program's next call runs under the new generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from llsupervise.display import escape
+from llsupervise.errors import LLSuperviseError
+from llsupervise.libc import AT_FDCWD, openat2
+from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
+from llsupervise.supervisor.engine.pending import reply
+from llsupervise.supervisor.engine.requests import FsRequest, split_last
+from llsupervise.supervisor.events.model import Event
+from llsupervise.supervisor.perform.operations import Target
+from llsupervise.supervisor.rules.created import (
+    CreatedIndex,
+    PendingCreation,
+    why_not_new,
+)
+from llsupervise.supervisor.rules.objects import object_id
+from llsupervise.supervisor.rules.state import RuleState
+
+_RESOLVE_NO_MAGICLINKS = 0x02
+_CREATING_OPS = ("mkdir", "mknod", "open")
+
+
+def names_pending(request: FsRequest, index: CreatedIndex) -> bool:
+    """Whether ``request`` creates a name some pending rule waits for (a cheap first look)."""
+    if not index.names or request.op not in _CREATING_OPS:
+        return False
+    if request.op == "open" and not request.flags & os.O_CREAT:
+        return False
+    return split_last(request.path)[1].rstrip(b"/") in index.names
+
+
+@dataclass
+class Creation:
+    """A creation made for a pending rule's name, its notification not answered yet."""
+
+    notification: Notification
+    #: The request as performed: the bare name, relative to ``anchor_fd``.
+    request: FsRequest
+    #: What the reply carries: the opened fd (injected, then closed) or 0.
+    result: int
+    rules: tuple[PendingCreation, ...]
+    #: O_PATH fd of the directory the object was created in (the rule's anchor object).
+    anchor_fd: int
+    #: The object found under the name right after the creation (O_PATH, not followed).
+    created_fd: int | None
+    #: Read before the creation: the new object was born at this time or later.
+    before_ns: int
+    cpu: int | None
+
+    @property
+    def kind(self) -> int:
+        if self.request.op == "mkdir":
+            return stat.S_IFDIR
+        if self.request.op == "mknod":
+            return stat.S_IFMT(self.request.mode) or stat.S_IFREG
+        return stat.S_IFREG
+
+    @property
+    def name(self) -> bytes:
+        return self.request.path.rstrip(b"/")
+
+    def close(self) -> None:
+        for fd in (self.anchor_fd, self.created_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.created_fd = None
+
+
+def anchored(
+    target: Target, index: CreatedIndex
+) -> tuple[Target, tuple[PendingCreation, ...]] | None:
+    """``target`` made in the directory object its path's directory part leads to, when that
+    object is the anchor of pending rules waiting for its last name: (the target to perform,
+    those rules). The returned target owns that directory's fd, and ``target``'s own dirs
+    are closed; None leaves ``target`` as it was."""
+    r = target.request
+    parent, name = split_last(r.path)
+    if parent is None:
+        if target.dir1 is None or r.path.startswith(b"/"):
+            return None
+        fd = os.dup(target.dir1)
+    else:
+        start = AT_FDCWD if target.dir1 is None or r.path.startswith(b"/") else target.dir1
+        try:
+            fd = openat2(start, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                         _RESOLVE_NO_MAGICLINKS)  # fmt: skip
+        except OSError:
+            return None  # the usual path reports the error as the kernel would
+    rules = index.by_key.get((object_id(os.fstat(fd)), name.rstrip(b"/")))
+    if not rules:
+        os.close(fd)
+        return None
+    flags = r.flags | os.O_EXCL if r.op == "open" else r.flags
+    request = dataclasses.replace(r, path=name, flags=flags)
+    for old in (target.dir1, target.dir2):
+        if old is not None:
+            os.close(old)
+    return dataclasses.replace(target, request=request, dir1=fd, dir2=None), rules
+
+
+def open_created(anchor_fd: int, request: FsRequest, result: int) -> int | None:
+    """The object now under the created name, not followed (None: gone already). For an
+    open, the very file it opened."""
+    if request.op == "open":
+        return os.dup(result)
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    if request.op == "mkdir":
+        flags |= os.O_DIRECTORY
+    try:
+        return os.open(request.path.rstrip(b"/"), flags, dir_fd=anchor_fd)
+    except OSError:
+        return None
+
+
+class CreatedBinder:
+    """In trio: verifies each creation, binds (or re-anchors) its rules, commits, replies."""
+
+    def __init__(self, rules: RuleState, emit: Callable[[Event], None]) -> None:
+        self.rules = rules
+        self.emit = emit
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.listener: Listener | None = None
+
+    def created(self, creation: Creation) -> None:
+        """From a serving thread: hand ``creation`` to trio."""
+        try:
+            if self.token is None:
+                raise trio.RunFinishedError
+            self.token.run_sync_soon(self._bind_and_reply, creation)
+        except trio.RunFinishedError:
+            self._reply(creation)
+
+    def _bind_and_reply(self, creation: Creation) -> None:
+        try:
+            for rule in creation.rules:
+                self._bind(creation, rule)
+        finally:
+            self._reply(creation)
+
+    def _bind(self, c: Creation, rule: PendingCreation) -> None:
+        event: Event = {"event": "created_path", "path": escape(rule.path)}
+        reason = None
+        if c.created_fd is None:
+            reason = "the name no longer leads to the object created"
+        else:
+            try:
+                reason = why_not_new(c.created_fd, c.anchor_fd, c.name, c.before_ns, c.kind)
+            except OSError as exc:
+                reason = f"the object cannot be examined: {exc.strerror}"
+        if reason is None and len(rule.names) > 1 and c.kind != stat.S_IFDIR:
+            reason = f"{escape(c.name)} was created as a file, and the rule names beneath it"
+        if reason is not None:
+            self.emit(event | {"bound": False, "reason": reason})
+            return
+        assert c.created_fd is not None
+        table = self.rules.table
+        try:
+            obj = table.adopt(os.dup(c.created_fd))
+            if len(rule.names) > 1:
+                moved = self.rules.reanchor_created(rule, obj)
+                self.emit(event | {"bound": False, "anchored": escape(table.label(obj)),
+                                   "waiting_for": escape(b"/".join(moved.names))})  # fmt: skip
+                return
+            table.remember(rule.path, obj)
+            generation = self.rules.bind_created(rule, obj, table.label(obj))
+        except (LLSuperviseError, OSError) as exc:
+            self.emit(event | {"bound": False, "reason": f"cannot commit the rule: {exc}"})
+            return
+        self.emit(event | {"bound": True, "generation": generation,
+                           "object": escape(table.label(obj))})  # fmt: skip
+
+    def _reply(self, c: Creation) -> None:
+        c.close()
+        if self.listener is None:
+            if c.request.op == "open":
+                os.close(c.result)
+            return
+        # The task gone, or the run over (its listener closed): nothing to answer.
+        with contextlib.suppress(NotificationGone, SeccompError, OSError):
+            reply(self.listener, c.notification, c.request, c.result, c.cpu)
