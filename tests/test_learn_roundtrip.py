@@ -9,10 +9,8 @@ Each workload is built twice, under ``learn/`` and ``enforce/`` (so the policy m
   created exist), decoys the program never read stay unreadable: beside each created directory,
   in ``$HOME`` and under ``/etc``; and nothing outside the work tree becomes writable.
 
-Workloads that create directories need rules that bind to a path the run creates (the
-supervisor-side part of issue 17). Until the supervisor has them, their enforced run is denied
-inside the new directory, and that one assertion is a strict xfail raising
-:class:`NoCreatedPathRules`; the exposure checks hold today.
+Workloads that create directories rely on rules that bind to a path the run creates (the
+supervisor-side part of issue 17: see llsupervise.supervisor.rules.created).
 """
 
 from __future__ import annotations
@@ -30,17 +28,11 @@ from pathlib import Path
 import pytest
 
 import llsupervise
-from llsupervise.learn.paths import is_beneath
 
 pytestmark = pytest.mark.kernel
 
 ROOT = Path(llsupervise.__file__).resolve().parent.parent
 DECOY = b"decoy: never read by the program\n"
-
-
-class NoCreatedPathRules(AssertionError):
-    """Denied inside a directory the run creates: the supervisor cannot yet bind a learned rule
-    to a path that does not exist when the policy is loaded (issue 17, supervisor side)."""
 
 
 MAKEFILE = """\
@@ -231,15 +223,7 @@ def learn(
     return work, policy, learned
 
 
-def workload_params() -> list[object]:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=NoCreatedPathRules))
-        if WORKLOADS[name].created else name
-        for name in sorted(WORKLOADS)
-    ]  # fmt: skip
-
-
-@pytest.mark.parametrize("name", workload_params())
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_the_learned_policy_runs_the_same_workload_without_a_denial(
     tmp_path: Path, name: str
 ) -> None:
@@ -249,11 +233,7 @@ def test_the_learned_policy_runs_the_same_workload_without_a_denial(
     log = tmp_path / "enforce.jsonl"
     run = ["run", "--headless", "--policy", str(policy), "--log", str(log), "--"]
     enforced = cli(*run, *workload.command, work=work)
-    denied = denials(log)
-    created = [str(work / c) for c in workload.created]
-    if denied and all(any(is_beneath(str(d["path"]), c) for c in created) for d in denied):
-        raise NoCreatedPathRules(f"denied in the directories the run created: {denied}")
-    assert denied == []
+    assert denials(log) == []
     assert enforced.returncode == 0, enforced.stderr.decode()
     assert enforced.stdout == learned.stdout and enforced.stdout
     assert workload.outputs(work) == workload.outputs(learn_work)
