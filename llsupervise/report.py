@@ -97,6 +97,9 @@ def check_report(policy: ResolvedPolicy, table: ObjectTable, support: KernelSupp
     lines += [f"  {table.label(obj)}" for obj in sorted(policy.quiet, key=table.label)]
     for path, location in policy.skipped:
         lines.append(f"skipped optional path '{path}' ({location}): it does not exist")
+    for pending in policy.created:
+        lines.append(f"pending on creation: '{pending.path}' ({pending.location}): "
+                     f"{_listed(pending.access)}, bound to what the run creates there")  # fmt: skip
     lines += _through_symlinks(policy)
     control = control_files(doc.source)
     found = [f"error: {line}" for line in static_violations(policy, control)]

@@ -311,3 +311,20 @@ step("read_later", lambda: read("later/s"))
     assert steps["read_moved"] == "ok"
     assert steps["read_made"] == "err 13"
     assert steps["read_later"] == "err 13"
+
+
+def test_check_lists_the_rules_pending_on_creation(tmp_path: Path) -> None:
+    from llsupervise.landlock import detect_support
+    from llsupervise.report import check_report
+    from llsupervise.supervisor.rules.binding import resolve_at_launch
+    from llsupervise.supervisor.rules.objects import ObjectTable
+
+    make_tree(tmp_path)
+    made = tmp_path / "made"
+    doc = policy(tmp_path, supervisor_rules=created_rule(made))
+    with ObjectTable() as table:
+        resolved = resolve_at_launch(doc, table)
+        lines = check_report(resolved, table, detect_support())
+    assert [rule.path for rule in resolved.created] == [str(made)]
+    assert any(line.startswith(f"pending on creation: '{made}'") for line in lines), lines
+    assert not any("skipped optional path" in line for line in lines)
