@@ -18,10 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
+from llsupervise.messages import Event
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
 
@@ -57,7 +57,7 @@ async def measure(root: Path, count: int, saves: int) -> None:
     policy = root / "policy.toml"
     policy.write_text(policy_text(root, count, odd=-1))
     document = load_policy(policy, {"PWD": str(root), "HOME": str(root)})
-    commits: list[tuple[float, dict[str, Any]]] = []
+    commits: list[tuple[float, Event]] = []
     read, write = os.pipe()
     async with Supervisor.open(document, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(lambda e: commits.append((time.perf_counter(), e)))

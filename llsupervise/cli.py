@@ -11,12 +11,13 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 
 if TYPE_CHECKING:
+    from llsupervise.messages import Event
     from llsupervise.policy.document import PolicyDocument
 
 
@@ -101,7 +102,7 @@ def _run_headless(args: argparse.Namespace, document: PolicyDocument) -> int:
     from llsupervise.policies.answers import KeptAnswers
     from llsupervise.supervisor.frontends.headless import run_headless
 
-    listeners: list[Callable[[dict[str, Any]], None]] = []
+    listeners: list[Callable[[Event], None]] = []
     kept = KeptAnswers()
     if args.policy is None:  # "always" answers: kept for the run, saved only where asked
         listeners.append(kept.on_event)

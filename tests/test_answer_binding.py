@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +49,18 @@ class SwapThenAnswer:
 
 async def supervise(
     root: Path, frontend: SwapThenAnswer, script: str, *args: str
-) -> tuple[int, list[dict[str, Any]], set[ObjectId]]:
+) -> tuple[int, list[Mapping[str, Any]], set[ObjectId]]:
     """Run ``script`` in ``root`` (cwd) with ``frontend`` answering; its status, the events,
     and the objects of the supervisor rules committed at the end."""
     decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(policy(root, mode="interactive"), decisions=decisions) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
         return status, events, set(sup.rules.mutable.committed.fs)
 
 
-def denials(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def denials(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [e for e in events if e["event"] == "denial"]
 
 
@@ -143,9 +143,7 @@ async def test_a_directory_swapped_for_a_symlink_before_the_answer_gains_nothing
         assert "rules" not in first
         assert [u["path"] for u in first["unbound"]] == [directory]
     else:
-        assert first["rules"] == [
-            {"path": directory, "access": ["read_file"], "seconds": 300.0}
-        ]
+        assert first["rules"] == [{"path": directory, "access": ["read_file"], "seconds": 300.0}]
 
 
 CREATE_AND_READ = r"""
@@ -268,7 +266,7 @@ def always_at(index: int) -> Callable[[Denial], Decision]:
 async def test_every_offered_scope_makes_the_retry_succeed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], op: str
 ) -> None:
-    """"Always" with each offered scope in turn: the request, then the same one again, pass
+    """ "Always" with each offered scope in turn: the request, then the same one again, pass
     with one question only."""
     root = Path(os.path.realpath(tmp_path))
     probe = SwapThenAnswer(lambda _: Decision(Answer.DENY))
@@ -290,8 +288,6 @@ async def test_every_offered_scope_makes_the_retry_succeed(
         assert (status, out) == (0, [f"{first} ok", f"{second} ok"]), (index, out)
         assert len(frontend.asked) == 1, index
         await trio.lowlevel.checkpoint()
-
-
 
 
 @pytest.mark.trio
@@ -320,7 +316,7 @@ async def test_a_reload_keeps_a_rule_on_its_object_when_the_program_swapped_its_
     policy_file = root / "policy.toml"
     policy_file.write_text(text)
     doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     argv = [sys.executable, "-c", SWAP_THEN_READ, SECRET.decode()]
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)

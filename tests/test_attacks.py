@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ async def run_with_reload(
     frontend: Answers,
     script: str,
     before_reload: Callable[[Path], None] = lambda _: None,
-) -> tuple[list[int], list[dict[str, Any]]]:
+) -> tuple[list[int], list[Mapping[str, Any]]]:
     """Run ``script`` under the policy file ``text`` (watched, answers persisted); once it
     has made out/swapped, call ``before_reload``, add a comment to the file, wait for the
     reload, and let the program go on (out/go)."""
@@ -118,7 +118,7 @@ async def run_with_reload(
     policy_file.write_text(text)
     doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
     decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     statuses: list[int] = []
     argv = [sys.executable, "-c", script, SECRET.decode()]
     async with (
@@ -197,8 +197,6 @@ async def test_an_unpersisted_answer_is_not_rebound_by_a_reload_after_a_swap(
     assert not [line for line in out if "LEAK" in line], out
     assert out == ["work/sub/f ok", "work/sub/f errno 13", "work/sub-moved/f ok"]
     assert str(root / "secret") not in policy_file.read_text()
-
-
 
 
 def test_a_swap_made_with_allow_once_answers_does_not_redirect_a_rule_at_reload(
@@ -579,7 +577,7 @@ async def test_answers_on_names_the_program_chose_write_nothing_else(
     policy_file.write_text(policy_text(root, mode="interactive"))
     doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
     decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     argv = [sys.executable, "-c", READ_EACH, *map(os.fsdecode, names)]
     async with Supervisor.open(doc, decisions=decisions, watch=True) as sup:
         sup.listeners.append(events.append)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ async def test_a_run_says_which_rule_paths_pass_through_symlinks(tmp_path: Path)
         f'\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\nparent = ["{root}/fixed"]'
     )
     doc = policy(root, supervisor_rules=rule)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(doc) as sup:
         sup.listeners.append(events.append)
         assert await sup.run(["true"], forward_signals=False) == 0

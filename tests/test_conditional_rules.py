@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ parent = ["{data}"]
 
 
 async def run(
-    root: Path, rules: str, argv: list[str], events: list[dict[str, Any]] | None = None
+    root: Path, rules: str, argv: list[str], events: list[Mapping[str, Any]] | None = None
 ) -> int:
     async with Supervisor.open(policy(root, supervisor_rules=rules)) as sup:
         assert not sup.rules.mutable.committed.fs  # never part of the shared ruleset
@@ -135,7 +136,7 @@ async def test_the_same_file_is_granted_to_a_matching_executable_only(
     monkeypatch.chdir(tmp_path)
     cat = os.path.realpath(shutil.which("cat") or "/bin/cat")
     rules = conditional(paths["data"], f'exe = ["{cat}"]')
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     assert await run(tmp_path, rules, [cat, "data/x"], events) == 0
     assert capfd.readouterr().out == PUBLIC.decode()
     [granted] = [e for e in events if e["event"] == "denial"]

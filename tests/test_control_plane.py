@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,7 @@ async def test_mptcp_cannot_go_around_the_tcp_rules(
     monkeypatch.chdir(tmp_path)
     with listener() as allowed_sock, listener() as other_sock:
         allowed, other = allowed_sock.getsockname()[1], other_sock.getsockname()[1]
-        events: list[dict[str, Any]] = []
+        events: list[Mapping[str, Any]] = []
         async with Supervisor.open(connect_policy(tmp_path, allowed)) as sup:
             sup.listeners.append(events.append)
             argv = [sys.executable, "-c", CONNECTS, str(NR["socket"]), str(allowed), str(other)]

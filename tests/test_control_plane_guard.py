@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ async def test_the_program_cannot_change_its_own_policy_file(tmp_path: Path) -> 
     original = policy_text(tmp_path, supervisor_rules=rw(paths["home"]) + rw(paths["work"]))
     policy.write_text(original)
     doc = load_policy(policy, {"HOME": str(tmp_path), "PWD": str(paths["work"])})
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     status: list[int] = []
     cwd = os.getcwd()
     os.chdir(paths["work"])

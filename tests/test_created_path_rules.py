@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,10 @@ def read(path):
 
 async def supervise(
     root: Path, script: str, rules: str
-) -> tuple[dict[str, str], list[dict[str, Any]], Supervisor]:
+) -> tuple[dict[str, str], list[Mapping[str, Any]], Supervisor]:
     """Run CHILD + ``script`` in ``root``; (its log by step, events, the supervisor)."""
     doc = policy(root, supervisor_rules=rules)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(doc) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", CHILD + script], forward_signals=False)
@@ -75,7 +76,7 @@ async def supervise(
     return steps, events, sup
 
 
-def bindings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def bindings(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [e for e in events if e["event"] == "created_path"]
 
 
@@ -127,7 +128,8 @@ step("read_file", lambda: read("file"))
                      "read": "err 13", "read_file": "err 13"}  # fmt: skip
     assert bindings(events) == []
     assert {rule.path for rule in sup.rules.created} == {
-        str(tmp_path / "made"), str(tmp_path / "file")
+        str(tmp_path / "made"),
+        str(tmp_path / "file"),
     }
 
 
@@ -171,7 +173,7 @@ step("read_other", lambda: read("other/s"))
 """
     rules = created_rule(tmp_path / "made") + created_rule(tmp_path / "other")
     doc = policy(tmp_path, supervisor_rules=rules, extra_static=static)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(doc) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", CHILD + script], forward_signals=False)
@@ -291,7 +293,7 @@ step("read_made", lambda: read("made/s"))
 step("read_later", lambda: read("later/s"))
 """
     doc = load_policy(policy_file, {"HOME": str(tmp_path), "PWD": str(tmp_path)})
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     log = tmp_path / "out" / "log"
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)

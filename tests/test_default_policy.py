@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from event_records import denial_event
 
 from llsupervise.policies import DEFAULT_SOURCE, default_text, load_default
 from llsupervise.policies.answers import KeptAnswers
@@ -113,10 +114,10 @@ def test_the_default_handles_everything_and_quiets_secrets(home: Path) -> None:
 
 def test_answers_are_saved_into_a_new_file_only(tmp_path: Path) -> None:
     kept = KeptAnswers()
-    kept.on_event({"event": "denial", "decision": "allow_always", "exe": "/usr/bin/ls",
-                   "syscall": "openat", "path": "/srv/data", "access": ["read_dir"],
-                   "rules": [{"path": "/srv/data", "access": ["read_dir"]}]})  # fmt: skip
-    kept.on_event({"event": "denial", "decision": "deny", "path": "/x", "access": ["read_file"]})
+    kept.on_event(denial_event("/srv/data", exe="/usr/bin/ls", access=("read_dir",),
+                               decision="allow_always",
+                               rules=[{"path": "/srv/data", "access": ["read_dir"]}]))  # fmt: skip
+    kept.on_event(denial_event("/x"))
     assert len(kept) == 1
     target = tmp_path / "mine.toml"
     kept.save(str(target))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llsupervise.messages import DenialEvent
 from llsupervise.supervisor.events.fold import DenialFolder
 from llsupervise.supervisor.events.model import EventLog
 
@@ -21,9 +21,10 @@ class Clock:
         return self.now
 
 
-def denial(path: str, count: int = 1, decision: str = "deny") -> dict[str, Any]:
-    return {"event": "denial", "exe": "/bin/x", "syscall": "openat", "path": path,
-            "access": ["read_file"], "decision": decision, "count": count, "ts": 1.0}  # fmt: skip
+def denial(path: str, count: int = 1, decision: str = "deny") -> DenialEvent:
+    return {"event": "denial", "pid": 7, "tid": 7, "exe": "/bin/x", "syscall": "openat",
+            "path": path, "access": ["read_file"], "decision": decision, "count": count,
+            "ts": 1.0, "generation": 0}  # fmt: skip
 
 
 def test_identical_denials_in_a_window_are_one_record_and_a_count() -> None:
@@ -44,7 +45,7 @@ def test_what_was_folded_is_told_before_the_exit() -> None:
     folder = DenialFolder(60.0, Clock())
     folder.take(denial("/a"))
     folder.take(denial("/a"))
-    records = folder.take({"event": "exit", "status": 0})
+    records = folder.take({"event": "exit", "pid": 7, "status": 0})
     assert [r["event"] for r in records] == ["folded", "exit"]
 
 

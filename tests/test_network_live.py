@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,7 @@ class Session:
         self.static = static
         self.decide = decide
         self.denials: list[PendingNet] = []
-        self.events: list[dict[str, object]] = []
+        self.events: list[Mapping[str, object]] = []
         self.mediator: NetMediator | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.generation = 1

@@ -6,11 +6,13 @@ import os
 import stat
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from event_records import denial_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from supervised import PUBLIC, make_tree, policy_text, wait_until
@@ -158,13 +160,13 @@ def test_atomic_write_keeps_mode_and_leaves_no_temporary(tmp_path: Path) -> None
 
 
 def test_temporary_grants_are_not_persisted() -> None:
-    event = {"event": "denial", "rules": [
+    event = denial_event("/a/f", decision="allow_always", rules=[
         {"path": "/a", "access": ["read_file"], "seconds": 5.0},
         {"path": "/b", "access": ["read_file"]},
         {"quiet": "/c"},
-    ]}  # fmt: skip
+    ])  # fmt: skip
     assert kept_from_event(event) == [KeptAnswer("/b", ("read_file",)), KeptAnswer("/c")]
-    assert kept_from_event({"event": "commit", "rules": 3}) == []
+    assert kept_from_event({"event": "commit", "generation": 1, "rules": 3}) == []
 
 
 # -- with a real child ---------------------------------------------------------------------------
@@ -219,7 +221,7 @@ async def test_a_user_edit_made_while_an_answer_is_persisted_survives(
         tmp_path, mode="interactive", supervisor_rules=comment + rule(tmp_path / "other")
     )
     frontend = UserEditsWhileAsked(policy, edit, paths["data"])
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     doc = load_policy(policy, env(tmp_path))
     decisions = ModeDecisions("interactive", "deny", 30.0, frontend)
     async with Supervisor.open(doc, decisions=decisions, watch=True) as sup:
@@ -270,7 +272,7 @@ async def test_own_write_is_recognised_and_not_reloaded(
     monkeypatch.chdir(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path, mode="interactive"))
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     doc = load_policy(policy, env(tmp_path))
     decisions = ModeDecisions("interactive", "deny", 30.0, AlwaysForDataQuietForSecret())
     async with Supervisor.open(doc, decisions=decisions, watch=True) as sup:

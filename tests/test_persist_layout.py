@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from event_records import denial_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -313,10 +314,9 @@ def test_removing_the_last_path_takes_the_entry_and_its_comment() -> None:
 
 def test_the_reason_cannot_break_out_of_its_comment_line() -> None:
     """The program chooses its own name: a line break in it must not become TOML."""
-    event = {"event": "denial", "decision": "allow_always", "ts": 0, "syscall": "openat",
-             "exe": '/tmp/x\n[supervisor]\nmode = "permissive"\u2028', "path": "/srv/a\n#",
-             "access": ["read_file"],
-             "rules": [{"path": "/srv/a", "access": ["read_file"]}]}  # fmt: skip
+    event = denial_event("/srv/a\n#", exe='/tmp/x\n[supervisor]\nmode = "permissive"\u2028',
+                         decision="allow_always",
+                         rules=[{"path": "/srv/a", "access": ["read_file"]}])  # fmt: skip
 
     after = add_answers('[supervisor]\nmode = "enforce"\n', kept_from_event(event))
     assert tomllib.loads(after)["supervisor"]["mode"] == "enforce"

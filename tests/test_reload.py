@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def labels(sup: Supervisor) -> dict[str, AccessFs]:
     return {sup.table.label(obj): access for obj, access in sup.rules.permanent.fs.items()}
 
 
-def reloads(events: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+def reloads(events: list[Mapping[str, Any]], start: int = 0) -> list[Mapping[str, Any]]:
     return [e for e in events[start:] if e["event"] == "reload"]
 
 
@@ -56,7 +57,7 @@ async def test_saving_the_policy_grants_revokes_and_a_broken_save_changes_nothin
     reader = ReadLoop(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path))
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     doc = load_policy(policy, env(tmp_path))
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)
@@ -129,7 +130,7 @@ async def test_rapid_saves_end_with_the_last_files_rules(
         for i, text in enumerate(texts):
             save(policy, text, "rename" if i % 3 else "in place")
 
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     doc = load_policy(policy, env(tmp_path))
     async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)
@@ -159,7 +160,7 @@ async def test_cancelling_the_watch_ends_its_thread_without_waiting_for_a_timeou
     paths = make_tree(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path))
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(load_policy(policy, env(tmp_path)), watch=True) as sup:
         assert sup.policy_file is not None
         sup.listeners.append(events.append)
@@ -176,7 +177,7 @@ def test_static_changes_are_reported_and_the_supervisor_part_applied(tmp_path: P
     paths = make_tree(tmp_path)
     policy = tmp_path / "policy.toml"
     policy.write_text(policy_text(tmp_path))
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     with _supervisor(policy) as (sup, policy_file):
         sup.listeners.append(events.append)
         static = (

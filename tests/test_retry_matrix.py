@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ async def test_every_answer_at_every_offered_scope_makes_the_request_and_its_ret
     monkeypatch.chdir(root)
     frontend = Answering(answer)
     decisions = ModeDecisions("interactive", "deny", 600.0, frontend)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     argv = [sys.executable, "-c", OPERATIONS, op, *(str(n) for pair in pairs for n in pair)]
     async with Supervisor.open(document, decisions=decisions, watch=True) as sup:
         sup.listeners.append(events.append)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ async def test_rename_denials_name_every_right_the_kernel_checks(
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     (paths["out"] / "a").write_text("a")
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     decisions = ModeDecisions("interactive", "deny", 30.0, Always())
     doc = policy(tmp_path, mode="interactive")
     async with Supervisor.open(doc, decisions=decisions) as sup:
@@ -81,7 +82,7 @@ async def test_a_kept_rule_names_the_directory_a_creation_was_checked_on(
     """Allow once for data/a, then always for data/b: the rule is on data/, by that name."""
     paths = make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     decisions = ModeDecisions("interactive", "deny", 30.0, OnceThenAlways())
     script = "for name in ('a', 'b'): open(f'data/{name}', 'w').close()"
     async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ async def test_exec_denial_is_reported_and_always_keeps_a_rule(
     tool = paths["data"] / "true"
     shutil.copy(shutil.which("true") or "/bin/true", tool)
     frontend = AlwaysAllow()
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     doc = policy(tmp_path, mode="interactive")
     decisions = ModeDecisions("interactive", "deny", 30.0, frontend)
     async with Supervisor.open(doc, decisions=decisions) as sup:
@@ -67,7 +68,7 @@ async def test_allowed_exec_raises_no_event(
 ) -> None:
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(policy(tmp_path)) as sup:
         sup.listeners.append(events.append)
         true = shutil.which("true") or "/bin/true"

@@ -6,6 +6,7 @@ import errno
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ parent = ["{paths["data"]}", "{paths["data"]}/sub"]
         "d = os.open('data', os.O_PATH)\n"
         "os.close(os.open('sub/y', os.O_RDONLY, dir_fd=d))\n"
     )
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", script], forward_signals=False)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 from supervised import SYSTEM_DIRS, lines, wait_until
 
+from llsupervise.messages import DenialEvent
 from llsupervise.policy.loader import parse_policy
 from llsupervise.rights import AccessNet
 from llsupervise.supervisor.core import Supervisor
@@ -122,7 +123,7 @@ async def test_answers_to_a_refused_connect(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     frontend = Answering(answer)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     decisions = ModeDecisions("interactive", "deny", 30.0, frontend)
     async with Supervisor.open(net_policy(tmp_path, "interactive"), decisions=decisions) as sup:
         sup.listeners.append(events.append)
@@ -140,7 +141,9 @@ async def test_answers_to_a_refused_connect(
         assert len(frontend.asked) == 1
         assert committed == {server: AccessNet.CONNECT_TCP}
         assert denials[0]["rules"] == [{"port": server, "access": ["connect_tcp"]}]
-        assert kept_from_event(denials[0]) == [KeptAnswer("", ("connect_tcp",), server)]
+        assert kept_from_event(cast(DenialEvent, denials[0])) == [
+            KeptAnswer("", ("connect_tcp",), server)
+        ]
     elif answer == Answer.DENY_QUIET:
         assert len(frontend.asked) == 1  # the second refusal was quiet
         assert [d["decision"] for d in denials] == ["deny_quiet", "deny_quiet"]

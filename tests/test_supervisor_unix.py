@@ -8,7 +8,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,15 @@ parent = ["{directory}"]
 
 async def supervise(
     doc: Any, script: str, *args: str, decisions: ModeDecisions | None = None
-) -> tuple[int, list[dict[str, Any]], Supervisor]:
-    events: list[dict[str, Any]] = []
+) -> tuple[int, list[Mapping[str, Any]], Supervisor]:
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(doc, decisions=decisions) as sup:
         sup.listeners.append(events.append)
         status = await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
     return status, events, sup
 
 
-def denials(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def denials(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Denials of UNIX socket requests (the interpreter may be refused other things)."""
     return [e for e in events if e["event"] == "denial" and e["access"] == ["connect_unix"]]
 
@@ -258,9 +258,10 @@ async def test_sendto_a_datagram_socket(
     allowed, other = srv / "allowed", srv / "other"
     allowed.mkdir()
     other.mkdir()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as a, socket.socket(
-        socket.AF_UNIX, socket.SOCK_DGRAM
-    ) as b:
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as a,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as b,
+    ):
         a.bind(str(allowed / "d"))
         b.bind(str(other / "d"))
         a.setblocking(False)

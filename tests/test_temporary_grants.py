@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ async def test_a_grant_for_a_while_expires_and_the_kernel_denies_again(
     reader = ReadLoop(tmp_path)
     frontend = AllowForThenDeny()
     decisions = ModeDecisions("interactive", "deny", 300.0, frontend)
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     async with (
         Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup,
         trio.open_nursery() as nursery,

@@ -3,9 +3,12 @@ key must do nothing. The live counterparts are in test_tui_pilot.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from textual.widgets import Button, Static, TabbedContent
 
+from llsupervise.messages import ServerMessage
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.tui import demo
 from llsupervise.tui.app import SupervisorApp, build_app
@@ -23,14 +26,14 @@ def anyio_backend() -> str:
 
 
 def app_over(
-    messages: list[dict[str, object]] | None = None,
+    messages: Sequence[ServerMessage] | None = None,
 ) -> tuple[SupervisorApp, ReplaySession]:
     session = ReplaySession(demo.messages() if messages is None else messages)
     return build_app(session, clock=lambda: demo.CLOCK, wall=lambda: demo.WALL), session
 
 
 def answers(session: ReplaySession) -> list[str]:
-    return [str(m["answer"]) for m in session.sent if m.get("type") == "answer"]
+    return [m["answer"] for m in session.sent if m["type"] == "answer"]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -120,7 +123,7 @@ async def test_digits_in_the_filter_are_text_not_tabs() -> None:
         assert app.query_one(TabbedContent).active == "feed"
 
 
-def _under_default_policy() -> list[dict[str, object]]:
+def _under_default_policy() -> list[ServerMessage]:
     messages = [m for m in demo.messages() if m["type"] != "question"]
     state = demo.state()
     state["policy"] = DEFAULT_SOURCE

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
 
+from event_records import denial_event
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llsupervise.messages import (
+    QuestionMessage,
+    RuleUseEvent,
+    State,
+    UnboundRule,
+)
 from llsupervise.supervisor.events.model import Answer, Denial
 from llsupervise.supervisor.frontends.hub import denial_json
 from llsupervise.tui.feed import Feed
@@ -55,17 +61,6 @@ def test_terminal_text_output_is_always_safe(chunks: list[bytes]) -> None:
 # -- the feed -----------------------------------------------------------------------------------
 
 
-def denial_event(
-    path: str, *, exe: str = "/usr/bin/cat", access: tuple[str, ...] = ("read_file",),
-    ts: float = 0.0, count: int = 1, decision: str = "deny", **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "event": "denial", "ts": ts, "pid": 7, "tid": 7, "exe": exe, "syscall": "openat",
-        "path": path, "access": list(access), "decision": decision, "generation": 1,
-        "count": count, **extra,
-    }  # fmt: skip
-
-
 def test_feed_coalesces_by_program_access_object_newest_first() -> None:
     feed = Feed()
     feed.add(denial_event("/a", ts=1))
@@ -87,7 +82,7 @@ def test_feed_coalesces_by_program_access_object_newest_first() -> None:
 
 def test_feed_says_when_a_kept_rule_could_not_be_saved() -> None:
     feed = Feed()
-    unbound = [{"path": "/w/sub", "access": ["read_file"], "reason": "moved"}]
+    unbound: list[UnboundRule] = [{"path": "/w/sub", "access": ["read_file"], "reason": "moved"}]
     entry = feed.add(denial_event("/w/sub/f", decision="allow_always", unbound=unbound))
     assert entry.decision == "allow_always, path moved: not saved"
 
@@ -198,11 +193,11 @@ def test_durations() -> None:
 # -- the session model ----------------------------------------------------------------------------
 
 
-def _state(**overrides: Any) -> dict[str, Any]:
-    state: dict[str, Any] = {
+def _state() -> State:
+    return {
         "policy": "p.toml", "argv": ["sh"], "pid": 9, "running": True, "exit_status": None,
         "mode": "interactive", "policy_mode": "interactive", "default": "deny",
-        "prompt_timeout": 30.0, "generation": 2,
+        "prompt_timeout": 30.0, "generation": 2, "handled_fs": ["read_file", "read_dir"],
         "static": {"fs": [{"path": "/usr", "access": ["read_file"]}], "net": []},
         "committed": {"fs": [{"path": "/w", "access": ["read_file"]}], "net": []},
         "pending": {"fs": [{"path": "/w", "access": ["read_file"]},
@@ -211,7 +206,6 @@ def _state(**overrides: Any) -> dict[str, Any]:
                                     "missing": ["filesystem access: ioctl_dev"]},
         "reload": None,
     }  # fmt: skip
-    return state | overrides
 
 
 def test_model_follows_state_events_questions() -> None:
@@ -242,7 +236,7 @@ def test_model_follows_state_events_questions() -> None:
                         rules=[{"path": "/w", "access": ["read_file"]}])  # fmt: skip
     assert model.apply({"type": "event", "event": kept}) == {FEED, RULES}
     assert model.rules.uses["/w"].answers == 1 and model.rules.uses["/w"].last == 50.0
-    used = {"event": "rule_use", "uses": [{"path": "/w", "count": 7, "last": 60.0}]}
+    used: RuleUseEvent = {"event": "rule_use", "uses": [{"path": "/w", "count": 7, "last": 60.0}]}
     assert model.apply({"type": "event", "event": used}) == {RULES}
     assert model.rules.uses["/w"].used == 7 and model.rules.uses["/w"].last == 60.0
     assert model.rules.uses["/w"].answers == 1
@@ -266,7 +260,7 @@ def test_a_port_denial_is_answered_on_the_port_alone() -> None:
     assert q.answer(Answer.ALLOW_FOR)["duration"] == q.duration
 
 
-def _exec_question(qid: int, path: str) -> dict[str, Any]:
+def _exec_question(qid: int, path: str) -> QuestionMessage:
     denial = Denial(pid=7, tid=7, exe="?", cmdline="", syscall="execve", path=path,
                     access=("execute",), generation=1, next_run_only=True, ts=5.0)  # fmt: skip
     return {"type": "question", "id": qid, "timeout_in": 30.0, "denial": denial_json(denial)}
@@ -275,8 +269,8 @@ def _exec_question(qid: int, path: str) -> dict[str, Any]:
 def test_an_unanswered_exec_of_a_command_that_ended_with_126_is_a_feed_row() -> None:
     model = SessionModel(lambda: 0.0)
     model.apply(_exec_question(1, "/opt/tool"))
-    model.apply({"type": "resolved", "id": 1})  # the run ended: nobody answered
-    changed = model.apply({"type": "event", "event": {"event": "exit", "status": 126}})
+    model.apply({"type": "resolved", "id": 1, "answer": None})  # the run ended: nobody answered
+    changed = model.apply({"type": "event", "event": {"event": "exit", "pid": 7, "status": 126}})
     assert FEED in changed
     [entry] = model.feed.entries()
     assert (entry.path, entry.access, entry.decision) == ("/opt/tool", ("execute",), "deny")
@@ -286,13 +280,13 @@ def test_an_unanswered_exec_of_a_command_that_ended_with_126_is_a_feed_row() -> 
 def test_an_answered_exec_is_not_added_twice_and_other_statuses_add_nothing() -> None:
     model = SessionModel(lambda: 0.0)
     model.apply(_exec_question(1, "/opt/tool"))
-    model.apply({"type": "event", "event": {
-        "event": "denial", "pid": 7, "exe": "?", "syscall": "execve", "path": "/opt/tool",
-        "access": ["execute"], "decision": "allow_always", "next_run_only": True, "ts": 6.0,
-    }})  # fmt: skip
-    model.apply({"type": "event", "event": {"event": "exit", "status": 126}})
+    answered = denial_event("/opt/tool", exe="?", syscall="execve", access=("execute",),
+                            decision="allow_always", ts=6.0)  # fmt: skip
+    answered["next_run_only"] = True
+    model.apply({"type": "event", "event": answered})
+    model.apply({"type": "event", "event": {"event": "exit", "pid": 7, "status": 126}})
     assert [e.decision for e in model.feed.entries()] == ["allow_always"]
     other = SessionModel(lambda: 0.0)
     other.apply(_exec_question(1, "/opt/tool"))
-    other.apply({"type": "event", "event": {"event": "exit", "status": 1}})
+    other.apply({"type": "event", "event": {"event": "exit", "pid": 7, "status": 1}})
     assert len(other.feed) == 0 and other.refused_exec is None

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from llsupervise.messages import QuestionMessage
 from llsupervise.tui import demo
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import ReplaySession
@@ -55,14 +56,14 @@ def test_feed_with_a_question(snap_compare: Compare, size: tuple[int, int]) -> N
 @SIZES
 def test_exec_question_and_a_broader_scope(snap_compare: Compare, size: tuple[int, int]) -> None:
     messages = demo.messages()
-    exec_question = {
+    exec_question: QuestionMessage = {
         "type": "question", "id": 9, "timeout_in": 12.0,
         "denial": {
             "pid": 4260, "tid": 4260, "exe": "/usr/bin/cc", "cmdline": "cc -o hello hello.c",
             "syscall": "execve", "path": "/opt/toolchain/bin/ld", "access": ["execute"],
             "scopes": ["/opt/toolchain/bin/ld", "/opt/toolchain/bin", "/opt/toolchain", "/opt",
                        "/"],
-            "scope_kind": "file",
+            "scope_kind": "file", "protected": "",
             "generation": 3, "next_run_only": True, "ts": demo.T0 + 9, "count": 1,
         },
     }  # fmt: skip

@@ -4,10 +4,9 @@ into a new policy file the user names (the built-in policy itself is never writt
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE, default_text
 from llsupervise.supervisor.policyfile.persist import KeptAnswer, add_answers, kept_from_event
 
@@ -33,7 +32,7 @@ class KeptAnswers:
     def __len__(self) -> int:
         return len(self.kept)
 
-    def on_event(self, event: Mapping[str, Any]) -> None:
+    def on_event(self, event: Event) -> None:
         self.kept.extend(kept_from_event(event))
 
     def text(self) -> str:

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from llsupervise.display import escape
+from llsupervise.messages import Event, StartEvent
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
@@ -38,7 +39,7 @@ from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.loop import NotificationLoop
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
-from llsupervise.supervisor.events.model import Event, EventLog
+from llsupervise.supervisor.events.model import EventLog
 from llsupervise.supervisor.launch import signals
 from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.launch.lifeline import Lifeline
@@ -255,7 +256,7 @@ class Supervisor:
         self.created.listener = launched.listener
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
-        start: Event = {"event": "start", "pid": launched.pid, "argv": list(argv)}
+        start: StartEvent = {"event": "start", "pid": launched.pid, "argv": list(argv)}
         symlinked = symlinked_paths(self.policy)
         if symlinked:
             # Rules whose paths pass through symlinks, with where they lead: as check shows.

@@ -32,6 +32,7 @@ from textual.widgets import (
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
+from llsupervise.messages import Event, ReloadEvent, ServerMessage
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policies.answers import KeptAnswers, check_new_file
 from llsupervise.policy.document import PolicyDocument
@@ -50,7 +51,7 @@ REDRAW_INTERVAL = 0.2
 class Incoming(Message):
     """A protocol message from the session."""
 
-    def __init__(self, message: dict[str, Any]) -> None:
+    def __init__(self, message: ServerMessage) -> None:
         super().__init__()
         self.message = message
 
@@ -126,7 +127,7 @@ class SupervisorApp(App[int]):
 
     # -- the session's side (called in this thread: trio is a guest here) -------------------
 
-    def receive(self, message: dict[str, Any]) -> None:
+    def receive(self, message: ServerMessage) -> None:
         self.post_message(Incoming(message))
 
     def terminal_output(self, data: bytes) -> None:
@@ -190,22 +191,8 @@ class SupervisorApp(App[int]):
 
     def on_incoming(self, event: Incoming) -> None:
         message = event.message
-        if message.get("type") == "event" and self.model.status.policy == DEFAULT_SOURCE:
-            before = len(self.kept)
-            self.kept.on_event(message.get("event") or {})
-            if len(self.kept) > before and self.save_path is None:
-                self._notify(
-                    "Kept for this run only: the built-in policy is never written. "
-                    "Press w to save this run's answers into a new policy file.",
-                    title="answer kept", timeout=8,
-                )  # fmt: skip
-        if message.get("type") == "event" and (message.get("event") or {}).get("event") == "reload":
-            self._notify_reload(message["event"])
-        if message.get("type") == "event" and (message.get("event") or {}).get("event") == "start":
-            notes = symlink_notes(message["event"])
-            if notes:
-                self._notify(escape("\n".join(notes)), title="rules through symlinks",
-                             severity="warning", timeout=15)  # fmt: skip
+        if message["type"] == "event":
+            self._note_event(message["event"])
         refused = self.model.refused_exec
         changed = self.model.apply(message)
         if self.model.refused_exec is not refused and self.model.refused_exec is not None:
@@ -240,18 +227,38 @@ class SupervisorApp(App[int]):
         if self._quit_requests:
             self.exit(self.exit_status)
 
+    def _note_event(self, event: Event) -> None:
+        """What an event tells the person beyond the tables: kept answers, reloads, rules
+        through symlinks."""
+        if self.model.status.policy == DEFAULT_SOURCE:
+            before = len(self.kept)
+            self.kept.on_event(event)
+            if len(self.kept) > before and self.save_path is None:
+                self._notify(
+                    "Kept for this run only: the built-in policy is never written. "
+                    "Press w to save this run's answers into a new policy file.",
+                    title="answer kept", timeout=8,
+                )  # fmt: skip
+        if event["event"] == "reload":
+            self._notify_reload(event)
+        if event["event"] == "start":
+            notes = symlink_notes(event)
+            if notes:
+                self._notify(escape("\n".join(notes)), title="rules through symlinks",
+                             severity="warning", timeout=15)  # fmt: skip
+
     def _notify(self, message: str, **kwargs: Any) -> None:
         """A notification; never markup: it may quote paths and policy errors."""
         self.notify(message, markup=False, **kwargs)
 
-    def _notify_reload(self, reload: dict[str, Any]) -> None:
-        if reload.get("ok"):
-            note = f"{self.model.status.policy}: generation {reload.get('generation')} in force"
-            if reload.get("message"):
+    def _notify_reload(self, reload: ReloadEvent) -> None:
+        if reload["ok"]:
+            note = f"{self.model.status.policy}: generation {reload['generation']} in force"
+            if "message" in reload:
                 note += f"; {reload['message']}"
             self._notify(escape(note), title="policy reloaded")
         else:
-            error = escape(str(reload.get("error", "")))
+            error = escape(reload.get("error", ""))
             self._notify(f"{error}\nThe rules in force are unchanged.",
                          title="policy reload REJECTED", severity="error", timeout=15)  # fmt: skip
 

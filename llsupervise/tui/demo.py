@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any
 
+from llsupervise.messages import (
+    DenialEvent,
+    EventMessage,
+    KeptRule,
+    RulesInfo,
+    ServerMessage,
+    State,
+)
 from llsupervise.tui.session import ReplaySession
 
 #: A fixed moment (2025-01-02 03:04:05 UTC) the demo's events are dated from.
@@ -19,14 +26,14 @@ _READ_EXEC = ["execute", "read_file", "read_dir"]
 
 def _rules(
     fs: list[tuple[str, list[str]]], net: list[tuple[int, list[str]]] | None = None
-) -> dict[str, Any]:
+) -> RulesInfo:
     return {
         "fs": [{"path": p, "access": a} for p, a in fs],
         "net": [{"port": port, "access": a} for port, a in net or ()],
     }
 
 
-def state(*, generation: int = 3, exit_status: int | None = None) -> dict[str, Any]:
+def state(*, generation: int = 3, exit_status: int | None = None) -> State:
     supervisor = _rules(
         [
             ("/home/ada/project", ["write_file", "read_file", "read_dir", "make_reg"]),
@@ -83,19 +90,21 @@ def _up(path: str) -> list[str]:
 
 def _denial(
     i: int, exe: str, path: str, access: list[str], decision: str, *, count: int = 1,
-    syscall: str = "openat", **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "type": "event",
-        "event": {
-            "event": "denial", "ts": T0 + i, "pid": 4243, "tid": 4243, "exe": exe,
-            "syscall": syscall, "path": path, "access": access, "decision": decision,
-            "generation": 3, "count": count, **extra,
-        },
+    syscall: str = "openat", rules: list[KeptRule] | None = None, next_run_only: bool = False,
+) -> EventMessage:  # fmt: skip
+    event: DenialEvent = {
+        "event": "denial", "ts": T0 + i, "pid": 4243, "tid": 4243, "exe": exe,
+        "syscall": syscall, "path": path, "access": access, "decision": decision,
+        "generation": 3, "count": count,
     }  # fmt: skip
+    if rules is not None:
+        event["rules"] = rules
+    if next_run_only:
+        event["next_run_only"] = True
+    return {"type": "event", "event": event}
 
 
-def messages() -> list[dict[str, Any]]:
+def messages() -> list[ServerMessage]:
     """A session some minutes in: denials answered in several ways, one question open."""
     return [
         {"type": "hello", "version": 1, "state": state()},
@@ -169,6 +178,7 @@ def messages() -> list[dict[str, Any]]:
                 "access": ["read_file"],
                 "scopes": _up("/home/ada/.local/share/virtualenvs/ci/pyvenv.cfg"),
                 "scope_kind": "file",
+                "protected": "",
                 "generation": 3,
                 "next_run_only": False,
                 "ts": T0 + 7,
@@ -189,6 +199,7 @@ def messages() -> list[dict[str, Any]]:
                 "access": ["make_dir"],
                 "scopes": _up("/usr/local"),
                 "scope_kind": "changed_directory",
+                "protected": "",
                 "generation": 3,
                 "next_run_only": False,
                 "ts": T0 + 8,

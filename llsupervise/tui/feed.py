@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from llsupervise.messages import DenialEvent
 
 FeedKey = tuple[str, tuple[str, ...], str]
 
@@ -60,25 +61,23 @@ class Feed:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, event: Mapping[str, Any]) -> FeedEntry:
+    def add(self, event: DenialEvent) -> FeedEntry:
         """Fold one ``denial`` event in; return its entry."""
-        access = tuple(str(a) for a in event.get("access", ()))
-        key: FeedKey = (str(event.get("exe", "")), access, str(event.get("path", "")))
-        count = int(event.get("count", 1))
-        ts = float(event.get("ts", 0.0))
+        access = tuple(event["access"])
+        key: FeedKey = (event["exe"], access, event["path"])
+        count, ts = event["count"], event["ts"]
         self.total += count
         entry = self._entries.pop(key, None)
         if entry is None:
             entry = FeedEntry(
-                exe=key[0], access=access, path=key[2], syscall=str(event.get("syscall", "")),
-                pid=int(event.get("pid", 0)), count=0, first_seen=ts, last_seen=ts,
-                decision="",
+                exe=key[0], access=access, path=key[2], syscall=event["syscall"],
+                pid=event["pid"], count=0, first_seen=ts, last_seen=ts, decision="",
             )  # fmt: skip
         entry.count += count
         entry.last_seen = max(entry.last_seen, ts)
-        entry.pid = int(event.get("pid", entry.pid))
-        entry.syscall = str(event.get("syscall", entry.syscall))
-        entry.decision = str(event.get("decision", ""))
+        entry.pid = event["pid"]
+        entry.syscall = event["syscall"]
+        entry.decision = event["decision"]
         if event.get("unbound"):
             # In force for this run, but its path now leads elsewhere: not in the policy file.
             entry.decision += ", path moved: not saved"
@@ -87,7 +86,7 @@ class Feed:
         else:
             entry.history.append([entry.decision, count])
             del entry.history[:-HISTORY]
-        entry.next_run_only = bool(event.get("next_run_only", False))
+        entry.next_run_only = event.get("next_run_only", False)
         self._entries[key] = entry  # most recently seen last
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)

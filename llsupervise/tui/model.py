@@ -6,10 +6,18 @@ attached to one over a socket (see :mod:`llsupervise.supervisor.frontends.hub` f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from llsupervise.messages import (
+    DenialEvent,
+    Event,
+    ReloadEvent,
+    RulesInfo,
+    RuleUseEvent,
+    ServerMessage,
+    State,
+)
 from llsupervise.supervisor.events.model import Answer, Denial
 from llsupervise.supervisor.frontends.hub import denial_from_json
 from llsupervise.tui.feed import Feed
@@ -47,16 +55,12 @@ class RuleUse:
     last: float | None = None
 
 
-def _fs_rules(part: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(part, Mapping):
-        return {}
-    return {str(r["path"]): tuple(r["access"]) for r in part.get("fs", ())}
+def _fs_rules(part: RulesInfo) -> dict[str, tuple[str, ...]]:
+    return {r["path"]: tuple(r.get("access", ())) for r in part["fs"] if "path" in r}
 
 
-def _net_rules(part: Any) -> dict[int, tuple[str, ...]]:
-    if not isinstance(part, Mapping):
-        return {}
-    return {int(r["port"]): tuple(r["access"]) for r in part.get("net", ())}
+def _net_rules(part: RulesInfo) -> dict[int, tuple[str, ...]]:
+    return {r["port"]: tuple(r.get("access", ())) for r in part["net"] if "port" in r}
 
 
 @dataclass
@@ -69,42 +73,42 @@ class Rules:
     quiet: list[str] = field(default_factory=list)
     generation: int = 0
     #: The last ``reload`` event, if any.
-    reload: Mapping[str, Any] | None = None
+    reload: ReloadEvent | None = None
     uses: dict[str, RuleUse] = field(default_factory=dict)
     #: Temporary grants: path -> when it expires (epoch seconds).
     temporary: dict[str, float] = field(default_factory=dict)
 
-    def apply_state(self, state: Mapping[str, Any]) -> None:
-        self.static = _fs_rules(state.get("static"))
-        self.static_net = _net_rules(state.get("static"))
-        self.committed = _fs_rules(state.get("committed"))
-        self.pending = _fs_rules(state.get("pending"))
-        self.committed_net = _net_rules(state.get("committed"))
-        self.quiet = [str(q) for q in state.get("quiet", ())]
-        self.generation = int(state.get("generation", 0))
-        if state.get("reload") is not None:
+    def apply_state(self, state: State) -> None:
+        self.static = _fs_rules(state["static"])
+        self.static_net = _net_rules(state["static"])
+        self.committed = _fs_rules(state["committed"])
+        self.pending = _fs_rules(state["pending"])
+        self.committed_net = _net_rules(state["committed"])
+        self.quiet = list(state["quiet"])
+        self.generation = state["generation"]
+        if state["reload"] is not None:
             self.reload = state["reload"]
 
-    def note_answer(self, event: Mapping[str, Any]) -> None:
+    def note_answer(self, event: DenialEvent) -> None:
         """A denial whose answer kept rules: count it against each of them."""
         for rule in event.get("rules", ()):
             path = rule.get("path") or rule.get("quiet")
             if path is None:
                 continue
-            use = self.uses.setdefault(str(path), RuleUse())
+            use = self.uses.setdefault(path, RuleUse())
             use.answers += 1
-            use.last = float(event.get("ts", 0.0))
+            use.last = event["ts"]
             if "seconds" in rule:
-                self.temporary[str(path)] = float(event.get("ts", 0.0)) + float(rule["seconds"])
+                self.temporary[path] = event["ts"] + rule["seconds"]
             else:
-                self.temporary.pop(str(path), None)
+                self.temporary.pop(path, None)
 
-    def note_uses(self, event: Mapping[str, Any]) -> None:
+    def note_uses(self, event: RuleUseEvent) -> None:
         """A ``rule_use`` event: running totals of requests performed beneath rules."""
-        for entry in event.get("uses", ()):
-            use = self.uses.setdefault(str(entry["path"]), RuleUse())
-            use.used = int(entry["count"])
-            use.last = max(use.last or 0.0, float(entry["last"]))
+        for entry in event["uses"]:
+            use = self.uses.setdefault(entry["path"], RuleUse())
+            use.used = entry["count"]
+            use.last = max(use.last or 0.0, entry["last"])
 
     def supervisor_rows(self) -> list[RuleRow]:
         paths = sorted(set(self.committed) | set(self.pending))
@@ -132,20 +136,21 @@ class Status:
     #: Set when the supervisor went away (attach) or failed.
     gone: str | None = None
 
-    def apply_state(self, state: Mapping[str, Any]) -> None:
-        self.argv = [str(a) for a in state.get("argv", ())]
-        self.pid = state.get("pid")
-        self.running = bool(state.get("running"))
-        self.exit_status = state.get("exit_status")
-        self.mode = str(state.get("mode", ""))
-        self.policy_mode = str(state.get("policy_mode", self.mode))
-        self.default = str(state.get("default", "deny"))
-        self.prompt_timeout = float(state.get("prompt_timeout", 30.0))
-        self.policy = str(state.get("policy", ""))
-        kernel = state.get("kernel") or {}
-        self.kernel_abi = int(kernel.get("abi", 0))
-        self.kernel_lines = [str(line) for line in kernel.get("lines", ())]
-        self.kernel_missing = [str(line) for line in kernel.get("missing", ())]
+    def apply_state(self, state: State) -> None:
+        self.argv = list(state["argv"])
+        self.pid = state["pid"]
+        self.running = state["running"]
+        self.exit_status = state["exit_status"]
+        self.mode = state["mode"]
+        self.policy_mode = state["policy_mode"]
+        self.default = state["default"]
+        self.prompt_timeout = state["prompt_timeout"]
+        self.policy = state["policy"]
+        kernel = state["kernel"]
+        if kernel is not None:
+            self.kernel_abi = kernel["abi"]
+            self.kernel_lines = list(kernel["lines"])
+            self.kernel_missing = list(kernel.get("missing", ()))
 
     @property
     def state(self) -> str:
@@ -175,75 +180,72 @@ class SessionModel:
         #: The command itself could not be executed for want of these rights on this path.
         self.refused_exec: Denial | None = None
 
-    def apply(self, message: Mapping[str, Any]) -> set[str]:
+    def apply(self, message: ServerMessage) -> set[str]:
         """Apply one message; return the parts of the screen it changed."""
-        kind = message.get("type")
-        if kind in ("hello", "state"):
-            state = message.get("state") or {}
-            self.rules.apply_state(state)
-            self.status.apply_state(state)
+        if message["type"] == "hello" or message["type"] == "state":
+            self.rules.apply_state(message["state"])
+            self.status.apply_state(message["state"])
             return {RULES, STATUS}
-        if kind == "event":
-            return self._event(message.get("event") or {})
-        if kind == "question":
-            denial = denial_from_json(message.get("denial") or {})
+        if message["type"] == "event":
+            return self._event(message["event"])
+        if message["type"] == "question":
+            denial = denial_from_json(message["denial"])
             if denial.next_run_only:
-                self._execs[int(message["id"])] = denial
-            timeout_in = float(message.get("timeout_in", self.status.prompt_timeout))
-            self.prompts.add(int(message["id"]), denial, timeout_in, self.clock())
+                self._execs[message["id"]] = denial
+            self.prompts.add(message["id"], denial, message["timeout_in"], self.clock())
             return {PROMPT}
-        if kind == "resolved":
-            self.prompts.resolve(int(message["id"]))
+        if message["type"] == "resolved":
+            self.prompts.resolve(message["id"])
             return {PROMPT}
-        if kind == "error":
-            text = str(message.get("message", ""))
-            if "id" in message and self.prompts.get(message["id"]) is not None:
-                self.prompts.error = text
-            self.notices.append(text)
+        if message["type"] == "error":
+            qid = message.get("id")
+            if isinstance(qid, int) and self.prompts.get(qid) is not None:
+                self.prompts.error = message["message"]
+            self.notices.append(message["message"])
             return {PROMPT, STATUS}
-        if kind == "closed":
-            self.status.gone = str(message.get("reason", "the supervisor went away"))
-            self.status.running = False
-            self.prompts.clear()
-            return {PROMPT, STATUS}
-        return set()
+        # closed
+        self.status.gone = message["reason"]
+        self.status.running = False
+        self.prompts.clear()
+        return {PROMPT, STATUS}
 
     def _exec_refused(self) -> set[str]:
         """The run ended with 126 while its exec denials were still open: the command itself
         could not be executed. Each becomes a feed row, as a denial with no answer."""
         for denial in self._execs.values():
-            self.feed.add(denial.event(Answer.DENY) | {"next_run_only": True})
+            event = denial.event(Answer.DENY)
+            event["next_run_only"] = True
+            self.feed.add(event)
             self.refused_exec = denial
         self._execs.clear()
         return {FEED}
 
-    def _event(self, event: Mapping[str, Any]) -> set[str]:
-        kind = event.get("event")
-        if kind == "denial":
+    def _event(self, event: Event) -> set[str]:
+        if event["event"] == "denial":
             if event.get("next_run_only"):
                 self._execs = {
                     k: d for k, d in self._execs.items()
-                    if (d.path, d.pid) != (event.get("path"), event.get("pid"))
+                    if (d.path, d.pid) != (event["path"], event["pid"])
                 }  # fmt: skip
             self.feed.add(event)
             if event.get("rules"):
                 self.rules.note_answer(event)
                 return {FEED, RULES}
             return {FEED}
-        if kind == "reload":
+        if event["event"] == "reload":
             self.rules.reload = event
             return {RULES, STATUS}
-        if kind == "rule_use":
+        if event["event"] == "rule_use":
             self.rules.note_uses(event)
             return {RULES}
-        if kind in ("start", "exit"):
-            if kind == "start":
-                self.status.pid = event.get("pid")
-                self.status.running = True
-            else:
-                self.status.exit_status = event.get("status")
-                self.status.running = False
-                if event.get("status") == 126 and self._execs:
-                    return {STATUS, *self._exec_refused()}
+        if event["event"] == "start":
+            self.status.pid = event["pid"]
+            self.status.running = True
+            return {STATUS}
+        if event["event"] == "exit":
+            self.status.exit_status = event["status"]
+            self.status.running = False
+            if event["status"] == 126 and self._execs:
+                return {STATUS, *self._exec_refused()}
             return {STATUS}
         return set()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from llsupervise.messages import AnswerMessage
 from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
 from llsupervise.supervisor.events.model import Answer, Denial
 
@@ -123,9 +123,9 @@ class Question:
     def missing_rights(self) -> list[str]:
         return [a for a in self.denial.access if a not in self.rights]
 
-    def answer(self, answer: Answer) -> dict[str, Any]:
+    def answer(self, answer: Answer) -> AnswerMessage:
         """The protocol message for ``answer`` with the scope, rights and duration chosen."""
-        message: dict[str, Any] = {"type": "answer", "id": self.id, "answer": str(answer)}
+        message: AnswerMessage = {"type": "answer", "id": self.id, "answer": str(answer)}
         if is_network(self.denial):
             # A port rule has no scope to choose and exactly the rights that were asked.
             if answer == Answer.ALLOW_FOR:

@@ -15,11 +15,19 @@ from typing import Any, Protocol
 import outcome
 import trio
 
+from llsupervise.messages import ClientMessage, ServerMessage
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
-from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode
+from llsupervise.supervisor.frontends.hub import (
+    Hub,
+    LineReader,
+    connect,
+    decode,
+    encode,
+    server_message,
+)
 from llsupervise.tui.guest import GuestRun
 from llsupervise.tui.terminal import Pty
 
@@ -27,7 +35,7 @@ from llsupervise.tui.terminal import Pty
 class Receiver(Protocol):
     """The app, as sessions see it. Called in the app's thread (trio runs there as a guest)."""
 
-    def receive(self, message: dict[str, Any]) -> None: ...
+    def receive(self, message: ServerMessage) -> None: ...
 
     def terminal_output(self, data: bytes) -> None: ...
 
@@ -45,7 +53,7 @@ class Session:
     def start(self, receiver: Receiver) -> None:
         raise NotImplementedError
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ClientMessage) -> None:
         raise NotImplementedError
 
     def terminate(self, force: bool) -> None:
@@ -76,7 +84,7 @@ class _GuestSession(Session):
     async def stop(self) -> None:
         await self.guest.stop()
 
-    def _deliver(self, message: dict[str, Any]) -> None:
+    def _deliver(self, message: ServerMessage) -> None:
         if self.receiver is not None:
             self.receiver.receive(message)
 
@@ -109,15 +117,15 @@ class LocalSession(_GuestSession):
         self._size = (24, 80)
         self._client = _HubClient(self)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ClientMessage) -> None:
         self.guest.call(self._receive, message)
 
-    def _receive(self, message: dict[str, Any]) -> None:
+    def _receive(self, message: ClientMessage) -> None:
         if self.hub is not None:
             self.hub.receive(self._client, message)
 
     # The hub's view of this session: one client.
-    def _client_send(self, message: dict[str, Any]) -> None:
+    def _client_send(self, message: ServerMessage) -> None:
         self._deliver(message)
 
     def resize(self, rows: int, cols: int) -> None:
@@ -187,7 +195,7 @@ class _HubClient:
     def __init__(self, session: LocalSession) -> None:
         self._session = session
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ServerMessage) -> None:
         self._session._client_send(message)
 
 
@@ -202,10 +210,10 @@ class RemoteSession(_GuestSession):
         self.origin = f"attached to {path}"
         self._outgoing: trio.MemorySendChannel[bytes] | None = None
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ClientMessage) -> None:
         self.guest.call(self._queue, message)
 
-    def _queue(self, message: dict[str, Any]) -> None:
+    def _queue(self, message: ClientMessage) -> None:
         if self._outgoing is not None:
             try:
                 self._outgoing.send_nowait(encode(message))
@@ -228,7 +236,7 @@ class RemoteSession(_GuestSession):
             try:
                 while (line := await lines.next()) is not None:
                     if line.strip():
-                        self._deliver(decode(line))
+                        self._deliver(server_message(decode(line)))
             except trio.BrokenResourceError:
                 reason = "the connection to the supervisor broke"
             nursery.cancel_scope.cancel()
@@ -239,14 +247,14 @@ class ReplaySession(Session):
     """Fixed messages, for screenshots and snapshot tests; what the user sends is kept."""
 
     def __init__(
-        self, messages: Iterable[dict[str, Any]], *, output: bytes = b"", local: bool = True,
+        self, messages: Iterable[ServerMessage], *, output: bytes = b"", local: bool = True,
         origin: str = "",
     ) -> None:  # fmt: skip
         self.messages = list(messages)
         self.output = output
         self.local = local
         self.origin = origin or ("this terminal" if local else "attached")
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[ClientMessage] = []
 
     def start(self, receiver: Receiver) -> None:
         for message in self.messages:
@@ -254,5 +262,5 @@ class ReplaySession(Session):
         if self.output:
             receiver.terminal_output(self.output)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ClientMessage) -> None:
         self.sent.append(message)

@@ -4,8 +4,8 @@ built from :func:`~llsupervise.display.escape`, never as markup."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -24,6 +24,7 @@ from textual.widgets import (
 from textual.widgets.selection_list import Selection
 
 from llsupervise.display import escape
+from llsupervise.messages import ReloadEvent
 from llsupervise.tui.feed import Feed
 from llsupervise.tui.model import Rules, Status
 from llsupervise.tui.prompts import DURATIONS, Question, format_duration
@@ -132,7 +133,7 @@ class StatusBar(Static):
         status: Status,
         generation: int,
         attached_to: str | None = None,
-        reload: Mapping[str, Any] | None = None,
+        reload: ReloadEvent | None = None,
     ) -> None:
         # Separating spaces end the piece before them, never start one: an SVG export draws
         # each styled piece on its own and some viewers drop a piece's leading spaces.
@@ -172,17 +173,17 @@ class StatusBar(Static):
         self.update(line)
 
 
-def reload_text(reload: Mapping[str, Any]) -> Text:
+def reload_text(reload: ReloadEvent) -> Text:
     """A reload's outcome in a few words, with the file and line of a rejected one."""
     text = Text()
-    if reload.get("ok"):
-        text.append(f"reloaded: generation {reload.get('generation')}", style="green")
-        if reload.get("message"):
+    if reload["ok"]:
+        text.append(f"reloaded: generation {reload['generation']}", style="green")
+        if "message" in reload:
             text.append(" · ")
-            text.append_text(safe(str(reload["message"]), "yellow"))
+            text.append_text(safe(reload["message"], "yellow"))
     else:
         text.append("reload REJECTED, rules unchanged: ", style="bold red")
-        text.append_text(safe(str(reload.get("error", ""))))
+        text.append_text(safe(reload.get("error", "")))
     return text
 
 

@@ -23,10 +23,10 @@ import trio
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import AT_FDCWD, openat2
+from llsupervise.messages import CreatedPathEvent, Event
 from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
 from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
-from llsupervise.supervisor.events.model import Event
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.rules.created import (
     CreatedIndex,
@@ -159,7 +159,8 @@ class CreatedBinder:
             self._reply(creation)
 
     def _bind(self, c: Creation, rule: PendingCreation) -> None:
-        event: Event = {"event": "created_path", "path": escape(rule.path)}
+        event: CreatedPathEvent = {"event": "created_path", "path": escape(rule.path),
+                                   "bound": False}  # fmt: skip
         reason = None
         if c.created_fd is None:
             reason = "the name no longer leads to the object created"

@@ -13,20 +13,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from llsupervise.messages import DenialEvent, Event, FoldedEvent
 
 #: Seconds during which identical denials are counted rather than written.
 WINDOW = 1.0
 #: Kinds of denial followed at once; beyond, the oldest window is closed early.
 MAX_KINDS = 4096
-#: The fields that make two denial records the same kind.
-KIND_FIELDS = ("exe", "syscall", "path", "access", "decision")
+#: What makes two denial records the same kind: exe, syscall, path, access, decision.
+_Kind = tuple[str, str, str, tuple[str, ...], str]
 
 
 @dataclass
 class _Window:
     opened: float
-    first: dict[str, Any]
+    first: DenialEvent
     folded: int = 0
     count: int = 0
     last_ts: float = 0.0
@@ -45,23 +46,24 @@ class DenialFolder:
         self._clock = clock
         self._max_kinds = max_kinds
         #: Open windows, oldest first.
-        self._open: OrderedDict[tuple[Any, ...], _Window] = OrderedDict()
+        self._open: OrderedDict[_Kind, _Window] = OrderedDict()
 
-    def take(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+    def take(self, event: Event) -> list[Event]:
         """The records to write for ``event``: closed windows' summaries, then ``event``
         unless it is folded into an open window."""
         now = self._clock()
         out = self._close_expired(now)
-        if event.get("event") == "exit":
+        if event["event"] == "exit":
             out += self.flush()  # what the run folded is told before its end
-        if event.get("event") != "denial":
+        if event["event"] != "denial":
             return [*out, event]
-        kind = tuple(_hashable(event.get(f)) for f in KIND_FIELDS)
+        kind = (event["exe"], event["syscall"], event["path"], tuple(event["access"]),
+                event["decision"])  # fmt: skip
         window = self._open.get(kind)
         if window is not None:
             window.folded += 1
-            window.count += int(event.get("count", 1))
-            window.last_ts = float(event.get("ts", 0.0))
+            window.count += event["count"]
+            window.last_ts = event["ts"]
             return out
         if len(self._open) >= self._max_kinds:
             _, oldest = self._open.popitem(last=False)
@@ -69,14 +71,14 @@ class DenialFolder:
         self._open[kind] = _Window(now, event)
         return [*out, event]
 
-    def flush(self) -> list[dict[str, Any]]:
+    def flush(self) -> list[Event]:
         """Close every window (the end of the log)."""
         out = [record for window in self._open.values() for record in _summary(window)]
         self._open.clear()
         return out
 
-    def _close_expired(self, now: float) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _close_expired(self, now: float) -> list[Event]:
+        out: list[Event] = []
         while self._open:
             kind, window = next(iter(self._open.items()))
             if now - window.opened < self.window:
@@ -86,14 +88,13 @@ class DenialFolder:
         return out
 
 
-def _summary(window: _Window) -> list[dict[str, Any]]:
+def _summary(window: _Window) -> list[Event]:
     if not window.folded:
         return []
     first = window.first
-    record = {"event": "folded", "ts": window.last_ts}
-    record |= {f: first.get(f) for f in ("pid", *KIND_FIELDS)}
-    return [record | {"folded": window.folded, "count": window.count}]
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    record: FoldedEvent = {
+        "event": "folded", "ts": window.last_ts, "pid": first["pid"], "exe": first["exe"],
+        "syscall": first["syscall"], "path": first["path"], "access": first["access"],
+        "decision": first["decision"], "folded": window.folded, "count": window.count,
+    }  # fmt: skip
+    return [record]

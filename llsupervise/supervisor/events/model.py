@@ -7,14 +7,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
+from llsupervise.messages import DenialEvent, Event, StartEvent
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.events.encode import escaped
 from llsupervise.supervisor.events.fold import DenialFolder
-
-#: One event of the log (and of the hub and the TUI): a JSON object.
-Event = dict[str, Any]
 
 
 class Answer(enum.StrEnum):
@@ -76,8 +74,8 @@ class Denial:
     ts: float = field(default_factory=time.time)
     count: int = 1
 
-    def event(self, decision: Answer) -> dict[str, Any]:
-        event = {
+    def event(self, decision: Answer) -> DenialEvent:
+        event: DenialEvent = {
             "event": "denial",
             "ts": self.ts,
             "pid": self.pid,
@@ -119,11 +117,11 @@ class EventLog:
         opened = os.readlink(f"/proc/self/fd/{fd}")
         return cls(os.fdopen(fd, "a", encoding="utf-8"), opened if opened[:1] == "/" else path)
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: Event) -> None:
         if self._stream is not None:
             self._write(self._folder.take(event))
 
-    def _write(self, records: list[dict[str, Any]]) -> None:
+    def _write(self, records: list[Event]) -> None:
         if self._stream is not None and records:
             self._stream.write(
                 "".join(json.dumps(escaped(r), ensure_ascii=False) + "\n" for r in records)
@@ -136,7 +134,7 @@ class EventLog:
             self._stream.close()
 
 
-def symlink_notes(start: Event) -> list[str]:
+def symlink_notes(start: StartEvent) -> list[str]:
     """What a ``start`` event says a person must know of rule paths through symlinks: the
     supervisor rules left out (not escaped). Every path through a symlink is in the event
     (``through_symlinks``) and in ``check``; most are harmless (``/lib`` on merged-usr)."""

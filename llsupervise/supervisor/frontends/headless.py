@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 import trio
 
 from llsupervise.display import escape
+from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import Event, EventLog, symlink_notes
+from llsupervise.supervisor.events.model import EventLog, symlink_notes
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -75,6 +76,6 @@ def run_headless(
 
 def _say_symlink_notes(event: Event) -> None:
     """Rule paths through symlinks, said on stderr as the run starts (check says the same)."""
-    if event.get("event") == "start":
+    if event["event"] == "start":
         for note in symlink_notes(event):
             print(f"llsupervise: {escape(note)}", file=sys.stderr, flush=True)

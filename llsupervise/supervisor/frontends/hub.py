@@ -47,12 +47,26 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import LandlockRuleset, detect_support
+from llsupervise.messages import (
+    SERVER_TYPES,
+    DenialInfo,
+    ErrorMessage,
+    Event,
+    KeptRule,
+    KernelInfo,
+    QuestionMessage,
+    ReloadEvent,
+    RulesInfo,
+    ServerMessage,
+    State,
+    TokenMessage,
+)
 from llsupervise.policy.document import MODES, Mode
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, AccessFs, names, parse_fs
@@ -98,33 +112,40 @@ class ProtocolError(LLSuperviseError):
 
 
 class Client(Protocol):
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ServerMessage) -> None:
         """Queue ``message``; must not block nor raise (a broken client drops itself)."""
 
 
-def denial_json(denial: Denial) -> dict[str, Any]:
+def denial_json(denial: Denial) -> DenialInfo:
+    d = denial
     return {
-        k: list(v) if k in ("access", "scopes") else v
-        for k, v in dataclasses.asdict(denial).items()
-    }
+        "pid": d.pid, "tid": d.tid, "exe": d.exe, "cmdline": d.cmdline, "syscall": d.syscall,
+        "path": d.path, "access": list(d.access), "generation": d.generation,
+        "next_run_only": d.next_run_only, "scopes": list(d.scopes), "scope_kind": d.scope_kind,
+        "protected": d.protected, "ts": d.ts, "count": d.count,
+    }  # fmt: skip
 
 
-def denial_from_json(data: Mapping[str, Any]) -> Denial:
+def denial_from_json(data: DenialInfo) -> Denial:
     """A denial sent by :func:`denial_json`."""
     known = {f.name for f in dataclasses.fields(Denial)}
-    values = {k: v for k, v in data.items() if k in known}
+    values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
     values["access"] = tuple(values.get("access", ()))
     values["scopes"] = tuple(values.get("scopes", ()))
     return Denial(**values)
 
 
-def _rules_json(rules: Ruleset, label: Callable[[Any], str]) -> dict[str, Any]:
-    fs = [{"path": label(obj), "access": names(access)} for obj, access in rules.fs.items()]
-    net = [{"port": port, "access": names(access)} for port, access in rules.net.items()]
-    return {"fs": sorted(fs, key=lambda r: r["path"]), "net": net}
+def _rules_json(rules: Ruleset, label: Callable[[Any], str]) -> RulesInfo:
+    fs: list[KeptRule] = [
+        {"path": label(obj), "access": names(access)} for obj, access in rules.fs.items()
+    ]
+    net: list[KeptRule] = [
+        {"port": port, "access": names(access)} for port, access in rules.net.items()
+    ]
+    return {"fs": sorted(fs, key=lambda r: r.get("path", "")), "net": net}
 
 
-def kernel_report(sup: Supervisor) -> dict[str, Any]:
+def kernel_report(sup: Supervisor) -> KernelInfo:
     """What this kernel really enforces of the policy's handled rights (best effort)."""
     support = detect_support()
     doc = sup.policy.document
@@ -156,13 +177,13 @@ class Hub:
         self.policy_mode: Mode = decisions.mode
         self.clients: list[Client] = []
         self.kernel = kernel_report(sup)
-        self._history: deque[dict[str, Any]] = deque(maxlen=history)
+        self._history: deque[Event] = deque(maxlen=history)
         self._asked: dict[int, _Asked] = {}
         self._next_id = 1
         self.argv: list[str] = []
         self.pid: int | None = None
         self.exit_status: int | None = None
-        self.last_reload: dict[str, Any] | None = None
+        self.last_reload: ReloadEvent | None = None
         decisions.frontend = None
         sup.listeners.append(self.on_event)
 
@@ -186,13 +207,13 @@ class Hub:
             for asked in list(self._asked.values()):
                 self._settle(asked, self._headless_decision())
 
-    def _broadcast(self, message: dict[str, Any]) -> None:
+    def _broadcast(self, message: ServerMessage) -> None:
         for client in list(self.clients):
             client.send(message)
 
     # -- state ----------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> State:
         sup = self.sup
 
         def label(obj: Any) -> str:
@@ -230,18 +251,17 @@ class Hub:
             "reload": self.last_reload,
         }
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: Event) -> None:
         """A supervisor listener: every event goes to every client."""
-        kind = event.get("event")
-        if kind == "start":
+        if event["event"] == "start":
             self.argv, self.pid, self.exit_status = list(event["argv"]), event["pid"], None
-        elif kind == "exit":
+        elif event["event"] == "exit":
             self.exit_status = event["status"]
-        elif kind == "reload":
+        elif event["event"] == "reload":
             self.last_reload = event
         self._history.append(event)
         self._broadcast({"type": "event", "event": event})
-        if kind in ("start", "exit", "commit", "reload"):
+        if event["event"] in ("start", "exit", "commit", "reload"):
             self._broadcast({"type": "state", "state": self.state()})
 
     # -- questions ------------------------------------------------------------------------
@@ -251,7 +271,7 @@ class Hub:
             Answer.ALLOW_ONCE if self.decisions.default == "allow_once" else Answer.DENY
         )
 
-    def _question(self, asked: _Asked) -> dict[str, Any]:
+    def _question(self, asked: _Asked) -> QuestionMessage:
         left = self.decisions.prompt_timeout - (trio.current_time() - asked.asked_at)
         return {
             "type": "question",
@@ -299,7 +319,7 @@ class Hub:
             else:
                 raise ProtocolError(f"unknown message type {kind!r}")
         except LLSuperviseError as exc:
-            error: dict[str, Any] = {"type": "error", "message": str(exc)}
+            error: ErrorMessage = {"type": "error", "message": str(exc)}
             if isinstance(message, dict) and "id" in message:
                 error["id"] = message["id"]
             client.send(error)
@@ -488,7 +508,7 @@ class SocketClient:
     def __init__(self) -> None:
         self._out, self._queue = trio.open_memory_channel[bytes](CLIENT_BUFFER)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ServerMessage) -> None:
         try:
             self._out.send_nowait(encode(message))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -504,7 +524,7 @@ class SocketClient:
                 await stream.send_all(line)
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
+def encode(message: Mapping[str, object]) -> bytes:
     """One line of the protocol. Strings go escaped (see :mod:`..events.encode`): a name
     that is not UTF-8 crosses as ``\\xNN``, and :func:`decode` gives it back as it was."""
     return json.dumps(escaped(message), ensure_ascii=False).encode() + b"\n"
@@ -529,6 +549,14 @@ class LineReader:
             if len(self._buffer) > MAX_LINE:
                 raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
         return self._lines.popleft()
+
+
+def server_message(value: object) -> ServerMessage:
+    """A decoded line from a hub, as the message it says it is. The hub is trusted (its
+    socket is checked in :func:`connect`); this only refuses what no hub sends."""
+    if not isinstance(value, dict) or value.get("type") not in SERVER_TYPES:
+        raise ProtocolError(f"not a message a supervisor sends: {str(value)[:80]!r}")
+    return cast(ServerMessage, value)
 
 
 def decode(line: bytes) -> Any:
@@ -734,7 +762,8 @@ async def connect(path: str) -> trio.SocketStream:
         raise RemoteError(f"{path} is served by uid {uid}, not by you (uid {os.geteuid()})")
     try:
         terminals = list(dict.fromkeys(device_node(fd) for fd in (0, 1, 2) if os.isatty(fd)))
-        hello = {"type": "token", "token": read_token(path), "terminals": terminals}
+        hello: TokenMessage = {"type": "token", "token": read_token(path),
+                               "terminals": terminals}  # fmt: skip
         await stream.send_all(encode(hello))
     except BaseException:
         await stream.aclose()

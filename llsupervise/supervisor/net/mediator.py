@@ -32,6 +32,7 @@ from typing import Any, Final
 from llsupervise.landlock.support import KernelSupport, detect_support
 from llsupervise.libc import libc as _libc
 from llsupervise.libc import syscall as _syscall
+from llsupervise.messages import DenialEvent
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs, AccessNet, names
 from llsupervise.seccomp import (
@@ -284,16 +285,14 @@ class PendingNet:
             ts=self.ts,
         )
 
-    def event(self, decision: Answer, count: int = 1) -> dict[str, Any]:
+    def event(self, decision: Answer, count: int = 1) -> DenialEvent:
         """The log event: a denial's fields, plus what a network request names."""
         event = self.denial().event(decision)
-        event.update(
-            count=count,
-            direction=self.direction,
-            family=self.family,
-            address=self.address,
-            port=self.port,
-        )
+        event["count"] = count
+        event["direction"] = self.direction
+        event["family"] = self.family
+        event["address"] = self.address
+        event["port"] = self.port
         return event
 
     def close(self) -> None:

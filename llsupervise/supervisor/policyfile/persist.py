@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
+from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.layout import Entry, LayoutError, Statement, entries, lines, statements
 from llsupervise.rights import FS_NAMES, LATEST_ABI, NO_FS, NO_NET, parse_fs, parse_net
@@ -67,7 +68,7 @@ class KeptAnswer:
     #: When it was answered (epoch seconds; None: when written).
     when: float | None = field(default=None, compare=False)
 
-    def event(self) -> dict[str, Any]:
+    def event(self) -> KeptRule:
         if self.port is not None:
             return {"port": self.port, "access": list(self.access or ())}
         if self.access is None:
@@ -92,18 +93,14 @@ def _quoted(text: object) -> str:
     return json.dumps(str(text), ensure_ascii=True)
 
 
-def kept_from_event(event: Mapping[str, Any]) -> list[KeptAnswer]:
+def kept_from_event(event: Event) -> list[KeptAnswer]:
     """What a denial event says to persist: its kept rules, temporary grants excepted."""
-    if event.get("event") != "denial":
+    if event["event"] != "denial":
         return []
-    answer = str(event.get("decision", "")).replace("_", " ")
-    request = f"{event.get('syscall', '?')}: {', '.join(map(str, event.get('access', ())))}"
-    reason = (
-        f"{_quoted(answer)} to {_quoted(event.get('exe', '?'))} "
-        f"({request} on {_quoted(event.get('path', '?'))})"
-    )
-    when = event.get("ts")
-    when = float(when) if isinstance(when, (int, float)) else None
+    answer = event["decision"].replace("_", " ")
+    request = f"{event['syscall']}: {', '.join(event['access'])}"
+    reason = f"{_quoted(answer)} to {_quoted(event['exe'])} ({request} on {_quoted(event['path'])})"
+    when = event["ts"]
     kept = []
     for rule in event.get("rules", ()):
         if "quiet" in rule:
@@ -111,10 +108,11 @@ def kept_from_event(event: Mapping[str, Any]) -> list[KeptAnswer]:
         elif "seconds" in rule:
             continue
         elif "port" in rule:
-            port = int(rule["port"])
-            kept.append(KeptAnswer("", tuple(rule["access"]), port, reason=reason, when=when))
-        else:
-            kept.append(KeptAnswer(rule["path"], tuple(rule["access"]), reason=reason, when=when))
+            access = tuple(rule.get("access", ()))
+            kept.append(KeptAnswer("", access, rule["port"], reason=reason, when=when))
+        elif "path" in rule:
+            access = tuple(rule.get("access", ()))
+            kept.append(KeptAnswer(rule["path"], access, reason=reason, when=when))
     return kept
 
 

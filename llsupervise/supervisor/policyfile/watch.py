@@ -18,19 +18,19 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 import watchfiles
 
 from llsupervise.errors import LLSuperviseError
+from llsupervise.messages import Event, ReloadEvent
 from llsupervise.policy.document import Location, PolicyDocument, PolicyError
 from llsupervise.policy.loader import PREDEFINED_VARIABLES, parse_policy
 from llsupervise.policy.locate import LineIndex
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import names, parse_fs
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
-from llsupervise.supervisor.events.model import Event
 from llsupervise.supervisor.policyfile.persist import (
     KeptAnswer,
     PersistError,
@@ -171,7 +171,7 @@ class PolicyFile:
             self.sup.emit({"event": "reload", "ok": False, "generation": self.sup.generation,
                            "error": f"{self.source}: stopped watching: {exc}"})  # fmt: skip
 
-    def check(self, force: bool = True) -> dict[str, Any] | None:
+    def check(self, force: bool = True) -> ReloadEvent | None:
         """Reload if the file changed; ``force=False`` first compares its status only."""
         signature = _signature(self.path)
         if not force and signature == self._signature:
@@ -188,7 +188,7 @@ class PolicyFile:
         except OSError:
             return None
 
-    def reload(self) -> dict[str, Any] | None:
+    def reload(self) -> ReloadEvent | None:
         """Apply the file's current text; the event, or None if the text was already seen."""
         text = self._read()
         if text is None or text == self._known:
@@ -207,7 +207,7 @@ class PolicyFile:
             self.flush()
         return event
 
-    def apply(self, text: str) -> dict[str, Any]:
+    def apply(self, text: str) -> ReloadEvent:
         """Load ``text`` and swap its supervisor part in, all or nothing; the reload event."""
         sup = self.sup
         try:
@@ -220,9 +220,7 @@ class PolicyFile:
             static_changed = (
                 resolved.static != sup.rules.static or document.abi != self._started_abi
             )
-            generation = sup.rules.replace(
-                permanent, quiet, resolved.conditional, resolved.created
-            )
+            generation = sup.rules.replace(permanent, quiet, resolved.conditional, resolved.created)
         except (LLSuperviseError, OSError) as exc:
             sup.rules.release_objects()  # what the failed load opened
             error = str(exc) if isinstance(exc, PolicyError) else f"{self.source}: {exc}"
@@ -233,7 +231,7 @@ class PolicyFile:
             sup.decisions.mode = settings.mode
             sup.decisions.default = settings.default
             sup.decisions.prompt_timeout = settings.prompt_timeout
-        event: dict[str, Any] = {"event": "reload", "ok": True, "generation": generation}
+        event: ReloadEvent = {"event": "reload", "ok": True, "generation": generation}
         if resolved.kept_bindings:
             event["kept_bindings"] = [
                 {"path": path, "reason": KEPT_BINDING} for path in resolved.kept_bindings
@@ -293,7 +291,7 @@ class PolicyFile:
 
     # -- persisting -----------------------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: Event) -> None:
         kept = kept_from_event(event)
         if kept:
             self.unpersisted.extend(kept)

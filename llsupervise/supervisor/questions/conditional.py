@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import trio
 
+from llsupervise.messages import Event
 from llsupervise.policy.conditions import (
     ConditionalRule,
     Requester,
@@ -16,7 +17,7 @@ from llsupervise.policy.conditions import (
 )
 from llsupervise.seccomp import Listener
 from llsupervise.supervisor.engine.pending import Pending
-from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.questions.answering import carry_out
 from llsupervise.supervisor.rules.state import RuleState
@@ -69,7 +70,9 @@ class ConditionalGrants:
             broker = None  # the answer below then fails closed
         granted_by = sorted({rule.label for rule in matched})
         # Not a person's answer: the event says which rule granted it.
-        self._emit(denial.event(Answer.CONDITIONAL) | {"granted_by": granted_by})
+        event = denial.event(Answer.CONDITIONAL)
+        event["granted_by"] = granted_by
+        self._emit(event)
         slot = self.rules.slot
         assert slot is not None
         await trio.to_thread.run_sync(

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import trio
 
+from llsupervise.messages import Event, KeptRule, UnboundRule
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs, names
 from llsupervise.seccomp import Listener
@@ -19,7 +20,7 @@ from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource
-from llsupervise.supervisor.events.model import Answer, Decision, Denial, Event
+from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions import scopes as scoping
@@ -93,9 +94,7 @@ class FsQuestions:
             return
         if isinstance(pending, Pending) and self.conditional.grant(pending, denial, nursery):
             return
-        key = QuestionKey(
-            denial.pid, exe, request.op, tuple((o.obj, o.access) for o in objects)
-        )
+        key = QuestionKey(denial.pid, exe, request.op, tuple((o.obj, o.access) for o in objects))
         question = self._open.get(key)
         if question is not None and (pending is None or self.limits.may_wait()):
             question.count += 1
@@ -145,8 +144,8 @@ class FsQuestions:
         question = self._open[key]
         if question.denial.protected:
             decision = Decision(Answer.DENY)  # nothing to ask: it could not be allowed
-            kept: list[Event] = []
-            unbound: list[Event] = []
+            kept: list[KeptRule] = []
+            unbound: list[UnboundRule] = []
         elif self._is_quiet(question.objects):
             decision = Decision(Answer.DENY_QUIET)
             kept = []
@@ -186,7 +185,7 @@ class FsQuestions:
 
     def _remember(
         self, question: Question, decision: Decision, nursery: trio.Nursery
-    ) -> tuple[list[Event], list[Event]]:
+    ) -> tuple[list[KeptRule], list[UnboundRule]]:
         """Keep what an answer says beyond this request: rules (always, for a while) and
         quiet objects, each bound to an object held since the check. Returns the rules kept
         as the event log reports them (what the policy file gets), and those in force whose
@@ -196,8 +195,8 @@ class FsQuestions:
             return [], []
         rules = self.rules
         objects = question.objects
-        kept: list[Event] = []
-        unbound: list[Event] = []
+        kept: list[KeptRule] = []
+        unbound: list[UnboundRule] = []
         permanent, quiet = rules.permanent, rules.quiet
         for o in objects:
             access = o.access
@@ -216,7 +215,7 @@ class FsQuestions:
                 holds = leads_to(label, obj)
             if decision.answer == Answer.DENY_QUIET:
                 quiet = quiet | {obj}
-                entry: Event = {"quiet": label}
+                entry: KeptRule = {"quiet": label}
             elif decision.answer == Answer.ALLOW_ALWAYS:
                 permanent = permanent.with_fs(obj, access, label)
                 entry = {"path": label, "access": names(access)}
@@ -227,9 +226,9 @@ class FsQuestions:
                 kept.append({"path": label, "access": names(access), "seconds": seconds})
                 continue  # never written: nothing resolves its path again
             if not holds:
-                unbound.append(entry | {"reason": UNBOUND})
+                unbound.append({**entry, "reason": UNBOUND})
             elif not _writable(label):
-                unbound.append(entry | {"reason": NOT_UTF8})
+                unbound.append({**entry, "reason": NOT_UTF8})
             else:
                 kept.append(entry)
         if decision.answer != Answer.ALLOW_FOR:

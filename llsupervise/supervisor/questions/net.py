@@ -9,10 +9,11 @@ from typing import NamedTuple
 
 import trio
 
+from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessNet, names
 from llsupervise.supervisor.events.decisions import DecisionSource
-from llsupervise.supervisor.events.model import Answer, Decision, Event
+from llsupervise.supervisor.events.model import Answer, Decision
 from llsupervise.supervisor.net.mediator import NetMediator, PendingNet, once
 from llsupervise.supervisor.questions.answering import ONCE
 from llsupervise.supervisor.rules.state import RuleState, Temporary
@@ -75,7 +76,7 @@ class NetQuestions:
 
     def _remember(
         self, first: PendingNet, decision: Decision, nursery: trio.Nursery
-    ) -> list[Event]:
+    ) -> list[KeptRule]:
         answer = decision.answer
         if answer == Answer.DENY_QUIET:
             self.quiet_ports.add((first.port, first.access))

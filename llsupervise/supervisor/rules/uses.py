@@ -6,7 +6,7 @@ import collections
 import os
 from collections.abc import Callable
 
-from llsupervise.supervisor.events.model import Event
+from llsupervise.messages import Event, RuleUse
 from llsupervise.supervisor.rules.state import RuleState
 
 
@@ -37,6 +37,8 @@ class RuleUses:
                 self.totals[path] = (count + 1, ts)
                 used.add(path)
         if used:
-            uses = [{"path": p, "count": self.totals[p][0], "last": self.totals[p][1]}
-                    for p in sorted(used)]  # fmt: skip
+            uses: list[RuleUse] = [
+                {"path": p, "count": self.totals[p][0], "last": self.totals[p][1]}
+                for p in sorted(used)
+            ]
             self._emit({"event": "rule_use", "uses": uses})
