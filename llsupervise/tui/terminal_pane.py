@@ -2,8 +2,9 @@
 and, when the user gives it the keyboard, every key sent to the command.
 
 What the program writes only ever reaches the screen as characters in a grid: escape
-sequences are interpreted by pyte, never passed on to our terminal, and a character that could
-still move or hide text (controls, bidi overrides, zero widths) is shown as "?"."""
+sequences are interpreted by pyte (:mod:`llsupervise.tui.emulator`), never passed on to our
+terminal, and a character that could still move or hide text (controls, bidi overrides, zero
+widths) is shown as "?"."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-import pyte
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -19,6 +19,8 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
+
+from llsupervise.tui.emulator import Screen, Stream
 
 #: pyte's private mode numbers are shifted by 5; DECCKM (1): cursor keys in application mode.
 _DECCKM = 1 << 5
@@ -87,9 +89,9 @@ class TerminalPane(Widget, can_focus=True):
     def __init__(self, write: Callable[[bytes], None], **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._write = write
-        self.screen_ = pyte.Screen(80, 24)
+        self.screen_ = Screen(80, 24)
         self.screen_.write_process_input = self._answer  # type: ignore[method-assign]
-        self.stream = pyte.ByteStream(self.screen_)
+        self.stream = Stream(self.screen_)
         self.typing = False
         self._title()
 
