@@ -14,6 +14,8 @@ import pytest
 from supervised import PUBLIC, make_tree, policy
 from textual.pilot import Pilot
 
+from llsupervise.policies import DEFAULT_SOURCE, default_text, load_default
+from llsupervise.policy.loader import parse_policy
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import LocalSession
 from llsupervise.tui.terminal_pane import TerminalPane
@@ -147,3 +149,68 @@ async def test_top_draws_follows_a_resize_and_quits_on_q(work: Path) -> None:
         await pilot.press("q")
         await until(pilot, lambda: app.model.status.exit_status is not None, "top to quit")
     assert app.model.status.exit_status == 0
+
+
+#: Opens its terminal by the name every process has for its own (/dev/tty), reads its modes
+#: and size there, and writes on it.
+OWN_TERMINAL = r"""
+import fcntl, os, struct, termios
+fd = os.open("/dev/tty", os.O_RDWR)
+termios.tcgetattr(fd)
+rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+os.write(fd, b"own terminal %dx%d\n" % (cols, rows))
+"""
+
+
+async def test_the_default_policy_gives_the_program_its_own_terminal(work: Path) -> None:
+    """${TTY}: what less, vim or ssh open to talk to the user. The interpreter is the
+    system's, which the default policy gives (this test's Python may live elsewhere)."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no system Python")
+    doc = load_default({"HOME": str(work / "out"), "PWD": str(work)})
+    argv = [str(python), "-I", "-S", "-c", OWN_TERMINAL]
+    app = build_app(LocalSession(doc, argv, forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await until(pilot, lambda: app.model.status.exit_status is not None, "the exit")
+        # The size of the pane's terminal (the pane is on a hidden tab: set by the app).
+        width, height = pane.screen_.columns, pane.screen_.lines
+        await until(pilot, lambda: f"own terminal {width}x{height}" in pane.lines, "the output")
+    assert app.model.status.exit_status == 0
+    assert app.model.feed.total == 0  # nothing was asked nor denied
+
+
+LESS = shutil.which("less")
+
+
+@pytest.mark.skipif(LESS is None, reason="less is not installed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="less opens its terminal by its own name (ttyname: /dev/pts/N), not as /dev/tty: "
+    "${TTY} does not cover it, so it is asked about (denied, less falls back to stderr)",
+)
+async def test_less_under_the_default_policy_opens_its_terminal_without_a_question(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LESSHISTFILE", "-")
+    text = work / "out" / "long.txt"
+    text.write_text("".join(f"line {i}\n" for i in range(200)))
+    # The default policy, and the file to read (the working directory is asked about).
+    readable = f'[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\nparent = ["{text}"]\n'
+    env = {"HOME": str(work / "out"), "PWD": str(work)}
+    doc = parse_policy(default_text() + readable, DEFAULT_SOURCE, env)
+    assert LESS is not None
+    app = build_app(LocalSession(doc, [LESS, str(text)], forward_signals=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: pane.lines[0] == "line 0" or app.model.prompts.current
+                    is not None, "the first page or a question")  # fmt: skip
+        asked = app.model.prompts.current
+        if asked is not None:  # answer it, so that less runs and quits
+            await pilot.press("ctrl+t", "1", "d", "ctrl+t")
+            await until(pilot, lambda: pane.lines[0] == "line 0", "the first page")
+        await pilot.press("q")
+        await until(pilot, lambda: app.model.status.exit_status is not None, "less to quit")
+    assert asked is None, f"asked about {asked.denial.path}"
