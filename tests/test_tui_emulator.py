@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llsupervise.tui.emulator import Screen, Stream
+from llsupervise.tui.terminal.emulator import Screen, Stream
 
 
 def terminal(columns: int = 20, lines: int = 5) -> tuple[Screen, Stream]:

@@ -18,7 +18,7 @@ from llsupervise.policies import DEFAULT_SOURCE, default_text, load_default
 from llsupervise.policy.loader import parse_policy
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import LocalSession
-from llsupervise.tui.terminal_pane import TerminalPane
+from llsupervise.tui.terminal.pane import TerminalPane
 from llsupervise.tui.widgets import PromptPanel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kernel]

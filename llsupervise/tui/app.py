@@ -3,12 +3,9 @@
 :func:`build_app` is the one factory, used by the command line, the tests and the screenshot
 script; what is shown comes from a :class:`~llsupervise.tui.session.Session`.
 
-The app takes the session's messages; its parts each hold one concern: the screen and its
-keys (:mod:`~llsupervise.tui.main_screen`), answering the question
-(:mod:`~llsupervise.tui.answering`), permissive mode and quitting, which ask first
-(:mod:`~llsupervise.tui.confirmations`), the answers no file keeps
-(:mod:`~llsupervise.tui.saving`), notifications (:mod:`~llsupervise.tui.notices`) and
-redrawing (:mod:`~llsupervise.tui.redraw`).
+The app takes the session's messages. The main screen (:mod:`~llsupervise.tui.main_screen`)
+holds the layout and the keys; :mod:`~llsupervise.tui.controllers` what they do, one concern
+each; :mod:`~llsupervise.tui.terminal` the command's terminal pane.
 """
 
 from __future__ import annotations
@@ -26,15 +23,15 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.policies.answers import KeptAnswers
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.events.model import EventLog
-from llsupervise.tui.answering import Answering
-from llsupervise.tui.confirmations import ModeSwitch, Quitting
+from llsupervise.tui.controllers.answering import Answering
+from llsupervise.tui.controllers.confirmations import ModeSwitch, Quitting
+from llsupervise.tui.controllers.notices import Notices
+from llsupervise.tui.controllers.redraw import Redrawer
+from llsupervise.tui.controllers.saving import AnswerSaving
 from llsupervise.tui.main_screen import MainScreen
 from llsupervise.tui.model import PROMPT, STATUS, SessionModel
-from llsupervise.tui.notices import Notices
-from llsupervise.tui.redraw import Redrawer
-from llsupervise.tui.saving import AnswerSaving
 from llsupervise.tui.session import LocalSession, RemoteSession, Session
-from llsupervise.tui.terminal_pane import TerminalPane
+from llsupervise.tui.terminal.pane import TerminalPane
 from llsupervise.tui.tty import on_terminal, open_terminal
 
 

@@ -16,7 +16,7 @@ from llsupervise.display import escape
 from llsupervise.supervisor.events.model import Answer
 from llsupervise.tui.model import FEED, RULES
 from llsupervise.tui.screens import HelpScreen
-from llsupervise.tui.terminal_pane import TerminalPane
+from llsupervise.tui.terminal.pane import TerminalPane
 from llsupervise.tui.widgets import FeedView, PromptPanel, RulesView, StatusBar
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
 from llsupervise.supervisor.frontends.hub import Hub, LineReader, connect, decode, encode
 from llsupervise.tui.guest import GuestRun
-from llsupervise.tui.terminal import Pty
+from llsupervise.tui.terminal.pty import Pty
 
 
 class Receiver(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llsupervise.tui.notices import notify
+from llsupervise.tui.controllers.notices import notify
 from llsupervise.tui.screens import ConfirmScreen
 
 if TYPE_CHECKING:

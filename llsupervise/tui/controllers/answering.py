@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from textual.widgets import TabbedContent
 
 from llsupervise.supervisor.events.model import Answer
-from llsupervise.tui.notices import notify
+from llsupervise.tui.controllers.notices import notify
 from llsupervise.tui.widgets import PromptPanel
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policies.answers import KeptAnswers, check_new_file
-from llsupervise.tui.notices import notify
+from llsupervise.tui.controllers.notices import notify
 from llsupervise.tui.screens import FileNameScreen
 
 if TYPE_CHECKING:

@@ -2,9 +2,9 @@
 and, when the user gives it the keyboard, every key sent to the command.
 
 What the program writes only ever reaches the screen as characters in a grid: escape
-sequences are interpreted by pyte (:mod:`llsupervise.tui.emulator`), never passed on to our
-terminal, and a character that could still move or hide text (controls, bidi overrides, zero
-widths) is shown as "?"."""
+sequences are interpreted by pyte (:mod:`~llsupervise.tui.terminal.emulator`), never passed
+on to our terminal, and a character that could still move or hide text (controls, bidi
+overrides, zero widths) is shown as "?"."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from textual import events
 from textual.strip import Strip
 from textual.widget import Widget
 
-from llsupervise.tui.emulator import Screen, Stream
+from llsupervise.tui.terminal.emulator import Screen, Stream
 
 #: pyte's private mode numbers are shifted by 5; DECCKM (1): cursor keys in application mode.
 _DECCKM = 1 << 5
