@@ -205,6 +205,55 @@ async def test_bad_answers_are_refused_and_change_nothing(
 
 
 @pytest.mark.trio
+async def test_switching_to_permissive_leaves_an_open_question_to_the_person(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Permissive mode allows the denials to come, never the question already asked: it is
+    still open, and the client's own answer (deny) is the one that applies."""
+    paths = make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    log, go = paths["out"] / "log", paths["out"] / "go"
+    log.touch()
+    sock = str(tmp_path / "private" / "sock")
+    decisions = ModeDecisions("interactive", "deny", 60.0)
+    argv = [sys.executable, "-c", READ_AFTER_GO, str(log), str(go), "2"]
+    async with Supervisor.open(policy(tmp_path, mode="interactive"), decisions=decisions) as sup:
+        hub = Hub(sup, decisions)
+        async with listening(hub, sock), trio.open_nursery() as nursery:
+            client = RawClient(await connect(sock))
+            await client.next("hello")
+            status: list[int] = []
+
+            async def child() -> None:
+                status.append(await sup.run(argv, forward_signals=False))
+
+            nursery.start_soon(child)
+            await wait_until(lambda: hub.pid is not None, "the start")
+            go.touch()
+            question = await client.next("question")
+            await client.send({"type": "mode", "mode": "permissive"})
+            while (await client.next("state"))["state"]["mode"] != "permissive":
+                pass
+            await client.send({"type": "answer", "id": question["id"], "answer": "deny"})
+            resolved = await client.next("resolved")
+            assert (resolved["id"], resolved["answer"]) == (question["id"], "deny")
+            while (await client.next("event"))["event"].get("event") != "exit":
+                pass
+            await wait_until(lambda: bool(status), "the child's exit")
+            await client.stream.aclose()
+    # The asked read was denied as answered; the next one was allowed without a question.
+    assert lines(log) == ["err 13", "ok " + PUBLIC.decode().strip()]
+    assert [m["type"] for m in client.seen].count("question") == 1
+    assert not any(m["type"] == "error" for m in client.seen)
+    decisions_logged = [
+        m["event"]["decision"]
+        for m in client.seen
+        if m["type"] == "event" and m["event"].get("event") == "denial"
+    ]
+    assert decisions_logged == ["deny", "permissive"]
+
+
+@pytest.mark.trio
 async def test_without_a_client_the_default_applies_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

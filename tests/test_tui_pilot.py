@@ -19,7 +19,7 @@ from textual.widgets import DataTable, SelectionList, Static
 
 from llsupervise.tui.app import SupervisorApp, build_app
 from llsupervise.tui.session import LocalSession
-from llsupervise.tui.terminal_pane import TerminalPane
+from llsupervise.tui.terminal.pane import TerminalPane
 from llsupervise.tui.widgets import FeedView, PromptPanel
 
 # These run on asyncio (textual), not trio: each is marked, trio mode stays off.

@@ -29,7 +29,7 @@ from llsupervise.supervisor.frontends.hub import (
     server_message,
 )
 from llsupervise.tui.guest import GuestRun
-from llsupervise.tui.terminal import Pty
+from llsupervise.tui.terminal.pty import Pty
 
 
 class Receiver(Protocol):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -475,6 +476,32 @@ class PromptPanel(Vertical):
         # An exec was refused already: only a rule for the next run, or a denial, remain.
         for answer in ("allow_once", "allow_for", "duration"):
             self.query_one(f"#{answer}").disabled = question.denial.next_run_only
+
+    def broader(self) -> None:
+        """``s``: the rule on the next broader scope (its directory, a parent)."""
+        if self.question is not None:
+            self.question.broader()
+            self.fill_scopes(self.question)
+            self.fill_rights(self.question)
+
+    # The controls edit the question shown; the answer carries what they say.
+
+    @on(RadioSet.Changed, ".scope")
+    def _scope_changed(self, event: RadioSet.Changed) -> None:
+        question = self.question
+        if question is not None and event.index != question.scope_index:
+            question.choose_scope(event.index)
+            self.fill_rights(question)
+
+    @on(SelectionList.SelectedChanged, "#rights")
+    def _rights_changed(self, event: SelectionList.SelectedChanged[str]) -> None:
+        if self.question is not None:
+            self.question.set_rights(list(event.selection_list.selected))
+
+    @on(Select.Changed, "#duration")
+    def _duration_changed(self, event: Select.Changed) -> None:
+        if self.question is not None and isinstance(event.value, float):
+            self.question.duration = event.value
 
     def fill_scopes(self, question: Question) -> None:
         """A new set each time: a RadioSet only keeps track of the buttons it started with."""

@@ -27,7 +27,8 @@ client → server
                 ``duration`` (seconds, allow_for), ``scope`` (one of the denial's
                 offered ``scopes``, by label or index), ``rights`` (allow_always: access
                 names, at least those asked)
-  ``mode``      ``mode``: interactive, enforce or permissive
+  ``mode``      ``mode``: interactive, enforce or permissive; enforce denies the open
+                questions, permissive leaves them open (they are answered or time out)
 """
 
 from __future__ import annotations
@@ -325,15 +326,16 @@ class Hub:
             client.send(error)
 
     def set_mode(self, mode: object) -> None:
-        """``permissive`` answers open questions by allowing, ``enforce`` by denying."""
+        """The mode for the denials to come. ``enforce`` also denies the open questions;
+        ``permissive`` leaves them open: a person answers them, or they time out (a mode
+        switch must never allow what a person was asked about)."""
         if mode not in MODES:
             raise ProtocolError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         assert isinstance(mode, str)
         self.decisions.mode = mode
-        settle = {"permissive": Answer.PERMISSIVE, "enforce": Answer.DENY}.get(mode)
-        if settle is not None:
+        if mode == "enforce":
             for asked in list(self._asked.values()):
-                self._settle(asked, Decision(settle))
+                self._settle(asked, Decision(Answer.DENY))
         self._broadcast({"type": "state", "state": self.state()})
 
     def _answer(self, message: Mapping[str, Any]) -> None:

@@ -2,8 +2,9 @@
 and, when the user gives it the keyboard, every key sent to the command.
 
 What the program writes only ever reaches the screen as characters in a grid: escape
-sequences are interpreted by pyte, never passed on to our terminal, and a character that could
-still move or hide text (controls, bidi overrides, zero widths) is shown as "?"."""
+sequences are interpreted by pyte (:mod:`~llsupervise.tui.terminal.emulator`), never passed
+on to our terminal, and a character that could still move or hide text (controls, bidi
+overrides, zero widths) is shown as "?"."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-import pyte
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.geometry import Size
-from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
+
+from llsupervise.tui.terminal.emulator import Screen, Stream
 
 #: pyte's private mode numbers are shifted by 5; DECCKM (1): cursor keys in application mode.
 _DECCKM = 1 << 5
@@ -77,19 +77,20 @@ class TerminalPane(Widget, can_focus=True):
     TerminalPane.-typing { border: heavy $success; }
     """
 
-    class Typing(Message):
-        """The keyboard was given to the command, or taken back."""
-
-        def __init__(self, typing: bool) -> None:
-            super().__init__()
-            self.typing = typing
-
-    def __init__(self, write: Callable[[bytes], None], **kwargs: object) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        resize: Callable[[int, int], None],
+        **kwargs: object,
+    ) -> None:
+        """``write``: keys for the command; ``resize(rows, columns)``: the pane's new size,
+        for the command's terminal."""
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._write = write
-        self.screen_ = pyte.Screen(80, 24)
+        self._resize = resize
+        self.screen_ = Screen(80, 24)
         self.screen_.write_process_input = self._answer  # type: ignore[method-assign]
-        self.stream = pyte.ByteStream(self.screen_)
+        self.stream = Stream(self.screen_)
         self.typing = False
         self._title()
 
@@ -111,7 +112,7 @@ class TerminalPane(Widget, can_focus=True):
         self._title()
         if typing:
             self.focus()
-        self.post_message(self.Typing(typing))
+        self.app.refresh_bindings()  # the keys the interface keeps, or gives up
         self.refresh()
 
     # -- output --------------------------------------------------------------------------
@@ -129,12 +130,7 @@ class TerminalPane(Widget, can_focus=True):
         size = self.content_size
         if size.width > 0 and size.height > 0:
             self.screen_.resize(size.height, size.width)
-            self.post_message(self.Resized(size))
-
-    class Resized(Message):
-        def __init__(self, size: Size) -> None:
-            super().__init__()
-            self.size = size
+            self._resize(size.height, size.width)
 
     def render_line(self, y: int) -> Strip:
         screen = self.screen_
