@@ -210,7 +210,7 @@ async def test_timeout_applies_the_default(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "out" / "log"
     log.touch()
-    app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 0.5")
+    app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 2.0")
     async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         assert "deny in" in str(app.query_one(PromptPanel).border_title)
