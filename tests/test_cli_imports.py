@@ -47,9 +47,7 @@ def tops(modules: set[str]) -> set[str]:
 
 
 def learn_code(modules: set[str]) -> set[str]:
-    return {
-        m for m in modules if m.startswith(LEARN_CODE) and m != "llsupervise.learn.arguments"
-    }
+    return {m for m in modules if m.startswith(LEARN_CODE) and m != "llsupervise.learn.arguments"}
 
 
 @pytest.fixture
