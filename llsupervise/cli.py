@@ -6,11 +6,13 @@ status 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import signal
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from llsupervise.display import escape
@@ -98,9 +100,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def _loading_modules() -> Iterator[None]:
+    """No cyclic collection while the supervisor's modules load (they make no cyclic garbage
+    worth one: a run's start-up spent ~1 % of its instructions in collections there); what
+    they made is then frozen, so that the run's own collections, which hold the GIL while
+    the serving threads wait, do not walk it again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _run_headless(args: argparse.Namespace, document: PolicyDocument) -> int:
-    from llsupervise.policies.answers import KeptAnswers
-    from llsupervise.supervisor.frontends.headless import run_headless
+    with _loading_modules():
+        from llsupervise.policies.answers import KeptAnswers
+        from llsupervise.supervisor.frontends.headless import run_headless
 
     listeners: list[Callable[[Event], None]] = []
     kept = KeptAnswers()
@@ -249,10 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The exit status: the command's for ``run``; 2 for any error, told in one line."""
+    """The exit status: the command's for ``run``; 2 for any error, told in one line.
+
+    Run as the program (no ``argv``: ``sys.argv``'s), a headless run ends the process itself
+    once its output is flushed: tearing the interpreter down (every module of trio's and
+    ours) costs more than the whole run of a short command, and nothing is left to do."""
+    args: argparse.Namespace | None = None
     try:
         try:
-            status = _main(argv)
+            args, status = _main(argv)
         finally:
             sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
     except BrokenPipeError:
@@ -260,24 +284,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # command killed by SIGPIPE does; the final flush must not find the pipe again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    if argv is None and args is not None and args.func is cmd_run and args.headless:
+        sys.stderr.flush()
+        os._exit(status & 0xFF)
     return status
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None) -> tuple[argparse.Namespace, int]:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
     try:
         status: int = args.func(args)
     except LLSuperviseError as exc:
-        return _fail(str(exc))
+        return args, _fail(str(exc))
     except BrokenPipeError:
         raise  # stdout closed by its reader: not an error to report (see main)
     except OSError as exc:
         # Not foreseen by a check above; still one line that names the file.
         where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
-        return _fail(f"{where}{exc.strerror or exc}")
-    return status
+        return args, _fail(f"{where}{exc.strerror or exc}")
+    return args, status
 
 
 def _fail(message: str) -> int:

@@ -59,3 +59,44 @@ def test_the_fast_check_is_the_plain_one(
         assert prefixes.allows(request) == slow(tmp_path, rules, path, flags)
         # Relative paths are never taken for static ones (a symlink beside them may lead out).
         assert not prefixes.allows(FsRequest("openat", "open", -100, rel, max(flags, 0)))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rules=st.dictionaries(st.sampled_from(DIRS), st.sampled_from(RIGHTS)),
+    rel=st.lists(NAMES, min_size=0, max_size=3).map(b"/".join),
+    flags=FLAGS,
+)
+def test_a_link_in_root_is_taken_as_its_target(
+    tmp_path: Path, rules: dict[str, AccessFs], rel: bytes, flags: int
+) -> None:
+    """``/L`` standing for ``tmp/a`` (as ``/lib`` for ``/usr/lib``): a path through it is
+    judged as the same path under the target, and one beside it (``/Lx``) is not."""
+    for d in DIRS:
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    target = os.fsencode(str(tmp_path / "a"))
+    with ObjectTable() as table:
+        static = Ruleset.empty(AccessFs(0xFFFF))
+        for d, access in rules.items():
+            static = static.with_fs(table.open(str(tmp_path / d)), access)
+        prefixes = StaticPrefixes(static, table, links={b"/L": target})
+        for link, resolved in ((b"/L", target), (b"/Lx", b"/Lx")):
+            path = link + b"/" + rel if rel else link
+            real = resolved + b"/" + rel if rel else resolved
+            if flags == -1:
+                request = FsRequest("execve", "execute", -100, path)
+            else:
+                request = FsRequest("openat", "open", -100, path, flags)
+            assert prefixes.allows(request) == slow(tmp_path, rules, real, flags)
+
+
+def test_root_links_are_the_symlinks_in_root() -> None:
+    from llsupervise.supervisor.engine.fastpath import root_links
+
+    links = root_links()
+    for name in os.listdir("/"):
+        path = "/" + name
+        if os.path.islink(path) and os.path.isdir(path):
+            assert links[os.fsencode(path)] == os.fsencode(os.path.realpath(path))
+        else:
+            assert os.fsencode(path) not in links

@@ -308,3 +308,23 @@ def test_add_port_masks_and_validates() -> None:
         assert ruleset.add_port(8080, AccessNet.CONNECT_TCP) == NO_NET
         with pytest.raises(LandlockError, match="out of range"):
             ruleset.add_port(70000, AccessNet.BIND_TCP)
+
+
+@needs_landlock
+def test_restrict_flags_are_probed_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ruleset built asks for them: one probe thread, and each caller its own copy."""
+    from llsupervise.landlock import support
+
+    first = support.probe_restrict_flags()
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    first["mutated"] = 1
+    assert support.probe_restrict_flags() == detect_support().restrict_flags
+    assert "mutated" not in support.probe_restrict_flags()
+    assert "landlock-flag-probe" not in started

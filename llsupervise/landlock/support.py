@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 from dataclasses import dataclass, field
 
@@ -56,8 +57,14 @@ def probe_restrict_flags() -> dict[str, int]:
     """The ``landlock_restrict_self`` flags this kernel accepts, found by trying each one.
 
     The calls run in a short-lived thread so that neither the no_new_privs they need nor the one
-    flag that takes effect with fd -1 touches the caller.
+    flag that takes effect with fd -1 touches the caller. Probed once per process (the kernel
+    does not change under it): every ruleset built asks, three times in a run's start-up.
     """
+    return dict(_probed_restrict_flags())
+
+
+@functools.cache
+def _probed_restrict_flags() -> dict[str, int]:
     results: list[dict[str, int]] = []
     failures: list[BaseException] = []
 

@@ -24,8 +24,11 @@ class Task:
     """What is kept per trapped thread, opened with the supervisor's own standing."""
 
     memory: ProcessMemory
-    #: /proc/TID/status, re-read (pread at 0) for the umask when none is cached.
-    status: int
+    tid: int
+    #: /proc/TID/status, re-read (pread at 0) for the umask and credentials when none are
+    #: cached; opened when first needed (see ThreadContexts.status): most threads' requests
+    #: are answered without it (a static open, an exec), and each open is a hand-over.
+    status: int | None = None
     #: Our O_PATH fd of the thread's cwd, and its umask, while no context syscall may have
     #: changed them (see ThreadContexts.unsettle).
     cwd: int | None = None
@@ -41,28 +44,25 @@ class Task:
     def close(self) -> None:
         self.forget_context()
         self.memory.close()
-        os.close(self.status)
+        if self.status is not None:
+            os.close(self.status)
 
     def read_status(self) -> dict[bytes, bytes]:
-        """The thread's status fields now; none once it is gone."""
+        """The thread's status fields now; none once it is gone (or never opened)."""
+        if self.status is None:
+            return {}
         try:
             return status_fields(os.pread(self.status, 4096, 0))
         except OSError:
             return {}
 
-    def read_umask(self) -> int:
-        # Unknown: the narrowest usual umask, never a wider mode.
-        return status_number(self.read_status(), b"Umask", 8, 0o077)
-
 
 def open_task(tid: int) -> Task:
-    memory = ProcessMemory(tid)
-    try:
-        status = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        memory.close()
-        raise
-    return Task(memory, status)
+    return Task(ProcessMemory(tid), tid)
+
+
+def open_status(tid: int) -> int:
+    return os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
 
 
 class Unrestricted(Protocol):
@@ -146,11 +146,23 @@ class ThreadContexts:
         task.cwd = fd
         return os.dup(fd)
 
+    def status(self, task: Task) -> dict[bytes, bytes]:
+        """The task's status fields now, its status file opened on first use (during one
+        of its requests, before that request's id_valid, like its memory reader); none when
+        it is gone."""
+        if task.status is None:
+            tid = task.tid
+            try:
+                task.status = self._unrestricted(lambda: open_status(tid))
+            except OSError:
+                return {}
+        return task.read_status()
+
     def credentials(self, task: Task) -> Credentials | None:
         """The thread's access credentials; None when unknown (it is gone)."""
         if task.cached_credentials is not None:
             return task.cached_credentials
-        credentials = access_credentials(task.read_status())
+        credentials = access_credentials(self.status(task))
         if not self._unsettled:
             task.cached_credentials = credentials
         return credentials
@@ -158,7 +170,8 @@ class ThreadContexts:
     def umask(self, task: Task) -> int:
         if task.cached_umask is not None:
             return task.cached_umask
-        umask = task.read_umask()
+        # Unknown: the narrowest usual umask, never a wider mode.
+        umask = status_number(self.status(task), b"Umask", 8, 0o077)
         if not self._unsettled:
             task.cached_umask = umask
         return umask

@@ -6,11 +6,18 @@ so a symlink leading out of a static tree is judged by the static layer only and
 denial event; everything else goes through a broker. (Relative paths are not taken: programs
 keep symlinks beside their files, and the differential tests showed one in a static directory
 leading into a supervisor-granted one refused where the kernel would allow it.)
+
+The symlinks directly in ``/`` (``/lib``, ``/bin`` ... on a merged-/usr system) are taken as
+their targets: every dynamically linked program opens ``/lib/.../libc.so.6`` and is often
+run as ``/bin/...``, and these would otherwise each take the slow path. They are read once,
+at start; only a root whose static or supervisor rules let the program replace them could make
+one lead elsewhere later, and then the kernel still judges the open by the static layer.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from llsupervise.libc import AT_FDCWD
 from llsupervise.policy.model import Ruleset
@@ -26,9 +33,28 @@ _EXECUTE = -1
 _EXECUTE_RIGHT = int(AccessFs.EXECUTE)
 
 
+def root_links() -> dict[bytes, bytes]:
+    """The symlinks directly in ``/`` that lead to a directory: their path, and where they
+    lead (canonical)."""
+    links: dict[bytes, bytes] = {}
+    try:
+        names = os.listdir(b"/")
+    except OSError:
+        return links
+    for name in names:
+        path = b"/" + name
+        if os.path.islink(path) and os.path.isdir(path):
+            links[path] = os.path.realpath(path)
+    return links
+
+
 class StaticPrefixes:
-    def __init__(self, static: Ruleset, table: ObjectTable) -> None:
+    def __init__(
+        self, static: Ruleset, table: ObjectTable, links: Mapping[bytes, bytes] | None = None
+    ) -> None:
+        """``links``: symlinks in ``/`` taken as their targets (default: :func:`root_links`)."""
         self._known: dict[tuple[bytes, int], bool] = {}
+        self._links = dict(root_links() if links is None else links)
         # Plain ints: a flag's own operators cost microseconds on every uncached check.
         self._dirs: dict[bytes, int] = {}
         for obj, access in static.fs.items():
@@ -63,6 +89,10 @@ class StaticPrefixes:
     def _allows(self, path: bytes, flags: int) -> bool:
         if b"/.." in path:
             return False
+        end = path.find(b"/", 1)
+        target = self._links.get(path if end < 0 else path[:end])
+        if target is not None:
+            path = target if end < 0 else target + path[end:]
         if flags == _EXECUTE:
             need = _EXECUTE_RIGHT
         else:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
-import time
 from itertools import count
 
 #: The watchdog: waits for end of file on its descriptor, then empties and removes the cgroup.
@@ -40,6 +40,8 @@ for attempt in range(200):
 """
 
 _names = count()
+#: How long the end of a run waits for the watchdog to have emptied and removed the cgroup.
+_WATCHDOG_WAIT_S = 0.5
 
 
 def _cgroup2_mount() -> str | None:
@@ -122,11 +124,17 @@ class Lifeline:
             os.close(self._write)
             self._write = None
         if self._watchdog is not None:
-            # A few ms (kill, the cgroup empties, rmdir); reaped if done by then.
-            for _ in range(100):
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(self._watchdog, os.WNOHANG)[0] == 0:
-                        time.sleep(0.005)
-                        continue
-                break
-            self._watchdog = None
+            # A few ms (kill, the cgroup empties, rmdir): waited for (half a second at most)
+            # on a pidfd, which wakes as it exits, then reaped if done by then.
+            pid, self._watchdog = self._watchdog, None
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(pid)
+                try:
+                    # poll, not select: the run may hold more than FD_SETSIZE descriptors.
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)
+                    poller.poll(_WATCHDOG_WAIT_S * 1000)
+                finally:
+                    os.close(pidfd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)

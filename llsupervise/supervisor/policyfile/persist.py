@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-from tomlkit.exceptions import TOMLKitError
-
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.layout import Entry, LayoutError, Statement, entries, lines, statements
 from llsupervise.rights import FS_NAMES, LATEST_ABI, NO_FS, NO_NET, parse_fs, parse_net
+
+# tomlkit (~10 ms to import) is imported where an answer is written, not here: every run
+# imports this module for ``kept_from_event``, and most never write.
 
 #: The first words of every comment line llsupervise writes above an entry: its mark of
 #: ownership. An entry whose comment block has any other line is the person's.
@@ -126,6 +126,8 @@ def _strings(value: object) -> list[str]:
 
 
 def _toml(value: object) -> str:
+    import tomlkit
+
     return tomlkit.item(value).as_string()
 
 
@@ -307,6 +309,8 @@ def _add_one(f: _File, kept: KeptAnswer, now: float) -> bool:
 def _add_inline(text: str, kept: KeptAnswer) -> str:
     """For a supervisor table (or kind) written inline: one more inline table, through tomlkit
     (there are no headers, hence no comments above entries, to keep)."""
+    import tomlkit
+
     document = tomlkit.parse(text)
     supervisor: Any = document["supervisor"]
     entry: dict[str, Any] = {} if kept.access is None else {"allowed_access": list(kept.access)}
@@ -327,6 +331,8 @@ def add_answers(
     text: str, answers: Iterable[KeptAnswer], source: str = "policy", now: float | None = None
 ) -> str:
     """``text`` with ``answers`` added to its ``[supervisor]`` table, everything else as it was."""
+    from tomlkit.exceptions import TOMLKitError
+
     now = time.time() if now is None else now
     try:
         for kept in answers:

@@ -18,10 +18,9 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
-import watchfiles
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.messages import Event, ReloadEvent
@@ -41,6 +40,9 @@ from llsupervise.supervisor.rules.binding import could_be_changed
 from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:
+    import watchfiles
 
 
 class Supervised(Protocol):
@@ -66,6 +68,10 @@ STEP_MS = 5
 #: Milliseconds the watching thread blocks at most: bounds shutdown, and how often the file
 #: is also checked by its status in case a change notification was missed.
 RUST_TIMEOUT_MS = 200
+#: Seconds into the run before watching starts: a command that ends sooner never pays for
+#: the watch (importing watchfiles and starting its thread, ~20 ms), and a save made before
+#: is caught by the check the watch starts with.
+WATCH_AFTER_S = 0.1
 
 STATIC_CHANGED = (
     "the static part (top-level rules, [[ruleset]], abi) changed: it takes effect on the next "
@@ -133,7 +139,8 @@ class PolicyFile:
     # -- watching -------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Reload on every change until cancelled."""
+        """Reload on every change until cancelled (from ``WATCH_AFTER_S`` on)."""
+        await trio.sleep(WATCH_AFTER_S)
         # The watching thread returns at its next step once ``stop`` is set; cancelling
         # awatch alone would wait for its timeout (it cannot interrupt the thread), and every
         # run would end RUST_TIMEOUT_MS late.
@@ -146,6 +153,10 @@ class PolicyFile:
                 stop.set()
 
     async def _watch(self, stop: trio.Event) -> None:
+        # Imported here, once the run has started: watchfiles (and anyio, multiprocessing)
+        # cost ~20 ms of start-up, and only a run with --policy watches.
+        import watchfiles
+
         directory, name = os.path.split(self.path)
 
         def only_the_policy(_change: watchfiles.Change, path: str) -> bool:
