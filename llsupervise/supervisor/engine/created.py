@@ -7,6 +7,11 @@ made there under that name (an open made exclusive, so it creates or fails), and
 is opened at once. The notification stays unanswered and goes to trio (:class:`CreatedBinder`),
 which verifies the object is the new one, binds the rule to it and commits, then replies: the
 program's next call runs under the new generation.
+
+From the creation to that commit, moves (rename, link) wait (:class:`MoveGate`): the object
+is checked empty in trio, but the serving thread goes on serving the program's other threads
+under the old generation, where nothing keeps a file from being moved or linked into the new
+directory before the rule on it is committed (after it, Landlock's refer check does).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +33,7 @@ from llsupervise.seccomp import Listener, Notification, NotificationGone, Seccom
 from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
 from llsupervise.supervisor.events.model import Event
+from llsupervise.supervisor.perform.broker import Broker
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.rules.created import (
     CreatedIndex,
@@ -38,6 +45,8 @@ from llsupervise.supervisor.rules.state import RuleState
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _CREATING_OPS = ("mkdir", "mknod", "open")
+#: What can put an object that existed before into a directory.
+MOVES = ("rename", "link")
 
 
 def names_pending(request: FsRequest, index: CreatedIndex) -> bool:
@@ -47,6 +56,51 @@ def names_pending(request: FsRequest, index: CreatedIndex) -> bool:
     if request.op == "open" and not request.flags & os.O_CREAT:
         return False
     return split_last(request.path)[1].rstrip(b"/") in index.names
+
+
+class MoveGate:
+    """Holds moves back while creations are being bound, so none lands in a new directory
+    between its emptiness check and the commit of its rule.
+
+    A serving thread calls :meth:`begin` when it hands a creation over, and waits in
+    :meth:`wait` before performing a move; trio calls :meth:`end` once the creation is
+    answered. Any commit meanwhile (the binding's own, or an answer's) swaps brokers before
+    the old generation's serving thread is let go and joined: :meth:`swapped`, called first
+    (the broker slot's first ``on_swap`` callback), hands the waiting moves the new
+    generation's broker, which performs them under the rules just committed.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._binding = 0
+        #: The newest generation swapped in, and its broker (alive until the next swap,
+        #: which comes only after every older serving thread has been joined).
+        self._newest: tuple[Broker, int] | None = None
+
+    def begin(self) -> None:
+        with self._changed:
+            self._binding += 1
+
+    def end(self) -> None:
+        with self._changed:
+            self._binding -= 1
+            self._changed.notify_all()
+
+    def swapped(self, broker: Broker, generation: int) -> None:
+        with self._changed:
+            self._newest = (broker, generation)
+            self._changed.notify_all()
+
+    def wait(self, generation: int) -> Broker | None:
+        """Before a move served in ``generation``: None to perform it here, or a newer
+        generation's broker to perform it with."""
+        with self._changed:
+            while self._binding and not self._newer_than(generation):
+                self._changed.wait()
+            return self._newest[0] if self._newest and self._newer_than(generation) else None
+
+    def _newer_than(self, generation: int) -> bool:
+        return self._newest is not None and self._newest[1] > generation
 
 
 @dataclass
@@ -66,6 +120,8 @@ class Creation:
     #: Read before the creation: the new object was born at this time or later.
     before_ns: int
     cpu: int | None
+    #: Holds moves back until this creation is answered (begun by the serving thread).
+    gate: MoveGate
 
     @property
     def kind(self) -> int:
@@ -192,10 +248,13 @@ class CreatedBinder:
 
     def _reply(self, c: Creation) -> None:
         c.close()
-        if self.listener is None:
-            if c.request.op == "open":
-                os.close(c.result)
-            return
-        # The task gone, or the run over (its listener closed): nothing to answer.
-        with contextlib.suppress(NotificationGone, SeccompError, OSError):
-            reply(self.listener, c.notification, c.request, c.result, c.cpu)
+        try:
+            if self.listener is None:
+                if c.request.op == "open":
+                    os.close(c.result)
+                return
+            # The task gone, or the run over (its listener closed): nothing to answer.
+            with contextlib.suppress(NotificationGone, SeccompError, OSError):
+                reply(self.listener, c.notification, c.request, c.result, c.cpu)
+        finally:
+            c.gate.end()

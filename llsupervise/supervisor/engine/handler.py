@@ -21,7 +21,14 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.engine.childfds import ChildFds
 from llsupervise.supervisor.engine.contexts import Task, ThreadContexts
-from llsupervise.supervisor.engine.created import Creation, anchored, names_pending, open_created
+from llsupervise.supervisor.engine.created import (
+    MOVES,
+    Creation,
+    MoveGate,
+    anchored,
+    names_pending,
+    open_created,
+)
 from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
@@ -75,6 +82,8 @@ class RequestHandler:
         #: Pending created-path rules (see rules.created), and where their creations go.
         self.created = created or (lambda: EMPTY_INDEX)
         self.on_created = on_created
+        #: Moves wait while a creation is being bound (see engine.created).
+        self.moves = MoveGate()
         self.arch = native_arch()
         #: Read here: the serving threads, restricted, may not read /proc.
         self._our_credentials = own_credentials()
@@ -145,8 +154,9 @@ class RequestHandler:
         self.performed.note(target)
         assert target.dir1 is not None and self.on_created is not None
         created = open_created(target.dir1, target.request, result)
+        self.moves.begin()
         self.on_created(Creation(
-            n, target.request, result, rules, target.dir1, created, before, self.cpu
+            n, target.request, result, rules, target.dir1, created, before, self.cpu, self.moves
         ))  # fmt: skip
 
     def _static_allows(self, r: FsRequest) -> bool:
@@ -216,7 +226,8 @@ class RequestHandler:
     def serve(self, n: Notification, target: Target, generation: int) -> None:
         """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
         try:
-            result = perform(target)
+            newer = self.moves.wait(generation) if target.request.op in MOVES else None
+            result = perform(target) if newer is None else newer.call(lambda: perform(target))
             self.performed.note(target)
         except KernelDecides:
             result = None
