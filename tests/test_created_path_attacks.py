@@ -8,12 +8,16 @@ the others document what holds.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import make_tree, policy
+import trio
+from supervised import make_tree, policy, policy_text, wait_until
 
+from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
 
 pytestmark = pytest.mark.kernel
@@ -113,3 +117,61 @@ async def test_nothing_is_linked_into_a_new_directory_between_its_check_and_its_
     assert not [line for line in log if line.startswith("LEAK")], log
     assert log == [f"bound {i} 0" for i in range(n)]
     assert len([e for e in bindings(events) if e["bound"]]) == n
+
+
+@pytest.mark.trio
+async def test_a_rule_reloaded_away_while_its_creation_waits_is_not_bound(
+    tmp_path: Path,
+) -> None:
+    """The hole: the serving thread hands over the pending rules it found when the creation
+    was made; a reload done before trio binds them (the policy saved meanwhile, without the
+    rule) did not stop them: the rule the person had just removed was bound and committed.
+    Now the rules bound are those pending when trio binds. The trio thread is held (a plain
+    loop, no checkpoint) from before the mkdir until after the reload, so the order is sure."""
+    make_tree(tmp_path)
+    made = tmp_path / "made"
+    with_rule = policy_text(tmp_path, supervisor_rules=work_rule(tmp_path) + created_rule(made))
+    without = policy_text(tmp_path, supervisor_rules=work_rule(tmp_path))
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(with_rule)
+    script = f"""
+import os, time
+os.chdir({str(tmp_path)!r})
+log = open("out/log", "w", buffering=1)
+log.write("ready\\n")
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+os.mkdir("made")
+try:
+    open("made/f", "w").close()
+    log.write("write ok\\n")
+except OSError as exc:
+    log.write(f"write err {{exc.errno}}\\n")
+"""
+    doc = load_policy(policy_file, {"HOME": str(tmp_path), "PWD": str(tmp_path)})
+    events: list[dict[str, Any]] = []
+    log = tmp_path / "out" / "log"
+    async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
+        sup.listeners.append(events.append)
+
+        async def run() -> None:
+            argv = [sys.executable, "-c", script]
+            assert await sup.run(argv, forward_signals=False) == 0
+
+        nursery.start_soon(run)
+        await wait_until(lambda: log.exists() and "ready" in log.read_text(), "the child")
+        assert sup.policy_file is not None
+        (tmp_path / "out" / "go").touch()
+        hold_until(made.exists)  # made by the serving thread; its binding waits for trio
+        assert sup.policy_file.apply(without)["ok"] is True
+    assert log.read_text().splitlines() == ["ready", "write err 13"]
+    assert not [e for e in bindings(events) if e["bound"]]
+    assert sup.rules.created == ()
+
+
+def hold_until(predicate: Callable[[], bool]) -> None:
+    """Wait without letting trio run (the limit only keeps a broken test from hanging)."""
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.001)

@@ -45,6 +45,7 @@ from llsupervise.supervisor.rules.state import RuleState
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _CREATING_OPS = ("mkdir", "mknod", "open")
+NO_LONGER_PENDING = "the rule no longer waits for this name (reloaded, or bound already)"
 #: What can put an object that existed before into a directory.
 MOVES = ("rename", "link")
 
@@ -209,7 +210,14 @@ class CreatedBinder:
 
     def _bind_and_reply(self, creation: Creation) -> None:
         try:
+            # The rules pending now: a reload since the serving thread looked them up may
+            # have removed or changed them, and an earlier creation may have bound them.
+            current = self.rules.created_index.by_key.get(creation.rules[0].key, ())
             for rule in creation.rules:
+                if not any(r.path == rule.path for r in current):
+                    self.emit({"event": "created_path", "path": escape(rule.path),
+                               "bound": False, "reason": NO_LONGER_PENDING})  # fmt: skip
+            for rule in current:
                 self._bind(creation, rule)
         finally:
             self._reply(creation)
