@@ -175,3 +175,57 @@ def hold_until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "never happened"
         time.sleep(0.001)
+
+
+#: At each pending name, something other than a new directory or file made by mkdir, mknod
+#: or an exclusive open; then a read through the name. out/log: "<name>_make ok|err N" and
+#: "<name>_read ok|err N".
+OTHER_WAYS = r"""
+import os, stat
+log = open("out/log", "w", buffering=1)
+def step(name, fn):
+    try:
+        fn()
+        log.write(f"{name} ok\n")
+    except OSError as exc:
+        log.write(f"{name} err {exc.errno}\n")
+def read(path):
+    with open(path, "rb") as f:
+        f.read()
+def tmpfile_linked():
+    fd = os.open("out", os.O_TMPFILE | os.O_RDWR, 0o600)
+    os.link(f"/proc/self/fd/{fd}", "tmpf", follow_symlinks=True)
+step("tmpf_make", tmpfile_linked)
+step("hl_make", lambda: os.link("secret/s", "hl"))
+step("hl_read", lambda: read("hl"))
+step("sym_make", lambda: os.symlink("secret/s", "sym"))
+step("sym_read", lambda: read("sym"))
+step("dev_make", lambda: os.mknod("dev", stat.S_IFCHR | 0o600, os.makedev(1, 3)))
+step("dev_read", lambda: read("dev"))
+step("proc_make", lambda: os.mkdir("/proc/self/cwd/proc"))
+"""
+
+
+@pytest.mark.trio
+async def test_objects_not_made_new_at_the_name_get_no_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard link to secret/s, a linked O_TMPFILE, a symlink: the name's object was not
+    created by a mkdir, mknod or exclusive open of it; a creation through /proc/self is left
+    to the kernel (the static layer refuses it here). A device node is made new, but what it
+    leads to is not: it never receives the rule (caught: binding the /dev/null twin here; the
+    disk's would have been read whole). Each rule stays pending."""
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    names = ("tmpf", "hl", "sym", "dev", "proc")
+    rules = work_rule(tmp_path).replace('"refer"', '"refer", "make_sym", "make_char"')
+    rules += "".join(created_rule(tmp_path / name) for name in names)
+    events = await supervise(tmp_path, OTHER_WAYS, rules)
+    log = (tmp_path / "out" / "log").read_text().splitlines()
+    steps = dict(line.split(" ", 1) for line in log)
+    # The O_TMPFILE is made in out/, which grants more than the work tree: refer refuses it.
+    assert steps == {"tmpf_make": "err 18", "hl_make": "ok", "hl_read": "err 13", "sym_make": "ok",
+                     "sym_read": "err 13", "dev_make": "ok", "dev_read": "err 13",
+                     "proc_make": "err 13"}  # fmt: skip
+    [device] = bindings(events)
+    assert device["bound"] is False and "device" in device["reason"]

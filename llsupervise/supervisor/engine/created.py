@@ -232,6 +232,9 @@ class CreatedBinder:
                 reason = why_not_new(c.created_fd, c.anchor_fd, c.name, c.before_ns, c.kind)
             except OSError as exc:
                 reason = f"the object cannot be examined: {exc.strerror}"
+        if reason is None and c.kind in (stat.S_IFCHR, stat.S_IFBLK):
+            # A new node for an old device (the disk, memory): its data is not new.
+            reason = "a device node never receives a created-path rule"
         if reason is None and len(rule.names) > 1 and c.kind != stat.S_IFDIR:
             reason = f"{escape(c.name)} was created as a file, and the rule names beneath it"
         if reason is not None:
