@@ -229,3 +229,44 @@ async def test_objects_not_made_new_at_the_name_get_no_rule(
                      "proc_make": "err 13"}  # fmt: skip
     [device] = bindings(events)
     assert device["bound"] is False and "device" in device["reason"]
+
+
+@pytest.mark.trio
+async def test_a_file_created_at_a_pending_name_binds_and_its_open_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A learned policy's rule on a file the run creates in ``${PWD}``: the work tree gives
+    make_reg only. The gap: the exclusive open was performed under the old generation, where
+    Landlock refuses to open the new file for reading or writing; it was left behind empty,
+    the open failed (asked about), and the rule stayed pending for good. Now the file is made
+    (mknod: make_reg only), bound, and opened under the new generation."""
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = """
+import os
+log = open("out/log", "w", buffering=1)
+def step(name, fn):
+    try:
+        log.write(f"{name} ok {fn()!r}\\n")
+    except OSError as exc:
+        log.write(f"{name} err {exc.errno}\\n")
+def write():
+    with open("result.txt", "w") as f:
+        return f.write("made here")
+def read(path):
+    with open(path) as f:
+        return f.read()
+step("write", write)
+step("read", lambda: read("result.txt"))
+step("again", lambda: os.close(os.open("result.txt", os.O_CREAT | os.O_WRONLY)))
+step("other", lambda: os.close(os.open("other.txt", os.O_CREAT | os.O_WRONLY)))
+step("secret", lambda: read("secret/s"))
+"""
+    rules = work_rule(tmp_path) + created_rule(tmp_path / "result.txt")
+    events = await supervise(tmp_path, script, rules)
+    steps = dict(line.split(" ", 1) for line in (tmp_path / "out" / "log").read_text().splitlines())
+    assert steps == {"write": "ok 9", "read": "ok 'made here'", "again": "ok None",
+                     "other": "err 13", "secret": "err 13"}  # fmt: skip
+    [bound] = bindings(events)
+    assert bound["bound"] is True and bound["object"] == str(tmp_path / "result.txt")
+    assert (tmp_path / "result.txt").read_text() == "made here"

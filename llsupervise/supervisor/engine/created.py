@@ -3,10 +3,14 @@
 In a serving thread: a creation (``mkdir``, ``mknod``, ``open`` with ``O_CREAT``) whose last
 name a pending rule waits for is performed in the directory object its path's directory part
 leads to, opened once (:func:`anchored`); if that object is the rule's anchor, the creation is
-made there under that name (an open made exclusive, so it creates or fails), and the new object
-is opened at once. The notification stays unanswered and goes to trio (:class:`CreatedBinder`),
-which verifies the object is the new one, binds the rule to it and commits, then replies: the
-program's next call runs under the new generation.
+made there under that name, and the new object is opened at once (O_PATH). The notification
+stays unanswered and goes to trio (:class:`CreatedBinder`), which verifies the object is the
+new one, binds the rule to it and commits, then replies: the program's next call runs under
+the new generation.
+
+An open's file is made by ``mknod``: it creates or fails, and needs only make_reg, where the
+old generation may well refuse to open the new file. It is opened when the reply is sent,
+under the generation then serving (the rule's, if it was bound).
 
 From the creation to that commit, moves (rename, link) wait (:class:`MoveGate`): the object
 is checked empty in trio, but the serving thread goes on serving the program's other threads
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import stat
 import threading
@@ -34,6 +40,7 @@ from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
 from llsupervise.supervisor.events.model import Event
 from llsupervise.supervisor.perform.broker import Broker
+from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.rules.created import (
     CreatedIndex,
@@ -54,8 +61,8 @@ def names_pending(request: FsRequest, index: CreatedIndex) -> bool:
     """Whether ``request`` creates a name some pending rule waits for (a cheap first look)."""
     if not index.names or request.op not in _CREATING_OPS:
         return False
-    if request.op == "open" and not request.flags & os.O_CREAT:
-        return False
+    if request.op == "open" and request.flags & (os.O_CREAT | os.O_DIRECTORY) != os.O_CREAT:
+        return False  # no creation, or one the kernel refuses (O_CREAT | O_DIRECTORY)
     return split_last(request.path)[1].rstrip(b"/") in index.names
 
 
@@ -109,9 +116,10 @@ class Creation:
     """A creation made for a pending rule's name, its notification not answered yet."""
 
     notification: Notification
-    #: The request as performed: the bare name, relative to ``anchor_fd``.
+    #: The request, its path the bare name relative to ``anchor_fd`` (an open's file was made
+    #: by mknod, and is opened when the reply is sent).
     request: FsRequest
-    #: What the reply carries: the opened fd (injected, then closed) or 0.
+    #: What the reply carries, but for an open: 0.
     result: int
     rules: tuple[PendingCreation, ...]
     #: O_PATH fd of the directory the object was created in (the rule's anchor object).
@@ -123,6 +131,8 @@ class Creation:
     cpu: int | None
     #: Holds moves back until this creation is answered (begun by the serving thread).
     gate: MoveGate
+    #: The program's credentials when they are not ours (an open's file is opened with them).
+    credentials: Credentials | None = None
 
     @property
     def kind(self) -> int:
@@ -168,19 +178,25 @@ def anchored(
     if not rules:
         os.close(fd)
         return None
-    flags = r.flags | os.O_EXCL if r.op == "open" else r.flags
-    request = dataclasses.replace(r, path=name, flags=flags)
+    request = dataclasses.replace(r, path=name)
     for old in (target.dir1, target.dir2):
         if old is not None:
             os.close(old)
     return dataclasses.replace(target, request=request, dir1=fd, dir2=None), rules
 
 
-def open_created(anchor_fd: int, request: FsRequest, result: int) -> int | None:
-    """The object now under the created name, not followed (None: gone already). For an
-    open, the very file it opened."""
-    if request.op == "open":
-        return os.dup(result)
+def made_by(target: Target) -> Target:
+    """What creates ``target``'s object: an open's file is made by mknod (see above)."""
+    r = target.request
+    if r.op != "open":
+        return target
+    mode = stat.S_IFREG | (r.mode & 0o7777)
+    return dataclasses.replace(target, request=dataclasses.replace(r, op="mknod", mode=mode))
+
+
+def open_created(anchor_fd: int, request: FsRequest) -> int | None:
+    """The object now under the created name (as made: no open), not followed (None: gone
+    already)."""
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     if request.op == "mkdir":
         flags |= os.O_DIRECTORY
@@ -258,14 +274,45 @@ class CreatedBinder:
                            "object": escape(table.label(obj))})  # fmt: skip
 
     def _reply(self, c: Creation) -> None:
-        c.close()
         try:
             if self.listener is None:
-                if c.request.op == "open":
-                    os.close(c.result)
                 return
             # The task gone, or the run over (its listener closed): nothing to answer.
             with contextlib.suppress(NotificationGone, SeccompError, OSError):
-                reply(self.listener, c.notification, c.request, c.result, c.cpu)
+                if c.request.op == "open":
+                    self._reply_open(self.listener, c)
+                else:
+                    reply(self.listener, c.notification, c.request, c.result, c.cpu)
         finally:
+            c.close()
             c.gate.end()
+
+    def _reply_open(self, listener: Listener, c: Creation) -> None:
+        """Open the file made for an open, under the generation now serving (the rule just
+        committed, if it was bound), and answer with it."""
+        n = c.notification
+        slot = self.rules.slot
+        if c.created_fd is None or slot is None:
+            listener.send_error(n.id, errno.ENOENT)
+            return
+        try:
+            fd = slot.broker.call(lambda: reopen(c))
+        except CredentialsError:
+            listener.send_continue(n.id)  # the program's own open: the kernel decides
+            return
+        except OSError as exc:
+            listener.send_error(n.id, exc.errno or errno.EIO)
+            return
+        reply(listener, n, c.request, fd, c.cpu)
+
+
+def reopen(c: Creation) -> int:
+    """In a broker's thread: the file ``c`` made, opened as the program asked (the very
+    object: through our descriptor of it). Never waits for a lease holder."""
+    assert c.created_fd is not None
+    flags = c.request.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+    with acting_as(c.credentials) if c.credentials else contextlib.nullcontext():
+        fd = os.open(f"/proc/self/fd/{c.created_fd}", flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not c.request.flags & os.O_NONBLOCK:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd

@@ -4,7 +4,6 @@ Landlock denial is handed over as a :class:`Pending`."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from llsupervise.supervisor.engine.created import (
     Creation,
     MoveGate,
     anchored,
+    made_by,
     names_pending,
     open_created,
 )
@@ -133,30 +133,30 @@ class RequestHandler:
             return
         found = anchored(target, index) if creating else None
         if found is not None:
-            self._create(n, request, *found, generation)
+            self._create(n, *found, generation)
             return
         self.serve(n, target, generation)
 
     def _create(
-        self, n: Notification, asked: FsRequest, target: Target, rules: tuple[PendingCreation, ...],
-        generation: int,
+        self, n: Notification, target: Target, rules: tuple[PendingCreation, ...], generation: int
     ) -> None:
         """Perform a creation in a pending rule's anchor, and hand it to ``on_created``
-        unanswered; anything but a successful creation is served as usual (an exclusive
-        open that finds the name taken is then the program's own open)."""
+        unanswered; anything but a successful creation is served as usual (an open that
+        finds the name taken is then the program's own open)."""
         before = coarse_now_ns()
+        made = made_by(target)
         try:
-            result = perform(target)
+            result = perform(made)
         except (KernelDecides, ProtectedError, OSError):
-            plain = dataclasses.replace(target.request, flags=asked.flags)
-            self.serve(n, dataclasses.replace(target, request=plain), generation)
+            self.serve(n, target, generation)
             return
         self.performed.note(target)
         assert target.dir1 is not None and self.on_created is not None
-        created = open_created(target.dir1, target.request, result)
+        created = open_created(target.dir1, made.request)
         self.moves.begin()
         self.on_created(Creation(
-            n, target.request, result, rules, target.dir1, created, before, self.cpu, self.moves
+            n, target.request, result, rules, target.dir1, created, before, self.cpu, self.moves,
+            target.credentials,
         ))  # fmt: skip
 
     def _static_allows(self, r: FsRequest) -> bool:
