@@ -7,6 +7,7 @@ the others document what holds.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -270,3 +271,42 @@ step("secret", lambda: read("secret/s"))
     [bound] = bindings(events)
     assert bound["bound"] is True and bound["object"] == str(tmp_path / "result.txt")
     assert (tmp_path / "result.txt").read_text() == "made here"
+
+
+@pytest.mark.trio
+async def test_a_creation_repeated_that_never_binds_is_told_once_and_holds_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule names ``a/b``; the program makes ``a`` a file, 300 times, from 3 threads at
+    once (removing it each time). Each creation goes through trio and is refused; the gap: each
+    wrote an event (a program could fill the log). Now the refusal is told once, the rule stays
+    pending, and the supervisor holds no more descriptors than before."""
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = """
+import os, threading
+def make():
+    for _ in range(100):
+        try:
+            os.close(os.open("a", os.O_CREAT | os.O_WRONLY, 0o600))
+            os.unlink("a")
+        except OSError:
+            pass
+threads = [threading.Thread(target=make) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+    rules = work_rule(tmp_path).replace('"refer"', '"refer", "write_file"')
+    rules += created_rule(tmp_path / "a" / "b")
+    events: list[dict[str, Any]] = []
+    async with Supervisor.open(policy(tmp_path, supervisor_rules=rules)) as sup:
+        sup.listeners.append(events.append)
+        before = len(os.listdir("/proc/self/fd"))
+        argv = [sys.executable, "-c", script]
+        assert await sup.run(argv, forward_signals=False) == 0
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert [rule.names for rule in sup.rules.created] == [(b"a", b"b")]
+    refused = [e for e in bindings(events) if "created as a file" in e.get("reason", "")]
+    assert len(refused) == 1, len(refused)

@@ -53,6 +53,8 @@ from llsupervise.supervisor.rules.state import RuleState
 _RESOLVE_NO_MAGICLINKS = 0x02
 _CREATING_OPS = ("mkdir", "mknod", "open")
 NO_LONGER_PENDING = "the rule no longer waits for this name (reloaded, or bound already)"
+#: Refused bindings remembered so as to be told once (reasons are a few fixed texts).
+_REFUSALS_TOLD = 4096
 #: What can put an object that existed before into a directory.
 MOVES = ("rename", "link")
 
@@ -214,6 +216,9 @@ class CreatedBinder:
         self.emit = emit
         self.token: trio.lowlevel.TrioToken | None = None
         self.listener: Listener | None = None
+        #: (rule path, reason) of each binding refused so far: told once, as a program
+        #: repeating a creation that never binds must not write an event each time.
+        self._refused: set[tuple[str, str]] = set()
 
     def created(self, creation: Creation) -> None:
         """From a serving thread: hand ``creation`` to trio."""
@@ -254,7 +259,10 @@ class CreatedBinder:
         if reason is None and len(rule.names) > 1 and c.kind != stat.S_IFDIR:
             reason = f"{escape(c.name)} was created as a file, and the rule names beneath it"
         if reason is not None:
-            self.emit(event | {"bound": False, "reason": reason})
+            if (rule.path, reason) not in self._refused:
+                if len(self._refused) < _REFUSALS_TOLD:
+                    self._refused.add((rule.path, reason))
+                self.emit(event | {"bound": False, "reason": reason})
             return
         assert c.created_fd is not None
         table = self.rules.table
@@ -310,6 +318,9 @@ def reopen(c: Creation) -> int:
     """In a broker's thread: the file ``c`` made, opened as the program asked (the very
     object: through our descriptor of it). Never waits for a lease holder."""
     assert c.created_fd is not None
+    if not stat.S_ISREG(os.fstat(c.created_fd).st_mode):
+        # Not what mknod made (swapped in by the kernel's own rename): never opened here.
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
     flags = c.request.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
     with acting_as(c.credentials) if c.credentials else contextlib.nullcontext():
         fd = os.open(f"/proc/self/fd/{c.created_fd}", flags | os.O_NONBLOCK | os.O_CLOEXEC)
