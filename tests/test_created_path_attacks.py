@@ -310,3 +310,44 @@ for t in threads:
         assert [rule.names for rule in sup.rules.created] == [(b"a", b"b")]
     refused = [e for e in bindings(events) if "created as a file" in e.get("reason", "")]
     assert len(refused) == 1, len(refused)
+
+
+@pytest.mark.trio
+async def test_spellings_of_the_name_bind_in_the_anchor_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pending names matched by the directory object they are made in, however the path is
+    spelled (``..``, ``.``, ``//``, a trailing slash, a dirfd, an absolute path); the same name
+    made in another directory (out/, named directly or through ``..``) gets no rule, and a
+    creation through /proc/self/fd is left to the kernel. Caught: matching by the last name
+    alone, or by the path string."""
+    make_tree(tmp_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    script = f"""
+import os
+log = open("out/log", "w", buffering=1)
+def step(name, fn):
+    try:
+        fn()
+        log.write(f"{{name}} ok\\n")
+    except OSError as exc:
+        log.write(f"{{name}} err {{exc.errno}}\\n")
+here = os.open(".", os.O_PATH | os.O_DIRECTORY)
+step("decoy_out", lambda: os.mkdir("out/m1"))
+step("decoy_dotdot", lambda: os.mkdir("sub/../out/m2"))
+step("proc_fd", lambda: os.mkdir(f"/proc/self/fd/{{here}}/m1"))
+step("m1", lambda: os.mkdir("sub/../m1/"))
+step("m2", lambda: os.mkdir("./m2", dir_fd=here))
+step("m3", lambda: os.mkdir({str(tmp_path)!r} + "//m3//"))
+for name in ("m1", "m2", "m3", "out/m1", "out/m2"):
+    step("write_" + name, lambda: open(name + "/f", "w").close())
+"""
+    names = ("m1", "m2", "m3")
+    rules = work_rule(tmp_path) + "".join(created_rule(tmp_path / name) for name in names)
+    events = await supervise(tmp_path, script, rules)
+    steps = dict(line.split(" ", 1) for line in (tmp_path / "out" / "log").read_text().splitlines())
+    assert steps == {"decoy_out": "ok", "decoy_dotdot": "ok", "proc_fd": "err 13", "m1": "ok",
+                     "m2": "ok", "m3": "ok", "write_m1": "ok", "write_m2": "ok", "write_m3": "ok",
+                     "write_out/m1": "ok", "write_out/m2": "ok"}  # fmt: skip
+    assert sorted(e["object"] for e in bindings(events)) == [str(tmp_path / n) for n in names]
