@@ -254,6 +254,7 @@ class Supervisor:
         )
         self.created.token = self.handover.token
         self.created.listener = launched.listener
+        slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
         start: StartEvent = {"event": "start", "pid": launched.pid, "argv": list(argv)}
@@ -295,6 +296,7 @@ class Supervisor:
                 self.net.close()
                 self.net = None
             self.created.listener = None
+            slot.on_swap.remove(loop.handler.moves.swapped)
             launched.listener.close()
             self.handover.nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})

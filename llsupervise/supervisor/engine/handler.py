@@ -4,7 +4,6 @@ Landlock denial is handed over as a :class:`Pending`."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 from collections.abc import Callable
@@ -21,7 +20,15 @@ from llsupervise.seccomp import (
 )
 from llsupervise.supervisor.engine.childfds import ChildFds
 from llsupervise.supervisor.engine.contexts import Task, ThreadContexts
-from llsupervise.supervisor.engine.created import Creation, anchored, names_pending, open_created
+from llsupervise.supervisor.engine.created import (
+    MOVES,
+    Creation,
+    MoveGate,
+    anchored,
+    made_by,
+    names_pending,
+    open_created,
+)
 from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
@@ -75,6 +82,8 @@ class RequestHandler:
         #: Pending created-path rules (see rules.created), and where their creations go.
         self.created = created or (lambda: EMPTY_INDEX)
         self.on_created = on_created
+        #: Moves wait while a creation is being bound (see engine.created).
+        self.moves = MoveGate()
         self.arch = native_arch()
         #: Read here: the serving threads, restricted, may not read /proc.
         self._our_credentials = own_credentials()
@@ -124,29 +133,30 @@ class RequestHandler:
             return
         found = anchored(target, index) if creating else None
         if found is not None:
-            self._create(n, request, *found, generation)
+            self._create(n, *found, generation)
             return
         self.serve(n, target, generation)
 
     def _create(
-        self, n: Notification, asked: FsRequest, target: Target, rules: tuple[PendingCreation, ...],
-        generation: int,
+        self, n: Notification, target: Target, rules: tuple[PendingCreation, ...], generation: int
     ) -> None:
         """Perform a creation in a pending rule's anchor, and hand it to ``on_created``
-        unanswered; anything but a successful creation is served as usual (an exclusive
-        open that finds the name taken is then the program's own open)."""
+        unanswered; anything but a successful creation is served as usual (an open that
+        finds the name taken is then the program's own open)."""
         before = coarse_now_ns()
+        made = made_by(target)
         try:
-            result = perform(target)
+            result = perform(made)
         except (KernelDecides, ProtectedError, OSError):
-            plain = dataclasses.replace(target.request, flags=asked.flags)
-            self.serve(n, dataclasses.replace(target, request=plain), generation)
+            self.serve(n, target, generation)
             return
         self.performed.note(target)
         assert target.dir1 is not None and self.on_created is not None
-        created = open_created(target.dir1, target.request, result)
+        created = open_created(target.dir1, made.request)
+        self.moves.begin()
         self.on_created(Creation(
-            n, target.request, result, rules, target.dir1, created, before, self.cpu
+            n, target.request, result, rules, target.dir1, created, before, self.cpu, self.moves,
+            target.credentials,
         ))  # fmt: skip
 
     def _static_allows(self, r: FsRequest) -> bool:
@@ -216,7 +226,8 @@ class RequestHandler:
     def serve(self, n: Notification, target: Target, generation: int) -> None:
         """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
         try:
-            result = perform(target)
+            newer = self.moves.wait(generation) if target.request.op in MOVES else None
+            result = perform(target) if newer is None else newer.call(lambda: perform(target))
             self.performed.note(target)
         except KernelDecides:
             result = None

@@ -6,7 +6,7 @@ anchored on the object of its nearest existing ancestor directory (held fd, foun
 following any symlink, so nothing the program planted), plus the missing name components.
 
 When a serving thread creates the first missing name in the anchor directory object for the
-program (``mkdir``, ``open`` with ``O_CREAT`` made exclusive, ``mknod``), the new object is
+program (``mkdir``, ``open`` with ``O_CREAT`` (made by ``mknod``), ``mknod``), the new object is
 verified and:
 
 - if names remain (``${PWD}/build/out`` with neither existing), the rule is anchored anew on
@@ -14,6 +14,10 @@ verified and:
   intermediate directory;
 - otherwise the rule binds to that object, and a new generation is committed before the
   creating call's reply goes back to the program.
+
+Nothing can be moved or linked into the new object between its check and the commit (see
+:class:`~llsupervise.supervisor.engine.created.MoveGate`); a device node never binds (its
+node is new, the device is not).
 
 A rename or link into the name never binds (it would bind an object that existed before),
 and neither does a creation the kernel was left to do (a static-layer CONTINUE) or one asked
@@ -180,8 +184,9 @@ def why_not_new(
     if stat.S_ISDIR(st.st_mode):
         listing = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if os.listdir(listing):
-                return "the directory is not empty"
+            with os.scandir(listing) as entries:
+                if next(entries, None) is not None:  # one is enough (there may be many)
+                    return "the directory is not empty"
         finally:
             os.close(listing)
     return None
