@@ -500,3 +500,22 @@ async def test_ordinary_programs_keep_working(
     assert refused["decision"] == "deny"
     assert refused["syscall"] == "sendmsg" and "descriptors" in refused["refused"]
     assert refused["path"] == "(a UNIX socket's peer)"
+
+
+@pytest.mark.trio
+async def test_the_abstract_scope_holds_for_what_the_supervisor_performs(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Abstract addresses on a UNIX socket are no longer left to the kernel (its memory may
+    change): with the abstract scope on, the supervisor must not connect for the program."""
+    name = f"llsupervise-scope-{os.getpid()}"
+    scope = '[[ruleset]]\nscoped = ["abstract_unix_socket"]\n'
+    (tmp_path / "out").mkdir()
+    text = policy_text(tmp_path, settings="handle_connect_unix = true", extra_static=scope)
+    doc = parse_policy(text, "scoped.toml", {"HOME": str(tmp_path), "PWD": str(tmp_path)})
+    with listener("\0" + name) as server:
+        status, events, _ = await supervise(doc, CONNECT, "@" + name)
+        assert accepted(server) == []
+    assert status == 0
+    assert capfd.readouterr().out.split() == [str(errno.EPERM)]
+    assert denials(events) == []

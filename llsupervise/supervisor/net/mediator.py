@@ -149,8 +149,14 @@ class NetMediator:
         ):
             return False
         if not self._pool.post(lambda: self._dispatch(n, name)):
-            with contextlib.suppress(SeccompError):
-                self.replies.kernel_decides(n)  # closed: the static layer alone decides
+            # Closed: the static layer alone decides what it can; the rest fails closed.
+            if name == "socket":
+                self.replies.error(n, errno.EPROTONOSUPPORT)
+            elif self.unix is not None and name in UNIX_SYSCALLS:
+                self.replies.error(n, errno.EACCES)
+            else:
+                with contextlib.suppress(SeccompError):
+                    self.replies.kernel_decides(n)
         return True
 
     def _dispatch(self, n: Notification, name: str) -> None:
