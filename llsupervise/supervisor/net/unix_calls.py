@@ -104,7 +104,8 @@ class _Taken:
         self.mem.close()
         if not self.handed:
             self.handed = True
-            os.close(self.sock)
+            if self.sock >= 0:
+                os.close(self.sock)
             if self.out >= 0:
                 os.close(self.out)
 
@@ -185,37 +186,33 @@ class UnixSockets:
         """The child's socket and memory, opened before the notification is checked valid
         (so they are the trapped thread's); None: answered (an error) or gone."""
         try:
-            mem = ProcessMemory(n.pid)
+            taken = _Taken(-1, ProcessMemory(n.pid))
         except MemoryReadError:
             # Gone (the reply fails harmlessly), or short of descriptors: fail closed.
             self.replies.error(n, errno.EACCES)
             return None
-        out = -1
         try:
             if call.name == "sendmmsg":
-                out = os.open(f"/proc/{n.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+                taken.out = os.open(f"/proc/{n.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
             pidfd = open_pidfd(n.pid)
         except OSError:
-            mem.close()
-            if out >= 0:
-                os.close(out)
+            taken.close()
             self.replies.error(n, errno.EACCES)
             return None
         try:
-            if not self.replies.listener.id_valid(n.id):
-                raise OSError(errno.ESRCH, "gone")
-            sock = pidfd_getfd(pidfd, call.fd)
+            if self.replies.listener.id_valid(n.id):
+                taken.sock = pidfd_getfd(pidfd, call.fd)
         except OSError as exc:
-            mem.close()
-            if out >= 0:
-                os.close(out)
-            if exc.errno != errno.ESRCH:
-                err = errno.ENOTSOCK if exc.errno == errno.ENOTSOCK else errno.EBADF
-                self.replies.error(n, err)
-            return None
+            err = errno.ENOTSOCK if exc.errno == errno.ENOTSOCK else errno.EBADF
+            self.replies.error(n, err)
+        except SeccompError:
+            pass  # the listener is gone: nobody waits
         finally:
             os.close(pidfd)
-        return _Taken(sock, mem, out)
+        if taken.sock < 0:
+            taken.close()
+            return None
+        return taken
 
     def _judge(self, n: Notification, call: _Call, taken: _Taken) -> None:
         """Read the call's address (and data) once, and perform, ask or refuse; the socket
