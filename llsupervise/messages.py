@@ -141,6 +141,8 @@ class DenialEvent(TypedDict):
     over_limit: NotRequired[bool]
     #: The conditional rule that granted it.
     granted_by: NotRequired[list[str]]
+    #: Refused without a question (e.g. MPTCP while TCP is handled): why, and what to do.
+    refused: NotRequired[str]
     rules: NotRequired[list[KeptRule]]
     unbound: NotRequired[list[UnboundRule]]
     #: Network requests: what the request names.

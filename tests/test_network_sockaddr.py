@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from llsupervise.rights import AccessNet
 from llsupervise.seccomp import Notification
 from llsupervise.supervisor.events.model import Answer
-from llsupervise.supervisor.net.mediator import PendingNet, SocketKind, once
+from llsupervise.supervisor.net.mediator import PendingNet, once
 from llsupervise.supervisor.net.sockaddr import (
     AF_INET,
     AF_INET6,
@@ -26,6 +26,7 @@ from llsupervise.supervisor.net.sockaddr import (
     decode_call,
     parse_sockaddr,
 )
+from llsupervise.supervisor.net.sockets import SocketKind
 
 ports = st.integers(0, 65535)
 directions = st.sampled_from(["bind", "connect"])

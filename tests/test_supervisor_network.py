@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -158,3 +159,62 @@ def test_port_answers_are_written_as_net_port_rules() -> None:
     doc = parse_policy(twice, "p.toml", {"HOME": "/", "PWD": "/"})
     [entry] = doc.supervisor.net_port
     assert entry.ports == (8080, 9090) and entry.access == AccessNet.CONNECT_TCP
+
+
+# An MPTCP socket, then a plain TCP connect to the port; prints the errno of each (0: made).
+MPTCP_THEN_TCP = r"""
+import socket, sys
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()
+    print(0, flush=True)
+except OSError as e:
+    print(e.errno, flush=True)
+with socket.socket() as s:
+    print(s.connect_ex(("127.0.0.1", int(sys.argv[1]))), flush=True)
+"""
+
+
+@pytest.mark.trio
+async def test_an_mptcp_socket_is_refused_with_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The program's socket() fails as on a kernel without MPTCP, and the log says why; plain
+    TCP is still judged (no rule: denied)."""
+    monkeypatch.chdir(tmp_path)
+    events: list[Mapping[str, Any]] = []
+    async with Supervisor.open(net_policy(tmp_path)) as sup:
+        sup.listeners.append(events.append)
+        argv = [sys.executable, "-c", MPTCP_THEN_TCP, str(server)]
+        status = await sup.run(argv, forward_signals=False)
+    assert status == 0
+    assert capfd.readouterr().out.split() == [str(errno.EPROTONOSUPPORT), str(errno.EACCES)]
+    (refused,) = [e for e in events if e["event"] == "denial" and e["syscall"] == "socket"]
+    assert refused["decision"] == "deny" and "MPTCP" in refused["refused"]
+    assert "plain TCP" in refused["refused"]  # what to do
+    assert refused["pid"] > 0 and refused["exe"]
+    (tcp,) = [e for e in events if e["event"] == "denial" and "port" in e]
+    assert tcp["port"] == server and tcp["decision"] == "deny"
+
+
+@pytest.mark.trio
+async def test_mptcp_is_left_alone_when_tcp_is_not_handled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = f"""
+[[ruleset]]
+handled_access_fs = ["abi.all"]
+[[path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = [{", ".join(f'"{d}"' for d in SYSTEM_DIRS)}]
+[supervisor]
+mode = "enforce"
+"""
+    doc = parse_policy(text, "fs-only.toml", {"HOME": str(tmp_path), "PWD": str(tmp_path)})
+    events: list[Mapping[str, Any]] = []
+    async with Supervisor.open(doc) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run([sys.executable, "-c", MPTCP_THEN_TCP, "1"], forward_signals=False)
+    assert status == 0
+    assert capfd.readouterr().out.split()[0] == "0"  # made: nothing to go around
+    assert not [e for e in events if e["event"] == "denial" and e["syscall"] == "socket"]

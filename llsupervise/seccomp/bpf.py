@@ -54,11 +54,15 @@ class ArgIs:
 @dataclass(frozen=True)
 class Refusal:
     """A call that fails with ``errno`` when every condition holds, whatever else the filter
-    does with that syscall."""
+    does with that syscall.
+
+    ``reported``: the filter hands the call to the supervisor (USER_NOTIF) instead, which
+    answers ``errno`` and says why in its log: for a refusal a person must hear about."""
 
     syscall: str
     when: tuple[ArgIs, ...]
     errno: int
+    reported: bool = False
 
 
 #: Always refused: typing into a terminal (TIOCSTI, and TIOCLINUX's paste), and repointing
@@ -69,7 +73,9 @@ ALWAYS_REFUSED: tuple[Refusal, ...] = (
 )
 
 #: Refused while TCP bind/connect is handled: Landlock does not mediate MPTCP sockets. The
-#: errno is what a kernel without MPTCP answers, so programs fall back to plain TCP. io_uring
+#: errno is what a kernel without MPTCP answers, so programs fall back to plain TCP; the
+#: supervisor answers it (``reported``) and logs the refusal, or the person would never learn
+#: why the program's socket failed. io_uring
 #: makes sockets without the socket syscall (IORING_OP_SOCKET), so it is refused too, with the
 #: errno of a kernel whose io_uring is switched off (``kernel.io_uring_disabled``).
 IO_URING_REFUSED: tuple[Refusal, ...] = (Refusal("io_uring_setup", (), errno.EPERM),)
@@ -78,6 +84,7 @@ MPTCP_REFUSED: tuple[Refusal, ...] = (
         "socket",
         (ArgIs(0, (AF_INET, AF_INET6)), ArgIs(2, (IPPROTO_MPTCP,))),
         errno.EPROTONOSUPPORT,
+        reported=True,
     ),
     *IO_URING_REFUSED,
 )
@@ -118,7 +125,8 @@ def _refusal_block(refusal: Refusal, nr: int) -> list[Instruction]:
             block.append((BPF_JEQ_K, next_cond - len(block) - 1, 0, value & 0xFFFFFFFF))
         block.append((BPF_JEQ_K, 0, miss - len(block) - 1, cond.values[-1] & 0xFFFFFFFF))
     assert len(block) == ret
-    block.append((BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | refusal.errno))
+    action = SECCOMP_RET_USER_NOTIF if refusal.reported else SECCOMP_RET_ERRNO | refusal.errno
+    block.append((BPF_RET_K, 0, 0, action))
     block.append((BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET))
     return block
 

@@ -151,6 +151,8 @@ _X86_64 = {
     "bind": 49,
     "connect": 42,
     "sendto": 44,
+    "sendmsg": 46,
+    "sendmmsg": 307,
     "seccomp": 317,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
@@ -193,6 +195,8 @@ _AARCH64 = {
     "bind": 200,
     "connect": 203,
     "sendto": 206,
+    "sendmsg": 211,
+    "sendmmsg": 269,
     "seccomp": 277,
     "pidfd_open": 434,
     "pidfd_getfd": 438,
@@ -270,7 +274,7 @@ CONTEXT_SYSCALLS: Final = (
 #: Network syscalls Landlock mediates (TCP bind/connect).
 NET_SYSCALLS: Final = ("bind", "connect")
 #: What reaches a pathname UNIX socket by its name (the supervisor's connect_unix right).
-UNIX_SYSCALLS: Final = ("connect", "sendto")
+UNIX_SYSCALLS: Final = ("connect", "sendto", "sendmsg", "sendmmsg")
 
 
 def native_arch() -> str:

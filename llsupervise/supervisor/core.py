@@ -90,7 +90,8 @@ class Supervisor:
         #: Watches and rewrites the policy file (``open(..., watch=True)``).
         self.policy_file: PolicyFile | None = None
         self.handover = Handover(
-            self.questions, self.net_questions, self.rules.static, lambda: self.generation
+            self.questions, self.net_questions, self.rules.static, lambda: self.generation,
+            self.emit,
         )
         self.launched: Launched | None = None
         #: The control plane: what is never performed for the program (see perform.guard).
@@ -238,6 +239,7 @@ class Supervisor:
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
                 self.handover.net_denial, on_unix_denial=self.handover.unix_denial,
+                on_refusal=self.handover.refusal,
             )  # fmt: skip
         loop = NotificationLoop(
             launched.listener,

@@ -126,8 +126,11 @@ def main() -> None:
         sock.sendall(MSG_ERROR + f"{type(exc).__name__}: {exc}".encode())
         sock.close()
         os._exit(126)
-    rights = listener.to_bytes(4, sys.byteorder)  # one C int: SCM_RIGHTS' payload
-    sock.sendmsg([MSG_LISTENER], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+    # The listener's number, with write(2): send calls may be trapped now (connect_unix), and
+    # nobody serves them until the supervisor has the listener. It takes the descriptor with
+    # pidfd_getfd and says so; only then may it close.
+    os.write(sock_fd, MSG_LISTENER + listener.to_bytes(4, sys.byteorder))
+    os.read(sock_fd, 1)
     os.close(listener)
     sock.close()
     argv: list[str] = spec["argv"]

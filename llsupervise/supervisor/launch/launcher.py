@@ -34,6 +34,7 @@ from llsupervise.seccomp.constants import (
 )
 from llsupervise.supervisor.launch import exec_helper
 from llsupervise.supervisor.launch.lifeline import Lifeline
+from llsupervise.supervisor.net.sockets import pidfd_getfd
 
 Stdio = tuple[int | None, int | None, int | None]
 
@@ -235,12 +236,23 @@ def inherited_fds() -> list[int]:
 
 
 def _receive_listener(sock: socket.socket, process: subprocess.Popen[bytes]) -> Listener:
-    msg, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
-    if msg.startswith(exec_helper.MSG_LISTENER) and len(fds) == 1:
-        os.set_inheritable(fds[0], False)
-        return Listener(fds[0])
-    for fd in fds:
-        os.close(fd)
+    """The helper's listener, taken from it by number (it waits until we say we have it)."""
+    msg = sock.recv(4096)
+    if msg.startswith(exec_helper.MSG_LISTENER) and len(msg) == 5:
+        number = int.from_bytes(msg[1:], sys.byteorder)
+        # Our child, not yet waited for: its pid names it.
+        try:
+            pidfd = os.pidfd_open(process.pid)
+            try:
+                listener = Listener(pidfd_getfd(pidfd, number))  # close-on-exec
+            finally:
+                os.close(pidfd)
+        except OSError as exc:
+            process.kill()
+            process.wait()
+            raise LaunchError(f"cannot take the command's seccomp listener: {exc}") from exc
+        sock.sendall(b"k")
+        return listener
     # Collect the whole error message; the helper closes its end after sending it.
     while chunk := sock.recv(4096):
         msg += chunk

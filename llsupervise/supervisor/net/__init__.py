@@ -1,1 +1,7 @@
-"""Network mediation: bind and connect judged by a thread restricted with the port rules."""
+"""Network mediation: TCP bind/connect by port, sends and connects to UNIX sockets, MPTCP."""
+
+from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
+from llsupervise.supervisor.net.tcp import PendingNet, once
+from llsupervise.supervisor.net.unix import UnixPending
+
+__all__ = ["NET_CALLS", "NetMediator", "PendingNet", "UnixPending", "once"]

@@ -2,14 +2,17 @@
 
 Landlock does not mediate ``connect()`` to a pathname UNIX socket on this kernel, so a program
 could run commands outside its sandbox through a same-uid tmux, docker or ssh-agent socket.
-With the right handled, a trapped ``connect``/``sendto`` naming such a socket is judged like a
-file: the supervisor opens (O_PATH) the socket the name leads to from the child's cwd, a rule on
-it or on an ancestor directory allows it, otherwise it is a denial that is asked about.
+With the right handled, a trapped ``connect``/``sendto``/``sendmsg``/``sendmmsg`` naming such a
+socket is judged like a file: the supervisor opens (O_PATH) the socket the name leads to from
+the child's cwd, a rule on it or on an ancestor directory allows it, otherwise it is a denial
+that is asked about.
 
 It is performed on the object that was checked: the supervisor takes the child's socket
 (``pidfd_getfd``) and connects it, or sends on it, to ``/proc/self/fd/N`` of the O_PATH fd it
-holds, so a name swapped after the check cannot redirect it. Abstract sockets are left to the
-kernel (Landlock's ``abstract_unix_socket`` scope covers them), and so are unnamed addresses.
+holds, so a name swapped after the check cannot redirect it. Any other address the call names
+on a UNIX socket (abstract, unnamed, none at all in a msghdr) is performed as it was read, for
+the same reason: given back to the kernel, memory the program changes meanwhile could name a
+pathname by the time the kernel reads it again (see unix_calls).
 
 The peer sees the connection made by the supervisor's process: ``SO_PEERCRED`` names its pid
 (and its uid and gid, which are the child's unless the child changed its own).
@@ -43,6 +46,7 @@ SOCKADDR_UN_SIZE: Final = 110
 MAX_SEND: Final = 1 << 20
 
 _FAMILY: Final = struct.Struct("=H")
+_MSG_LEN: Final = struct.Struct("=I")
 _sendto = _libc.sendto
 _sendto.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32
@@ -82,10 +86,24 @@ def resolve_socket(tid: int, path: bytes) -> CheckedObject:
         os.close(cwd)
 
 
+def is_abstract(raw: bytes) -> bool:
+    """Whether ``raw`` names an abstract socket (Landlock's ``abstract_unix_socket`` scope)."""
+    return (
+        SUN_PATH_OFFSET < len(raw) <= SOCKADDR_UN_SIZE
+        and _FAMILY.unpack_from(raw)[0] == AF_UNIX
+        and raw[SUN_PATH_OFFSET] == 0
+    )
+
+
 @dataclass(eq=False)
 class UnixPending:
-    """A connect/sendto to a pathname UNIX socket; owns ``sock`` and ``target`` until
-    :meth:`close`. ``data`` and ``flags``: what a sendto sends (None for a connect)."""
+    """A connect or a send on a UNIX socket, to perform for the child; owns ``sock``,
+    ``target`` and ``mem`` until :meth:`close`.
+
+    ``target``: the pathname socket that was checked (None: ``address`` is used as read, b""
+    for none). ``data`` and ``flags``: what a send sends (None for a connect).
+    ``msg_len_at``: for a sendmmsg, where the bytes sent go in the child (through ``mem``, its
+    memory opened for writing); the call then returns 1, one message sent."""
 
     notification: Notification
     tid: int
@@ -93,13 +111,16 @@ class UnixPending:
     syscall: str
     path: bytes
     sock: int
-    target: CheckedObject
+    target: CheckedObject | None
     generation: int
     #: The child's credentials where they differ from ours (the connect is made with them).
     credentials: Credentials | None = None
     caps: int = 0
     data: bytes | None = field(default=None, repr=False)
     flags: int = 0
+    address: bytes = field(default=b"", repr=False)
+    msg_len_at: int = 0
+    mem: int = -1
     exe: str = ""
     cmdline: str = ""
     ts: float = field(default_factory=time.time)
@@ -113,6 +134,7 @@ class UnixPending:
         return FsRequest(self.syscall, "connect_unix", -100, self.path)
 
     def denial(self) -> Denial:
+        assert self.target is not None, "only a checked pathname socket is asked about"
         return Denial(
             pid=self.pid,
             tid=self.tid,
@@ -133,19 +155,32 @@ class UnixPending:
         if not self.closed:
             self.closed = True
             os.close(self.sock)
-            self.target.close()
+            if self.target is not None:
+                self.target.close()
+            if self.mem >= 0:
+                os.close(self.mem)
 
 
 def perform(p: UnixPending) -> int:
-    """Connect the child's socket, or send on it, to the checked socket object; the result
-    (0, or the bytes sent). OSError: the kernel's errno."""
-    address = sockaddr_un(f"/proc/self/fd/{p.target.fd}".encode())
+    """Connect the child's socket, or send on it, to the checked socket object (or the
+    address as read); the result (0, the bytes sent, 1 for a sendmmsg). OSError: the
+    kernel's errno."""
+    if p.target is not None:
+        address: bytes | None = sockaddr_un(f"/proc/self/fd/{p.target.fd}".encode())
+    else:
+        address = p.address or None
+    size = 0 if address is None else len(address)
     with acting_as(p.credentials) if p.credentials is not None else contextlib.nullcontext():
         if p.data is None:
-            ret = _connect(p.sock, address, len(address))
+            ret = _connect(p.sock, address, size)
         else:
-            ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, len(address))
+            ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, size)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    if p.msg_len_at:
+        # Sent, so one message went: say so even if the program unmapped its msg_len.
+        with contextlib.suppress(OSError):
+            os.pwrite(p.mem, _MSG_LEN.pack(ret), p.msg_len_at)
+        return 1
     return int(ret)

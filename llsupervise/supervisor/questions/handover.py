@@ -4,11 +4,13 @@ run, so it fails closed."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
 import trio
 
+from llsupervise.messages import Event
 from llsupervise.policy.model import Ruleset
 from llsupervise.seccomp import Notification
 from llsupervise.supervisor.engine.denials import CheckedObject
@@ -32,8 +34,11 @@ class Handover:
         net_questions: NetQuestions,
         static: Ruleset,
         generation: Callable[[], int],
+        emit: Callable[[Event], None] | None = None,
     ) -> None:
+        """``emit``: where refusals go (see :meth:`refusal`)."""
         self.questions = questions
+        self._emit = emit
         self.net_questions = net_questions
         self.static = static
         self._generation = generation
@@ -56,6 +61,13 @@ class Handover:
 
     def net_denial(self, pending: PendingNet) -> None:
         self._post(self._on_net_denial, pending)
+
+    def refusal(self, event: Event) -> None:
+        """A call the network mediator refused without a question (MPTCP, say): logged."""
+        if self.token is None or self._emit is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self.token.run_sync_soon(self._emit, event)
 
     def _on_denial(self, pending: Pending) -> None:
         if self.nursery is None:
@@ -91,10 +103,11 @@ class Handover:
         )
 
     def _on_unix_denial(self, pending: UnixPending) -> None:
-        """A connect/sendto to a UNIX socket no rule allows: asked like a file request."""
+        """A connect or send to a UNIX socket no rule allows: asked like a file request."""
         if self.nursery is None:
             pending.close()
             return
+        assert pending.target is not None, "only a checked pathname socket is denied"
         self.questions.ask(
             pending.exe, pending.cmdline, pending.tid, pending.request, [pending.target],
             pending.generation, pending, self.nursery,

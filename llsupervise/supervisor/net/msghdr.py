@@ -1,0 +1,62 @@
+"""Decode what a trapped ``sendmsg``/``sendmmsg`` sends: its ``struct msghdr``, read once.
+
+Pure: the caller supplies a reader for the child's memory. The layout is the 64-bit one (the
+architectures the supervisor serves); a failure is an :class:`OSError` with the errno the
+kernel gives the same message (a reader's own error, EFAULT, passes through).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from llsupervise.supervisor.net.sockaddr import SOCKADDR_MAX, c_int
+
+#: struct msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+MSGHDR: Final = struct.Struct("=QI4xQQQQi4x")
+#: struct mmsghdr: a msghdr, then msg_len (what the kernel sets to the bytes sent).
+MMSGHDR_SIZE: Final = 64
+MSG_LEN: Final = struct.Struct("=I")
+MSG_LEN_OFFSET: Final = MSGHDR.size
+IOVEC: Final = struct.Struct("=QQ")
+#: The most iovecs the kernel takes (EMSGSIZE beyond), and the most mmsghdrs per call.
+UIO_MAXIOV: Final = 1024
+_INT_MAX: Final = (1 << 31) - 1
+_SSIZE_MAX: Final = (1 << 63) - 1
+
+ReadBytes = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as read: the address (None: none), the data joined, and whether it
+    carries control messages (descriptors or credentials on a UNIX socket)."""
+
+    name: bytes | None
+    data: bytes
+    control: bool
+
+
+def read_message(read: ReadBytes, addr: int, max_data: int) -> Message:
+    """The message whose ``struct msghdr`` is at ``addr``; EMSGSIZE beyond ``max_data``."""
+    name_at, namelen, iov_at, iovlen, _, controllen, _ = MSGHDR.unpack(read(addr, MSGHDR.size))
+    namelen = c_int(namelen) if name_at else 0  # no name: its length is not looked at
+    if namelen < 0:
+        raise OSError(errno.EINVAL, "negative msg_namelen")
+    # The kernel cuts a longer name to sizeof(struct sockaddr_storage).
+    name = read(name_at, min(namelen, SOCKADDR_MAX)) if namelen else None
+    if controllen > _INT_MAX:
+        raise OSError(errno.ENOBUFS, "msg_controllen too large")
+    if iovlen > UIO_MAXIOV:
+        raise OSError(errno.EMSGSIZE, "too many iovecs")
+    vectors = [IOVEC.unpack_from(read(iov_at, IOVEC.size * iovlen), IOVEC.size * i)
+               for i in range(iovlen)] if iovlen else []  # fmt: skip
+    if any(length > _SSIZE_MAX for _, length in vectors):
+        raise OSError(errno.EINVAL, "iov_len too large")
+    if sum(length for _, length in vectors) > max_data:
+        raise OSError(errno.EMSGSIZE, "message too long")
+    data = b"".join(read(base, length) for base, length in vectors if length)
+    return Message(name, data, control=controllen > 0)
