@@ -46,6 +46,11 @@ from llsupervise.supervisor.rules.created import (
 )
 
 EXEC_SYSCALLS = ("execve", "execveat")
+#: Calls that move or link a name. Never left to the kernel (CONTINUE): the kernel would judge
+#: the move by the static layer alone, whose refer check does not know the supervisor's rules,
+#: so a file the static layer lets the program move could land where a supervisor rule gives
+#: it more than it had (read a secret through a granted directory). Refused instead.
+MOVE_SYSCALLS = frozenset({"rename", "renameat", "renameat2", "link", "linkat"})
 
 OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
 
@@ -103,25 +108,32 @@ class RequestHandler:
         if name in EXEC_SYSCALLS:
             self._exec(n, name)
             return
+        moving = name in MOVE_SYSCALLS
         try:
             decoded = self.contexts.decode(n, name)
         except (DecodeError, MemoryReadError):
-            self.listener.send_continue(n.id)  # the static layer decides
+            # The static layer decides (a move: refused, see MOVE_SYSCALLS).
+            self._kernel_decides(n, moving, errno.EFAULT)
             return
         if decoded is None:
             # Its memory could not be opened: the task is gone (then this reply fails
             # harmlessly), or we are short of descriptors. The static layer decides.
-            self.listener.send_continue(n.id)
+            self._kernel_decides(n, moving, errno.ENOMEM)
             return
         request, task = decoded
-        if request.leave_to_kernel() or self._static_allows(request):
+        if request.leave_to_kernel():
+            # A path that names the caller (/proc/self/cwd/...): a move is refused as a move
+            # across mounts would be, so programs copy instead, through the supervisor.
+            self._kernel_decides(n, moving, errno.EXDEV)
+            return
+        if self._static_allows(request):
             self.listener.send_continue(n.id)  # never a creation: those are performed here
             return
         index = self.created()
         creating = self.on_created is not None and names_pending(request, index)
         credentials = self.contexts.credentials(task)
         if credentials is None:
-            self.listener.send_continue(n.id)  # not knowing them, we may not act for it
+            self._kernel_decides(n, moving, errno.EPERM)  # not knowing them, we may not act
             return
         # Still waiting, so the memory read (through a fd opened before) was the task's.
         if not self.listener.id_valid(n.id):
@@ -219,6 +231,13 @@ class RequestHandler:
         umask = self.contexts.umask(task) if r.creates else 0
         return Target(r, dir1, dir2, umask, credentials, self.guard)
 
+    def _kernel_decides(self, n: Notification, moving: bool, err: int) -> None:
+        """CONTINUE: the static layer decides; a move is refused with ``err`` instead."""
+        if moving:
+            self.listener.send_error(n.id, err)
+        else:
+            self.listener.send_continue(n.id)
+
     def _reply_errno(self, n: Notification, err: int) -> None:
         # /proc/TID/fd/N missing means the child passed a bad fd.
         self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
@@ -248,7 +267,8 @@ class RequestHandler:
             return
         close_dirs(target)
         if result is None:
-            self.listener.send_continue(n.id)
+            # A magic link on the way, say: the kernel decides in the child's context.
+            self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
 

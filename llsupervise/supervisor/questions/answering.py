@@ -66,7 +66,12 @@ def carry_out(
                 with slot.lock:
                     result = slot.broker.call(lambda: perform(pending.target))
         except KernelDecides:
-            listener.send_continue(n.id)
+            if pending.request.op in ("rename", "link"):
+                # Never to the kernel: its refer check knows only the static layer (see
+                # engine.handler.MOVE_SYSCALLS).
+                listener.send_error(n.id, errno.EXDEV)
+            else:
+                listener.send_continue(n.id)
         except OSError as exc:
             listener.send_error(n.id, exc.errno or errno.EIO)
         else:
