@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from created_rules import bindings, created_rule
 from supervised import make_tree, policy, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
@@ -23,14 +24,6 @@ from llsupervise.supervisor.core import Supervisor
 
 pytestmark = pytest.mark.kernel
 
-
-def created_rule(path: Path | str, access: str = '"abi.read_write"') -> str:
-    return f"""
-[[supervisor.path_beneath]]
-allowed_access = [{access}]
-parent = ["{path}"]
-optional = true  # created by the run
-"""
 
 
 def work_rule(path: Path) -> str:
@@ -52,9 +45,6 @@ async def supervise(root: Path, script: str, rules: str, *args: str) -> list[Map
         assert await sup.run(argv, forward_signals=False) == 0
     return events
 
-
-def bindings(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [e for e in events if e["event"] == "created_path"]
 
 
 #: One thread hard-links secret/s into made<cur>/ without pause; the main thread makes each

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+from created_rules import bindings, created_rule
 from supervised import make_tree, policy, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
@@ -25,14 +26,6 @@ from llsupervise.supervisor.rules.created import birth_time_ns, coarse_now_ns, w
 
 pytestmark = pytest.mark.kernel
 
-
-def created_rule(path: Path | str, access: str = '"abi.read_write"') -> str:
-    return f"""
-[[supervisor.path_beneath]]
-allowed_access = [{access}]
-parent = ["{path}"]
-optional = true  # created by the run
-"""
 
 
 def make_dir_rule(path: Path) -> str:
@@ -75,9 +68,6 @@ async def supervise(
     steps = dict(line.split(" ", 1) for line in (root / "out" / "log").read_text().splitlines())
     return steps, events, sup
 
-
-def bindings(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [e for e in events if e["event"] == "created_path"]
 
 
 @pytest.mark.trio
