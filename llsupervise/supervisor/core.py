@@ -15,8 +15,10 @@ back into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -30,11 +32,13 @@ from llsupervise.seccomp import (
     MEDIATED_FS_SYSCALLS,
     UNIX_SYSCALLS,
     Listener,
+    Notification,
     SeccompError,
 )
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.loop import NotificationLoop
+from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import Event, EventLog
 from llsupervise.supervisor.launch import signals
@@ -244,6 +248,7 @@ class Supervisor:
             net=self.net,
             cpu=cpu,
             guard=self.guard,
+            on_stall=self._stalled,
         )
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
@@ -286,6 +291,18 @@ class Supervisor:
             self.handover.nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
+
+    def _stalled(self, n: Notification, request: FsRequest, outcome: str) -> None:
+        """A request answered at its deadline (a filesystem that did not answer): logged.
+        Called from a plain thread."""
+        event: Event = {
+            "event": "stall", "ts": time.time(), "pid": n.pid, "syscall": request.syscall,
+            "path": os.fsdecode(request.path), "outcome": outcome,
+        }  # fmt: skip
+        token = self.handover.token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self.emit, event)
 
     def _hang_up(self) -> None:
         self.hung_up = True

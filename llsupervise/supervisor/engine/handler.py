@@ -15,6 +15,7 @@ from llsupervise.seccomp import (
     Listener,
     MemoryReadError,
     Notification,
+    NotificationGone,
     native_arch,
     syscall_name,
 )
@@ -22,10 +23,12 @@ from llsupervise.supervisor.engine.childfds import ChildFds
 from llsupervise.supervisor.engine.contexts import Task, ThreadContexts
 from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.offload import Job, Offload
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
 from llsupervise.supervisor.engine.performed import PerformedLog
 from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.blocking import MayBlock, inline
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
@@ -33,6 +36,12 @@ from llsupervise.supervisor.perform.operations import KernelDecides, Target, per
 EXEC_SYSCALLS = ("execve", "execveat")
 
 OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
+#: Told of a request answered at its deadline: (notification, request, what was done).
+OnStall = Callable[[Notification, FsRequest, str], None]
+
+#: What a program is told when its request was not done by the deadline (see offload): an
+#: I/O error, as from a filesystem whose server is gone.
+STALLED_ERRNO = errno.EIO
 
 
 class RequestHandler:
@@ -50,8 +59,10 @@ class RequestHandler:
         net: NetMediator | None,
         cpu: int | None,
         guard: Guard | None = None,
+        on_stall: OnStall | None = None,
     ) -> None:
         self.listener = listener
+        self.on_stall = on_stall
         self.handled_fs = handled_fs
         self.contexts = contexts
         self.child_fds = child_fds
@@ -68,7 +79,8 @@ class RequestHandler:
         self.served = 0
         self.performed = PerformedLog()
 
-    def handle(self, n: Notification, generation: int) -> None:
+    def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
+        """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
         self.served += 1
         self.contexts.heard_from(n.pid)
         if self.net is not None and self.net.handle(n):
@@ -79,7 +91,7 @@ class RequestHandler:
             self.listener.send_continue(n.id)  # not mediated: only observed
             return
         if name in EXEC_SYSCALLS:
-            self._exec(n, name)
+            self._exec(n, name, offload)
             return
         try:
             decoded = self.contexts.decode(n, name)
@@ -107,13 +119,16 @@ class RequestHandler:
         target = self._bind(n, request, task, theirs)
         if target is None:
             return
-        self.serve(n, target, generation)
+        if offload is not None and inline():
+            self._serve_inline(n, target, generation, offload)
+        else:
+            self.serve(n, target, generation)
 
     def _static_allows(self, r: FsRequest) -> bool:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
         return self.fast is not None and self.fast.allows(r)
 
-    def _exec(self, n: Notification, name: str) -> None:
+    def _exec(self, n: Notification, name: str, offload: Offload | None = None) -> None:
         """Exec cannot be granted live (Landlock checks it in the child's context): the static
         layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
         if self.on_exec is None:
@@ -133,6 +148,27 @@ class RequestHandler:
                 dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
             except OSError:
                 dir1 = None
+            if offload is not None:
+                # What it names is looked up, which could block (see perform.blocking).
+                offload.submit(self._exec_job(n, request, dir1))
+                return
+            self._report_exec(n, request, dir1)
+        self.listener.send_continue(n.id)
+
+    def _report_exec(self, n: Notification, request: FsRequest, dir1: int | None) -> None:
+        try:
+            objects = checked_objects(request, dir1, None, self.handled_fs)
+        except OSError:
+            objects = []
+        finally:
+            if dir1 is not None:
+                os.close(dir1)
+        assert self.on_exec is not None
+        for obj in objects:
+            self.on_exec(n, request, obj)  # takes ownership of obj
+
+    def _exec_job(self, n: Notification, request: FsRequest, dir1: int | None) -> Job:
+        def run(job: Job) -> None:
             try:
                 objects = checked_objects(request, dir1, None, self.handled_fs)
             except OSError:
@@ -140,9 +176,29 @@ class RequestHandler:
             finally:
                 if dir1 is not None:
                     os.close(dir1)
+            if not job.claim():
+                for obj in objects:
+                    obj.close()
+                return
+            assert self.on_exec is not None
             for obj in objects:
                 self.on_exec(n, request, obj)  # takes ownership of obj
-        self.listener.send_continue(n.id)
+            self._continue(n)
+
+        def expire(started: bool) -> None:
+            if not started and dir1 is not None:
+                os.close(dir1)
+            self._continue(n)  # the exec itself is the static layer's to judge
+            if self.on_stall is not None:
+                self.on_stall(n, request, "continued unreported")
+
+        return Job(run, expire)
+
+    def _continue(self, n: Notification) -> None:
+        try:
+            self.listener.send_continue(n.id)
+        except NotificationGone:
+            pass
 
     def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
         if path.startswith(b"/"):
@@ -173,24 +229,22 @@ class RequestHandler:
         # /proc/TID/fd/N missing means the child passed a bad fd.
         self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
 
-    def serve(self, n: Notification, target: Target, generation: int) -> None:
-        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
+    def _serve_inline(
+        self, n: Notification, target: Target, generation: int, offload: Offload
+    ) -> None:
+        """Perform on this serving thread what stays off filesystems that may block; hand
+        the rest (and denials, whose analysis walks the path again) to ``offload``."""
         try:
             result = perform(target)
             self.performed.note(target)
         except KernelDecides:
             result = None
-        except ProtectedError as exc:
-            self._protected(n, target, generation, exc.what)
+        except (MayBlock, ProtectedError):
+            offload.submit(self._job(n, target, generation))
             return
         except OSError as exc:
             if exc.errno == errno.EACCES:
-                # Refused by Landlock; one that reaches the control plane is not asked about.
-                what = protected(target)
-                if what is not None:
-                    self._protected(n, target, generation, what)
-                    return
-            if exc.errno == errno.EACCES and self._deny(n, target, generation):
+                offload.submit(self._job(n, target, generation))
                 return
             close_dirs(target)
             self.listener.send_error(n.id, exc.errno or errno.EIO)
@@ -201,16 +255,79 @@ class RequestHandler:
         else:
             reply(self.listener, n, target.request, result, self.cpu)
 
-    def _protected(self, n: Notification, target: Target, generation: int, what: str) -> None:
+    def _job(self, n: Notification, target: Target, generation: int) -> Job:
+        def run(job: Job) -> None:
+            try:
+                self.serve(n, target, generation, job)
+            except NotificationGone:
+                pass
+
+        def expire(started: bool) -> None:
+            if not started:
+                close_dirs(target)  # else the worker closes them when (if) it returns
+            try:
+                self.listener.send_error(n.id, STALLED_ERRNO)
+            except NotificationGone:
+                return
+            if self.on_stall is not None:
+                self.on_stall(n, target.request, "refused")
+
+        return Job(run, expire)
+
+    def serve(
+        self, n: Notification, target: Target, generation: int, job: Job | None = None
+    ) -> None:
+        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``.
+
+        ``job``: run by an offload worker, which answers only if it claims the job (it
+        was not answered at its deadline meanwhile)."""
+        try:
+            result = perform(target)
+            self.performed.note(target)
+        except KernelDecides:
+            result = None
+        except ProtectedError as exc:
+            self._protected(n, target, generation, exc.what, job)
+            return
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                # Refused by Landlock; one that reaches the control plane is not asked about.
+                what = protected(target)
+                if what is not None:
+                    self._protected(n, target, generation, what, job)
+                    return
+            if exc.errno == errno.EACCES and self._deny(n, target, generation, job):
+                return
+            close_dirs(target)
+            if job is None or job.claim():
+                self.listener.send_error(n.id, exc.errno or errno.EIO)
+            return
+        close_dirs(target)
+        if job is not None and not job.claim():
+            if result is not None and target.request.op == "open":
+                os.close(result)
+            return
+        if result is None:
+            self.listener.send_continue(n.id)
+        else:
+            reply(self.listener, n, target.request, result, self.cpu)
+
+    def _protected(
+        self, n: Notification, target: Target, generation: int, what: str, job: Job | None
+    ) -> None:
         """Never performed, whatever the rules or answers say: refused now, reported."""
-        self.listener.send_error(n.id, errno.EACCES)
         try:
             objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
         except OSError:
             objects = []
-        self.on_denial(Pending(n, target, objects, generation, protected=what))
+        pending = Pending(n, target, objects, generation, protected=what)
+        if job is not None and not job.claim():
+            pending.close()
+            return
+        self.listener.send_error(n.id, errno.EACCES)
+        self.on_denial(pending)
 
-    def _deny(self, n: Notification, target: Target, generation: int) -> bool:
+    def _deny(self, n: Notification, target: Target, generation: int, job: Job | None) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""
         try:
             objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
@@ -218,5 +335,9 @@ class RequestHandler:
             objects = []
         if not objects:
             return False
-        self.on_denial(Pending(n, target, objects, generation))
+        pending = Pending(n, target, objects, generation)
+        if job is not None and not job.claim():
+            pending.close()
+            return True
+        self.on_denial(pending)
         return True

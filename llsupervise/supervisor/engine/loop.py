@@ -23,9 +23,10 @@ from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
-from llsupervise.supervisor.engine.handler import OnExec, RequestHandler
+from llsupervise.supervisor.engine.handler import OnExec, OnStall, RequestHandler
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
@@ -54,6 +55,7 @@ class NotificationLoop:
         net: NetMediator | None = None,
         cpu: int | None = None,
         guard: Guard | None = None,
+        on_stall: OnStall | None = None,
     ) -> None:
         #: The CPU the loop's threads run on (see placement).
         self.cpu = home_cpu(cpu)
@@ -65,7 +67,7 @@ class NotificationLoop:
         self._contexts = ThreadContexts(self._call_unrestricted)
         self.handler = RequestHandler(
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
-            net, self.cpu, guard,
+            net, self.cpu, guard, on_stall,
         )  # fmt: skip
         self._lock = threading.Lock()
         self._server: Server | None = None
@@ -114,6 +116,8 @@ class NotificationLoop:
             server.turn.set()
             server.thread.join()
             server.close()
+        if server is not None:
+            server.offload.close()
         self._contexts.close()
         self._child_fds.close()
         if self._unrestricted is not None:
@@ -123,6 +127,7 @@ class NotificationLoop:
         """Start a server for ``generation``; it waits for its turn before receiving."""
         assert broker.kernel is not None
         server = Server(broker.kernel, generation)
+        server.offload.cpu = self.cpu
         ready: threading.Event = threading.Event()
         server.thread = threading.Thread(
             target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
@@ -147,12 +152,17 @@ class NotificationLoop:
         previous = self._start(broker, generation)
         if previous is not None and previous.thread is not None:
             previous.thread.join()
+            # Its handed-over requests are answered (by their deadline at the latest) before
+            # the commit is in force, as the one in flight on its thread was.
+            previous.offload.drain()
+            previous.offload.close()
             previous.close()
 
     def _serve(self, server: Server, ready: threading.Event) -> None:
         try:
             pin_self(self.cpu)
             restrict_thread(server.kernel)
+            serve_inline()
         except BaseException as exc:
             self.failure = exc
             ready.set()
@@ -207,7 +217,7 @@ class NotificationLoop:
                     continue  # the task died between poll and recv
                 raise
             try:
-                self.handler.handle(n, server.generation)
+                self.handler.handle(n, server.generation, server.offload)
             except NotificationGone:
                 pass
 
