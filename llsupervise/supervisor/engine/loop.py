@@ -152,9 +152,12 @@ class NotificationLoop:
         previous = self._start(broker, generation)
         if previous is not None and previous.thread is not None:
             previous.thread.join()
-            # Its handed-over requests are answered (by their deadline at the latest) before
-            # the commit is in force, as the one in flight on its thread was.
-            previous.offload.drain()
+            # What it handed over and no worker has started is performed under the new
+            # rules; what a worker has started is, like a call in flight, not waited for.
+            with self._lock:
+                current = self._server
+            if current is not None:
+                previous.offload.hand_over(current.offload)
             previous.offload.close()
             previous.close()
 

@@ -90,11 +90,16 @@ class Offload:
             self._cond.notify_all()
         if spawn:
             self._spawn()
-        if self._watchdog is None:
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        with self._cond:
+            if self._watchdog is not None:
+                return
             self._watchdog = threading.Thread(
                 target=self._watch, name="offload-watchdog", daemon=True
             )
-            self._watchdog.start()
+        self._watchdog.start()
 
     def _spawn(self) -> None:
         ready = threading.Event()
@@ -166,16 +171,35 @@ class Offload:
                 self._cond.notify_all()
             job.expire(started)
 
-    def settled(self) -> bool:
-        """Whether every job handed over has been answered."""
-        with self._cond:
-            return all(job.claimed for job in self._timed)
+    def hand_over(self, successor: Offload) -> int:
+        """A commit: jobs not started yet go to ``successor`` (the new generation's, whose
+        workers are restricted with the rules now in force), with their deadlines; the count.
 
-    def drain(self) -> None:
-        """Wait until every job handed over is answered (by its deadline at the latest)."""
+        Jobs already started are not waited for: each is in the kernel, like a call the
+        program made itself just before the commit (waiting could take a whole deadline,
+        in whatever thread commits)."""
         with self._cond:
-            while not all(job.claimed for job in self._timed):
-                self._cond.wait()
+            moved = [job for job in self._queued if not job.claimed]
+            self._queued.clear()
+            for job in moved:
+                self._timed.remove(job)
+            self._cond.notify_all()
+        if not moved:
+            return 0
+        with successor._cond:
+            for job in moved:
+                job._offload = successor
+            successor._queued.extendleft(reversed(moved))
+            successor._timed.extendleft(reversed(moved))  # deadlines earlier than its own
+            spawn = min(len(successor._queued) - successor._idle,
+                        successor.limit - successor._workers)  # fmt: skip
+            spawn = max(spawn, 0)
+            successor._workers += spawn
+            successor._cond.notify_all()
+        for _ in range(spawn):
+            successor._spawn()
+        successor._start_watchdog()
+        return len(moved)
 
     def close(self) -> None:
         """Let idle workers end; workers stuck in the kernel end when (if) it lets them go.
