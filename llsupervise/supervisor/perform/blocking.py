@@ -25,6 +25,13 @@ How inline stays off such filesystems, race-free against the program renaming th
 
 ``statfs`` is not used to tell the filesystem: FUSE answers it with a FUSE_STATFS request
 to the server, which is exactly what must not be waited for.
+
+The price: a few more syscalls per performed request (the directory is opened on its own,
+and its mount looked up), and a first walk that is not cached yet goes through a worker.
+
+Not covered: the child's cwd and dirfds are still opened (through their /proc magic links,
+by the unrestricted helper the serving thread waits for). FUSE is not asked then, but NFS
+may revalidate the inode it jumps to (d_weak_revalidate) and so wait for its server.
 """
 
 from __future__ import annotations
