@@ -397,10 +397,14 @@ def writer():
     os.close(fd)
 t = threading.Thread(target=writer)
 t.start()
-while True:
-    with open(f"/proc/self/task/{t.native_id}/wchan") as f:
-        if "partner" in f.read():
-            break
+def waiting():
+    try:
+        with open(f"/proc/self/task/{t.native_id}/wchan") as f:
+            return "partner" in f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # it has ended (its open did not wait): the reports below show it
+while t.is_alive() and not waiting():
+    pass
 reads = [read("data/x", None) for _ in range(50)]
 report("reads while the writer waits", lambda: b"".join(sorted(set(reads))))
 r = os.open("out/w", os.O_RDONLY | os.O_NONBLOCK)
