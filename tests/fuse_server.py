@@ -56,6 +56,8 @@ class HangingFuse:
         self.hang = hang
         #: Lookups of the hanging name received (each left unanswered).
         self.hung = 0
+        #: Requests received, by opcode.
+        self.received: dict[int, int] = {}
         self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         options = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0".encode()
@@ -86,6 +88,7 @@ class HangingFuse:
     def _answer(self, request: bytes) -> None:
         _, opcode, unique, nodeid, *_ = _IN_HEADER.unpack_from(request)
         body = request[_IN_HEADER.size :]
+        self.received[opcode] = self.received.get(opcode, 0) + 1
         if opcode in (_FORGET, _BATCH_FORGET, _INTERRUPT):
             return  # no answer expected (an interrupt of a hung lookup stays unanswered)
         if opcode == _INIT:

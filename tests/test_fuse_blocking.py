@@ -16,7 +16,12 @@ from supervised import PUBLIC, lines, make_tree, policy, wait_until
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import offload
-from llsupervise.supervisor.perform.blocking import MOUNTS, is_blocking_type, mount_id
+from llsupervise.supervisor.perform.blocking import (
+    MOUNTS,
+    cached_identity,
+    is_blocking_type,
+    mount_id,
+)
 
 pytestmark = [
     pytest.mark.kernel,
@@ -151,8 +156,15 @@ def test_the_mount_table_knows_fuse_from_tmpfs(tmp_path: Path) -> None:
         fd = os.open(server.mountpoint, os.O_PATH | os.O_CLOEXEC)
         here = os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)
         try:
+            asked = dict(server.received)
             assert MOUNTS.blocking(mount_id(fd))
             assert not MOUNTS.blocking(mount_id(here))
+            identity = cached_identity(fd)
+            assert server.received == asked  # FUSE was not asked, not even getattr
+            st = os.fstat(fd)  # this one asks (its attributes are never cached here)
+            assert identity == (st.st_dev, st.st_ino)
+            assert server.received[3] > asked.get(3, 0)
+            assert cached_identity(here) == (os.fstat(here).st_dev, os.fstat(here).st_ino)
         finally:
             os.close(fd)
             os.close(here)

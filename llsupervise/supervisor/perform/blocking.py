@@ -40,6 +40,7 @@ import contextlib
 import ctypes
 import os
 import select
+import struct
 import threading
 
 from llsupervise.libc import libc as _libc
@@ -71,19 +72,37 @@ RESOLVE_CACHED = 0x20
 
 _AT_EMPTY_PATH = 0x1000
 _AT_STATX_DONT_SYNC = 0x4000
+_STATX_INO = 0x100
 _STATX_MNT_ID = 0x1000
-#: struct statx: stx_mnt_id is the u64 at offset 0x90; the struct is 256 bytes.
+#: struct statx (256 bytes): stx_ino is the u64 at 0x20, stx_dev_major and _minor the u32s
+#: at 0x88 and 0x8c, stx_mnt_id the u64 at 0x90.
 _STATX_SIZE = 256
+_STATX_INO_OFFSET = 0x20
+_STATX_DEV_OFFSET = 0x88
 _STATX_MNT_ID_OFFSET = 0x90
+
+
+def _statx_cached(fd: int, mask: int) -> ctypes.Array[ctypes.c_char]:
+    """statx of ``fd`` from what the kernel has (AT_STATX_DONT_SYNC: FUSE and NFS are not
+    asked to refresh attributes)."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, mask, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf
 
 
 def mount_id(fd: int) -> int:
     """The id of the mount ``fd`` is on, asked of the VFS only (never of the filesystem)."""
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_MNT_ID, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    buf = _statx_cached(fd, _STATX_MNT_ID)
     return ctypes.c_uint64.from_buffer(buf, _STATX_MNT_ID_OFFSET).value
+
+
+def cached_identity(fd: int) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of ``fd``, without asking its filesystem (as fstat may)."""
+    buf = _statx_cached(fd, _STATX_INO)
+    major, minor = struct.unpack_from("=II", buf, _STATX_DEV_OFFSET)
+    return os.makedev(major, minor), ctypes.c_uint64.from_buffer(buf, _STATX_INO_OFFSET).value
 
 
 class Mounts:
