@@ -58,6 +58,8 @@ class HangingFuse:
         self.hung = 0
         #: Requests received, by opcode.
         self.received: dict[int, int] = {}
+        #: Set: no request is answered any more, as by a server that hung.
+        self.frozen = False
         self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         options = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0".encode()
@@ -89,7 +91,7 @@ class HangingFuse:
         _, opcode, unique, nodeid, *_ = _IN_HEADER.unpack_from(request)
         body = request[_IN_HEADER.size :]
         self.received[opcode] = self.received.get(opcode, 0) + 1
-        if opcode in (_FORGET, _BATCH_FORGET, _INTERRUPT):
+        if opcode in (_FORGET, _BATCH_FORGET, _INTERRUPT) or self.frozen:
             return  # no answer expected (an interrupt of a hung lookup stays unanswered)
         if opcode == _INIT:
             self._reply(unique, 0, _init_out())

@@ -177,3 +177,75 @@ def test_the_mount_table_knows_fuse_from_tmpfs(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_blocking_types(fstype: str, blocking: bool) -> None:
     assert is_blocking_type(fstype) is blocking
+
+
+#: The program takes a dirfd of the FUSE root while its server answers, waits until the
+#: server hangs altogether, then opens a name relative to that dirfd in one thread, and
+#: data/x in another once the first is in its call.
+DIRFD_SCRIPT = r"""
+import os, sys, threading, time
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)
+note("have the dirfd")
+while not os.path.exists("out/frozen"):
+    time.sleep(0.01)
+def stuck():
+    try:
+        os.close(os.open("anything", os.O_RDONLY, dir_fd=d))
+        note("stuck call: done")
+    except OSError as e:
+        note(f"stuck call: err {e.errno}")
+t = threading.Thread(target=stuck)
+t.start()
+def in_call():
+    try:
+        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
+            return f.read().split()[0] == "257"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+while t.is_alive() and not in_call():
+    pass
+with open("data/x", "rb") as f:
+    note("unrelated open: " + f.read().decode().strip())
+t.join()
+"""
+
+
+@pytest.mark.trio
+async def test_a_dirfd_on_a_hung_fuse_mount_stalls_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even looking at the child's dirfd (what filesystem, which inode) would ask the hung
+    server: the serving thread must not."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 3600.0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]))
+    served = f"unrelated open: {PUBLIC.decode().strip()}"
+    seen_while_hung: list[bool] = []
+    with hanging_fuse(root / "fuse") as server:
+
+        async def freeze_then_abort() -> None:
+            try:
+                await wait_until(lambda: "have the dirfd" in lines(log_path), "the dirfd", 60)
+                server.frozen = True
+                (paths["out"] / "frozen").touch()
+                await wait_until(lambda: served in lines(log_path), "the other open", 60)
+                seen_while_hung.append(True)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            nursery.start_soon(freeze_then_abort)
+            argv = [sys.executable, "-c", DIRFD_SCRIPT, str(server.mountpoint)]
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert seen_while_hung == [True], log
+    assert status == 0, log
+    assert log[:2] == ["have the dirfd", served]
+    assert log[2].startswith("stuck call: err "), log
