@@ -31,7 +31,13 @@ from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import MayBlock, inline
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
-from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
+from llsupervise.supervisor.perform.operations import (
+    KernelDecides,
+    Target,
+    perform,
+    protected,
+    refused_by_procfs,
+)
 
 EXEC_SYSCALLS = ("execve", "execveat")
 
@@ -233,18 +239,28 @@ class RequestHandler:
         self, n: Notification, target: Target, generation: int, offload: Offload
     ) -> None:
         """Perform on this serving thread what stays off filesystems that may block; hand
-        the rest (and denials, whose analysis walks the path again) to ``offload``."""
+        the rest to ``offload``: performed there (MayBlock comes before any effect), or,
+        for a refusal, only its analysis, which walks the path again (the refused call may
+        have had an effect: a file made, then refused opening for writing)."""
         try:
             result = perform(target)
             self.performed.note(target)
         except KernelDecides:
             result = None
-        except (MayBlock, ProtectedError):
-            offload.submit(self._job(n, target, generation))
+        except MayBlock:
+            offload.submit(self._job(n, target, generation, self.serve))
+            return
+        except ProtectedError as exc:
+            what = exc.what
+
+            def report(n: Notification, t: Target, g: int, job: Job | None) -> None:
+                self._protected(n, t, g, what, job)
+
+            offload.submit(self._job(n, target, generation, report, errno.EACCES))
             return
         except OSError as exc:
             if exc.errno == errno.EACCES:
-                offload.submit(self._job(n, target, generation))
+                offload.submit(self._job(n, target, generation, self._refused, errno.EACCES))
                 return
             close_dirs(target)
             self.listener.send_error(n.id, exc.errno or errno.EIO)
@@ -255,10 +271,19 @@ class RequestHandler:
         else:
             reply(self.listener, n, target.request, result, self.cpu)
 
-    def _job(self, n: Notification, target: Target, generation: int) -> Job:
+    def _job(
+        self,
+        n: Notification,
+        target: Target,
+        generation: int,
+        work: Callable[[Notification, Target, int, Job | None], object],
+        stalled: int = STALLED_ERRNO,
+    ) -> Job:
+        """``work`` for an offload worker; answered ``stalled`` at the deadline."""
+
         def run(job: Job) -> None:
             try:
-                self.serve(n, target, generation, job)
+                work(n, target, generation, job)
             except NotificationGone:
                 pass
 
@@ -266,13 +291,23 @@ class RequestHandler:
             if not started:
                 close_dirs(target)  # else the worker closes them when (if) it returns
             try:
-                self.listener.send_error(n.id, STALLED_ERRNO)
+                self.listener.send_error(n.id, stalled)
             except NotificationGone:
                 return
             if self.on_stall is not None:
                 self.on_stall(n, target.request, "refused")
 
         return Job(run, expire)
+
+    def _refused(self, n: Notification, target: Target, generation: int, job: Job | None) -> None:
+        """A request Landlock refused on a serving thread: reported (or left to the kernel,
+        for what procfs refused)."""
+        if refused_by_procfs(target):
+            close_dirs(target)
+            if job is None or job.claim():
+                self.listener.send_continue(n.id)
+            return
+        self._refusal(n, target, generation, OSError(errno.EACCES, "refused"), job)
 
     def serve(
         self, n: Notification, target: Target, generation: int, job: Job | None = None
@@ -290,17 +325,7 @@ class RequestHandler:
             self._protected(n, target, generation, exc.what, job)
             return
         except OSError as exc:
-            if exc.errno == errno.EACCES:
-                # Refused by Landlock; one that reaches the control plane is not asked about.
-                what = protected(target)
-                if what is not None:
-                    self._protected(n, target, generation, what, job)
-                    return
-            if exc.errno == errno.EACCES and self._deny(n, target, generation, job):
-                return
-            close_dirs(target)
-            if job is None or job.claim():
-                self.listener.send_error(n.id, exc.errno or errno.EIO)
+            self._refusal(n, target, generation, exc, job)
             return
         close_dirs(target)
         if job is not None and not job.claim():
@@ -311,6 +336,21 @@ class RequestHandler:
             self.listener.send_continue(n.id)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
+
+    def _refusal(
+        self, n: Notification, target: Target, generation: int, exc: OSError, job: Job | None
+    ) -> None:
+        if exc.errno == errno.EACCES:
+            # Refused by Landlock; one that reaches the control plane is not asked about.
+            what = protected(target)
+            if what is not None:
+                self._protected(n, target, generation, what, job)
+                return
+        if exc.errno == errno.EACCES and self._deny(n, target, generation, job):
+            return
+        close_dirs(target)
+        if job is None or job.claim():
+            self.listener.send_error(n.id, exc.errno or errno.EIO)
 
     def _protected(
         self, n: Notification, target: Target, generation: int, what: str, job: Job | None

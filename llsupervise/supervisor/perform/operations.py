@@ -373,9 +373,8 @@ def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             # A lease on the file (our O_NONBLOCK open started breaking it): the child's own
             # open waits for the holder, in its own context; a serving thread never does.
             raise KernelDecides("a leased file") from exc
-        elif exc.errno == errno.EACCES and inline():
-            raise MayBlock("a denial: its analysis walks the path again") from exc
-        elif exc.errno == errno.EACCES and _in_procfs(dirfd, path):
+        elif exc.errno == errno.EACCES and not inline() and _in_procfs(dirfd, path):
+            # (A serving thread leaves the look to a worker: refused_by_procfs.)
             # Refused by procfs, not Landlock: /proc/PID/fd/, cwd and the like need ptrace
             # standing over PID, which our restricted thread lacks and the child has over
             # itself. The kernel judges it in the child's context.
@@ -418,6 +417,16 @@ def _leased(st: os.stat_result) -> bool:
     except OSError:
         return False
     return any(b"LEASE" in line and needle in line for line in b"".join(chunks).splitlines())
+
+
+def refused_by_procfs(t: Target) -> bool:
+    """For an open refused on a serving thread (EACCES): whether procfs refused it, not
+    Landlock (see _open_in); then the kernel decides. Walks the path: not on a serving
+    thread."""
+    if t.request.op != "open":
+        return False
+    path, dirfd = _at(t.dir1, t.request.path)
+    return _in_procfs(dirfd, path)
 
 
 def _in_procfs(dirfd: int | None, path: bytes) -> bool:
