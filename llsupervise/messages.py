@@ -119,6 +119,18 @@ class CreatedPathEvent(TypedDict):
     waiting_for: NotRequired[str]
 
 
+class StallEvent(TypedDict):
+    """A request not done by its deadline (a filesystem whose server did not answer): the
+    program was told ``EIO`` (or, for an exec, the kernel decided)."""
+
+    event: Literal["stall"]
+    ts: float
+    pid: int
+    syscall: str
+    path: str
+    outcome: str
+
+
 class DenialEvent(TypedDict):
     """A request the policy did not allow, with what was decided."""
 
@@ -169,7 +181,7 @@ class FoldedEvent(TypedDict):
 
 Event = (
     PolicyEvent | StartEvent | ExitEvent | CommitEvent | ReloadEvent | PersistEvent
-    | RuleUseEvent | CreatedPathEvent | DenialEvent | FoldedEvent
+    | RuleUseEvent | CreatedPathEvent | StallEvent | DenialEvent | FoldedEvent
 )  # fmt: skip
 
 # -- the --listen protocol ---------------------------------------------------------------

@@ -397,10 +397,14 @@ def writer():
     os.close(fd)
 t = threading.Thread(target=writer)
 t.start()
-while True:
-    with open(f"/proc/self/task/{t.native_id}/wchan") as f:
-        if "partner" in f.read():
-            break
+def waiting():
+    try:
+        with open(f"/proc/self/task/{t.native_id}/wchan") as f:
+            return "partner" in f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # it has ended (its open did not wait): the reports below show it
+while t.is_alive() and not waiting():
+    pass
 reads = [read("data/x", None) for _ in range(50)]
 report("reads while the writer waits", lambda: b"".join(sorted(set(reads))))
 r = os.open("out/w", os.O_RDONLY | os.O_NONBLOCK)
@@ -550,17 +554,25 @@ t.start()
 t.join()
 while os.path.exists(f"/proc/self/task/{seen['tid']}"):
     time.sleep(0.001)
-with open("out/ready.tmp", "w") as f:
-    f.write(f"{seen['tid']}\n")
-os.rename("out/ready.tmp", "out/ready")
-while not os.path.exists("out/go"):
-    time.sleep(0.005)
-def second():
-    seen["reused"] = threading.get_native_id() == seen["tid"]
-    report("second thread: x via the shared secret", lambda: read("x"))
-t = threading.Thread(target=second)
-t.start()
-t.join()
+# Each attempt: the setup sets the namespace's last pid to just below the id, then says go.
+# Any task made in the pid namespace meanwhile (a thread of the supervisor) takes the id
+# first; a thread that did not get it reads nothing, and the setup is asked again.
+control = open("out/control", "w")
+for attempt in range(50):
+    control.write(f"{seen['tid']} {attempt}\n")
+    control.flush()
+    while not os.path.exists(f"out/go{attempt}"):
+        time.sleep(0.005)
+    def second():
+        seen["reused"] = threading.get_native_id() == seen["tid"]
+        if seen["reused"]:
+            report("second thread: x via the shared secret", lambda: read("x"))
+    t = threading.Thread(target=second)
+    t.start()
+    t.join()
+    if seen["reused"]:
+        break
+control.close()
 report("thread id reused", lambda: str(seen["reused"]))
 """
 )

@@ -257,12 +257,17 @@ printf over > data/sub/f
 mount --bind data bind
 "$@"
 """
+#: The program asks through the FIFO out/control for each attempt at reusing a thread id;
+#: between the ns_last_pid write and the program's thread, this shell makes no task of its
+#: own (read is a builtin: no sleep forks to take the id).
 TID_SETUP = r"""
+mkfifo out/control
 "$@" &
-while [ ! -e out/ready ]; do sleep 0.005; done
-read tid < out/ready
-echo $((tid - 1)) > /proc/sys/kernel/ns_last_pid
-: > out/go
+exec 3< out/control
+while read tid attempt <&3; do
+  echo $((tid - 1)) > /proc/sys/kernel/ns_last_pid
+  : > out/go$attempt
+done
 wait $!
 """
 UNMOUNT_SETUP = r"""

@@ -210,7 +210,9 @@ async def test_timeout_applies_the_default(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "out" / "log"
     log.touch()
-    app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 2.0")
+    # The question is shown only until its timeout: long enough for a loaded machine to
+    # draw it (at 0.5 s, a busy CPU let the timeout pass before the test saw the question).
+    app = app_for(tmp_path, READS, str(log), "1", rules="prompt_timeout = 3")
     async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: app.model.prompts.current is not None, "a question")
         assert "deny in" in str(app.query_one(PromptPanel).border_title)

@@ -15,15 +15,17 @@ back into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from llsupervise.display import escape
-from llsupervise.messages import Event, StartEvent
+from llsupervise.messages import Event, StallEvent, StartEvent
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
@@ -32,12 +34,14 @@ from llsupervise.seccomp import (
     MEDIATED_FS_SYSCALLS,
     UNIX_SYSCALLS,
     Listener,
+    Notification,
     SeccompError,
 )
 from llsupervise.supervisor.engine.created import CreatedBinder
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.loop import NotificationLoop
+from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
 from llsupervise.supervisor.launch import signals
@@ -253,6 +257,7 @@ class Supervisor:
             guard=self.guard,
             created=lambda: self.rules.created_index,
             on_created=self.created.created,
+            on_stall=self._stalled,
         )
         self.created.token = self.handover.token
         self.created.listener = launched.listener
@@ -303,6 +308,18 @@ class Supervisor:
             self.handover.nursery = None
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
+
+    def _stalled(self, n: Notification, request: FsRequest, outcome: str) -> None:
+        """A request answered at its deadline (a filesystem that did not answer): logged.
+        Called from a plain thread."""
+        event: StallEvent = {
+            "event": "stall", "ts": time.time(), "pid": n.pid, "syscall": request.syscall,
+            "path": os.fsdecode(request.path), "outcome": outcome,
+        }  # fmt: skip
+        token = self.handover.token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self.emit, event)
 
     def _hang_up(self) -> None:
         self.hung_up = True

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llsupervise.supervisor.perform.blocking import on_blocking_mount
 from llsupervise.supervisor.perform.operations import filesystem_magic
 
 #: ext2/3/4, tmpfs, xfs.
@@ -76,7 +77,8 @@ def open_child_fd(tid: int, fd: int) -> tuple[int, KeptDir | None]:
     (None where it cannot stand for the child's fd later). Needs the supervisor's standing."""
     ours = os.open(f"/proc/{tid}/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
     try:
-        if filesystem_magic(ours) not in UNIQUE_INODE_FILESYSTEMS:
+        # Told by the mount first: statfs (and fstat) on FUSE ask its server, which may hang.
+        if on_blocking_mount(ours) or filesystem_magic(ours) not in UNIQUE_INODE_FILESYSTEMS:
             return ours, None
         # Ours is read for the identity: the child's fd may have changed since we opened it.
         with open(f"/proc/self/fdinfo/{ours}", "rb", buffering=0) as own:

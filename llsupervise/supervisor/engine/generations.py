@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 from llsupervise.landlock import LandlockRuleset
+from llsupervise.supervisor.engine.offload import Offload
 from llsupervise.supervisor.perform.broker import Broker
 
 
@@ -41,6 +42,8 @@ class Server:
         #: Set once the previous server has stopped: one server receives at a time.
         self.turn = threading.Event()
         self.thread: threading.Thread | None = None
+        #: Where it hands what could block (see perform.blocking).
+        self.offload = Offload(kernel)
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):

@@ -15,6 +15,7 @@ from llsupervise.seccomp import (
     Listener,
     MemoryReadError,
     Notification,
+    NotificationGone,
     native_arch,
     syscall_name,
 )
@@ -31,13 +32,21 @@ from llsupervise.supervisor.engine.created import (
 )
 from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.offload import Job, Offload
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
 from llsupervise.supervisor.engine.performed import PerformedLog
 from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.blocking import MayBlock, inline
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
-from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform, protected
+from llsupervise.supervisor.perform.operations import (
+    KernelDecides,
+    Target,
+    perform,
+    protected,
+    refused_by_procfs,
+)
 from llsupervise.supervisor.rules.created import (
     EMPTY_INDEX,
     CreatedIndex,
@@ -53,6 +62,12 @@ EXEC_SYSCALLS = ("execve", "execveat")
 MOVE_SYSCALLS = frozenset({"rename", "renameat", "renameat2", "link", "linkat"})
 
 OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
+#: Told of a request answered at its deadline: (notification, request, what was done).
+OnStall = Callable[[Notification, FsRequest, str], None]
+
+#: What a program is told when its request was not done by the deadline (see offload): an
+#: I/O error, as from a filesystem whose server is gone.
+STALLED_ERRNO = errno.EIO
 
 
 class RequestHandler:
@@ -72,8 +87,10 @@ class RequestHandler:
         guard: Guard | None = None,
         created: Callable[[], CreatedIndex] | None = None,
         on_created: Callable[[Creation], None] | None = None,
+        on_stall: OnStall | None = None,
     ) -> None:
         self.listener = listener
+        self.on_stall = on_stall
         self.handled_fs = handled_fs
         self.contexts = contexts
         self.child_fds = child_fds
@@ -95,7 +112,8 @@ class RequestHandler:
         self.served = 0
         self.performed = PerformedLog()
 
-    def handle(self, n: Notification, generation: int) -> None:
+    def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
+        """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
         self.served += 1
         self.contexts.heard_from(n.pid)
         if self.net is not None and self.net.handle(n):
@@ -106,7 +124,7 @@ class RequestHandler:
             self.listener.send_continue(n.id)  # not mediated: only observed
             return
         if name in EXEC_SYSCALLS:
-            self._exec(n, name)
+            self._exec(n, name, offload)
             return
         moving = name in MOVE_SYSCALLS
         try:
@@ -147,7 +165,10 @@ class RequestHandler:
         if found is not None:
             self._create(n, *found, generation)
             return
-        self.serve(n, target, generation)
+        if offload is not None and inline():
+            self._serve_inline(n, target, generation, offload)
+        else:
+            self.serve(n, target, generation)
 
     def _create(
         self, n: Notification, target: Target, rules: tuple[PendingCreation, ...], generation: int
@@ -175,7 +196,7 @@ class RequestHandler:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
         return self.fast is not None and self.fast.allows(r)
 
-    def _exec(self, n: Notification, name: str) -> None:
+    def _exec(self, n: Notification, name: str, offload: Offload | None = None) -> None:
         """Exec cannot be granted live (Landlock checks it in the child's context): the static
         layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
         if self.on_exec is None:
@@ -195,6 +216,27 @@ class RequestHandler:
                 dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
             except OSError:
                 dir1 = None
+            if offload is not None:
+                # What it names is looked up, which could block (see perform.blocking).
+                offload.submit(self._exec_job(n, request, dir1))
+                return
+            self._report_exec(n, request, dir1)
+        self.listener.send_continue(n.id)
+
+    def _report_exec(self, n: Notification, request: FsRequest, dir1: int | None) -> None:
+        try:
+            objects = checked_objects(request, dir1, None, self.handled_fs)
+        except OSError:
+            objects = []
+        finally:
+            if dir1 is not None:
+                os.close(dir1)
+        assert self.on_exec is not None
+        for obj in objects:
+            self.on_exec(n, request, obj)  # takes ownership of obj
+
+    def _exec_job(self, n: Notification, request: FsRequest, dir1: int | None) -> Job:
+        def run(job: Job) -> None:
             try:
                 objects = checked_objects(request, dir1, None, self.handled_fs)
             except OSError:
@@ -202,9 +244,29 @@ class RequestHandler:
             finally:
                 if dir1 is not None:
                     os.close(dir1)
+            if not job.claim():
+                for obj in objects:
+                    obj.close()
+                return
+            assert self.on_exec is not None
             for obj in objects:
                 self.on_exec(n, request, obj)  # takes ownership of obj
-        self.listener.send_continue(n.id)
+            self._continue(n)
+
+        def expire(started: bool) -> None:
+            if not started and dir1 is not None:
+                os.close(dir1)
+            self._continue(n)  # the exec itself is the static layer's to judge
+            if self.on_stall is not None:
+                self.on_stall(n, request, "continued unreported")
+
+        return Job(run, expire)
+
+    def _continue(self, n: Notification) -> None:
+        try:
+            self.listener.send_continue(n.id)
+        except NotificationGone:
+            pass
 
     def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
         if path.startswith(b"/"):
@@ -242,25 +304,33 @@ class RequestHandler:
         # /proc/TID/fd/N missing means the child passed a bad fd.
         self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
 
-    def serve(self, n: Notification, target: Target, generation: int) -> None:
-        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``."""
+    def _serve_inline(
+        self, n: Notification, target: Target, generation: int, offload: Offload
+    ) -> None:
+        """Perform on this serving thread what stays off filesystems that may block; hand
+        the rest to ``offload``: performed there (MayBlock comes before any effect), or,
+        for a refusal, only its analysis, which walks the path again (the refused call may
+        have had an effect: a file made, then refused opening for writing)."""
         try:
             newer = self.moves.wait(generation) if target.request.op in MOVES else None
             result = perform(target) if newer is None else newer.call(lambda: perform(target))
             self.performed.note(target)
         except KernelDecides:
             result = None
+        except MayBlock:
+            offload.submit(self._job(n, target, generation, self.serve))
+            return
         except ProtectedError as exc:
-            self._protected(n, target, generation, exc.what)
+            what = exc.what
+
+            def report(n: Notification, t: Target, g: int, job: Job | None) -> None:
+                self._protected(n, t, g, what, job)
+
+            offload.submit(self._job(n, target, generation, report, errno.EACCES))
             return
         except OSError as exc:
             if exc.errno == errno.EACCES:
-                # Refused by Landlock; one that reaches the control plane is not asked about.
-                what = protected(target)
-                if what is not None:
-                    self._protected(n, target, generation, what)
-                    return
-            if exc.errno == errno.EACCES and self._deny(n, target, generation):
+                offload.submit(self._job(n, target, generation, self._refused, errno.EACCES))
                 return
             close_dirs(target)
             self.listener.send_error(n.id, exc.errno or errno.EIO)
@@ -272,16 +342,105 @@ class RequestHandler:
         else:
             reply(self.listener, n, target.request, result, self.cpu)
 
-    def _protected(self, n: Notification, target: Target, generation: int, what: str) -> None:
+    def _job(
+        self,
+        n: Notification,
+        target: Target,
+        generation: int,
+        work: Callable[[Notification, Target, int, Job | None], object],
+        stalled: int = STALLED_ERRNO,
+    ) -> Job:
+        """``work`` for an offload worker; answered ``stalled`` at the deadline."""
+
+        def run(job: Job) -> None:
+            try:
+                work(n, target, generation, job)
+            except NotificationGone:
+                pass
+
+        def expire(started: bool) -> None:
+            if not started:
+                close_dirs(target)  # else the worker closes them when (if) it returns
+            try:
+                self.listener.send_error(n.id, stalled)
+            except NotificationGone:
+                return
+            if self.on_stall is not None:
+                self.on_stall(n, target.request, "refused")
+
+        return Job(run, expire)
+
+    def _refused(self, n: Notification, target: Target, generation: int, job: Job | None) -> None:
+        """A request Landlock refused on a serving thread: reported (or left to the kernel,
+        for what procfs refused)."""
+        if refused_by_procfs(target):
+            close_dirs(target)
+            if job is None or job.claim():
+                self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
+            return
+        self._refusal(n, target, generation, OSError(errno.EACCES, "refused"), job)
+
+    def serve(
+        self, n: Notification, target: Target, generation: int, job: Job | None = None
+    ) -> None:
+        """Perform in this (restricted) thread; a Landlock denial goes to ``on_denial``.
+
+        ``job``: run by an offload worker, which answers only if it claims the job (it
+        was not answered at its deadline meanwhile)."""
+        try:
+            newer = self.moves.wait(generation) if target.request.op in MOVES else None
+            result = perform(target) if newer is None else newer.call(lambda: perform(target))
+            self.performed.note(target)
+        except KernelDecides:
+            result = None
+        except ProtectedError as exc:
+            self._protected(n, target, generation, exc.what, job)
+            return
+        except OSError as exc:
+            self._refusal(n, target, generation, exc, job)
+            return
+        close_dirs(target)
+        if job is not None and not job.claim():
+            if result is not None and target.request.op == "open":
+                os.close(result)
+            return
+        if result is None:
+            # A magic link on the way, say: the kernel decides in the child's context.
+            self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
+        else:
+            reply(self.listener, n, target.request, result, self.cpu)
+
+    def _refusal(
+        self, n: Notification, target: Target, generation: int, exc: OSError, job: Job | None
+    ) -> None:
+        if exc.errno == errno.EACCES:
+            # Refused by Landlock; one that reaches the control plane is not asked about.
+            what = protected(target)
+            if what is not None:
+                self._protected(n, target, generation, what, job)
+                return
+        if exc.errno == errno.EACCES and self._deny(n, target, generation, job):
+            return
+        close_dirs(target)
+        if job is None or job.claim():
+            self.listener.send_error(n.id, exc.errno or errno.EIO)
+
+    def _protected(
+        self, n: Notification, target: Target, generation: int, what: str, job: Job | None
+    ) -> None:
         """Never performed, whatever the rules or answers say: refused now, reported."""
-        self.listener.send_error(n.id, errno.EACCES)
         try:
             objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
         except OSError:
             objects = []
-        self.on_denial(Pending(n, target, objects, generation, protected=what))
+        pending = Pending(n, target, objects, generation, protected=what)
+        if job is not None and not job.claim():
+            pending.close()
+            return
+        self.listener.send_error(n.id, errno.EACCES)
+        self.on_denial(pending)
 
-    def _deny(self, n: Notification, target: Target, generation: int) -> bool:
+    def _deny(self, n: Notification, target: Target, generation: int, job: Job | None) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""
         try:
             objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
@@ -289,5 +448,9 @@ class RequestHandler:
             objects = []
         if not objects:
             return False
-        self.on_denial(Pending(n, target, objects, generation))
+        pending = Pending(n, target, objects, generation)
+        if job is not None and not job.claim():
+            pending.close()
+            return True
+        self.on_denial(pending)
         return True

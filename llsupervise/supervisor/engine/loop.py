@@ -24,9 +24,10 @@ from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
-from llsupervise.supervisor.engine.handler import OnExec, RequestHandler
+from llsupervise.supervisor.engine.handler import OnExec, OnStall, RequestHandler
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
@@ -58,6 +59,7 @@ class NotificationLoop:
         guard: Guard | None = None,
         created: Callable[[], CreatedIndex] | None = None,
         on_created: Callable[[Creation], None] | None = None,
+        on_stall: OnStall | None = None,
     ) -> None:
         #: The CPU the loop's threads run on (see placement).
         self.cpu = home_cpu(cpu)
@@ -69,7 +71,7 @@ class NotificationLoop:
         self._contexts = ThreadContexts(self._call_unrestricted)
         self.handler = RequestHandler(
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
-            net, self.cpu, guard, created, on_created,
+            net, self.cpu, guard, created, on_created, on_stall,
         )  # fmt: skip
         self._lock = threading.Lock()
         self._server: Server | None = None
@@ -118,6 +120,8 @@ class NotificationLoop:
             server.turn.set()
             server.thread.join()
             server.close()
+        if server is not None:
+            server.offload.close()
         self._contexts.close()
         self._child_fds.close()
         if self._unrestricted is not None:
@@ -127,6 +131,7 @@ class NotificationLoop:
         """Start a server for ``generation``; it waits for its turn before receiving."""
         assert broker.kernel is not None
         server = Server(broker.kernel, generation)
+        server.offload.cpu = self.cpu
         ready: threading.Event = threading.Event()
         server.thread = threading.Thread(
             target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
@@ -151,12 +156,20 @@ class NotificationLoop:
         previous = self._start(broker, generation)
         if previous is not None and previous.thread is not None:
             previous.thread.join()
+            # What it handed over and no worker has started is performed under the new
+            # rules; what a worker has started is, like a call in flight, not waited for.
+            with self._lock:
+                current = self._server
+            if current is not None:
+                previous.offload.hand_over(current.offload)
+            previous.offload.close()
             previous.close()
 
     def _serve(self, server: Server, ready: threading.Event) -> None:
         try:
             pin_self(self.cpu)
             restrict_thread(server.kernel)
+            serve_inline()
         except BaseException as exc:
             self.failure = exc
             ready.set()
@@ -211,7 +224,7 @@ class NotificationLoop:
                     continue  # the task died between poll and recv
                 raise
             try:
-                self.handler.handle(n, server.generation)
+                self.handler.handle(n, server.generation, server.offload)
             except NotificationGone:
                 pass
 

@@ -7,6 +7,7 @@ import os
 import time
 
 from llsupervise.supervisor.engine.contexts import MAX_TASKS
+from llsupervise.supervisor.perform.blocking import cached_identity
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.rules.objects import fd_path
 
@@ -29,8 +30,7 @@ class PerformedLog:
         """The path of the directory ``fd`` names, remembered by the directory's identity:
         a program works in the same few directories, and a stat is cheaper than a readlink.
         (Only rule-use counts read it: a directory renamed since counts under its old path.)"""
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
+        key = cached_identity(fd)  # not fstat: the directory may be on FUSE (see blocking)
         path = self._dir_paths.get(key)
         if path is None:
             if len(self._dir_paths) >= MAX_TASKS:

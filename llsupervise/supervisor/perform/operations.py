@@ -22,6 +22,13 @@ from llsupervise.supervisor.engine.requests import (
     FsRequest,
     split_last,
 )
+from llsupervise.supervisor.perform.blocking import (
+    RESOLVE_CACHED,
+    RESOLVE_NO_XDEV,
+    MayBlock,
+    inline,
+    on_blocking_mount,
+)
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 
@@ -87,19 +94,30 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
 
 
 def _openat2_stat(
-    dirfd: int | None, path: bytes, flags: int, mode: int
+    dirfd: int | None, path: bytes, flags: int, mode: int, *, crossing: bool = False
 ) -> tuple[int, os.stat_result]:
-    """:func:`_openat2`, and the status of what it opened."""
+    """:func:`_openat2`, and the status of what it opened.
+
+    On a serving thread (see blocking) the walk stays on ``dirfd``'s mount, or, when
+    ``crossing`` (O_PATH only), uses only what the dentry cache holds and must end on a
+    mount that cannot block; otherwise :class:`MayBlock`."""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
+    resolve = _RESOLVE_NO_MAGICLINKS
+    serving = inline()
+    if serving:
+        resolve |= RESOLVE_CACHED if crossing else RESOLVE_NO_XDEV
     try:
-        fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, mode,
-                     _RESOLVE_NO_MAGICLINKS)  # fmt: skip
+        fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, mode, resolve)
     except OSError as exc:
+        if serving and exc.errno == (errno.EAGAIN if crossing else errno.EXDEV):
+            raise MayBlock("a walk the dentry cache cannot answer, or off the mount") from exc
         if exc.errno in (errno.ELOOP, errno.EINVAL):
             raise KernelDecides("magic link, or flags openat2 refuses") from exc
         raise
     try:
+        if serving and crossing and on_blocking_mount(fd):
+            raise MayBlock("on a filesystem that may block")
         st = os.fstat(fd)
         caller = _names_caller(fd, st)
     except BaseException:
@@ -310,13 +328,25 @@ def _parent(
     Trailing slashes stay with the last component, which keeps their meaning."""
     parent, name = split_last(path)
     if parent is None:
+        if inline() and dirfd is not None and on_blocking_mount(dirfd):
+            raise MayBlock("acts in a directory on a filesystem that may block")
         return dirfd, path  # a bare name (in the child's own directory fd), or "/"
-    fd = _openat2(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0)
+    fd = _openat2_stat(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                       crossing=True)[0]  # fmt: skip
     stack.callback(os.close, fd)
     return fd, name
 
 
 def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
+    if not inline():
+        return _open_in(path, dirfd, flags, mode)
+    # A serving thread opens the last component from its directory, on that one's mount.
+    with contextlib.ExitStack() as stack:
+        parent, name = _parent(stack, dirfd, path)
+        return _open_in(name, parent, flags, mode)
+
+
+def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     # O_NONBLOCK keeps a FIFO or device from blocking the broker; the child's own flags are
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
     blocking = not flags & os.O_NONBLOCK
@@ -343,7 +373,8 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             # A lease on the file (our O_NONBLOCK open started breaking it): the child's own
             # open waits for the holder, in its own context; a serving thread never does.
             raise KernelDecides("a leased file") from exc
-        elif exc.errno == errno.EACCES and _in_procfs(dirfd, path):
+        elif exc.errno == errno.EACCES and not inline() and _in_procfs(dirfd, path):
+            # (A serving thread leaves the look to a worker: refused_by_procfs.)
             # Refused by procfs, not Landlock: /proc/PID/fd/, cwd and the like need ptrace
             # standing over PID, which our restricted thread lacks and the child has over
             # itself. The kernel judges it in the child's context.
@@ -388,6 +419,16 @@ def _leased(st: os.stat_result) -> bool:
     return any(b"LEASE" in line and needle in line for line in b"".join(chunks).splitlines())
 
 
+def refused_by_procfs(t: Target) -> bool:
+    """For an open refused on a serving thread (EACCES): whether procfs refused it, not
+    Landlock (see _open_in); then the kernel decides. Walks the path: not on a serving
+    thread."""
+    if t.request.op != "open":
+        return False
+    path, dirfd = _at(t.dir1, t.request.path)
+    return _in_procfs(dirfd, path)
+
+
 def _in_procfs(dirfd: int | None, path: bytes) -> bool:
     """Whether ``path`` leads into procfs: relative to a dirfd there, through a directory
     there, or as a symlink into /proc (the child's own entries, reached through its
@@ -417,6 +458,21 @@ def _on_procfs(fd: int) -> bool:
 def _kind(dirfd: int | None, path: bytes) -> os.stat_result | None:
     """What ``path`` leads to, for deciding whether to open it at all: a stat, which answers
     this whichever links it follows (ours included) and gives the child nothing."""
+    if inline():
+        # Not stat, which could walk anywhere: the same walk as the open's, on the same
+        # mount. Magic links are left out (None): the open itself refuses them anyway.
+        resolve = _RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+        try:
+            fd = openat2(AT_FDCWD if dirfd is None else dirfd, path,
+                         os.O_PATH | os.O_CLOEXEC, 0, resolve)  # fmt: skip
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise MayBlock("off the mount") from exc
+            return None
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
     try:
         return os.stat(path, dir_fd=dirfd)
     except OSError:

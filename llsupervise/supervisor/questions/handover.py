@@ -5,6 +5,7 @@ run, so it fails closed."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,6 +24,11 @@ from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
 
 _P = TypeVar("_P", Pending, PendingNet, UnixPending)
+
+#: Exec reports handed to trio and not yet taken there. An exec does not wait for its
+#: report (the static layer has answered it), so an exec loop outruns trio: past this many,
+#: a report is dropped (its object released at once) and counted, never queued.
+MAX_EXEC_BACKLOG = 64
 
 
 class Handover:
@@ -45,6 +51,10 @@ class Handover:
         self.token: trio.lowlevel.TrioToken | None = None
         #: The run's nursery, while the run lasts.
         self.nursery: trio.Nursery | None = None
+        self._exec_lock = threading.Lock()
+        self._exec_backlog = 0
+        #: Exec reports dropped over MAX_EXEC_BACKLOG.
+        self.execs_dropped = 0
 
     def _post(self, handler: Callable[[_P], None], pending: _P) -> None:
         assert self.token is not None
@@ -87,12 +97,23 @@ class Handover:
         if self.token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
             obj.close()
             return
+        with self._exec_lock:
+            full = self._exec_backlog >= MAX_EXEC_BACKLOG
+            if full:
+                self.execs_dropped += 1
+            else:
+                self._exec_backlog += 1
+        if full:
+            obj.close()
+            return
         try:
             self.token.run_sync_soon(self._on_exec, n, request, obj)
         except trio.RunFinishedError:
             obj.close()
 
     def _on_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:
+        with self._exec_lock:
+            self._exec_backlog -= 1
         if self.nursery is None:
             obj.close()
             return

@@ -1,0 +1,181 @@
+"""Filesystems whose operations can block for ever, and serving without touching them.
+
+A serving thread answers every trapped call of the program, one at a time: one operation
+that waits for a FUSE server that never answers (or a dead NFS server) would stall all the
+others. So a serving thread performs a request only when nothing it does can reach such a
+filesystem ("inline"); the rest is handed to a worker with a deadline (engine.offload),
+where the operation still runs with the generation's Landlock restriction, so a grant on a
+network filesystem is performed as anywhere else.
+
+Chosen over leaving those requests to the kernel (CONTINUE): CONTINUE is safe, but only
+the static layer would then decide, so supervisor rules and questions would never apply
+to a FUSE or NFS tree, and a walk that is merely not cached cannot be told from one that
+will block without doing it.
+
+How inline stays off such filesystems, race-free against the program renaming things:
+
+- The directory a request acts in is resolved with ``RESOLVE_CACHED`` (no lookup that needs
+  the filesystem: a FUSE dentry past its timeout is not revalidated, it fails with EAGAIN),
+  and its mount is looked up (``statx`` with ``AT_STATX_DONT_SYNC`` asks for the mount id
+  only; no filesystem call) in ``/proc/self/mountinfo``.
+- The last component is then reached from that directory with ``RESOLVE_NO_XDEV``: it can
+  only be on the same mount, whatever the program puts in its place meanwhile.
+- Anything else (a walk not in the cache, another mount on the way, a blocking mount, a
+  Landlock denial whose analysis walks the path again) raises :class:`MayBlock`.
+
+``statfs`` is not used to tell the filesystem: FUSE answers it with a FUSE_STATFS request
+to the server, which is exactly what must not be waited for.
+
+The price: a few more syscalls per performed request (the directory is opened on its own,
+and its mount looked up), and a first walk that is not cached yet goes through a worker.
+
+Not covered: the child's cwd and dirfds are still opened (through their /proc magic links,
+by the unrestricted helper the serving thread waits for). FUSE is not asked then, but NFS
+may revalidate the inode it jumps to (d_weak_revalidate) and so wait for its server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import struct
+import threading
+
+from llsupervise.libc import libc as _libc
+
+#: Filesystem types (as /proc/self/mountinfo names them) whose operations wait for a
+#: server, a network or a daemon that may never answer: FUSE (every ``fuse.*`` subtype,
+#: virtiofs too), NFS, CIFS/SMB, 9p, Ceph, AFS, Coda, the cluster filesystems, and autofs
+#: (an automount waits for its daemon). Their statfs magic numbers, for reference: FUSE
+#: 0x65735546, NFS 0x6969, CIFS 0xFF534D42, SMB2 0xFE534D42, 9p 0x01021997, Ceph 0x00C36400,
+#: AFS 0x5346414F, Coda 0x73757245, GFS2 0x01161970, OCFS2 0x7461636F, autofs 0x0187.
+BLOCKING_TYPES = frozenset({
+    "fuse", "fuseblk", "fusectl", "virtiofs", "nfs", "nfs4", "cifs", "smb3", "smbfs",
+    "9p", "ceph", "afs", "kafs", "coda", "gfs2", "ocfs2", "orangefs", "lustre",
+    "glusterfs", "autofs",
+})  # fmt: skip
+
+
+def is_blocking_type(fstype: str) -> bool:
+    return fstype in BLOCKING_TYPES or fstype.startswith(("fuse.", "fuseblk."))
+
+
+class MayBlock(Exception):
+    """Performing this request could wait on a filesystem that may never answer: not on a
+    serving thread (see the module)."""
+
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_CACHED = 0x20
+
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000
+_STATX_INO = 0x100
+_STATX_MNT_ID = 0x1000
+#: struct statx (256 bytes): stx_ino is the u64 at 0x20, stx_dev_major and _minor the u32s
+#: at 0x88 and 0x8c, stx_mnt_id the u64 at 0x90.
+_STATX_SIZE = 256
+_STATX_INO_OFFSET = 0x20
+_STATX_DEV_OFFSET = 0x88
+_STATX_MNT_ID_OFFSET = 0x90
+
+
+def _statx_cached(fd: int, mask: int) -> ctypes.Array[ctypes.c_char]:
+    """statx of ``fd`` from what the kernel has (AT_STATX_DONT_SYNC: FUSE and NFS are not
+    asked to refresh attributes)."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, mask, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` is on, asked of the VFS only (never of the filesystem)."""
+    buf = _statx_cached(fd, _STATX_MNT_ID)
+    return ctypes.c_uint64.from_buffer(buf, _STATX_MNT_ID_OFFSET).value
+
+
+def cached_identity(fd: int) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of ``fd``, without asking its filesystem (as fstat may)."""
+    buf = _statx_cached(fd, _STATX_INO)
+    major, minor = struct.unpack_from("=II", buf, _STATX_DEV_OFFSET)
+    return os.makedev(major, minor), ctypes.c_uint64.from_buffer(buf, _STATX_INO_OFFSET).value
+
+
+class Mounts:
+    """Which mounts (by id) are on blocking filesystems, read from a mountinfo opened while
+    the process was unrestricted; re-read when the mount table changes (poll says so)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._blocking: dict[int, bool] = {}
+        self._poll = select.poll()
+        if fd is not None:
+            self._poll.register(fd, select.POLLPRI)
+            self._poll.poll(0)  # the first poll reports the table as changed
+
+    def blocking(self, mnt_id: int) -> bool:
+        """Whether mount ``mnt_id`` is on a blocking filesystem; unknown counts as blocking."""
+        with self._lock:
+            if self._fd is None:
+                return True
+            if self._poll.poll(0):
+                self._blocking.clear()  # mounted or unmounted since: ids may be reused
+            known = self._blocking.get(mnt_id)
+            if known is None:
+                self._blocking = self._read()
+                known = self._blocking.get(mnt_id, True)
+            return known
+
+    def _read(self) -> dict[int, bool]:
+        assert self._fd is not None
+        chunks, offset = [], 0
+        try:
+            while chunk := os.pread(self._fd, 65536, offset):
+                chunks.append(chunk)
+                offset += len(chunk)
+        except OSError:
+            return {}
+        table = {}
+        for line in b"".join(chunks).splitlines():
+            fields = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                # id parent maj:min root point options [optional...] - fstype source super
+                fstype = fields[fields.index(b"-") + 1].decode(errors="replace")
+                table[int(fields[0])] = is_blocking_type(fstype)
+        return table
+
+
+def _open_mountinfo() -> int | None:
+    try:
+        return os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+#: Opened while the process is unrestricted: a serving thread, restricted, may not open it.
+MOUNTS = Mounts(_open_mountinfo())
+
+
+def on_blocking_mount(fd: int) -> bool:
+    try:
+        return MOUNTS.blocking(mount_id(fd))
+    except OSError:
+        return True
+
+
+_thread = threading.local()
+
+
+def serve_inline() -> None:
+    """Mark the calling thread as a serving thread: what it performs stays off blocking
+    filesystems (operations raise :class:`MayBlock` instead)."""
+    _thread.inline = True
+
+
+def inline() -> bool:
+    return getattr(_thread, "inline", False)

@@ -1,0 +1,139 @@
+"""A tiny FUSE server speaking the raw /dev/fuse protocol (no libfuse, no fusermount): an
+empty root directory in which a lookup of one name is never answered, as by a server that
+hangs. Needs root (mount(2)).
+
+Closing the server (its /dev/fuse descriptor, once its thread has stopped) aborts the
+connection: every request still waiting fails (ENOTCONN), so no test leaves a call hanging;
+the mount is detached first, so none leaves a hung mount either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MS_NOSUID, _MS_NODEV = 2, 4
+_MNT_DETACH = 2
+
+_LOOKUP, _FORGET, _GETATTR, _OPENDIR, _RELEASEDIR, _INIT, _INTERRUPT = 1, 2, 3, 27, 29, 26, 36
+_BATCH_FORGET, _DESTROY = 42, 38
+_IN_HEADER = struct.Struct("=IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
+_OUT_HEADER = struct.Struct("=IiQ")  # len error unique
+# struct fuse_attr: ino size blocks atime mtime ctime (u64) atimensec mtimensec ctimensec
+# mode nlink uid gid rdev blksize flags (u32)
+_ATTR = struct.Struct("=QQQQQQIIIIIIIIII")
+_ROOT = 1
+
+
+def _attr_out(mode: int) -> bytes:
+    # attr_valid 0: every stat comes back to us (never cached past this answer)
+    return struct.pack("=QII", 0, 0, 0) + _ATTR.pack(
+        _ROOT, 0, 0, 0, 0, 0, 0, 0, 0, mode, 2, 0, 0, 0, 4096, 0
+    )
+
+
+def _init_out() -> bytes:
+    # major minor max_readahead flags max_background congestion_threshold max_write
+    # time_gran max_pages map_alignment flags2 max_stack_depth unused[6]
+    return struct.pack("=IIIIHHIIHHII6I", 7, 31, 65536, 0, 16, 12, 65536, 1, 0, 0, 0, 0,
+                       *([0] * 6))  # fmt: skip
+
+
+class HangingFuse:
+    """Serves ``mountpoint``: root answers getattr and opendir, a lookup of ``hang`` is
+    never answered, any other name does not exist."""
+
+    def __init__(self, mountpoint: Path, hang: bytes = b"stuck") -> None:
+        self.mountpoint = mountpoint
+        self.hang = hang
+        #: Lookups of the hanging name received (each left unanswered).
+        self.hung = 0
+        #: Requests received, by opcode.
+        self.received: dict[int, int] = {}
+        #: Set: no request is answered any more, as by a server that hung.
+        self.frozen = False
+        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        options = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0".encode()
+        if _libc.mount(b"hangingfuse", bytes(mountpoint), b"fuse", _MS_NOSUID | _MS_NODEV,
+                       options) != 0:  # fmt: skip
+            err = ctypes.get_errno()
+            self._close_fds()
+            raise OSError(err, f"mount fuse: {os.strerror(err)}")
+        self._thread = threading.Thread(target=self._serve, name="hanging-fuse", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._stop_r in ready:
+                return
+            try:
+                request = os.read(self._fd, 1 << 20)
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue
+                return  # ENODEV: unmounted
+            self._answer(request)
+
+    def _answer(self, request: bytes) -> None:
+        _, opcode, unique, nodeid, *_ = _IN_HEADER.unpack_from(request)
+        body = request[_IN_HEADER.size :]
+        self.received[opcode] = self.received.get(opcode, 0) + 1
+        if opcode in (_FORGET, _BATCH_FORGET, _INTERRUPT) or self.frozen:
+            return  # no answer expected (an interrupt of a hung lookup stays unanswered)
+        if opcode == _INIT:
+            self._reply(unique, 0, _init_out())
+        elif opcode == _GETATTR and nodeid == _ROOT:
+            self._reply(unique, 0, _attr_out(0o40755))
+        elif opcode == _LOOKUP and body.split(b"\0", 1)[0] == self.hang:
+            self.hung += 1  # never answered
+        elif opcode == _LOOKUP:
+            self._reply(unique, -errno.ENOENT)
+        elif opcode == _OPENDIR:
+            self._reply(unique, 0, struct.pack("=QII", 0, 0, 0))
+        elif opcode in (_RELEASEDIR, _DESTROY):
+            self._reply(unique, 0)
+        else:
+            self._reply(unique, -errno.ENOSYS)
+
+    def _reply(self, unique: int, error: int, payload: bytes = b"") -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, _OUT_HEADER.pack(_OUT_HEADER.size + len(payload), error,
+                                                unique) + payload)  # fmt: skip
+
+    def close(self) -> None:
+        """Detach the mount, stop serving, and abort the connection (closing /dev/fuse)."""
+        if self._fd < 0:
+            return
+        _libc.umount2(bytes(self.mountpoint), _MNT_DETACH)
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd = self._stop_r = self._stop_w = -1
+
+
+@contextlib.contextmanager
+def hanging_fuse(mountpoint: Path, hang: bytes = b"stuck") -> Iterator[HangingFuse]:
+    mountpoint.mkdir(exist_ok=True)
+    server = HangingFuse(mountpoint, hang)
+    try:
+        yield server
+    finally:
+        server.close()

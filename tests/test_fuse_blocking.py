@@ -1,0 +1,252 @@
+"""A FUSE server that never answers stalls no one but the call that waits on it (issue: an
+operation on a hung FUSE or NFS filesystem ran on the one serving thread, and with it every
+trapped call of the program waited)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from fuse_server import HangingFuse, hanging_fuse
+from supervised import PUBLIC, lines, make_tree, policy, wait_until
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.engine import offload
+from llsupervise.supervisor.perform.blocking import (
+    MOUNTS,
+    cached_identity,
+    is_blocking_type,
+    mount_id,
+)
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE"),
+]
+
+#: The program: one thread makes a call that waits on the hung FUSE lookup; once that thread
+#: is in its call, another opens data/x (granted by a supervisor rule, so performed by the
+#: supervisor). Each outcome is a line of out/log.
+SCRIPT = r"""
+import os, sys, threading
+call, target = sys.argv[1], sys.argv[2]
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+def stuck():
+    try:
+        if call == "open":
+            os.close(os.open(target, os.O_RDONLY))
+        else:
+            os.mkdir(target + "/new")
+        note("stuck call: done")
+    except OSError as e:
+        note(f"stuck call: err {e.errno}")
+t = threading.Thread(target=stuck)
+t.start()
+def in_call():
+    try:
+        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
+            return f.read().split()[0] in ("257", "83", "258")  # openat, mkdir, mkdirat
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+while t.is_alive() and not in_call():
+    pass
+with open("data/x", "rb") as f:
+    note("unrelated open: " + f.read().decode().strip())
+t.join()
+"""
+
+RULES = """
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{data}"]
+"""
+
+
+async def _run(
+    root: Path, call: str, server: HangingFuse, events: list[Mapping[str, Any]]
+) -> tuple[int, list[str]]:
+    """Run SCRIPT; once the unrelated open is served while the lookup hangs, or after a
+    minute, the server is aborted (which ends the hung call in the kernel)."""
+    paths = make_tree(root)
+    (paths["out"] / "log").touch()
+    doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]))
+    target = str(server.mountpoint / "stuck")
+    served = f"unrelated open: {PUBLIC.decode().strip()}"
+    seen_while_hung: list[bool] = []
+
+    async def abort_when_served() -> None:
+        # Not a timing bound: without a deadline the hung call waits for ever, so the
+        # server is aborted once the other open was served (or the test has failed).
+        try:
+            await wait_until(lambda: served in lines(paths["out"] / "log"), "the other open", 60)
+            seen_while_hung.append(server.hung > 0)
+        finally:
+            await trio.to_thread.run_sync(server.close)
+
+    async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+        sup.listeners.append(events.append)
+        nursery.start_soon(abort_when_served)
+        status = await sup.run([sys.executable, "-c", SCRIPT, call, target], forward_signals=False)
+    assert seen_while_hung == [True], "the other open was not served while the lookup hung"
+    return status, lines(paths["out"] / "log")
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("call", ["open", "mkdir"])
+async def test_a_hung_fuse_lookup_leaves_other_requests_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """No deadline within the test: the other open is served while the call waits; the
+    hung call ends when the kernel ends it (the server aborted), the supervisor unharmed."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 3600.0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    events: list[Mapping[str, Any]] = []
+    with hanging_fuse(root / "fuse") as server:
+        status, log = await _run(root, call, server, events)
+    assert status == 0, log
+    assert log[0] == f"unrelated open: {PUBLIC.decode().strip()}"
+    # Aborted: the worker's call failed, and its errno was passed on.
+    assert log[1].startswith("stuck call: err "), log
+    assert not [e for e in events if e["event"] == "stall"]
+    assert events[-1]["event"] == "exit"
+
+
+@pytest.mark.trio
+async def test_a_hung_fuse_lookup_is_answered_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a deadline, the program gets EIO and an event says so; later requests are
+    served, and the supervisor lives on to report the exit."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 1.0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    (paths["out"] / "log").touch()
+    events: list[Mapping[str, Any]] = []
+    doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]))
+    with hanging_fuse(root / "fuse") as server:
+        target = str(server.mountpoint / "stuck")
+        async with Supervisor.open(doc) as sup:
+            sup.listeners.append(events.append)
+            status = await sup.run(
+                [sys.executable, "-c", SCRIPT, "open", target], forward_signals=False
+            )
+        assert server.hung > 0
+    log = lines(paths["out"] / "log")
+    assert status == 0, log
+    assert sorted(log) == ["stuck call: err 5", f"unrelated open: {PUBLIC.decode().strip()}"]
+    stalls = [e for e in events if e["event"] == "stall"]
+    assert [(e["syscall"], e["path"], e["outcome"]) for e in stalls] == [
+        ("openat", target, "refused")
+    ]
+    assert events[-1]["event"] == "exit"
+
+
+def test_the_mount_table_knows_fuse_from_tmpfs(tmp_path: Path) -> None:
+    """A FUSE mount is blocking and the test tree is not, told without asking FUSE (its
+    server answers nothing but getattr here)."""
+    with hanging_fuse(tmp_path / "fuse") as server:
+        fd = os.open(server.mountpoint, os.O_PATH | os.O_CLOEXEC)
+        here = os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            asked = dict(server.received)
+            assert MOUNTS.blocking(mount_id(fd))
+            assert not MOUNTS.blocking(mount_id(here))
+            identity = cached_identity(fd)
+            assert server.received == asked  # FUSE was not asked, not even getattr
+            st = os.fstat(fd)  # this one asks (its attributes are never cached here)
+            assert identity == (st.st_dev, st.st_ino)
+            assert server.received[3] > asked.get(3, 0)
+            assert cached_identity(here) == (os.fstat(here).st_dev, os.fstat(here).st_ino)
+        finally:
+            os.close(fd)
+            os.close(here)
+
+
+@pytest.mark.parametrize(
+    ("fstype", "blocking"),
+    [("fuse", True), ("fuse.sshfs", True), ("nfs4", True), ("cifs", True), ("9p", True),
+     ("ceph", True), ("tmpfs", False), ("ext4", False), ("proc", False), ("overlay", False)],
+)  # fmt: skip
+def test_blocking_types(fstype: str, blocking: bool) -> None:
+    assert is_blocking_type(fstype) is blocking
+
+
+#: The program takes a dirfd of the FUSE root while its server answers, waits until the
+#: server hangs altogether, then opens a name relative to that dirfd in one thread, and
+#: data/x in another once the first is in its call.
+DIRFD_SCRIPT = r"""
+import os, sys, threading, time
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+d = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)
+note("have the dirfd")
+while not os.path.exists("out/frozen"):
+    time.sleep(0.01)
+def stuck():
+    try:
+        os.close(os.open("anything", os.O_RDONLY, dir_fd=d))
+        note("stuck call: done")
+    except OSError as e:
+        note(f"stuck call: err {e.errno}")
+t = threading.Thread(target=stuck)
+t.start()
+def in_call():
+    try:
+        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
+            return f.read().split()[0] == "257"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+while t.is_alive() and not in_call():
+    pass
+with open("data/x", "rb") as f:
+    note("unrelated open: " + f.read().decode().strip())
+t.join()
+"""
+
+
+@pytest.mark.trio
+async def test_a_dirfd_on_a_hung_fuse_mount_stalls_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even looking at the child's dirfd (what filesystem, which inode) would ask the hung
+    server: the serving thread must not."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 3600.0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]))
+    served = f"unrelated open: {PUBLIC.decode().strip()}"
+    seen_while_hung: list[bool] = []
+    with hanging_fuse(root / "fuse") as server:
+
+        async def freeze_then_abort() -> None:
+            try:
+                await wait_until(lambda: "have the dirfd" in lines(log_path), "the dirfd", 60)
+                server.frozen = True
+                (paths["out"] / "frozen").touch()
+                await wait_until(lambda: served in lines(log_path), "the other open", 60)
+                seen_while_hung.append(True)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            nursery.start_soon(freeze_then_abort)
+            argv = [sys.executable, "-c", DIRFD_SCRIPT, str(server.mountpoint)]
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert seen_while_hung == [True], log
+    assert status == 0, log
+    assert log[:2] == ["have the dirfd", served]
+    assert log[2].startswith("stuck call: err "), log
