@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from llsupervise.seccomp import MemoryReadError, ProcessMemory, SeccompError
-from llsupervise.supervisor.engine.tasks import TaskCache
+from llsupervise.supervisor.engine.contexts import TaskCache
 
 
 class Entry:

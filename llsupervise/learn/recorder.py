@@ -43,6 +43,7 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
+from llsupervise.supervisor.engine.contexts import TaskCache
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
@@ -59,7 +60,6 @@ from llsupervise.supervisor.engine.requests import (
     signed_fd,
     split_last,
 )
-from llsupervise.supervisor.engine.tasks import TaskCache
 from llsupervise.supervisor.launch.launcher import StaticLayer, Stdio, exit_status, launch
 from llsupervise.supervisor.net.mediator import NET_CALLS, open_pidfd, pidfd_getfd, socket_kind
 from llsupervise.supervisor.net.sockaddr import decode_call, parse_sockaddr

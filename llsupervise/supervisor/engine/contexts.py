@@ -1,22 +1,93 @@
 """What the serving threads know of each trapped thread: its memory reader, and its cwd,
-umask and credentials while no context-changing syscall may have changed them."""
+umask and credentials while no context-changing syscall may have changed them.
+
+:class:`TaskCache` (shared with the learning recorder) keeps what is opened per thread.
+Nothing says when a thread exits, so it is bounded: past ``limit`` threads the oldest entry is
+closed (and reopened if that thread is heard from again)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
 from llsupervise.supervisor.engine.requests import FsRequest, decode
-from llsupervise.supervisor.engine.tasks import TaskCache
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
 from llsupervise.supervisor.perform.procfs import status_fields, status_number
 
 #: Threads whose memory reader (and cached cwd) is kept open at once.
 MAX_TASKS = 1024
 T = TypeVar("T")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+R = TypeVar("R")
+
+
+class TaskCache(Generic[C]):
+    """Per-thread entries made by ``open_task(tid)``, closed when dropped."""
+
+    def __init__(self, open_task: Callable[[int], C], limit: int) -> None:
+        self._open = open_task
+        self.limit = limit
+        self._entries: dict[int, C] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[C]:
+        return iter(list(self._entries.values()))
+
+    def get(self, tid: int) -> C | None:
+        """The thread's entry, opened if needed; None when it cannot be (the thread is gone,
+        or we are short of descriptors)."""
+        entry = self._entries.get(tid)
+        if entry is None:
+            if len(self._entries) >= self.limit:
+                self.forget(next(iter(self._entries)))
+            try:
+                entry = self._open(tid)
+            except (OSError, SeccompError):
+                return None
+            self._entries[tid] = entry
+        return entry
+
+    def pop(self, tid: int) -> C | None:
+        """The thread's entry if one is kept, no longer kept (the caller closes it)."""
+        return self._entries.pop(tid, None)
+
+    def forget(self, tid: int) -> None:
+        entry = self._entries.pop(tid, None)
+        if entry is not None:
+            entry.close()
+
+    def close(self) -> None:
+        for tid in list(self._entries):
+            self.forget(tid)
+
+    def read(self, tid: int, read: Callable[[C], R]) -> tuple[R, C] | None:
+        """``read(entry)`` and the entry; None when the thread has no entry.
+
+        A cached memory reader goes stale when its thread's address space went away (exec,
+        exit, tid reuse): on :class:`MemoryReadError` the entry is reopened once, then the
+        error is raised."""
+        for attempt in range(2):
+            entry = self.get(tid)
+            if entry is None:
+                return None
+            try:
+                return read(entry), entry
+            except MemoryReadError:
+                self.forget(tid)
+                if attempt:
+                    raise
+        return None
 
 
 @dataclass

@@ -30,11 +30,10 @@ from llsupervise.supervisor.engine.created import (
     names_pending,
     open_created,
 )
-from llsupervise.supervisor.engine.denials import CheckedObject, checked_objects
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.offload import Job, Offload
-from llsupervise.supervisor.engine.pending import Pending, close_dirs, reply
-from llsupervise.supervisor.engine.performed import PerformedLog
+from llsupervise.supervisor.engine.pending import Pending, close_dirs, kernel_decides, reply
+from llsupervise.supervisor.engine.reports import ExecReports, OnExec, OnStall, Refusals
 from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import MayBlock, inline
@@ -44,8 +43,6 @@ from llsupervise.supervisor.perform.operations import (
     KernelDecides,
     Target,
     perform,
-    protected,
-    refused_by_procfs,
 )
 from llsupervise.supervisor.rules.created import (
     EMPTY_INDEX,
@@ -53,6 +50,7 @@ from llsupervise.supervisor.rules.created import (
     PendingCreation,
     coarse_now_ns,
 )
+from llsupervise.supervisor.rules.uses import PerformedLog
 
 EXEC_SYSCALLS = ("execve", "execveat")
 #: Calls that move or link a name. Never left to the kernel (CONTINUE): the kernel would judge
@@ -61,9 +59,6 @@ EXEC_SYSCALLS = ("execve", "execveat")
 #: it more than it had (read a secret through a granted directory). Refused instead.
 MOVE_SYSCALLS = frozenset({"rename", "renameat", "renameat2", "link", "linkat"})
 
-OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
-#: Told of a request answered at its deadline: (notification, request, what was done).
-OnStall = Callable[[Notification, FsRequest, str], None]
 
 #: What a program is told when its request was not done by the deadline (see offload): an
 #: I/O error, as from a filesystem whose server is gone.
@@ -111,6 +106,11 @@ class RequestHandler:
         self._our_credentials = own_credentials()
         self.served = 0
         self.performed = PerformedLog()
+        self.execs = ExecReports(
+            listener, contexts, fast, on_exec, handled_fs,
+            lambda tid, dirfd, path: self._dirfd(tid, dirfd, path, None), on_stall,
+        )  # fmt: skip
+        self.refusals = Refusals(listener, handled_fs, on_denial)
 
     def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
         """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
@@ -124,25 +124,25 @@ class RequestHandler:
             self.listener.send_continue(n.id)  # not mediated: only observed
             return
         if name in EXEC_SYSCALLS:
-            self._exec(n, name, offload)
+            self.execs.handle(n, name, offload)
             return
         moving = name in MOVE_SYSCALLS
         try:
             decoded = self.contexts.decode(n, name)
         except (DecodeError, MemoryReadError):
             # The static layer decides (a move: refused, see MOVE_SYSCALLS).
-            self._kernel_decides(n, moving, errno.EFAULT)
+            kernel_decides(self.listener, n, moving, errno.EFAULT)
             return
         if decoded is None:
             # Its memory could not be opened: the task is gone (then this reply fails
             # harmlessly), or we are short of descriptors. The static layer decides.
-            self._kernel_decides(n, moving, errno.ENOMEM)
+            kernel_decides(self.listener, n, moving, errno.ENOMEM)
             return
         request, task = decoded
         if request.leave_to_kernel():
             # A path that names the caller (/proc/self/cwd/...): a move is refused as a move
             # across mounts would be, so programs copy instead, through the supervisor.
-            self._kernel_decides(n, moving, errno.EXDEV)
+            kernel_decides(self.listener, n, moving, errno.EXDEV)
             return
         if self._static_allows(request):
             self.listener.send_continue(n.id)  # never a creation: those are performed here
@@ -151,7 +151,8 @@ class RequestHandler:
         creating = self.on_created is not None and names_pending(request, index)
         credentials = self.contexts.credentials(task)
         if credentials is None:
-            self._kernel_decides(n, moving, errno.EPERM)  # not knowing them, we may not act
+            # Not knowing them, we may not act for it.
+            kernel_decides(self.listener, n, moving, errno.EPERM)
             return
         # Still waiting, so the memory read (through a fd opened before) was the task's.
         if not self.listener.id_valid(n.id):
@@ -196,78 +197,6 @@ class RequestHandler:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
         return self.fast is not None and self.fast.allows(r)
 
-    def _exec(self, n: Notification, name: str, offload: Offload | None = None) -> None:
-        """Exec cannot be granted live (Landlock checks it in the child's context): the static
-        layer decides, and ``on_exec`` hears of the executable so a denial can be reported."""
-        if self.on_exec is None:
-            self.contexts.forget(n.pid)
-            self.listener.send_continue(n.id)
-            return
-        try:
-            request = self.contexts.decode_exec(n, name)
-        except (DecodeError, MemoryReadError):
-            request = None
-        if request is not None and not self.listener.id_valid(n.id):
-            request = None
-        if request is not None and self.fast is not None and self.fast.allows(request):
-            request = None  # a static rule allows it: nothing to report
-        if request is not None:
-            try:
-                dir1 = self._dirfd(n.pid, request.dirfd, request.path, None)
-            except OSError:
-                dir1 = None
-            if offload is not None:
-                # What it names is looked up, which could block (see perform.blocking).
-                offload.submit(self._exec_job(n, request, dir1))
-                return
-            self._report_exec(n, request, dir1)
-        self.listener.send_continue(n.id)
-
-    def _report_exec(self, n: Notification, request: FsRequest, dir1: int | None) -> None:
-        try:
-            objects = checked_objects(request, dir1, None, self.handled_fs)
-        except OSError:
-            objects = []
-        finally:
-            if dir1 is not None:
-                os.close(dir1)
-        assert self.on_exec is not None
-        for obj in objects:
-            self.on_exec(n, request, obj)  # takes ownership of obj
-
-    def _exec_job(self, n: Notification, request: FsRequest, dir1: int | None) -> Job:
-        def run(job: Job) -> None:
-            try:
-                objects = checked_objects(request, dir1, None, self.handled_fs)
-            except OSError:
-                objects = []
-            finally:
-                if dir1 is not None:
-                    os.close(dir1)
-            if not job.claim():
-                for obj in objects:
-                    obj.close()
-                return
-            assert self.on_exec is not None
-            for obj in objects:
-                self.on_exec(n, request, obj)  # takes ownership of obj
-            self._continue(n)
-
-        def expire(started: bool) -> None:
-            if not started and dir1 is not None:
-                os.close(dir1)
-            self._continue(n)  # the exec itself is the static layer's to judge
-            if self.on_stall is not None:
-                self.on_stall(n, request, "continued unreported")
-
-        return Job(run, expire)
-
-    def _continue(self, n: Notification) -> None:
-        try:
-            self.listener.send_continue(n.id)
-        except NotificationGone:
-            pass
-
     def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
         if path.startswith(b"/"):
             return None
@@ -293,13 +222,6 @@ class RequestHandler:
         umask = self.contexts.umask(task) if r.creates else 0
         return Target(r, dir1, dir2, umask, credentials, self.guard)
 
-    def _kernel_decides(self, n: Notification, moving: bool, err: int) -> None:
-        """CONTINUE: the static layer decides; a move is refused with ``err`` instead."""
-        if moving:
-            self.listener.send_error(n.id, err)
-        else:
-            self.listener.send_continue(n.id)
-
     def _reply_errno(self, n: Notification, err: int) -> None:
         # /proc/TID/fd/N missing means the child passed a bad fd.
         self.listener.send_error(n.id, errno.EBADF if err == errno.ENOENT else err)
@@ -324,13 +246,14 @@ class RequestHandler:
             what = exc.what
 
             def report(n: Notification, t: Target, g: int, job: Job | None) -> None:
-                self._protected(n, t, g, what, job)
+                self.refusals.protected(n, t, g, what, job)
 
             offload.submit(self._job(n, target, generation, report, errno.EACCES))
             return
         except OSError as exc:
             if exc.errno == errno.EACCES:
-                offload.submit(self._job(n, target, generation, self._refused, errno.EACCES))
+                refused = self.refusals.refused
+                offload.submit(self._job(n, target, generation, refused, errno.EACCES))
                 return
             close_dirs(target)
             self.listener.send_error(n.id, exc.errno or errno.EIO)
@@ -338,7 +261,7 @@ class RequestHandler:
         close_dirs(target)
         if result is None:
             # A magic link on the way, say: the kernel decides in the child's context.
-            self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
+            kernel_decides(self.listener, n, target.request.op in MOVES, errno.EXDEV)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
 
@@ -370,16 +293,6 @@ class RequestHandler:
 
         return Job(run, expire)
 
-    def _refused(self, n: Notification, target: Target, generation: int, job: Job | None) -> None:
-        """A request Landlock refused on a serving thread: reported (or left to the kernel,
-        for what procfs refused)."""
-        if refused_by_procfs(target):
-            close_dirs(target)
-            if job is None or job.claim():
-                self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
-            return
-        self._refusal(n, target, generation, OSError(errno.EACCES, "refused"), job)
-
     def serve(
         self, n: Notification, target: Target, generation: int, job: Job | None = None
     ) -> None:
@@ -394,10 +307,10 @@ class RequestHandler:
         except KernelDecides:
             result = None
         except ProtectedError as exc:
-            self._protected(n, target, generation, exc.what, job)
+            self.refusals.protected(n, target, generation, exc.what, job)
             return
         except OSError as exc:
-            self._refusal(n, target, generation, exc, job)
+            self.refusals.refusal(n, target, generation, exc, job)
             return
         close_dirs(target)
         if job is not None and not job.claim():
@@ -406,51 +319,6 @@ class RequestHandler:
             return
         if result is None:
             # A magic link on the way, say: the kernel decides in the child's context.
-            self._kernel_decides(n, target.request.op in MOVES, errno.EXDEV)
+            kernel_decides(self.listener, n, target.request.op in MOVES, errno.EXDEV)
         else:
             reply(self.listener, n, target.request, result, self.cpu)
-
-    def _refusal(
-        self, n: Notification, target: Target, generation: int, exc: OSError, job: Job | None
-    ) -> None:
-        if exc.errno == errno.EACCES:
-            # Refused by Landlock; one that reaches the control plane is not asked about.
-            what = protected(target)
-            if what is not None:
-                self._protected(n, target, generation, what, job)
-                return
-        if exc.errno == errno.EACCES and self._deny(n, target, generation, job):
-            return
-        close_dirs(target)
-        if job is None or job.claim():
-            self.listener.send_error(n.id, exc.errno or errno.EIO)
-
-    def _protected(
-        self, n: Notification, target: Target, generation: int, what: str, job: Job | None
-    ) -> None:
-        """Never performed, whatever the rules or answers say: refused now, reported."""
-        try:
-            objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
-        except OSError:
-            objects = []
-        pending = Pending(n, target, objects, generation, protected=what)
-        if job is not None and not job.claim():
-            pending.close()
-            return
-        self.listener.send_error(n.id, errno.EACCES)
-        self.on_denial(pending)
-
-    def _deny(self, n: Notification, target: Target, generation: int, job: Job | None) -> bool:
-        """Hand a denial over; False when it was not Landlock's (no handled right missing)."""
-        try:
-            objects = checked_objects(target.request, target.dir1, target.dir2, self.handled_fs)
-        except OSError:
-            objects = []
-        if not objects:
-            return False
-        pending = Pending(n, target, objects, generation)
-        if job is not None and not job.claim():
-            pending.close()
-            return True
-        self.on_denial(pending)
-        return True

@@ -24,8 +24,9 @@ from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
-from llsupervise.supervisor.engine.handler import OnExec, OnStall, RequestHandler
+from llsupervise.supervisor.engine.handler import RequestHandler
 from llsupervise.supervisor.engine.pending import Pending
+from llsupervise.supervisor.engine.reports import OnExec, OnStall
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, restrict_thread

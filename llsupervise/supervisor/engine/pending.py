@@ -71,3 +71,13 @@ def reply(
             os.close(result)
     else:
         listener.send_value(n.id, result)
+
+
+def kernel_decides(listener: Listener, n: Notification, moving: bool, err: int) -> None:
+    """CONTINUE: the static layer decides in the child's context. A move is refused with
+    ``err`` instead: the kernel's refer check knows only the static layer, so a file could
+    land where a supervisor rule gives it more than it had (see engine.handler)."""
+    if moving:
+        listener.send_error(n.id, err)
+    else:
+        listener.send_continue(n.id)
