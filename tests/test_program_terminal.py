@@ -169,6 +169,10 @@ async def test_the_pty_is_mirrored_only_where_tty_is(tmp_path: Path) -> None:
         assert {(layer, where, access) for layer, _, where, access in rows} == tty_rows
         assert {row[1] for row in rows} == {os.ttyname(slave)}
         assert object_id(os.fstat(other_slave)) not in policy.objects()
+        # Quiet entries too: silencing ${TTY} silences it under either name.
+        quiet = parse_policy(text + '\n[[supervisor.quiet]]\nparent = ["${TTY}"]\n', "p.toml",
+                             env(tmp_path))  # fmt: skip
+        assert {ours, tty} <= resolve(quiet, objects).quiet
     # Without a terminal of ours, the rule is on /dev/tty alone.
     with ObjectTable() as objects:
         assert ours not in resolve(doc, objects).objects()
