@@ -170,10 +170,9 @@ class ObjectTable:
         """Make the pty slave ``slave`` (the caller's fd, left open) the program's terminal
         for the table's life. Held by an fd on the object the caller made, never by its name:
         /dev/pts names are reused. The magic link leads to the open file, not to a name."""
+        if not os.isatty(slave):
+            raise ValueError(f"fd {slave} is not a terminal")
         fd = os.open(f"/proc/self/fd/{slave}", os.O_PATH | os.O_CLOEXEC)
-        if not stat.S_ISCHR(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ValueError(f"fd {slave} is not a terminal device")
         if self._terminal is not None:
             os.close(self._terminal)
         self._terminal = fd
@@ -192,8 +191,7 @@ class ObjectTable:
         if held is not None:
             return held.obj
         _check_capacity(len(self._held) + 1)
-        fd = os.dup(self._terminal)
-        os.set_inheritable(fd, False)
+        fd = os.dup(self._terminal)  # not inheritable: os.dup's default
         self._held[obj] = HeldObject(obj, fd, fd_path(fd), False)
         return obj
 
