@@ -187,11 +187,6 @@ LESS = shutil.which("less")
 
 
 @pytest.mark.skipif(LESS is None, reason="less is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="less opens its terminal by its own name (ttyname: /dev/pts/N), not as /dev/tty: "
-    "${TTY} does not cover it, so it is asked about (denied, less falls back to stderr)",
-)
 async def test_less_under_the_default_policy_opens_its_terminal_without_a_question(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,7 +45,14 @@ from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
 from llsupervise.supervisor.launch import signals
-from llsupervise.supervisor.launch.launcher import Launched, StaticLayer, Stdio, exit_status, launch
+from llsupervise.supervisor.launch.launcher import (
+    Launched,
+    LaunchError,
+    StaticLayer,
+    Stdio,
+    exit_status,
+    launch,
+)
 from llsupervise.supervisor.launch.lifeline import Lifeline
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
 from llsupervise.supervisor.perform.guard import Guard
@@ -113,13 +120,19 @@ class Supervisor:
         log: EventLog | None = None,
         watch: bool = False,
         control: Sequence[ControlFile] | None = None,
+        terminal: int | None = None,
     ) -> AsyncIterator[Supervisor]:
         """``watch``: reload ``document.source`` on each save while :meth:`run` runs, and
         write "always" answers back into it. ``control``: the control plane of the run
         (default: the policy file and its learn recording), never reached for the program:
-        a policy whose static rules hand it over is refused (ControlPlaneError)."""
+        a policy whose static rules hand it over is refused (ControlPlaneError).
+        ``terminal``: the slave of a pty of the caller's that the command will run on (see
+        ``run(new_session=True)``); rules on ``${TTY}`` apply to it as well, for the whole
+        run (see rules.objects.resolve). Never the caller's own terminal."""
         raise_nofile_limit()
         table = ObjectTable()
+        if terminal is not None:
+            table.hold_terminal(terminal)
         if control is None:
             control = control_files(document.source, log=log.path if log else None)
         try:
@@ -225,6 +238,9 @@ class Supervisor:
     ) -> int:
         slot = self.rules.slot
         assert slot is not None
+        if self.table.has_terminal and not new_session:
+            # Rules on ${TTY} apply to that terminal: it must be the command's own.
+            raise LaunchError("a terminal for the command was given, but no session of its own")
         if new_session:
             # The command has a terminal of its own: ours is the control plane's.
             terminals = control_files(None, terminals=(0, 1, 2))

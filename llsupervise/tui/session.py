@@ -151,32 +151,39 @@ class LocalSession(_GuestSession):
     async def main(self) -> int:
         doc = self.document.supervisor
         decisions = ModeDecisions(doc.mode, doc.default, doc.prompt_timeout)
-        async with Supervisor.open(
-            self.document, decisions=decisions, log=self.log, watch=self.watch
-        ) as sup:
-            self.supervisor = sup
-            self.hub = Hub(sup, decisions)
-            self.hub.attach(self._client)
-            pty = self._pty = Pty(*self._size)
-            emit = self._output
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pty.pump, emit)
-                    try:
-                        status = await sup.run(
-                            self.argv, forward_signals=self.forward_signals,
-                            stdio=(pty.slave, pty.slave, pty.slave), new_session=True,
-                        )  # fmt: skip
-                    except BaseException:
-                        self._kill_child()
-                        raise
-                    nursery.cancel_scope.cancel()
-                pty.drain(emit)
-            finally:
-                self._pty = None
-                pty.close()
+        # Made first: the command's terminal is this pty's slave, and rules on ${TTY} bind
+        # to that very object (not to a /dev/pts name) for the whole run.
+        pty = self._pty = Pty(*self._size)
+        try:
+            async with Supervisor.open(
+                self.document, decisions=decisions, log=self.log, watch=self.watch,
+                terminal=pty.slave,
+            ) as sup:  # fmt: skip
+                self.supervisor = sup
+                self.hub = Hub(sup, decisions)
+                self.hub.attach(self._client)
+                status = await self._run(sup, pty)
+        finally:
+            self._pty = None
+            pty.close()
         self.exit_status = status
         self.hung_up = sup.hung_up
+        return status
+
+    async def _run(self, sup: Supervisor, pty: Pty) -> int:
+        emit = self._output
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pty.pump, emit)
+            try:
+                status = await sup.run(
+                    self.argv, forward_signals=self.forward_signals,
+                    stdio=(pty.slave, pty.slave, pty.slave), new_session=True,
+                )  # fmt: skip
+            except BaseException:
+                self._kill_child()
+                raise
+            nursery.cancel_scope.cancel()
+        pty.drain(emit)
         return status
 
     def _output(self, data: bytes) -> None:

@@ -39,6 +39,7 @@ from llsupervise.policy.document import (
     QuietEntry,
 )
 from llsupervise.policy.model import ObjectId, Ruleset
+from llsupervise.policy.variables import TTY
 from llsupervise.rights import FILE_ACCESS, NO_NET, AccessFs, AccessNet, Scope
 
 if TYPE_CHECKING:
@@ -82,6 +83,9 @@ class ObjectTable:
     _held: dict[ObjectId, HeldObject] = field(default_factory=dict)
     #: The object each path opened led to, last time: what a reload checks first.
     _by_path: dict[str, ObjectId] = field(default_factory=dict)
+    #: An ``O_PATH`` fd on the program's own terminal when it is one of ours (the
+    #: interface's pty slave): rules on ``${TTY}`` apply to it too (see :func:`resolve`).
+    _terminal: int | None = None
 
     def __len__(self) -> int:
         return len(self._held)
@@ -162,6 +166,35 @@ class ObjectTable:
         self._by_path.setdefault(label, obj)
         return obj
 
+    def hold_terminal(self, slave: int) -> None:
+        """Make the pty slave ``slave`` (the caller's fd, left open) the program's terminal
+        for the table's life. Held by an fd on the object the caller made, never by its name:
+        /dev/pts names are reused. The magic link leads to the open file, not to a name."""
+        if not os.isatty(slave):
+            raise ValueError(f"fd {slave} is not a terminal")
+        fd = os.open(f"/proc/self/fd/{slave}", os.O_PATH | os.O_CLOEXEC)
+        if self._terminal is not None:
+            os.close(self._terminal)
+        self._terminal = fd
+
+    @property
+    def has_terminal(self) -> bool:
+        return self._terminal is not None
+
+    def terminal(self) -> ObjectId | None:
+        """The program's own terminal held as a rule object (see :meth:`hold_terminal`),
+        or None when the run has no terminal of ours."""
+        if self._terminal is None:
+            return None
+        obj = object_id(os.fstat(self._terminal))
+        held = self._held.get(obj)
+        if held is not None:
+            return held.obj
+        _check_capacity(len(self._held) + 1)
+        fd = os.dup(self._terminal)  # not inheritable: os.dup's default
+        self._held[obj] = HeldObject(obj, fd, fd_path(fd), False)
+        return obj
+
     def remember(self, path: str, obj: ObjectId) -> None:
         """``path`` led to the held ``obj`` when it was bound: what a reload checks first."""
         self._by_path[path] = self._held[obj].obj
@@ -177,6 +210,9 @@ class ObjectTable:
 
     def close(self) -> None:
         self.release(())
+        if self._terminal is not None:
+            os.close(self._terminal)
+            self._terminal = None
 
 
 def _check_capacity(needed: int) -> None:
@@ -243,9 +279,16 @@ def resolve(
     before, and that now leads to another object, may be bound to it (else it keeps its
     object, and the path is listed in :attr:`ResolvedPolicy.kept_bindings`).
 
+    When ``table`` holds the program's terminal (the interface's pty), every rule and quiet
+    entry on ``${TTY}``'s object applies to that terminal too, with the same rights and
+    location: a program may open its terminal by its own name (less opens ttyname's
+    /dev/pts/N), and ``/dev/tty`` is that same terminal to it. The table is the same for the
+    whole run, so a reload mirrors it alike.
+
     On error nothing is returned, and the objects already opened stay in ``table``; callers
     that must not change anything resolve into a fresh table and swap it in on success.
     """
+    mirror = _terminal_mirror(table)
     skipped: list[tuple[str, Location]] = []
     kept_bindings: list[str] = []
     supervisor_rebind: Callable[[str], bool] | None = None
@@ -274,7 +317,7 @@ def resolve(
             condition = _condition(entry)
             access = entry.access
             pending = created if name == "supervisor" and condition is None else None
-            for obj, location in _open_entry(table, entry, skipped, rebind, pending):
+            for obj, location in mirror(_open_entry(table, entry, skipped, rebind, pending)):
                 label, is_dir = table.held(obj)[2:]
                 # A row, not a PolicyRule: most resolutions (reloads) never look at them.
                 rows.append(
@@ -299,7 +342,7 @@ def resolve(
     quiet_objects = tuple(
         QuietObject(obj, table.label(obj), location)
         for entry in document.supervisor.quiet
-        for obj, location in _open_entry(table, entry, skipped, supervisor_rebind)
+        for obj, location in mirror(_open_entry(table, entry, skipped, supervisor_rebind))
     )
     return ResolvedPolicy(
         document,
@@ -313,6 +356,29 @@ def resolve(
         tuple(dict.fromkeys(kept_bindings)),
         created=tuple(created.pending) if created is not None else (),
     )
+
+
+Opened = Iterator[tuple[ObjectId, Location]]
+
+
+def _terminal_mirror(table: ObjectTable) -> Callable[[Opened], Opened]:
+    """Each opened object, and after ``${TTY}``'s the program's terminal held in ``table``."""
+    if not table.has_terminal:
+        return lambda opened: opened
+    try:
+        tty: ObjectId | None = object_id(os.stat(TTY))
+    except OSError:
+        tty = None  # no /dev/tty here: no rule can be on it
+
+    def mirror(opened: Opened) -> Opened:
+        for obj, location in opened:
+            yield obj, location
+            if obj == tty:
+                terminal = table.terminal()
+                if terminal is not None:
+                    yield terminal, location
+
+    return mirror
 
 
 def _open_entry(
