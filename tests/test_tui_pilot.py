@@ -417,7 +417,10 @@ async def test_the_output_pane_is_a_terminal_for_a_python_repl(
         await pilot.press(*"11*3", "enter")  # digits are the program's now
         await until(pilot, lambda: "33" in pane.lines, "the answer")
         assert app.query_one("#tabs").active == "output"  # type: ignore[attr-defined]
-        await pilot.press(*"while 1: pass", "enter", "enter", "ctrl+c")
+        # A loop that says it runs: Ctrl+C must interrupt it, not race the line being read.
+        await pilot.press(*'print("spinning") or [0 for _ in iter(int, 1)]', "enter")
+        await until(pilot, lambda: "spinning" in pane.lines, "the loop")
+        await pilot.press("ctrl+c")
         await until(pilot, lambda: "KeyboardInterrupt" in pane.lines, "Ctrl+C reaching it")
         await pilot.resize_terminal(90, 26)
         await until(pilot, lambda: pane.content_size.width == 88, "the pane's new size")
