@@ -10,7 +10,6 @@ judged. So the supervisor performs every such call itself, on the socket it took
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import socket
 import sys
