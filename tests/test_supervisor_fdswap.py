@@ -149,3 +149,115 @@ async def test_a_descriptor_swapped_after_the_check_never_reaches_the_socket(
     results = dict(eval(out))
     assert sum(results.values()) == 900  # every call was made and answered
     assert errno.ENOSYS not in results
+
+
+# What ordinary programs do on sockets while connect_unix is handled, now that the supervisor
+# performs their connects and sends: argv: a TCP port the static layer allows, one it does
+# not. Prints one line per step: its result.
+ORDINARY = r"""
+import hashlib, os, select, socket, struct, sys, threading
+allowed, other = int(sys.argv[1]), int(sys.argv[2])
+with socket.socket() as s:
+    print("tcp", s.connect_ex(("127.0.0.1", allowed)), s.send(b"hi"), flush=True)
+with socket.socket() as s:
+    print("tcp other", s.connect_ex(("127.0.0.1", other)), flush=True)
+with socket.socket() as s:
+    s.setblocking(False)
+    err = s.connect_ex(("127.0.0.1", allowed))
+    select.select([], [s], [], 10)
+    print("nonblocking", err in (0, 115), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+receiver.bind(("127.0.0.1", 0))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+    u.sendto(b"udp", receiver.getsockname())
+    u.connect(receiver.getsockname())
+    u.send(b"connected")
+    u.sendmsg([b"by", b"msg"])
+    print("udp", [receiver.recv(100).decode() for _ in range(3)], flush=True)
+a, b = socket.socketpair()
+big = os.urandom(3 << 20)
+got = []
+reader = threading.Thread(target=lambda: got.append(b"".join(iter(lambda: b.recv(1 << 16), b""))))
+reader.start()
+a.sendall(big)
+a.shutdown(socket.SHUT_WR)
+reader.join()
+print("stream", hashlib.sha256(got[0]).digest() == hashlib.sha256(big).digest(), flush=True)
+e, f = socket.socketpair()
+e.setblocking(False)
+try:
+    while True:
+        e.send(b"x" * 65536)
+except BlockingIOError as e:
+    print("full", e.errno, flush=True)
+c, d = socket.socketpair()
+d.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+mine = struct.pack("iII", os.getpid(), os.getuid(), os.getgid())
+c.sendmsg([b"creds"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, mine)])
+msg, anc, _, _ = d.recvmsg(10, 100)
+pid, uid, gid = struct.unpack("iII", anc[0][2])
+print("own credentials", msg.decode(), uid == os.getuid(), gid == os.getgid(), flush=True)
+for what, control in [
+    ("foreign credentials",
+     (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", 1, 0, 0))),
+    ("unknown", (socket.SOL_SOCKET, 99, b"1234")),
+]:
+    try:
+        c.sendmsg([b"x"], [control])
+        print(what, "sent", flush=True)
+    except OSError as e:
+        print(what, e.errno, flush=True)
+g, h = socket.socketpair()
+r, w = os.pipe()
+socket.send_fds(g, [b"fd"], [w])
+msg, fds, _, _ = socket.recv_fds(h, 10, 1)
+os.write(fds[0], b"through")
+print("passed", msg.decode(), os.read(r, 100).decode(), flush=True)
+"""
+
+
+@pytest.fixture
+def tcp_ports() -> Iterator[tuple[int, int]]:
+    """Two loopback listeners (connections complete in their backlog): their ports."""
+    with socket.socket() as one, socket.socket() as two:
+        for s in (one, two):
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)
+        yield one.getsockname()[1], two.getsockname()[1]
+
+
+@pytest.mark.trio
+async def test_ordinary_programs_keep_working(
+    tmp_path: Path, tcp_ports: tuple[int, int], capfd: pytest.CaptureFixture[str]
+) -> None:
+    allowed, other = tcp_ports
+    static = f"""
+[[ruleset]]
+handled_access_net = ["connect_tcp"]
+
+[[net_port]]
+allowed_access = ["connect_tcp"]
+port = [{allowed}]
+"""
+    doc = unix_policy(tmp_path, extra_static=static)
+    status, events = await supervise(doc, ORDINARY, str(allowed), str(other))
+    out, err = capfd.readouterr()
+    assert status == 0, out + err
+    assert out.splitlines() == [
+        "tcp 0 2",
+        f"tcp other {errno.EACCES}",
+        "nonblocking True 0",
+        "udp ['udp', 'connected', 'bymsg']",
+        "stream True",
+        f"full {errno.EAGAIN}",
+        "own credentials creds True True",
+        f"foreign credentials {errno.EPERM}",
+        f"unknown {errno.EPERM}",
+        "passed fd through",
+    ]
+    # The interpreter may be denied other things (files), but of the network only this:
+    net = [e for e in events if e["event"] == "denial" and e["path"].startswith("tcp://")]
+    assert [e["path"] for e in net] == [f"tcp://127.0.0.1:{other}"]  # asked about, by port
+    refused = [e["refused"] for e in events if e["event"] == "denial" and "refused" in e]
+    assert len(refused) == 2
+    assert "credentials" in refused[0] and "control message" in refused[1]
