@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -213,6 +214,13 @@ socket.send_fds(g, [b"fd"], [w])
 msg, fds, _, _ = socket.recv_fds(h, 10, 1)
 os.write(fds[0], b"through")
 print("passed", msg.decode(), os.read(r, 100).decode(), flush=True)
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
+h.close()
+try:
+    g.send(b"to nobody")
+except BrokenPipeError as e:
+    print("broken", e.errno, signal.sigtimedwait([signal.SIGPIPE], 30).si_signo, flush=True)
 """
 
 
@@ -254,6 +262,7 @@ port = [{allowed}]
         f"foreign credentials {errno.EPERM}",
         f"unknown {errno.EPERM}",
         "passed fd through",
+        f"broken {errno.EPIPE} {signal.SIGPIPE}",  # and the signal, as from the kernel
     ]
     # The interpreter may be denied other things (files), but of the network only this:
     net = [e for e in events if e["event"] == "denial" and e["path"].startswith("tcp://")]

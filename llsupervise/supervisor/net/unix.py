@@ -152,6 +152,8 @@ class UnixPending:
     #: Control messages made the supervisor's (see control), and the descriptors they pass.
     control: bytes = field(default=b"", repr=False)
     passed: list[int] = field(default_factory=list, repr=False)
+    #: On a stream socket: a broken one also sends the thread SIGPIPE.
+    stream: bool = False
     exe: str = ""
     cmdline: str = ""
     ts: float = field(default_factory=time.time)

@@ -29,8 +29,10 @@ apply.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +66,8 @@ from llsupervise.supervisor.perform.credentials import access_credentials, own_c
 from llsupervise.supervisor.perform.procfs import read_proc, read_status
 
 UnixDenialHandler = Callable[[UnixPending], None]
+#: A send that asks for no SIGPIPE on a broken stream.
+MSG_NOSIGNAL = 0x4000
 #: TcpPorts.take_over: perform a TCP connect already taken (True), or leave it (False).
 TcpTakeOver = Callable[[Notification, int, int, bytes, int], bool]
 
@@ -140,9 +144,27 @@ class _UnixJob:
         except SeccompError:
             p.close()
         except OSError as exc:
-            self.replies.reply(p, exc.errno or errno.EIO)
+            if exc.errno == errno.EPIPE and p.stream and not p.flags & MSG_NOSIGNAL:
+                self._broken_pipe(p)
+            else:
+                self.replies.reply(p, exc.errno or errno.EIO)
         else:
             self.replies.reply(p, 0, result)
+
+    def _broken_pipe(self, p: UnixPending) -> None:
+        """EPIPE, and the SIGPIPE the kernel sends the thread with it (the performing
+        thread got it instead). Sent after the reply: a handler would otherwise interrupt
+        the waiting call, which would be made again, and fail again. The pidfd, opened
+        while the thread is surely in the call, names no other thread by then."""
+        try:
+            pidfd = open_pidfd(p.tid)
+        except OSError:
+            pidfd = -1
+        self.replies.reply(p, errno.EPIPE)
+        if pidfd >= 0:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGPIPE)
+            os.close(pidfd)
 
     def refuse(self, err: int) -> None:
         self.replies.reply(self.pending, err)
@@ -258,6 +280,7 @@ class UnixSockets:
         finally:
             taken.mem.close()
         unix = kind.domain == AF_UNIX
+        stream = data is not None and kind.type == SOCK_STREAM
         if unix and (not call.message or kind.type == SOCK_DGRAM):
             # What may reach a UNIX socket by a name: judged by it.
             if control:
@@ -267,28 +290,30 @@ class UnixSockets:
             if path is None and self._scoped and is_abstract(address):
                 self.replies.error(n, errno.EPERM)  # what the scope says to a socket outside
                 return
-            self._request(n, call, taken, address, path, data, flags)
+            self._request(n, call, taken, address, path, data, flags, stream=stream)
             return
         tcp = call.name == "connect" and kind.is_tcp and self.tcp is not None
         if tcp and self.tcp is not None and self.tcp(n, call.fd, call.addr, address, taken.sock):
             taken.handed = True
             return
-        self._as_read(n, call, taken, unix, address, data, flags, control)
+        self._as_read(n, call, taken, kind, address, data, flags, control, stream)
 
     def _as_read(
         self,
         n: Notification,
         call: _Call,
         taken: _Taken,
-        unix: bool,
+        kind: SocketKind,
         address: bytes,
         data: bytes | None,
         flags: int,
         control: bytes,
+        stream: bool,
     ) -> None:
         """Perform a call that reaches no UNIX socket by a name on the socket taken, with
         what was read, its control messages made the supervisor's (see control)."""
         passed: list[int] = []
+        unix = kind.domain == AF_UNIX
         if control:
             who = identity(read_status(n.pid), child_status(n.pid)[0])
             if who is None:
@@ -307,7 +332,8 @@ class UnixSockets:
                 self.replies.error(n, err)
                 return
         try:
-            self._request(n, call, taken, address, None, data, flags, control, passed)
+            self._request(n, call, taken, address, None, data, flags, control, passed,
+                          stream=stream)  # fmt: skip
         except BaseException:
             if not taken.handed:  # no request owns them
                 for fd in passed:
@@ -325,6 +351,8 @@ class UnixSockets:
         flags: int,
         control: bytes = b"",
         passed: list[int] | None = None,
+        *,
+        stream: bool = False,
     ) -> None:
         target = None
         if path is not None:
@@ -343,6 +371,7 @@ class UnixSockets:
             caps=caps, data=data, flags=flags, address=address,
             msg_len_at=call.addr + MSG_LEN_OFFSET if call.name == "sendmmsg" else 0,
             mem=taken.out, on_answer=self.answer, control=control, passed=passed or [],
+            stream=stream,
         )  # fmt: skip
         taken.handed = True
         if theirs is None:
