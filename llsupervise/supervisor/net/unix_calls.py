@@ -53,6 +53,7 @@ from llsupervise.supervisor.net.sockets import (
     open_pidfd,
     pidfd_getfd,
     socket_kind,
+    user_namespace,
 )
 from llsupervise.supervisor.net.unix import (
     MAX_SEND,
@@ -196,6 +197,7 @@ class UnixSockets:
         self.on_refusal = on_refusal
         self._scoped = bool(scopes & Scope.ABSTRACT_UNIX_SOCKET)
         self._own_credentials = own_credentials()
+        self._user_namespace = user_namespace("self")
 
     def handle(self, n: Notification, name: str) -> bool:
         """Answer ``n`` if it is a call of the module's description (True: now or later);
@@ -362,6 +364,8 @@ class UnixSockets:
                 self.replies.error(n, exc.errno or errno.EACCES)
                 return
         tgid, caps = child_status(n.pid)
+        if user_namespace(n.pid) != self._user_namespace:
+            caps = 0  # capability bits only mean the same within one user namespace
         theirs = access_credentials(read_status(n.pid))
         rules, generation = self.in_force.current
         pending = UnixPending(
