@@ -52,7 +52,7 @@ def test_the_message_is_the_name_and_the_joined_data(
 ) -> None:
     mem = Memory()
     at = msghdr(mem, name, chunks)
-    assert read_message(mem.read, at, 1 << 20) == Message(name, b"".join(chunks), False)
+    assert read_message(mem.read, at, 1 << 20) == Message(name, b"".join(chunks), b"")
 
 
 def test_no_name_pointer_means_no_name_whatever_its_length() -> None:
@@ -61,9 +61,17 @@ def test_no_name_pointer_means_no_name_whatever_its_length() -> None:
     assert read_message(mem.read, at, 100).name is None
 
 
-def test_control_messages_are_seen() -> None:
+def test_control_messages_are_read_as_they_lie() -> None:
     mem = Memory()
-    assert read_message(mem.read, msghdr(mem, None, [b"x"], b"\0" * 24), 100).control
+    control = bytes(range(24))
+    assert read_message(mem.read, msghdr(mem, None, [b"x"], control), 100).control == control
+
+
+@given(chunks=st.lists(st.binary(max_size=50), max_size=8), limit=st.integers(0, 200))
+def test_a_stream_sends_the_first_bytes_of_a_long_message(chunks: list[bytes], limit: int) -> None:
+    mem = Memory()
+    at = msghdr(mem, None, chunks)
+    assert read_message(mem.read, at, limit, cut=True).data == b"".join(chunks)[:limit]
 
 
 @pytest.mark.parametrize(

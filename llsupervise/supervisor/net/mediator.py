@@ -12,8 +12,10 @@ non-blocking socket, ...). A Landlock EACCES is a denial: :class:`PendingNet` go
 or refuses it (see tcp).
 
 With ``connect_unix`` handled, the calls that may reach a pathname UNIX socket are judged by the
-supervisor layer (see unix_calls); while TCP is handled, MPTCP sockets are refused with an event
-(see refusals).
+supervisor layer (see unix_calls), and no connect or send goes back to the kernel any more: a
+TCP connect to a port the static layer allows is performed too, in a restricted thread, for
+the kernel would otherwise connect whatever socket the descriptor names by then. While TCP is
+handled, MPTCP sockets are refused with an event (see refusals).
 
 Performing threads come from a small pool (``netpool``), so that a blocking connect to a slow
 host holds only its own thread, never the notification loop. A performing thread also keeps no
@@ -99,8 +101,9 @@ class NetMediator:
         self.unix: UnixSockets | None = None
         if static.handled_fs & AccessFs.CONNECT_UNIX:
             self.unix = UnixSockets(
-                self.replies, self._pool, self.in_force, static.scopes, on_unix_denial, on_refusal
-            )
+                self.replies, self._pool, self.in_force, static.scopes, on_unix_denial,
+                on_refusal, self.tcp.take_over,
+            )  # fmt: skip
         self.mptcp = MptcpRefusals(self.replies, lambda: self.in_force.generation, on_refusal)
 
     @property
@@ -168,7 +171,7 @@ class NetMediator:
             elif name in NET_CALLS:
                 self.tcp.handle(n, name)
             else:
-                self.replies.kernel_decides(n)  # a send that reaches no UNIX socket by name
+                self.replies.kernel_decides(n)  # a sendmmsg of no message: nothing is sent
         except NotificationGone:
             pass
         except Exception:

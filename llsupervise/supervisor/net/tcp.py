@@ -258,6 +258,18 @@ class TcpPorts:
             return True
         return bool(self.static.net_rights_on(endpoint.port) & access)
 
+    def take_over(self, n: Notification, fd: int, addr: int, raw: bytes, sock: int) -> bool:
+        """A connect whose socket ``sock`` (TCP) and address ``raw`` were already taken from
+        the child (see unix_calls: with ``connect_unix`` handled nothing goes back to the
+        kernel): perform it in a restricted thread, even on a port the static layer allows,
+        so that Landlock still judges the port. True: it owns ``sock`` now; False: Landlock
+        judges no port here, nothing was done."""
+        endpoint = parse_sockaddr(raw, "connect")
+        if endpoint is None or not self.enforced & AccessNet.CONNECT_TCP:
+            return False
+        self._perform(n, NetCall("connect", "connect", fd, addr, len(raw)), endpoint, raw, sock)
+        return True
+
     def _perform(
         self, n: Notification, call: NetCall, endpoint: Endpoint, raw: bytes, sock: int
     ) -> None:

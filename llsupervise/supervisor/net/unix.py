@@ -57,6 +57,34 @@ _connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _connect.restype = ctypes.c_int
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p), ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(_Iovec)), ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_char_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int),
+    ]  # fmt: skip
+
+
+_sendmsg = _libc.sendmsg
+_sendmsg.argtypes = [ctypes.c_int, ctypes.POINTER(_Msghdr), ctypes.c_int]
+_sendmsg.restype = ctypes.c_ssize_t
+
+
+def _send_with_control(
+    sock: int, data: bytes, flags: int, address: bytes | None, control: bytes
+) -> int:
+    iov = _Iovec(data, len(data))
+    msg = _Msghdr(
+        address, 0 if address is None else len(address), ctypes.pointer(iov), 1,
+        control, len(control), 0,
+    )  # fmt: skip
+    return int(_sendmsg(sock, ctypes.byref(msg), flags))
+
+
 def unix_path(raw: bytes) -> bytes | None:
     """The pathname a ``sockaddr_un`` names; None for any other address (another family,
     abstract or unnamed, or a length the kernel refuses): the kernel decides those."""
@@ -121,6 +149,11 @@ class UnixPending:
     address: bytes = field(default=b"", repr=False)
     msg_len_at: int = 0
     mem: int = -1
+    #: Control messages made the supervisor's (see control), and the descriptors they pass.
+    control: bytes = field(default=b"", repr=False)
+    passed: list[int] = field(default_factory=list, repr=False)
+    #: On a stream socket: a broken one also sends the thread SIGPIPE.
+    stream: bool = False
     exe: str = ""
     cmdline: str = ""
     ts: float = field(default_factory=time.time)
@@ -159,6 +192,8 @@ class UnixPending:
                 self.target.close()
             if self.mem >= 0:
                 os.close(self.mem)
+            for fd in self.passed:
+                os.close(fd)
 
 
 def perform(p: UnixPending) -> int:
@@ -173,6 +208,8 @@ def perform(p: UnixPending) -> int:
     with acting_as(p.credentials) if p.credentials is not None else contextlib.nullcontext():
         if p.data is None:
             ret = _connect(p.sock, address, size)
+        elif p.control:
+            ret = _send_with_control(p.sock, p.data, p.flags, address, p.control)
         else:
             ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, size)
     if ret < 0:
