@@ -21,7 +21,11 @@ from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
-from llsupervise.supervisor.perform.credentials import lower_capabilities
+from llsupervise.supervisor.perform.credentials import (
+    Credentials,
+    lower_capabilities,
+    take_for_good,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +42,21 @@ class NetRules:
 
 @dataclass(frozen=True, slots=True)
 class ThreadKey:
-    """What a performing thread is restricted to: rules, and capabilities kept."""
+    """What a performing thread is restricted to: rules, capabilities kept, and the child's
+    credentials where they differ from ours (taken for good: once its capabilities are
+    lowered, the thread could not give them back)."""
 
     rules: NetRules
     caps: int
+    credentials: Credentials | None = None
 
 
 def restrict_thread(key: ThreadKey, support: KernelSupport) -> None:
     """Make the calling thread a performing thread: no signals (a connect must not end in
     EINTR), the child's capabilities at most, and Landlock with ``key.rules``."""
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    if key.credentials is not None:
+        take_for_good(key.credentials)
     lower_capabilities(key.caps)
     set_no_new_privs()
     if not key.rules.handled:

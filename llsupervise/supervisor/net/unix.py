@@ -100,16 +100,19 @@ def sockaddr_un(path: bytes) -> bytes:
     return _FAMILY.pack(AF_UNIX) + path + b"\0"
 
 
-def resolve_socket(tid: int, path: bytes) -> CheckedObject:
+def resolve_socket(tid: int, path: bytes, credentials: Credentials | None) -> CheckedObject:
     """The socket ``path`` leads to for thread ``tid`` (relative to its cwd), held open.
 
+    Looked up with the thread's ``credentials`` (None: ours): the connect through the fd
+    held skips the directories on the way, so their permissions are checked here.
     OSError: the errno the connect fails with (ENOENT, ECONNREFUSED for a non-socket...);
     EACCES for a thread whose root is not ours (a chroot), which is not resolved for it."""
     if os.stat(f"/proc/{tid}/root") != os.stat("/"):
         raise OSError(errno.EACCES, "the program's root is not the supervisor's")
     cwd = os.open(f"/proc/{tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return socket_object(cwd, path, AccessFs.CONNECT_UNIX)
+        with acting_as(credentials) if credentials is not None else contextlib.nullcontext():
+            return socket_object(cwd, path, AccessFs.CONNECT_UNIX)
     finally:
         os.close(cwd)
 
@@ -205,13 +208,13 @@ def perform(p: UnixPending) -> int:
     else:
         address = p.address or None
     size = 0 if address is None else len(address)
-    with acting_as(p.credentials) if p.credentials is not None else contextlib.nullcontext():
-        if p.data is None:
-            ret = _connect(p.sock, address, size)
-        elif p.control:
-            ret = _send_with_control(p.sock, p.data, p.flags, address, p.control)
-        else:
-            ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, size)
+    # The performing thread holds the child's credentials (see pool.ThreadKey).
+    if p.data is None:
+        ret = _connect(p.sock, address, size)
+    elif p.control:
+        ret = _send_with_control(p.sock, p.data, p.flags, address, p.control)
+    else:
+        ret = _sendto(p.sock, p.data, len(p.data), p.flags, address, size)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -149,6 +149,11 @@ class _UnixJob:
                 self._broken_pipe(p)
             else:
                 self.replies.reply(p, exc.errno or errno.EIO)
+        except BaseException:
+            # E.g. the thread could not give back a child's credentials (SystemExit: it
+            # ends). The program must not wait forever for an answer nobody will give.
+            self.replies.reply(p, errno.EACCES)
+            raise
         else:
             self.replies.reply(p, 0, result)
 
@@ -356,22 +361,23 @@ class UnixSockets:
         *,
         stream: bool = False,
     ) -> None:
+        theirs = access_credentials(read_status(n.pid))
+        credentials = None if theirs == self._own_credentials else theirs
         target = None
-        if path is not None:
+        if path is not None and theirs is not None:
             try:
-                target = resolve_socket(n.pid, path)
+                target = resolve_socket(n.pid, path, credentials)
             except OSError as exc:
                 self.replies.error(n, exc.errno or errno.EACCES)
                 return
         tgid, caps = child_status(n.pid)
         if user_namespace(n.pid) != self._user_namespace:
             caps = 0  # capability bits only mean the same within one user namespace
-        theirs = access_credentials(read_status(n.pid))
         rules, generation = self.in_force.current
         pending = UnixPending(
             notification=n, tid=n.pid, pid=tgid, syscall=call.name, path=path or b"",
             sock=taken.sock, target=target, generation=generation,
-            credentials=None if theirs == self._own_credentials else theirs,
+            credentials=credentials,
             caps=caps, data=data, flags=flags, address=address,
             msg_len_at=call.addr + MSG_LEN_OFFSET if call.name == "sendmmsg" else 0,
             mem=taken.out, on_answer=self.answer, control=control, passed=passed or [],
@@ -382,7 +388,8 @@ class UnixSockets:
             self.replies.reply(pending, errno.EACCES)  # not knowing them, we may not act for it
         elif target is None or rules.fs_rights_on(target.chain) & AccessFs.CONNECT_UNIX:
             self.replies.count("performed")
-            self.pool.submit(ThreadKey(NetRules.of(rules), caps), _UnixJob(self.replies, pending))
+            key = ThreadKey(NetRules.of(rules), caps, pending.credentials)
+            self.pool.submit(key, _UnixJob(self.replies, pending))
         else:
             self.replies.count("denied")
             self._report(pending)
@@ -425,5 +432,5 @@ class UnixSockets:
             self.replies.reply(pending, errno.EACCES)
             return
         self.replies.count("answered")
-        key = ThreadKey(NetRules.of(self.in_force.rules), pending.caps)
+        key = ThreadKey(NetRules.of(self.in_force.rules), pending.caps, pending.credentials)
         self.pool.submit(key, _UnixJob(self.replies, pending))

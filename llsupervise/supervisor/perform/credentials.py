@@ -140,6 +140,17 @@ def acting_as(theirs: Credentials) -> Iterator[None]:
         _give_back(our_fsuid, our_fsgid, our_groups, our_effective)
 
 
+def take_for_good(theirs: Credentials) -> None:
+    """The calling thread accesses files with ``theirs`` from now on: for a thread that
+    then gives up the capabilities it would need to give them back (CredentialsError when
+    they cannot be taken)."""
+    fsuid, fsgid, groups, capeff = theirs
+    _set_groups([int(g) for g in groups.split()])
+    _fs_id("setfsgid", int(fsgid))
+    _fs_id("setfsuid", int(fsuid))
+    set_effective_capabilities(int(capeff, 16))
+
+
 def _give_back(fsuid: int, fsgid: int, groups: list[int], effective: int) -> None:
     try:
         set_effective_capabilities(effective)  # first: setting ids and groups needs them
