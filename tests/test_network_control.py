@@ -92,6 +92,19 @@ def test_a_descriptor_that_cannot_be_taken_leaves_none_taken() -> None:
     assert take.open() == []
 
 
+def test_descriptors_beyond_the_kernels_limit_are_refused_before_being_taken() -> None:
+    """SCM_MAX_FD holds for a whole message: many SCM_RIGHTS naming one descriptor again
+    and again do not make the supervisor hold one descriptor per name (EINVAL, as the
+    kernel says)."""
+    take = Taker()
+    control = rights(*[0] * 200) * 20
+    with pytest.raises(OSError) as info:
+        forward(control, True, take, ME)
+    assert info.value.errno == errno.EINVAL
+    assert len(take.taken) <= 253
+    assert take.open() == []
+
+
 def test_the_programs_own_credentials_pass_as_the_supervisors_pid() -> None:
     control = pack(SOL_SOCKET, SCM_CREDENTIALS, UCRED.pack(4242, 1000, 100))
     rebuilt, passed = forward(control, True, Taker(), ME)

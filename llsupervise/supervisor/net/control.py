@@ -118,7 +118,10 @@ def forward(
                 rebuilt += pack(level, kind, data)
             elif kind == SCM_RIGHTS:
                 count = len(data) // _INT.size
-                if count > SCM_MAX_FD:
+                # The kernel's limit is for the whole message, not each SCM_RIGHTS in it:
+                # checked before any is taken, so that one send cannot make the supervisor
+                # hold thousands of descriptors (the same one named again and again).
+                if len(taken) + count > SCM_MAX_FD:
                     raise OSError(errno.EINVAL, "too many descriptors")
                 ours = []
                 for i in range(count):
