@@ -86,3 +86,34 @@ async def test_a_rule_does_not_lend_the_supervisors_permissions_on_the_way(
             server.accept()  # nobody connected
     assert status == 0
     assert capfd.readouterr().out.split() == ["13"]  # EACCES: the kernel's own answer
+
+
+# Sends one byte with 20 SCM_RIGHTS messages naming descriptor 0 two hundred times each
+# (4000 in all, beyond the kernel's 253 per message); prints the errno (0: sent) and what
+# the other end received.
+RIGHTS_FLOOD = r"""
+import array, socket
+a, b = socket.socketpair()
+fds = array.array("i", [0] * 200).tobytes()
+try:
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)] * 20)
+    print(0, flush=True)
+except OSError as e:
+    print(e.errno, flush=True)
+b.setblocking(False)
+try:
+    print(repr(b.recv(10)), flush=True)
+except BlockingIOError:
+    print("nothing", flush=True)
+"""
+
+
+@pytest.mark.trio
+async def test_a_message_naming_more_descriptors_than_the_kernel_takes_sends_nothing(
+    tmp_path: Path, srv: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Performed by the supervisor, the send still refuses what the kernel refuses (EINVAL),
+    having taken no more descriptors than one message may pass."""
+    status, _ = await supervise(unix_policy(tmp_path, srv), RIGHTS_FLOOD)
+    assert status == 0
+    assert capfd.readouterr().out.split() == ["22", "nothing"]
