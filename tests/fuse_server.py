@@ -60,6 +60,8 @@ class HangingFuse:
         self.received: dict[int, int] = {}
         #: Set: no request is answered any more, as by a server that hung.
         self.frozen = False
+        #: Set once the kernel's INIT is answered (it comes after mount(2) returns).
+        self.initialised = threading.Event()
         self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         options = f"fd={self._fd},rootmode=40000,user_id=0,group_id=0".encode()
@@ -95,6 +97,7 @@ class HangingFuse:
             return  # no answer expected (an interrupt of a hung lookup stays unanswered)
         if opcode == _INIT:
             self._reply(unique, 0, _init_out())
+            self.initialised.set()
         elif opcode == _GETATTR and nodeid == _ROOT:
             self._reply(unique, 0, _attr_out(0o40755))
         elif opcode == _LOOKUP and body.split(b"\0", 1)[0] == self.hang:
@@ -134,6 +137,9 @@ def hanging_fuse(mountpoint: Path, hang: bytes = b"stuck") -> Iterator[HangingFu
     mountpoint.mkdir(exist_ok=True)
     server = HangingFuse(mountpoint, hang)
     try:
+        # What tests count of the server's requests starts after the kernel's own INIT.
+        if not server.initialised.wait(30):
+            raise AssertionError("the FUSE mount was never initialised")
         yield server
     finally:
         server.close()
