@@ -44,6 +44,7 @@ import struct
 import threading
 
 from llsupervise.libc import libc as _libc
+from llsupervise.supervisor.perform.procfs import read_whole
 
 #: Filesystem types (as /proc/self/mountinfo names them) whose operations wait for a
 #: server, a network or a daemon that may never answer: FUSE (every ``fuse.*`` subtype,
@@ -133,15 +134,12 @@ class Mounts:
 
     def _read(self) -> dict[int, bool]:
         assert self._fd is not None
-        chunks, offset = [], 0
         try:
-            while chunk := os.pread(self._fd, 65536, offset):
-                chunks.append(chunk)
-                offset += len(chunk)
+            text = read_whole(self._fd)
         except OSError:
             return {}
         table = {}
-        for line in b"".join(chunks).splitlines():
+        for line in text.splitlines():
             fields = line.split()
             with contextlib.suppress(ValueError, IndexError):
                 # id parent maj:min root point options [optional...] - fstype source super

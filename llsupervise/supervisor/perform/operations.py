@@ -31,6 +31,7 @@ from llsupervise.supervisor.perform.blocking import (
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
+from llsupervise.supervisor.perform.procfs import read_whole
 
 _libc.renameat2.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint,
@@ -409,14 +410,11 @@ def _leased(st: os.stat_result) -> bool:
     if _LOCKS is None:
         return False
     needle = b" %02x:%02x:%d " % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    chunks, offset = [], 0
     try:
-        while chunk := os.pread(_LOCKS, 65536, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
+        text = read_whole(_LOCKS)
     except OSError:
         return False
-    return any(b"LEASE" in line and needle in line for line in b"".join(chunks).splitlines())
+    return any(b"LEASE" in line and needle in line for line in text.splitlines())
 
 
 def refused_by_procfs(t: Target) -> bool:

@@ -9,6 +9,16 @@ from __future__ import annotations
 import os
 
 
+def read_whole(fd: int) -> bytes:
+    """All of a /proc file opened earlier (``/proc/self/mountinfo``, ``/proc/locks``), read
+    again from its start: a restricted thread may read what it could not open."""
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 65536, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
 def read_proc(tid: int, name: str) -> str:
     """``exe`` or ``cwd`` (a link), or a NUL-separated file such as ``cmdline``; "?" if gone."""
     try:
