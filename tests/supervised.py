@@ -6,8 +6,9 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -130,6 +131,17 @@ class ReadLoop:
 
     def stop(self) -> None:
         self.stop_file.touch()
+
+
+async def run_collecting(
+    doc: PolicyDocument, script: str, *args: str
+) -> tuple[int, list[Mapping[str, Any]]]:
+    """Run a Python script as the supervised child under ``doc``: its status and the events."""
+    events: list[Mapping[str, Any]] = []
+    async with Supervisor.open(doc) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
+    return status, events
 
 
 async def run_script(root: Path, script: str, *args: str, supervisor_rules: str = "") -> int:

@@ -10,13 +10,10 @@ perform in its own context, and then tries to read it through ``data/``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from supervised import SECRET, make_tree, policy
-
-from llsupervise.supervisor.core import Supervisor
+from supervised import SECRET, make_tree, policy, run_collecting
 
 MOVES = r"""
 import os, sys
@@ -67,10 +64,7 @@ async def test_a_move_through_a_path_naming_the_caller_is_refused_not_left_to_th
         supervisor_rules=DATA_READ.format(data=paths["data"]),
         extra_static=TREE_MOVES.format(root=tmp_path),
     )
-    async with Supervisor.open(doc) as sup:
-        status = await sup.run(
-            [sys.executable, "-c", MOVES, SECRET.decode()], forward_signals=False
-        )
+    status, _ = await run_collecting(doc, MOVES, SECRET.decode())
     out = capfd.readouterr().out
     assert status == 0, out
     assert "LEAK" not in out, out

@@ -13,17 +13,15 @@ import errno
 import shutil
 import signal
 import socket
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import policy_text
+from supervised import policy_text, run_collecting
 
 from llsupervise.policy.loader import parse_policy
-from llsupervise.supervisor.core import Supervisor
 
 pytestmark = pytest.mark.kernel
 
@@ -98,14 +96,6 @@ def unix_policy(root: Path, rules: str = "", extra_static: str = "") -> Any:
     return parse_policy(text, "fdswap-policy.toml", {"HOME": str(root), "PWD": str(root)})
 
 
-async def supervise(doc: Any, script: str, *args: str) -> tuple[int, list[Mapping[str, Any]]]:
-    events: list[Mapping[str, Any]] = []
-    async with Supervisor.open(doc) as sup:
-        sup.listeners.append(events.append)
-        status = await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
-    return status, events
-
-
 def received(s: socket.socket) -> list[bytes]:
     got: list[bytes] = []
     while True:
@@ -140,7 +130,7 @@ async def test_a_descriptor_swapped_after_the_check_never_reaches_the_socket(
     dgram.bind(str(srv / "dgram"))
     dgram.setblocking(False)
     with stream, dgram:
-        status, _ = await supervise(
+        status, _ = await run_collecting(
             unix_policy(tmp_path), SWAP_FD, str(srv / "stream"), str(srv / "dgram"), "300"
         )
         assert received(dgram) == []
@@ -248,7 +238,7 @@ allowed_access = ["connect_tcp"]
 port = [{allowed}]
 """
     doc = unix_policy(tmp_path, extra_static=static)
-    status, events = await supervise(doc, ORDINARY, str(allowed), str(other))
+    status, events = await run_collecting(doc, ORDINARY, str(allowed), str(other))
     out, err = capfd.readouterr()
     assert status == 0, out + err
     assert out.splitlines() == [

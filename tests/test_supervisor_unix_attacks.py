@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import policy_text
+from supervised import policy_text, run_collecting
 
 from llsupervise.policy.loader import parse_policy
-from llsupervise.supervisor.core import Supervisor
 
 pytestmark = pytest.mark.kernel
 
@@ -55,14 +53,6 @@ parent = ["{directory}"]
     return parse_policy(text, "unix-policy.toml", {"HOME": str(root), "PWD": str(root)})
 
 
-async def supervise(doc: Any, script: str, *args: str) -> tuple[int, list[Mapping[str, Any]]]:
-    events: list[Mapping[str, Any]] = []
-    async with Supervisor.open(doc) as sup:
-        sup.listeners.append(events.append)
-        status = await sup.run([sys.executable, "-c", script, *args], forward_signals=False)
-    return status, events
-
-
 @pytest.mark.trio
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 async def test_a_rule_does_not_lend_the_supervisors_permissions_on_the_way(
@@ -79,7 +69,7 @@ async def test_a_rule_does_not_lend_the_supervisors_permissions_on_the_way(
         (private / "sock").chmod(0o777)
         server.listen(4)
         server.setblocking(False)
-        status, _ = await supervise(
+        status, _ = await run_collecting(
             unix_policy(tmp_path, srv), CONNECT_AS_NOBODY, str(private / "sock")
         )
         with pytest.raises(BlockingIOError):
@@ -114,6 +104,6 @@ async def test_a_message_naming_more_descriptors_than_the_kernel_takes_sends_not
 ) -> None:
     """Performed by the supervisor, the send still refuses what the kernel refuses (EINVAL),
     having taken no more descriptors than one message may pass."""
-    status, _ = await supervise(unix_policy(tmp_path, srv), RIGHTS_FLOOD)
+    status, _ = await run_collecting(unix_policy(tmp_path, srv), RIGHTS_FLOOD)
     assert status == 0
     assert capfd.readouterr().out.split() == ["22", "nothing"]
