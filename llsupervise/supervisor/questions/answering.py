@@ -11,8 +11,9 @@ import errno
 
 from llsupervise.policy.model import Ruleset
 from llsupervise.seccomp import Listener, NotificationGone
+from llsupervise.supervisor.engine.created import MOVES
 from llsupervise.supervisor.engine.generations import BrokerSlot
-from llsupervise.supervisor.engine.pending import Pending, reply
+from llsupervise.supervisor.engine.pending import Pending, kernel_decides, reply
 from llsupervise.supervisor.events.model import Answer, Decision
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.perform.operations import KernelDecides, perform
@@ -66,12 +67,7 @@ def carry_out(
                 with slot.lock:
                     result = slot.broker.call(lambda: perform(pending.target))
         except KernelDecides:
-            if pending.request.op in ("rename", "link"):
-                # Never to the kernel: its refer check knows only the static layer (see
-                # engine.handler.MOVE_SYSCALLS).
-                listener.send_error(n.id, errno.EXDEV)
-            else:
-                listener.send_continue(n.id)
+            kernel_decides(listener, n, pending.request.op in MOVES, errno.EXDEV)
         except OSError as exc:
             listener.send_error(n.id, exc.errno or errno.EIO)
         else:
