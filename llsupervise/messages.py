@@ -121,12 +121,14 @@ class CreatedPathEvent(TypedDict):
 
 class StallEvent(TypedDict):
     """A request not done by its deadline (a filesystem whose server did not answer): the
-    program was told ``EIO`` (or, for an exec, the kernel decided)."""
+    program was told ``EIO`` (or, for an exec, the kernel decided). ``outcome`` "done late"
+    tells of one that took effect after all, once the program had been told."""
 
     event: Literal["stall"]
     ts: float
     pid: int
     syscall: str
+    #: Empty when the request was never read (the kernel held the thread reading it).
     path: str
     outcome: str
 

@@ -1,6 +1,7 @@
-"""A tiny FUSE server speaking the raw /dev/fuse protocol (no libfuse, no fusermount): an
-empty root directory in which a lookup of one name is never answered, as by a server that
-hangs. Needs root (mount(2)).
+"""A tiny FUSE server speaking the raw /dev/fuse protocol (no libfuse, no fusermount): a
+root directory in which a lookup of one name is not answered, as by a server that hangs
+(until :meth:`HangingFuse.release`, as by one that was only slow), and one file
+(``mapped``) that opens but whose reads are never answered. Needs root (mount(2)).
 
 Closing the server (its /dev/fuse descriptor, once its thread has stopped) aborts the
 connection: every request still waiting fails (ENOTCONN), so no test leaves a call hanging;
@@ -24,20 +25,30 @@ _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
 
 _LOOKUP, _FORGET, _GETATTR, _OPENDIR, _RELEASEDIR, _INIT, _INTERRUPT = 1, 2, 3, 27, 29, 26, 36
+_MKDIR, _OPEN, _READ, _STATFS, _RELEASE, _FLUSH = 9, 14, 15, 17, 18, 25
 _BATCH_FORGET, _DESTROY = 42, 38
 _IN_HEADER = struct.Struct("=IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
 _OUT_HEADER = struct.Struct("=IiQ")  # len error unique
 # struct fuse_attr: ino size blocks atime mtime ctime (u64) atimensec mtimensec ctimensec
 # mode nlink uid gid rdev blksize flags (u32)
 _ATTR = struct.Struct("=QQQQQQIIIIIIIIII")
-_ROOT = 1
+_ROOT, _MAPPED, _RELEASED, _MADE = 1, 2, 3, 4
+#: The one file: a page of content the server never sends.
+MAPPED_NAME, MAPPED_SIZE = b"mapped", 4096
+
+
+def _attr(node: int, mode: int, size: int = 0) -> bytes:
+    return _ATTR.pack(node, size, 0, 0, 0, 0, 0, 0, 0, mode, 1 if size else 2, 0, 0, 0, 4096, 0)
 
 
 def _attr_out(mode: int) -> bytes:
     # attr_valid 0: every stat comes back to us (never cached past this answer)
-    return struct.pack("=QII", 0, 0, 0) + _ATTR.pack(
-        _ROOT, 0, 0, 0, 0, 0, 0, 0, 0, mode, 2, 0, 0, 0, 4096, 0
-    )
+    return struct.pack("=QII", 0, 0, 0) + _attr(_ROOT, mode)
+
+
+def _entry(node: int, mode: int, size: int = 0) -> bytes:
+    # nodeid generation entry_valid attr_valid (u64) entry_valid_nsec attr_valid_nsec (u32)
+    return struct.pack("=QQQQII", node, 0, 0, 0, 0, 0) + _attr(node, mode, size)
 
 
 def _init_out() -> bytes:
@@ -56,6 +67,13 @@ class HangingFuse:
         self.hang = hang
         #: Lookups of the hanging name received (each left unanswered).
         self.hung = 0
+        #: Reads of ``mapped`` received (each left unanswered).
+        self.reads = 0
+        #: Lookups of the hanging name not answered yet; :meth:`release` answers them (a
+        #: directory, in which a mkdir succeeds), as a server that was only slow.
+        self._held: list[int] = []
+        self.released = False
+        self._release_lock = threading.Lock()
         #: Requests received, by opcode.
         self.received: dict[int, int] = {}
         #: Set: no request is answered any more, as by a server that hung.
@@ -101,7 +119,32 @@ class HangingFuse:
         elif opcode == _GETATTR and nodeid == _ROOT:
             self._reply(unique, 0, _attr_out(0o40755))
         elif opcode == _LOOKUP and body.split(b"\0", 1)[0] == self.hang:
-            self.hung += 1  # never answered
+            with self._release_lock:
+                if not self.released:
+                    self.hung += 1  # not answered (until released)
+                    self._held.append(unique)
+                    return
+            self._reply(unique, 0, _entry(_RELEASED, 0o40755))
+        elif opcode == _GETATTR and nodeid in (_RELEASED, _MADE):
+            self._reply(unique, 0, struct.pack("=QII", 0, 0, 0) + _attr(nodeid, 0o40755))
+        elif opcode == _MKDIR and nodeid == _RELEASED:
+            self._reply(unique, 0, _entry(_MADE, 0o40755))
+        elif opcode == _LOOKUP and body.split(b"\0", 1)[0] == MAPPED_NAME:
+            self._reply(unique, 0, _entry(_MAPPED, 0o100644, MAPPED_SIZE))
+        elif opcode == _GETATTR and nodeid == _MAPPED:
+            self._reply(unique, 0, struct.pack("=QII", 0, 0, 0) + _attr(
+                _MAPPED, 0o100644, MAPPED_SIZE))  # fmt: skip
+        elif opcode == _OPEN:
+            self._reply(unique, 0, struct.pack("=QII", 0, 0, 0))  # fh open_flags padding
+        elif opcode == _READ:
+            self.reads += 1  # never answered
+        elif opcode in (_FLUSH, _RELEASE):
+            self._reply(unique, 0)
+        elif opcode == _STATFS:
+            # blocks bfree bavail files ffree bsize namelen frsize padding spare[6], as
+            # libfuse answers for a server that does not implement it
+            self._reply(unique, 0, struct.pack("=QQQQQIIII6I", 0, 0, 0, 0, 0, 512, 255, 0, 0,
+                                               *([0] * 6)))  # fmt: skip
         elif opcode == _LOOKUP:
             self._reply(unique, -errno.ENOENT)
         elif opcode == _OPENDIR:
@@ -110,6 +153,14 @@ class HangingFuse:
             self._reply(unique, 0)
         else:
             self._reply(unique, -errno.ENOSYS)
+
+    def release(self) -> None:
+        """Answer the held lookups at last (and any later one at once)."""
+        with self._release_lock:
+            self.released = True
+            held, self._held = self._held, []
+        for unique in held:
+            self._reply(unique, 0, _entry(_RELEASED, 0o40755))
 
     def _reply(self, unique: int, error: int, payload: bytes = b"") -> None:
         with contextlib.suppress(OSError):

@@ -250,3 +250,43 @@ async def test_a_dirfd_on_a_hung_fuse_mount_stalls_no_one(
     assert status == 0, log
     assert log[:2] == ["have the dirfd", served]
     assert log[2].startswith("stuck call: err "), log
+
+
+@pytest.mark.trio
+async def test_a_creation_done_after_its_deadline_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that was only slow: the mkdir is answered EIO at its deadline, then done
+    once the server answers. The program cannot be told any more, but the log must not say
+    "refused" alone: a second stall event says the directory was made after all."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 0.5)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    (paths["out"] / "log").touch()
+    events: list[Mapping[str, Any]] = []
+    with hanging_fuse(root / "fuse") as server:
+        target = str(server.mountpoint / "stuck")
+        mountpoint = server.mountpoint
+        static = f'[[path_beneath]]\nallowed_access = ["make_dir"]\nparent = ["{mountpoint}"]\n'
+        doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]), extra_static=static)
+
+        async def release_after_the_deadline() -> None:
+            await wait_until(lambda: any(e["event"] == "stall" for e in events), "the stall", 60)
+            server.release()
+            await wait_until(lambda: len([e for e in events if e["event"] == "stall"]) > 1,
+                             "the late report", 60)  # fmt: skip
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(release_after_the_deadline)
+            status = await sup.run(
+                [sys.executable, "-c", SCRIPT, "mkdir", target], forward_signals=False
+            )
+        assert server.received.get(9) == 1  # one MKDIR, made once the lookup was answered
+    log = lines(paths["out"] / "log")
+    assert status == 0, log
+    assert sorted(log) == ["stuck call: err 5", f"unrelated open: {PUBLIC.decode().strip()}"]
+    stalls = [(e["syscall"], e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
+    made = f"{target}/new"
+    assert stalls == [("mkdir", made, "refused"), ("mkdir", made, "done late")]

@@ -325,12 +325,15 @@ class Supervisor:
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
 
-    def _stalled(self, n: Notification, request: FsRequest, outcome: str) -> None:
-        """A request answered at its deadline (a filesystem that did not answer): logged.
-        Called from a plain thread."""
+    def _stalled(self, n: Notification, request: FsRequest | None, outcome: str) -> None:
+        """A request answered at its deadline (a filesystem that did not answer; or, with no
+        request, one whose serving thread the kernel held): logged. Called from a plain
+        thread."""
         event: StallEvent = {
-            "event": "stall", "ts": time.time(), "pid": n.pid, "syscall": request.syscall,
-            "path": os.fsdecode(request.path), "outcome": outcome,
+            "event": "stall", "ts": time.time(), "pid": n.pid,
+            "syscall": request.syscall if request is not None else n.syscall or str(n.nr),
+            "path": os.fsdecode(request.path) if request is not None else "",
+            "outcome": outcome,
         }  # fmt: skip
         token = self.handover.token
         if token is not None:

@@ -37,6 +37,7 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.messages import CreatedPathEvent, Event
 from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
+from llsupervise.supervisor.engine.generations import waiting_on_purpose
 from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
 from llsupervise.supervisor.perform.broker import Broker
@@ -104,7 +105,7 @@ class MoveGate:
     def wait(self, generation: int) -> Broker | None:
         """Before a move served in ``generation``: None to perform it here, or a newer
         generation's broker to perform it with."""
-        with self._changed:
+        with waiting_on_purpose(), self._changed:
             while self._binding and not self._newer_than(generation):
                 self._changed.wait()
             return self._newest[0] if self._newest and self._newer_than(generation) else None

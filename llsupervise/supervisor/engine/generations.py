@@ -1,13 +1,16 @@
-"""Commit generations as the serving threads see them: the broker slot and a server."""
+"""Commit generations as the serving threads see them: the broker slot and a server, and
+how long a server has been busy with its request (see engine.loop's stall watch)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 from llsupervise.landlock import LandlockRuleset
+from llsupervise.seccomp import Notification
 from llsupervise.supervisor.engine.offload import Offload
 from llsupervise.supervisor.perform.broker import Broker
 
@@ -30,20 +33,84 @@ class BrokerSlot:
         old.close()
 
 
+class Abandoned(Exception):
+    """The serving thread was given up on while it waited (its request was answered
+    without it, and another thread serves in its place): it must not act any more."""
+
+
+class Busy:
+    """What a serving thread is doing, as its stall watch sees it."""
+
+    __slots__ = ("abandoned", "lock", "notification", "since")
+
+    def __init__(self) -> None:
+        #: Held by the thread as it finishes a request, and by the watch as it gives up on
+        #: one: so the watch never answers a request the thread has moved past.
+        self.lock = threading.Lock()
+        #: When the request in hand was received (monotonic), 0.0 while idle or waiting on
+        #: purpose (see :func:`waiting_on_purpose`).
+        self.since = 0.0
+        self.notification: Notification | None = None
+        #: Set by the watch: the request was answered without this thread.
+        self.abandoned = False
+
+
+_thread = threading.local()
+
+
+def watched_as(busy: Busy) -> None:
+    """The calling thread is a serving thread described by ``busy``."""
+    _thread.busy = busy
+
+
+def check_not_abandoned() -> None:
+    """After a call that may have waited long: raise :class:`Abandoned` if this serving
+    thread was given up on meanwhile (a no-op in any other thread)."""
+    busy: Busy | None = getattr(_thread, "busy", None)
+    if busy is not None and busy.abandoned:
+        raise Abandoned
+
+
+@contextlib.contextmanager
+def waiting_on_purpose() -> Iterator[None]:
+    """A wait the design asks for (a move held back while trio commits a binding), not a
+    stall: the watch does not count it."""
+    busy: Busy | None = getattr(_thread, "busy", None)
+    if busy is None:
+        yield
+        return
+    since, busy.since = busy.since, 0.0
+    try:
+        yield
+    finally:
+        if since:
+            busy.since = time.monotonic()
+    check_not_abandoned()
+
+
 class Server:
     """One generation's serving thread: restricted like that generation's broker, so the
-    requests it performs are judged by the kernel with no hand-off to another thread."""
+    requests it performs are judged by the kernel with no hand-off to another thread.
 
-    def __init__(self, kernel: LandlockRuleset, generation: int) -> None:
+    A server that takes the place of a stalled one (same generation) shares its offload."""
+
+    def __init__(
+        self, kernel: LandlockRuleset, generation: int, offload: Offload | None = None
+    ) -> None:
         #: The generation's ruleset (its broker's, open until the server has restricted).
         self.kernel = kernel
         self.generation = generation
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
         #: Set once the previous server has stopped: one server receives at a time.
         self.turn = threading.Event()
+        #: Set once it receives no more: it stopped, or was abandoned while stalled.
+        self.released = threading.Event()
         self.thread: threading.Thread | None = None
+        #: The server registered after this one, which this one hands the turn to.
+        self.successor: Server | None = None
+        self.busy = Busy()
         #: Where it hands what could block (see perform.blocking).
-        self.offload = Offload(kernel)
+        self.offload = Offload(kernel) if offload is None else offload
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):

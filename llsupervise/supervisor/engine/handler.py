@@ -31,6 +31,7 @@ from llsupervise.supervisor.engine.created import (
     open_created,
 )
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.generations import check_not_abandoned
 from llsupervise.supervisor.engine.offload import Job, Offload
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, kernel_decides, reply
 from llsupervise.supervisor.engine.reports import ExecReports, OnExec, OnStall, Refusals
@@ -63,6 +64,24 @@ MOVE_SYSCALLS = frozenset({"rename", "renameat", "renameat2", "link", "linkat"})
 #: What a program is told when its request was not done by the deadline (see offload): an
 #: I/O error, as from a filesystem whose server is gone.
 STALLED_ERRNO = errno.EIO
+
+
+def _changes(request: FsRequest) -> bool:
+    """Whether performing ``request`` may have changed the filesystem."""
+    if request.op != "open":
+        return request.op != "execute"
+    return bool(request.flags & (os.O_CREAT | os.O_TRUNC))
+
+
+def answer_unread(listener: Listener, n: Notification) -> str:
+    """Answer ``n`` without reading it (a serving thread was held reading it, see
+    engine.loop): ``EIO``, or for an exec CONTINUE (the static layer's to judge); the outcome
+    as a stall event tells it."""
+    if (n.syscall or "") in EXEC_SYSCALLS:
+        listener.send_continue(n.id)
+        return "continued unreported"
+    listener.send_error(n.id, STALLED_ERRNO)
+    return "refused"
 
 
 class RequestHandler:
@@ -129,6 +148,7 @@ class RequestHandler:
         moving = name in MOVE_SYSCALLS
         try:
             decoded = self.contexts.decode(n, name)
+            check_not_abandoned()  # reading its memory may have waited (see engine.loop)
         except (DecodeError, MemoryReadError):
             # The static layer decides (a move: refused, see MOVE_SYSCALLS).
             kernel_decides(self.listener, n, moving, errno.EFAULT)
@@ -314,8 +334,13 @@ class RequestHandler:
             return
         close_dirs(target)
         if job is not None and not job.claim():
-            if result is not None and target.request.op == "open":
+            # Done after its deadline: the program was told EIO, and cannot be told
+            # otherwise now; what changed is logged, so the log does not say "refused" alone.
+            request = target.request
+            if result is not None and request.op == "open":
                 os.close(result)
+            if result is not None and _changes(request) and self.on_stall is not None:
+                self.on_stall(n, request, "done late")
             return
         if result is None:
             # A magic link on the way, say: the kernel decides in the child's context.

@@ -5,6 +5,14 @@ broker, which performs them itself (or, for what only the child's own context ca
 lets the kernel decide through CONTINUE): see :mod:`.handler`. Only denials cross over to
 trio, through ``on_denial``; the loop then goes on serving other requests while the denied
 one waits. This module holds the threads' lifetime and the hand-over between generations.
+
+A serving thread never waits on purpose, but the kernel can make it: reading the path a
+program passes from its memory faults in that page, and a page of a file on a FUSE mount
+whose server hangs never comes (nor does a dead NFS server answer a revalidation). So a
+watch gives up on a serving thread that holds one request longer than ``STALL_SECONDS``: it
+answers that request without it (``EIO``, an exec ``CONTINUE``), logs a ``stall`` event, and
+starts another thread of the same generation in its place. The stuck thread, if the kernel
+ever lets it go, acts no more (see ``generations.check_not_abandoned``) and ends.
 """
 
 from __future__ import annotations
@@ -14,17 +22,30 @@ import contextlib
 import errno
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from llsupervise.rights import AccessFs
-from llsupervise.seccomp import Listener, NotificationGone, SeccompError, SuperviseesGone
+from llsupervise.seccomp import (
+    Listener,
+    Notification,
+    NotificationGone,
+    SeccompError,
+    SuperviseesGone,
+)
 from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
-from llsupervise.supervisor.engine.generations import BrokerSlot, Server
-from llsupervise.supervisor.engine.handler import RequestHandler
+from llsupervise.supervisor.engine.generations import (
+    Abandoned,
+    BrokerSlot,
+    Server,
+    check_not_abandoned,
+    watched_as,
+)
+from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
 from llsupervise.supervisor.net.mediator import NetMediator
@@ -35,6 +56,14 @@ from llsupervise.supervisor.perform.placement import home_cpu, pin_self
 from llsupervise.supervisor.rules.created import CreatedIndex
 
 T = TypeVar("T")
+
+#: Seconds one request may hold a serving thread before the watch gives up on the thread.
+#: A request is served in microseconds, or handed over (to a worker, or to trio), so this
+#: long means the kernel holds the thread (see the module).
+STALL_SECONDS = 5.0
+#: Serving threads given up on, at most, in a run: each stays stuck in the kernel, with a
+#: thread and two pipes. Past it, a stalled thread is waited for, as the kernel would.
+MAX_ABANDONED = 32
 
 
 class NotificationLoop:
@@ -79,6 +108,15 @@ class NotificationLoop:
         self._stopping = False
         self._done = threading.Event()
         self._unrestricted: Broker | None = None
+        #: Told of each request answered without its stalled serving thread.
+        self.on_stall = on_stall
+        #: Servers whose thread runs and may still receive (at most two: the one whose turn
+        #: it is, and a newer one waiting for it).
+        self._live: list[Server] = []
+        #: Given up on while stalled (their threads may never end); unrestricted workers
+        #: replaced while stalled likewise.
+        self._abandoned: list[Server] = []
+        self._stalled_workers: list[Broker] = []
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
@@ -96,6 +134,7 @@ class NotificationLoop:
         self.slot.on_swap.append(self._switch)
         with self.slot.lock:
             self._start(self.slot.broker, self.slot.generation)
+        threading.Thread(target=self._watch_stalls, name="stall-watch", daemon=True).start()
         self._done.wait()
         if self.failure is not None:
             raise self.failure
@@ -116,13 +155,18 @@ class NotificationLoop:
         with contextlib.suppress(ValueError):
             self.slot.on_swap.remove(self._switch)
         server = self._server
+        stuck = False
         if server is not None and server.thread is not None:
             server.wake()
             server.turn.set()
-            server.thread.join()
-            server.close()
+            server.thread.join(STALL_SECONDS)
+            stuck = server.thread.is_alive()  # held by the kernel: left as abandoned ones are
+            if not stuck:
+                server.close()
         if server is not None:
             server.offload.close()
+        if stuck or any(s.thread is not None and s.thread.is_alive() for s in self._abandoned):
+            return  # a stuck thread may still use the caches and the worker when let go
         self._contexts.close()
         self._child_fds.close()
         if self._unrestricted is not None:
@@ -133,20 +177,32 @@ class NotificationLoop:
         assert broker.kernel is not None
         server = Server(broker.kernel, generation)
         server.offload.cpu = self.cpu
-        ready: threading.Event = threading.Event()
-        server.thread = threading.Thread(
-            target=self._serve, args=(server, ready), name=f"notifications-g{generation}",
-            daemon=True,
-        )  # fmt: skip
         with self._lock:
-            previous, self._server = self._server, server
-        server.thread.start()
-        ready.wait()
-        if previous is None:
+            previous = self._register(server)
+        self._launch(server, previous)
+        return previous
+
+    def _register(self, server: Server) -> Server | None:
+        """Make ``server`` the newest; called with ``self._lock`` held. Its turn comes from
+        the previous server, or at once when there is none (or it was given up on)."""
+        previous, self._server = self._server, server
+        self._live.append(server)
+        if previous is None or previous.busy.abandoned:
             server.turn.set()
         else:
-            previous.wake()
+            previous.successor = server
         return previous
+
+    def _launch(self, server: Server, previous: Server | None) -> None:
+        ready: threading.Event = threading.Event()
+        server.thread = threading.Thread(
+            target=self._serve, args=(server, ready),
+            name=f"notifications-g{server.generation}", daemon=True,
+        )  # fmt: skip
+        server.thread.start()
+        ready.wait()
+        if previous is not None:
+            previous.wake()  # it sees a newer server, and hands over its turn
 
     def _switch(self, broker: Broker, generation: int) -> None:
         """A commit: the new generation's server takes over once the old one has finished
@@ -156,21 +212,25 @@ class NotificationLoop:
                 return
         previous = self._start(broker, generation)
         if previous is not None and previous.thread is not None:
-            previous.thread.join()
+            previous.released.wait()
             # What it handed over and no worker has started is performed under the new
             # rules; what a worker has started is, like a call in flight, not waited for.
             with self._lock:
                 current = self._server
-            if current is not None:
+                abandoned = previous.busy.abandoned
+            if current is not None and current.offload is not previous.offload:
                 previous.offload.hand_over(current.offload)
-            previous.offload.close()
-            previous.close()
+                previous.offload.close()
+            if not abandoned:
+                previous.thread.join()
+                previous.close()
 
     def _serve(self, server: Server, ready: threading.Event) -> None:
         try:
             pin_self(self.cpu)
             restrict_thread(server.kernel)
             serve_inline()
+            watched_as(server.busy)
         except BaseException as exc:
             self.failure = exc
             ready.set()
@@ -178,11 +238,24 @@ class NotificationLoop:
             return
         ready.set()
         server.turn.wait()
+        failure: BaseException | None = None
         try:
             handed_over = self._receive(server)
+        except Abandoned:
+            handed_over = True
         except BaseException as exc:
-            self.failure = exc
+            failure = exc
             handed_over = False
+        with self._lock:
+            abandoned = server.busy.abandoned
+            if server in self._live:
+                self._live.remove(server)
+        server.released.set()
+        if abandoned:
+            server.close()  # no one else does: no one waits for this thread
+            return
+        if failure is not None:
+            self.failure = failure
         if not handed_over:
             self._done.set()
             with self._lock:
@@ -199,6 +272,7 @@ class NotificationLoop:
         poller.register(listener_fd, select.POLLIN)
         poller.register(server.wake_r, select.POLLIN)
         sweep_ms = int(SWEEP_SECONDS * 1000)
+        busy = server.busy
         while True:
             # Idle while keeping child dirfds: let go of those no longer named.
             events = poller.poll(sweep_ms if self._child_fds else None)
@@ -224,11 +298,78 @@ class NotificationLoop:
                 if exc.errno in (errno.EINTR, errno.ENOENT):
                     continue  # the task died between poll and recv
                 raise
+            busy.notification = n
+            busy.since = time.monotonic()
             try:
                 self.handler.handle(n, server.generation, server.offload)
             except NotificationGone:
                 pass
+            finally:
+                with busy.lock:
+                    busy.since = 0.0
+                    busy.notification = None
+                    abandoned = busy.abandoned
+            if abandoned:
+                return True
 
     def _call_unrestricted(self, fn: Callable[[], T]) -> T:
-        assert self._unrestricted is not None
-        return self._unrestricted.call(fn)
+        worker = self._unrestricted
+        assert worker is not None
+        result = worker.call(fn)
+        check_not_abandoned()  # it may have waited long: a stalled thread acts no more
+        return result
+
+    # -- stalls ---------------------------------------------------------------------------
+
+    def _watch_stalls(self) -> None:
+        """Give up on a serving thread that holds one request too long (see the module)."""
+        while not self._done.wait(STALL_SECONDS / 4):
+            now = time.monotonic()
+            with self._lock:
+                if self._stopping:
+                    return
+                live = list(self._live)
+            for server in live:
+                since = server.busy.since
+                if since and now - since > STALL_SECONDS:
+                    self._abandon(server)
+
+    def _abandon(self, server: Server) -> None:
+        busy = server.busy
+        with self._lock, busy.lock:
+            since = busy.since
+            if (not since or time.monotonic() - since <= STALL_SECONDS or busy.abandoned
+                    or len(self._abandoned) >= MAX_ABANDONED or self._stopping):  # fmt: skip
+                return
+            busy.abandoned = True
+            n = busy.notification
+            self._abandoned.append(server)
+            self._live.remove(server)
+            successor = server.successor
+            replacement = None
+            if successor is None:
+                # It was the newest: another thread of its generation takes its place (its
+                # broker, and so its ruleset, lives until a newer server has taken over).
+                replacement = Server(server.kernel, server.generation, server.offload)
+                self._register(replacement)
+            worker = self._unrestricted
+            if worker is not None and worker.busy():
+                # Stalled inside the unrestricted worker: the others get a new one.
+                self._stalled_workers.append(worker)
+                self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
+        server.released.set()
+        server.wake()
+        if successor is not None:
+            successor.turn.set()
+        if replacement is not None:
+            self._launch(replacement, None)
+        if n is not None:
+            self._answer_stalled(n)
+
+    def _answer_stalled(self, n: Notification) -> None:
+        try:
+            outcome = answer_unread(self.listener, n)
+        except NotificationGone:
+            return
+        if self.on_stall is not None:
+            self.on_stall(n, None, outcome)

@@ -7,7 +7,7 @@ A job is answered once: by its worker, which claims it after performing and befo
 replying, or by the watchdog at the deadline. A worker that finishes after the deadline
 drops what it got (closes an opened fd); what it did stays done (a directory made late on a
 FUSE mount exists, though the program was told EIO): the kernel offers no way to take back
-an operation a filesystem finished late.
+an operation a filesystem finished late, so the handler logs it ("done late").
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from llsupervise.supervisor.perform.operations import Target, protected, refused
 
 OnExec = Callable[[Notification, FsRequest, CheckedObject], None]
 #: Told of a request answered at its deadline: (notification, request, what was done).
-OnStall = Callable[[Notification, FsRequest, str], None]
+#: A request answered at a deadline: (its notification, what it asked if read, outcome).
+OnStall = Callable[[Notification, FsRequest | None, str], None]
 #: The directory a request's relative path starts from: (tid, dirfd, path) -> fd or None.
 DirectoryOf = Callable[[int, int, bytes], "int | None"]
 

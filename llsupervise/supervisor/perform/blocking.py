@@ -29,9 +29,12 @@ to the server, which is exactly what must not be waited for.
 The price: a few more syscalls per performed request (the directory is opened on its own,
 and its mount looked up), and a first walk that is not cached yet goes through a worker.
 
-Not covered: the child's cwd and dirfds are still opened (through their /proc magic links,
-by the unrestricted helper the serving thread waits for). FUSE is not asked then, but NFS
-may revalidate the inode it jumps to (d_weak_revalidate) and so wait for its server.
+Not avoided, only bounded: the child's cwd and dirfds are still opened (through their /proc
+magic links, O_PATH, by the unrestricted helper the serving thread waits for). FUSE is not
+asked then, and NFS revalidates the inode it jumps to over the wire only in rare cases (a
+stale handle retried); and reading the path from the child's memory faults in its page,
+which on a FUSE file waits for the server. A serving thread held there is given up on by the
+loop's stall watch (see engine.loop), which serves on with another.
 """
 
 from __future__ import annotations

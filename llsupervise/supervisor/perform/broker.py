@@ -142,6 +142,10 @@ class Broker:
             return result
         raise value
 
+    def busy(self) -> bool:
+        """Whether a call is in flight (or waiting to be)."""
+        return self._lock.locked()
+
     def close(self) -> None:
         """Finish the call in flight, then end the thread."""
         with self._lock:

@@ -1,0 +1,120 @@
+"""A serving thread the kernel holds stalls no one else (issue: a program that passes a path
+from a page of a file on a hung FUSE mount made the supervisor's read of its memory wait for
+ever, and with it every trapped call of every supervised process)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from fuse_server import MAPPED_NAME, hanging_fuse
+from supervised import PUBLIC, lines, make_tree, policy, wait_until
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.engine import loop
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE"),
+]
+
+#: The program forks a second process (B), which waits for out/go and then opens data/x
+#: (granted by a supervisor rule: the supervisor performs it). The first (A) maps a file of
+#: the FUSE mount, whose page never comes (the server does not answer reads), and in one
+#: thread opens the path "written" in that page: the supervisor must read the page to know
+#: the path, and the kernel holds that read (and with it A's memory map) until the server
+#: answers (A can then do little: an munmap waits for that lock). Once the supervisor gives
+#: up on the read, the test touches out/go.
+SCRIPT = r"""
+import ctypes, mmap, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+b = os.fork()
+if b == 0:
+    while not os.path.exists("out/go"):
+        time.sleep(0.01)
+    with open("data/x", "rb") as f:
+        note("other process: " + f.read().decode().strip())
+    os._exit(0)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+def stuck():
+    r = libc.open(ctypes.c_void_p(address), os.O_RDONLY)
+    note(f"stuck call: {r} errno {ctypes.get_errno()}")
+t = threading.Thread(target=stuck)
+t.start()
+t.join()
+_, status = os.waitpid(b, 0)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+RULES = """
+[[supervisor.path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{data}"]
+"""
+
+STATIC_FUSE = """
+[[path_beneath]]
+allowed_access = ["read_file"]
+parent = ["{fuse}"]
+"""
+
+
+@pytest.mark.trio
+async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    public = PUBLIC.decode().strip()
+    events: list[Mapping[str, Any]] = []
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(
+            root,
+            supervisor_rules=RULES.format(data=paths["data"]),
+            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
+        )
+
+        async def go_then_abort() -> None:
+            # Not timing bounds: without the watch, the program (and the supervisor's
+            # serving) waits for ever; the server is aborted once B is through, or the test
+            # has failed.
+            try:
+                await wait_until(lambda: any(e["event"] == "stall" for e in events),
+                                 "the stall", 60)  # fmt: skip
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: any(x.startswith("other process:")
+                                             for x in lines(log_path)),
+                                 "the other process", 60)  # fmt: skip
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort)
+            argv = [sys.executable, "-c", SCRIPT, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+        assert server.reads > 0, f"the supervisor never asked for the page: {server.received}"
+    log = lines(log_path)
+    assert status == 0, log
+    # The stalled call was answered without its thread (EIO); the other process was served
+    # while the read was held.
+    assert sorted(log) == sorted([f"other process: {public}", "stuck call: -1 errno 5"]), log
+    stalls = [e for e in events if e["event"] == "stall"]
+    assert [(e["syscall"], e["path"], e["outcome"]) for e in stalls] == [
+        ("openat", "", "refused")
+    ]
+    assert events[-1]["event"] == "exit"
