@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pilot_wait import until
 from supervised import PUBLIC, make_tree, policy
-from textual.pilot import Pilot
 
 from llsupervise.policies import DEFAULT_SOURCE, default_text, load_default
 from llsupervise.policy.loader import parse_policy
@@ -42,16 +40,6 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(paths["out"]))
     monkeypatch.setenv("TERM", "xterm")
     return tmp_path
-
-
-async def until(pilot: Pilot[int], predicate: Callable[[], bool], what: str) -> None:
-    """Let the app run until ``predicate``; the limit only keeps a broken test from hanging."""
-    deadline = time.monotonic() + 30
-    while not predicate():
-        if time.monotonic() > deadline:
-            pane = pilot.app.query_one(TerminalPane)
-            raise AssertionError(f"gave up waiting for {what}; the pane shows {pane.lines}")
-        await pilot.pause(0.02)
 
 
 def app_for(root: Path, argv: list[str], mode: str = "interactive") -> SupervisorApp:

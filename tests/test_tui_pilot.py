@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
+from pilot_wait import until
 from rich.text import Text
 from supervised import PUBLIC, lines, make_tree, policy
-from textual.pilot import Pilot
 from textual.widgets import DataTable, SelectionList, Static
 
 from llsupervise.tui.app import SupervisorApp, build_app
@@ -61,15 +59,6 @@ while not os.path.exists(sys.argv[3]):
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-async def until(pilot: Pilot[int], predicate: Callable[[], bool], what: str) -> None:
-    """Let the app run until ``predicate``; the limit only keeps a broken test from hanging."""
-    deadline = time.monotonic() + 30
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await pilot.pause(0.02)
 
 
 def app_for(
