@@ -101,6 +101,7 @@ class Server:
         self.kernel = kernel
         self.generation = generation
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
+        self._pipes = threading.Lock()
         #: Set once the previous server has stopped: one server receives at a time.
         self.turn = threading.Event()
         #: Set once it receives no more: it stopped, or was abandoned while stalled.
@@ -113,10 +114,15 @@ class Server:
         self.offload = Offload(kernel) if offload is None else offload
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"x")
+        # Under the lock: an abandoned server closes its own pipes whenever the kernel lets
+        # its thread go, and a write after that could reach whatever reused the number.
+        with self._pipes, contextlib.suppress(OSError):
+            if self.wake_w >= 0:
+                os.write(self.wake_w, b"x")
 
     def close(self) -> None:
-        for fd in (self.wake_r, self.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._pipes:
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.wake_r = self.wake_w = -1
