@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from llsupervise.messages import DenialEvent, Event, StartEvent
+from llsupervise.messages import DenialEvent, Event, StallEvent, StartEvent
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.events.encode import escaped
 from llsupervise.supervisor.events.fold import DenialFolder
@@ -143,3 +143,15 @@ def symlink_notes(start: StartEvent) -> list[str]:
         "program may change (an earlier run may have planted it); name the real path"
         for path in start.get("redirectable", ())
     ]
+
+
+def stall_note(stall: StallEvent) -> str:
+    """What a person must hear of a ``stall`` event (not escaped): the program was told EIO
+    for a request no filesystem answered in time, and whether it was done after all."""
+    what = f"{stall['syscall']} {stall['path']}" if stall["path"] else stall["syscall"]
+    if stall["outcome"] == "done late":
+        return (f"{what} (pid {stall['pid']}) was done after all, after its filesystem's "
+                "deadline: the program was told EIO, but the change is made")  # fmt: skip
+    told = "EIO" if stall["outcome"] == "refused" else "nothing (the kernel decided)"
+    return (f"{what} (pid {stall['pid']}) got no answer from its filesystem in time: the "
+            f"program was told {told}")  # fmt: skip

@@ -17,7 +17,7 @@ from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import EventLog, symlink_notes
+from llsupervise.supervisor.events.model import EventLog, stall_note, symlink_notes
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -57,7 +57,7 @@ def run_headless(
         async with Supervisor.open(
             document, decisions=decisions, log=log, watch=watch, control=control
         ) as supervisor:
-            supervisor.listeners.extend([*listeners, _say_symlink_notes])
+            supervisor.listeners.extend([*listeners, _say_notes])
             if listen is None:
                 return await supervisor.run(argv, cpu=cpu)
             from llsupervise.supervisor.frontends.hub import Hub, listening
@@ -74,8 +74,11 @@ def run_headless(
         log.close()
 
 
-def _say_symlink_notes(event: Event) -> None:
-    """Rule paths through symlinks, said on stderr as the run starts (check says the same)."""
+def _say_notes(event: Event) -> None:
+    """Rule paths through symlinks, said on stderr as the run starts (check says the same),
+    and requests that no filesystem answered in time (the program got EIO)."""
     if event["event"] == "start":
         for note in symlink_notes(event):
             print(f"llsupervise: {escape(note)}", file=sys.stderr, flush=True)
+    elif event["event"] == "stall":
+        print(f"llsupervise: {escape(stall_note(event))}", file=sys.stderr, flush=True)

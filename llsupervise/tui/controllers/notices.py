@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from llsupervise.display import escape
 from llsupervise.messages import ReloadEvent, ServerMessage
-from llsupervise.supervisor.events.model import symlink_notes
+from llsupervise.supervisor.events.model import stall_note, symlink_notes
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -39,6 +39,9 @@ class Notices:
                 if notes:
                     notify(self.app, escape("\n".join(notes)), title="rules through symlinks",
                            severity="warning", timeout=15)  # fmt: skip
+            elif event["event"] == "stall":
+                notify(self.app, escape(stall_note(event)), title="a filesystem did not answer",
+                       severity="warning", timeout=15)  # fmt: skip
         self._refused = self.model.refused_exec
 
     def after(self) -> None:
