@@ -333,6 +333,38 @@ report("read data/stolen", lambda: read("data/stolen", None))
 """
 )
 
+#: renameat2's flags: RENAME_EXCHANGE within data/, between data/ and out/ (both granted),
+#: and between data/ and secret/ (never granted: the secret must not come out, nor data/x go
+#: in); RENAME_WHITEOUT (leaves a whiteout, a 0:0 character device, where the name was: root
+#: only) within data/ and out/; RENAME_NOREPLACE onto an existing name.
+RENAME_FLAGS = (
+    COMMON
+    + r"""
+import stat
+NOREPLACE, EXCHANGE, WHITEOUT = 1, 2, 4
+def rename2(old, new, flags):
+    return checked(libc.renameat2(-100, old.encode(), -100, new.encode(), flags))
+def kind(name):
+    st = os.lstat(name)
+    return "whiteout" if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else "file"
+for where in ("data", "out"):
+    for name in ("a", "b"):
+        with open(f"{where}/{name}", "wb") as f:
+            f.write(f"{where}/{name}".encode())
+report("exchange within data", lambda: rename2("data/a", "data/b", EXCHANGE))
+report("read data/a", lambda: read("data/a", None))
+report("exchange data and out", lambda: rename2("data/a", "out/a", EXCHANGE))
+report("read out/a", lambda: read("out/a", None))
+report("exchange data and secret", lambda: rename2("data/b", "secret/s", EXCHANGE))
+report("read data/b", lambda: read("data/b", None))
+report("noreplace onto data/b", lambda: rename2("out/b", "data/b", NOREPLACE))
+for where in ("data", "out"):
+    report(f"whiteout in {where}", lambda: rename2(f"{where}/a", f"{where}/c", WHITEOUT))
+    report(f"{where}/a is now", lambda: kind(f"{where}/a"))
+    report(f"read {where}/c", lambda: read(f"{where}/c", None))
+"""
+)
+
 #: A child started as root gives up its privileges, then opens what only root may.
 DROPPED_PRIVILEGES = (
     COMMON

@@ -461,6 +461,19 @@ async def test_linkat_with_an_empty_path_links_the_descriptors_file(
     assert_same(plain, supervised)
 
 
+@pytest.mark.trio
+async def test_renameat2_flags_match_a_plain_domain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exchanges and whiteouts, performed by the supervisor for a granted data/, give what
+    the kernel gives: the secret stays where it is, and a whiteout is made only where the
+    program could make it."""
+    plain, supervised = await compare(tmp_path, monkeypatch, parity_child.RENAME_FLAGS)
+    assert plain[:2] == ["exchange within data 0", "read data/a data/b"], plain
+    assert "exchange data and secret EACCES" in plain or "exchange data and secret EXDEV" in plain
+    assert_same(plain, supervised)
+
+
 def _socket_file(root: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(root / "data" / "sock"))
