@@ -476,3 +476,37 @@ async def test_a_question_over_the_typing_pane_takes_no_key_until_asked(
         await pilot.press("ctrl+t", "enter")
         await until(pilot, lambda: status_of(app) is not None, "the exit")
     assert status_of(app) == 0
+
+
+async def test_the_command_starts_with_its_panes_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The terminal has the pane's size before the command runs: a size set later reaches it
+    only as a SIGWINCH, which a program with no handler for it yet loses (under load, less
+    drew a page of 24 rows in a pane of 23). The size the session has when it starts the
+    command is recorded (the race itself is lost only under load), and the command says
+    what it got."""
+    make_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    script = "import os\nprint('size', *os.get_terminal_size(1), flush=True)\ninput()\n"
+    app = app_for(tmp_path, script)
+    session = app.session
+    assert isinstance(session, LocalSession)
+    at_start: list[tuple[int, int]] = []
+    start = session.start
+
+    def recording_start(app: SupervisorApp) -> None:
+        at_start.append(session._size)
+        start(app)
+
+    monkeypatch.setattr(session, "start", recording_start)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(TerminalPane)
+        await until(pilot, lambda: any(line.startswith("size") for line in pane.lines), "size")
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: pane.content_size.area > 0, "the pane shown")
+        rows, cols = pane.content_size.height, pane.content_size.width
+        assert at_start == [(rows, cols)]
+        assert f"size {cols} {rows}" in pane.lines
+        await pilot.press("enter")
+        await until(pilot, lambda: status_of(app) is not None, "the exit")

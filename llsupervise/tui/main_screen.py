@@ -70,6 +70,10 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # The command's terminal gets its size before the command starts: a size set after
+        # it has read one reaches it only as a SIGWINCH, lost if it comes before the command
+        # has a handler for it (less, under load, then drew a page of the wrong height).
+        self.on_resize()
         self.interface.start()
 
     def on_resize(self) -> None:
@@ -78,7 +82,8 @@ class MainScreen(Screen[None]):
         if pane is not None and not pane.content_size.area:
             # The pane is not shown (another tab): its size once shown is the screen less
             # the header, the tabs, the footer and its border.
-            rows, cols = max(self.size.height - 7, 2), max(self.size.width - 2, 10)
+            size = self.app.size  # the screen's own is not known yet when mounted
+            rows, cols = max(size.height - 7, 2), max(size.width - 2, 10)
             pane.screen_.resize(rows, cols)
             session.resize(rows, cols)
         self.interface.redraw.mark(FEED, RULES)  # columns are cut to the width
