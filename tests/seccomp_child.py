@@ -15,7 +15,12 @@ import socket
 import sys
 from typing import Any
 
-from llsupervise.seccomp import MEDIATED_FS_SYSCALLS, build_filter, install_filter
+from llsupervise.seccomp import (
+    MEDIATED_FS_SYSCALLS,
+    UNADDRESSED_SENDS,
+    build_filter,
+    install_filter,
+)
 
 PR_SET_NO_NEW_PRIVS = 38
 X86_64_GETPID = 39
@@ -28,7 +33,9 @@ def install(config: dict[str, Any]) -> int:
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     syscalls = config.get("syscalls", MEDIATED_FS_SYSCALLS)
-    return install_filter(build_filter(syscalls), wait_killable=config.get("wait_killable", True))
+    passing = UNADDRESSED_SENDS if config.get("pass_unaddressed_sends") else ()
+    prog = build_filter(syscalls, passing=passing)
+    return install_filter(prog, wait_killable=config.get("wait_killable", True))
 
 
 def run_op(op: dict[str, str]) -> dict[str, Any]:
@@ -76,6 +83,29 @@ def closed(config: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def _errno_or(fn: Any) -> Any:
+    try:
+        return fn()
+    except OSError as e:
+        return {"errno": e.errno}
+
+
+def sends(config: dict[str, Any]) -> dict[str, Any]:
+    """Install (sends trapped), drop the only listener: a trapped send fails with ENOSYS."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    d.bind(config["path"])
+    os.close(install(config))
+    out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    return {
+        "send": _errno_or(lambda: a.send(b"x")),
+        "received": _errno_or(lambda: b.recv(1).decode()),
+        "sendto_path": _errno_or(lambda: out.sendto(b"x", config["path"])),
+        "sendmsg": _errno_or(lambda: a.sendmsg([b"y"])),
+    }
+
+
 def x32(config: dict[str, Any]) -> dict[str, Any]:
     """An x32 getpid: same arch value as x86_64, different numbering."""
     os.close(install(config))  # a wrongly trapped call then fails fast with ENOSYS
@@ -95,7 +125,7 @@ def int80(config: dict[str, Any]) -> dict[str, Any]:
     return {"ret": func(), "pid": os.getpid()}
 
 
-MODES = {"serve": serve, "closed": closed, "x32": x32, "int80": int80}
+MODES = {"serve": serve, "closed": closed, "sends": sends, "x32": x32, "int80": int80}
 
 
 def main() -> None:

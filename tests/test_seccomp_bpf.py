@@ -23,6 +23,8 @@ from llsupervise.seccomp import (
     MPTCP_REFUSED,
     NET_SYSCALLS,
     SYSCALLS,
+    UNADDRESSED_SENDS,
+    UNIX_SYSCALLS,
     SeccompError,
     build_filter,
     disassemble,
@@ -129,6 +131,39 @@ def test_mptcp_refusal(arch: str, family: int, kind: int, protocol: int, handled
     uring = run_bpf(prog, table["io_uring_setup"], audit, (4, kind))
     assert uring == (ERRNO | errno.EPERM if handled else ALLOW)
     assert run_bpf(prog, table["connect"], audit, (3, 0, 16)) == NOTIFY
+
+
+@pytest.mark.parametrize("arch", sorted(SYSCALLS))
+@given(
+    address=st.one_of(st.just(0), st.just(1 << 32), st.just(1), st.integers(0, 2**64 - 1)),
+    passing=st.booleans(),
+)
+def test_sendto_without_an_address_passes(arch: str, address: int, passing: bool) -> None:
+    """All 64 bits of the pointer are compared: one with a zero low half is an address."""
+    prog = build_filter(UNIX_SYSCALLS, arch=arch, passing=UNADDRESSED_SENDS if passing else ())
+    table, audit = SYSCALLS[arch], AUDIT_ARCH[arch]
+    verdict = run_bpf(prog, table["sendto"], audit, (3, 0x1000, 5, 0, address, 16))
+    assert verdict == (ALLOW if passing and address == 0 else NOTIFY)
+    # The rest of what connect_unix traps is trapped whatever its arguments.
+    for name in ("connect", "sendmsg", "sendmmsg"):
+        assert run_bpf(prog, table[name], audit, (3, 0, 0, 0, 0, 0)) == NOTIFY
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("passing", [True, False])
+def test_unaddressed_sends_reach_the_kernel_and_addressed_ones_are_trapped(
+    tmp_path: Path, passing: bool
+) -> None:
+    config = {"path": str(tmp_path / "d"), "syscalls": list(UNIX_SYSCALLS),
+              "pass_unaddressed_sends": passing}  # fmt: skip
+    done = run_child("sends", config, tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    trapped = {"errno": errno.ENOSYS}  # no listener left to answer
+    assert report["send"] == (1 if passing else trapped)
+    assert report["received"] == ("x" if passing else {"errno": errno.EAGAIN})
+    assert report["sendto_path"] == trapped
+    assert report["sendmsg"] == trapped
 
 
 def test_unknown_names_and_arches_raise() -> None:

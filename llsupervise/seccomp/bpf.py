@@ -90,6 +90,22 @@ MPTCP_REFUSED: tuple[Refusal, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class PassWhenNull:
+    """A trapped call let through when its argument ``index`` (a pointer: all 64 bits are
+    compared) is NULL: what only that argument could make worth judging is absent."""
+
+    syscall: str
+    index: int
+
+
+#: sendto() with no address sends on the socket's connection (glibc's send() is this call),
+#: as write() does: nothing to judge. Trapped while ``connect_unix`` is handled, it would
+#: otherwise cost every send of every socket a round trip to the supervisor, which would
+#: then perform it. With an address, it is still judged (a datagram to a path).
+UNADDRESSED_SENDS: tuple[PassWhenNull, ...] = (PassWhenNull("sendto", 4),)
+
+
 def resolve_syscalls(syscalls: Iterable[str], arch: str) -> list[int]:
     """Sorted, de-duplicated numbers of syscalls on arch.
 
@@ -131,13 +147,31 @@ def _refusal_block(refusal: Refusal, nr: int) -> list[Instruction]:
     return block
 
 
+def _null_pass_block(passing: PassWhenNull, nr: int) -> list[Instruction]:
+    """Instructions that allow the call (accumulator: nr) when its argument is NULL, and
+    otherwise leave nr in the accumulator and fall through.
+
+    Layout: JEQ nr; LD low half; JEQ 0; LD high half; JEQ 0; RET ALLOW; LD nr (the miss)."""
+    offset = SECCOMP_DATA_ARGS_OFFSET + 8 * passing.index
+    return [
+        (BPF_JEQ_K, 0, 6, nr),  # not this syscall: past it all
+        (BPF_LD_W_ABS, 0, 0, offset),  # little-endian: the low half first
+        (BPF_JEQ_K, 0, 3, 0),
+        (BPF_LD_W_ABS, 0, 0, offset + 4),
+        (BPF_JEQ_K, 0, 1, 0),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR_OFFSET),
+    ]
+
+
 def build_filter(
     syscalls: Iterable[str],
     arch: str | None = None,
     refusals: Sequence[Refusal] = ALWAYS_REFUSED,
+    passing: Sequence[PassWhenNull] = (),
 ) -> bytes:
-    """Packed struct sock_filter array: refuse ``refusals``, notify on syscalls, allow the
-    rest, kill foreign ABIs.
+    """Packed struct sock_filter array: refuse ``refusals``, let ``passing`` through, notify
+    on syscalls, allow the rest, kill foreign ABIs.
 
     A syscall made through another ABI (i386 via int 0x80, x32) would carry numbers this filter
     does not test, so such calls kill the process instead of slipping past the supervisor.
@@ -164,6 +198,9 @@ def build_filter(
     for refusal in refusals:
         (refused_nr,) = resolve_syscalls([refusal.syscall], arch)
         head += _refusal_block(refusal, refused_nr)
+    for allowance in passing:
+        (passing_nr,) = resolve_syscalls([allowance.syscall], arch)
+        head += _null_pass_block(allowance, passing_nr)
 
     allow = len(head) + checks
     notify, kill = allow + 1, allow + 2

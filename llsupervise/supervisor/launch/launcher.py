@@ -21,6 +21,7 @@ from llsupervise.seccomp import (
     IO_URING_REFUSED,
     MPTCP_REFUSED,
     SYSCALLS,
+    UNADDRESSED_SENDS,
     Listener,
     SeccompError,
     build_filter,
@@ -105,6 +106,7 @@ def launch(
                 refuse_mptcp=bool(layer.handled_net),
                 # io_uring connects without the connect syscall (IORING_OP_CONNECT).
                 refuse_io_uring=bool(layer.handled_fs & AccessFs.CONNECT_UNIX),
+                pass_unaddressed_sends=bool(layer.handled_fs & AccessFs.CONNECT_UNIX),
             ),
             "argv": list(argv),
         }
@@ -150,18 +152,25 @@ def _static_ruleset(layer: StaticLayer) -> LandlockRuleset | None:
 
 
 def _filter_spec(
-    syscalls: Sequence[str], *, refuse_mptcp: bool, refuse_io_uring: bool = False
+    syscalls: Sequence[str],
+    *,
+    refuse_mptcp: bool,
+    refuse_io_uring: bool = False,
+    pass_unaddressed_sends: bool = False,
 ) -> dict[str, Any]:
     """The seccomp filter and what the helper needs to install it, from our bindings.
 
-    ``refuse_mptcp``: TCP bind/connect is handled, and Landlock does not see MPTCP sockets."""
+    ``refuse_mptcp``: TCP bind/connect is handled, and Landlock does not see MPTCP sockets.
+    ``pass_unaddressed_sends``: sends are trapped (``connect_unix``), but not those with no
+    address (see seccomp.bpf.UNADDRESSED_SENDS)."""
     refusals = ALWAYS_REFUSED
     if refuse_mptcp:
         refusals = (*refusals, *MPTCP_REFUSED)
     elif refuse_io_uring:
         refusals = (*refusals, *IO_URING_REFUSED)
     try:
-        program = build_filter(syscalls, refusals=refusals)
+        passing = UNADDRESSED_SENDS if pass_unaddressed_sends else ()
+        program = build_filter(syscalls, refusals=refusals, passing=passing)
     except SeccompError as exc:
         raise LaunchError(f"cannot confine the command: {exc}") from exc
     return {
