@@ -23,11 +23,13 @@ from llsupervise.supervisor.engine.requests import (
     split_last,
 )
 from llsupervise.supervisor.perform.blocking import (
+    INLINE,
     RESOLVE_CACHED,
     RESOLVE_NO_XDEV,
     MayBlock,
     inline,
     on_blocking_mount,
+    status,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
@@ -170,6 +172,10 @@ def _perform(t: Target) -> int:
     path, dir1 = _at(t.dir1, r.path)
     guard = t.guard if t.guard else None
     if r.op == "open":
+        if inline():
+            fd = _open_checked(guard, path, dir1, r.flags)
+            if fd is not None:
+                return fd
         if guard is not None:
             return _guarded_open(guard, path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
         return _open(path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
@@ -336,6 +342,84 @@ def _parent(
                        crossing=True)[0]  # fmt: skip
     stack.callback(os.close, fd)
     return fd, name
+
+
+def _open_proc_fd() -> int | None:
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+#: Our own /proc/PID/fd, opened while the process is unrestricted (every thread shares the
+#: descriptor table): :func:`_open_checked` reopens the object it checked through it.
+_PROC_FD = _open_proc_fd()
+#: What :func:`_open_checked` leaves to the general path: creations, truncation (checked
+#: against the control plane before it is applied, see _guarded_open), O_PATH, and
+#: O_NOFOLLOW (a reopen through a magic link would not keep it in the file's flags).
+_NOT_CHECKED = (
+    os.O_CREAT | os.O_TRUNC | (os.O_TMPFILE & ~os.O_DIRECTORY) | os.O_PATH | os.O_NOFOLLOW
+)
+
+
+def _open_checked(guard: Guard | None, path: bytes, dirfd: int | None, flags: int) -> int | None:
+    """A serving thread's open in one walk, of the dentry cache alone: the object ``path``
+    leads to is held (O_PATH, no magic link), checked on that fd by one statx (a regular
+    file or a directory, on a mount that cannot block and is not procfs, not the control
+    plane), then that very object is opened, through its /proc/self/fd magic link (Landlock
+    judges the open on the object's own path, as it judges the child's).
+
+    None: not taken (other flags, a walk the cache cannot answer, anything else found): the
+    general path (:func:`_open`) decides, with its own errors and checks."""
+    if flags & _NOT_CHECKED or _PROC_FD is None:
+        return None
+    try:
+        held = openat2(AT_FDCWD if dirfd is None else dirfd, path,
+                       os.O_PATH | os.O_CLOEXEC | (flags & os.O_DIRECTORY), 0,
+                       _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        try:
+            found = status(held)
+        except OSError:
+            return None
+        if (
+            found is None
+            or found.mount != INLINE
+            or not (stat.S_ISREG(found.mode) or stat.S_ISDIR(found.mode))
+        ):
+            return None
+        if guard is not None:
+            what = guard.object_by_id(
+                found.dev, found.ino, reading_only=flags & os.O_ACCMODE == os.O_RDONLY
+            )
+            if what is not None:
+                raise ProtectedError(what)
+        # O_NONBLOCK: a lease makes the open fail rather than wait (see _open_in).
+        opened = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        try:
+            fd = os.open(b"%d" % held, opened, dir_fd=_PROC_FD)
+        except BlockingIOError as exc:
+            if flags & os.O_NONBLOCK:
+                raise
+            raise KernelDecides("a leased file") from exc
+    finally:
+        os.close(held)
+    if not flags & os.O_NONBLOCK:
+        _set_blocking(fd, opened)
+    return fd
+
+
+def _set_blocking(fd: int, opened: int) -> None:
+    """Clear O_NONBLOCK, which we added, from a file opened with the flags ``opened``: the
+    status flags F_SETFL sets are the ones open kept from those flags (F_GETFL would only
+    read them back)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, opened & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
