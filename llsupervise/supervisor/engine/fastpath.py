@@ -3,9 +3,11 @@
 CONTINUE is always safe: the kernel then judges the child's own open against the static
 layer. The test is lexical (absolute paths without ``..`` under a static rule's canonical path),
 so a symlink leading out of a static tree is judged by the static layer only and raises no
-denial event; everything else goes through a broker. (Relative paths are not taken: programs
-keep symlinks beside their files, and the differential tests showed one in a static directory
-leading into a supervisor-granted one refused where the kernel would allow it.)
+denial event; everything else goes through a broker. Relative paths are not taken lexically:
+programs keep symlinks beside their files, and the differential tests showed one in a static
+directory leading into a supervisor-granted one refused where the kernel would allow it. A
+serving thread resolves a cwd-relative open instead (see engine.handler) and asks
+:meth:`StaticPrefixes.allows_open_of` about the canonical path of what it leads to.
 
 The symlinks directly in ``/`` (``/lib``, ``/bin`` ... on a merged-/usr system) are taken as
 their targets: every dynamically linked program opens ``/lib/.../libc.so.6`` and is often
@@ -72,7 +74,16 @@ class StaticPrefixes:
             return False
         else:
             flags = r.flags & _RELEVANT_FLAGS
-        path = r.path
+        return self._known_allows(r.path, flags)
+
+    def allows_open_of(self, path: bytes, flags: int) -> bool:
+        """Whether the static layer alone allows an open with ``flags`` of the object whose
+        canonical path is ``path`` (see engine.handler: a relative open, resolved)."""
+        if flags & os.O_CREAT:
+            return False
+        return self._known_allows(path, flags & _RELEVANT_FLAGS)
+
+    def _known_allows(self, path: bytes, flags: int) -> bool:
         if not path.startswith(b"/"):
             return False
         # The answer depends only on the path and the flags, and static rules never change:

@@ -42,6 +42,7 @@ from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 from llsupervise.supervisor.perform.operations import (
     KernelDecides,
     Target,
+    cached_real_path,
     perform,
 )
 from llsupervise.supervisor.rules.created import (
@@ -144,7 +145,7 @@ class RequestHandler:
             # across mounts would be, so programs copy instead, through the supervisor.
             kernel_decides(self.listener, n, moving, errno.EXDEV)
             return
-        if self._static_allows(request):
+        if self._static_allows(request) or self._static_allows_here(request, task):
             self.listener.send_continue(n.id)  # never a creation: those are performed here
             return
         index = self.created()
@@ -196,6 +197,22 @@ class RequestHandler:
     def _static_allows(self, r: FsRequest) -> bool:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
         return self.fast is not None and self.fast.allows(r)
+
+    def _static_allows_here(self, r: FsRequest, task: Task) -> bool:
+        """The fast path for an open relative to the thread's cwd (while we hold that one:
+        see contexts): judged by the canonical path of what it leads to now, found by a walk
+        of the dentry cache, so a symlink beside the file is followed as the kernel will.
+        CONTINUE is safe whatever this says."""
+        if (
+            self.fast is None
+            or r.op != "open"
+            or r.dirfd != AT_FDCWD
+            or task.cwd is None
+            or r.path.startswith(b"/")
+        ):
+            return False
+        real = cached_real_path(task.cwd, r.path, r.flags)
+        return real is not None and self.fast.allows_open_of(real, r.flags)
 
     def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
         if path.startswith(b"/"):
