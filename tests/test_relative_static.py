@@ -138,3 +138,49 @@ parent = ["{root}/granted"]
     }
     denied = {str(e.get("path", "")) for e in events if e.get("event") == "denial"}
     assert any(p.endswith("secret/s") or p.endswith("to-s") for p in denied), events
+
+
+RETARGET = r"""
+import os, sys
+os.chdir("static")
+out = []
+for target in ("../secret/s", "f", "../secret/s", "f"):
+    os.symlink(target, "x.new")
+    os.rename("x.new", "x")
+    try:
+        os.close(os.open("x", os.O_RDONLY))
+        out.append("ok")
+    except OSError as e:
+        out.append(str(e.errno))
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(out))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.trio
+async def test_a_name_found_not_static_is_judged_afresh_when_it_leads_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative name once found not static (remembered so) that comes to lead to a static
+    file is opened all the same (through the general path), and back again denied."""
+    root = Path(os.path.realpath(tmp_path))
+    for d in ("static", "secret", "out"):
+        (root / d).mkdir()
+    (root / "static" / "f").write_bytes(b"data")
+    (root / "secret" / "s").write_bytes(b"secret")
+    monkeypatch.chdir(root)
+    doc = policy(
+        root,
+        extra_static=f"""
+[[path_beneath]]
+allowed_access = ["abi.read_write"]
+parent = ["{root}/static"]
+""",
+    )
+    async with Supervisor.open(doc) as sup:
+        status = await sup.run(
+            [sys.executable, "-c", RETARGET, str(root / "out" / "result")], forward_signals=False
+        )
+    assert status == 0
+    assert (root / "out" / "result").read_text() == "13 ok 13 ok"
