@@ -210,13 +210,12 @@ class Status(NamedTuple):
     mode: int
     dev: int
     ino: int
-    rdev: int
     #: What its mount is (INLINE, BLOCKING or PROCFS).
     mount: int
 
 
-#: stx_mask, stx_mode, stx_ino, stx_rdev_major/minor, stx_dev_major/minor, stx_mnt_id.
-_STATX_FIELDS = struct.Struct("=I24xH2xQ88xIIIIQ")
+#: stx_mask, stx_mode, stx_ino, stx_dev_major/minor, stx_mnt_id.
+_STATX_FIELDS = struct.Struct("=I24xH2xQ96xIIQ")
 _STATX_WANTED = _STATX_TYPE | _STATX_MODE | _STATX_INO | _STATX_MNT_ID_UNIQUE
 
 
@@ -229,11 +228,10 @@ def status(fd: int) -> Status | None:
     if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_WANTED, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    mask, mode, ino, rmaj, rmin, dmaj, dmin, unique = _STATX_FIELDS.unpack_from(buf)
+    mask, mode, ino, major, minor, unique = _STATX_FIELDS.unpack_from(buf)
     if not mask & _STATX_MNT_ID_UNIQUE:
         return None
-    kind = MOUNTS.kind_of(fd, unique)
-    return Status(mode, os.makedev(dmaj, dmin), ino, os.makedev(rmaj, rmin), kind)
+    return Status(mode, os.makedev(major, minor), ino, MOUNTS.kind_of(fd, unique))
 
 
 def on_blocking_mount(fd: int) -> bool:

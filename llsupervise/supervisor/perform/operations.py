@@ -132,9 +132,10 @@ def _openat2_stat(
     return int(fd), st
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per performed request, and frozen costs 3x
 class Target:
-    """A request bound to directories the supervisor opened for the child."""
+    """A request bound to directories the supervisor opened for the child (never changed
+    once made: a changed copy is made with dataclasses.replace)."""
 
     request: FsRequest
     #: O_PATH fds standing for the child's dirfd (None: the path is absolute).
