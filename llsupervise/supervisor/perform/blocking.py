@@ -236,6 +236,9 @@ def status(fd: int) -> Status | None:
 
 def on_blocking_mount(fd: int) -> bool:
     try:
+        found = status(fd)
+        if found is not None:
+            return found.mount == BLOCKING
         return MOUNTS.blocking(mount_id(fd))
     except OSError:
         return True

@@ -23,7 +23,9 @@ from llsupervise.supervisor.engine.requests import (
     split_last,
 )
 from llsupervise.supervisor.perform.blocking import (
+    BLOCKING,
     INLINE,
+    PROCFS,
     RESOLVE_CACHED,
     RESOLVE_NO_XDEV,
     MayBlock,
@@ -97,30 +99,27 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
 
 
 def _openat2_stat(
-    dirfd: int | None, path: bytes, flags: int, mode: int, *, crossing: bool = False
+    dirfd: int | None, path: bytes, flags: int, mode: int
 ) -> tuple[int, os.stat_result]:
     """:func:`_openat2`, and the status of what it opened.
 
-    On a serving thread (see blocking) the walk stays on ``dirfd``'s mount, or, when
-    ``crossing`` (O_PATH only), uses only what the dentry cache holds and must end on a
-    mount that cannot block; otherwise :class:`MayBlock`."""
+    On a serving thread (see blocking) the walk stays on ``dirfd``'s mount; otherwise
+    :class:`MayBlock`. (A directory reached across mounts: :func:`_directory_inline`.)"""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
     resolve = _RESOLVE_NO_MAGICLINKS
     serving = inline()
     if serving:
-        resolve |= RESOLVE_CACHED if crossing else RESOLVE_NO_XDEV
+        resolve |= RESOLVE_NO_XDEV
     try:
         fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, mode, resolve)
     except OSError as exc:
-        if serving and exc.errno == (errno.EAGAIN if crossing else errno.EXDEV):
-            raise MayBlock("a walk the dentry cache cannot answer, or off the mount") from exc
+        if serving and exc.errno == errno.EXDEV:
+            raise MayBlock("off the mount") from exc
         if exc.errno in (errno.ELOOP, errno.EINVAL):
             raise KernelDecides("magic link, or flags openat2 refuses") from exc
         raise
     try:
-        if serving and crossing and on_blocking_mount(fd):
-            raise MayBlock("on a filesystem that may block")
         st = os.fstat(fd)
         caller = _names_caller(fd, st)
     except BaseException:
@@ -307,13 +306,25 @@ def _guarded_open(guard: Guard, path: bytes, dirfd: int | None, flags: int, mode
     opened, before anything is written: ``O_TRUNC`` is applied only after the check, by
     reopening that very file."""
     writes = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & (os.O_TRUNC | os.O_CREAT))
-    if flags & os.O_CREAT:
-        with contextlib.ExitStack() as stack:
-            parent, name = _parent(stack, dirfd, path)
+    st: os.stat_result | None = None
+    if flags & os.O_CREAT and inline():
+        # The entry checked is the entry opened: its directory is resolved once.
+        parent, name, owned = _parent_fd(dirfd, path)
+        try:
             guard.refuse_entries((parent, name))
-    fd = _open(path, dirfd, flags & ~os.O_TRUNC, mode)
+            fd, st = _open_in_stat(name, parent, flags & ~os.O_TRUNC, mode)
+        finally:
+            if owned is not None:
+                os.close(owned)
+    else:
+        if flags & os.O_CREAT:
+            with contextlib.ExitStack() as stack:
+                parent, name = _parent(stack, dirfd, path)
+                guard.refuse_entries((parent, name))
+        fd = _open(path, dirfd, flags & ~os.O_TRUNC, mode)
     try:
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         guard.refuse_open(st, reading_only=not writes)
         if not flags & os.O_TRUNC or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return fd
@@ -334,15 +345,51 @@ def _parent(
     """``(directory fd, last component)`` for ``path`` relative to ``dirfd``: the directory
     is opened (O_PATH, closed by ``stack``) through :func:`_openat2` when the path has one.
     Trailing slashes stay with the last component, which keeps their meaning."""
+    fd, name, owned = _parent_fd(dirfd, path)
+    if owned is not None:
+        stack.callback(os.close, owned)
+    return fd, name
+
+
+def _parent_fd(dirfd: int | None, path: bytes) -> tuple[int | None, bytes, int | None]:
+    """:func:`_parent` without a stack: also the directory fd if it is ours to close."""
     parent, name = split_last(path)
     if parent is None:
         if inline() and dirfd is not None and on_blocking_mount(dirfd):
             raise MayBlock("acts in a directory on a filesystem that may block")
-        return dirfd, path  # a bare name (in the child's own directory fd), or "/"
-    fd = _openat2_stat(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                       crossing=True)[0]  # fmt: skip
-    stack.callback(os.close, fd)
-    return fd, name
+        return dirfd, path, None  # a bare name (in the child's own directory fd), or "/"
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = _directory_inline(dirfd, parent, flags) if inline() else _openat2(dirfd, parent, flags, 0)
+    return fd, name, fd
+
+
+def _directory_inline(dirfd: int | None, path: bytes, flags: int) -> int:
+    """On a serving thread, the directory ``path`` names, by a walk of the dentry cache,
+    on a mount that cannot block; it names its caller if it is on procfs (KernelDecides)."""
+    try:
+        fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, 0,
+                     _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise MayBlock("a walk the dentry cache cannot answer") from exc
+        if exc.errno in (errno.ELOOP, errno.EINVAL):
+            raise KernelDecides("magic link, or flags openat2 refuses") from exc
+        raise
+    try:
+        found = status(fd)
+        if found is None:  # before Linux 6.8: the mount table, and the directory's statfs
+            if on_blocking_mount(fd):
+                raise MayBlock("on a filesystem that may block")
+            if _names_caller(fd, os.fstat(fd)):
+                raise KernelDecides("an object that names its caller")
+        elif found.mount == BLOCKING:
+            raise MayBlock("on a filesystem that may block")
+        elif found.mount == PROCFS:
+            raise KernelDecides("an object that names its caller")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_proc_fd() -> int | None:
@@ -454,12 +501,22 @@ def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     if not inline():
         return _open_in(path, dirfd, flags, mode)
     # A serving thread opens the last component from its directory, on that one's mount.
-    with contextlib.ExitStack() as stack:
-        parent, name = _parent(stack, dirfd, path)
+    parent, name, owned = _parent_fd(dirfd, path)
+    try:
         return _open_in(name, parent, flags, mode)
+    finally:
+        if owned is not None:
+            os.close(owned)
 
 
 def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
+    return _open_in_stat(path, dirfd, flags, mode)[0]
+
+
+def _open_in_stat(
+    path: bytes, dirfd: int | None, flags: int, mode: int
+) -> tuple[int, os.stat_result]:
+    """The open of ``path`` in ``dirfd``, and the status of what it opened."""
     # O_NONBLOCK keeps a FIFO or device from blocking the broker; the child's own flags are
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
     blocking = not flags & os.O_NONBLOCK
@@ -471,8 +528,9 @@ def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             # through, and the child's open would then wait for one that came and went.
             raise KernelDecides("blocking FIFO open for reading")
     extra = os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
+    opened = (flags & ~os.O_CLOEXEC) | extra
     try:
-        fd, st = _openat2_stat(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
+        fd, st = _openat2_stat(dirfd, path, opened, mode)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             kind = _kind(dirfd, path)
@@ -502,8 +560,8 @@ def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
         os.close(fd)
         raise KernelDecides("a terminal opened without O_NOCTTY")
     if blocking:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return fd
+        _set_blocking(fd, opened)
+    return fd, st
 
 
 def _open_locks() -> int | None:
