@@ -174,3 +174,21 @@ def test_a_fifo_is_left_to_the_general_path(root: Path) -> None:
     with serving():
         for flags in (os.O_RDONLY, os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_NONBLOCK):
             assert _open_checked(None, os.fsencode(root) + b"/fifo", None, flags) is None
+
+
+def test_a_mounts_kind_is_known_by_its_unique_id(root: Path) -> None:
+    """statx's unique mount id tells procfs, and an ordinary filesystem, apart (from the
+    mount table); what was learnt is kept by that id, which the kernel never reuses."""
+    here = os.open(root, os.O_PATH | os.O_CLOEXEC)
+    proc = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)
+    try:
+        mine, procs = blocking.status(here), blocking.status(proc)
+        assert mine is not None and procs is not None
+        assert mine.mount == blocking.INLINE
+        assert procs.mount == blocking.PROCFS
+        st = os.fstat(here)
+        assert (mine.dev, mine.ino) == (st.st_dev, st.st_ino)
+        assert blocking.INLINE in blocking.MOUNTS._by_unique.values()
+    finally:
+        os.close(here)
+        os.close(proc)
