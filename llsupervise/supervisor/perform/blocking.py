@@ -14,20 +14,25 @@ will block without doing it.
 
 How inline stays off such filesystems, race-free against the program renaming things:
 
-- The directory a request acts in is resolved with ``RESOLVE_CACHED`` (no lookup that needs
-  the filesystem: a FUSE dentry past its timeout is not revalidated, it fails with EAGAIN),
-  and its mount is looked up (``statx`` with ``AT_STATX_DONT_SYNC`` asks for the mount id
-  only; no filesystem call) in ``/proc/self/mountinfo``.
-- The last component is then reached from that directory with ``RESOLVE_NO_XDEV``: it can
-  only be on the same mount, whatever the program puts in its place meanwhile.
+- A plain open (no creation, no truncation) walks its whole path with ``RESOLVE_CACHED`` to an
+  O_PATH descriptor (no lookup that needs the filesystem: a FUSE dentry past its timeout is
+  not revalidated, it fails with EAGAIN); one ``statx`` of it (``AT_STATX_DONT_SYNC``: no
+  filesystem call) gives its type and its mount, which must not block; that very object is
+  then opened through its ``/proc/self/fd`` link (see operations._open_checked).
+- Otherwise the directory a request acts in is resolved with ``RESOLVE_CACHED`` and its
+  mount checked likewise; the last component is then reached from that directory with
+  ``RESOLVE_NO_XDEV``: it can only be on the same mount, whatever the program puts in its
+  place meanwhile.
+- A mount's kind comes from ``/proc/self/mountinfo``, kept by the unique mount id statx gives
+  (Linux 6.8; never reused, so no re-read is needed while the ids are known).
 - Anything else (a walk not in the cache, another mount on the way, a blocking mount, a
   Landlock denial whose analysis walks the path again) raises :class:`MayBlock`.
 
 ``statfs`` is not used to tell the filesystem: FUSE answers it with a FUSE_STATFS request
 to the server, which is exactly what must not be waited for.
 
-The price: a few more syscalls per performed request (the directory is opened on its own,
-and its mount looked up), and a first walk that is not cached yet goes through a worker.
+The price: a statx per performed request, and a first walk that is not cached yet goes
+through a worker.
 
 Not covered: the child's cwd and dirfds are still opened (through their /proc magic links,
 by the unrestricted helper the serving thread waits for). FUSE is not asked then, but NFS
