@@ -192,3 +192,26 @@ def test_a_mounts_kind_is_known_by_its_unique_id(root: Path) -> None:
     finally:
         os.close(here)
         os.close(proc)
+
+
+def test_a_forked_child_reopens_its_own_descriptors(root: Path) -> None:
+    """The /proc/self/fd the one walk reopens through is the process's own after a fork."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        ok = False
+        try:
+            os.close(read)
+            from llsupervise.supervisor.perform import operations
+
+            assert operations._PROC_FD is not None
+            ok = os.readlink(f"/proc/self/fd/{operations._PROC_FD}") == f"/proc/{os.getpid()}/fd"
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)

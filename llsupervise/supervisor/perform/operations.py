@@ -402,6 +402,17 @@ def _open_proc_fd() -> int | None:
 #: Our own /proc/PID/fd, opened while the process is unrestricted (every thread shares the
 #: descriptor table): :func:`_open_checked` reopens the object it checked through it.
 _PROC_FD = _open_proc_fd()
+
+
+def _proc_fd_after_fork() -> None:
+    """A forked child's own: the parent's would reopen the parent's descriptors."""
+    global _PROC_FD
+    if _PROC_FD is not None:
+        os.close(_PROC_FD)
+    _PROC_FD = _open_proc_fd()
+
+
+os.register_at_fork(after_in_child=_proc_fd_after_fork)
 #: What :func:`_open_checked` leaves to the general path: creations, truncation (checked
 #: against the control plane before it is applied, see _guarded_open), O_PATH, and
 #: O_NOFOLLOW (a reopen through a magic link would not keep it in the file's flags).
