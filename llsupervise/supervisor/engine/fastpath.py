@@ -63,6 +63,17 @@ class StaticPrefixes:
             if table.is_dir(obj):
                 path = os.fsencode(fd_path(table.fd(obj))).rstrip(b"/")
                 self._dirs[path] = self._dirs.get(path, 0) | int(access)
+        # The directories by the rights they grant: a path is tested against each group in
+        # one call (bytes.startswith with a tuple), not component by component.
+        groups: dict[int, list[bytes]] = {}
+        for path, rights in self._dirs.items():
+            groups.setdefault(rights, []).append(path)
+        self._groups = [
+            (rights, frozenset(paths), tuple(p + b"/" for p in paths))
+            for rights, paths in groups.items()
+        ]
+        #: The rights an open with these (relevant) flags needs, by the flags.
+        self._needs: dict[int, int] = {}
 
     def allows(self, r: FsRequest) -> bool:
         """Whether the static layer alone allows ``r`` (an open or an exec by absolute path)."""
@@ -104,17 +115,20 @@ class StaticPrefixes:
         target = self._links.get(path if end < 0 else path[:end])
         if target is not None:
             path = target if end < 0 else target + path[end:]
-        if flags == _EXECUTE:
-            need = _EXECUTE_RIGHT
-        else:
-            # Either a file or a directory may be behind the path: require both kinds of read.
-            need = int(open_rights(flags, False) | open_rights(flags, True))
-        dirs = self._dirs
-        granted = dirs.get(b"", 0)  # a rule on "/"
+        need = self._needs.get(flags)
+        if need is None:
+            if flags == _EXECUTE:
+                need = _EXECUTE_RIGHT
+            else:
+                # Either a file or a directory may be behind the path: both kinds of read.
+                need = int(open_rights(flags, False) | open_rights(flags, True))
+            self._needs[flags] = need
         path = path.rstrip(b"/")
-        while path:
-            granted |= dirs.get(path, 0)
-            if not need & ~granted:
-                return True
-            path = path[: path.rfind(b"/")] if b"/" in path else b""
-        return not need & ~granted
+        granted = 0
+        for access, exact, beneath in self._groups:
+            # A rule on "/" is b"" here, and b"/" beneath: every absolute path.
+            if path in exact or path.startswith(beneath):
+                granted |= access
+                if not need & ~granted:
+                    return True
+        return False
