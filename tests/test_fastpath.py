@@ -100,3 +100,46 @@ def test_root_links_are_the_symlinks_in_root() -> None:
             assert links[os.fsencode(path)] == os.fsencode(os.path.realpath(path))
         else:
             assert os.fsencode(path) not in links
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    root_rights=st.sampled_from(RIGHTS),
+    rules=st.dictionaries(st.sampled_from(DIRS), st.sampled_from(RIGHTS)),
+    rel=st.lists(NAMES, min_size=0, max_size=4).map(b"/".join),
+    flags=FLAGS,
+)
+def test_a_rule_on_root_covers_every_path(
+    tmp_path: Path, root_rights: AccessFs, rules: dict[str, AccessFs], rel: bytes, flags: int
+) -> None:
+    """A rule on "/" adds its rights to every absolute path, "/" itself included."""
+    for d in DIRS:
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    with ObjectTable() as table:
+        static = Ruleset.empty(AccessFs(0xFFFF)).with_fs(table.open("/"), root_rights)
+        for d, access in rules.items():
+            static = static.with_fs(table.open(str(tmp_path / d)), access)
+        prefixes = StaticPrefixes(static, table, links={})
+        for path in (os.fsencode(str(tmp_path)) + b"/" + rel, b"/", b"/" + rel):
+            if b"/.." in path:
+                continue
+            need = (
+                AccessFs.EXECUTE
+                if flags == -1
+                else open_rights(flags, False) | open_rights(flags, True)
+            )
+            expected = need & ~(root_rights | _under(tmp_path, rules, path)) == AccessFs(0)
+            if flags == -1:
+                request = FsRequest("execve", "execute", -100, path)
+            else:
+                request = FsRequest("openat", "open", -100, path, flags)
+            assert prefixes.allows(request) == expected
+
+
+def _under(root: Path, rules: dict[str, AccessFs], path: bytes) -> AccessFs:
+    granted = AccessFs(0)
+    for d, access in rules.items():
+        prefix = os.fsencode(str(root / d))
+        if path == prefix or path.startswith(prefix + b"/"):
+            granted |= access
+    return granted

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from supervised import make_tree, run_script
 
-from llsupervise.supervisor.perform.placement import borrow, give_back, home_cpu
+from llsupervise.supervisor.perform import placement
+from llsupervise.supervisor.perform.placement import Choice, borrow, give_back, home_cpu
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -71,9 +72,12 @@ with open("out/affinity", "w") as f:
 
 @pytest.mark.kernel
 @pytest.mark.trio
+@pytest.mark.parametrize("borrowing", [True, False], ids=["borrowing", "direct"])
 async def test_grants_leave_the_childs_affinity_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, borrowing: bool
 ) -> None:
+    """Whichever way the descriptors are injected (see placement.Choice)."""
+    monkeypatch.setattr(placement.CHOICE, "borrowing", lambda: borrowing)
     make_tree(tmp_path)
     monkeypatch.chdir(tmp_path)
     rule = f"""
@@ -86,3 +90,28 @@ parent = ["{tmp_path}/data"]
     before, after, chosen = (tmp_path / "out" / "affinity").read_text().split("|")
     assert before == after == str(CPUS)
     assert chosen == str([CPUS[-1]])
+
+
+def test_the_choice_goes_the_cheaper_way_and_now_and_then_the_other() -> None:
+    choice = Choice()
+    ways = []
+    for _ in range(4 * Choice.EXPLORE):
+        borrowed = choice.borrowing()
+        ways.append(borrowed)
+        choice.took(borrowed, 30_000 if borrowed else 10_000)  # borrowing costs more here
+    assert ways.count(True) == 1 + 4  # measured at first, then one in EXPLORE
+    assert not any(ways[1 : Choice.EXPLORE - 1])
+
+
+def test_the_choice_follows_a_change_of_costs() -> None:
+    choice = Choice()
+    for _ in range(4 * Choice.EXPLORE):
+        borrowed = choice.borrowing()
+        choice.took(borrowed, 30_000 if borrowed else 10_000)
+    # Now the direct way gets dear (an idle CPU to wake, say): borrowing wins in time.
+    ways = []
+    for _ in range(8 * Choice.EXPLORE):
+        borrowed = choice.borrowing()
+        ways.append(borrowed)
+        choice.took(borrowed, 30_000 if borrowed else 80_000)
+    assert ways[-Choice.EXPLORE :].count(True) == Choice.EXPLORE - 1

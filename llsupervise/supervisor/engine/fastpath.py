@@ -3,9 +3,11 @@
 CONTINUE is always safe: the kernel then judges the child's own open against the static
 layer. The test is lexical (absolute paths without ``..`` under a static rule's canonical path),
 so a symlink leading out of a static tree is judged by the static layer only and raises no
-denial event; everything else goes through a broker. (Relative paths are not taken: programs
-keep symlinks beside their files, and the differential tests showed one in a static directory
-leading into a supervisor-granted one refused where the kernel would allow it.)
+denial event; everything else goes through a broker. Relative paths are not taken lexically:
+programs keep symlinks beside their files, and the differential tests showed one in a static
+directory leading into a supervisor-granted one refused where the kernel would allow it. A
+serving thread resolves a cwd-relative open instead (see engine.handler) and asks
+:meth:`StaticPrefixes.allows_open_of` about the canonical path of what it leads to.
 
 The symlinks directly in ``/`` (``/lib``, ``/bin`` ... on a merged-/usr system) are taken as
 their targets: every dynamically linked program opens ``/lib/.../libc.so.6`` and is often
@@ -61,6 +63,17 @@ class StaticPrefixes:
             if table.is_dir(obj):
                 path = os.fsencode(fd_path(table.fd(obj))).rstrip(b"/")
                 self._dirs[path] = self._dirs.get(path, 0) | int(access)
+        # The directories by the rights they grant: a path is tested against each group in
+        # one call (bytes.startswith with a tuple), not component by component.
+        groups: dict[int, list[bytes]] = {}
+        for path, rights in self._dirs.items():
+            groups.setdefault(rights, []).append(path)
+        self._groups = [
+            (rights, frozenset(paths), tuple(p + b"/" for p in paths))
+            for rights, paths in groups.items()
+        ]
+        #: The rights an open with these (relevant) flags needs, by the flags.
+        self._needs: dict[int, int] = {}
 
     def allows(self, r: FsRequest) -> bool:
         """Whether the static layer alone allows ``r`` (an open or an exec by absolute path)."""
@@ -72,7 +85,16 @@ class StaticPrefixes:
             return False
         else:
             flags = r.flags & _RELEVANT_FLAGS
-        path = r.path
+        return self._known_allows(r.path, flags)
+
+    def allows_open_of(self, path: bytes, flags: int) -> bool:
+        """Whether the static layer alone allows an open with ``flags`` of the object whose
+        canonical path is ``path`` (see engine.handler: a relative open, resolved)."""
+        if flags & os.O_CREAT:
+            return False
+        return self._known_allows(path, flags & _RELEVANT_FLAGS)
+
+    def _known_allows(self, path: bytes, flags: int) -> bool:
         if not path.startswith(b"/"):
             return False
         # The answer depends only on the path and the flags, and static rules never change:
@@ -93,17 +115,20 @@ class StaticPrefixes:
         target = self._links.get(path if end < 0 else path[:end])
         if target is not None:
             path = target if end < 0 else target + path[end:]
-        if flags == _EXECUTE:
-            need = _EXECUTE_RIGHT
-        else:
-            # Either a file or a directory may be behind the path: require both kinds of read.
-            need = int(open_rights(flags, False) | open_rights(flags, True))
-        dirs = self._dirs
-        granted = dirs.get(b"", 0)  # a rule on "/"
+        need = self._needs.get(flags)
+        if need is None:
+            if flags == _EXECUTE:
+                need = _EXECUTE_RIGHT
+            else:
+                # Either a file or a directory may be behind the path: both kinds of read.
+                need = int(open_rights(flags, False) | open_rights(flags, True))
+            self._needs[flags] = need
         path = path.rstrip(b"/")
-        while path:
-            granted |= dirs.get(path, 0)
-            if not need & ~granted:
-                return True
-            path = path[: path.rfind(b"/")] if b"/" in path else b""
-        return not need & ~granted
+        granted = 0
+        for access, exact, beneath in self._groups:
+            # A rule on "/" is b"" here, and b"/" beneath: every absolute path.
+            if path in exact or path.startswith(beneath):
+                granted |= access
+                if not need & ~granted:
+                    return True
+        return False

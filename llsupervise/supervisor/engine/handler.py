@@ -43,6 +43,7 @@ from llsupervise.supervisor.perform.guard import Guard, ProtectedError
 from llsupervise.supervisor.perform.operations import (
     KernelDecides,
     Target,
+    cached_real_path,
     perform,
 )
 from llsupervise.supervisor.rules.created import (
@@ -60,6 +61,11 @@ EXEC_SYSCALLS = ("execve", "execveat")
 #: it more than it had (read a secret through a granted directory). Refused instead.
 MOVE_SYSCALLS = frozenset({"rename", "renameat", "renameat2", "link", "linkat"})
 
+
+#: The open flags the static judgement of a relative open depends on (see fastpath).
+_JUDGED_FLAGS = os.O_ACCMODE | os.O_TRUNC | os.O_CREAT | os.O_NOFOLLOW | os.O_DIRECTORY
+#: Relative opens remembered as not static at most (then forgotten all at once).
+_NOT_STATIC_KEPT = 4096
 
 #: What a program is told when its request was not done by the deadline (see offload): an
 #: I/O error, as from a filesystem whose server is gone.
@@ -130,6 +136,8 @@ class RequestHandler:
             lambda tid, dirfd, path: self._dirfd(tid, dirfd, path, None), on_stall,
         )  # fmt: skip
         self.refusals = Refusals(listener, handled_fs, on_denial)
+        #: cwd-relative opens found not allowed by the static layer (see _static_allows_here).
+        self._not_static: set[tuple[int, int, bytes, int]] = set()
 
     def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
         """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
@@ -164,7 +172,7 @@ class RequestHandler:
             # across mounts would be, so programs copy instead, through the supervisor.
             kernel_decides(self.listener, n, moving, errno.EXDEV)
             return
-        if self._static_allows(request):
+        if self._static_allows(request) or self._static_allows_here(request, task):
             self.listener.send_continue(n.id)  # never a creation: those are performed here
             return
         index = self.created()
@@ -216,6 +224,35 @@ class RequestHandler:
     def _static_allows(self, r: FsRequest) -> bool:
         """The lexical fast path (see fastpath): CONTINUE is safe whatever it says."""
         return self.fast is not None and self.fast.allows(r)
+
+    def _static_allows_here(self, r: FsRequest, task: Task) -> bool:
+        """The fast path for an open relative to the thread's cwd (while we hold that one:
+        see contexts): judged by the canonical path of what it leads to now, found by a walk
+        of the dentry cache, so a symlink beside the file is followed as the kernel will.
+        CONTINUE is safe whatever this says. A path found not static is not looked up again
+        while that cwd is held (by the same fd): if it has become static since, it takes the
+        general path, as every relative open did before, which is correct too."""
+        if (
+            self.fast is None
+            or r.op != "open"
+            or r.dirfd != AT_FDCWD
+            or task.cwd is None
+            or r.path.startswith(b"/")
+        ):
+            return False
+        # What was not static stays so, or only costs the general path: not looked up again.
+        key = (task.tid, task.cwd, r.path, r.flags & _JUDGED_FLAGS)
+        if key in self._not_static:
+            return False
+        real = cached_real_path(task.cwd, r.path, r.flags)
+        if real is None:
+            return False
+        if self.fast.allows_open_of(real, r.flags):
+            return True
+        if len(self._not_static) >= _NOT_STATIC_KEPT:
+            self._not_static.clear()
+        self._not_static.add(key)
+        return False
 
     def _dirfd(self, tid: int, dirfd: int, path: bytes, task: Task | None) -> int | None:
         if path.startswith(b"/"):

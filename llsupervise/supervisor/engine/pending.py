@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from llsupervise.seccomp import Listener, Notification
 from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.perform.operations import Target
-from llsupervise.supervisor.perform.placement import borrow, give_back
+from llsupervise.supervisor.perform.placement import CHOICE, borrow, give_back
 
 
 @dataclass
@@ -56,17 +57,22 @@ def reply(
     if request.op == "open":
         cloexec = bool(request.flags & os.O_CLOEXEC)
         try:
-            original = borrow(n.pid, cpu)
-            if original is None:
+            if cpu is None:
                 listener.addfd(n.id, result, send=True, cloexec=cloexec)
                 return
-            try:
-                # Not answered yet: the thread must not run its program while pinned.
-                # (Only a fatal signal can end the wait in between: WAIT_KILLABLE_RECV.)
-                injected = listener.addfd(n.id, result, cloexec=cloexec)
-            finally:
-                give_back(n.pid, original)
-            listener.send_value(n.id, injected)
+            start = time.perf_counter_ns()
+            original = borrow(n.pid, cpu) if CHOICE.borrowing() else None
+            if original is None:
+                listener.addfd(n.id, result, send=True, cloexec=cloexec)
+            else:
+                try:
+                    # Not answered yet: the thread must not run its program while pinned.
+                    # (Only a fatal signal can end the wait in between: WAIT_KILLABLE_RECV.)
+                    injected = listener.addfd(n.id, result, cloexec=cloexec)
+                finally:
+                    give_back(n.pid, original)
+                listener.send_value(n.id, injected)
+            CHOICE.took(original is not None, time.perf_counter_ns() - start)
         finally:
             os.close(result)
     else:

@@ -14,20 +14,25 @@ will block without doing it.
 
 How inline stays off such filesystems, race-free against the program renaming things:
 
-- The directory a request acts in is resolved with ``RESOLVE_CACHED`` (no lookup that needs
-  the filesystem: a FUSE dentry past its timeout is not revalidated, it fails with EAGAIN),
-  and its mount is looked up (``statx`` with ``AT_STATX_DONT_SYNC`` asks for the mount id
-  only; no filesystem call) in ``/proc/self/mountinfo``.
-- The last component is then reached from that directory with ``RESOLVE_NO_XDEV``: it can
-  only be on the same mount, whatever the program puts in its place meanwhile.
+- A plain open (no creation, no truncation) walks its whole path with ``RESOLVE_CACHED`` to an
+  O_PATH descriptor (no lookup that needs the filesystem: a FUSE dentry past its timeout is
+  not revalidated, it fails with EAGAIN); one ``statx`` of it (``AT_STATX_DONT_SYNC``: no
+  filesystem call) gives its type and its mount, which must not block; that very object is
+  then opened through its ``/proc/self/fd`` link (see operations._open_checked).
+- Otherwise the directory a request acts in is resolved with ``RESOLVE_CACHED`` and its
+  mount checked likewise; the last component is then reached from that directory with
+  ``RESOLVE_NO_XDEV``: it can only be on the same mount, whatever the program puts in its
+  place meanwhile.
+- A mount's kind comes from ``/proc/self/mountinfo``, kept by the unique mount id statx gives
+  (Linux 6.8; never reused, so no re-read is needed while the ids are known).
 - Anything else (a walk not in the cache, another mount on the way, a blocking mount, a
   Landlock denial whose analysis walks the path again) raises :class:`MayBlock`.
 
 ``statfs`` is not used to tell the filesystem: FUSE answers it with a FUSE_STATFS request
 to the server, which is exactly what must not be waited for.
 
-The price: a few more syscalls per performed request (the directory is opened on its own,
-and its mount looked up), and a first walk that is not cached yet goes through a worker.
+The price: a statx per performed request, and a first walk that is not cached yet goes
+through a worker.
 
 Not avoided, only bounded: the child's cwd and dirfds are still opened (through their /proc
 magic links, O_PATH, by the unrestricted helper the serving thread waits for). FUSE is not
@@ -45,6 +50,7 @@ import os
 import select
 import struct
 import threading
+from typing import NamedTuple
 
 from llsupervise.libc import libc as _libc
 from llsupervise.supervisor.perform.procfs import read_whole
@@ -76,8 +82,11 @@ RESOLVE_CACHED = 0x20
 
 _AT_EMPTY_PATH = 0x1000
 _AT_STATX_DONT_SYNC = 0x4000
+_STATX_TYPE = 0x1
+_STATX_MODE = 0x2
 _STATX_INO = 0x100
 _STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_UNIQUE = 0x4000
 #: struct statx (256 bytes): stx_ino is the u64 at 0x20, stx_dev_major and _minor the u32s
 #: at 0x88 and 0x8c, stx_mnt_id the u64 at 0x90.
 _STATX_SIZE = 256
@@ -109,14 +118,25 @@ def cached_identity(fd: int) -> tuple[int, int]:
     return os.makedev(major, minor), ctypes.c_uint64.from_buffer(buf, _STATX_INO_OFFSET).value
 
 
+#: What a mount is, for serving inline: safe, on a filesystem that may block, or procfs
+#: (never reached for the child: its objects name their caller, see operations).
+INLINE, BLOCKING, PROCFS = 0, 1, 2
+
+
 class Mounts:
-    """Which mounts (by id) are on blocking filesystems, read from a mountinfo opened while
-    the process was unrestricted; re-read when the mount table changes (poll says so)."""
+    """What each mount (by id) is, read from a mountinfo opened while the process was
+    unrestricted; re-read when the mount table changes (poll says so).
+
+    Kinds are also kept by *unique* mount id (``STATX_MNT_ID_UNIQUE``, Linux 6.8): those
+    ids are never reused, so what was learnt of one holds for ever, and a request whose
+    mount is known costs one statx and no poll."""
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
-        self._blocking: dict[int, bool] = {}
+        self._kinds: dict[int, int] = {}
+        #: Unique mount id -> kind; only kinds found in the table (see kind_of).
+        self._by_unique: dict[int, int] = {}
         self._poll = select.poll()
         if fd is not None:
             self._poll.register(fd, select.POLLPRI)
@@ -124,18 +144,43 @@ class Mounts:
 
     def blocking(self, mnt_id: int) -> bool:
         """Whether mount ``mnt_id`` is on a blocking filesystem; unknown counts as blocking."""
-        with self._lock:
-            if self._fd is None:
-                return True
-            if self._poll.poll(0):
-                self._blocking.clear()  # mounted or unmounted since: ids may be reused
-            known = self._blocking.get(mnt_id)
-            if known is None:
-                self._blocking = self._read()
-                known = self._blocking.get(mnt_id, True)
-            return known
+        return self.kind(mnt_id) == BLOCKING
 
-    def _read(self) -> dict[int, bool]:
+    def kind(self, mnt_id: int) -> int:
+        """What mount ``mnt_id`` (the reusable id) is; unknown counts as BLOCKING."""
+        with self._lock:
+            return self._kind_locked(mnt_id)
+
+    def _kind_locked(self, mnt_id: int) -> int:
+        if self._fd is None:
+            return BLOCKING
+        if self._poll.poll(0):
+            self._kinds.clear()  # mounted or unmounted since: ids may be reused
+        known = self._kinds.get(mnt_id)
+        if known is None:
+            self._kinds = self._read()
+            known = self._kinds.get(mnt_id)
+        return BLOCKING if known is None else known
+
+    def kind_of(self, fd: int, unique: int) -> int:
+        """What the mount of ``fd`` is, ``unique`` its unique mount id (taken of ``fd``,
+        which keeps that mount, and so its reusable id, alive while it is looked up)."""
+        known = self._by_unique.get(unique)
+        if known is not None:
+            return known
+        with self._lock:
+            try:
+                old = mount_id(fd)
+            except OSError:
+                return BLOCKING
+            known = self._kind_locked(old)
+            if old in self._kinds:  # listed; unlisted is not kept (an unreadable table)
+                if len(self._by_unique) >= _UNIQUE_KEPT:
+                    self._by_unique.clear()
+                self._by_unique[unique] = known
+        return known
+
+    def _read(self) -> dict[int, int]:
         assert self._fd is not None
         try:
             text = read_whole(self._fd)
@@ -147,8 +192,13 @@ class Mounts:
             with contextlib.suppress(ValueError, IndexError):
                 # id parent maj:min root point options [optional...] - fstype source super
                 fstype = fields[fields.index(b"-") + 1].decode(errors="replace")
-                table[int(fields[0])] = is_blocking_type(fstype)
+                kind = BLOCKING if is_blocking_type(fstype) else INLINE
+                table[int(fields[0])] = PROCFS if fstype == "proc" else kind
         return table
+
+
+#: Unique mount ids whose kind is kept (a bound; dropped all at once past it).
+_UNIQUE_KEPT = 4096
 
 
 def _open_mountinfo() -> int | None:
@@ -162,8 +212,41 @@ def _open_mountinfo() -> int | None:
 MOUNTS = Mounts(_open_mountinfo())
 
 
+class Status(NamedTuple):
+    """What one statx tells of an object, from what the kernel has (see :func:`status`)."""
+
+    mode: int
+    dev: int
+    ino: int
+    #: What its mount is (INLINE, BLOCKING or PROCFS).
+    mount: int
+
+
+#: stx_mask, stx_mode, stx_ino, stx_dev_major/minor, stx_mnt_id.
+_STATX_FIELDS = struct.Struct("=I24xH2xQ96xIIQ")
+_STATX_WANTED = _STATX_TYPE | _STATX_MODE | _STATX_INO | _STATX_MNT_ID_UNIQUE
+
+
+def status(fd: int) -> Status | None:
+    """Type, identity and mount kind of ``fd`` in one statx that asks the VFS only (never
+    the filesystem); None where the kernel gives no unique mount id (before Linux 6.8)."""
+    buf = getattr(_thread, "statx", None)
+    if buf is None:
+        buf = _thread.statx = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_WANTED, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    mask, mode, ino, major, minor, unique = _STATX_FIELDS.unpack_from(buf)
+    if not mask & _STATX_MNT_ID_UNIQUE:
+        return None
+    return Status(mode, os.makedev(major, minor), ino, MOUNTS.kind_of(fd, unique))
+
+
 def on_blocking_mount(fd: int) -> bool:
     try:
+        found = status(fd)
+        if found is not None:
+            return found.mount == BLOCKING
         return MOUNTS.blocking(mount_id(fd))
     except OSError:
         return True

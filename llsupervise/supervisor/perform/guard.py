@@ -82,7 +82,11 @@ class Guard:
     def object(self, st: os.stat_result, *, reading_only: bool) -> str | None:
         """What the object ``st`` describes is, if an open of it must be refused (a secret
         for any open; a protected file for one that writes)."""
-        found = self.objects.get(_id(st))
+        return self.object_by_id(st.st_dev, st.st_ino, reading_only=reading_only)
+
+    def object_by_id(self, dev: int, ino: int, *, reading_only: bool) -> str | None:
+        """:meth:`object` for the object of identity ``(dev, ino)``."""
+        found = self.objects.get(ObjectId(dev, ino))
         if found is not None and (found[1] or not reading_only):
             return found[0]
         for entry in self.entries:
@@ -92,7 +96,7 @@ class Guard:
                 current = os.stat(entry.name, dir_fd=entry.dirfd, follow_symlinks=False)
             except OSError:
                 continue
-            if current.st_ino == st.st_ino and current.st_dev == st.st_dev:
+            if current.st_ino == ino and current.st_dev == dev:
                 return entry.what
         return None
 

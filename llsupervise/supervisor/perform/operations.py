@@ -23,11 +23,15 @@ from llsupervise.supervisor.engine.requests import (
     split_last,
 )
 from llsupervise.supervisor.perform.blocking import (
+    BLOCKING,
+    INLINE,
+    PROCFS,
     RESOLVE_CACHED,
     RESOLVE_NO_XDEV,
     MayBlock,
     inline,
     on_blocking_mount,
+    status,
 )
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
@@ -95,30 +99,27 @@ def _openat2(dirfd: int | None, path: bytes, flags: int, mode: int) -> int:
 
 
 def _openat2_stat(
-    dirfd: int | None, path: bytes, flags: int, mode: int, *, crossing: bool = False
+    dirfd: int | None, path: bytes, flags: int, mode: int
 ) -> tuple[int, os.stat_result]:
     """:func:`_openat2`, and the status of what it opened.
 
-    On a serving thread (see blocking) the walk stays on ``dirfd``'s mount, or, when
-    ``crossing`` (O_PATH only), uses only what the dentry cache holds and must end on a
-    mount that cannot block; otherwise :class:`MayBlock`."""
+    On a serving thread (see blocking) the walk stays on ``dirfd``'s mount; otherwise
+    :class:`MayBlock`. (A directory reached across mounts: :func:`_directory_inline`.)"""
     if not flags & (os.O_CREAT | os.O_TMPFILE):
         mode = 0  # openat2 refuses a mode it would not use
     resolve = _RESOLVE_NO_MAGICLINKS
     serving = inline()
     if serving:
-        resolve |= RESOLVE_CACHED if crossing else RESOLVE_NO_XDEV
+        resolve |= RESOLVE_NO_XDEV
     try:
         fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, mode, resolve)
     except OSError as exc:
-        if serving and exc.errno == (errno.EAGAIN if crossing else errno.EXDEV):
-            raise MayBlock("a walk the dentry cache cannot answer, or off the mount") from exc
+        if serving and exc.errno == errno.EXDEV:
+            raise MayBlock("off the mount") from exc
         if exc.errno in (errno.ELOOP, errno.EINVAL):
             raise KernelDecides("magic link, or flags openat2 refuses") from exc
         raise
     try:
-        if serving and crossing and on_blocking_mount(fd):
-            raise MayBlock("on a filesystem that may block")
         st = os.fstat(fd)
         caller = _names_caller(fd, st)
     except BaseException:
@@ -130,9 +131,10 @@ def _openat2_stat(
     return int(fd), st
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per performed request, and frozen costs 3x
 class Target:
-    """A request bound to directories the supervisor opened for the child."""
+    """A request bound to directories the supervisor opened for the child (never changed
+    once made: a changed copy is made with dataclasses.replace)."""
 
     request: FsRequest
     #: O_PATH fds standing for the child's dirfd (None: the path is absolute).
@@ -170,6 +172,10 @@ def _perform(t: Target) -> int:
     path, dir1 = _at(t.dir1, r.path)
     guard = t.guard if t.guard else None
     if r.op == "open":
+        if inline():
+            fd = _open_checked(guard, path, dir1, r.flags)
+            if fd is not None:
+                return fd
         if guard is not None:
             return _guarded_open(guard, path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
         return _open(path, dir1, r.flags, r.mode & ~t.umask & 0o7777)
@@ -300,13 +306,25 @@ def _guarded_open(guard: Guard, path: bytes, dirfd: int | None, flags: int, mode
     opened, before anything is written: ``O_TRUNC`` is applied only after the check, by
     reopening that very file."""
     writes = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & (os.O_TRUNC | os.O_CREAT))
-    if flags & os.O_CREAT:
-        with contextlib.ExitStack() as stack:
-            parent, name = _parent(stack, dirfd, path)
+    st: os.stat_result | None = None
+    if flags & os.O_CREAT and inline():
+        # The entry checked is the entry opened: its directory is resolved once.
+        parent, name, owned = _parent_fd(dirfd, path)
+        try:
             guard.refuse_entries((parent, name))
-    fd = _open(path, dirfd, flags & ~os.O_TRUNC, mode)
+            fd, st = _open_in_stat(name, parent, flags & ~os.O_TRUNC, mode)
+        finally:
+            if owned is not None:
+                os.close(owned)
+    else:
+        if flags & os.O_CREAT:
+            with contextlib.ExitStack() as stack:
+                parent, name = _parent(stack, dirfd, path)
+                guard.refuse_entries((parent, name))
+        fd = _open(path, dirfd, flags & ~os.O_TRUNC, mode)
     try:
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         guard.refuse_open(st, reading_only=not writes)
         if not flags & os.O_TRUNC or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return fd
@@ -327,27 +345,189 @@ def _parent(
     """``(directory fd, last component)`` for ``path`` relative to ``dirfd``: the directory
     is opened (O_PATH, closed by ``stack``) through :func:`_openat2` when the path has one.
     Trailing slashes stay with the last component, which keeps their meaning."""
+    fd, name, owned = _parent_fd(dirfd, path)
+    if owned is not None:
+        stack.callback(os.close, owned)
+    return fd, name
+
+
+def _parent_fd(dirfd: int | None, path: bytes) -> tuple[int | None, bytes, int | None]:
+    """:func:`_parent` without a stack: also the directory fd if it is ours to close."""
     parent, name = split_last(path)
     if parent is None:
         if inline() and dirfd is not None and on_blocking_mount(dirfd):
             raise MayBlock("acts in a directory on a filesystem that may block")
-        return dirfd, path  # a bare name (in the child's own directory fd), or "/"
-    fd = _openat2_stat(dirfd, parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                       crossing=True)[0]  # fmt: skip
-    stack.callback(os.close, fd)
-    return fd, name
+        return dirfd, path, None  # a bare name (in the child's own directory fd), or "/"
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = _directory_inline(dirfd, parent, flags) if inline() else _openat2(dirfd, parent, flags, 0)
+    return fd, name, fd
+
+
+def _directory_inline(dirfd: int | None, path: bytes, flags: int) -> int:
+    """On a serving thread, the directory ``path`` names, by a walk of the dentry cache,
+    on a mount that cannot block; it names its caller if it is on procfs (KernelDecides)."""
+    try:
+        fd = openat2(AT_FDCWD if dirfd is None else dirfd, path, flags, 0,
+                     _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise MayBlock("a walk the dentry cache cannot answer") from exc
+        if exc.errno in (errno.ELOOP, errno.EINVAL):
+            raise KernelDecides("magic link, or flags openat2 refuses") from exc
+        raise
+    try:
+        found = status(fd)
+        if found is None:  # before Linux 6.8: the mount table, and the directory's statfs
+            if on_blocking_mount(fd):
+                raise MayBlock("on a filesystem that may block")
+            if _names_caller(fd, os.fstat(fd)):
+                raise KernelDecides("an object that names its caller")
+        elif found.mount == BLOCKING:
+            raise MayBlock("on a filesystem that may block")
+        elif found.mount == PROCFS:
+            raise KernelDecides("an object that names its caller")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_proc_fd() -> int | None:
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+#: Our own /proc/PID/fd, opened while the process is unrestricted (every thread shares the
+#: descriptor table): :func:`_open_checked` reopens the object it checked through it.
+_PROC_FD = _open_proc_fd()
+
+
+def _proc_fd_after_fork() -> None:
+    """A forked child's own: the parent's would reopen the parent's descriptors."""
+    global _PROC_FD
+    if _PROC_FD is not None:
+        os.close(_PROC_FD)
+    _PROC_FD = _open_proc_fd()
+
+
+os.register_at_fork(after_in_child=_proc_fd_after_fork)
+#: What :func:`_open_checked` leaves to the general path: creations, truncation (checked
+#: against the control plane before it is applied, see _guarded_open), O_PATH, and
+#: O_NOFOLLOW (a reopen through a magic link would not keep it in the file's flags).
+_NOT_CHECKED = (
+    os.O_CREAT | os.O_TRUNC | (os.O_TMPFILE & ~os.O_DIRECTORY) | os.O_PATH | os.O_NOFOLLOW
+)
+
+
+def _open_checked(guard: Guard | None, path: bytes, dirfd: int | None, flags: int) -> int | None:
+    """A serving thread's open in one walk, of the dentry cache alone: the object ``path``
+    leads to is held (O_PATH, no magic link), checked on that fd by one statx (a regular
+    file or a directory, on a mount that cannot block and is not procfs, not the control
+    plane), then that very object is opened, through its /proc/self/fd magic link (Landlock
+    judges the open on the object's own path, as it judges the child's).
+
+    None: not taken (other flags, a walk the cache cannot answer, anything else found): the
+    general path (:func:`_open`) decides, with its own errors and checks."""
+    if flags & _NOT_CHECKED or _PROC_FD is None:
+        return None
+    try:
+        held = openat2(AT_FDCWD if dirfd is None else dirfd, path,
+                       os.O_PATH | os.O_CLOEXEC | (flags & os.O_DIRECTORY), 0,
+                       _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        try:
+            found = status(held)
+        except OSError:
+            return None
+        if (
+            found is None
+            or found.mount != INLINE
+            or not (stat.S_ISREG(found.mode) or stat.S_ISDIR(found.mode))
+        ):
+            return None
+        if guard is not None:
+            what = guard.object_by_id(
+                found.dev, found.ino, reading_only=flags & os.O_ACCMODE == os.O_RDONLY
+            )
+            if what is not None:
+                raise ProtectedError(what)
+        # O_NONBLOCK: a lease makes the open fail rather than wait (see _open_in).
+        opened = (flags & ~os.O_CLOEXEC) | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        try:
+            fd = os.open(b"%d" % held, opened, dir_fd=_PROC_FD)
+        except BlockingIOError as exc:
+            if flags & os.O_NONBLOCK:
+                raise
+            raise KernelDecides("a leased file") from exc
+    finally:
+        os.close(held)
+    if not flags & os.O_NONBLOCK:
+        _set_blocking(fd, opened)
+    return fd
+
+
+def cached_real_path(dirfd: int, path: bytes, flags: int) -> bytes | None:
+    """The canonical path of what an open of ``path`` (relative to ``dirfd``, with the open
+    flags ``flags``) leads to now, found by a walk of the dentry cache alone (so a serving
+    thread may take it); None when that walk cannot tell (not cached, a magic link, an
+    error the open would have too).
+
+    Only a hint: the object may be moved at once. (A static open is answered CONTINUE on
+    it, which is safe whatever it says: the kernel then walks the path itself.)"""
+    if _PROC_FD is None:
+        return None
+    try:
+        held = openat2(dirfd, path, os.O_PATH | os.O_CLOEXEC | (flags & _LEADS_TO), 0,
+                       _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        return os.readlink(b"%d" % held, dir_fd=_PROC_FD)
+    except OSError:
+        return None
+    finally:
+        os.close(held)
+
+
+#: The open flags that change where a path leads (or whether it is followed).
+_LEADS_TO = os.O_NOFOLLOW | os.O_DIRECTORY
+
+
+def _set_blocking(fd: int, opened: int) -> None:
+    """Clear O_NONBLOCK, which we added, from a file opened with the flags ``opened``: the
+    status flags F_SETFL sets are the ones open kept from those flags (F_GETFL would only
+    read them back)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, opened & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
     if not inline():
         return _open_in(path, dirfd, flags, mode)
     # A serving thread opens the last component from its directory, on that one's mount.
-    with contextlib.ExitStack() as stack:
-        parent, name = _parent(stack, dirfd, path)
+    parent, name, owned = _parent_fd(dirfd, path)
+    try:
         return _open_in(name, parent, flags, mode)
+    finally:
+        if owned is not None:
+            os.close(owned)
 
 
 def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
+    return _open_in_stat(path, dirfd, flags, mode)[0]
+
+
+def _open_in_stat(
+    path: bytes, dirfd: int | None, flags: int, mode: int
+) -> tuple[int, os.stat_result]:
+    """The open of ``path`` in ``dirfd``, and the status of what it opened."""
     # O_NONBLOCK keeps a FIFO or device from blocking the broker; the child's own flags are
     # restored on the open file description afterwards. O_NOCTTY: never adopt a terminal.
     blocking = not flags & os.O_NONBLOCK
@@ -359,8 +539,9 @@ def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
             # through, and the child's open would then wait for one that came and went.
             raise KernelDecides("blocking FIFO open for reading")
     extra = os.O_CLOEXEC | os.O_NOCTTY | (os.O_NONBLOCK if blocking else 0)
+    opened = (flags & ~os.O_CLOEXEC) | extra
     try:
-        fd, st = _openat2_stat(dirfd, path, (flags & ~os.O_CLOEXEC) | extra, mode)
+        fd, st = _openat2_stat(dirfd, path, opened, mode)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             kind = _kind(dirfd, path)
@@ -390,8 +571,8 @@ def _open_in(path: bytes, dirfd: int | None, flags: int, mode: int) -> int:
         os.close(fd)
         raise KernelDecides("a terminal opened without O_NOCTTY")
     if blocking:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return fd
+        _set_blocking(fd, opened)
+    return fd, st
 
 
 def _open_locks() -> int | None:

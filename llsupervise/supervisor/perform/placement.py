@@ -11,6 +11,12 @@ injected the child's thread is pinned there too (:func:`borrow`). The injection 
 does not answer the syscall: the thread installs the descriptor and waits again, its own
 affinity is restored, and only then does the reply (a synchronous wake-up, on our CPU) let
 it return to its program, which never sees the borrowed affinity.
+
+Borrowing has its own price: three affinity calls and a second wake-up of the child (the
+injection, then the reply), about 10 µs on a busy 2-CPU VM, where no CPU is idle and the
+plain injection (``SECCOMP_ADDFD_FLAG_SEND``) costs only its own wake-up. So which way a
+descriptor is injected is chosen by what each has cost lately (:class:`Choice`); either
+way is correct, placement only affects speed.
 """
 
 from __future__ import annotations
@@ -66,3 +72,32 @@ def _affinity(tid: int) -> set[int] | None:
         return os.sched_getaffinity(tid)
     except OSError:
         return None
+
+
+class Choice:
+    """Whether to borrow for the next injection: the way that has cost the serving thread
+    less lately (a moving average of each one's time, waiting for the child included), and
+    one injection in :data:`EXPLORE` the other way, so that a change of load is noticed.
+    Shared by the serving threads: a lost update only blurs the averages."""
+
+    #: One injection in this many goes the way that looked dearer.
+    EXPLORE = 16
+
+    def __init__(self) -> None:
+        #: Recent cost in ns of [injecting directly, borrowing]; 0 until measured.
+        self.cost = [0, 0]
+        self._count = 0
+
+    def borrowing(self) -> bool:
+        self._count += 1
+        direct, borrowed = self.cost
+        return (borrowed <= direct) != (self._count % self.EXPLORE == 0)
+
+    def took(self, borrowed: bool, ns: int) -> None:
+        """An injection took ``ns`` (``borrowed``: with the thread borrowed)."""
+        old = self.cost[borrowed]
+        self.cost[borrowed] = ns if old == 0 else old + (ns - old) // 8
+
+
+#: The choice of this process's serving threads (they share one CPU: see home_cpu).
+CHOICE = Choice()
