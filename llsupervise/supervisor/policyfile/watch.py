@@ -62,9 +62,11 @@ class Supervised(Protocol):
 #: Milliseconds: group a burst of writes (an editor's save) into one reload: a burst ends
 #: after STEP_MS without a change (a save's writes and rename come within a millisecond or
 #: two; a reload that still caught a half-written file reports it and is followed by the
-#: complete one), and lasts DEBOUNCE_MS at most.
+#: complete one), and lasts DEBOUNCE_MS at most. The watching thread wakes every STEP_MS,
+#: and takes the interpreter lock each time, even with nothing changed: at 5 ms that was
+#: 200 times a second, each one able to hold up a serving thread.
 DEBOUNCE_MS = 50
-STEP_MS = 5
+STEP_MS = 50
 #: Milliseconds the watching thread blocks at most: bounds shutdown, and how often the file
 #: is also checked by its status in case a change notification was missed.
 RUST_TIMEOUT_MS = 200
