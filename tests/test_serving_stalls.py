@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,121 @@ async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
         ("openat", "", "refused")
     ]
     assert events[-1]["event"] == "exit"
+
+
+#: The program forks B, which opens the path "written" in the FUSE page (the supervisor's
+#: read of it is held); the program itself exits once the test says the read is held.
+EXIT_WHILE_HELD = r"""
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if os.fork() == 0:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+    libc.open(ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m))), os.O_RDONLY)
+    os._exit(0)
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+os._exit(7)
+"""
+
+
+@pytest.mark.trio
+async def test_the_supervisor_exits_while_a_serving_thread_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The program ends while the newest serving thread is held (here: while the watch may
+    give up on no thread, its budget spent): stopping gives up on it, and the run ends
+    with the server still hung, not once it answers (that may be never)."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    events: list[Mapping[str, Any]] = []
+    hung_at_exit: list[bool] = []
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(root, extra_static=STATIC_FUSE.format(fuse=server.mountpoint))
+
+        async def go_then_abort() -> None:
+            try:
+                await wait_until(lambda: server.reads > 0, "the held read", 60)
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: bool(hung_at_exit), "the run's end", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort)
+            argv = [sys.executable, "-c", EXIT_WHILE_HELD,
+                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
+            status = await sup.run(argv, forward_signals=False)
+            hung_at_exit.append(server._fd >= 0)
+    assert status == 7
+    assert hung_at_exit == [True], "the run ended only once the server was aborted"
+    stalls = [e for e in events if e["event"] == "stall"]
+    assert [(e["syscall"], e["outcome"]) for e in stalls] == [("openat", "refused")]
+
+
+#: Two calls, each from the FUSE page, one after the other: the server answers each read
+#: (with an error) only after the supervisor gave up on it.
+TWO_STALLS = r"""
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+for go in ("out/go1", "out/go2"):
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    r = libc.open(ctypes.c_void_p(address), os.O_RDONLY)
+    os.write(log, f"{go}: {r} errno {ctypes.get_errno()}\n".encode())
+"""
+
+
+@pytest.mark.trio
+async def test_a_thread_the_kernel_let_go_no_longer_counts_against_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for one stuck thread: a first stall whose read the server then answers
+    (late) frees that room, so a second stall is given up on too, not waited for."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 1)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+
+    def stalls() -> int:
+        return sum(e["event"] == "stall" for e in events)
+
+    def serving_threads() -> int:
+        return sum(t.name.startswith("notifications-g") for t in threading.enumerate())
+
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(root, extra_static=STATIC_FUSE.format(fuse=server.mountpoint))
+
+        async def drive() -> None:
+            try:
+                for n in (1, 2):
+                    server.fail_reads(failing=False)
+                    (paths["out"] / f"go{n}").touch()
+                    await wait_until(lambda: stalls() == n, f"stall {n}", 60)  # noqa: B023 (awaited here)
+                    server.fail_reads()
+                    # The thread given up on ends, as the kernel lets it go.
+                    await wait_until(lambda: serving_threads() == 1, "the stuck thread's end", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(drive)
+            argv = [sys.executable, "-c", TWO_STALLS, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert status == 0, log
+    assert log == ["out/go1: -1 errno 5", "out/go2: -1 errno 5"]
+    assert stalls() == 2

@@ -50,7 +50,7 @@ from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import serve_inline
-from llsupervise.supervisor.perform.broker import Broker, restrict_thread
+from llsupervise.supervisor.perform.broker import Broker, BrokerClosed, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
 from llsupervise.supervisor.rules.created import CreatedIndex
@@ -61,8 +61,10 @@ T = TypeVar("T")
 #: A request is served in microseconds, or handed over (to a worker, or to trio), so this
 #: long means the kernel holds the thread (see the module).
 STALL_SECONDS = 5.0
-#: Serving threads given up on, at most, in a run: each stays stuck in the kernel, with a
-#: thread and two pipes. Past it, a stalled thread is waited for, as the kernel would.
+#: Serving threads given up on and still stuck in the kernel, at most: each holds a thread
+#: and two pipes. Past it, a stalled thread is waited for, as the kernel would. One the
+#: kernel lets go counts no more (else a program whose slow server answers, each time
+#: after the watch gave up, would use the budget up in 32 stalls, and stall everyone after).
 MAX_ABANDONED = 32
 
 
@@ -116,7 +118,10 @@ class NotificationLoop:
         #: Given up on while stalled (their threads may never end); unrestricted workers
         #: replaced while stalled likewise.
         self._abandoned: list[Server] = []
-        self._stalled_workers: list[Broker] = []
+        #: The unrestricted worker each abandoned server was stuck in, replaced; closed when
+        #: that server's thread ends, if it is idle by then (else left, like the thread).
+        self._stalled_workers: dict[Server, Broker] = {}
+        self._left_workers: list[Broker] = []
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
@@ -253,6 +258,7 @@ class NotificationLoop:
         server.released.set()
         if abandoned:
             server.close()  # no one else does: no one waits for this thread
+            self._forget(server)
             return
         if failure is not None:
             self.failure = failure
@@ -313,21 +319,27 @@ class NotificationLoop:
                 return True
 
     def _call_unrestricted(self, fn: Callable[[], T]) -> T:
-        worker = self._unrestricted
-        assert worker is not None
-        result = worker.call(fn)
-        check_not_abandoned()  # it may have waited long: a stalled thread acts no more
-        return result
+        while True:
+            worker = self._unrestricted
+            assert worker is not None
+            try:
+                result = worker.call(fn)
+            except BrokerClosed:
+                if worker is self._unrestricted:
+                    raise
+                continue  # a stalled worker, replaced and closed since we took it: not run
+            check_not_abandoned()  # it may have waited long: a stalled thread acts no more
+            return result
 
     # -- stalls ---------------------------------------------------------------------------
 
     def _watch_stalls(self) -> None:
         """Give up on a serving thread that holds one request too long (see the module)."""
+        # Watching on while stopping: a stalled newest server would otherwise keep run()
+        # (and the supervisor's exit) waiting for as long as the kernel holds it.
         while not self._done.wait(STALL_SECONDS / 4):
             now = time.monotonic()
             with self._lock:
-                if self._stopping:
-                    return
                 live = list(self._live)
             for server in live:
                 since = server.busy.since
@@ -338,8 +350,9 @@ class NotificationLoop:
         busy = server.busy
         with self._lock, busy.lock:
             since = busy.since
+            stopping = self._stopping  # then no thread replaces it: the budget is not spent
             if (not since or time.monotonic() - since <= STALL_SECONDS or busy.abandoned
-                    or len(self._abandoned) >= MAX_ABANDONED or self._stopping):  # fmt: skip
+                    or (len(self._abandoned) >= MAX_ABANDONED and not stopping)):  # fmt: skip
                 return
             busy.abandoned = True
             n = busy.notification
@@ -347,15 +360,15 @@ class NotificationLoop:
             self._live.remove(server)
             successor = server.successor
             replacement = None
-            if successor is None:
+            if successor is None and not stopping:
                 # It was the newest: another thread of its generation takes its place (its
                 # broker, and so its ruleset, lives until a newer server has taken over).
                 replacement = Server(server.kernel, server.generation, server.offload)
                 self._register(replacement)
             worker = self._unrestricted
-            if worker is not None and worker.busy():
+            if worker is not None and worker.busy() and not stopping:
                 # Stalled inside the unrestricted worker: the others get a new one.
-                self._stalled_workers.append(worker)
+                self._stalled_workers[server] = worker
                 self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
         server.released.set()
         server.wake()
@@ -365,6 +378,20 @@ class NotificationLoop:
             self._launch(replacement, None)
         if n is not None:
             self._answer_stalled(n)
+        if stopping and successor is None:
+            self._done.set()  # it was the newest: nothing serves any more, as stop() asked
+
+    def _forget(self, server: Server) -> None:
+        """An abandoned server's thread ended (the kernel let it go): it counts no more."""
+        with self._lock:
+            if server in self._abandoned:
+                self._abandoned.remove(server)
+            worker = self._stalled_workers.pop(server, None)
+        if worker is not None:
+            if worker.busy():
+                self._left_workers.append(worker)  # held for another caller: left behind
+            else:
+                worker.close()
 
     def _answer_stalled(self, n: Notification) -> None:
         try:
