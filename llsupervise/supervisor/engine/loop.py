@@ -43,19 +43,32 @@ from llsupervise.supervisor.engine.generations import (
     BrokerSlot,
     Server,
     check_not_abandoned,
+    note_performed,
     watched_as,
 )
-from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
+from llsupervise.supervisor.engine.handler import RequestHandler, _changes, answer_unread
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
+from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, BrokerClosed, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
+from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
 from llsupervise.supervisor.rules.created import CreatedIndex
+from llsupervise.supervisor.rules.uses import PerformedLog
 
 T = TypeVar("T")
+
+
+class WatchedPerformedLog(PerformedLog):
+    """The handler's log of performed requests, which also tells the serving thread's watch
+    (see generations.note_performed)."""
+
+    def note(self, target: Target) -> None:
+        super().note(target)
+        note_performed(target.request)
 
 #: Seconds one request may hold a serving thread before the watch gives up on the thread.
 #: A request is served in microseconds, or handed over (to a worker, or to trio), so this
@@ -105,6 +118,8 @@ class NotificationLoop:
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
             net, self.cpu, guard, created, on_created, on_stall,
         )  # fmt: skip
+        # Tells each serving thread what it performed (a held one may perform late).
+        self.handler.performed = WatchedPerformedLog()
         self._lock = threading.Lock()
         self._server: Server | None = None
         self._stopping = False
@@ -305,6 +320,7 @@ class NotificationLoop:
                     continue  # the task died between poll and recv
                 raise
             busy.notification = n
+            busy.performed = None
             busy.since = time.monotonic()
             try:
                 self.handler.handle(n, server.generation, server.offload)
@@ -316,6 +332,7 @@ class NotificationLoop:
                     busy.notification = None
                     abandoned = busy.abandoned
             if abandoned:
+                self._report_late(n, busy.performed)
                 return True
 
     def _call_unrestricted(self, fn: Callable[[], T]) -> T:
@@ -392,6 +409,13 @@ class NotificationLoop:
                 self._left_workers.append(worker)  # held for another caller: left behind
             else:
                 worker.close()
+
+    def _report_late(self, n: Notification, performed: FsRequest | None) -> None:
+        """The kernel let a thread given up on go, and what it held was performed after
+        all: the program was told EIO and cannot be told otherwise; the log says what
+        changed, as for an offloaded operation done late (see offload)."""
+        if performed is not None and _changes(performed) and self.on_stall is not None:
+            self.on_stall(n, performed, "done late")
 
     def _answer_stalled(self, n: Notification) -> None:
         try:
