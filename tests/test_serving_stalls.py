@@ -327,3 +327,59 @@ async def test_a_creation_the_kernel_held_past_its_stall_is_logged_as_done_late(
         assert not (paths["data"] / "late").exists()
         assert stalls == [("mkdir", "", "refused")]
     assert not [e for e in events if e["event"] == "denial" and e["syscall"] == "mkdir"]
+
+
+#: As SCRIPT: B, forked first, reads data/x once told (after the reload granting it); A's
+#: open waits on the FUSE page (and with it A's memory map: B's read must come from another
+#: process).
+COMMIT_WHILE_HELD = SCRIPT.replace("other process: ", "after the commit: ")
+
+
+@pytest.mark.trio
+async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_budget_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room left for a stuck thread, a commit (here a reload granting data/) still
+    gives up on the held one: the new generation's thread takes over, so no thread is added,
+    and the commit (in trio's thread) is not held for as long as the kernel holds that one."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+    with hanging_fuse(root / "fuse") as server:
+        static = STATIC_FUSE.format(fuse=server.mountpoint)
+        policy_file = root / "policy.toml"
+        policy_file.write_text(policy_text(root, extra_static=static))
+        doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+
+        async def drive() -> None:
+            try:
+                await wait_until(lambda: server.reads > 0, "the held read", 60)
+                grant = RULES.format(data=paths["data"])
+                text = policy_text(root, supervisor_rules=grant, extra_static=static)
+                policy_file.write_text(text)
+                await wait_until(lambda: any(e["event"] == "reload" for e in events),
+                                 "the reload", 60)  # fmt: skip
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: len(lines(log_path)) == 2, "both calls", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(drive)
+            argv = [sys.executable, "-c", COMMIT_WHILE_HELD,
+                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert status == 0, log
+    assert sorted(log) == sorted([f"after the commit: {PUBLIC.decode().strip()}",
+                                  "stuck call: -1 errno 5"])  # fmt: skip
+    stalls = [(e["syscall"], e["outcome"]) for e in events if e["event"] == "stall"]
+    assert stalls == [("openat", "refused")]
+    reload = next(e for e in events if e["event"] == "reload")
+    assert reload["ok"] is True

@@ -367,9 +367,13 @@ class NotificationLoop:
         busy = server.busy
         with self._lock, busy.lock:
             since = busy.since
-            stopping = self._stopping  # then no thread replaces it: the budget is not spent
+            stopping = self._stopping
+            # No thread replaces it when stopping, or when a newer generation's waits for
+            # its turn (a commit, which waits for it in trio's thread): the budget is not
+            # spent then, so a commit is never held for longer than a stall.
+            free = stopping or server.successor is not None
             if (not since or time.monotonic() - since <= STALL_SECONDS or busy.abandoned
-                    or (len(self._abandoned) >= MAX_ABANDONED and not stopping)):  # fmt: skip
+                    or (len(self._abandoned) >= MAX_ABANDONED and not free)):  # fmt: skip
                 return
             busy.abandoned = True
             n = busy.notification
