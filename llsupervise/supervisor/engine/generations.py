@@ -127,10 +127,16 @@ class Server:
         self.offload = Offload(kernel, admit=check_not_abandoned) if offload is None else offload
 
     def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"x")
+        fd = self.wake_w
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"x")
 
     def close(self) -> None:
-        for fd in (self.wake_r, self.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Close the wake pipe, once: the thread given up on and the loop may both end
+        with it, and a number closed twice may be another file's by then."""
+        fds, self.wake_r, self.wake_w = (self.wake_r, self.wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)

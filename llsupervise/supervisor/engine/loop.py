@@ -179,10 +179,11 @@ class NotificationLoop:
         if server is not None and server.thread is not None:
             server.wake()
             server.turn.set()
-            server.thread.join(STALL_SECONDS)
+            if not server.busy.abandoned:  # given up on while stopping: no use waiting
+                server.thread.join(STALL_SECONDS)
             stuck = server.thread.is_alive()  # held by the kernel: left as abandoned ones are
-            if not stuck:
-                server.close()
+            if not stuck and not server.busy.abandoned:
+                server.close()  # else its thread does, when (if) it ends
         if server is not None:
             server.offload.close()
         if stuck or any(s.thread is not None and s.thread.is_alive() for s in self._abandoned):
