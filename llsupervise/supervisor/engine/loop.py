@@ -75,7 +75,8 @@ class WatchedPerformedLog(PerformedLog):
 #: long means the kernel holds the thread (see the module).
 STALL_SECONDS = 5.0
 #: Serving threads given up on and still stuck in the kernel, at most: each holds a thread
-#: and two pipes. Past it, a stalled thread is waited for, as the kernel would. One the
+#: and two pipes. Past it, a stalled thread is waited for, as the kernel would (unless a
+#: commit or the loop's end waits for it: giving up on it then adds no thread). One the
 #: kernel lets go counts no more (else a program whose slow server answers, each time
 #: after the watch gave up, would use the budget up in 32 stalls, and stall everyone after).
 MAX_ABANDONED = 32
