@@ -67,8 +67,11 @@ class HangingFuse:
         self.hang = hang
         #: Lookups of the hanging name received (each left unanswered).
         self.hung = 0
-        #: Reads of ``mapped`` received (each left unanswered).
+        #: Reads of ``mapped`` received (each left unanswered, until :meth:`fail_reads`).
         self.reads = 0
+        self._held_reads: list[int] = []
+        #: Set by :meth:`fail_reads`: later reads fail at once too (a reader may retry).
+        self.failing_reads = False
         #: Lookups of the hanging name not answered yet; :meth:`release` answers them (a
         #: directory, in which a mkdir succeeds), as a server that was only slow.
         self._held: list[int] = []
@@ -137,7 +140,12 @@ class HangingFuse:
         elif opcode == _OPEN:
             self._reply(unique, 0, struct.pack("=QII", 0, 0, 0))  # fh open_flags padding
         elif opcode == _READ:
-            self.reads += 1  # never answered
+            with self._release_lock:
+                self.reads += 1  # not answered (until fail_reads)
+                if not self.failing_reads:
+                    self._held_reads.append(unique)
+                    return
+            self._reply(unique, -errno.EIO)
         elif opcode in (_FLUSH, _RELEASE):
             self._reply(unique, 0)
         elif opcode == _STATFS:
@@ -161,6 +169,16 @@ class HangingFuse:
             held, self._held = self._held, []
         for unique in held:
             self._reply(unique, 0, _entry(_RELEASED, 0o40755))
+
+    def fail_reads(self, failing: bool = True) -> None:
+        """Answer the reads held so far with EIO, as a server that was slow, then failed, and
+        later ones as they come while ``failing`` (a reader may retry); the page stays out of
+        the cache, so an access after that asks (and, not ``failing``, waits) again."""
+        with self._release_lock:
+            self.failing_reads = failing
+            held, self._held_reads = self._held_reads, []
+        for unique in held:
+            self._reply(unique, -errno.EIO)
 
     def _reply(self, unique: int, error: int, payload: bytes = b"") -> None:
         with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 import trio
 from fuse_server import MAPPED_NAME, hanging_fuse
-from supervised import PUBLIC, lines, make_tree, policy, wait_until
+from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
+from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import loop
 
@@ -118,3 +120,266 @@ async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
         ("openat", "", "refused")
     ]
     assert events[-1]["event"] == "exit"
+
+
+#: The program forks B, which opens the path "written" in the FUSE page (the supervisor's
+#: read of it is held); the program itself exits once the test says the read is held.
+EXIT_WHILE_HELD = r"""
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if os.fork() == 0:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+    libc.open(ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m))), os.O_RDONLY)
+    os._exit(0)
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+os._exit(7)
+"""
+
+
+@pytest.mark.trio
+async def test_the_supervisor_exits_while_a_serving_thread_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The program ends while the newest serving thread is held (here: while the watch may
+    give up on no thread, its budget spent): stopping gives up on it, and the run ends
+    with the server still hung, not once it answers (that may be never)."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    events: list[Mapping[str, Any]] = []
+    hung_at_exit: list[bool] = []
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(root, extra_static=STATIC_FUSE.format(fuse=server.mountpoint))
+
+        async def go_then_abort() -> None:
+            try:
+                await wait_until(lambda: server.reads > 0, "the held read", 60)
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: bool(hung_at_exit), "the run's end", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort)
+            argv = [sys.executable, "-c", EXIT_WHILE_HELD,
+                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
+            status = await sup.run(argv, forward_signals=False)
+            hung_at_exit.append(server._fd >= 0)
+    assert status == 7
+    assert hung_at_exit == [True], "the run ended only once the server was aborted"
+    stalls = [e for e in events if e["event"] == "stall"]
+    assert [(e["syscall"], e["outcome"]) for e in stalls] == [("openat", "refused")]
+
+
+#: Two calls, each from the FUSE page, one after the other: the server answers each read
+#: (with an error) only after the supervisor gave up on it.
+TWO_STALLS = r"""
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+for go in ("out/go1", "out/go2"):
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    r = libc.open(ctypes.c_void_p(address), os.O_RDONLY)
+    os.write(log, f"{go}: {r} errno {ctypes.get_errno()}\n".encode())
+"""
+
+
+@pytest.mark.trio
+async def test_a_thread_the_kernel_let_go_no_longer_counts_against_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for one stuck thread: a first stall whose read the server then answers
+    (late) frees that room, so a second stall is given up on too, not waited for."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 1)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+
+    def stalls() -> int:
+        return sum(e["event"] == "stall" for e in events)
+
+    def serving_threads() -> int:
+        return sum(t.name.startswith("notifications-g") for t in threading.enumerate())
+
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(root, extra_static=STATIC_FUSE.format(fuse=server.mountpoint))
+
+        async def drive() -> None:
+            try:
+                for n in (1, 2):
+                    server.fail_reads(failing=False)
+                    (paths["out"] / f"go{n}").touch()
+                    await wait_until(lambda: stalls() == n, f"stall {n}", 60)  # noqa: B023 (awaited here)
+                    server.fail_reads()
+                    # The thread given up on ends, as the kernel lets it go (after the second,
+                    # the program ends, and with it the loop's last thread).
+                    await wait_until(lambda: serving_threads() <= 1, "the stuck thread's end", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(drive)
+            argv = [sys.executable, "-c", TWO_STALLS, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert status == 0, log
+    assert log == ["out/go1: -1 errno 5", "out/go2: -1 errno 5"]
+    assert stalls() == 2
+
+
+#: One thread lists data/ into the FUSE page (getdents holds data/'s inode lock while the
+#: kernel faults that page in, which waits for the server); once the test saw the read held,
+#: the program makes data/late: the supervisor's mkdir there waits for that lock.
+LATE_MKDIR = r"""
+import ctypes, mmap, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+data = os.open("data", os.O_RDONLY | os.O_DIRECTORY)
+def hold():
+    r = libc.syscall(217, data, ctypes.c_void_p(address), 4096)  # getdents64
+    os.write(log, f"getdents: {r} errno {ctypes.get_errno()}\n".encode())
+threading.Thread(target=hold).start()
+while not os.path.exists("out/go"):
+    time.sleep(0.01)
+r = libc.mkdir(b"data/late", 0o755)
+os.write(log, f"mkdir: {r} errno {ctypes.get_errno()}\n".encode())
+while not os.path.exists("out/end"):
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("granted", [True, False], ids=["granted", "refused"])
+async def test_a_creation_the_kernel_held_past_its_stall_is_logged_as_done_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, granted: bool
+) -> None:
+    """The serving thread's own mkdir waits for data/'s lock, which the program holds: the
+    watch answers EIO, and the grant is revoked meanwhile. When the lock comes free the mkdir
+    is done all the same (the kernel checks it against the thread's Landlock domain, made
+    before the commit, and offers no way to call it back), so the log must say so. Never
+    granted, the late mkdir is refused: that refusal is no one's to analyse or ask about,
+    since the program was answered already."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+    rights = '"read_dir", "make_dir"' if granted else '"read_dir"'
+    grant = RULES.replace('"read_file"', rights).format(data=paths["data"])
+    with hanging_fuse(root / "fuse") as server:
+        static = STATIC_FUSE.format(fuse=server.mountpoint)
+        policy_file = root / "policy.toml"
+        policy_file.write_text(policy_text(root, supervisor_rules=grant, extra_static=static))
+        doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+
+        async def drive() -> None:
+            try:
+                await wait_until(lambda: server.reads > 0, "the held read", 60)
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: any(e["event"] == "stall" for e in events),
+                                 "the stall", 60)  # fmt: skip
+                # Revoked while the mkdir is held; then the lock holder is let go.
+                policy_file.write_text(policy_text(root, extra_static=static))
+                await wait_until(lambda: any(e["event"] == "reload" for e in events),
+                                 "the reload", 60)  # fmt: skip
+                server.fail_reads()
+                await wait_until(lambda: len(lines(log_path)) == 2, "both calls", 60)
+                await wait_until(lambda: serving_threads() == 1, "the stuck thread's end", 60)
+                (paths["out"] / "end").touch()
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        def serving_threads() -> int:
+            return sum(t.name.startswith("notifications-g") for t in threading.enumerate())
+
+        async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(drive)
+            argv = [sys.executable, "-c", LATE_MKDIR, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert status == 0, log
+    assert sorted(log) == ["getdents: -1 errno 14", "mkdir: -1 errno 5"]
+    stalls = [(e["syscall"], e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
+    if granted:
+        assert (paths["data"] / "late").exists()
+        assert stalls == [("mkdir", "", "refused"), ("mkdir", "data/late", "done late")]
+    else:
+        assert not (paths["data"] / "late").exists()
+        assert stalls == [("mkdir", "", "refused")]
+    assert not [e for e in events if e["event"] == "denial" and e["syscall"] == "mkdir"]
+
+
+#: As SCRIPT: B, forked first, reads data/x once told (after the reload granting it); A's
+#: open waits on the FUSE page (and with it A's memory map: B's read must come from another
+#: process).
+COMMIT_WHILE_HELD = SCRIPT.replace("other process: ", "after the commit: ")
+
+
+@pytest.mark.trio
+async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_budget_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room left for a stuck thread, a commit (here a reload granting data/) still
+    gives up on the held one: the new generation's thread takes over, so no thread is added,
+    and the commit (in trio's thread) is not held for as long as the kernel holds that one."""
+    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+    with hanging_fuse(root / "fuse") as server:
+        static = STATIC_FUSE.format(fuse=server.mountpoint)
+        policy_file = root / "policy.toml"
+        policy_file.write_text(policy_text(root, extra_static=static))
+        doc = load_policy(policy_file, {"HOME": str(root), "PWD": str(root)})
+
+        async def drive() -> None:
+            try:
+                await wait_until(lambda: server.reads > 0, "the held read", 60)
+                grant = RULES.format(data=paths["data"])
+                text = policy_text(root, supervisor_rules=grant, extra_static=static)
+                policy_file.write_text(text)
+                await wait_until(lambda: any(e["event"] == "reload" for e in events),
+                                 "the reload", 60)  # fmt: skip
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: len(lines(log_path)) == 2, "both calls", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc, watch=True) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(drive)
+            argv = [sys.executable, "-c", COMMIT_WHILE_HELD,
+                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(log_path)
+    assert status == 0, log
+    assert sorted(log) == sorted([f"after the commit: {PUBLIC.decode().strip()}",
+                                  "stuck call: -1 errno 5"])  # fmt: skip
+    stalls = [(e["syscall"], e["outcome"]) for e in events if e["event"] == "stall"]
+    assert stalls == [("openat", "refused")]
+    reload = next(e for e in events if e["event"] == "reload")
+    assert reload["ok"] is True

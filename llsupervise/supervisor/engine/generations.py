@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from llsupervise.landlock import LandlockRuleset
 from llsupervise.seccomp import Notification
 from llsupervise.supervisor.engine.offload import Offload
+from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.perform.broker import Broker
 
 
@@ -41,7 +42,7 @@ class Abandoned(Exception):
 class Busy:
     """What a serving thread is doing, as its stall watch sees it."""
 
-    __slots__ = ("abandoned", "lock", "notification", "since")
+    __slots__ = ("abandoned", "lock", "notification", "performed", "since")
 
     def __init__(self) -> None:
         #: Held by the thread as it finishes a request, and by the watch as it gives up on
@@ -53,6 +54,9 @@ class Busy:
         self.notification: Notification | None = None
         #: Set by the watch: the request was answered without this thread.
         self.abandoned = False
+        #: The request in hand, once performed (see :func:`note_performed`): one
+        #: performed after the watch answered it is reported as done late.
+        self.performed: FsRequest | None = None
 
 
 _thread = threading.local()
@@ -69,6 +73,16 @@ def check_not_abandoned() -> None:
     busy: Busy | None = getattr(_thread, "busy", None)
     if busy is not None and busy.abandoned:
         raise Abandoned
+
+
+def note_performed(request: FsRequest) -> None:
+    """The calling serving thread performed ``request`` (a no-op in any other thread): the
+    kernel may have held the operation itself (a mkdir waits for its directory's lock, which
+    a program can keep held by listing that directory into a page of a hung FUSE file), and
+    an operation cannot be called back once the watch has answered the program without it."""
+    busy: Busy | None = getattr(_thread, "busy", None)
+    if busy is not None:
+        busy.performed = request
 
 
 @contextlib.contextmanager
@@ -111,7 +125,7 @@ class Server:
         self.successor: Server | None = None
         self.busy = Busy()
         #: Where it hands what could block (see perform.blocking).
-        self.offload = Offload(kernel) if offload is None else offload
+        self.offload = Offload(kernel, admit=check_not_abandoned) if offload is None else offload
 
     def wake(self) -> None:
         # Under the lock: an abandoned server closes its own pipes whenever the kernel lets
@@ -121,8 +135,11 @@ class Server:
                 os.write(self.wake_w, b"x")
 
     def close(self) -> None:
+        """Close the wake pipe, once: the thread given up on and the loop may both end
+        with it, and a number closed twice may be another file's by then."""
         with self._pipes:
-            for fd in (self.wake_r, self.wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self.wake_r = self.wake_w = -1
+            fds, self.wake_r, self.wake_w = (self.wake_r, self.wake_w), -1, -1
+            for fd in fds:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)

@@ -72,7 +72,7 @@ _NOT_STATIC_KEPT = 4096
 STALLED_ERRNO = errno.EIO
 
 
-def _changes(request: FsRequest) -> bool:
+def changes_filesystem(request: FsRequest) -> bool:
     """Whether performing ``request`` may have changed the filesystem."""
     if request.op != "open":
         return request.op != "execute"
@@ -376,7 +376,7 @@ class RequestHandler:
             request = target.request
             if result is not None and request.op == "open":
                 os.close(result)
-            if result is not None and _changes(request) and self.on_stall is not None:
+            if result is not None and changes_filesystem(request) and self.on_stall is not None:
                 self.on_stall(n, request, "done late")
             return
         if result is None:

@@ -43,26 +43,42 @@ from llsupervise.supervisor.engine.generations import (
     BrokerSlot,
     Server,
     check_not_abandoned,
+    note_performed,
     watched_as,
 )
-from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
+from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread, changes_filesystem
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
+from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import serve_inline
-from llsupervise.supervisor.perform.broker import Broker, restrict_thread
+from llsupervise.supervisor.perform.broker import Broker, BrokerClosed, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
+from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
 from llsupervise.supervisor.rules.created import CreatedIndex
+from llsupervise.supervisor.rules.uses import PerformedLog
 
 T = TypeVar("T")
+
+
+class WatchedPerformedLog(PerformedLog):
+    """The handler's log of performed requests, which also tells the serving thread's watch
+    (see generations.note_performed)."""
+
+    def note(self, target: Target) -> None:
+        super().note(target)
+        note_performed(target.request)
 
 #: Seconds one request may hold a serving thread before the watch gives up on the thread.
 #: A request is served in microseconds, or handed over (to a worker, or to trio), so this
 #: long means the kernel holds the thread (see the module).
 STALL_SECONDS = 5.0
-#: Serving threads given up on, at most, in a run: each stays stuck in the kernel, with a
-#: thread and two pipes. Past it, a stalled thread is waited for, as the kernel would.
+#: Serving threads given up on and still stuck in the kernel, at most: each holds a thread
+#: and two pipes. Past it, a stalled thread is waited for, as the kernel would (unless a
+#: commit or the loop's end waits for it: giving up on it then adds no thread). One the
+#: kernel lets go counts no more (else a program whose slow server answers, each time
+#: after the watch gave up, would use the budget up in 32 stalls, and stall everyone after).
 MAX_ABANDONED = 32
 
 
@@ -103,6 +119,8 @@ class NotificationLoop:
             listener, handled_fs, self._contexts, self._child_fds, on_denial, on_exec, fast,
             net, self.cpu, guard, created, on_created, on_stall,
         )  # fmt: skip
+        # Tells each serving thread what it performed (a held one may perform late).
+        self.handler.performed = WatchedPerformedLog()
         self._lock = threading.Lock()
         self._server: Server | None = None
         self._stopping = False
@@ -116,7 +134,10 @@ class NotificationLoop:
         #: Given up on while stalled (their threads may never end); unrestricted workers
         #: replaced while stalled likewise.
         self._abandoned: list[Server] = []
-        self._stalled_workers: list[Broker] = []
+        #: The unrestricted worker each abandoned server was stuck in, replaced; closed when
+        #: that server's thread ends, if it is idle by then (else left, like the thread).
+        self._stalled_workers: dict[Server, Broker] = {}
+        self._left_workers: list[Broker] = []
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
 
@@ -159,10 +180,11 @@ class NotificationLoop:
         if server is not None and server.thread is not None:
             server.wake()
             server.turn.set()
-            server.thread.join(STALL_SECONDS)
+            if not server.busy.abandoned:  # given up on while stopping: no use waiting
+                server.thread.join(STALL_SECONDS)
             stuck = server.thread.is_alive()  # held by the kernel: left as abandoned ones are
-            if not stuck:
-                server.close()
+            if not stuck and not server.busy.abandoned:
+                server.close()  # else its thread does, when (if) it ends
         if server is not None:
             server.offload.close()
         if stuck or any(s.thread is not None and s.thread.is_alive() for s in self._abandoned):
@@ -253,6 +275,7 @@ class NotificationLoop:
         server.released.set()
         if abandoned:
             server.close()  # no one else does: no one waits for this thread
+            self._forget(server)
             return
         if failure is not None:
             self.failure = failure
@@ -299,6 +322,7 @@ class NotificationLoop:
                     continue  # the task died between poll and recv
                 raise
             busy.notification = n
+            busy.performed = None
             busy.since = time.monotonic()
             try:
                 self.handler.handle(n, server.generation, server.offload)
@@ -310,24 +334,31 @@ class NotificationLoop:
                     busy.notification = None
                     abandoned = busy.abandoned
             if abandoned:
+                self._report_late(n, busy.performed)
                 return True
 
     def _call_unrestricted(self, fn: Callable[[], T]) -> T:
-        worker = self._unrestricted
-        assert worker is not None
-        result = worker.call(fn)
-        check_not_abandoned()  # it may have waited long: a stalled thread acts no more
-        return result
+        while True:
+            worker = self._unrestricted
+            assert worker is not None
+            try:
+                result = worker.call(fn)
+            except BrokerClosed:
+                if worker is self._unrestricted:
+                    raise
+                continue  # a stalled worker, replaced and closed since we took it: not run
+            check_not_abandoned()  # it may have waited long: a stalled thread acts no more
+            return result
 
     # -- stalls ---------------------------------------------------------------------------
 
     def _watch_stalls(self) -> None:
         """Give up on a serving thread that holds one request too long (see the module)."""
+        # Watching on while stopping: a stalled newest server would otherwise keep run()
+        # (and the supervisor's exit) waiting for as long as the kernel holds it.
         while not self._done.wait(STALL_SECONDS / 4):
             now = time.monotonic()
             with self._lock:
-                if self._stopping:
-                    return
                 live = list(self._live)
             for server in live:
                 since = server.busy.since
@@ -338,8 +369,13 @@ class NotificationLoop:
         busy = server.busy
         with self._lock, busy.lock:
             since = busy.since
+            stopping = self._stopping
+            # No thread replaces it when stopping, or when a newer generation's waits for
+            # its turn (a commit, which waits for it in trio's thread): the budget is not
+            # spent then, so a commit is never held for longer than a stall.
+            free = stopping or server.successor is not None
             if (not since or time.monotonic() - since <= STALL_SECONDS or busy.abandoned
-                    or len(self._abandoned) >= MAX_ABANDONED or self._stopping):  # fmt: skip
+                    or (len(self._abandoned) >= MAX_ABANDONED and not free)):  # fmt: skip
                 return
             busy.abandoned = True
             n = busy.notification
@@ -347,15 +383,15 @@ class NotificationLoop:
             self._live.remove(server)
             successor = server.successor
             replacement = None
-            if successor is None:
+            if successor is None and not stopping:
                 # It was the newest: another thread of its generation takes its place (its
                 # broker, and so its ruleset, lives until a newer server has taken over).
                 replacement = Server(server.kernel, server.generation, server.offload)
                 self._register(replacement)
             worker = self._unrestricted
-            if worker is not None and worker.busy():
+            if worker is not None and worker.busy() and not stopping:
                 # Stalled inside the unrestricted worker: the others get a new one.
-                self._stalled_workers.append(worker)
+                self._stalled_workers[server] = worker
                 self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
         server.released.set()
         server.wake()
@@ -365,6 +401,27 @@ class NotificationLoop:
             self._launch(replacement, None)
         if n is not None:
             self._answer_stalled(n)
+        if stopping and successor is None:
+            self._done.set()  # it was the newest: nothing serves any more, as stop() asked
+
+    def _forget(self, server: Server) -> None:
+        """An abandoned server's thread ended (the kernel let it go): it counts no more."""
+        with self._lock:
+            if server in self._abandoned:
+                self._abandoned.remove(server)
+            worker = self._stalled_workers.pop(server, None)
+        if worker is not None:
+            if worker.busy():
+                self._left_workers.append(worker)  # held for another caller: left behind
+            else:
+                worker.close()
+
+    def _report_late(self, n: Notification, performed: FsRequest | None) -> None:
+        """The kernel let a thread given up on go, and what it held was performed after
+        all: the program was told EIO and cannot be told otherwise; the log says what
+        changed, as for an offloaded operation done late (see offload)."""
+        if performed is not None and changes_filesystem(performed) and self.on_stall is not None:
+            self.on_stall(n, performed, "done late")
 
     def _answer_stalled(self, n: Notification) -> None:
         try:

@@ -58,8 +58,11 @@ class Offload:
         cpu: int | None = None,
         deadline: float | None = None,
         workers: int | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> None:
         self.kernel = kernel
+        #: Called by :meth:`submit` before anything: may raise to refuse the job.
+        self.admit = admit
         self.cpu = cpu
         self.deadline = DEADLINE_SECONDS if deadline is None else deadline
         self.limit = MAX_WORKERS if workers is None else workers
@@ -76,7 +79,17 @@ class Offload:
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; called by the serving thread, while its generation's ruleset is open
-        (a new worker restricts itself with it before this returns)."""
+        (a new worker restricts itself with it before this returns).
+
+        ``admit`` may refuse by raising: a serving thread the stall watch gave up on (its
+        request answered without it) hands nothing over once the kernel lets it go, or a
+        worker would perform it, or ask the person about it, long after."""
+        if self.admit is not None:
+            try:
+                self.admit()
+            except BaseException:
+                job.expire(False)  # released; its answer fails: it was answered without it
+                raise
         with self._cond:
             if self._closed:
                 raise RuntimeError("offload closed")
