@@ -18,7 +18,7 @@ from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.engine import loop
+from llsupervise.supervisor.perform import stalls as stall_watch
 
 pytestmark = [
     pytest.mark.kernel,
@@ -75,7 +75,7 @@ parent = ["{fuse}"]
 async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)
@@ -145,8 +145,8 @@ async def test_the_supervisor_exits_while_a_serving_thread_is_held(
     """The program ends while the newest serving thread is held (here: while the watch may
     give up on no thread, its budget spent): stopping gives up on it, and the run ends
     with the server still hung, not once it answers (that may be never)."""
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
-    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 0)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)
@@ -199,8 +199,8 @@ async def test_a_thread_the_kernel_let_go_no_longer_counts_against_the_budget(
 ) -> None:
     """With room for one stuck thread: a first stall whose read the server then answers
     (late) frees that room, so a second stall is given up on too, not waited for."""
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
-    monkeypatch.setattr(loop, "MAX_ABANDONED", 1)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 1)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)
@@ -276,7 +276,7 @@ async def test_a_creation_the_kernel_held_past_its_stall_is_logged_as_done_late(
     before the commit, and offers no way to call it back), so the log must say so. Never
     granted, the late mkdir is refused: that refusal is no one's to analyse or ask about,
     since the program was answered already."""
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)
@@ -342,8 +342,8 @@ async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_bu
     """With no room left for a stuck thread, a commit (here a reload granting data/) still
     gives up on the held one: the new generation's thread takes over, so no thread is added,
     and the commit (in trio's thread) is not held for as long as the kernel holds that one."""
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
-    monkeypatch.setattr(loop, "MAX_ABANDONED", 0)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 0)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)

@@ -13,7 +13,7 @@ from fuse_server import MAPPED_NAME, hanging_fuse
 from pilot_wait import until
 from supervised import make_tree, policy
 
-from llsupervise.supervisor.engine import loop
+from llsupervise.supervisor.perform import stalls as stall_watch
 from llsupervise.tui.app import build_app
 from llsupervise.tui.session import LocalSession
 
@@ -41,7 +41,7 @@ def anyio_backend() -> str:
 async def test_a_stalled_request_is_told_to_the_person(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(loop, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     root = Path(os.path.realpath(tmp_path))
     make_tree(root)
     monkeypatch.chdir(root)

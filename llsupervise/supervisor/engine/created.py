@@ -37,12 +37,12 @@ from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.messages import CreatedPathEvent, Event
 from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
-from llsupervise.supervisor.engine.generations import waiting_on_purpose
 from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
 from llsupervise.supervisor.perform.broker import Broker
 from llsupervise.supervisor.perform.credentials import Credentials, CredentialsError, acting_as
 from llsupervise.supervisor.perform.operations import Target
+from llsupervise.supervisor.perform.stalls import waiting_on_purpose
 from llsupervise.supervisor.rules.created import (
     CreatedIndex,
     PendingCreation,

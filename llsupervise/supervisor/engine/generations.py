@@ -1,19 +1,16 @@
-"""Commit generations as the serving threads see them: the broker slot and a server, and
-how long a server has been busy with its request (see engine.loop's stall watch)."""
+"""Commit generations as the serving threads see them: the broker slot and a server."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from llsupervise.landlock import LandlockRuleset
-from llsupervise.seccomp import Notification
 from llsupervise.supervisor.engine.offload import Offload
-from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.perform.broker import Broker
+from llsupervise.supervisor.perform.stalls import Busy, check_not_abandoned
 
 
 class BrokerSlot:
@@ -32,74 +29,6 @@ class BrokerSlot:
         for callback in self.on_swap:
             callback(broker, generation)
         old.close()
-
-
-class Abandoned(Exception):
-    """The serving thread was given up on while it waited (its request was answered
-    without it, and another thread serves in its place): it must not act any more."""
-
-
-class Busy:
-    """What a serving thread is doing, as its stall watch sees it."""
-
-    __slots__ = ("abandoned", "lock", "notification", "performed", "since")
-
-    def __init__(self) -> None:
-        #: Held by the thread as it finishes a request, and by the watch as it gives up on
-        #: one: so the watch never answers a request the thread has moved past.
-        self.lock = threading.Lock()
-        #: When the request in hand was received (monotonic), 0.0 while idle or waiting on
-        #: purpose (see :func:`waiting_on_purpose`).
-        self.since = 0.0
-        self.notification: Notification | None = None
-        #: Set by the watch: the request was answered without this thread.
-        self.abandoned = False
-        #: The request in hand, once performed (see :func:`note_performed`): one
-        #: performed after the watch answered it is reported as done late.
-        self.performed: FsRequest | None = None
-
-
-_thread = threading.local()
-
-
-def watched_as(busy: Busy) -> None:
-    """The calling thread is a serving thread described by ``busy``."""
-    _thread.busy = busy
-
-
-def check_not_abandoned() -> None:
-    """After a call that may have waited long: raise :class:`Abandoned` if this serving
-    thread was given up on meanwhile (a no-op in any other thread)."""
-    busy: Busy | None = getattr(_thread, "busy", None)
-    if busy is not None and busy.abandoned:
-        raise Abandoned
-
-
-def note_performed(request: FsRequest) -> None:
-    """The calling serving thread performed ``request`` (a no-op in any other thread): the
-    kernel may have held the operation itself (a mkdir waits for its directory's lock, which
-    a program can keep held by listing that directory into a page of a hung FUSE file), and
-    an operation cannot be called back once the watch has answered the program without it."""
-    busy: Busy | None = getattr(_thread, "busy", None)
-    if busy is not None:
-        busy.performed = request
-
-
-@contextlib.contextmanager
-def waiting_on_purpose() -> Iterator[None]:
-    """A wait the design asks for (a move held back while trio commits a binding), not a
-    stall: the watch does not count it."""
-    busy: Busy | None = getattr(_thread, "busy", None)
-    if busy is None:
-        yield
-        return
-    since, busy.since = busy.since, 0.0
-    try:
-        yield
-    finally:
-        if since:
-            busy.since = time.monotonic()
-    check_not_abandoned()
 
 
 class Server:

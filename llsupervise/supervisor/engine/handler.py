@@ -31,7 +31,6 @@ from llsupervise.supervisor.engine.created import (
     open_created,
 )
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
-from llsupervise.supervisor.engine.generations import check_not_abandoned
 from llsupervise.supervisor.engine.offload import Job, Offload
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, kernel_decides, reply
 from llsupervise.supervisor.engine.reports import ExecReports, OnExec, OnStall, Refusals
@@ -46,6 +45,7 @@ from llsupervise.supervisor.perform.operations import (
     cached_real_path,
     perform,
 )
+from llsupervise.supervisor.perform.stalls import check_not_abandoned
 from llsupervise.supervisor.rules.created import (
     EMPTY_INDEX,
     CreatedIndex,

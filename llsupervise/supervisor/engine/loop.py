@@ -38,24 +38,24 @@ from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
-from llsupervise.supervisor.engine.generations import (
-    Abandoned,
-    BrokerSlot,
-    Server,
-    check_not_abandoned,
-    note_performed,
-    watched_as,
-)
+from llsupervise.supervisor.engine.generations import BrokerSlot, Server
 from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread, changes_filesystem
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
 from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
+from llsupervise.supervisor.perform import stalls
 from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, BrokerClosed, restrict_thread
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.perform.placement import home_cpu, pin_self
+from llsupervise.supervisor.perform.stalls import (
+    Abandoned,
+    check_not_abandoned,
+    note_performed,
+    watched_as,
+)
 from llsupervise.supervisor.rules.created import CreatedIndex
 from llsupervise.supervisor.rules.uses import PerformedLog
 
@@ -70,16 +70,6 @@ class WatchedPerformedLog(PerformedLog):
         super().note(target)
         note_performed(target.request)
 
-#: Seconds one request may hold a serving thread before the watch gives up on the thread.
-#: A request is served in microseconds, or handed over (to a worker, or to trio), so this
-#: long means the kernel holds the thread (see the module).
-STALL_SECONDS = 5.0
-#: Serving threads given up on and still stuck in the kernel, at most: each holds a thread
-#: and two pipes. Past it, a stalled thread is waited for, as the kernel would (unless a
-#: commit or the loop's end waits for it: giving up on it then adds no thread). One the
-#: kernel lets go counts no more (else a program whose slow server answers, each time
-#: after the watch gave up, would use the budget up in 32 stalls, and stall everyone after).
-MAX_ABANDONED = 32
 
 
 class NotificationLoop:
@@ -181,7 +171,7 @@ class NotificationLoop:
             server.wake()
             server.turn.set()
             if not server.busy.abandoned:  # given up on while stopping: no use waiting
-                server.thread.join(STALL_SECONDS)
+                server.thread.join(stalls.STALL_SECONDS)
             stuck = server.thread.is_alive()  # held by the kernel: left as abandoned ones are
             if not stuck and not server.busy.abandoned:
                 server.close()  # else its thread does, when (if) it ends
@@ -356,13 +346,13 @@ class NotificationLoop:
         """Give up on a serving thread that holds one request too long (see the module)."""
         # Watching on while stopping: a stalled newest server would otherwise keep run()
         # (and the supervisor's exit) waiting for as long as the kernel holds it.
-        while not self._done.wait(STALL_SECONDS / 4):
+        while not self._done.wait(stalls.STALL_SECONDS / 4):
             now = time.monotonic()
             with self._lock:
                 live = list(self._live)
             for server in live:
                 since = server.busy.since
-                if since and now - since > STALL_SECONDS:
+                if since and now - since > stalls.STALL_SECONDS:
                     self._abandon(server)
 
     def _abandon(self, server: Server) -> None:
@@ -374,8 +364,8 @@ class NotificationLoop:
             # its turn (a commit, which waits for it in trio's thread): the budget is not
             # spent then, so a commit is never held for longer than a stall.
             free = stopping or server.successor is not None
-            if (not since or time.monotonic() - since <= STALL_SECONDS or busy.abandoned
-                    or (len(self._abandoned) >= MAX_ABANDONED and not free)):  # fmt: skip
+            if (not since or time.monotonic() - since <= stalls.STALL_SECONDS or busy.abandoned
+                    or (len(self._abandoned) >= stalls.MAX_ABANDONED and not free)):  # fmt: skip
                 return
             busy.abandoned = True
             n = busy.notification
