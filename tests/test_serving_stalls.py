@@ -5,6 +5,7 @@ ever, and with it every trapped call of every supervised process)."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ import trio
 from fuse_server import MAPPED_NAME, hanging_fuse
 from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
-from llsupervise.policy.loader import load_policy
+from llsupervise.policy.loader import load_policy, parse_policy
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.perform import stalls as stall_watch
 
@@ -383,3 +384,88 @@ async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_bu
     assert stalls == [("openat", "refused")]
     reload = next(e for e in events if e["event"] == "reload")
     assert reload["ok"] is True
+
+
+#: Like SCRIPT, for the network: A connects a TCP socket to an address "written" in the hung
+#: FUSE page (the network helper must read it); B, forked first, connects to a port a
+#: supervisor rule grants once the test touches out/go.
+CONNECT_SCRIPT = r"""
+import ctypes, mmap, os, socket, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+port = int(sys.argv[2])
+b = os.fork()
+if b == 0:
+    while not os.path.exists("out/go"):
+        time.sleep(0.01)
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        note("other process: connected")
+    except OSError as e:
+        note(f"other process: errno {e.errno}")
+    os._exit(0)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+s = socket.socket()
+def stuck():
+    r = libc.connect(s.fileno(), ctypes.c_void_p(address), 16)
+    note(f"stuck call: {r} errno {ctypes.get_errno()}")
+t = threading.Thread(target=stuck)
+t.start()
+t.join()
+_, status = os.waitpid(b, 0)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.trio
+async def test_a_connect_whose_address_read_is_held_stalls_no_other_connect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network helper reads every trapped connect's address: the kernel holding that
+    read held every other connect too, until the helper is given up on."""
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
+    root = Path(os.path.realpath(tmp_path))
+    monkeypatch.chdir(root)
+    paths = make_tree(root)
+    log_path = paths["out"] / "log"
+    log_path.touch()
+    events: list[Mapping[str, Any]] = []
+    with socket.socket() as listening, hanging_fuse(root / "fuse") as server:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        port = listening.getsockname()[1]
+        rules = f'[[supervisor.net_port]]\nallowed_access = ["connect_tcp"]\nport = [{port}]\n'
+        text = policy_text(root, supervisor_rules=rules,
+                           extra_static=STATIC_FUSE.format(fuse=server.mountpoint))  # fmt: skip
+        text = text.replace('handled_access_fs = ["abi.all"]',
+                            'handled_access_fs = ["abi.all"]\nhandled_access_net = ["connect_tcp"]')
+        doc = parse_policy(text, "net-stall.toml", {"HOME": str(root), "PWD": str(root)})
+
+        async def go_then_abort() -> None:
+            try:
+                await wait_until(lambda: any(e["event"] == "stall" for e in events),
+                                 "the stall", 60)  # fmt: skip
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: any(x.startswith("other process:")
+                                             for x in lines(log_path)),
+                                 "the other process", 60)  # fmt: skip
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort)
+            mapped = str(server.mountpoint / MAPPED_NAME.decode())
+            argv = [sys.executable, "-c", CONNECT_SCRIPT, mapped, str(port)]
+            status = await sup.run(argv, forward_signals=False)
+        assert server.reads > 0, "the supervisor never asked for the page"
+    log = lines(log_path)
+    assert status == 0, log
+    assert sorted(log) == ["other process: connected", "stuck call: -1 errno 5"], log
+    stalls = [(e["syscall"], e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
+    assert stalls == [("connect", "", "refused")]

@@ -260,6 +260,7 @@ class Supervisor:
                 launched.listener, self.static, self.rules.in_force, self.generation,
                 self.handover.net_denial, on_unix_denial=self.handover.unix_denial,
                 on_refusal=self.handover.refusal,
+                on_stall=lambda n, outcome: self._stalled(n, None, outcome),
             )  # fmt: skip
         loop = NotificationLoop(
             launched.listener,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+from collections.abc import Callable
 from typing import Final
 
 from llsupervise.landlock.support import KernelSupport, detect_support
@@ -82,13 +83,16 @@ class NetMediator:
         support: KernelSupport | None = None,
         on_unix_denial: UnixDenialHandler | None = None,
         on_refusal: RefusalHandler | None = None,
+        on_stall: Callable[[Notification, str], None] | None = None,
     ) -> None:
         """``static``: the static layer's rules (its ports go straight to the kernel).
         ``rules``: static ∪ committed supervisor rules of ``generation``.
         ``on_unix_denial``: like ``on_denial``, for UNIX socket requests (see unix); it is
         called only when the static rules handle ``connect_unix``. ``on_refusal``: an event
-        for a call refused without a question (see refusals)."""
+        for a call refused without a question (see refusals). ``on_stall``: a call answered
+        EIO because the kernel held the helper reading it (see pool)."""
         self.listener = listener
+        self.on_stall = on_stall
         self.arch = native_arch()
         support = detect_support() if support is None else support
         self.replies = Replies(listener)
@@ -151,7 +155,7 @@ class NetMediator:
             or (self.unix is not None and name in UNIX_SYSCALLS)
         ):
             return False
-        if not self._pool.post(lambda: self._dispatch(n, name)):
+        if not self._pool.post(lambda: self._dispatch(n, name), lambda: self._stalled(n)):
             # Closed: the static layer alone decides what it can; the rest fails closed.
             if name == "socket":
                 self.replies.error(n, errno.EPROTONOSUPPORT)
@@ -161,6 +165,16 @@ class NetMediator:
                 with contextlib.suppress(SeccompError):
                     self.replies.kernel_decides(n)
         return True
+
+    def _stalled(self, n: Notification) -> None:
+        """The kernel held the helper reading ``n`` (see pool): EIO, as for a request the
+        serving threads were held on, with its event."""
+        try:
+            self.replies.listener.send_error(n.id, errno.EIO)
+        except SeccompError:
+            return  # gone, or answered meanwhile
+        if self.on_stall is not None:
+            self.on_stall(n, "refused")
 
     def _dispatch(self, n: Notification, name: str) -> None:
         try:

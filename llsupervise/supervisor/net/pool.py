@@ -4,6 +4,11 @@ capabilities, pooled so that a slow connect holds only its own thread.
 A thread's Landlock domain and capabilities are per thread and inherited by the threads it
 starts, so every performing thread is started by the pool's helper, an unrestricted thread
 started with the pool (whose creator must itself be unrestricted); see :meth:`PerformerPool.post`.
+
+The helper reads each call's address from the child's memory, and the kernel can hold that
+read (a page of a file on a hung FUSE mount): a watch then gives up on the helper, answers
+its call without it, and starts another helper in its place (see perform.stalls). One given
+up on hands no job over and asks about nothing once the kernel lets it go.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import errno
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,11 +27,13 @@ from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_FS, NO_SCOPE, AccessNet
+from llsupervise.supervisor.perform import stalls
 from llsupervise.supervisor.perform.credentials import (
     Credentials,
     lower_capabilities,
     take_for_good,
 )
+from llsupervise.supervisor.perform.stalls import Abandoned, Busy, check_not_abandoned, watched_as
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ class Job(Protocol):
 
 #: Where an idle thread waits for its next job (None: end).
 _Inbox = queue.SimpleQueue["Job | None"]
+#: A call for the helper, and how to answer it should the kernel hold the helper in it.
+_Posted = tuple[Callable[[], None], "Callable[[], None] | None"]
 
 
 class PerformerPool:
@@ -107,9 +117,13 @@ class PerformerPool:
         self._idle_max = idle_threads
         self._closed = False
         # Unrestricted: started here, by the pool's (unrestricted) creator.
-        self._helper: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._helper_thread = threading.Thread(target=self._help, name="net-helper", daemon=True)
-        self._helper_thread.start()
+        self._helper: queue.SimpleQueue[_Posted | None] = queue.SimpleQueue()
+        self._busy = Busy()
+        #: Helpers given up on and still held by the kernel.
+        self._abandoned = 0
+        self._helper_thread = self._start_helper(self._busy)
+        self._watch_ended = threading.Event()
+        threading.Thread(target=self._watch, name="net-stall-watch", daemon=True).start()
         #: What went wrong in a pool thread, if anything did (its requests were refused).
         self.failure: BaseException | None = None
 
@@ -119,6 +133,7 @@ class PerformerPool:
             return self._threads
 
     def submit(self, key: ThreadKey, job: Job) -> None:
+        check_not_abandoned()  # a helper given up on performs nothing once let go
         with self._lock:
             if self._closed:
                 refused = True
@@ -151,6 +166,7 @@ class PerformerPool:
             backlog = list(self._backlog)
             self._backlog.clear()
             self._helper.put(None)  # after whatever was posted before
+        self._watch_ended.set()
         for _key, job in backlog:
             job.refuse(errno.EACCES)
 
@@ -160,11 +176,12 @@ class PerformerPool:
                 inbox.put(None)
                 self._threads -= 1
 
-    def post(self, fn: Callable[[], None]) -> bool:
+    def post(self, fn: Callable[[], None], answer: Callable[[], None] | None = None) -> bool:
         """Run ``fn`` in the helper thread, which has the supervisor's own standing (no
         Landlock domain, every capability): it may read the child's /proc entries, and the
         threads it starts are confined only as they confine themselves. Calls run one at a
-        time, in order; an exception is kept in :attr:`failure`.
+        time, in order; an exception is kept in :attr:`failure`. ``answer``: how to answer
+        the call if the kernel holds the helper in it (see the module).
 
         False when ``fn`` will not run: the pool is closed."""
         if threading.current_thread() is self._helper_thread:
@@ -173,18 +190,56 @@ class PerformerPool:
         with self._lock:
             if self._closed:
                 return False
-            self._helper.put(fn)
+            self._helper.put((fn, answer))
             return True
 
-    def _help(self) -> None:
-        while (fn := self._helper.get()) is not None:
-            self._run(fn)
+    def _start_helper(self, busy: Busy) -> threading.Thread:
+        thread = threading.Thread(target=self._help, args=(busy,), name="net-helper", daemon=True)
+        thread.start()
+        return thread
+
+    def _help(self, busy: Busy) -> None:
+        watched_as(busy)
+        while (posted := self._helper.get()) is not None:
+            fn, busy.answer = posted
+            busy.since = time.monotonic()
+            try:
+                self._run(fn)
+            finally:
+                with busy.lock:
+                    busy.since = 0.0
+                    busy.answer = None
+                    abandoned = busy.abandoned
+            if abandoned:
+                with self._lock:
+                    self._abandoned -= 1  # let go by the kernel: its place is free again
+                return
+        self._helper.put(None)  # for a helper that took over from one given up on
 
     def _run(self, fn: Callable[[], None]) -> None:
         try:
             fn()
+        except Abandoned:
+            pass  # answered without it, by the watch
         except Exception as exc:
             self.failure = exc
+
+    def _watch(self) -> None:
+        """Give up on a helper that holds one call too long (see the module)."""
+        while not self._watch_ended.wait(stalls.STALL_SECONDS / 4):
+            busy = self._busy
+            with self._lock, busy.lock:
+                since = busy.since
+                if (not since or time.monotonic() - since <= stalls.STALL_SECONDS
+                        or self._abandoned >= stalls.MAX_ABANDONED):  # fmt: skip
+                    continue
+                busy.abandoned = True
+                answer = busy.answer
+                self._abandoned += 1
+                self._busy = Busy()
+                self._helper_thread = self._start_helper(self._busy)
+            if answer is not None:
+                answer()
 
     def _start(self, key: ThreadKey, job: Job) -> None:
         if not self.post(lambda: self._spawn(key, job)):

@@ -65,6 +65,7 @@ from llsupervise.supervisor.net.unix import (
 )
 from llsupervise.supervisor.perform.credentials import access_credentials, own_credentials
 from llsupervise.supervisor.perform.procfs import read_proc, read_status
+from llsupervise.supervisor.perform.stalls import check_not_abandoned
 
 UnixDenialHandler = Callable[[UnixPending], None]
 #: A send that asks for no SIGPIPE on a broken stream.
@@ -395,6 +396,7 @@ class UnixSockets:
             self._report(pending)
 
     def _report(self, pending: UnixPending) -> None:
+        check_not_abandoned()  # a helper given up on (see pool) asks no one about it
         pending.exe = read_proc(pending.tid, "exe")
         pending.cmdline = read_proc(pending.tid, "cmdline")
         if self.on_denial is None:
