@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from fuse_server import MAPPED_NAME, hanging_fuse
+from fuse_server import MAPPED_NAME, HangingFuse, hanging_fuse
 from supervised import PUBLIC, lines, make_tree, policy, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy, parse_policy
@@ -72,18 +72,43 @@ parent = ["{fuse}"]
 """
 
 
-@pytest.mark.trio
-async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
+def stall_tree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Path, dict[str, Path], list[Mapping[str, Any]]]:
+    """The test tree (with an empty out/log) as cwd, held threads given up on after half a
+    second, and the list the run's events go to."""
     monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     root = Path(os.path.realpath(tmp_path))
     monkeypatch.chdir(root)
     paths = make_tree(root)
+    (paths["out"] / "log").touch()
+    return root, paths, []
+
+
+async def go_then_abort(
+    events: list[Mapping[str, Any]], paths: dict[str, Path], server: HangingFuse
+) -> None:
+    """Once the stall is logged, let process B go (out/go); once B is through, abort the
+    server. Not timing bounds: without the watch, the program (and the supervisor's serving)
+    waits for ever; the limits only end a test that has failed."""
+    try:
+        await wait_until(lambda: any(e["event"] == "stall" for e in events), "the stall", 60)
+        (paths["out"] / "go").touch()
+        await wait_until(
+            lambda: any(x.startswith("other process:") for x in lines(paths["out"] / "log")),
+            "the other process", 60,
+        )  # fmt: skip
+    finally:
+        await trio.to_thread.run_sync(server.close)
+
+
+@pytest.mark.trio
+async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
-    log_path.touch()
     public = PUBLIC.decode().strip()
-    events: list[Mapping[str, Any]] = []
     with hanging_fuse(root / "fuse") as server:
         doc = policy(
             root,
@@ -91,23 +116,9 @@ async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
             extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
         )
 
-        async def go_then_abort() -> None:
-            # Not timing bounds: without the watch, the program (and the supervisor's
-            # serving) waits for ever; the server is aborted once B is through, or the test
-            # has failed.
-            try:
-                await wait_until(lambda: any(e["event"] == "stall" for e in events),
-                                 "the stall", 60)  # fmt: skip
-                (paths["out"] / "go").touch()
-                await wait_until(lambda: any(x.startswith("other process:")
-                                             for x in lines(log_path)),
-                                 "the other process", 60)  # fmt: skip
-            finally:
-                await trio.to_thread.run_sync(server.close)
-
         async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
             sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort)
+            nursery.start_soon(go_then_abort, events, paths, server)
             argv = [sys.executable, "-c", SCRIPT, str(server.mountpoint / MAPPED_NAME.decode())]
             status = await sup.run(argv, forward_signals=False)
         assert server.reads > 0, f"the supervisor never asked for the page: {server.received}"
@@ -146,17 +157,13 @@ async def test_the_supervisor_exits_while_a_serving_thread_is_held(
     """The program ends while the newest serving thread is held (here: while the watch may
     give up on no thread, its budget spent): stopping gives up on it, and the run ends
     with the server still hung, not once it answers (that may be never)."""
-    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 0)
-    root = Path(os.path.realpath(tmp_path))
-    monkeypatch.chdir(root)
-    paths = make_tree(root)
-    events: list[Mapping[str, Any]] = []
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     hung_at_exit: list[bool] = []
     with hanging_fuse(root / "fuse") as server:
         doc = policy(root, extra_static=STATIC_FUSE.format(fuse=server.mountpoint))
 
-        async def go_then_abort() -> None:
+        async def go_then_abort_after_the_run() -> None:
             try:
                 await wait_until(lambda: server.reads > 0, "the held read", 60)
                 (paths["out"] / "go").touch()
@@ -166,7 +173,7 @@ async def test_the_supervisor_exits_while_a_serving_thread_is_held(
 
         async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
             sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort)
+            nursery.start_soon(go_then_abort_after_the_run)
             argv = [sys.executable, "-c", EXIT_WHILE_HELD,
                     str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
             status = await sup.run(argv, forward_signals=False)
@@ -200,14 +207,9 @@ async def test_a_thread_the_kernel_let_go_no_longer_counts_against_the_budget(
 ) -> None:
     """With room for one stuck thread: a first stall whose read the server then answers
     (late) frees that room, so a second stall is given up on too, not waited for."""
-    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 1)
-    root = Path(os.path.realpath(tmp_path))
-    monkeypatch.chdir(root)
-    paths = make_tree(root)
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
-    log_path.touch()
-    events: list[Mapping[str, Any]] = []
 
     def stalls() -> int:
         return sum(e["event"] == "stall" for e in events)
@@ -277,13 +279,8 @@ async def test_a_creation_the_kernel_held_past_its_stall_is_logged_as_done_late(
     before the commit, and offers no way to call it back), so the log must say so. Never
     granted, the late mkdir is refused: that refusal is no one's to analyse or ask about,
     since the program was answered already."""
-    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
-    root = Path(os.path.realpath(tmp_path))
-    monkeypatch.chdir(root)
-    paths = make_tree(root)
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
-    log_path.touch()
-    events: list[Mapping[str, Any]] = []
     rights = '"read_dir", "make_dir"' if granted else '"read_dir"'
     grant = RULES.replace('"read_file"', rights).format(data=paths["data"])
     with hanging_fuse(root / "fuse") as server:
@@ -343,14 +340,9 @@ async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_bu
     """With no room left for a stuck thread, a commit (here a reload granting data/) still
     gives up on the held one: the new generation's thread takes over, so no thread is added,
     and the commit (in trio's thread) is not held for as long as the kernel holds that one."""
-    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
     monkeypatch.setattr(stall_watch, "MAX_ABANDONED", 0)
-    root = Path(os.path.realpath(tmp_path))
-    monkeypatch.chdir(root)
-    paths = make_tree(root)
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
-    log_path.touch()
-    events: list[Mapping[str, Any]] = []
     with hanging_fuse(root / "fuse") as server:
         static = STATIC_FUSE.format(fuse=server.mountpoint)
         policy_file = root / "policy.toml"
@@ -428,13 +420,8 @@ async def test_a_connect_whose_address_read_is_held_stalls_no_other_connect(
 ) -> None:
     """The network helper reads every trapped connect's address: the kernel holding that
     read held every other connect too, until the helper is given up on."""
-    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 0.5)
-    root = Path(os.path.realpath(tmp_path))
-    monkeypatch.chdir(root)
-    paths = make_tree(root)
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
-    log_path.touch()
-    events: list[Mapping[str, Any]] = []
     with socket.socket() as listening, hanging_fuse(root / "fuse") as server:
         listening.bind(("127.0.0.1", 0))
         listening.listen(8)
@@ -446,20 +433,9 @@ async def test_a_connect_whose_address_read_is_held_stalls_no_other_connect(
                             'handled_access_fs = ["abi.all"]\nhandled_access_net = ["connect_tcp"]')
         doc = parse_policy(text, "net-stall.toml", {"HOME": str(root), "PWD": str(root)})
 
-        async def go_then_abort() -> None:
-            try:
-                await wait_until(lambda: any(e["event"] == "stall" for e in events),
-                                 "the stall", 60)  # fmt: skip
-                (paths["out"] / "go").touch()
-                await wait_until(lambda: any(x.startswith("other process:")
-                                             for x in lines(log_path)),
-                                 "the other process", 60)  # fmt: skip
-            finally:
-                await trio.to_thread.run_sync(server.close)
-
         async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
             sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort)
+            nursery.start_soon(go_then_abort, events, paths, server)
             mapped = str(server.mountpoint / MAPPED_NAME.decode())
             argv = [sys.executable, "-c", CONNECT_SCRIPT, mapped, str(port)]
             status = await sup.run(argv, forward_signals=False)

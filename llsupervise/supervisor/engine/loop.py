@@ -311,18 +311,13 @@ class NotificationLoop:
                 if exc.errno in (errno.EINTR, errno.ENOENT):
                     continue  # the task died between poll and recv
                 raise
-            busy.notification = n
-            busy.performed = None
-            busy.since = time.monotonic()
+            busy.begin(n)
             try:
                 self.handler.handle(n, server.generation, server.offload)
             except NotificationGone:
                 pass
             finally:
-                with busy.lock:
-                    busy.since = 0.0
-                    busy.notification = None
-                    abandoned = busy.abandoned
+                abandoned = busy.finish()
             if abandoned:
                 self._report_late(n, busy.performed)
                 return True

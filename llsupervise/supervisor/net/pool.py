@@ -201,15 +201,12 @@ class PerformerPool:
     def _help(self, busy: Busy) -> None:
         watched_as(busy)
         while (posted := self._helper.get()) is not None:
-            fn, busy.answer = posted
-            busy.since = time.monotonic()
+            fn, answer = posted
+            busy.begin(answer=answer)
             try:
                 self._run(fn)
             finally:
-                with busy.lock:
-                    busy.since = 0.0
-                    busy.answer = None
-                    abandoned = busy.abandoned
+                abandoned = busy.finish()
             if abandoned:
                 with self._lock:
                     self._abandoned -= 1  # let go by the kernel: its place is free again

@@ -57,6 +57,24 @@ class Busy:
         #: performed after the watch answered it is reported as done late.
         self.performed: FsRequest | None = None
 
+    def begin(
+        self, notification: Notification | None = None, answer: Callable[[], None] | None = None
+    ) -> None:
+        """The thread takes a request in hand (what the watch answers it with, if it must)."""
+        self.notification = notification
+        self.answer = answer
+        self.performed = None
+        self.since = time.monotonic()
+
+    def finish(self) -> bool:
+        """The thread is done with its request; whether it was given up on meanwhile (then
+        it must act no more, and end)."""
+        with self.lock:
+            self.since = 0.0
+            self.notification = None
+            self.answer = None
+            return self.abandoned
+
 
 _thread = threading.local()
 
