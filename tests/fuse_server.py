@@ -72,6 +72,8 @@ class HangingFuse:
         self._held_reads: list[int] = []
         #: Set by :meth:`fail_reads`: later reads fail at once too (a reader may retry).
         self.failing_reads = False
+        #: Set by :meth:`serve_reads`: what a read of ``mapped`` gets from then on.
+        self.content: bytes | None = None
         #: Lookups of the hanging name not answered yet; :meth:`release` answers them (a
         #: directory, in which a mkdir succeeds), as a server that was only slow.
         self._held: list[int] = []
@@ -141,11 +143,15 @@ class HangingFuse:
             self._reply(unique, 0, struct.pack("=QII", 0, 0, 0))  # fh open_flags padding
         elif opcode == _READ:
             with self._release_lock:
-                self.reads += 1  # not answered (until fail_reads)
-                if not self.failing_reads:
+                self.reads += 1  # not answered (until fail_reads or serve_reads)
+                content = self.content
+                if content is None and not self.failing_reads:
                     self._held_reads.append(unique)
                     return
-            self._reply(unique, -errno.EIO)
+            if content is None:
+                self._reply(unique, -errno.EIO)
+            else:
+                self._reply(unique, 0, content)
         elif opcode in (_FLUSH, _RELEASE):
             self._reply(unique, 0)
         elif opcode == _STATFS:
@@ -179,6 +185,16 @@ class HangingFuse:
             held, self._held_reads = self._held_reads, []
         for unique in held:
             self._reply(unique, -errno.EIO)
+
+    def serve_reads(self, content: bytes) -> None:
+        """Answer the reads held so far, and later ones, with ``content`` (the whole page,
+        zero-filled), as a server that was only slow."""
+        page = content.ljust(MAPPED_SIZE, b"\0")[:MAPPED_SIZE]
+        with self._release_lock:
+            self.content = page
+            held, self._held_reads = self._held_reads, []
+        for unique in held:
+            self._reply(unique, 0, page)
 
     def _reply(self, unique: int, error: int, payload: bytes = b"") -> None:
         with contextlib.suppress(OSError):

@@ -445,3 +445,76 @@ async def test_a_connect_whose_address_read_is_held_stalls_no_other_connect(
     assert sorted(log) == ["other process: connected", "stuck call: -1 errno 5"], log
     stalls = [(e["syscall"], e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
     assert stalls == [("connect", "", "refused")]
+
+
+#: The held call is an execve of the path "written" in the hung page; B, forked first, opens
+#: data/x once the test touches out/go. The page then comes: it names data/x, which the static
+#: layer does not let the program execute.
+EXEC_SCRIPT = r"""
+import ctypes, mmap, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+b = os.fork()
+if b == 0:
+    while not os.path.exists("out/go"):
+        time.sleep(0.01)
+    with open("data/x", "rb") as f:
+        note("other process: " + f.read().decode().strip())
+    os._exit(0)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+path = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+argv = (ctypes.c_char_p * 2)(b"x", None)
+def stuck():
+    r = libc.execve(path, argv, argv)
+    note(f"stuck call: {r} errno {ctypes.get_errno()}")
+t = threading.Thread(target=stuck)
+t.start()
+t.join()
+_, status = os.waitpid(b, 0)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.trio
+async def test_an_exec_held_in_its_read_goes_on_to_the_kernel_and_is_not_reported_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held exec is answered CONTINUE (the static layer judges it: here it refuses); once
+    the page comes, the thread given up on reports nothing of it (no exec denial for a
+    request answered without it), and another process was served meanwhile."""
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
+    public = PUBLIC.decode().strip()
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]),
+                     extra_static=STATIC_FUSE.format(fuse=server.mountpoint))  # fmt: skip
+
+        async def go_then_serve_the_page() -> None:
+            try:
+                await wait_until(lambda: any(e["event"] == "stall" for e in events),
+                                 "the stall", 60)  # fmt: skip
+                (paths["out"] / "go").touch()
+                await wait_until(lambda: any(x.startswith("other process:")
+                                             for x in lines(paths["out"] / "log")),
+                                 "the other process", 60)  # fmt: skip
+                server.serve_reads(str(paths["data"] / "x").encode())
+                await wait_until(lambda: any(x.startswith("stuck call:")
+                                             for x in lines(paths["out"] / "log")),
+                                 "the exec's end", 60)  # fmt: skip
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_serve_the_page)
+            argv = [sys.executable, "-c", EXEC_SCRIPT,
+                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
+            status = await sup.run(argv, forward_signals=False)
+    log = lines(paths["out"] / "log")
+    assert status == 0, log
+    assert sorted(log) == [f"other process: {public}", "stuck call: -1 errno 13"], log
+    stalls = [(e["syscall"], e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
+    assert stalls == [("execve", "", "continued unreported")]
+    assert not [e for e in events if e["event"] == "denial" and e["syscall"] == "execve"]
