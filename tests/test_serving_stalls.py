@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +26,50 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE"),
 ]
 
-#: The program forks a second process (B), which waits for out/go and then opens data/x
-#: (granted by a supervisor rule: the supervisor performs it). The first (A) maps a file of
-#: the FUSE mount, whose page never comes (the server does not answer reads), and in one
-#: thread opens the path "written" in that page: the supervisor must read the page to know
-#: the path, and the kernel holds that read (and with it A's memory map) until the server
-#: answers (A can then do little: an munmap waits for that lock). Once the supervisor gives
-#: up on the read, the test touches out/go.
-SCRIPT = r"""
-import ctypes, mmap, os, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
-def note(line):
-    os.write(log, line.encode() + b"\n")
-b = os.fork()
-if b == 0:
-    while not os.path.exists("out/go"):
-        time.sleep(0.01)
-    with open("data/x", "rb") as f:
-        note("other process: " + f.read().decode().strip())
-    os._exit(0)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-address = ctypes.addressof(ctypes.c_char.from_buffer(m))
-def stuck():
-    r = libc.open(ctypes.c_void_p(address), os.O_RDONLY)
-    note(f"stuck call: {r} errno {ctypes.get_errno()}")
-t = threading.Thread(target=stuck)
-t.start()
-t.join()
-_, status = os.waitpid(b, 0)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+#: What process B does once the test touches out/go: open data/x (granted by a supervisor
+#: rule: the supervisor performs it).
+OPEN_DATA = """with open("data/x", "rb") as f:
+    note("other process: " + f.read().decode().strip())"""
+
+
+def held_call_script(other: str, call: str, setup: str = "") -> str:
+    """The program: it forks a second process (B), which waits for out/go and then runs
+    ``other`` (which notes "other process: ..."). The first (A) maps a file of the FUSE mount
+    (argv[1]), whose page never comes (the server does not answer reads), and in one thread
+    makes ``call``, whose argument ``page`` points into that page: the supervisor must read
+    the page to know the call, and the kernel holds that read (and with it A's memory map)
+    until the server answers (A can then do little: an munmap waits for that lock). The test
+    touches out/go once the supervisor gives up on the read."""
+    indented = "\n".join("    " + line for line in other.splitlines())
+    return (
+        "import ctypes, mmap, os, socket, sys, threading, time\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        'log = os.open("out/log", os.O_WRONLY | os.O_APPEND)\n'
+        "def note(line):\n"
+        '    os.write(log, line.encode() + b"\\n")\n'
+        "b = os.fork()\n"
+        "if b == 0:\n"
+        '    while not os.path.exists("out/go"):\n'
+        "        time.sleep(0.01)\n"
+        f"{indented}\n"
+        "    os._exit(0)\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)\n"
+        "page = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))\n"
+        f"{setup}\n"
+        "def stuck():\n"
+        f"    r = {call}\n"
+        '    note(f"stuck call: {r} errno {ctypes.get_errno()}")\n'
+        "t = threading.Thread(target=stuck)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "_, status = os.waitpid(b, 0)\n"
+        "os._exit(os.waitstatus_to_exitcode(status))\n"
+    )
+
+
+#: A opens the path "written" in the hung page.
+SCRIPT = held_call_script(OPEN_DATA, "libc.open(page, os.O_RDONLY)")
 
 RULES = """
 [[supervisor.path_beneath]]
@@ -86,11 +98,14 @@ def stall_tree(
 
 
 async def go_then_abort(
-    events: list[Mapping[str, Any]], paths: dict[str, Path], server: HangingFuse
+    events: list[Mapping[str, Any]],
+    paths: dict[str, Path],
+    server: HangingFuse,
+    then: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Once the stall is logged, let process B go (out/go); once B is through, abort the
-    server. Not timing bounds: without the watch, the program (and the supervisor's serving)
-    waits for ever; the limits only end a test that has failed."""
+    """Once the stall is logged, let process B go (out/go); once B is through, ``then``,
+    and abort the server. Not timing bounds: without the watch, the program (and the
+    supervisor's serving) waits for ever; the limits only end a test that has failed."""
     try:
         await wait_until(lambda: any(e["event"] == "stall" for e in events), "the stall", 60)
         (paths["out"] / "go").touch()
@@ -98,6 +113,8 @@ async def go_then_abort(
             lambda: any(x.startswith("other process:") for x in lines(paths["out"] / "log")),
             "the other process", 60,
         )  # fmt: skip
+        if then is not None:
+            await then()
     finally:
         await trio.to_thread.run_sync(server.close)
 
@@ -378,40 +395,18 @@ async def test_a_commit_during_a_stall_waits_no_longer_than_the_stall_with_no_bu
     assert reload["ok"] is True
 
 
-#: Like SCRIPT, for the network: A connects a TCP socket to an address "written" in the hung
-#: FUSE page (the network helper must read it); B, forked first, connects to a port a
-#: supervisor rule grants once the test touches out/go.
-CONNECT_SCRIPT = r"""
-import ctypes, mmap, os, socket, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
-def note(line):
-    os.write(log, line.encode() + b"\n")
-port = int(sys.argv[2])
-b = os.fork()
-if b == 0:
-    while not os.path.exists("out/go"):
-        time.sleep(0.01)
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-        note("other process: connected")
-    except OSError as e:
-        note(f"other process: errno {e.errno}")
-    os._exit(0)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-address = ctypes.addressof(ctypes.c_char.from_buffer(m))
-s = socket.socket()
-def stuck():
-    r = libc.connect(s.fileno(), ctypes.c_void_p(address), 16)
-    note(f"stuck call: {r} errno {ctypes.get_errno()}")
-t = threading.Thread(target=stuck)
-t.start()
-t.join()
-_, status = os.waitpid(b, 0)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+#: For the network: A connects a TCP socket to an address "written" in the hung page (the
+#: network helper must read it); B connects to a port a supervisor rule grants (argv[2]).
+CONNECT_SCRIPT = held_call_script(
+    """s = socket.socket()
+try:
+    s.connect(("127.0.0.1", int(sys.argv[2])))
+    note("other process: connected")
+except OSError as e:
+    note(f"other process: errno {e.errno}")""",
+    "libc.connect(s.fileno(), page, 16)",
+    setup="s = socket.socket()",
+)
 
 
 @pytest.mark.trio
@@ -447,35 +442,11 @@ async def test_a_connect_whose_address_read_is_held_stalls_no_other_connect(
     assert stalls == [("connect", "", "refused")]
 
 
-#: The held call is an execve of the path "written" in the hung page; B, forked first, opens
-#: data/x once the test touches out/go. The page then comes: it names data/x, which the static
-#: layer does not let the program execute.
-EXEC_SCRIPT = r"""
-import ctypes, mmap, os, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
-def note(line):
-    os.write(log, line.encode() + b"\n")
-b = os.fork()
-if b == 0:
-    while not os.path.exists("out/go"):
-        time.sleep(0.01)
-    with open("data/x", "rb") as f:
-        note("other process: " + f.read().decode().strip())
-    os._exit(0)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-path = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))
-argv = (ctypes.c_char_p * 2)(b"x", None)
-def stuck():
-    r = libc.execve(path, argv, argv)
-    note(f"stuck call: {r} errno {ctypes.get_errno()}")
-t = threading.Thread(target=stuck)
-t.start()
-t.join()
-_, status = os.waitpid(b, 0)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+#: The held call is an execve of the path "written" in the hung page. The page then comes:
+#: it names data/x, which the static layer does not let the program execute.
+EXEC_SCRIPT = held_call_script(
+    OPEN_DATA, "libc.execve(page, argv, argv)", setup='argv = (ctypes.c_char_p * 2)(b"x", None)'
+)
 
 
 @pytest.mark.trio
@@ -491,24 +462,15 @@ async def test_an_exec_held_in_its_read_goes_on_to_the_kernel_and_is_not_reporte
         doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]),
                      extra_static=STATIC_FUSE.format(fuse=server.mountpoint))  # fmt: skip
 
-        async def go_then_serve_the_page() -> None:
-            try:
-                await wait_until(lambda: any(e["event"] == "stall" for e in events),
-                                 "the stall", 60)  # fmt: skip
-                (paths["out"] / "go").touch()
-                await wait_until(lambda: any(x.startswith("other process:")
-                                             for x in lines(paths["out"] / "log")),
-                                 "the other process", 60)  # fmt: skip
-                server.serve_reads(str(paths["data"] / "x").encode())
-                await wait_until(lambda: any(x.startswith("stuck call:")
-                                             for x in lines(paths["out"] / "log")),
-                                 "the exec's end", 60)  # fmt: skip
-            finally:
-                await trio.to_thread.run_sync(server.close)
+        async def serve_the_page() -> None:
+            server.serve_reads(str(paths["data"] / "x").encode())
+            await wait_until(lambda: any(x.startswith("stuck call:")
+                                         for x in lines(paths["out"] / "log")),
+                             "the exec's end", 60)  # fmt: skip
 
         async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
             sup.listeners.append(events.append)
-            nursery.start_soon(go_then_serve_the_page)
+            nursery.start_soon(go_then_abort, events, paths, server, serve_the_page)
             argv = [sys.executable, "-c", EXEC_SCRIPT,
                     str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
             status = await sup.run(argv, forward_signals=False)
