@@ -93,6 +93,22 @@ def lines(path: Path) -> list[str]:
         return []
 
 
+#: For a program that starts a thread ``t`` and waits until that thread is in one of the
+#: syscalls (numbers, as /proc/PID/task/TID/syscall prints them) given to ``wait_in``:
+#: waiting for an answer, or in the kernel. A thread that is gone, or going (EIO once past
+#: its last syscall), is in none.
+WAIT_IN_SYSCALL = r"""
+def wait_in(t, *numbers):
+    def inside():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/syscall") as f:
+                return f.read().split()[0] in numbers
+        except OSError:
+            return False
+    while t.is_alive() and not inside():
+        pass
+"""
+
 # Reads data/x once per iteration and logs the outcome through an fd opened before the loop.
 READ_LOOP = r"""
 import os, sys, time

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 from fuse_server import HangingFuse, hanging_fuse
-from supervised import PUBLIC, lines, make_tree, policy, wait_until
+from supervised import PUBLIC, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_until
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import offload
@@ -32,7 +32,7 @@ pytestmark = [
 #: The program: one thread makes a call that waits on the hung FUSE lookup; once that thread
 #: is in its call, another opens data/x (granted by a supervisor rule, so performed by the
 #: supervisor). Each outcome is a line of out/log.
-SCRIPT = r"""
+SCRIPT = WAIT_IN_SYSCALL + r"""
 import os, sys, threading
 call, target = sys.argv[1], sys.argv[2]
 log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
@@ -49,14 +49,7 @@ def stuck():
         note(f"stuck call: err {e.errno}")
 t = threading.Thread(target=stuck)
 t.start()
-def in_call():
-    try:
-        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
-            return f.read().split()[0] in ("257", "83", "258")  # openat, mkdir, mkdirat
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-while t.is_alive() and not in_call():
-    pass
+wait_in(t, "257", "83", "258")  # openat, mkdir, mkdirat
 with open("data/x", "rb") as f:
     note("unrelated open: " + f.read().decode().strip())
 t.join()
@@ -183,7 +176,7 @@ def test_blocking_types(fstype: str, blocking: bool) -> None:
 #: The program takes a dirfd of the FUSE root while its server answers, waits until the
 #: server hangs altogether, then opens a name relative to that dirfd in one thread, and
 #: data/x in another once the first is in its call.
-DIRFD_SCRIPT = r"""
+DIRFD_SCRIPT = WAIT_IN_SYSCALL + r"""
 import os, sys, threading, time
 log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
 def note(line):
@@ -200,14 +193,7 @@ def stuck():
         note(f"stuck call: err {e.errno}")
 t = threading.Thread(target=stuck)
 t.start()
-def in_call():
-    try:
-        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
-            return f.read().split()[0] == "257"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-while t.is_alive() and not in_call():
-    pass
+wait_in(t, "257")  # openat
 with open("data/x", "rb") as f:
     note("unrelated open: " + f.read().decode().strip())
 t.join()

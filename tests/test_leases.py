@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from supervised import make_tree, policy
+from supervised import WAIT_IN_SYSCALL, make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor
 
@@ -18,7 +18,7 @@ BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
 
 #: The program: a lease on data/x, a thread that truncates it, and, once that thread is in
 #: its truncate, an unrelated open served by the supervisor; only then is the lease given up.
-SCRIPT = r"""
+SCRIPT = WAIT_IN_SYSCALL + r"""
 import fcntl, os, signal, sys, threading
 F_SETLEASE = 1024
 signal.signal(signal.SIGIO, lambda *_: None)  # a lease break is only noted
@@ -36,15 +36,7 @@ def truncate():
         result.append(f"err {e.errno}")
 t = threading.Thread(target=truncate)
 t.start()
-def in_truncate():
-    try:
-        with open(f"/proc/self/task/{t.native_id}/syscall") as f:
-            # truncate or openat, waiting (for an answer, or in the kernel)
-            return f.read().split()[0] in ("76", "257")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-while t.is_alive() and not in_truncate():
-    pass
+wait_in(t, "76", "257")  # truncate or openat
 with open("data/y", "rb") as f:  # served while the truncate may still wait
     print("unrelated open served:", f.read().decode(), flush=True)
 fcntl.fcntl(holder, F_SETLEASE, fcntl.F_UNLCK)
