@@ -350,6 +350,13 @@ class RequestHandler:
 
         return Job(run, expire)
 
+    def report_late(self, n: Notification, request: FsRequest) -> None:
+        """``request`` was performed after ``n`` had been answered without it (EIO, at a
+        deadline or by a stall watch): the program cannot be told any more, so the log says
+        what changed, lest it say "refused" alone."""
+        if changes_filesystem(request) and self.on_stall is not None:
+            self.on_stall(n, request, "done late")
+
     def serve(
         self, n: Notification, target: Target, generation: int, job: Job | None = None
     ) -> None:
@@ -376,8 +383,8 @@ class RequestHandler:
             request = target.request
             if result is not None and request.op == "open":
                 os.close(result)
-            if result is not None and changes_filesystem(request) and self.on_stall is not None:
-                self.on_stall(n, request, "done late")
+            if result is not None:
+                self.report_late(n, request)
             return
         if result is None:
             # A magic link on the way, say: the kernel decides in the child's context.

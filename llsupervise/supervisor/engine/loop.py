@@ -39,10 +39,9 @@ from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
-from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread, changes_filesystem
+from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
-from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform import stalls
 from llsupervise.supervisor.perform.blocking import serve_inline
@@ -319,7 +318,8 @@ class NotificationLoop:
             finally:
                 abandoned = busy.finish()
             if abandoned:
-                self._report_late(n, busy.performed)
+                if busy.performed is not None:
+                    self.handler.report_late(n, busy.performed)
                 return True
 
     def _call_unrestricted(self, fn: Callable[[], T]) -> T:
@@ -400,13 +400,6 @@ class NotificationLoop:
                 self._left_workers.append(worker)  # held for another caller: left behind
             else:
                 worker.close()
-
-    def _report_late(self, n: Notification, performed: FsRequest | None) -> None:
-        """The kernel let a thread given up on go, and what it held was performed after
-        all: the program was told EIO and cannot be told otherwise; the log says what
-        changed, as for an offloaded operation done late (see offload)."""
-        if performed is not None and changes_filesystem(performed) and self.on_stall is not None:
-            self.on_stall(n, performed, "done late")
 
     def _answer_stalled(self, n: Notification) -> None:
         try:
