@@ -211,7 +211,6 @@ class PerformerPool:
                 with self._lock:
                     self._abandoned -= 1  # let go by the kernel: its place is free again
                 return
-        self._helper.put(None)  # for a helper that took over from one given up on
 
     def _run(self, fn: Callable[[], None]) -> None:
         try:
