@@ -116,6 +116,12 @@ class Notification:
         arch = arch_from_audit(self.arch)
         return None if arch is None else syscall_name(arch, self.nr)
 
+    @classmethod
+    def unpack(cls, buf: bytes | bytearray) -> Notification:
+        """A notification from its struct seccomp_notif, as NOTIF_RECV fills it."""
+        nid, pid, flags, nr, arch, ip, a0, a1, a2, a3, a4, a5 = SECCOMP_NOTIF.unpack(buf)
+        return cls(nid, pid, flags, nr, arch, ip, (a0, a1, a2, a3, a4, a5))
+
     def arg_int(self, index: int) -> int:
         """Argument index as a C int (dirfds such as AT_FDCWD are signed 32-bit)."""
         value = self.args[index] & 0xFFFFFFFF
@@ -176,9 +182,7 @@ class Listener(FdOwner):
             if self._hung_up():
                 raise SuperviseesGone(errno.ENOENT, "NOTIF_RECV: no supervisee left") from None
             raise NotificationGone(errno.ENOENT, "NOTIF_RECV") from None
-        nid, pid, flags, nr, arch, ip, *args = SECCOMP_NOTIF.unpack(buf)
-        a0, a1, a2, a3, a4, a5 = args
-        return Notification(nid, pid, flags, nr, arch, ip, (a0, a1, a2, a3, a4, a5))
+        return Notification.unpack(buf)
 
     def _hung_up(self) -> bool:
         poller = select.poll()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
+from llsupervise.supervisor.engine._fastpath import Readers
 from llsupervise.supervisor.engine.requests import FsRequest, decode
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
 from llsupervise.supervisor.perform.procfs import status_fields, status_number
@@ -106,6 +107,8 @@ class Task:
     cached_umask: int | None = None
     #: The thread's access credentials (see credentials).
     cached_credentials: Credentials | None = None
+    #: Where the compiled loop keeps its own copy of the memory reader (see engine.loop).
+    readers: Readers | None = None
 
     def forget_context(self) -> None:
         if self.cwd is not None:
@@ -114,6 +117,8 @@ class Task:
 
     def close(self) -> None:
         self.forget_context()
+        if self.readers is not None:
+            self.readers.forget(self.tid)
         self.memory.close()
         if self.status is not None:
             os.close(self.status)
@@ -148,20 +153,28 @@ class ThreadContexts:
 
     def __init__(self, unrestricted: Unrestricted) -> None:
         self._unrestricted = unrestricted
+        #: The memory readers and unsettled threads, as the compiled loop sees them: each
+        #: reader opened here is lent to it, and taken back when closed here.
+        self.readers = Readers()
         self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS)
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
         self._unsettled: set[int] = set()
 
     def _open_task(self, tid: int) -> Task:
-        return self._unrestricted(lambda: open_task(tid))
+        task = self._unrestricted(lambda: open_task(tid))
+        task.readers = self.readers
+        self.readers.remember(tid, task.memory.fileno())
+        return task
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks)
 
     def heard_from(self, tid: int) -> None:
         """``tid`` made a new syscall: its previous one has returned."""
-        self._unsettled.discard(tid)
+        if tid in self._unsettled:
+            self._unsettled.discard(tid)
+            self.readers.settle(tid)
 
     def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
         """Read the request from the task's memory; None when the task is gone.
@@ -206,6 +219,7 @@ class ThreadContexts:
         for task in self._tasks:
             task.forget_context()
         self._unsettled.add(tid)
+        self.readers.unsettle(tid)  # its next request comes here, to settle it
 
     def cwd(self, tid: int, task: Task | None) -> int:
         """An O_PATH fd (ours to close) of the thread's current working directory."""
@@ -249,3 +263,4 @@ class ThreadContexts:
 
     def close(self) -> None:
         self._tasks.close()
+        self.readers.close()

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 from llsupervise.landlock import LandlockRuleset
+from llsupervise.supervisor.engine._fastpath import Receiver
 from llsupervise.supervisor.engine.offload import Offload
 from llsupervise.supervisor.perform.broker import Broker
 from llsupervise.supervisor.perform.stalls import Busy, check_not_abandoned
@@ -38,11 +39,17 @@ class Server:
     A server that takes the place of a stalled one (same generation) shares its offload."""
 
     def __init__(
-        self, kernel: LandlockRuleset, generation: int, offload: Offload | None = None
+        self,
+        kernel: LandlockRuleset,
+        generation: int,
+        receiver: Receiver,
+        offload: Offload | None = None,
     ) -> None:
         #: The generation's ruleset (its broker's, open until the server has restricted).
         self.kernel = kernel
         self.generation = generation
+        #: Its compiled receive loop, which answers static opens itself (see engine.loop).
+        self.receiver = receiver
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
         self._pipes = threading.Lock()
         #: Set once the previous server has stopped: one server receives at a time.

@@ -6,6 +6,11 @@ lets the kernel decide through CONTINUE): see :mod:`.handler`. Only denials cros
 trio, through ``on_denial``; the loop then goes on serving other requests while the denied
 one waits. This module holds the threads' lifetime and the hand-over between generations.
 
+The wait, the receipt and the answer of an open the static layer alone allows (CONTINUE) are
+compiled (``_fastpath.Receiver``): they run without the interpreter lock, so such an open is
+answered while trio or another thread holds it, and costs no Python. Every other request
+comes back here as a :class:`Notification`.
+
 A serving thread never waits on purpose, but the kernel can make it: reading the path a
 program passes from its memory faults in that page, and a page of a file on a FUSE mount
 whose server hangs never comes (nor does a dead NFS server answer a revalidation). So a
@@ -19,8 +24,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +31,14 @@ from typing import TypeVar
 
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
+    AUDIT_ARCH,
+    SYSCALLS,
     Listener,
     Notification,
     NotificationGone,
-    SeccompError,
-    SuperviseesGone,
+    native_arch,
 )
+from llsupervise.supervisor.engine import _fastpath
 from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
@@ -129,6 +134,16 @@ class NotificationLoop:
         self._left_workers: list[Broker] = []
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
+        self._table = fast.table if fast is not None else None
+
+    def _receiver(self) -> _fastpath.Receiver:
+        """A serving thread's compiled receive loop."""
+        arch = native_arch()
+        numbers = SYSCALLS[arch]
+        return _fastpath.Receiver(
+            self.listener.fileno(), AUDIT_ARCH[arch], numbers.get("open", -1),
+            numbers["openat"], self._table, self._contexts.readers,
+        )  # fmt: skip
 
     @property
     def performed(self) -> collections.deque[tuple[bytes, float]]:
@@ -186,7 +201,7 @@ class NotificationLoop:
     def _start(self, broker: Broker, generation: int) -> Server | None:
         """Start a server for ``generation``; it waits for its turn before receiving."""
         assert broker.kernel is not None
-        server = Server(broker.kernel, generation)
+        server = Server(broker.kernel, generation, self._receiver())
         server.offload.cpu = self.cpu
         with self._lock:
             previous = self._register(server)
@@ -279,19 +294,16 @@ class NotificationLoop:
 
     def _receive(self, server: Server) -> bool:
         """Serve until stopped; True when stopped to hand over to a newer generation."""
-        poller = select.poll()
-        listener_fd = self.listener.fileno()
-        poller.register(listener_fd, select.POLLIN)
-        poller.register(server.wake_r, select.POLLIN)
+        receiver = server.receiver
         sweep_ms = int(SWEEP_SECONDS * 1000)
         busy = server.busy
         while True:
             # Idle while keeping child dirfds: let go of those no longer named.
-            events = poller.poll(sweep_ms if self._child_fds else None)
-            if not events:
+            got = receiver.next(server.wake_r, sweep_ms if self._child_fds else -1)
+            if got == _fastpath.TIMEOUT:
                 self._child_fds.sweep()
                 continue
-            if len(events) > 1 or events[0][0] == server.wake_r:
+            if got == _fastpath.WOKEN:
                 with self._lock:
                     successor = self._server
                     stopping = self._stopping
@@ -299,17 +311,11 @@ class NotificationLoop:
                     return False
                 successor.turn.set()
                 return True
-            mask = events[0][1]
-            if not mask & select.POLLIN:
-                return False  # POLLHUP without input: every supervisee is gone
-            try:
-                n = self.listener.recv()
-            except SuperviseesGone:
-                return False
-            except SeccompError as exc:
-                if exc.errno in (errno.EINTR, errno.ENOENT):
-                    continue  # the task died between poll and recv
-                raise
+            if got == _fastpath.HUNG_UP:
+                return False  # every supervisee is gone
+            if not isinstance(got, bytes):
+                raise Abandoned  # held in the compiled loop, and given up on meanwhile
+            n = Notification.unpack(got)
             busy.begin(n)
             try:
                 self.handler.handle(n, server.generation, server.offload)
@@ -346,14 +352,14 @@ class NotificationLoop:
             with self._lock:
                 live = list(self._live)
             for server in live:
-                since = server.busy.since
+                since = _held_since(server)
                 if since and now - since > stalls.STALL_SECONDS:
                     self._abandon(server)
 
     def _abandon(self, server: Server) -> None:
         busy = server.busy
         with self._lock, busy.lock:
-            since = busy.since
+            since = _held_since(server)
             stopping = self._stopping
             # No thread replaces it when stopping, or when a newer generation's waits for
             # its turn (a commit, which waits for it in trio's thread): the budget is not
@@ -364,6 +370,9 @@ class NotificationLoop:
                 return
             busy.abandoned = True
             n = busy.notification
+            held = server.receiver.abandon()  # whatever it holds, it acts no more
+            if n is None and held is not None:
+                n = Notification.unpack(held)  # held in the compiled loop
             self._abandoned.append(server)
             self._live.remove(server)
             successor = server.successor
@@ -371,7 +380,9 @@ class NotificationLoop:
             if successor is None and not stopping:
                 # It was the newest: another thread of its generation takes its place (its
                 # broker, and so its ruleset, lives until a newer server has taken over).
-                replacement = Server(server.kernel, server.generation, server.offload)
+                replacement = Server(
+                    server.kernel, server.generation, self._receiver(), server.offload
+                )
                 self._register(replacement)
             worker = self._unrestricted
             if worker is not None and worker.busy() and not stopping:
@@ -408,3 +419,9 @@ class NotificationLoop:
             return
         if self.on_stall is not None:
             self.on_stall(n, None, outcome)
+
+
+def _held_since(server: Server) -> float:
+    """Since when ``server``'s thread holds the request in hand, in Python or in its
+    compiled loop (time.monotonic); 0.0 while it holds none."""
+    return server.busy.since or server.receiver.held_since()
