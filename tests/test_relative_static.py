@@ -20,8 +20,9 @@ from supervised import policy
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import handler
+from llsupervise.supervisor.engine._fastpath import real_path as cached_real_path
 from llsupervise.supervisor.perform import operations
-from llsupervise.supervisor.perform.operations import Target, cached_real_path
+from llsupervise.supervisor.perform.operations import Target
 
 NAMES = [b"f", b"d", b"d/g", b"to-f", b"to-d", b"to-d/g", b"abs-f", b"dangling", b"loop",
          b"d/../f", b"to-d/../f", b"./f", b"f/", b"d/", b"missing", b"to-proc", b".",

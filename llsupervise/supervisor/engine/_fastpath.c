@@ -26,7 +26,10 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <linux/openat2.h>
+#include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -186,6 +189,67 @@ static int table_allows(const StaticTable *t, const char *path, size_t len, int 
     return 0;
 }
 
+static int flag_key(uint64_t flags) {
+    return (int)(flags & O_ACCMODE) | ((flags & O_TRUNC) ? 4 : 0);
+}
+
+/* The canonical path of what an open of `path` relative to `dirfd` with `flags` leads to now,
+ * found by a walk of the dentry cache alone (RESOLVE_CACHED: it never waits on a filesystem,
+ * so a serving thread may take it); its length, or -1 when the walk cannot tell (not cached,
+ * a magic link, an error the open would have too). Only a hint: the object may be moved at
+ * once; a static open is answered CONTINUE on it, safe whatever it says. */
+static ssize_t real_path(int dirfd, const char *path, uint64_t flags, char *out, size_t size) {
+    struct open_how how = {
+        .flags = O_PATH | O_CLOEXEC | (flags & (O_NOFOLLOW | O_DIRECTORY)),
+        .mode = 0,
+        .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,
+    };
+    int fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    if (fd < 0) return -1;
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, out, size);
+    close(fd);
+    if (n <= 0 || (size_t)n >= size) return -1;
+    out[n] = 0;
+    return n;
+}
+
+/* Whether the static layer alone allows an open (never a creation) of what `path` leads to
+ * from `dirfd`, judged by its canonical path (see real_path). */
+static int table_allows_at(const StaticTable *t, int dirfd, const char *path, uint64_t flags) {
+    char real[PATH_MAX];
+    if (flags & O_CREAT) return 0;
+    ssize_t n = real_path(dirfd, path, flags, real, sizeof real);
+    return n > 0 && table_allows(t, real, (size_t)n, flag_key(flags));
+}
+
+static PyObject *table_py_allows_at(StaticTable *self, PyObject *args) {
+    int dirfd;
+    const char *path;
+    unsigned long long flags;
+    if (!PyArg_ParseTuple(args, "iyK", &dirfd, &path, &flags)) return NULL;
+    int allowed;
+    Py_BEGIN_ALLOW_THREADS
+    allowed = table_allows_at(self, dirfd, path, flags);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(allowed);
+}
+
+static PyObject *py_real_path(PyObject *Py_UNUSED(module), PyObject *args) {
+    int dirfd;
+    const char *path;
+    unsigned long long flags;
+    if (!PyArg_ParseTuple(args, "iyK", &dirfd, &path, &flags)) return NULL;
+    char real[PATH_MAX];
+    ssize_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = real_path(dirfd, path, flags, real, sizeof real);
+    Py_END_ALLOW_THREADS
+    if (n < 0) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(real, n);
+}
+
 static PyObject *table_py_allows(StaticTable *self, PyObject *args) {
     const char *path;
     Py_ssize_t len;
@@ -197,6 +261,8 @@ static PyObject *table_py_allows(StaticTable *self, PyObject *args) {
 static PyMethodDef table_methods[] = {
     {"allows", (PyCFunction)table_py_allows, METH_VARARGS,
      "allows(path, key): whether the static rules grant an open with that flag key."},
+    {"allows_at", (PyCFunction)table_py_allows_at, METH_VARARGS,
+     "allows_at(dirfd, path, flags): the same, for what a relative open leads to."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -214,7 +280,8 @@ static PyTypeObject StaticTableType = {
 
 typedef struct {
     pid_t tid;
-    int fd;
+    int fd;  /* its /proc/TID/mem */
+    int cwd; /* its cwd (O_PATH), while Python holds it settled; -1 otherwise */
 } Slot;
 
 typedef struct {
@@ -230,17 +297,21 @@ static int readers_init(Readers *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
     pthread_mutex_init(&self->lock, NULL);
-    for (int i = 0; i < READER_SLOTS; i++) self->slots[i].fd = -1;
+    for (int i = 0; i < READER_SLOTS; i++) self->slots[i].fd = self->slots[i].cwd = -1;
     return 0;
+}
+
+/* Called with the lock held. */
+static void slot_clear(Slot *s) {
+    if (s->fd >= 0) close(s->fd);
+    if (s->cwd >= 0) close(s->cwd);
+    s->fd = s->cwd = -1;
+    s->tid = 0;
 }
 
 static void readers_close_all(Readers *self) {
     pthread_mutex_lock(&self->lock);
-    for (int i = 0; i < READER_SLOTS; i++) {
-        if (self->slots[i].fd >= 0) close(self->slots[i].fd);
-        self->slots[i].fd = -1;
-        self->slots[i].tid = 0;
-    }
+    for (int i = 0; i < READER_SLOTS; i++) slot_clear(&self->slots[i]);
     pthread_mutex_unlock(&self->lock);
 }
 
@@ -250,12 +321,6 @@ static void readers_dealloc(Readers *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Called with the lock held. */
-static void slot_clear(Slot *s) {
-    if (s->fd >= 0) close(s->fd);
-    s->fd = -1;
-    s->tid = 0;
-}
 
 static PyObject *readers_remember(Readers *self, PyObject *args) {
     int tid, fd;
@@ -281,14 +346,45 @@ static PyObject *readers_forget(Readers *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* A private dup of the reader of `tid` (the slot may be replaced or closed meanwhile), or -1. */
-static int readers_take(Readers *self, pid_t tid) {
+/* Private dups of the reader of `tid` and (when `cwd` is not NULL) of its cwd, -1 for none:
+ * the slot may be replaced or closed meanwhile. */
+static int readers_take(Readers *self, pid_t tid, int *cwd) {
     int fd = -1;
     pthread_mutex_lock(&self->lock);
     Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
-    if (s->tid == tid && s->fd >= 0) fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
+    if (s->tid == tid && s->fd >= 0) {
+        fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
+        if (cwd != NULL) *cwd = s->cwd >= 0 ? fcntl(s->cwd, F_DUPFD_CLOEXEC, 3) : -1;
+    }
     pthread_mutex_unlock(&self->lock);
     return fd;
+}
+
+static PyObject *readers_remember_cwd(Readers *self, PyObject *args) {
+    int tid, fd;
+    if (!PyArg_ParseTuple(args, "ii", &tid, &fd)) return NULL;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (own < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    pthread_mutex_lock(&self->lock);
+    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    if (s->tid == tid) {
+        if (s->cwd >= 0) close(s->cwd);
+        s->cwd = own;
+        own = -1;
+    }
+    pthread_mutex_unlock(&self->lock);
+    if (own >= 0) close(own); /* no reader kept for it: nothing is answered here for it */
+    Py_RETURN_NONE;
+}
+
+static PyObject *readers_forget_cwds(Readers *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->lock);
+    for (int i = 0; i < READER_SLOTS; i++) {
+        if (self->slots[i].cwd >= 0) close(self->slots[i].cwd);
+        self->slots[i].cwd = -1;
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
 }
 
 /* The reader `fd` (a dup) read nothing: the thread's address space is gone (exec, exit). */
@@ -360,6 +456,10 @@ static PyMethodDef readers_methods[] = {
     {"remember", (PyCFunction)readers_remember, METH_VARARGS,
      "remember(tid, fd): keep a dup of the thread's /proc/TID/mem descriptor."},
     {"forget", (PyCFunction)readers_forget, METH_VARARGS, "forget(tid): close its reader."},
+    {"remember_cwd", (PyCFunction)readers_remember_cwd, METH_VARARGS,
+     "remember_cwd(tid, fd): keep a dup of the thread's cwd (O_PATH) with its reader."},
+    {"forget_cwds", (PyCFunction)readers_forget_cwds, METH_NOARGS,
+     "close every thread's cwd: one may have changed"},
     {"unsettle", (PyCFunction)readers_unsettle, METH_VARARGS,
      "unsettle(tid): its requests go to Python until settle(tid)."},
     {"settle", (PyCFunction)readers_settle, METH_VARARGS, "settle(tid)"},
@@ -473,7 +573,10 @@ static int answer_static(Receiver *self, struct seccomp_notif *n) {
     }
     if (flags & O_CREAT) return 0; /* a creation is performed by Python, never CONTINUE */
     if (readers_unsettled(self->readers, (pid_t)n->pid)) return 0;
-    int mem = readers_take(self->readers, (pid_t)n->pid);
+    /* Relative to its cwd (open, or openat with AT_FDCWD): judged by where it leads. */
+    int from_cwd = (int)n->data.nr != self->nr_openat || (int)n->data.args[0] == AT_FDCWD;
+    int cwd = -1;
+    int mem = readers_take(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL);
     if (mem < 0) return 0;
     pthread_mutex_lock(&self->lock);
     self->held = *n;
@@ -483,11 +586,17 @@ static int answer_static(Receiver *self, struct seccomp_notif *n) {
     ssize_t len = read_string(mem, addr, path, sizeof path);
     close(mem);
     if (len < 0) {
+        if (cwd >= 0) close(cwd);
         readers_drop_stale(self->readers, (pid_t)n->pid);
         return finish(self) ? -1 : 0;
     }
-    int key = (int)(flags & O_ACCMODE) | ((flags & O_TRUNC) ? 4 : 0);
-    if (!table_allows(t, path, (size_t)len, key)) return finish(self) ? -1 : 0;
+    int allowed;
+    if (len > 0 && path[0] == '/')
+        allowed = table_allows(t, path, (size_t)len, flag_key(flags));
+    else
+        allowed = cwd >= 0 && table_allows_at(t, cwd, path, flags);
+    if (cwd >= 0) close(cwd);
+    if (!allowed) return finish(self) ? -1 : 0;
     pthread_mutex_lock(&self->lock);
     int abandoned = self->abandoned;
     pthread_mutex_unlock(&self->lock);
@@ -624,9 +733,15 @@ static PyTypeObject ReceiverType = {
 
 /* ---- module ------------------------------------------------------------------------- */
 
+static PyMethodDef module_methods[] = {
+    {"real_path", (PyCFunction)py_real_path, METH_VARARGS,
+     "real_path(dirfd, path, flags): the canonical path of what the open leads to, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastpath",
-    "The serving threads' compiled hot path (see engine.fastpath).", -1, NULL,
+    "The serving threads' compiled hot path (see engine.fastpath).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

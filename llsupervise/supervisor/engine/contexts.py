@@ -216,6 +216,7 @@ class ThreadContexts:
         """``tid`` may change its cwd, root or umask (shared with other threads and even
         processes): drop every cached context, and cache none until ``tid`` is heard from
         again, which proves its syscall has returned."""
+        self.readers.forget_cwds()
         for task in self._tasks:
             task.forget_context()
         self._unsettled.add(tid)
@@ -229,6 +230,7 @@ class ThreadContexts:
         if task is None or self._unsettled:
             return fd
         task.cwd = fd
+        self.readers.remember_cwd(tid, fd)  # its cwd-relative opens are judged there too
         return os.dup(fd)
 
     def status(self, task: Task) -> dict[bytes, bytes]:

@@ -6,8 +6,8 @@ so a symlink leading out of a static tree is judged by the static layer only and
 denial event; everything else goes through a broker. Relative paths are not taken lexically:
 programs keep symlinks beside their files, and the differential tests showed one in a static
 directory leading into a supervisor-granted one refused where the kernel would allow it. A
-serving thread resolves a cwd-relative open instead (see engine.handler) and asks
-:meth:`StaticPrefixes.allows_open_of` about the canonical path of what it leads to.
+serving thread resolves a cwd-relative open instead (``StaticTable.allows_at``): it judges the
+canonical path of what the open leads to, found by a walk of the dentry cache alone.
 
 The symlinks directly in ``/`` (``/lib``, ``/bin`` ... on a merged-/usr system) are taken as
 their targets: every dynamically linked program opens ``/lib/.../libc.so.6`` and is often
@@ -86,10 +86,3 @@ class StaticPrefixes:
         if r.op != "open" or r.flags & os.O_CREAT:
             return False
         return self.table.allows(r.path, flag_key(r.flags))
-
-    def allows_open_of(self, path: bytes, flags: int) -> bool:
-        """Whether the static layer alone allows an open with ``flags`` of the object whose
-        canonical path is ``path`` (see engine.handler: a relative open, resolved)."""
-        if flags & os.O_CREAT:
-            return False
-        return self.table.allows(path, flag_key(flags))

@@ -39,12 +39,7 @@ from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import MayBlock, inline
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
-from llsupervise.supervisor.perform.operations import (
-    KernelDecides,
-    Target,
-    cached_real_path,
-    perform,
-)
+from llsupervise.supervisor.perform.operations import KernelDecides, Target, perform
 from llsupervise.supervisor.perform.stalls import check_not_abandoned
 from llsupervise.supervisor.rules.created import (
     EMPTY_INDEX,
@@ -244,10 +239,7 @@ class RequestHandler:
         key = (task.tid, task.cwd, r.path, r.flags & _JUDGED_FLAGS)
         if key in self._not_static:
             return False
-        real = cached_real_path(task.cwd, r.path, r.flags)
-        if real is None:
-            return False
-        if self.fast.allows_open_of(real, r.flags):
+        if self.fast.table.allows_at(task.cwd, r.path, r.flags):
             return True
         if len(self._not_static) >= _NOT_STATIC_KEPT:
             self._not_static.clear()

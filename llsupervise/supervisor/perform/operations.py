@@ -470,31 +470,6 @@ def _open_checked(guard: Guard | None, path: bytes, dirfd: int | None, flags: in
     return fd
 
 
-def cached_real_path(dirfd: int, path: bytes, flags: int) -> bytes | None:
-    """The canonical path of what an open of ``path`` (relative to ``dirfd``, with the open
-    flags ``flags``) leads to now, found by a walk of the dentry cache alone (so a serving
-    thread may take it); None when that walk cannot tell (not cached, a magic link, an
-    error the open would have too).
-
-    Only a hint: the object may be moved at once. (A static open is answered CONTINUE on
-    it, which is safe whatever it says: the kernel then walks the path itself.)"""
-    if _PROC_FD is None:
-        return None
-    try:
-        held = openat2(dirfd, path, os.O_PATH | os.O_CLOEXEC | (flags & _LEADS_TO), 0,
-                       _RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED)  # fmt: skip
-    except OSError:
-        return None
-    try:
-        return os.readlink(b"%d" % held, dir_fd=_PROC_FD)
-    except OSError:
-        return None
-    finally:
-        os.close(held)
-
-
-#: The open flags that change where a path leads (or whether it is followed).
-_LEADS_TO = os.O_NOFOLLOW | os.O_DIRECTORY
 
 
 def _set_blocking(fd: int, opened: int) -> None:
