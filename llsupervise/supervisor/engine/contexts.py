@@ -174,7 +174,10 @@ class ThreadContexts:
         """``tid`` made a new syscall: its previous one has returned."""
         if tid in self._unsettled:
             self._unsettled.discard(tid)
-            self.readers.settle(tid)
+            if self._unsettled:
+                self.readers.settle(tid)
+            else:
+                self.readers.settle_all()  # also past the threads it can list one by one
 
     def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
         """Read the request from the task's memory; None when the task is gone.
