@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyte
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llsupervise.tui.terminal.emulator import Screen, Stream
@@ -99,6 +99,7 @@ def test_a_sequence_pyte_raises_on_is_dropped(sequence: bytes) -> None:
 
 
 @given(st.binary(max_size=200), st.binary(max_size=50))
+@example(b"", b"\xc2\x9d")  # an OSC (C1, in UTF-8) left open: CAN ends it
 def test_any_output_is_taken_and_text_after_it_is_still_drawn(noise: bytes, more: bytes) -> None:
     screen, stream = terminal()
     stream.feed(noise)

@@ -120,10 +120,19 @@ class Screen(pyte.Screen):
                     line.pop(x, None)
 
 
+#: CAN and SUB.
+_CANCEL = frozenset("\x18\x1a")
+
+
 class Stream(pyte.ByteStream):
     """pyte's byte stream; a sequence pyte cannot handle is dropped, not raised."""
 
     def _send_to_parser(self, data: str) -> bool | None:
+        if data in _CANCEL:
+            # CAN and SUB abort any sequence, a string (OSC) too, as on a VT100; pyte would
+            # keep an OSC open through them, and all text after it would stay unseen.
+            self._initialize_parser()
+            return self._taking_plain_text
         try:
             return super()._send_to_parser(data)
         except Exception:  # any input the parser chokes on: it is the program's
