@@ -17,6 +17,8 @@ from llsupervise.supervisor.rules.state import RuleState
 
 #: Directories whose paths are remembered at once (one per thread's cwd, mostly).
 _MAX_DIRECTORIES = 1024
+#: Paths whose rule is remembered at once (then forgotten all at once).
+_MAX_REMEMBERED = 65536
 
 
 class RuleUses:
@@ -26,6 +28,11 @@ class RuleUses:
         self.rules = rules
         self._emit = emit
         self.totals: dict[str, tuple[int, float]] = {}
+        #: Path as the child named it -> the rule it counts against (None: none), for the
+        #: rule paths in ``_memo_for``: a program names the same few paths again and again,
+        #: and this runs in the thread that also answers the interface.
+        self._rule_of: dict[bytes, str | None] = {}
+        self._memo_for: frozenset[str] = frozenset()
 
     def count(self, performed: collections.deque[tuple[bytes, float]]) -> None:
         """Count ``performed`` (emptying it) against the deepest rule whose path leads to
@@ -34,23 +41,39 @@ class RuleUses:
         if not performed:
             return  # nothing performed: spare rebuilding the map of every rule
         table = self.rules.table
-        by_path = {table.label(obj): obj for obj in self.rules.mutable.committed.fs}
-        used: set[str] = set()
+        rule_paths = frozenset(table.label(obj) for obj in self.rules.mutable.committed.fs)
+        if rule_paths != self._memo_for:
+            self._rule_of.clear()
+            self._memo_for = rule_paths
+        rule_of = self._rule_of
+        counts: dict[str, tuple[int, float]] = {}
         while performed:
             raw, ts = performed.popleft()
-            path = os.fsdecode(raw)
-            while path not in by_path and path not in ("/", ""):
-                path = os.path.dirname(path)
-            if path in by_path:
-                count, _ = self.totals.get(path, (0, 0.0))
-                self.totals[path] = (count + 1, ts)
-                used.add(path)
-        if used:
+            try:
+                path = rule_of[raw]
+            except KeyError:
+                path = _deepest_rule(raw, rule_paths)
+                if len(rule_of) >= _MAX_REMEMBERED:
+                    rule_of.clear()
+                rule_of[raw] = path
+            if path is not None:
+                counts[path] = (counts.get(path, (0, 0.0))[0] + 1, ts)
+        for path, (added, last) in counts.items():
+            self.totals[path] = (self.totals.get(path, (0, 0.0))[0] + added, last)
+        if counts:
             uses: list[RuleUse] = [
                 {"path": p, "count": self.totals[p][0], "last": self.totals[p][1]}
-                for p in sorted(used)
+                for p in sorted(counts)
             ]
             self._emit({"event": "rule_use", "uses": uses})
+
+
+def _deepest_rule(raw: bytes, rule_paths: frozenset[str]) -> str | None:
+    """The deepest of ``rule_paths`` that leads to ``raw`` (lexically), if any."""
+    path = os.fsdecode(raw)
+    while path not in rule_paths and path not in ("/", ""):
+        path = os.path.dirname(path)
+    return path if path in rule_paths else None
 
 
 class PerformedLog:
