@@ -38,7 +38,7 @@ def install(config: dict[str, Any]) -> int:
     return install_filter(prog, wait_killable=config.get("wait_killable", True))
 
 
-def run_op(op: dict[str, str]) -> dict[str, Any]:
+def run_op(op: dict[str, Any]) -> dict[str, Any]:
     path = op["path"]
     if op["op"] == "mkdir":
         try:
@@ -46,8 +46,11 @@ def run_op(op: dict[str, str]) -> dict[str, Any]:
         except OSError as e:
             return {"errno": e.errno}
         return {"ok": True, "exists": os.path.isdir(path)}
+    flags = os.O_RDONLY
+    for name in op.get("flags", []):  # e.g. ["O_WRONLY", "O_NOFOLLOW"]
+        flags |= getattr(os, name)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, flags)
     except OSError as e:
         return {"errno": e.errno}
     result: dict[str, Any] = {"fd": fd}

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from grant_paths import grant_path  # noqa: F401 (the fixture, used by pytestmark)
 from supervised import PUBLIC, SECRET, SWAP_THEN_READ, policy_text, wait_until
 
 from llsupervise.policy.loader import load_policy
@@ -30,7 +31,8 @@ from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.questions.fs import NOT_UTF8
 
-pytestmark = pytest.mark.kernel
+#: On both implementations of a granted open (see grant_paths).
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("grant_path")]
 
 WORKTREE = str(Path(__file__).resolve().parent.parent)
 #: Only keeps a broken test from hanging.

@@ -20,12 +20,14 @@ from pathlib import Path
 import parity_child
 import pytest
 import trio
+from grant_paths import grant_path  # noqa: F401 (the fixture, used by pytestmark)
 from supervised import PUBLIC, SECRET, SYSTEM_DIRS, make_tree, policy, policy_text, wait_until
 
 from llsupervise.rights import LATEST_ABI, fs_all, fs_read_execute, fs_read_write
 from llsupervise.supervisor.core import Supervisor
 
-pytestmark = pytest.mark.kernel
+#: On both implementations of a granted open (see grant_paths).
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("grant_path")]
 
 DATA_RW = """
 [[supervisor.path_beneath]]

@@ -98,7 +98,7 @@ class Supervisee:
 
 
 @contextlib.contextmanager
-def supervisee(tmp_path: Path, ops: list[dict[str, str]]) -> Iterator[Supervisee]:
+def supervisee(tmp_path: Path, ops: list[dict[str, Any]]) -> Iterator[Supervisee]:
     ours, theirs = socket.socketpair()
     config = {"sock": theirs.fileno(), "ops": ops}
     proc = subprocess.Popen(

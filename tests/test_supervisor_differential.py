@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+from grant_paths import grant_path  # noqa: F401 (the fixture, used by pytestmark)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from supervised import SYSTEM_DIRS, policy
@@ -45,7 +46,8 @@ from llsupervise.rights import (
 )
 from llsupervise.supervisor.core import Supervisor
 
-pytestmark = pytest.mark.kernel
+#: On both implementations of a granted open (see grant_paths).
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("grant_path")]
 
 CHILD_SOURCE = Path(__file__).with_name("differential_child.py").read_text()
 HANDLED = fs_all(LATEST_ABI)

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from grant_paths import grant_path  # noqa: F401 (the fixture, used by pytestmark)
 from supervised import PUBLIC, SECRET, SYSTEM_DIRS, TimedLines, make_tree, policy, run_script
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Decision, Denial
 
-pytestmark = pytest.mark.kernel
+#: On both implementations of a granted open (see grant_paths).
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("grant_path")]
 
 DATA_RW = """
 [[supervisor.path_beneath]]

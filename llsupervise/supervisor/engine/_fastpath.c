@@ -14,6 +14,17 @@
  *                supervisor's standing, which a restricted serving thread may not open), and
  *                the threads whose context-changing call may still run (handed to Python).
  *   Receiver:    one serving thread's loop, and what it holds, for the stall watch.
+ *   Grants:      what a serving thread needs to perform a supervisor-granted open itself
+ *                (engine.grants): the control plane's identities, our /proc/self/fd, and
+ *                the opens performed, for the rule-use counts.
+ *
+ * A granted open is performed here only in the one shape Python's serving path performs
+ * inline (perform.operations._open_checked), and only for a thread whose credentials Python
+ * found to be ours: an absolute path, no creation, truncation, O_PATH or O_NOFOLLOW, that
+ * leads through the dentry cache alone to a regular file or directory on a mount known not
+ * to block, which is not the control plane. The serving thread is restricted by its
+ * generation's rules, so the kernel judges the open; anything else, a refusal included, is
+ * handed to Python untouched (nothing done here had an effect Python would repeat).
  */
 #define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -29,6 +40,8 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -282,6 +295,7 @@ typedef struct {
     pid_t tid;
     int fd;  /* its /proc/TID/mem */
     int cwd; /* its cwd (O_PATH), while Python holds it settled; -1 otherwise */
+    int ours; /* Python found its credentials to be ours (see Readers.vouch) */
 } Slot;
 
 typedef struct {
@@ -307,6 +321,7 @@ static void slot_clear(Slot *s) {
     if (s->cwd >= 0) close(s->cwd);
     s->fd = s->cwd = -1;
     s->tid = 0;
+    s->ours = 0;
 }
 
 static void readers_close_all(Readers *self) {
@@ -347,14 +362,16 @@ static PyObject *readers_forget(Readers *self, PyObject *args) {
 }
 
 /* Private dups of the reader of `tid` and (when `cwd` is not NULL) of its cwd, -1 for none:
- * the slot may be replaced or closed meanwhile. */
-static int readers_take(Readers *self, pid_t tid, int *cwd) {
+ * the slot may be replaced or closed meanwhile; `*ours`: whether its credentials are ours. */
+static int readers_take(Readers *self, pid_t tid, int *cwd, int *ours) {
     int fd = -1;
+    *ours = 0;
     pthread_mutex_lock(&self->lock);
     Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
     if (s->tid == tid && s->fd >= 0) {
         fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
         if (cwd != NULL) *cwd = s->cwd >= 0 ? fcntl(s->cwd, F_DUPFD_CLOEXEC, 3) : -1;
+        *ours = s->ours;
     }
     pthread_mutex_unlock(&self->lock);
     return fd;
@@ -412,6 +429,8 @@ static PyObject *readers_unsettle(Readers *self, PyObject *args) {
     int tid;
     if (!PyArg_ParseTuple(args, "i", &tid)) return NULL;
     pthread_mutex_lock(&self->lock);
+    /* Python drops every thread's cached context (credentials too): so do we. */
+    for (int i = 0; i < READER_SLOTS; i++) self->slots[i].ours = 0;
     int found = 0;
     for (int i = 0; i < self->nunsettled; i++)
         if (self->unsettled[i] == tid) found = 1;
@@ -447,12 +466,26 @@ static PyObject *readers_settle_all(Readers *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* vouch(tid): Python read the thread's credentials while no thread was unsettled, and they
+ * are ours; kept until its reader is replaced or forgotten, or any thread is unsettled. */
+static PyObject *readers_vouch(Readers *self, PyObject *args) {
+    int tid;
+    if (!PyArg_ParseTuple(args, "i", &tid)) return NULL;
+    pthread_mutex_lock(&self->lock);
+    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    if (s->tid == tid && s->fd >= 0 && self->nunsettled == 0 && !self->overflow) s->ours = 1;
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *readers_py_close(Readers *self, PyObject *Py_UNUSED(ignored)) {
     readers_close_all(self);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef readers_methods[] = {
+    {"vouch", (PyCFunction)readers_vouch, METH_VARARGS,
+     "vouch(tid): its credentials are ours (read while every thread was settled)"},
     {"remember", (PyCFunction)readers_remember, METH_VARARGS,
      "remember(tid, fd): keep a dup of the thread's /proc/TID/mem descriptor."},
     {"forget", (PyCFunction)readers_forget, METH_VARARGS, "forget(tid): close its reader."},
@@ -478,6 +511,347 @@ static PyTypeObject ReadersType = {
     .tp_methods = readers_methods,
 };
 
+/* ---- Grants ------------------------------------------------------------------------- */
+
+/* Unique mount ids (never reused) of mounts Python found not to block (perform.blocking):
+ * shared by every loop, grown only, bounded (an unknown one is Python's to judge). */
+#define INLINE_MOUNTS 1024
+static pthread_mutex_t mounts_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t inline_mounts[INLINE_MOUNTS];
+static int ninline;
+
+static int mount_inline(uint64_t unique) {
+    int found = 0;
+    pthread_mutex_lock(&mounts_lock);
+    for (int i = 0; i < ninline && !found; i++) found = inline_mounts[i] == unique;
+    pthread_mutex_unlock(&mounts_lock);
+    return found;
+}
+
+static PyObject *py_inline_mount(PyObject *Py_UNUSED(module), PyObject *args) {
+    unsigned long long unique;
+    if (!PyArg_ParseTuple(args, "K", &unique)) return NULL;
+    if (!mount_inline(unique)) {
+        pthread_mutex_lock(&mounts_lock);
+        if (ninline < INLINE_MOUNTS) inline_mounts[ninline++] = unique;
+        pthread_mutex_unlock(&mounts_lock);
+    }
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    int secret;
+} Guarded;
+
+typedef struct {
+    int dirfd; /* a dup of the guard's, closed with the Grants */
+    char *name;
+    int secret;
+} GuardEntry;
+
+typedef struct {
+    char *path;
+    double when;
+} Done;
+
+#define DONE_MAX 65536
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    int proc_fd; /* a dup of our /proc/self/fd */
+    GuardEntry *entries;
+    Py_ssize_t nentries;
+    Guarded *objects;
+    Py_ssize_t nobjects, objects_cap;
+    Done *done; /* a ring of DONE_MAX: under a flood the oldest go, as in PerformedLog */
+    size_t done_first, ndone;
+} Grants;
+
+/* Called with the lock held, or by the last reference. */
+static void grants_free(Grants *self) {
+    for (Py_ssize_t i = 0; i < self->nentries; i++) {
+        close(self->entries[i].dirfd);
+        free(self->entries[i].name);
+    }
+    free(self->entries);
+    self->entries = NULL;
+    self->nentries = 0;
+    free(self->objects);
+    self->objects = NULL;
+    self->nobjects = self->objects_cap = 0;
+    if (self->done != NULL)
+        for (size_t i = 0; i < self->ndone; i++) free(self->done[(self->done_first + i) % DONE_MAX].path);
+    free(self->done);
+    self->done = NULL;
+    self->ndone = self->done_first = 0;
+    if (self->proc_fd >= 0) close(self->proc_fd);
+    self->proc_fd = -1;
+}
+
+static int grants_add_object(Grants *self, unsigned long long dev, unsigned long long ino,
+                             int secret) {
+    pthread_mutex_lock(&self->lock);
+    if (self->nobjects == self->objects_cap) {
+        Py_ssize_t cap = self->objects_cap ? self->objects_cap * 2 : 8;
+        Guarded *grown = realloc(self->objects, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&self->lock);
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->objects = grown;
+        self->objects_cap = cap;
+    }
+    self->objects[self->nobjects++] = (Guarded){(dev_t)dev, (ino_t)ino, secret};
+    pthread_mutex_unlock(&self->lock);
+    return 0;
+}
+
+/* Grants(proc_fd, entries: [(dirfd, name, secret)], objects: [(dev, ino, secret)]) */
+static int grants_init(Grants *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"proc_fd", "entries", "objects", NULL};
+    int proc_fd;
+    PyObject *entries, *objects;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!", kwlist, &proc_fd, &PyList_Type,
+                                     &entries, &PyList_Type, &objects))
+        return -1;
+    if (self->done != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Grants: initialised once");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(entries);
+    self->entries = calloc((size_t)(n ? n : 1), sizeof *self->entries);
+    self->done = calloc(DONE_MAX, sizeof *self->done);
+    if (self->entries == NULL || self->done == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int dirfd, secret;
+        PyObject *name;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(entries, i), "iO!p", &dirfd, &PyBytes_Type, &name,
+                              &secret))
+            return -1;
+        size_t len;
+        char *copy = copy_bytes(name, &len);
+        if (copy == NULL) return -1;
+        int own = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+        if (own < 0) {
+            free(copy);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        self->entries[self->nentries++] = (GuardEntry){own, copy, secret};
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        unsigned long long dev, ino;
+        int secret;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(objects, i), "KKp", &dev, &ino, &secret)) return -1;
+        if (grants_add_object(self, dev, ino, secret) < 0) return -1;
+    }
+    self->proc_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 3);
+    if (self->proc_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *grants_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Grants *self = (Grants *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) {
+        self->proc_fd = -1;
+        pthread_mutex_init(&self->lock, NULL);
+    }
+    return (PyObject *)self;
+}
+
+static void grants_dealloc(Grants *self) {
+    pthread_mutex_lock(&self->lock);
+    grants_free(self);
+    pthread_mutex_unlock(&self->lock);
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* close(): no open is performed with it any more (once no serving thread runs). */
+static PyObject *grants_close(Grants *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->lock);
+    grants_free(self);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *grants_protect(Grants *self, PyObject *args) {
+    unsigned long long dev, ino;
+    int secret;
+    if (!PyArg_ParseTuple(args, "KKp", &dev, &ino, &secret)) return NULL;
+    if (grants_add_object(self, dev, ino, secret) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Whether an open of (dev, ino) must be refused: guard.Guard.object_by_id, entries looked up
+ * live (a file replaced since is still protected). */
+static int grants_guarded(Grants *self, dev_t dev, ino_t ino, int reading_only) {
+    int found = 0;
+    pthread_mutex_lock(&self->lock);
+    for (Py_ssize_t i = 0; i < self->nobjects && !found; i++) {
+        const Guarded *o = &self->objects[i];
+        found = o->dev == dev && o->ino == ino && (o->secret || !reading_only);
+    }
+    for (Py_ssize_t i = 0; i < self->nentries && !found; i++) {
+        const GuardEntry *e = &self->entries[i];
+        if (!e->secret && reading_only) continue;
+        struct stat st;
+        if (fstatat(e->dirfd, e->name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        found = st.st_dev == dev && st.st_ino == ino;
+    }
+    pthread_mutex_unlock(&self->lock);
+    return found;
+}
+
+static double realtime(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void grants_note(Grants *self, const char *path) {
+    char *copy = strdup(path);
+    if (copy == NULL) return; /* a count lost, nothing else */
+    double when = realtime();
+    pthread_mutex_lock(&self->lock);
+    if (self->done == NULL) { /* closed */
+        pthread_mutex_unlock(&self->lock);
+        free(copy);
+        return;
+    }
+    if (self->ndone == DONE_MAX) {
+        free(self->done[self->done_first].path);
+        self->done_first = (self->done_first + 1) % DONE_MAX;
+        self->ndone--;
+    }
+    self->done[(self->done_first + self->ndone) % DONE_MAX] = (Done){copy, when};
+    self->ndone++;
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* drain() -> [(path, time)]: the opens performed here since the last drain. */
+static PyObject *grants_drain(Grants *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->lock);
+    size_t n = self->ndone, first = self->done_first;
+    Done *taken = n ? malloc(n * sizeof *taken) : NULL;
+    if (n && taken == NULL) {
+        pthread_mutex_unlock(&self->lock);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++) taken[i] = self->done[(first + i) % DONE_MAX];
+    self->ndone = self->done_first = 0;
+    pthread_mutex_unlock(&self->lock);
+    PyObject *out = PyList_New(0);
+    for (size_t i = 0; i < n; i++) {
+        if (out != NULL) {
+            PyObject *item = Py_BuildValue("(yd)", taken[i].path, taken[i].when);
+            if (item == NULL || PyList_Append(out, item) < 0) Py_CLEAR(out);
+            Py_XDECREF(item);
+        }
+        free(taken[i].path);
+    }
+    free(taken);
+    return out;
+}
+
+static PyMethodDef grants_methods[] = {
+    {"protect", (PyCFunction)grants_protect, METH_VARARGS,
+     "protect(dev, ino, secret): never open it for writing (for any open when secret)"},
+    {"close", (PyCFunction)grants_close, METH_NOARGS,
+     "release its descriptors: no open is performed with it any more"},
+    {"drain", (PyCFunction)grants_drain, METH_NOARGS,
+     "the opens performed here since the last call: [(path, time.time())]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GrantsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "llsupervise.supervisor.engine._fastpath.Grants",
+    .tp_basicsize = sizeof(Grants),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = grants_new,
+    .tp_init = (initproc)grants_init,
+    .tp_dealloc = (destructor)grants_dealloc,
+    .tp_methods = grants_methods,
+};
+
+/* Paths whose meaning depends on the caller (requests.SELF_REFERENTIAL): never performed
+ * by us, whose /proc/self is not the program's. */
+static int self_referential(const char *path, size_t len) {
+    static const char *const names[] = {"/proc", "/dev/fd", "/dev/stdin", "/dev/stdout",
+                                        "/dev/stderr", "/dev/tty"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        size_t n = strlen(names[i]);
+        if (len >= n && memcmp(path, names[i], n) == 0 && (len == n || path[n] == '/'))
+            return 1;
+    }
+    return 0;
+}
+
+/* What _open_checked leaves to the general path (operations._NOT_CHECKED). */
+#define NOT_CHECKED (O_CREAT | O_TRUNC | (__O_TMPFILE) | O_PATH | O_NOFOLLOW)
+
+#define STATX_WANTED (0x1U | 0x2U | 0x100U | 0x4000U) /* TYPE MODE INO MNT_ID_UNIQUE */
+
+/* Open `path` for the program as _open_checked does, in this (restricted) thread; the fd,
+ * or -1: Python's (nothing was done that it would repeat). */
+static int grant_open(Grants *g, const char *path, uint64_t flags) {
+    struct open_how how = {
+        .flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY),
+        .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,
+    };
+    int held = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (held < 0) return -1;
+    unsigned char sx[256];
+    memset(sx, 0, sizeof sx);
+    uint32_t mask;
+    uint16_t mode;
+    uint64_t ino, unique;
+    uint32_t major, minor;
+    if (syscall(SYS_statx, held, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_WANTED, sx) != 0) {
+        close(held);
+        return -1;
+    }
+    /* struct statx: stx_mask @0, stx_mode @28, stx_ino @32, stx_dev_major/minor @136/140,
+     * stx_mnt_id @144 (the unique id, as asked for). */
+    memcpy(&mask, sx, 4);
+    memcpy(&mode, sx + 28, 2);
+    memcpy(&ino, sx + 32, 8);
+    memcpy(&major, sx + 136, 4);
+    memcpy(&minor, sx + 140, 4);
+    memcpy(&unique, sx + 144, 8);
+    int reading_only = (flags & O_ACCMODE) == O_RDONLY;
+    if ((mask & STATX_WANTED) != STATX_WANTED || !(S_ISREG(mode) || S_ISDIR(mode)) ||
+        !mount_inline(unique) || grants_guarded(g, makedev(major, minor), (ino_t)ino, reading_only)) {
+        close(held);
+        return -1;
+    }
+    char name[16];
+    snprintf(name, sizeof name, "%d", held);
+    /* O_NONBLOCK: a lease makes the open fail rather than wait (Python then decides). */
+    int opened = ((int)flags & ~O_CLOEXEC) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+    pthread_mutex_lock(&g->lock);
+    int proc = g->proc_fd;
+    pthread_mutex_unlock(&g->lock);
+    int fd = proc >= 0 ? openat(proc, name, opened) : -1;
+    close(held);
+    if (fd < 0) return -1;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, opened & ~O_NONBLOCK) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* ---- Receiver ----------------------------------------------------------------------- */
 
 typedef struct {
@@ -486,8 +860,9 @@ typedef struct {
     uint32_t arch;
     int nr_open; /* -1 where the architecture has none */
     int nr_openat;
-    StaticTable *table; /* NULL: nothing is answered here */
+    StaticTable *table; /* NULL: no open is judged static here */
     Readers *readers;
+    Grants *grants; /* NULL: no open is performed here */
     pthread_mutex_t lock;
     /* What the thread holds (for the stall watch): since when (CLOCK_MONOTONIC, seconds,
      * as time.monotonic()), 0 while idle; and the request. */
@@ -498,15 +873,20 @@ typedef struct {
 } Receiver;
 
 static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"listener", "arch", "nr_open", "nr_openat", "table", "readers", NULL};
+    static char *kwlist[] = {"listener", "arch", "nr_open", "nr_openat", "table", "readers",
+                             "grants", NULL};
     int listener, nr_open, nr_openat;
     unsigned long arch;
-    PyObject *table, *readers;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!", kwlist, &listener, &arch, &nr_open,
-                                     &nr_openat, &table, &ReadersType, &readers))
+    PyObject *table, *readers, *grants = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!|O", kwlist, &listener, &arch, &nr_open,
+                                     &nr_openat, &table, &ReadersType, &readers, &grants))
         return -1;
     if (table != Py_None && !PyObject_TypeCheck(table, &StaticTableType)) {
         PyErr_SetString(PyExc_TypeError, "table: a StaticTable or None");
+        return -1;
+    }
+    if (grants != Py_None && !PyObject_TypeCheck(grants, &GrantsType)) {
+        PyErr_SetString(PyExc_TypeError, "grants: a Grants or None");
         return -1;
     }
     self->listener = listener;
@@ -515,12 +895,14 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
     self->nr_openat = nr_openat;
     Py_XSETREF(self->table, table == Py_None ? NULL : (StaticTable *)Py_NewRef(table));
     Py_XSETREF(self->readers, (Readers *)Py_NewRef(readers));
+    Py_XSETREF(self->grants, grants == Py_None ? NULL : (Grants *)Py_NewRef(grants));
     pthread_mutex_init(&self->lock, NULL);
     return 0;
 }
 
 static void receiver_dealloc(Receiver *self) {
     Py_XDECREF(self->table);
+    Py_XDECREF(self->grants);
     Py_XDECREF(self->readers);
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -557,10 +939,45 @@ static int finish(Receiver *self) {
     return abandoned;
 }
 
+/* Answers with `resp` (retried on EINTR); 0, or the errno (ENOENT, the caller gone, is 0). */
+static int send_response(Receiver *self, struct seccomp_notif_resp *resp) {
+    while (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, resp) < 0) {
+        if (errno == EINTR) continue;
+        return errno == ENOENT ? 0 : errno;
+    }
+    return 0;
+}
+
+/* Hands the opened `fd` (closed here) to the program as its open's result. 0, or the errno
+ * of the answer that failed. */
+static int send_fd(Receiver *self, struct seccomp_notif *n, int fd, uint64_t flags) {
+    struct seccomp_notif_addfd addfd = {
+        .id = n->id,
+        .flags = SECCOMP_ADDFD_FLAG_SEND,
+        .srcfd = (uint32_t)fd,
+        .newfd = 0,
+        .newfd_flags = (flags & O_CLOEXEC) ? O_CLOEXEC : 0,
+    };
+    int err = 0;
+    while (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) {
+        if (errno == EINTR) continue;
+        err = errno;
+        break;
+    }
+    close(fd);
+    if (err == ENOENT || err == ESRCH) return 0; /* the caller is gone */
+    if (err) {
+        /* Not answered (its descriptor table is full, say): it is told why. */
+        struct seccomp_notif_resp resp = {.id = n->id, .val = -1, .error = -err, .flags = 0};
+        return send_response(self, &resp);
+    }
+    return 0;
+}
+
 /* 1: answered here; 0: Python's; -1: given up on (answer nothing more); -2: errno set. */
-static int answer_static(Receiver *self, struct seccomp_notif *n) {
+static int answer_here(Receiver *self, struct seccomp_notif *n) {
     const StaticTable *t = self->table;
-    if (t == NULL || n->data.arch != self->arch) return 0;
+    if ((t == NULL && self->grants == NULL) || n->data.arch != self->arch) return 0;
     uint64_t addr, flags;
     if ((int)n->data.nr == self->nr_openat) {
         addr = n->data.args[1];
@@ -575,8 +992,8 @@ static int answer_static(Receiver *self, struct seccomp_notif *n) {
     if (readers_unsettled(self->readers, (pid_t)n->pid)) return 0;
     /* Relative to its cwd (open, or openat with AT_FDCWD): judged by where it leads. */
     int from_cwd = (int)n->data.nr != self->nr_openat || (int)n->data.args[0] == AT_FDCWD;
-    int cwd = -1;
-    int mem = readers_take(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL);
+    int cwd = -1, ours = 0;
+    int mem = readers_take(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours);
     if (mem < 0) return 0;
     pthread_mutex_lock(&self->lock);
     self->held = *n;
@@ -590,24 +1007,42 @@ static int answer_static(Receiver *self, struct seccomp_notif *n) {
         readers_drop_stale(self->readers, (pid_t)n->pid);
         return finish(self) ? -1 : 0;
     }
-    int allowed;
-    if (len > 0 && path[0] == '/')
-        allowed = table_allows(t, path, (size_t)len, flag_key(flags));
-    else
-        allowed = cwd >= 0 && table_allows_at(t, cwd, path, flags);
+    int absolute = len > 0 && path[0] == '/';
+    int allowed = 0;
+    if (t != NULL) {
+        if (absolute)
+            allowed = table_allows(t, path, (size_t)len, flag_key(flags));
+        else
+            allowed = cwd >= 0 && table_allows_at(t, cwd, path, flags);
+    }
     if (cwd >= 0) close(cwd);
-    if (!allowed) return finish(self) ? -1 : 0;
+    int fd = -1;
+    if (!allowed) {
+        /* Performed here only for a thread acting as we do, in _open_checked's shape; and
+         * only once the request is known to be still waiting, so the path read was its. */
+        uint64_t id = n->id;
+        if (self->grants == NULL || !ours || !absolute || (flags & NOT_CHECKED) ||
+            self_referential(path, (size_t)len) ||
+            ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0)
+            return finish(self) ? -1 : 0;
+        fd = grant_open(self->grants, path, flags);
+        if (fd < 0) return finish(self) ? -1 : 0;
+    }
     pthread_mutex_lock(&self->lock);
     int abandoned = self->abandoned;
     pthread_mutex_unlock(&self->lock);
-    if (abandoned) return -1; /* answered by the watch: act no more */
-    struct seccomp_notif_resp resp = {
-        .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-    int failed = 0;
-    while (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0) {
-        if (errno == EINTR) continue;
-        if (errno != ENOENT) failed = errno; /* ENOENT: the caller is gone */
-        break;
+    if (abandoned) { /* answered by the watch: act no more */
+        if (fd >= 0) close(fd); /* an open without creation or truncation changed nothing */
+        return -1;
+    }
+    int failed;
+    if (fd >= 0) {
+        failed = send_fd(self, n, fd, flags);
+        grants_note(self->grants, path);
+    } else {
+        struct seccomp_notif_resp resp = {
+            .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+        failed = send_response(self, &resp);
     }
     if (finish(self)) return -1;
     if (failed) {
@@ -659,7 +1094,7 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
             err = errno;
             break;
         }
-        int answered = answer_static(self, &n);
+        int answered = answer_here(self, &n);
         if (answered == 1) continue;
         if (answered == -1) {
             result = R_ABANDONED;
@@ -734,6 +1169,8 @@ static PyTypeObject ReceiverType = {
 /* ---- module ------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
+    {"inline_mount", (PyCFunction)py_inline_mount, METH_VARARGS,
+     "inline_mount(unique): the mount of that unique id does not block (perform.blocking)"},
     {"real_path", (PyCFunction)py_real_path, METH_VARARGS,
      "real_path(dirfd, path, flags): the canonical path of what the open leads to, or None"},
     {NULL, NULL, 0, NULL},
@@ -746,13 +1183,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&StaticTableType) < 0 || PyType_Ready(&ReadersType) < 0 ||
-        PyType_Ready(&ReceiverType) < 0)
+        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&GrantsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "StaticTable", (PyObject *)&StaticTableType) < 0 ||
         PyModule_AddObjectRef(m, "Readers", (PyObject *)&ReadersType) < 0 ||
         PyModule_AddObjectRef(m, "Receiver", (PyObject *)&ReceiverType) < 0 ||
+        PyModule_AddObjectRef(m, "Grants", (PyObject *)&GrantsType) < 0 ||
         PyModule_AddIntConstant(m, "TIMEOUT", R_TIMEOUT) < 0 ||
         PyModule_AddIntConstant(m, "WOKEN", R_WOKEN) < 0 ||
         PyModule_AddIntConstant(m, "HUNG_UP", R_HUNG_UP) < 0 ||

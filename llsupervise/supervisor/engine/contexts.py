@@ -257,6 +257,12 @@ class ThreadContexts:
             task.cached_credentials = credentials
         return credentials
 
+    def vouch(self, task: Task) -> None:
+        """The task's credentials, cached, are ours: the compiled loop may perform its
+        opens (see engine.grants); it forgets that whenever we drop what we cached."""
+        if task.cached_credentials is not None and not self._unsettled:
+            self.readers.vouch(task.tid)
+
     def umask(self, task: Task) -> int:
         if task.cached_umask is not None:
             return task.cached_umask

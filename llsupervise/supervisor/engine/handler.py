@@ -182,6 +182,8 @@ class RequestHandler:
             return
         # Not ours: the operation is performed with the thread's own (see credentials).
         theirs = None if credentials == self._our_credentials else credentials
+        if theirs is None:
+            self.contexts.vouch(task)
         target = self._bind(n, request, task, theirs)
         if target is None:
             return

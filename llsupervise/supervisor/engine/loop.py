@@ -44,6 +44,7 @@ from llsupervise.supervisor.engine.contexts import ThreadContexts
 from llsupervise.supervisor.engine.created import Creation
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import BrokerSlot, Server
+from llsupervise.supervisor.engine.grants import compiled_grants, take_performed
 from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
@@ -135,6 +136,9 @@ class NotificationLoop:
         #: Why :meth:`run` stopped early, if it did; the supervisor reports it.
         self.failure: BaseException | None = None
         self._table = fast.table if fast is not None else None
+        #: Granted opens performed by the compiled loop (see engine.grants).
+        self._guard = guard
+        self._grants = compiled_grants(guard)
 
     def _receiver(self) -> _fastpath.Receiver:
         """A serving thread's compiled receive loop."""
@@ -142,14 +146,16 @@ class NotificationLoop:
         numbers = SYSCALLS[arch]
         return _fastpath.Receiver(
             self.listener.fileno(), AUDIT_ARCH[arch], numbers.get("open", -1),
-            numbers["openat"], self._table, self._contexts.readers,
+            numbers["openat"], self._table, self._contexts.readers, self._grants,
         )  # fmt: skip
 
     @property
     def performed(self) -> collections.deque[tuple[bytes, float]]:
         """(path as the child named it, absolute; time) of each request a server performed:
         the supervisor counts them against its rules."""
-        return self.handler.performed.entries
+        entries = self.handler.performed.entries
+        take_performed(self._grants, entries)
+        return entries
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -177,6 +183,9 @@ class NotificationLoop:
 
     def close(self) -> None:
         """Release the loop's own fds once :meth:`run` has returned."""
+        if self._grants is not None and self._guard is not None:
+            with contextlib.suppress(ValueError):
+                self._guard.followers.remove(self._grants.protect)
         with contextlib.suppress(ValueError):
             self.slot.on_swap.remove(self._switch)
         server = self._server
@@ -195,6 +204,9 @@ class NotificationLoop:
             return  # a stuck thread may still use the caches and the worker when let go
         self._contexts.close()
         self._child_fds.close()
+        if self._grants is not None:
+            take_performed(self._grants, self.handler.performed.entries)  # still to count
+            self._grants.close()
         if self._unrestricted is not None:
             self._unrestricted.close()
 

@@ -50,6 +50,7 @@ import os
 import select
 import struct
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from llsupervise.libc import libc as _libc
@@ -137,6 +138,8 @@ class Mounts:
         self._kinds: dict[int, int] = {}
         #: Unique mount id -> kind; only kinds found in the table (see kind_of).
         self._by_unique: dict[int, int] = {}
+        #: Told each unique mount id found INLINE (see :meth:`follow_inline`).
+        self._inline_followers: list[Callable[[int], None]] = []
         self._poll = select.poll()
         if fd is not None:
             self._poll.register(fd, select.POLLPRI)
@@ -178,7 +181,19 @@ class Mounts:
                 if len(self._by_unique) >= _UNIQUE_KEPT:
                     self._by_unique.clear()
                 self._by_unique[unique] = known
+                if known == INLINE:
+                    for follower in self._inline_followers:
+                        follower(unique)
         return known
+
+    def follow_inline(self, follower: Callable[[int], None]) -> None:
+        """Tell ``follower`` the unique id of each mount found not to block, those known
+        already first (a unique id is never reused, so what it is told holds for ever)."""
+        with self._lock:
+            self._inline_followers.append(follower)
+            for unique, kind in list(self._by_unique.items()):
+                if kind == INLINE:
+                    follower(unique)
 
     def _read(self) -> dict[int, int]:
         assert self._fd is not None

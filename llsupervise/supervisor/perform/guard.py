@@ -19,7 +19,7 @@ entry), so a file replaced since the last reload is still protected.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from llsupervise.policy.model import ObjectId
@@ -62,6 +62,8 @@ class Guard:
     objects: dict[ObjectId, tuple[str, bool]] = field(default_factory=dict)
     #: Directories holding an entry, and their ancestors: never renamed nor removed.
     directories: dict[ObjectId, str] = field(default_factory=dict)
+    #: Told of each object protected later (dev, ino, secret): those that keep a copy.
+    followers: list[Callable[[int, int, bool], None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.entries or self.objects)
@@ -116,6 +118,8 @@ class Guard:
         """Protect devices (any open refused). Safe while threads read: one dict store each."""
         for st, what in devices:
             self.objects[_id(st)] = (what, True)
+            for follower in self.followers:
+                follower(st.st_dev, st.st_ino, True)
 
     # -- refusing -------------------------------------------------------------------------
 

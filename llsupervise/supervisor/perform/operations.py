@@ -421,6 +421,11 @@ _NOT_CHECKED = (
 )
 
 
+def proc_fd() -> int | None:
+    """Our /proc/self/fd (see _PROC_FD), through which a checked object is reopened."""
+    return _PROC_FD
+
+
 def _open_checked(guard: Guard | None, path: bytes, dirfd: int | None, flags: int) -> int | None:
     """A serving thread's open in one walk, of the dentry cache alone: the object ``path``
     leads to is held (O_PATH, no magic link), checked on that fd by one statx (a regular
