@@ -39,6 +39,8 @@ class RuleUses:
         while performed:
             raw, ts = performed.popleft()
             path = os.fsdecode(raw)
+            if path.startswith("//"):
+                path = "/" + path.lstrip("/")  # "//": dirname's fixed point, and no rule's
             while path not in by_path and path not in ("/", ""):
                 path = os.path.dirname(path)
             if path in by_path:

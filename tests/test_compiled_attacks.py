@@ -1,0 +1,206 @@
+"""Attacks on the serving threads' compiled receive loop (engine._fastpath), made by the
+supervised program itself on the real kernel.
+
+The loop answers an open CONTINUE only, so it can never grant more than the static layer;
+what is attacked here is everything else: hostile path bytes (memory safety, the answer the
+program gets), the threads and their settling (a program must not be able to turn the loop
+off for the rest of the run), and stalls (a read the kernel holds must not hold the loop).
+Each test checks what the program could not do, and that the supervisor still answers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from supervised import PUBLIC, SECRET, make_tree, policy
+
+from llsupervise.supervisor.core import Supervisor
+from llsupervise.supervisor.engine import contexts as contexts_module
+from llsupervise.supervisor.engine.contexts import ThreadContexts
+
+pytestmark = pytest.mark.kernel
+
+DATA_READ = """
+[[supervisor.path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = ["{data}"]
+"""
+
+
+@pytest.fixture
+def seen_by_python(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """The paths of the requests the serving threads decoded in Python (every request the
+    compiled loop did not answer itself)."""
+    seen: list[bytes] = []
+    decode = ThreadContexts.decode
+
+    def recording(self: ThreadContexts, n: object, name: str) -> object:
+        got = decode(self, n, name)  # type: ignore[arg-type]
+        if got is not None:
+            seen.append(got[0].path)
+        return got
+
+    monkeypatch.setattr(contexts_module.ThreadContexts, "decode", recording)
+    yield seen
+
+
+async def run_child(root: Path, script: str, *args: str) -> tuple[int, str]:
+    """Run ``script`` supervised in ``root`` (cwd: the test tree), data/ granted for reading
+    by a supervisor rule; its status and its output (out/log)."""
+    paths = {"data": root / "data", "out": root / "out"}
+    doc = policy(root, supervisor_rules=DATA_READ.format(data=paths["data"]))
+    log = root / "out" / "log"
+    log.touch()
+    async with Supervisor.open(doc) as sup:
+        status = await sup.run(
+            [sys.executable, "-c", script, str(log), *args], forward_signals=False
+        )
+    return status, log.read_text()
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = Path(os.path.realpath(tmp_path))
+    make_tree(root)
+    (root / "out" / "f").write_bytes(b"static file\n")
+    monkeypatch.chdir(root)
+    return root
+
+
+# -- hostile path bytes --------------------------------------------------------------------
+
+#: Each attempt first warms the thread (an open the loop can answer: the thread then has a
+#: memory reader there), then opens a hostile path through libc (the bytes as given, no
+#: conversion); one line per attempt: "<name> <fd or -errno>".
+HOSTILE = r"""
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.open.restype = ctypes.c_int
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+root = os.getcwd().encode()
+static = root + b"/out/f"
+
+def note(line):
+    os.write(log, line.encode() + b"\n")
+
+def raw_open(addr, flags=os.O_RDONLY):
+    fd = libc.open(ctypes.c_void_p(addr), flags)
+    if fd < 0:
+        return -ctypes.get_errno()
+    if flags & os.O_ACCMODE:
+        os.close(fd)
+        return "opened"
+    data = os.read(fd, 100)
+    os.close(fd)
+    return "LEAK" if b"top secret" in data else "read " + data.decode().strip()
+
+def attempt(name, addr, flags=os.O_RDONLY):
+    os.close(os.open(static, os.O_RDONLY))  # the thread has a reader in the loop
+    note(f"{name} {raw_open(addr, flags)}")
+
+# Two pages, the second made inaccessible: a string can end right at the first's end.
+area = mmap.mmap(-1, 2 * mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert libc.mprotect(ctypes.c_void_p(base + mmap.PAGESIZE), mmap.PAGESIZE, 0) == 0
+
+def at_page_end(data):
+    area[mmap.PAGESIZE - len(data):mmap.PAGESIZE] = data
+    return base + mmap.PAGESIZE - len(data)
+
+keep = []
+def buffer(data):
+    b = ctypes.create_string_buffer(data, len(data))
+    keep.append(b)
+    return ctypes.addressof(b)
+
+# A path of exactly PATH_MAX - 1 bytes (with its NUL, PATH_MAX): static, resolvable.
+pad = b"/" * (4095 - len(static))
+attempt("longest", buffer(pad + static + b"\0"))
+# PATH_MAX bytes without a NUL among them, then a NUL.
+attempt("too_long", buffer(b"/" * (4096 - len(static)) + static + b"\0"))
+# The NUL is the last byte before the inaccessible page.
+attempt("ends_at_page", at_page_end(static + b"\0"))
+# No NUL before the inaccessible page.
+attempt("runs_into_hole", at_page_end(static))
+attempt("null", 0)
+attempt("top", 0xFFFFFFFFFFFFF000)
+attempt("kernel_half", 0xFFFF800000000000)
+attempt("dotdot", buffer(root + b"/out/../secret/s\0"))
+attempt("dotdot_rel", buffer(b"out/../secret/s\0"))
+attempt("slashes", buffer(b"//" + root[1:] + b"//out//f\0"))
+attempt("dot", buffer(root + b"/out/./f\0"))
+attempt("high_bytes", buffer(root + b"/out/\xff\xfe\x80\0"))
+attempt("dots_name", buffer(root + b"/out/...\0"))
+os.symlink("loop", "out/loop")
+attempt("loop", buffer(b"out/loop\0"))
+os.symlink(root + b"/secret/s", b"out/to-secret")
+attempt("symlink_out", buffer(root + b"/out/to-secret\0"))
+attempt("symlink_out_rel", buffer(b"out/to-secret\0"))
+attempt("granted", buffer(root + b"/data/x\0"))
+attempt("granted_rel", buffer(b"data/x\0"))
+attempt("trunc", buffer(b"out/f\0"), os.O_WRONLY | os.O_TRUNC)
+"""
+
+
+@pytest.mark.trio
+async def test_hostile_path_bytes_get_the_kernels_answer(root: Path) -> None:
+    """Paths of every length up to and past PATH_MAX, ending at an inaccessible page or
+    running into it, unmapped and kernel addresses, ``..``, symlinks out of the static tree
+    and loops: the program gets what the kernel would say, never a secret byte, and the
+    supervisor still serves (the grant of data/ works to the end)."""
+    status, out = await run_child(root, HOSTILE)
+    assert status == 0, out
+    got = dict(line.split(" ", 1) for line in out.splitlines())
+    static = "read static file"
+    assert got == {
+        "longest": static,
+        "too_long": f"-{36}",  # ENAMETOOLONG
+        "ends_at_page": static,
+        "runs_into_hole": "-14",  # EFAULT
+        "null": "-14",
+        "top": "-14",
+        "kernel_half": "-14",
+        "dotdot": "-13",
+        "dotdot_rel": "-13",
+        "slashes": static,
+        "dot": static,
+        "high_bytes": "-2",
+        "dots_name": "-2",
+        "loop": "-40",  # ELOOP
+        "symlink_out": "-13",
+        "symlink_out_rel": "-13",
+        "granted": "read " + PUBLIC.decode().strip(),
+        "granted_rel": "read " + PUBLIC.decode().strip(),
+        "trunc": "opened",
+    }, out
+    assert (root / "secret" / "s").read_bytes() == SECRET
+
+
+#: Opens of data/x (granted: the supervisor performs them) named with leading slashes.
+SLASHES = r"""
+import os, sys
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+root = os.getcwd()
+for path in ("/" + root + "/data/x", "//" + root + "/data/x", "///" + root + "/data//x"):
+    with open(path, "rb") as f:
+        os.write(log, f.read())
+"""
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.trio
+async def test_a_granted_path_named_with_leading_slashes_does_not_hold_the_supervisor(
+    root: Path,
+) -> None:
+    """A path that starts with "//" is not under any static rule's path lexically, so the
+    supervisor performs it and counts it against its rules: going up from it by dirname
+    stops at "//" (dirname("//") is "//"), which the count took for a parent for ever,
+    holding the supervisor's event loop (no denial, no reload, no exit was served)."""
+    status, out = await run_child(root, SLASHES)
+    assert status == 0
+    assert out == PUBLIC.decode() * 3
