@@ -16,10 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+from fuse_server import MAPPED_NAME, hanging_fuse
 from supervised import PUBLIC, SECRET, make_tree, policy
+from test_serving_stalls import (
+    OPEN_DATA,
+    RULES,
+    STATIC_FUSE,
+    go_then_abort,
+    held_call_script,
+    stall_tree,
+)
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import contexts as contexts_module
+from llsupervise.supervisor.engine import loop as loop_module
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 
 pytestmark = pytest.mark.kernel
@@ -204,3 +215,106 @@ async def test_a_granted_path_named_with_leading_slashes_does_not_hold_the_super
     status, out = await run_child(root, SLASHES)
     assert status == 0
     assert out == PUBLIC.decode() * 3
+
+
+# -- settling ------------------------------------------------------------------------------
+
+#: ``argv[2]`` threads each change the cwd (to the same directory) and exit at once, never
+#: making another trapped call; then the main thread opens data/x relatively (performed by
+#: the supervisor: its cwd is taken, and lent to the loop while settled) and then out/f
+#: relatively and absolutely, 50 times each.
+CHDIR_AND_EXIT = r"""
+import os, sys, threading
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+def leave():
+    os.chdir(".")
+for _ in range(int(sys.argv[2])):
+    t = threading.Thread(target=leave)
+    t.start()
+    t.join()
+absolute = os.path.abspath("out/f")
+for _ in range(50):
+    with open("data/x", "rb") as f:
+        f.read()
+    with open("out/f", "rb") as f:
+        f.read()
+    with open(absolute, "rb") as f:
+        f.read()
+os.write(log, b"done\n")
+"""
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("threads", [0, 1, 65])
+async def test_threads_that_change_the_cwd_and_exit_do_not_turn_the_loop_off(
+    root: Path, seen_by_python: list[bytes], threads: int
+) -> None:
+    """A thread whose context-changing call may still run is unsettled until it is heard
+    from again; one that exits right after is never heard from. It must not keep the
+    compiled loop from answering the static opens of every other thread for the rest of
+    the run: the cwd-relative ones (no cwd is lent while any thread is unsettled), nor,
+    past 64 unsettled threads, every one."""
+    status, out = await run_child(root, CHDIR_AND_EXIT, str(threads))
+    assert status == 0 and out == "done\n", out
+    absolute = os.fsencode(root / "out" / "f")
+    # Each may come to Python a few times (the thread's first, the one after a change);
+    # not every time.
+    assert seen_by_python.count(absolute) <= 3, seen_by_python.count(absolute)
+    assert seen_by_python.count(b"out/f") <= 3, seen_by_python.count(b"out/f")
+
+
+# -- stalls --------------------------------------------------------------------------------
+
+
+class Watched:
+    """A serving thread's compiled loop, which notes each request it was given up on
+    holding."""
+
+    def __init__(self, receiver: object, held: list[bytes]) -> None:
+        self._receiver = receiver
+        self._held = held
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._receiver, name)
+
+    def abandon(self) -> bytes | None:
+        got = self._receiver.abandon()  # type: ignore[attr-defined]
+        if got is not None:
+            self._held.append(got)
+        return got  # type: ignore[no-any-return]
+
+
+@pytest.mark.trio
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE")
+async def test_a_read_held_in_the_compiled_loop_stalls_no_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held thread first opens a static file (so the loop has its memory reader and
+    reads its next path itself), then opens the path in the FUSE page the server never
+    sends: the compiled loop's read is held, and the watch gives up on it as on a read
+    held in Python: the other process is served, the call is refused."""
+    held: list[bytes] = []
+    make = loop_module.NotificationLoop._receiver
+    monkeypatch.setattr(
+        loop_module.NotificationLoop, "_receiver", lambda self: Watched(make(self), held)
+    )
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
+    call = '(os.close(os.open("/usr", os.O_RDONLY)), libc.open(page, os.O_RDONLY))[1]'
+    script = held_call_script(OPEN_DATA, call)
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(
+            root,
+            supervisor_rules=RULES.format(data=paths["data"]),
+            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
+        )
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort, events, paths, server)
+            argv = [sys.executable, "-c", script, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+    log = sorted((root / "out" / "log").read_text().splitlines())
+    assert status == 0, log
+    assert log == sorted([f"other process: {PUBLIC.decode().strip()}", "stuck call: -1 errno 5"])
+    assert len(held) == 1  # held in the compiled loop, not in Python
+    stalls = [e for e in events if e["event"] == "stall"]
+    assert [(e["syscall"], e["outcome"]) for e in stalls] == [("openat", "refused")]

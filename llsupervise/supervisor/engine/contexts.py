@@ -7,7 +7,9 @@ closed (and reopened if that thread is heard from again)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -20,6 +22,8 @@ from llsupervise.supervisor.perform.procfs import status_fields, status_number
 
 #: Threads whose memory reader (and cached cwd) is kept open at once.
 MAX_TASKS = 1024
+#: pidfd_open's flag for a pidfd of one thread, readable once that thread has exited.
+PIDFD_THREAD = os.O_EXCL
 T = TypeVar("T")
 
 
@@ -159,7 +163,9 @@ class ThreadContexts:
         self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS)
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
-        self._unsettled: set[int] = set()
+        #: Each with a pidfd of that thread (-1: none), which tells when it has exited: a
+        #: thread that exits right after its call is never heard from again.
+        self._unsettled: dict[int, int] = {}
 
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
@@ -171,13 +177,32 @@ class ThreadContexts:
         return iter(self._tasks)
 
     def heard_from(self, tid: int) -> None:
-        """``tid`` made a new syscall: its previous one has returned."""
-        if tid in self._unsettled:
-            self._unsettled.discard(tid)
-            if self._unsettled:
-                self.readers.settle(tid)
-            else:
-                self.readers.settle_all()  # also past the threads it can list one by one
+        """``tid`` made a new syscall: its previous one has returned; so has that of every
+        unsettled thread that has exited since."""
+        if not self._unsettled:
+            return
+        done = self._exited()
+        if tid in self._unsettled and tid not in done:
+            done.append(tid)
+        for each in done:
+            fd = self._unsettled.pop(each)
+            if fd >= 0:
+                os.close(fd)
+        if self._unsettled:
+            for each in done:
+                self.readers.settle(each)
+        elif done:
+            self.readers.settle_all()  # also past the threads it can list one by one
+
+    def _exited(self) -> list[int]:
+        """The unsettled threads that have exited (their pidfd is readable)."""
+        watched = {fd: tid for tid, fd in self._unsettled.items() if fd >= 0}
+        if not watched:
+            return []
+        poll = select.poll()
+        for fd in watched:
+            poll.register(fd, select.POLLIN)
+        return [watched[fd] for fd, _ in poll.poll(0)]
 
     def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
         """Read the request from the task's memory; None when the task is gone.
@@ -222,7 +247,15 @@ class ThreadContexts:
         self.readers.forget_cwds()
         for task in self._tasks:
             task.forget_context()
-        self._unsettled.add(tid)
+        if tid in self._unsettled:
+            return
+        try:
+            fd = os.pidfd_open(tid, PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return  # gone already: its call will not run
+            fd = -1  # not known when it exits: only hearing from it settles it
+        self._unsettled[tid] = fd
         self.readers.unsettle(tid)  # its next request comes here, to settle it
 
     def cwd(self, tid: int, task: Task | None) -> int:
@@ -269,3 +302,7 @@ class ThreadContexts:
     def close(self) -> None:
         self._tasks.close()
         self.readers.close()
+        for fd in self._unsettled.values():
+            if fd >= 0:
+                os.close(fd)
+        self._unsettled.clear()
