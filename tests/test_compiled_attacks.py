@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from fuse_server import MAPPED_NAME, hanging_fuse
-from supervised import PUBLIC, SECRET, make_tree, policy
+from supervised import PUBLIC, SECRET, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_until
 from test_serving_stalls import (
     OPEN_DATA,
     RULES,
@@ -31,6 +32,7 @@ from test_serving_stalls import (
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import contexts as contexts_module
 from llsupervise.supervisor.engine import loop as loop_module
+from llsupervise.supervisor.engine import offload
 from llsupervise.supervisor.engine.contexts import ThreadContexts
 
 pytestmark = pytest.mark.kernel
@@ -318,3 +320,171 @@ async def test_a_read_held_in_the_compiled_loop_stalls_no_one(
     assert len(held) == 1  # held in the compiled loop, not in Python
     stalls = [e for e in events if e["event"] == "stall"]
     assert [(e["syscall"], e["outcome"]) for e in stalls] == [("openat", "refused")]
+
+
+#: The program's cwd is the FUSE mount (static); it opens "mapped" there relatively (so its
+#: cwd is taken, and lent to the compiled loop), then a thread opens "stuck" relatively,
+#: whose lookup the server never answers; once that thread is in its call, the main thread
+#: opens data/x (granted: performed by the supervisor).
+RELATIVE_IN_FUSE = (
+    WAIT_IN_SYSCALL
+    + r"""
+import os, sys, threading
+root = os.getcwd()
+log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
+def note(line):
+    os.write(log, line.encode() + b"\n")
+os.chdir(sys.argv[1])
+os.close(os.open("mapped", os.O_RDONLY))
+def stuck():
+    try:
+        os.close(os.open("stuck", os.O_RDONLY))
+        note("stuck call: done")
+    except OSError as e:
+        note(f"stuck call: err {e.errno}")
+t = threading.Thread(target=stuck)
+t.start()
+wait_in(t, "257")
+with open(root + "/data/x", "rb") as f:
+    note("unrelated open: " + f.read().decode().strip())
+t.join()
+"""
+)
+
+
+@pytest.mark.trio
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE")
+async def test_a_relative_open_from_a_cwd_on_a_hung_mount_does_not_hold_the_loop(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled loop resolves a relative open from the lent cwd by the dentry cache
+    alone: a lookup the FUSE server never answers is not waited for there (nor is any
+    serving thread held: no stall), and the other open is served while it hangs."""
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 3600.0)
+    held: list[bytes] = []
+    make = loop_module.NotificationLoop._receiver
+    monkeypatch.setattr(
+        loop_module.NotificationLoop, "_receiver", lambda self: Watched(make(self), held)
+    )
+    events: list[Mapping[str, Any]] = []
+    log = root / "out" / "log"
+    log.touch()
+    served = f"unrelated open: {PUBLIC.decode().strip()}"
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(
+            root,
+            supervisor_rules=DATA_READ.format(data=root / "data"),
+            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
+        )
+
+        async def abort_when_served() -> None:
+            try:
+                await wait_until(lambda: served in lines(log), "the other open", 60)
+            finally:
+                await trio.to_thread.run_sync(server.close)
+
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(abort_when_served)
+            argv = [sys.executable, "-c", RELATIVE_IN_FUSE, str(server.mountpoint)]
+            status = await sup.run(argv, forward_signals=False)
+        assert server.hung > 0
+    out = lines(log)
+    assert status == 0, out
+    assert out[0] == served and out[1].startswith("stuck call: err "), out
+    assert held == []
+    assert not [e for e in events if e["event"] == "stall"]
+
+
+# -- threads and their ids -----------------------------------------------------------------
+
+#: The program opens data/x and out/f (relatively: its cwd is taken and lent) and out/f
+#: absolutely from its main thread, then a second thread execs a program that does the same
+#: (now with the id of the old main thread, whose reader and cwd the loop may still keep),
+#: then chdirs to out/ and opens "f" and "../data/x" and "../secret/s".
+EXEC_FROM_A_THREAD = r"""
+import os, sys, threading
+log = sys.argv[1]
+def note(line):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, line.encode() + b"\n")
+    os.close(fd)
+def read(who, path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        note(f"{who} {path} " + ("LEAK" if b"secret" in data else data.decode().strip()))
+    except OSError as e:
+        note(f"{who} {path} errno {e.errno}")
+who = sys.argv[2]
+for path in ("data/x", "out/f", os.path.abspath("out/f")):
+    read(who, path)
+if who == "before":
+    def go():
+        os.execv(sys.executable, [sys.executable, "-c", sys.argv[3], log, "after"])
+    threading.Thread(target=go).start()
+    threading.Event().wait()
+os.chdir("out")
+for path in ("f", "../data/x", "../secret/s"):
+    read(who, path)
+"""
+
+
+@pytest.mark.trio
+async def test_an_exec_from_a_thread_that_is_not_the_leader(root: Path) -> None:
+    """The exec'd program has the old leader's id: what the loop kept for that id (a
+    reader of the old address space, the old cwd) never decides for it; it gets what the
+    rules give, relatively and absolutely, before and after a chdir."""
+    status, out = await run_child(root, EXEC_FROM_A_THREAD, "before", EXEC_FROM_A_THREAD)
+    assert status == 0, out
+    public, static = PUBLIC.decode().strip(), "static file"
+    absolute = str(root / "out" / "f")
+    assert out.splitlines() == [
+        f"before data/x {public}",
+        f"before out/f {static}",
+        f"before {absolute} {static}",
+        f"after data/x {public}",
+        f"after out/f {static}",
+        f"after {absolute} {static}",
+        f"after f {static}",
+        f"after ../data/x {public}",
+        "after ../secret/s errno 13",
+    ]
+
+
+# -- floods --------------------------------------------------------------------------------
+
+#: Four threads open out/f (static) as fast as they can; meanwhile the main thread opens
+#: data/x (granted: performed by the supervisor) 50 times, then the program exits with the
+#: flood still running.
+FLOOD = r"""
+import os, sys, threading
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+static = os.path.abspath("out/f")
+counts = [0] * 4
+def flood(i):
+    while True:
+        os.close(os.open(static, os.O_RDONLY))
+        counts[i] += 1
+for i in range(4):
+    threading.Thread(target=flood, args=(i,), daemon=True).start()
+while min(counts) == 0:
+    pass
+got = []
+for _ in range(50):
+    with open("data/x", "rb") as f:
+        got.append(f.read())
+os.write(log, b"granted %d\n" % got.count(b"public data\n"))
+os._exit(3)
+"""
+
+
+@pytest.mark.trio
+async def test_a_flood_of_static_opens_starves_no_other_request_nor_the_end(
+    root: Path,
+) -> None:
+    """The compiled loop answers the flood without returning to Python; every other request
+    still comes back to it in turn, and the run ends when the program does."""
+    status, out = await run_child(root, FLOOD)
+    assert status == 3
+    assert out == "granted 50\n"
