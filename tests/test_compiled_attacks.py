@@ -488,3 +488,89 @@ async def test_a_flood_of_static_opens_starves_no_other_request_nor_the_end(
     status, out = await run_child(root, FLOOD)
     assert status == 3
     assert out == "granted 50\n"
+
+
+#: A thread with a cwd of its own (out/) opens ../data/x (performed by the supervisor: its
+#: cwd is taken and lent to the compiled loop) and out/x, and exits; then the program (its
+#: cwd: data/) forks until the child gets that thread's id (the test sets the last pid given
+#: out), and that child opens "x": data/x for the kernel, out/x in the thread's old cwd.
+TID_REUSE = r"""
+import ctypes, os, sys, threading, time
+log, root = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+def note(line):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, line.encode() + b"\n")
+    os.close(fd)
+os.chdir(root + "/data")
+os.close(os.open(root + "/out/x", os.O_RDONLY))  # heard from again: settled
+seen = {}
+def own_cwd():
+    assert libc.unshare(0x200) == 0  # CLONE_FS
+    os.chdir(root + "/out")
+    os.close(os.open("../data/x", os.O_RDONLY))
+    for _ in range(3):
+        os.close(os.open("x", os.O_RDONLY))
+    seen["tid"] = threading.get_native_id()
+t = threading.Thread(target=own_cwd)
+t.start()
+t.join()
+tid = seen["tid"]
+while os.path.exists(f"/proc/self/task/{tid}"):
+    time.sleep(0.001)
+control = os.open(root + "/out/control", os.O_WRONLY | os.O_APPEND)
+for attempt in range(300):
+    os.write(control, f"{tid} {attempt}\n".encode())
+    while not os.path.exists(f"{root}/out/go{attempt}"):
+        time.sleep(0.001)
+    pid = os.fork()
+    if pid == 0:
+        if os.getpid() != tid:
+            os._exit(1)
+        try:
+            with open("x", "rb") as f:
+                note("reused: " + f.read().decode().strip())
+        except OSError as e:
+            note(f"reused: errno {e.errno}")
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        break
+else:
+    note("never reused")
+"""
+
+
+@pytest.mark.trio
+async def test_a_thread_id_reused_by_another_process_is_not_judged_by_the_old_cwd(
+    root: Path,
+) -> None:
+    """What the compiled loop kept for the thread (its memory reader, its lent cwd) must
+    not stand for the next task given its id: here the loop judged the child's "x" in the
+    old thread's cwd (out/x: static, CONTINUE), and the kernel refused data/x, which the
+    supervisor grants. A pidfd of each thread now tells that it has exited."""
+    (root / "out" / "x").write_bytes(b"static x\n")
+    control = root / "out" / "control"
+    control.touch()
+    done: list[bool] = []
+
+    async def give_out_the_id() -> None:
+        answered = 0
+        while not done:
+            asked = lines(control)
+            for line in asked[answered:]:
+                tid, attempt = line.split()
+                with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                    f.write(str(int(tid) - 1))
+                (root / "out" / f"go{attempt}").touch()
+            answered = len(asked)
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(give_out_the_id)
+        try:
+            status, out = await run_child(root, TID_REUSE, str(root))
+        finally:
+            done.append(True)
+    assert status == 0, out
+    assert out == f"reused: {PUBLIC.decode().strip()}\n"

@@ -38,9 +38,17 @@ R = TypeVar("R")
 class TaskCache(Generic[C]):
     """Per-thread entries made by ``open_task(tid)``, closed when dropped."""
 
-    def __init__(self, open_task: Callable[[int], C], limit: int) -> None:
+    def __init__(
+        self,
+        open_task: Callable[[int], C],
+        limit: int,
+        exited: Callable[[C], bool] | None = None,
+    ) -> None:
         self._open = open_task
         self.limit = limit
+        #: Whether the thread an entry was opened for has exited (its id may now be another
+        #: task's): such an entry is opened afresh.
+        self._exited = exited
         self._entries: dict[int, C] = {}
 
     def __len__(self) -> int:
@@ -53,6 +61,9 @@ class TaskCache(Generic[C]):
         """The thread's entry, opened if needed; None when it cannot be (the thread is gone,
         or we are short of descriptors)."""
         entry = self._entries.get(tid)
+        if entry is not None and self._exited is not None and self._exited(entry):
+            self.forget(tid)
+            entry = None
         if entry is None:
             if len(self._entries) >= self.limit:
                 self.forget(next(iter(self._entries)))
@@ -101,6 +112,9 @@ class Task:
 
     memory: ProcessMemory
     tid: int
+    #: A pidfd of the thread (readable once it has exited), -1 for none; opened before the
+    #: memory reader, so that it is of the same task or of an earlier one with that id.
+    pidfd: int = -1
     #: /proc/TID/status, re-read (pread at 0) for the umask and credentials when none are
     #: cached; opened when first needed (see ThreadContexts.status): most threads' requests
     #: are answered without it (a static open, an exec), and each open is a hand-over.
@@ -126,6 +140,17 @@ class Task:
         self.memory.close()
         if self.status is not None:
             os.close(self.status)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def exited(self) -> bool:
+        """Whether the thread has exited: its id may now name another task."""
+        if self.pidfd < 0:
+            return False
+        poll = select.poll()
+        poll.register(self.pidfd, select.POLLIN)
+        return bool(poll.poll(0))
 
     def read_status(self) -> dict[bytes, bytes]:
         """The thread's status fields now; none once it is gone (or never opened)."""
@@ -137,8 +162,25 @@ class Task:
             return {}
 
 
+def thread_pidfd(tid: int) -> int:
+    """A pidfd of the thread ``tid``; -1 where the kernel has none for a thread (before
+    6.9). Raises OSError (ESRCH) when it is gone."""
+    try:
+        return os.pidfd_open(tid, PIDFD_THREAD)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise
+        return -1
+
+
 def open_task(tid: int) -> Task:
-    return Task(ProcessMemory(tid), tid)
+    pidfd = thread_pidfd(tid)
+    try:
+        return Task(ProcessMemory(tid), tid, pidfd)
+    except BaseException:
+        if pidfd >= 0:
+            os.close(pidfd)
+        raise
 
 
 def open_status(tid: int) -> int:
@@ -160,7 +202,7 @@ class ThreadContexts:
         #: The memory readers and unsettled threads, as the compiled loop sees them: each
         #: reader opened here is lent to it, and taken back when closed here.
         self.readers = Readers()
-        self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS)
+        self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS, Task.exited)
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
         #: Each with a pidfd of that thread (-1: none), which tells when it has exited: a
@@ -170,7 +212,7 @@ class ThreadContexts:
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
         task.readers = self.readers
-        self.readers.remember(tid, task.memory.fileno())
+        self.readers.remember(tid, task.memory.fileno(), task.pidfd)
         return task
 
     def __iter__(self) -> Iterator[Task]:
@@ -250,11 +292,9 @@ class ThreadContexts:
         if tid in self._unsettled:
             return
         try:
-            fd = os.pidfd_open(tid, PIDFD_THREAD)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return  # gone already: its call will not run
-            fd = -1  # not known when it exits: only hearing from it settles it
+            fd = thread_pidfd(tid)  # -1: not known when it exits, only hearing from it settles it
+        except OSError:
+            return  # gone already: its call will not run
         self._unsettled[tid] = fd
         self.readers.unsettle(tid)  # its next request comes here, to settle it
 
