@@ -111,9 +111,23 @@ def raw_open(addr, flags=os.O_RDONLY):
     os.close(fd)
     return "LEAK" if b"top secret" in data else "read " + data.decode().strip()
 
-def attempt(name, addr, flags=os.O_RDONLY):
+def attempt(name, addr, flags=os.O_RDONLY, dirfd=None):
     os.close(os.open(static, os.O_RDONLY))  # the thread has a reader in the loop
-    note(f"{name} {raw_open(addr, flags)}")
+    if dirfd is None:
+        note(f"{name} {raw_open(addr, flags)}")
+    else:
+        note(f"{name} {raw_openat(dirfd, addr, flags)}")
+
+libc.syscall.restype = ctypes.c_long
+def raw_openat(dirfd, addr, flags):
+    # The raw syscall: every bit of the arguments reaches the filter as given.
+    fd = libc.syscall(ctypes.c_long(257), ctypes.c_ulong(dirfd), ctypes.c_void_p(addr),
+                      ctypes.c_ulong(flags), ctypes.c_ulong(0))
+    if fd < 0:
+        return -ctypes.get_errno()
+    data = os.read(fd, 100)
+    os.close(fd)
+    return "LEAK" if b"top secret" in data else "read " + data.decode().strip()
 
 # Two pages, the second made inaccessible: a string can end right at the first's end.
 area = mmap.mmap(-1, 2 * mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -156,6 +170,17 @@ attempt("symlink_out", buffer(root + b"/out/to-secret\0"))
 attempt("symlink_out_rel", buffer(b"out/to-secret\0"))
 attempt("granted", buffer(root + b"/data/x\0"))
 attempt("granted_rel", buffer(b"data/x\0"))
+# dirfds: AT_FDCWD with high bits (the kernel takes an int), a real directory, and one
+# whose ".." leads out; flags with high bits (the kernel takes an int: O_CREAT up there is
+# no creation) and O_CREAT itself (never answered CONTINUE by the loop).
+out = os.open("out", os.O_PATH | os.O_DIRECTORY)
+attempt("cwd_high_bits", buffer(b"out/f\0"), dirfd=0x1_FFFFFF9C)
+attempt("cwd_high_bits_granted", buffer(b"data/x\0"), dirfd=0xABCD_FFFFFF9C)
+attempt("dirfd", buffer(b"f\0"), dirfd=out)
+attempt("dirfd_dotdot", buffer(b"../secret/s\0"), dirfd=out)
+attempt("dirfd_dotdot_granted", buffer(b"../data/x\0"), dirfd=out)
+attempt("flags_high_bits", buffer(b"out/f\0"), flags=os.O_CREAT << 32, dirfd=0xFFFFFF9C)
+attempt("creat_existing", buffer(b"out/f\0"), flags=os.O_CREAT, dirfd=0xFFFFFF9C)
 attempt("trunc", buffer(b"out/f\0"), os.O_WRONLY | os.O_TRUNC)
 """
 
@@ -164,8 +189,9 @@ attempt("trunc", buffer(b"out/f\0"), os.O_WRONLY | os.O_TRUNC)
 async def test_hostile_path_bytes_get_the_kernels_answer(root: Path) -> None:
     """Paths of every length up to and past PATH_MAX, ending at an inaccessible page or
     running into it, unmapped and kernel addresses, ``..``, symlinks out of the static tree
-    and loops: the program gets what the kernel would say, never a secret byte, and the
-    supervisor still serves (the grant of data/ works to the end)."""
+    and loops, dirfds and flags with high bits, a real dirfd: the program gets what the
+    kernel would say, never a secret byte, and the supervisor still serves (the grant of
+    data/ works to the end)."""
     status, out = await run_child(root, HOSTILE)
     assert status == 0, out
     got = dict(line.split(" ", 1) for line in out.splitlines())
@@ -189,6 +215,13 @@ async def test_hostile_path_bytes_get_the_kernels_answer(root: Path) -> None:
         "symlink_out_rel": "-13",
         "granted": "read " + PUBLIC.decode().strip(),
         "granted_rel": "read " + PUBLIC.decode().strip(),
+        "cwd_high_bits": static,
+        "cwd_high_bits_granted": "read " + PUBLIC.decode().strip(),
+        "dirfd": static,
+        "dirfd_dotdot": "-13",
+        "dirfd_dotdot_granted": "read " + PUBLIC.decode().strip(),
+        "flags_high_bits": static,
+        "creat_existing": static,
         "trunc": "opened",
     }, out
     assert (root / "secret" / "s").read_bytes() == SECRET
@@ -574,3 +607,60 @@ async def test_a_thread_id_reused_by_another_process_is_not_judged_by_the_old_cw
             done.append(True)
     assert status == 0, out
     assert out == f"reused: {PUBLIC.decode().strip()}\n"
+
+
+#: "x" is out/x (static) in out/ and data/x (granted) in data/. The main thread's cwd is
+#: out/ (taken and lent: it opens ../data/x), where it opens "x" (the compiled loop answers
+#: it); then another thread, sharing the cwd, moves it to data/ by fchdir, and the main
+#: thread opens "x"; then a third unshares its cwd and chdirs to out/, and both open "x".
+SHARED_CWD = r"""
+import ctypes, os, sys, threading
+log, root = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+def note(line):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, line.encode() + b"\n")
+    os.close(fd)
+def read(who):
+    try:
+        with open("x", "rb") as f:
+            note(f"{who}: " + f.read().decode().strip())
+    except OSError as e:
+        note(f"{who}: errno {e.errno}")
+def run(fn):
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+os.chdir(root + "/out")
+os.close(os.open("../data/x", os.O_RDONLY))
+for _ in range(3):
+    os.close(os.open("x", os.O_RDONLY))
+read("main in out")
+data = os.open(root + "/data", os.O_PATH | os.O_DIRECTORY)
+run(lambda: os.fchdir(data))
+read("main after fchdir")
+def own():
+    assert libc.unshare(0x200) == 0  # CLONE_FS
+    os.chdir(root + "/out")
+    read("own cwd")
+run(own)
+read("main after unshare")
+"""
+
+
+@pytest.mark.trio
+async def test_a_shared_cwd_moved_by_another_thread_is_not_judged_by_the_old_one(
+    root: Path,
+) -> None:
+    """The cwd the loop was lent is dropped when any thread may change it (fchdir from a
+    thread sharing it, unshare and chdir): each "x" is the one the kernel finds."""
+    (root / "out" / "x").write_bytes(b"static x\n")
+    status, out = await run_child(root, SHARED_CWD, str(root))
+    assert status == 0, out
+    public = PUBLIC.decode().strip()
+    assert out.splitlines() == [
+        "main in out: static x",
+        f"main after fchdir: {public}",
+        "own cwd: static x",
+        f"main after unshare: {public}",
+    ]
