@@ -664,3 +664,42 @@ async def test_a_shared_cwd_moved_by_another_thread_is_not_judged_by_the_old_one
         "own cwd: static x",
         f"main after unshare: {public}",
     ]
+
+
+#: A forked process B opens out/f (static) in four threads without end; the program stops
+#: and continues it 100 times (some of B's opens are received while it is stopped), opening
+#: data/x (granted) each time, then kills it.
+STOPPED = r"""
+import os, signal, sys, threading
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+static = os.path.abspath("out/f")
+r, w = os.pipe()
+b = os.fork()
+if b == 0:
+    def flood():
+        while True:
+            os.close(os.open(static, os.O_RDONLY))
+    for _ in range(4):
+        threading.Thread(target=flood, daemon=True).start()
+    os.write(w, b"x")
+    threading.Event().wait()
+os.read(r, 1)
+got = 0
+for _ in range(100):
+    os.kill(b, signal.SIGSTOP)
+    with open("data/x", "rb") as f:
+        got += f.read() == b"public data\n"
+    os.kill(b, signal.SIGCONT)
+os.kill(b, signal.SIGKILL)
+os.waitpid(b, 0)
+os.write(log, b"granted %d\n" % got)
+"""
+
+
+@pytest.mark.trio
+async def test_a_process_stopped_with_opens_in_flight_holds_no_one(root: Path) -> None:
+    """Reading the memory of a stopped process does not wait for it to go on: the other
+    process is served throughout, and the run ends."""
+    status, out = await run_child(root, STOPPED)
+    assert status == 0
+    assert out == "granted 100\n"
