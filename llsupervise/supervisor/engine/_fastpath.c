@@ -11,8 +11,10 @@
  *   StaticTable: the static rules' directories, by canonical path, with their rights; the
  *                one implementation of the lexical static check (engine.fastpath uses it too).
  *   Readers:     per-thread /proc/TID/mem descriptors (dups of the ones Python opened with the
- *                supervisor's standing, which a restricted serving thread may not open), and
- *                the threads whose context-changing call may still run (handed to Python).
+ *                supervisor's standing, which a restricted serving thread may not open), each
+ *                with a pidfd of that thread, which tells when it has exited (its id may then
+ *                name another task), and the threads whose context-changing call may still
+ *                run (handed to Python).
  *   Receiver:    one serving thread's loop, and what it holds, for the stall watch.
  *   Grants:      what a serving thread needs to perform a supervisor-granted open itself
  *                (engine.grants): the control plane's identities, our /proc/self/fd, and
@@ -293,9 +295,10 @@ static PyTypeObject StaticTableType = {
 
 typedef struct {
     pid_t tid;
-    int fd;  /* its /proc/TID/mem */
-    int cwd; /* its cwd (O_PATH), while Python holds it settled; -1 otherwise */
-    int ours; /* Python found its credentials to be ours (see Readers.vouch) */
+    int fd;    /* its /proc/TID/mem */
+    int pidfd; /* a pidfd of that thread (readable once it has exited), -1 for none */
+    int cwd;   /* its cwd (O_PATH), while Python holds it settled; -1 otherwise */
+    int ours;  /* Python found its credentials to be ours (see Readers.vouch) */
 } Slot;
 
 typedef struct {
@@ -311,15 +314,17 @@ static int readers_init(Readers *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
     pthread_mutex_init(&self->lock, NULL);
-    for (int i = 0; i < READER_SLOTS; i++) self->slots[i].fd = self->slots[i].cwd = -1;
+    for (int i = 0; i < READER_SLOTS; i++)
+        self->slots[i].fd = self->slots[i].pidfd = self->slots[i].cwd = -1;
     return 0;
 }
 
 /* Called with the lock held. */
 static void slot_clear(Slot *s) {
     if (s->fd >= 0) close(s->fd);
+    if (s->pidfd >= 0) close(s->pidfd);
     if (s->cwd >= 0) close(s->cwd);
-    s->fd = s->cwd = -1;
+    s->fd = s->pidfd = s->cwd = -1;
     s->tid = 0;
     s->ours = 0;
 }
@@ -338,15 +343,21 @@ static void readers_dealloc(Readers *self) {
 
 
 static PyObject *readers_remember(Readers *self, PyObject *args) {
-    int tid, fd;
-    if (!PyArg_ParseTuple(args, "ii", &tid, &fd)) return NULL;
+    int tid, fd, pidfd = -1;
+    if (!PyArg_ParseTuple(args, "ii|i", &tid, &fd, &pidfd)) return NULL;
     int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (own < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int own_pidfd = pidfd >= 0 ? fcntl(pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+    if (pidfd >= 0 && own_pidfd < 0) {
+        close(own);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     pthread_mutex_lock(&self->lock);
     Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
     slot_clear(s);
     s->tid = tid;
     s->fd = own;
+    s->pidfd = own_pidfd;
     pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
 }
@@ -361,13 +372,25 @@ static PyObject *readers_forget(Readers *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Whether the thread of this pidfd has exited (its id may now name another task). */
+static int exited(int pidfd) {
+    struct pollfd p = {pidfd, POLLIN, 0};
+    int ready;
+    while ((ready = poll(&p, 1, 0)) < 0 && errno == EINTR) {
+    }
+    return ready != 0; /* an error: not known to be the same thread */
+}
+
 /* Private dups of the reader of `tid` and (when `cwd` is not NULL) of its cwd, -1 for none:
- * the slot may be replaced or closed meanwhile; `*ours`: whether its credentials are ours. */
+ * the slot may be replaced or closed meanwhile; `*ours`: whether its credentials are ours.
+ * What was kept for a thread that has exited is let go of: the same id may now be another
+ * task's (Python opens that one's afresh). */
 static int readers_take(Readers *self, pid_t tid, int *cwd, int *ours) {
     int fd = -1;
     *ours = 0;
     pthread_mutex_lock(&self->lock);
     Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    if (s->tid == tid && s->pidfd >= 0 && exited(s->pidfd)) slot_clear(s);
     if (s->tid == tid && s->fd >= 0) {
         fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
         if (cwd != NULL) *cwd = s->cwd >= 0 ? fcntl(s->cwd, F_DUPFD_CLOEXEC, 3) : -1;
@@ -487,7 +510,8 @@ static PyMethodDef readers_methods[] = {
     {"vouch", (PyCFunction)readers_vouch, METH_VARARGS,
      "vouch(tid): its credentials are ours (read while every thread was settled)"},
     {"remember", (PyCFunction)readers_remember, METH_VARARGS,
-     "remember(tid, fd): keep a dup of the thread's /proc/TID/mem descriptor."},
+     "remember(tid, fd, pidfd=-1): keep dups of the thread's /proc/TID/mem descriptor and "
+     "of a pidfd of it (PIDFD_THREAD), which tells when it has exited."},
     {"forget", (PyCFunction)readers_forget, METH_VARARGS, "forget(tid): close its reader."},
     {"remember_cwd", (PyCFunction)readers_remember_cwd, METH_VARARGS,
      "remember_cwd(tid, fd): keep a dup of the thread's cwd (O_PATH) with its reader."},

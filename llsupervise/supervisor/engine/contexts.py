@@ -7,7 +7,9 @@ closed (and reopened if that thread is heard from again)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -20,6 +22,8 @@ from llsupervise.supervisor.perform.procfs import status_fields, status_number
 
 #: Threads whose memory reader (and cached cwd) is kept open at once.
 MAX_TASKS = 1024
+#: pidfd_open's flag for a pidfd of one thread, readable once that thread has exited.
+PIDFD_THREAD = os.O_EXCL
 T = TypeVar("T")
 
 
@@ -34,9 +38,17 @@ R = TypeVar("R")
 class TaskCache(Generic[C]):
     """Per-thread entries made by ``open_task(tid)``, closed when dropped."""
 
-    def __init__(self, open_task: Callable[[int], C], limit: int) -> None:
+    def __init__(
+        self,
+        open_task: Callable[[int], C],
+        limit: int,
+        exited: Callable[[C], bool] | None = None,
+    ) -> None:
         self._open = open_task
         self.limit = limit
+        #: Whether the thread an entry was opened for has exited (its id may now be another
+        #: task's): such an entry is opened afresh.
+        self._exited = exited
         self._entries: dict[int, C] = {}
 
     def __len__(self) -> int:
@@ -49,6 +61,9 @@ class TaskCache(Generic[C]):
         """The thread's entry, opened if needed; None when it cannot be (the thread is gone,
         or we are short of descriptors)."""
         entry = self._entries.get(tid)
+        if entry is not None and self._exited is not None and self._exited(entry):
+            self.forget(tid)
+            entry = None
         if entry is None:
             if len(self._entries) >= self.limit:
                 self.forget(next(iter(self._entries)))
@@ -97,6 +112,9 @@ class Task:
 
     memory: ProcessMemory
     tid: int
+    #: A pidfd of the thread (readable once it has exited), -1 for none; opened before the
+    #: memory reader, so that it is of the same task or of an earlier one with that id.
+    pidfd: int = -1
     #: /proc/TID/status, re-read (pread at 0) for the umask and credentials when none are
     #: cached; opened when first needed (see ThreadContexts.status): most threads' requests
     #: are answered without it (a static open, an exec), and each open is a hand-over.
@@ -122,6 +140,17 @@ class Task:
         self.memory.close()
         if self.status is not None:
             os.close(self.status)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def exited(self) -> bool:
+        """Whether the thread has exited: its id may now name another task."""
+        if self.pidfd < 0:
+            return False
+        poll = select.poll()
+        poll.register(self.pidfd, select.POLLIN)
+        return bool(poll.poll(0))
 
     def read_status(self) -> dict[bytes, bytes]:
         """The thread's status fields now; none once it is gone (or never opened)."""
@@ -133,8 +162,25 @@ class Task:
             return {}
 
 
+def thread_pidfd(tid: int) -> int:
+    """A pidfd of the thread ``tid``; -1 where the kernel has none for a thread (before
+    6.9). Raises OSError (ESRCH) when it is gone."""
+    try:
+        return os.pidfd_open(tid, PIDFD_THREAD)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise
+        return -1
+
+
 def open_task(tid: int) -> Task:
-    return Task(ProcessMemory(tid), tid)
+    pidfd = thread_pidfd(tid)
+    try:
+        return Task(ProcessMemory(tid), tid, pidfd)
+    except BaseException:
+        if pidfd >= 0:
+            os.close(pidfd)
+        raise
 
 
 def open_status(tid: int) -> int:
@@ -156,28 +202,49 @@ class ThreadContexts:
         #: The memory readers and unsettled threads, as the compiled loop sees them: each
         #: reader opened here is lent to it, and taken back when closed here.
         self.readers = Readers()
-        self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS)
+        self._tasks: TaskCache[Task] = TaskCache(self._open_task, MAX_TASKS, Task.exited)
         #: Threads whose cwd/umask-changing syscall may still be running: while any is, what
         #: is read about a thread's context is not cached (it may be from before the change).
-        self._unsettled: set[int] = set()
+        #: Each with a pidfd of that thread (-1: none), which tells when it has exited: a
+        #: thread that exits right after its call is never heard from again.
+        self._unsettled: dict[int, int] = {}
 
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
         task.readers = self.readers
-        self.readers.remember(tid, task.memory.fileno())
+        self.readers.remember(tid, task.memory.fileno(), task.pidfd)
         return task
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks)
 
     def heard_from(self, tid: int) -> None:
-        """``tid`` made a new syscall: its previous one has returned."""
-        if tid in self._unsettled:
-            self._unsettled.discard(tid)
-            if self._unsettled:
-                self.readers.settle(tid)
-            else:
-                self.readers.settle_all()  # also past the threads it can list one by one
+        """``tid`` made a new syscall: its previous one has returned; so has that of every
+        unsettled thread that has exited since."""
+        if not self._unsettled:
+            return
+        done = self._exited()
+        if tid in self._unsettled and tid not in done:
+            done.append(tid)
+        for each in done:
+            fd = self._unsettled.pop(each)
+            if fd >= 0:
+                os.close(fd)
+        if self._unsettled:
+            for each in done:
+                self.readers.settle(each)
+        elif done:
+            self.readers.settle_all()  # also past the threads it can list one by one
+
+    def _exited(self) -> list[int]:
+        """The unsettled threads that have exited (their pidfd is readable)."""
+        watched = {fd: tid for tid, fd in self._unsettled.items() if fd >= 0}
+        if not watched:
+            return []
+        poll = select.poll()
+        for fd in watched:
+            poll.register(fd, select.POLLIN)
+        return [watched[fd] for fd, _ in poll.poll(0)]
 
     def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
         """Read the request from the task's memory; None when the task is gone.
@@ -222,7 +289,13 @@ class ThreadContexts:
         self.readers.forget_cwds()
         for task in self._tasks:
             task.forget_context()
-        self._unsettled.add(tid)
+        if tid in self._unsettled:
+            return
+        try:
+            fd = thread_pidfd(tid)  # -1: not known when it exits, only hearing from it settles it
+        except OSError:
+            return  # gone already: its call will not run
+        self._unsettled[tid] = fd
         self.readers.unsettle(tid)  # its next request comes here, to settle it
 
     def cwd(self, tid: int, task: Task | None) -> int:
@@ -275,3 +348,7 @@ class ThreadContexts:
     def close(self) -> None:
         self._tasks.close()
         self.readers.close()
+        for fd in self._unsettled.values():
+            if fd >= 0:
+                os.close(fd)
+        self._unsettled.clear()

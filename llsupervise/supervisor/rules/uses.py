@@ -71,6 +71,8 @@ class RuleUses:
 def _deepest_rule(raw: bytes, rule_paths: frozenset[str]) -> str | None:
     """The deepest of ``rule_paths`` that leads to ``raw`` (lexically), if any."""
     path = os.fsdecode(raw)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")  # "//": dirname's fixed point, and no rule's
     while path not in rule_paths and path not in ("/", ""):
         path = os.path.dirname(path)
     return path if path in rule_paths else None
