@@ -138,6 +138,26 @@ def test_a_granted_open_of_a_thread_acting_as_we_do_is_performed_in_the_loop(
     assert served.grants.drain() == []
 
 
+def test_a_relative_open_is_performed_in_the_cwd_python_lent(
+    tmp_path: Path, tree: dict[str, Path], serving: Any
+) -> None:
+    """In the thread's cwd as Python holds it (lent while settled), and counted under that
+    directory's path; without a cwd lent, it is Python's."""
+    for lent in (True, False):
+        with serving([opening("granted/f")]) as served:
+            pid = served.child.proc.pid
+            served.readers.vouch(pid)
+            if lent:
+                cwd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+                served.readers.remember_cwd(pid, cwd)
+                os.close(cwd)
+            results, handed = served.run()
+        assert results[0]["content"] == "granted"
+        assert (b"granted/f" in handed) is not lent, lent
+        performed = [p for p, _ in served.grants.drain()]
+        assert performed == ([os.fsencode(tree["f"])] if lent else []), lent
+
+
 def test_a_thread_not_vouched_for_or_unsettled_since_goes_to_python(
     tree: dict[str, Path], serving: Any
 ) -> None:
@@ -161,13 +181,14 @@ def test_a_thread_not_vouched_for_or_unsettled_since_goes_to_python(
 
 
 def test_what_the_loop_leaves_to_python(tree: dict[str, Path], serving: Any) -> None:
-    """Only an absolute open without creation, truncation, O_PATH or O_NOFOLLOW of a regular
-    file or directory off the control plane is performed in the loop; every other open comes
-    back to Python untouched (here: answered CONTINUE by the test)."""
+    """Only an open without creation, truncation, O_PATH or O_NOFOLLOW of a regular file or
+    directory off the control plane, by an absolute path or one relative to a cwd lent, is
+    performed in the loop; every other open comes back to Python untouched (here: answered
+    CONTINUE by the test)."""
     f, policy, token = str(tree["f"]), str(tree["policy.toml"]), str(tree["token"])
     taken = [opening(f), opening(policy), opening(str(tree["granted"]))]
     left: list[dict[str, Any]] = [
-        opening("granted/f"),  # relative
+        opening("granted/f"),  # relative to a cwd not lent
         {"op": "open", "path": f, "flags": ["O_NOFOLLOW"]},
         {"op": "open", "path": f, "flags": ["O_WRONLY", "O_TRUNC"]},
         {"op": "open", "path": str(tree["fifo"]), "flags": ["O_NONBLOCK"]},  # not a file

@@ -5,6 +5,7 @@ one that leads nowhere granted is still a denial the supervisor sees."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -19,8 +20,9 @@ from hypothesis import strategies as st
 from supervised import policy
 
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.engine import handler
+from llsupervise.supervisor.engine import handler, loop
 from llsupervise.supervisor.engine._fastpath import real_path as cached_real_path
+from llsupervise.supervisor.engine.grants import take_performed
 from llsupervise.supervisor.perform import operations
 from llsupervise.supervisor.perform.operations import Target
 
@@ -129,6 +131,16 @@ parent = ["{root}/granted"]
         return operations.perform(target)
 
     monkeypatch.setattr(handler, "perform", perform)
+    # What the compiled loop performs (see engine.grants) is counted too, named as the child
+    # named it (it is recorded under the cwd's path).
+    cwd = os.fsencode(root / "static") + b"/"
+
+    def take(grants: Any, into: collections.deque[tuple[bytes, float]]) -> None:
+        before = len(into)
+        take_performed(grants, into)
+        performed.extend(p.removeprefix(cwd) for p, _ in list(into)[before:])
+
+    monkeypatch.setattr(loop, "take_performed", take)
     async with Supervisor.open(doc) as sup:
         sup.listeners.append(events.append)
         status = await sup.run(

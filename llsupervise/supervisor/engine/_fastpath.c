@@ -22,7 +22,8 @@
  *
  * A granted open is performed here only in the one shape Python's serving path performs
  * inline (perform.operations._open_checked), and only for a thread whose credentials Python
- * found to be ours: an absolute path, no creation, truncation, O_PATH or O_NOFOLLOW, that
+ * found to be ours: an absolute path or one relative to the cwd Python lent, no creation,
+ * truncation, O_PATH or O_NOFOLLOW, that
  * leads through the dentry cache alone to a regular file or directory on a mount known not
  * to block, which is not the control plane. The serving thread is restricted by its
  * generation's rules, so the kernel judges the open; anything else, a refusal included, is
@@ -743,8 +744,27 @@ static double realtime(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void grants_note(Grants *self, const char *path) {
-    char *copy = strdup(path);
+/* Records an open performed (`path` relative to `dirfd` when that is not -1), by its absolute
+ * path as named (the directory's as our /proc/self/fd tells it, as PerformedLog does). */
+static void grants_note(Grants *self, int dirfd, const char *path) {
+    char *copy;
+    if (dirfd < 0) {
+        copy = strdup(path);
+    } else {
+        char link[16], dir[PATH_MAX];
+        snprintf(link, sizeof link, "%d", dirfd);
+        pthread_mutex_lock(&self->lock);
+        ssize_t n = self->proc_fd >= 0 ? readlinkat(self->proc_fd, link, dir, sizeof dir - 1) : -1;
+        pthread_mutex_unlock(&self->lock);
+        if (n <= 0) return; /* a count lost, nothing else */
+        size_t len = strlen(path);
+        copy = malloc((size_t)n + 1 + len + 1);
+        if (copy != NULL) {
+            memcpy(copy, dir, (size_t)n);
+            copy[n] = '/';
+            memcpy(copy + n + 1, path, len + 1);
+        }
+    }
     if (copy == NULL) return; /* a count lost, nothing else */
     double when = realtime();
     pthread_mutex_lock(&self->lock);
@@ -826,14 +846,15 @@ static int self_referential(const char *path, size_t len) {
 
 #define STATX_WANTED (0x1U | 0x2U | 0x100U | 0x4000U) /* TYPE MODE INO MNT_ID_UNIQUE */
 
-/* Open `path` for the program as _open_checked does, in this (restricted) thread; the fd,
- * or -1: Python's (nothing was done that it would repeat). */
-static int grant_open(Grants *g, const char *path, uint64_t flags) {
+/* Open `path` (relative to `dirfd`, the thread's cwd, or AT_FDCWD for an absolute one) for
+ * the program as _open_checked does, in this (restricted) thread; the fd, or -1: Python's
+ * (nothing was done that it would repeat). */
+static int grant_open(Grants *g, int dirfd, const char *path, uint64_t flags) {
     struct open_how how = {
         .flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY),
         .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,
     };
-    int held = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    int held = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     if (held < 0) return -1;
     unsigned char sx[256];
     memset(sx, 0, sizeof sx);
@@ -1039,35 +1060,42 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
         else
             allowed = cwd >= 0 && table_allows_at(t, cwd, path, flags);
     }
-    if (cwd >= 0) close(cwd);
     int fd = -1;
     if (!allowed) {
-        /* Performed here only for a thread acting as we do, in _open_checked's shape; and
-         * only once the request is known to be still waiting, so the path read was its. */
+        /* Performed here only for a thread acting as we do, in _open_checked's shape: an
+         * absolute path, or one relative to the cwd Python lent (which it would open it in);
+         * and only once the request is known to be still waiting, so the path read was its. */
         uint64_t id = n->id;
-        if (self->grants == NULL || !ours || !absolute || (flags & NOT_CHECKED) ||
-            self_referential(path, (size_t)len) ||
-            ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0)
+        if (self->grants == NULL || !ours || len == 0 || (!absolute && cwd < 0) ||
+            (flags & NOT_CHECKED) || (absolute && self_referential(path, (size_t)len)) ||
+            ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
+            if (cwd >= 0) close(cwd);
             return finish(self) ? -1 : 0;
-        fd = grant_open(self->grants, path, flags);
-        if (fd < 0) return finish(self) ? -1 : 0;
+        }
+        fd = grant_open(self->grants, absolute ? AT_FDCWD : cwd, path, flags);
+        if (fd < 0) {
+            if (cwd >= 0) close(cwd);
+            return finish(self) ? -1 : 0;
+        }
     }
     pthread_mutex_lock(&self->lock);
     int abandoned = self->abandoned;
     pthread_mutex_unlock(&self->lock);
     if (abandoned) { /* answered by the watch: act no more */
         if (fd >= 0) close(fd); /* an open without creation or truncation changed nothing */
+        if (cwd >= 0) close(cwd);
         return -1;
     }
     int failed;
     if (fd >= 0) {
         failed = send_fd(self, n, fd, flags);
-        grants_note(self->grants, path);
+        grants_note(self->grants, absolute ? -1 : cwd, path);
     } else {
         struct seccomp_notif_resp resp = {
             .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
         failed = send_response(self, &resp);
     }
+    if (cwd >= 0) close(cwd);
     if (finish(self)) return -1;
     if (failed) {
         errno = failed;

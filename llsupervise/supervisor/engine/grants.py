@@ -4,9 +4,10 @@ Python performs a granted open inline in one shape (``perform.operations._open_c
 object the path leads to, through the dentry cache alone, is held, checked (a regular file or
 a directory, on a mount that cannot block, not the control plane), then reopened in the
 serving thread, whose Landlock domain is its generation's rules, so the kernel judges it. The
-compiled loop (``_fastpath.Receiver``) performs that same shape for an absolute path, for a
-thread whose credentials Python found to be ours (``Readers.vouch``), and hands anything else
-to Python untouched. This module gives it what it checks against and takes back what it did:
+compiled loop (``_fastpath.Receiver``) performs that same shape, for an absolute path or one
+relative to the cwd Python lent it, for a thread whose credentials Python found to be ours
+(``Readers.vouch``), and hands anything else to Python untouched. This module gives it what
+it checks against and takes back what it did:
 
 - the control plane's entries and objects (``perform.guard``), and those protected later;
 - the mounts found not to block (``perform.blocking``: a unique mount id never changes kind);
