@@ -385,7 +385,7 @@ async def test_a_landlock_layer_the_program_adds_itself_still_holds_for_granted_
 
 #: A second thread drops root for itself alone (raw setresuid, keeping root as its saved
 #: id) and takes it back, twenty times, reading a root-only file each time; the first
-#: thread reads it before and after.
+#: thread reads it before, meanwhile and after.
 TOGGLE_ROOT = r"""
 import ctypes, json, os, sys, threading
 out, path = open(sys.argv[1], "w"), sys.argv[2]
@@ -404,9 +404,10 @@ def toggle():
         r["dropped"].append(read())
         assert libc.syscall(SETRESUID, 0, 0, 0) == 0
         r["root again"].append(read())
-        r["main"].append("-")
 t = threading.Thread(target=toggle)
 t.start()
+while t.is_alive():  # meanwhile: its vouch withdrawn and given again, again and again
+    r["main"].append(read())
 t.join()
 r["main"] += [read() for _ in range(5)]
 json.dump(r, out)
@@ -430,7 +431,7 @@ async def test_a_thread_that_drops_and_retakes_root_is_served_with_what_it_has_e
     result = await run(tmp_path, rw(granted), TOGGLE_ROOT, str(secret))
     assert result["dropped"] == [errno.EACCES] * 20
     assert result["root again"] == ["root"] * 20
-    assert [m for m in result["main"] if m != "-"] == ["root"] * 10
+    assert len(result["main"]) >= 10 and set(result["main"]) == {"root"}
     assert drained.paths.count(os.fsencode(secret)) >= 5
 
 
@@ -464,3 +465,115 @@ async def test_a_flood_of_opens_past_the_ring_of_performed_records(
     assert await run(tmp_path, rw(granted), FLOOD, str(f), str(n)) == 0
     assert drained.paths and set(drained.paths) == {os.fsencode(f)}
     assert n - 65_536 <= len(drained.paths) <= n
+
+
+#: Opens a granted file (the loop is vouched for it), then one whose open never comes back,
+#: then the first again.
+HELD_OPEN = r"""
+import json, os, sys
+out, first, held = open(sys.argv[1], "w"), sys.argv[2], sys.argv[3]
+def attempt(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+        return 0
+    except OSError as e:
+        return e.errno
+r = {"first": [attempt(first) for _ in range(5)], "held": attempt(held)}
+r["after"] = [attempt(first) for _ in range(5)]
+json.dump(r, out)
+out.close()
+"""
+
+
+@pytest.mark.trio
+async def test_a_grant_held_in_the_loop_is_given_up_on_and_never_answered_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop performs an open that never returns (an overlay on a FUSE server that has
+    hung, see the xfail above): the stall watch answers it (EIO) and serves on with another
+    thread; when the open fails at last (the server aborted), the held thread acts no more."""
+    from fuse_server import hanging_fuse
+
+    from llsupervise.supervisor.perform import stalls
+
+    monkeypatch.setattr(stalls, "STALL_SECONDS", 0.5)
+    root = Path(os.path.realpath(tmp_path))
+    for name in ("fuse", "up", "work", "ov", "granted"):
+        (root / name).mkdir()
+    first = root / "granted" / "f"
+    first.write_text("granted")
+    events: list[Any] = []
+    with hanging_fuse(root / "fuse", entry_valid=60) as server:
+        options = f"lowerdir={root}/fuse,upperdir={root}/up,workdir={root}/work"
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", options, str(root / "ov")], check=True
+        )
+        try:
+            held = root / "ov" / "mapped"
+            os.stat(held)  # its name cached: the loop's walk finds it
+            server.frozen = True  # its open is never answered
+            policy = root / "p.toml"
+            policy.write_text(policy_text(root, supervisor_rules=rw(root / "granted")
+                                          + rw(root / "ov")))  # fmt: skip
+            doc = load_policy(policy, {"HOME": str(root), "PWD": str(root)})
+            out = root / "out"
+            out.mkdir()
+            async with Supervisor.open(doc) as sup:
+                sup.listeners.append(events.append)
+                argv = [sys.executable, "-c", HELD_OPEN, str(out / "r.json"), str(first),
+                        str(held)]  # fmt: skip
+                status = await sup.run(argv, forward_signals=False)
+        finally:
+            subprocess.run(["umount", "-l", str(root / "ov")], check=True)
+    assert status == 0
+    result = json.loads((out / "r.json").read_text())
+    assert result == {"first": [0] * 5, "held": errno.EIO, "after": [0] * 5}
+    stalls_seen = [e for e in events if e["event"] == "stall"]
+    assert len(stalls_seen) == 1, stalls_seen
+
+
+#: Forks children that open a granted file without end, and kills each (SIGKILL) once it has
+#: opened it a few times: some die with an open being performed or injected.
+KILLED_MIDWAY = r"""
+import json, os, signal, sys
+out, path = open(sys.argv[1], "w"), sys.argv[2]
+killed = 0
+for _ in range(20):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        n = 0
+        while True:
+            os.close(os.open(path, os.O_RDONLY))
+            n += 1
+            if n == 20:
+                os.write(w, b"x")
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    killed += 1
+with open(path) as f:
+    json.dump({"killed": killed, "still": f.read()}, out)
+out.close()
+"""
+
+
+@pytest.mark.trio
+async def test_programs_killed_while_the_loop_performs_their_opens_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller gone between the open and the injection: the fd is closed, the loop goes on
+    (the supervisor holds no more descriptors after the run than a run without kills)."""
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    f = granted / "f"
+    f.write_text("granted")
+    drained = Drained(monkeypatch)
+    before = len(os.listdir("/proc/self/fd"))
+    result = await run(tmp_path, rw(granted), KILLED_MIDWAY, str(f))
+    assert result == {"killed": 20, "still": "granted"}
+    assert drained.paths.count(os.fsencode(f)) >= 20 * 10
+    assert len(os.listdir("/proc/self/fd")) <= before
