@@ -577,3 +577,130 @@ async def test_programs_killed_while_the_loop_performs_their_opens_leave_nothing
     assert result == {"killed": 20, "still": "granted"}
     assert drained.paths.count(os.fsencode(f)) >= 20 * 10
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+#: Opens a file under a mount point again and again; once the marker "swapped" exists, opens
+#: the file the new mount there serves.
+ACROSS_A_SWAP = r"""
+import json, os, sys, time
+out, first, second, marks = open(sys.argv[1], "w"), sys.argv[2], sys.argv[3], sys.argv[4]
+def attempt(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+        return 0
+    except OSError as e:
+        return e.errno
+r = {"first": [attempt(first) for _ in range(10)]}
+open(os.path.join(marks, "learnt"), "w").close()
+while not os.path.exists(os.path.join(marks, "swapped")):
+    time.sleep(0.01)
+r["second"] = [attempt(second) for _ in range(5)]
+json.dump(r, out)
+out.close()
+"""
+
+
+@pytest.mark.trio
+async def test_a_mount_learnt_inline_then_replaced_by_fuse_is_not_opened_in_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop knows mounts by unique id, never reused: the tmpfs it learnt is gone, and
+    the FUSE mount in its place (same path) is Python's, which finds it may block."""
+    from fuse_server import hanging_fuse
+
+    root = Path(os.path.realpath(tmp_path))
+    point, marks = root / "point", root / "out" / "marks"
+    point.mkdir()
+    marks.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(point)], check=True)
+    (point / "g").write_text("tmpfs")
+    policy = root / "p.toml"
+    # On the directory above: a rule holds the object it names, which the swap keeps alive.
+    policy.write_text(policy_text(root, supervisor_rules=rw(root)))
+    doc = load_policy(policy, {"HOME": str(root), "PWD": str(root)})
+    drained = Drained(monkeypatch)
+    status: list[int] = []
+    try:
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+
+            async def run_it() -> None:
+                argv = [sys.executable, "-c", ACROSS_A_SWAP, str(root / "out" / "r.json"),
+                        str(point / "g"), str(point / "mapped"), str(marks)]  # fmt: skip
+                status.append(await sup.run(argv, forward_signals=False))
+
+            nursery.start_soon(run_it)
+            await wait_until(lambda: (marks / "learnt").exists(), "opens on the tmpfs")
+            subprocess.run(["umount", "-l", str(point)], check=True)
+            with hanging_fuse(point, entry_valid=60):
+                os.stat(point / "mapped")  # cached: the loop's walk finds it
+                (marks / "swapped").write_text("")
+                await wait_until(lambda: bool(status), "the program's end")
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+    assert status == [0]
+    result = json.loads((root / "out" / "r.json").read_text())
+    assert result == {"first": [0] * 10, "second": [0] * 5}
+    assert os.fsencode(point / "g") in drained.paths
+    assert os.fsencode(point / "mapped") not in drained.paths
+
+
+#: Reads the policy file (the loop is vouched for it), waits for it to be replaced (an
+#: editor's save: a new file renamed over it), then tries to write the new one.
+AFTER_A_SAVE = r"""
+import json, os, sys, time
+out, policy, marks = open(sys.argv[1], "w"), sys.argv[2], sys.argv[3]
+def attempt(flags):
+    try:
+        os.close(os.open(policy, flags))
+        return 0
+    except OSError as e:
+        return e.errno
+r = {"read": [attempt(os.O_RDONLY) for _ in range(10)]}
+open(os.path.join(marks, "ready"), "w").close()
+while not os.path.exists(os.path.join(marks, "saved")):
+    time.sleep(0.01)
+r["read again"] = [attempt(os.O_RDONLY) for _ in range(3)]
+r["write"] = [attempt(os.O_WRONLY) for _ in range(3)]
+r["rdwr"] = [attempt(os.O_RDWR) for _ in range(3)]
+json.dump(r, out)
+out.close()
+"""
+
+
+@pytest.mark.trio
+async def test_the_policy_file_saved_as_a_new_file_during_the_run_stays_unwritable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop looks the guard's entries up live: the file now at the policy's name (a new
+    inode, never seen when the loop was built) is refused for writing."""
+    work, marks = tmp_path / "work", tmp_path / "out" / "marks"
+    work.mkdir()
+    marks.mkdir(parents=True)
+    policy = work / "policy.toml"
+    text = policy_text(tmp_path, supervisor_rules=rw(work))
+    policy.write_text(text)
+    doc = load_policy(policy, {"HOME": str(tmp_path), "PWD": str(work)})
+    drained = Drained(monkeypatch)
+    status: list[int] = []
+    async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+
+        async def run_it() -> None:
+            argv = [sys.executable, "-c", AFTER_A_SAVE, str(tmp_path / "out" / "r.json"),
+                    str(policy), str(marks)]  # fmt: skip
+            status.append(await sup.run(argv, forward_signals=False))
+
+        nursery.start_soon(run_it)
+        await wait_until(lambda: (marks / "ready").exists(), "reads of the policy file")
+        saved = work / ".policy.toml.swp"
+        saved.write_text(text + "# saved\n")
+        os.replace(saved, policy)
+        (marks / "saved").write_text("")
+        await wait_until(lambda: bool(status), "the program's end")
+    assert status == [0]
+    result = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert result == {
+        "read": [0] * 10, "read again": [0] * 3, "write": [errno.EACCES] * 3,
+        "rdwr": [errno.EACCES] * 3,
+    }  # fmt: skip
+    assert policy.read_text() == text + "# saved\n"
+    assert drained.paths.count(os.fsencode(policy)) >= 5  # the loop served the reads
