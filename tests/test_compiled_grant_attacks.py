@@ -306,17 +306,13 @@ out.close()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an overlay mount is classified by its own type alone (perform.blocking: INLINE), "
-    "so an open of a file of its FUSE lower layer is performed in the serving thread, and "
-    "waits on the FUSE server (an open that server never answers holds the loop until the "
-    "stall watch gives up on it); knowing would take the layers' mounts from the options",
-)
 @pytest.mark.trio
 async def test_an_open_on_an_overlay_with_a_fuse_lower_layer_is_not_performed_in_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An overlay opens the files of its layers: one with a FUSE layer may block as FUSE
+    does (perform.blocking), and its opens are Python's, which hands them to a worker. It
+    was known by its own type alone, and the loop performed them in the serving thread."""
     from fuse_server import hanging_fuse
 
     root = Path(os.path.realpath(tmp_path))
@@ -467,8 +463,8 @@ async def test_a_flood_of_opens_past_the_ring_of_performed_records(
     assert n - 65_536 <= len(drained.paths) <= n
 
 
-#: Opens a granted file (the loop is vouched for it), then one whose open never comes back,
-#: then the first again.
+#: Opens a granted file (the loop performs its opens), then one whose open never comes
+#: back, then the first again.
 HELD_OPEN = r"""
 import json, os, sys
 out, first, held = open(sys.argv[1], "w"), sys.argv[2], sys.argv[3]
@@ -486,23 +482,25 @@ out.close()
 
 
 @pytest.mark.trio
-async def test_a_grant_held_in_the_loop_is_given_up_on_and_never_answered_late(
+async def test_an_open_held_by_a_hung_fuse_layer_of_an_overlay_is_not_held_in_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The loop performs an open that never returns (an overlay on a FUSE server that has
-    hung, see the xfail above): the stall watch answers it (EIO) and serves on with another
-    thread; when the open fails at last (the server aborted), the held thread acts no more."""
+    """An open that never returns (an overlay on a FUSE server that has hung), of a name
+    cached and by a thread the loop performs opens for: it is handed to a worker, answered
+    (EIO) at its deadline, and the program served on; no serving thread is held (which the
+    stall watch would report, with no path, only after STALL_SECONDS)."""
     from fuse_server import hanging_fuse
 
-    from llsupervise.supervisor.perform import stalls
+    from llsupervise.supervisor.engine import offload
 
-    monkeypatch.setattr(stalls, "STALL_SECONDS", 0.5)
+    monkeypatch.setattr(offload, "DEADLINE_SECONDS", 0.5)
     root = Path(os.path.realpath(tmp_path))
     for name in ("fuse", "up", "work", "ov", "granted"):
         (root / name).mkdir()
     first = root / "granted" / "f"
     first.write_text("granted")
     events: list[Any] = []
+    drained = Drained(monkeypatch)
     with hanging_fuse(root / "fuse", entry_valid=60) as server:
         options = f"lowerdir={root}/fuse,upperdir={root}/up,workdir={root}/work"
         subprocess.run(
@@ -528,8 +526,10 @@ async def test_a_grant_held_in_the_loop_is_given_up_on_and_never_answered_late(
     assert status == 0
     result = json.loads((out / "r.json").read_text())
     assert result == {"first": [0] * 5, "held": errno.EIO, "after": [0] * 5}
-    stalls_seen = [e for e in events if e["event"] == "stall"]
-    assert len(stalls_seen) == 1, stalls_seen
+    stalls_seen = [(e["path"], e["outcome"]) for e in events if e["event"] == "stall"]
+    assert stalls_seen == [(str(held), "refused")]
+    assert os.fsencode(held) not in drained.paths
+    assert drained.paths.count(os.fsencode(first)) >= 5
 
 
 #: Forks children that open a granted file without end, and kills each (SIGKILL) once it has
