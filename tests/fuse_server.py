@@ -46,9 +46,9 @@ def _attr_out(mode: int) -> bytes:
     return struct.pack("=QII", 0, 0, 0) + _attr(_ROOT, mode)
 
 
-def _entry(node: int, mode: int, size: int = 0) -> bytes:
+def _entry(node: int, mode: int, size: int = 0, valid: int = 0) -> bytes:
     # nodeid generation entry_valid attr_valid (u64) entry_valid_nsec attr_valid_nsec (u32)
-    return struct.pack("=QQQQII", node, 0, 0, 0, 0, 0) + _attr(node, mode, size)
+    return struct.pack("=QQQQII", node, 0, valid, 0, 0, 0) + _attr(node, mode, size)
 
 
 def _init_out() -> bytes:
@@ -62,9 +62,11 @@ class HangingFuse:
     """Serves ``mountpoint``: root answers getattr and opendir, a lookup of ``hang`` is
     never answered, any other name does not exist."""
 
-    def __init__(self, mountpoint: Path, hang: bytes = b"stuck") -> None:
+    def __init__(self, mountpoint: Path, hang: bytes = b"stuck", entry_valid: int = 0) -> None:
         self.mountpoint = mountpoint
         self.hang = hang
+        #: Seconds the kernel may keep the name ``mapped`` cached (0: looked up every time).
+        self.entry_valid = entry_valid
         #: Lookups of the hanging name received (each left unanswered).
         self.hung = 0
         #: Reads of ``mapped`` received (each left unanswered, until :meth:`fail_reads`).
@@ -135,7 +137,7 @@ class HangingFuse:
         elif opcode == _MKDIR and nodeid == _RELEASED:
             self._reply(unique, 0, _entry(_MADE, 0o40755))
         elif opcode == _LOOKUP and body.split(b"\0", 1)[0] == MAPPED_NAME:
-            self._reply(unique, 0, _entry(_MAPPED, 0o100644, MAPPED_SIZE))
+            self._reply(unique, 0, _entry(_MAPPED, 0o100644, MAPPED_SIZE, self.entry_valid))
         elif opcode == _GETATTR and nodeid == _MAPPED:
             self._reply(unique, 0, struct.pack("=QII", 0, 0, 0) + _attr(
                 _MAPPED, 0o100644, MAPPED_SIZE))  # fmt: skip
@@ -218,9 +220,11 @@ class HangingFuse:
 
 
 @contextlib.contextmanager
-def hanging_fuse(mountpoint: Path, hang: bytes = b"stuck") -> Iterator[HangingFuse]:
+def hanging_fuse(
+    mountpoint: Path, hang: bytes = b"stuck", entry_valid: int = 0
+) -> Iterator[HangingFuse]:
     mountpoint.mkdir(exist_ok=True)
-    server = HangingFuse(mountpoint, hang)
+    server = HangingFuse(mountpoint, hang, entry_valid)
     try:
         # What tests count of the server's requests starts after the kernel's own INIT.
         if not server.initialised.wait(30):

@@ -5,6 +5,7 @@ trapped call of the program waited)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,10 +19,14 @@ from supervised import PUBLIC, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_u
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import offload
 from llsupervise.supervisor.perform.blocking import (
+    BLOCKING,
+    INLINE,
     MOUNTS,
+    Mounts,
     cached_identity,
     is_blocking_type,
     mount_id,
+    overlay_layers,
 )
 
 pytestmark = [
@@ -162,6 +167,69 @@ def test_the_mount_table_knows_fuse_from_tmpfs(tmp_path: Path) -> None:
         finally:
             os.close(fd)
             os.close(here)
+
+
+def test_an_overlay_blocks_as_its_layers_do(tmp_path: Path) -> None:
+    """An overlay opens the files of its layers: one with a FUSE layer (lower, or upper
+    stacked on another overlay's) blocks, one on tmpfs layers does not."""
+    root = Path(os.path.realpath(tmp_path))
+    for name in ("up", "work", "up2", "work2", "plain", "on-fuse", "on-overlay", "lower"):
+        (root / name).mkdir()
+    mounts = [
+        ("plain", f"lowerdir={root}/lower,upperdir={root}/up,workdir={root}/work"),
+        ("on-fuse", f"lowerdir={root}/lower:{root}/fuse,upperdir={root}/up2,workdir={root}/work2"),
+        ("on-overlay", f"lowerdir={root}/on-fuse:{root}/lower"),
+    ]
+    with hanging_fuse(root / "fuse"):
+        made: list[Path] = []
+        try:
+            for point, options in mounts:
+                subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options,
+                                str(root / point)], check=True)  # fmt: skip
+                made.append(root / point)
+            kinds = {}
+            for name in ("plain", "on-fuse", "on-overlay"):
+                fd = os.open(root / name, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    kinds[name] = MOUNTS.blocking(mount_id(fd))
+                finally:
+                    os.close(fd)
+        finally:
+            for made_point in reversed(made):
+                subprocess.run(["umount", "-l", str(made_point)], check=True)
+    assert kinds == {"plain": False, "on-fuse": True, "on-overlay": True}
+
+
+def test_overlays_in_a_mount_table(tmp_path: Path) -> None:
+    """A container's root overlay names directories of the host's, which lead to no mount
+    here: not counted (it stays inline). An overlay on a FUSE layer blocks, and so does one
+    on that overlay (listed first: found on a later pass)."""
+    table = tmp_path / "mountinfo"
+    table.write_bytes(
+        b"1 0 0:1 / / rw - overlay overlay rw,lowerdir=/var/lib/docker/l/A:/var/lib/docker/l/B,"
+        b"upperdir=/var/lib/docker/x/diff,workdir=/var/lib/docker/x/work\n"
+        b"4 1 0:4 / /mnt/o\\040v2 rw - overlay overlay rw,lowerdir=/mnt/ov/x:/srv/b\n"
+        b"2 1 0:2 / /mnt/fuse rw - fuse.sshfs host:/ rw\n"
+        b"3 1 0:3 / /mnt/ov rw - overlay overlay rw,lowerdir=/mnt/fuse/a:/srv/b,upperdir=/srv/u,"
+        b"workdir=/srv/w\n"
+        b"5 1 0:5 / /srv rw - ext4 /dev/sda rw\n"
+        b"6 1 0:6 / /mnt/plain rw - overlay overlay rw,lowerdir=/srv/a:/srv/b\n"
+    )
+    fd = os.open(table, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        kinds = Mounts(fd)._read()
+    finally:
+        os.close(fd)
+    assert kinds == {1: INLINE, 2: BLOCKING, 3: BLOCKING, 4: BLOCKING, 5: INLINE, 6: INLINE}
+
+
+def test_overlay_layers_from_its_options() -> None:
+    assert overlay_layers(
+        rb"rw,lowerdir=/a/b:/c\040d:/e\:f::/data,upperdir=/u,workdir=/w,uuid=on"
+    ) == [b"/a/b", b"/c d", b"/e:f", b"/data", b"/u"]
+    assert overlay_layers(rb"ro,lowerdir+=/a,lowerdir+=/b\054c,datadir+=/d") == [
+        b"/a", b"/b,c", b"/d",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

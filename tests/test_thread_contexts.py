@@ -46,7 +46,10 @@ def test_status_is_opened_on_first_need_then_kept(sleeper: subprocess.Popen[byte
         assert contexts.umask(task) == 0o027
         assert hand_over.calls == 1 and task.status is not None
         assert contexts.credentials(task) == own_credentials()  # same uid: same credentials
-        assert hand_over.calls == 1  # the open file is read again, not reopened
+        # The open file is read again, not reopened; its user namespace is looked up (ours).
+        assert hand_over.calls == 2
+        assert contexts.credentials(task) == own_credentials()
+        assert hand_over.calls == 2  # cached
     finally:
         task.close()
 

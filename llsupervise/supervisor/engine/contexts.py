@@ -17,6 +17,7 @@ from typing import Generic, Protocol, TypeVar
 from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
 from llsupervise.supervisor.engine._fastpath import Readers
 from llsupervise.supervisor.engine.requests import FsRequest, decode
+from llsupervise.supervisor.net.sockets import user_namespace
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
 from llsupervise.supervisor.perform.procfs import status_fields, status_number
 
@@ -208,6 +209,8 @@ class ThreadContexts:
         #: Each with a pidfd of that thread (-1: none), which tells when it has exited: a
         #: thread that exits right after its call is never heard from again.
         self._unsettled: dict[int, int] = {}
+        #: Our user namespace: a thread in another has no credentials we act with.
+        self._user_namespace = user_namespace("self")
 
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
@@ -326,9 +329,20 @@ class ThreadContexts:
         if task.cached_credentials is not None:
             return task.cached_credentials
         credentials = access_credentials(self.status(task))
+        if credentials is not None and not self._in_our_user_namespace(task.tid):
+            credentials = None
         if not self._unsettled:
             task.cached_credentials = credentials
         return credentials
+
+    def _in_our_user_namespace(self, tid: int) -> bool:
+        """Whether ``tid`` is in our user namespace. Its status shows ids and capabilities as
+        our namespace sees them; in a namespace of its own, its capabilities hold only over
+        objects whose ids are mapped there: that is neither our access nor one a thread of
+        ours can take, so the kernel judges its call (a thread that made a namespace of its
+        own shows a full capability set, and was served with ours)."""
+        theirs = self._unrestricted(lambda: user_namespace(tid))
+        return theirs is not None and theirs == self._user_namespace
 
     def vouch(self, task: Task) -> None:
         """The task's credentials, cached, are ours: the compiled loop may perform its

@@ -24,7 +24,10 @@ How inline stays off such filesystems, race-free against the program renaming th
   ``RESOLVE_NO_XDEV``: it can only be on the same mount, whatever the program puts in its
   place meanwhile.
 - A mount's kind comes from ``/proc/self/mountinfo``, kept by the unique mount id statx gives
-  (Linux 6.8; never reused, so no re-read is needed while the ids are known).
+  (Linux 6.8; never reused, so no re-read is needed while the ids are known). An overlay
+  opens the files of its layers: it blocks when the mount a layer's path leads to does
+  (a layer whose path leads to no mount of ours, as a container's root overlay's, is not
+  known, and not counted).
 - Anything else (a walk not in the cache, another mount on the way, a blocking mount, a
   Landlock denial whose analysis walks the path again) raises :class:`MayBlock`.
 
@@ -47,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import select
 import struct
 import threading
@@ -202,14 +206,66 @@ class Mounts:
         except OSError:
             return {}
         table = {}
+        points: list[tuple[bytes, int]] = []  # (mount point, id), in the table's order
+        stacked: dict[int, list[bytes]] = {}  # an overlay's id -> its layers' paths
         for line in text.splitlines():
             fields = line.split()
             with contextlib.suppress(ValueError, IndexError):
                 # id parent maj:min root point options [optional...] - fstype source super
-                fstype = fields[fields.index(b"-") + 1].decode(errors="replace")
+                dash = fields.index(b"-")
+                fstype = fields[dash + 1].decode(errors="replace")
                 kind = BLOCKING if is_blocking_type(fstype) else INLINE
                 table[int(fields[0])] = PROCFS if fstype == "proc" else kind
+                points.append((_unescape(fields[4]), int(fields[0])))
+                if fstype == "overlay":
+                    stacked[int(fields[0])] = overlay_layers(fields[dash + 3])
+        # An overlay opens its layers' files: it blocks as any of them does (a layer on
+        # another overlay: as that one, hence a pass per level, the deepest last found).
+        for _ in range(len(stacked)):
+            changed = False
+            for mnt_id, layers in stacked.items():
+                # A layer that leads to no other mount of ours is not counted: its path is
+                # another namespace's (a container's root overlay names the host's
+                # directories), or was under the overlay's own mount point, now hidden.
+                found = [_mount_of(layer, points) for layer in layers]
+                known = [on for on in found if on is not None and on != mnt_id]
+                if table[mnt_id] == INLINE and any(table.get(on) != INLINE for on in known):
+                    table[mnt_id] = BLOCKING
+                    changed = True
+            if not changed:
+                break
         return table
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo field: space, tab, newline, backslash (and, in an option, ',' and '=')
+    are written as a backslash and three octal digits."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
+
+
+def overlay_layers(options: bytes) -> list[bytes]:
+    """The paths of an overlay's layers, from its super options (``lowerdir=a:b``, or one
+    ``lowerdir+=``/``datadir+=`` per layer, ``upperdir=``); its lower layers are split on
+    ':' (one in a name is escaped)."""
+    layers = []
+    for option in options.split(b","):
+        key, _, value = option.partition(b"=")
+        if key == b"lowerdir":
+            layers += [_unescape(v) for v in re.split(rb"(?<!\\):", value) if v]
+        elif key in (b"lowerdir+", b"datadir+", b"upperdir"):
+            layers.append(_unescape(value))
+    return [layer.replace(b"\\:", b":") for layer in layers]
+
+
+def _mount_of(path: bytes, points: list[tuple[bytes, int]]) -> int | None:
+    """The id of the mount ``path`` is on, as the table lists them: the deepest mount point
+    that leads to it, the last listed of those stacked on one point."""
+    found, depth = None, -1
+    for point, mnt_id in points:
+        prefix = point.rstrip(b"/") + b"/"
+        if (path == point or path.startswith(prefix)) and len(point) >= depth:
+            found, depth = mnt_id, len(point)
+    return found
 
 
 #: Unique mount ids whose kind is kept (a bound; dropped all at once past it).
