@@ -133,6 +133,16 @@ class StallEvent(TypedDict):
     outcome: str
 
 
+class OwnLayerEvent(TypedDict):
+    """The program restricted itself with a Landlock layer of its own: from then on the
+    supervisor performs nothing for it (it would act with its own domain, which knows nothing
+    of that layer); the static layer and the program's own decide, without questions."""
+
+    event: Literal["own_layer"]
+    ts: float
+    pid: int
+
+
 class DenialEvent(TypedDict):
     """A request the policy did not allow, with what was decided."""
 
@@ -183,7 +193,7 @@ class FoldedEvent(TypedDict):
 
 Event = (
     PolicyEvent | StartEvent | ExitEvent | CommitEvent | ReloadEvent | PersistEvent
-    | RuleUseEvent | CreatedPathEvent | StallEvent | DenialEvent | FoldedEvent
+    | RuleUseEvent | CreatedPathEvent | StallEvent | OwnLayerEvent | DenialEvent | FoldedEvent
 )  # fmt: skip
 
 # -- the --listen protocol ---------------------------------------------------------------

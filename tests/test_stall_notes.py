@@ -44,3 +44,12 @@ def test_headless_says_it_on_stderr_escaped(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("llsupervise: mkdir /mnt/fuse/")
     assert "\x1b" not in err and "\x07" not in err and "\u2215" not in err
     assert err.count("\n") == 1
+
+
+def test_headless_says_when_the_program_sandboxed_itself(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _say_notes({"event": "own_layer", "ts": 0.0, "pid": 42})
+    err = capsys.readouterr().err
+    assert err.startswith("llsupervise: the program (pid 42) restricted itself")
+    assert "grants nothing more and asks nothing" in err and err.count("\n") == 1

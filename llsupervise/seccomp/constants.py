@@ -177,6 +177,7 @@ _X86_64 = {
     "prctl": 157,
     "socket": 41,
     "io_uring_setup": 425,
+    "landlock_restrict_self": 446,
 }
 _AARCH64 = {
     "openat": 56,
@@ -221,6 +222,7 @@ _AARCH64 = {
     "prctl": 167,
     "socket": 198,
     "io_uring_setup": 425,
+    "landlock_restrict_self": 446,
 }
 
 #: Architecture name -> {syscall name -> number}.
@@ -270,6 +272,10 @@ CONTEXT_SYSCALLS: Final = (
     "chdir", "fchdir", "chroot", "pivot_root", "unshare", "setns", "umask",
     *CREDENTIAL_SYSCALLS,
 )  # fmt: skip
+
+#: A Landlock layer the program adds to itself: from then on nothing is performed for it (the
+#: supervisor acts with its own domain, which knows nothing of that layer).
+SELF_RESTRICT_SYSCALLS: Final = ("landlock_restrict_self",)
 
 #: Network syscalls Landlock mediates (TCP bind/connect).
 NET_SYSCALLS: Final = ("bind", "connect")

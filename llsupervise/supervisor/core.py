@@ -25,13 +25,14 @@ from contextlib import asynccontextmanager
 import trio
 
 from llsupervise.display import escape
-from llsupervise.messages import Event, StallEvent, StartEvent
+from llsupervise.messages import Event, OwnLayerEvent, StallEvent, StartEvent
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
     MEDIATED_FS_SYSCALLS,
+    SELF_RESTRICT_SYSCALLS,
     UNIX_SYSCALLS,
     Listener,
     Notification,
@@ -76,7 +77,9 @@ from llsupervise.supervisor.rules.objects import (
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
-TRAPPED_SYSCALLS = (*MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS)
+TRAPPED_SYSCALLS = (
+    *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
+)  # fmt: skip
 
 
 class Supervisor:
@@ -276,6 +279,7 @@ class Supervisor:
             on_created=self.created.created,
             on_stall=self._stalled,
         )
+        loop.on_own_layer = self._own_layer
         self.created.token = self.handover.token
         self.created.listener = launched.listener
         slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
@@ -336,6 +340,16 @@ class Supervisor:
             "path": os.fsdecode(request.path) if request is not None else "",
             "outcome": outcome,
         }  # fmt: skip
+        self._emit_soon(event)
+
+    def _own_layer(self, pid: int) -> None:
+        """The program restricted itself: logged and told (see OwnLayerEvent). Called from a
+        serving thread."""
+        event: OwnLayerEvent = {"event": "own_layer", "ts": time.time(), "pid": pid}
+        self._emit_soon(event)
+
+    def _emit_soon(self, event: Event) -> None:
+        """Emit ``event`` in trio's thread (called from another), unless the run is over."""
         token = self.handover.token
         if token is not None:
             with contextlib.suppress(trio.RunFinishedError):

@@ -593,6 +593,7 @@ typedef struct {
     Py_ssize_t nobjects, objects_cap;
     Done *done; /* a ring of DONE_MAX: under a flood the oldest go, as in PerformedLog */
     size_t done_first, ndone;
+    int disabled; /* the program added a Landlock layer of its own: nothing is performed */
 } Grants;
 
 /* Called with the lock held, or by the last reference. */
@@ -700,6 +701,14 @@ static void grants_dealloc(Grants *self) {
     pthread_mutex_unlock(&self->lock);
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* disable(): no open is performed with it any more (the program restricted itself). */
+static PyObject *grants_disable(Grants *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->lock);
+    self->disabled = 1;
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
 }
 
 /* close(): no open is performed with it any more (once no serving thread runs). */
@@ -811,6 +820,8 @@ static PyObject *grants_drain(Grants *self, PyObject *Py_UNUSED(ignored)) {
 static PyMethodDef grants_methods[] = {
     {"protect", (PyCFunction)grants_protect, METH_VARARGS,
      "protect(dev, ino, secret): never open it for writing (for any open when secret)"},
+    {"disable", (PyCFunction)grants_disable, METH_NOARGS,
+     "perform no open any more (the program added a Landlock layer of its own)"},
     {"close", (PyCFunction)grants_close, METH_NOARGS,
      "release its descriptors: no open is performed with it any more"},
     {"drain", (PyCFunction)grants_drain, METH_NOARGS,
@@ -850,6 +861,10 @@ static int self_referential(const char *path, size_t len) {
  * the program as _open_checked does, in this (restricted) thread; the fd, or -1: Python's
  * (nothing was done that it would repeat). */
 static int grant_open(Grants *g, int dirfd, const char *path, uint64_t flags) {
+    pthread_mutex_lock(&g->lock);
+    int disabled = g->disabled;
+    pthread_mutex_unlock(&g->lock);
+    if (disabled) return -1;
     struct open_how how = {
         .flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY),
         .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,

@@ -12,6 +12,7 @@ from llsupervise.libc import AT_FDCWD
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
+    SELF_RESTRICT_SYSCALLS,
     Listener,
     MemoryReadError,
     Notification,
@@ -133,6 +134,11 @@ class RequestHandler:
         self.refusals = Refusals(listener, handled_fs, on_denial)
         #: cwd-relative opens found not allowed by the static layer (see _static_allows_here).
         self._not_static: set[tuple[int, int, bytes, int]] = set()
+        #: Set once the program adds a Landlock layer of its own (see SELF_RESTRICT_SYSCALLS):
+        #: every filesystem request is then the kernel's to judge, in the program's context.
+        self.own_layer = False
+        #: Told (with the pid) when that happens; set by the loop.
+        self.on_own_layer: Callable[[int], None] | None = None
 
     def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
         """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
@@ -145,10 +151,17 @@ class RequestHandler:
             self.contexts.unsettle(n.pid)
             self.listener.send_continue(n.id)  # not mediated: only observed
             return
+        if name in SELF_RESTRICT_SYSCALLS:
+            self._own_layer(n)
+            return
         if name in EXEC_SYSCALLS:
             self.execs.handle(n, name, offload)
             return
         moving = name in MOVE_SYSCALLS
+        if self.own_layer:
+            # We would act with our own domain, which knows nothing of the program's layer.
+            kernel_decides(self.listener, n, moving, errno.EXDEV)
+            return
         try:
             decoded = self.contexts.decode(n, name)
             check_not_abandoned()  # reading its memory may have waited (see engine.loop)
@@ -195,6 +208,16 @@ class RequestHandler:
             self._serve_inline(n, target, generation, offload)
         else:
             self.serve(n, target, generation)
+
+    def _own_layer(self, n: Notification) -> None:
+        """The program restricts itself (``landlock_restrict_self``): from now on nothing is
+        performed for it, before the call goes on (it may fail: then we are merely stricter).
+        Threads it forks later inherit the layer and cannot be told apart: the whole run."""
+        first = not self.own_layer
+        self.own_layer = True
+        if first and self.on_own_layer is not None:
+            self.on_own_layer(n.pid)
+        self.listener.send_continue(n.id)
 
     def _create(
         self, n: Notification, target: Target, rules: tuple[PendingCreation, ...], generation: int

@@ -139,6 +139,9 @@ class NotificationLoop:
         #: Granted opens performed by the compiled loop (see engine.grants).
         self._guard = guard
         self._grants = compiled_grants(guard)
+        #: Told (with the pid) when the program adds a Landlock layer of its own.
+        self.on_own_layer: Callable[[int], None] | None = None
+        self.handler.on_own_layer = self._own_layer
 
     def _receiver(self) -> _fastpath.Receiver:
         """A serving thread's compiled receive loop."""
@@ -148,6 +151,13 @@ class NotificationLoop:
             self.listener.fileno(), AUDIT_ARCH[arch], numbers.get("open", -1),
             numbers["openat"], self._table, self._contexts.readers, self._grants,
         )  # fmt: skip
+
+    def _own_layer(self, pid: int) -> None:
+        """Nothing is performed for the program any more: the compiled loop first."""
+        if self._grants is not None:
+            self._grants.disable()
+        if self.on_own_layer is not None:
+            self.on_own_layer(pid)
 
     @property
     def performed(self) -> collections.deque[tuple[bytes, float]]:

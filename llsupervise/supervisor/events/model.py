@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from llsupervise.messages import DenialEvent, Event, StallEvent, StartEvent
+from llsupervise.messages import DenialEvent, Event, OwnLayerEvent, StallEvent, StartEvent
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.events.encode import escaped
 from llsupervise.supervisor.events.fold import DenialFolder
@@ -143,6 +143,13 @@ def symlink_notes(start: StartEvent) -> list[str]:
         "program may change (an earlier run may have planted it); name the real path"
         for path in start.get("redirectable", ())
     ]
+
+
+def own_layer_note(event: OwnLayerEvent) -> str:
+    """What a person must hear of an ``own_layer`` event (not escaped)."""
+    return (f"the program (pid {event['pid']}) restricted itself with a Landlock layer of its "
+            "own: from now on the supervisor grants nothing more and asks nothing; the static "
+            "rules and the program's own decide")  # fmt: skip
 
 
 def stall_note(stall: StallEvent) -> str:

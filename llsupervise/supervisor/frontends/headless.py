@@ -17,7 +17,12 @@ from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
-from llsupervise.supervisor.events.model import EventLog, stall_note, symlink_notes
+from llsupervise.supervisor.events.model import (
+    EventLog,
+    own_layer_note,
+    stall_note,
+    symlink_notes,
+)
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -82,3 +87,5 @@ def _say_notes(event: Event) -> None:
             print(f"llsupervise: {escape(note)}", file=sys.stderr, flush=True)
     elif event["event"] == "stall":
         print(f"llsupervise: {escape(stall_note(event))}", file=sys.stderr, flush=True)
+    elif event["event"] == "own_layer":
+        print(f"llsupervise: {escape(own_layer_note(event))}", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from llsupervise.display import escape
 from llsupervise.messages import ReloadEvent, ServerMessage
-from llsupervise.supervisor.events.model import stall_note, symlink_notes
+from llsupervise.supervisor.events.model import own_layer_note, stall_note, symlink_notes
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -42,6 +42,9 @@ class Notices:
             elif event["event"] == "stall":
                 notify(self.app, escape(stall_note(event)), title="a filesystem did not answer",
                        severity="warning", timeout=15)  # fmt: skip
+            elif event["event"] == "own_layer":
+                notify(self.app, escape(own_layer_note(event)), title="the program sandboxed "
+                       "itself", severity="warning", timeout=30)  # fmt: skip
         self._refused = self.model.refused_exec
 
     def after(self) -> None:
