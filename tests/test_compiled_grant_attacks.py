@@ -3,7 +3,6 @@ made by the supervised program itself, on the real kernel."""
 
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
@@ -15,34 +14,12 @@ from typing import Any
 import pytest
 import trio
 from supervised import policy_text, wait_until
+from test_compiled_grants import Drained, rw
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.engine import _fastpath, loop
-from llsupervise.supervisor.engine.grants import take_performed
 
 pytestmark = pytest.mark.kernel
-
-
-class Drained:
-    """What each loop's compiled grants performed, as the loop takes it for the counts."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.paths: list[bytes] = []
-        original = take_performed
-
-        def take(grants: _fastpath.Grants | None, into: collections.deque[Any]) -> None:
-            before = len(into)
-            original(grants, into)
-            self.paths += [p for p, _ in list(into)[before:]]
-
-        monkeypatch.setattr(loop, "take_performed", take)
-
-
-def rw(path: Path) -> str:
-    return (
-        f'[[supervisor.path_beneath]]\nallowed_access = ["abi.read_write"]\nparent = ["{path}"]\n'
-    )
 
 
 async def run(
