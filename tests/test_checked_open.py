@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from llsupervise.supervisor.engine._fastpath import open_checked
+from llsupervise.supervisor.engine.grants import compiled_grants
 from llsupervise.supervisor.perform import blocking
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError, build_guard
 from llsupervise.supervisor.perform.operations import KernelDecides, _open, _open_checked
@@ -215,3 +217,52 @@ def test_a_forked_child_reopens_its_own_descriptors(root: Path) -> None:
     finally:
         os.close(read)
         os.waitpid(pid, 0)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(NAMES),
+    absolute=st.booleans(),
+    access=st.sampled_from(ACCESS),
+    extra=st.lists(st.sampled_from(EXTRA), max_size=3),
+    guarded=st.booleans(),
+)
+def test_the_compiled_loop_opens_what_the_one_walk_opens(
+    root: Path, name: bytes, absolute: bool, access: int, extra: list[int], guarded: bool
+) -> None:
+    """The compiled loop's granted open (engine.grants) against Python's: it opens the same
+    object with the same status flags where Python's one walk opens one, and nothing where
+    Python's leaves the open to the general path or refuses it (the loop hands those to
+    Python untouched)."""
+    flags = access
+    for flag in extra:
+        flags |= flag
+    at_first = open_fds()
+    guard = build_guard([(str(root / "policy"), "the policy file", False)]) if guarded else Guard()
+    grants = compiled_grants(guard)
+    assert grants is not None
+    dirfd = None if absolute else os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    path = os.fsencode(root) + b"/" + name if absolute else name
+    try:
+        with serving():
+            try:
+                python = _open_checked(guard if guarded else None, path, dirfd, flags)
+            except (OSError, KernelDecides):
+                python = None
+        # After Python's: its first look at a mount is what tells the loop it cannot block.
+        compiled = open_checked(grants, -1 if dirfd is None else dirfd, path, flags)
+        event("opened" if compiled >= 0 else "left to Python")
+        try:
+            assert (compiled >= 0) == (python is not None)
+            if python is not None:
+                assert outcome(compiled) == outcome(python)
+        finally:
+            for fd in (compiled, python):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+        grants.close()
+        guard.close()
+    assert open_fds() == at_first

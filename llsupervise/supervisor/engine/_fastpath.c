@@ -853,7 +853,7 @@ static int self_referential(const char *path, size_t len) {
 }
 
 /* What _open_checked leaves to the general path (operations._NOT_CHECKED). */
-#define NOT_CHECKED (O_CREAT | O_TRUNC | (__O_TMPFILE) | O_PATH | O_NOFOLLOW)
+#define NOT_CHECKED (O_CREAT | O_TRUNC | (O_TMPFILE & ~O_DIRECTORY) | O_PATH | O_NOFOLLOW)
 
 #define STATX_WANTED (0x1U | 0x2U | 0x100U | 0x4000U) /* TYPE MODE INO MNT_ID_UNIQUE */
 
@@ -910,6 +910,37 @@ static int grant_open(Grants *g, int dirfd, const char *path, uint64_t flags) {
         return -1;
     }
     return fd;
+}
+
+/* A granted open in _open_checked's shape, performed here: an absolute path, or one relative
+ * to `cwd` (-1: none lent); the fd, or -1 (Python's). */
+static int grant(Grants *g, int cwd, const char *path, size_t len, uint64_t flags) {
+    int absolute = len > 0 && path[0] == '/';
+    if (len == 0 || (!absolute && cwd < 0) || (flags & NOT_CHECKED) ||
+        (absolute && self_referential(path, len)))
+        return -1;
+    return grant_open(g, absolute ? AT_FDCWD : cwd, path, flags);
+}
+
+/* open_checked(grants, dirfd, path, flags) -> int: what the loop would inject for that open
+ * (a new fd, ours to close), or -1 where it would hand the open to Python. */
+static PyObject *py_open_checked(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *grants;
+    int dirfd;
+    const char *path;
+    Py_ssize_t len;
+    unsigned long long flags;
+    if (!PyArg_ParseTuple(args, "O!iy#K", &GrantsType, &grants, &dirfd, &path, &len, &flags))
+        return NULL;
+    if ((size_t)len != strlen(path)) {
+        PyErr_SetString(PyExc_ValueError, "path: no NUL byte");
+        return NULL;
+    }
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = grant((Grants *)grants, dirfd, path, (size_t)len, flags);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(fd);
 }
 
 /* ---- Receiver ----------------------------------------------------------------------- */
@@ -1081,13 +1112,12 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
          * absolute path, or one relative to the cwd Python lent (which it would open it in);
          * and only once the request is known to be still waiting, so the path read was its. */
         uint64_t id = n->id;
-        if (self->grants == NULL || !ours || len == 0 || (!absolute && cwd < 0) ||
-            (flags & NOT_CHECKED) || (absolute && self_referential(path, (size_t)len)) ||
+        if (self->grants == NULL || !ours ||
             ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
             if (cwd >= 0) close(cwd);
             return finish(self) ? -1 : 0;
         }
-        fd = grant_open(self->grants, absolute ? AT_FDCWD : cwd, path, flags);
+        fd = grant(self->grants, cwd, path, (size_t)len, flags);
         if (fd < 0) {
             if (cwd >= 0) close(cwd);
             return finish(self) ? -1 : 0;
@@ -1236,6 +1266,8 @@ static PyTypeObject ReceiverType = {
 /* ---- module ------------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
+    {"open_checked", (PyCFunction)py_open_checked, METH_VARARGS,
+     "open_checked(grants, dirfd, path, flags): the loop's granted open, or -1 (Python's)"},
     {"inline_mount", (PyCFunction)py_inline_mount, METH_VARARGS,
      "inline_mount(unique): the mount of that unique id does not block (perform.blocking)"},
     {"real_path", (PyCFunction)py_real_path, METH_VARARGS,
