@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from supervised import policy_text, wait_until
-from test_compiled_grants import Drained, rw
+from test_compiled_grants import READER, Drained, rw
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -42,16 +42,7 @@ async def run(
 
 #: Reads a file owned by another user (mode 0600) before and after entering a user namespace
 #: of its own, where its capabilities hold over no object of the host.
-NEW_USERNS = r"""
-import ctypes, json, os, sys
-out, path = open(sys.argv[1], "w"), sys.argv[2]
-libc = ctypes.CDLL(None, use_errno=True)
-def read():
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        return e.errno
+NEW_USERNS = READER + r"""
 r = {"before": [read() for _ in range(5)]}
 assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
 r["inside"] = [read() for _ in range(5)]
@@ -316,16 +307,7 @@ async def test_an_open_on_an_overlay_with_a_fuse_lower_layer_is_not_performed_in
 
 #: Reads a granted file, then restricts itself with a Landlock layer of its own that lets it
 #: read nothing but its output directory, and reads it again.
-OWN_SANDBOX = r"""
-import ctypes, json, os, struct, sys
-out, path = open(sys.argv[1], "w"), sys.argv[2]
-libc = ctypes.CDLL(None, use_errno=True)
-def read():
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        return e.errno
+OWN_SANDBOX = READER + r"""
 def create(name):
     try:
         os.close(os.open(os.path.join(os.path.dirname(path), name), os.O_CREAT | os.O_WRONLY))
@@ -374,17 +356,8 @@ async def test_a_landlock_layer_the_program_adds_itself_still_holds_for_granted_
 #: A second thread drops root for itself alone (raw setresuid, keeping root as its saved
 #: id) and takes it back, twenty times, reading a root-only file each time; the first
 #: thread reads it before, meanwhile and after.
-TOGGLE_ROOT = r"""
-import ctypes, json, os, sys, threading
-out, path = open(sys.argv[1], "w"), sys.argv[2]
-libc = ctypes.CDLL(None, use_errno=True)
+TOGGLE_ROOT = READER + r"""
 SETRESUID = 117
-def read():
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        return e.errno
 r = {"main": [read() for _ in range(5)], "dropped": [], "root again": []}
 def toggle():
     for _ in range(20):

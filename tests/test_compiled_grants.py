@@ -305,17 +305,23 @@ async def test_the_policy_file_stays_unwritable_while_the_loop_performs_grants_b
     assert set(drained.paths) <= {other, os.fsencode(policy)}
 
 
-#: Reads a root-only granted file, gives up root (setresuid to nobody), reads it again; the
-#: result goes to a file opened before.
-GIVE_UP_ROOT = r"""
-import json, os, sys
-path, out = sys.argv[1], open(sys.argv[2], "w")
+#: The start of a child script: ``out``, its result file (argv[1], opened at once, so a
+#: script may write it after giving up its rights), ``path`` (argv[2]), ``libc``, and
+#: ``read()``: the text of ``path``, or the errno of its open.
+READER = r"""
+import ctypes, json, os, struct, sys, threading
+out, path = open(sys.argv[1], "w"), sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
 def read():
     try:
         with open(path) as f:
             return f.read()
     except OSError as e:
         return e.errno
+"""
+
+#: Reads a root-only granted file, gives up root (setresuid to nobody), reads it again.
+GIVE_UP_ROOT = READER + r"""
 r = {"as_root": [read() for _ in range(10)]}
 os.setresgid(65534, 65534, 65534)
 os.setgroups([])
@@ -343,7 +349,7 @@ async def test_a_thread_that_gave_up_root_is_not_served_with_our_credentials(
     drained = Drained(monkeypatch)
     async with Supervisor.open(doc) as sup:
         status = await sup.run(
-            [sys.executable, "-c", GIVE_UP_ROOT, str(secret), str(out / "r.json")],
+            [sys.executable, "-c", GIVE_UP_ROOT, str(out / "r.json"), str(secret)],
             forward_signals=False,
         )
     assert status == 0
