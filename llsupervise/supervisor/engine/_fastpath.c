@@ -609,7 +609,8 @@ static void grants_free(Grants *self) {
     self->objects = NULL;
     self->nobjects = self->objects_cap = 0;
     if (self->done != NULL)
-        for (size_t i = 0; i < self->ndone; i++) free(self->done[(self->done_first + i) % DONE_MAX].path);
+        for (size_t i = 0; i < self->ndone; i++)
+            free(self->done[(self->done_first + i) % DONE_MAX].path);
     free(self->done);
     self->done = NULL;
     self->ndone = self->done_first = 0;
@@ -714,6 +715,7 @@ static PyObject *grants_disable(Grants *self, PyObject *Py_UNUSED(ignored)) {
 /* close(): no open is performed with it any more (once no serving thread runs). */
 static PyObject *grants_close(Grants *self, PyObject *Py_UNUSED(ignored)) {
     pthread_mutex_lock(&self->lock);
+    self->disabled = 1;
     grants_free(self);
     pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
