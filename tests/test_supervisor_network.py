@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -218,3 +219,69 @@ mode = "enforce"
     assert status == 0
     assert capfd.readouterr().out.split()[0] == "0"  # made: nothing to go around
     assert not [e for e in events if e["event"] == "denial" and e["syscall"] == "socket"]
+
+
+#: Connects to 127.0.0.1:PORT three times, restricts itself with a Landlock layer of its own
+#: that handles connect_tcp and allows no port, and connects three times more.
+OWN_NET_LAYER = r"""
+import ctypes, json, socket, struct, sys
+port, out = int(sys.argv[1]), open(sys.argv[2], "w")
+libc = ctypes.CDLL(None, use_errno=True)
+def connect():
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port))
+r = {"before": [connect() for _ in range(3)]}
+CONNECT_TCP = 1 << 1
+attr = ctypes.create_string_buffer(struct.pack("=QQ", 0, CONNECT_TCP))  # fs, net
+ruleset = libc.syscall(444, attr, 16, 0)  # landlock_create_ruleset
+assert ruleset >= 0, ctypes.get_errno()
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.syscall(446, ruleset, 0) == 0, ctypes.get_errno()  # landlock_restrict_self
+r["sandboxed"] = [connect() for _ in range(3)]
+json.dump(r, out)
+out.close()
+"""
+
+
+@pytest.mark.parametrize("connect_unix", [True, False], ids=["connect_unix", "tcp-only"])
+@pytest.mark.trio
+async def test_a_port_granted_by_the_supervisor_is_not_reached_past_the_programs_own_layer(
+    tmp_path: Path, server: int, connect_unix: bool
+) -> None:
+    """The supervisor performs a granted connect with its own domain, which knows nothing of
+    a layer the program adds to itself: once it does, nothing more is granted (the call goes
+    to the kernel, or, where connect_unix keeps connects from going back to it, is performed
+    with the static rules alone)."""
+    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
+    fs = '"abi.all"' if connect_unix else '"abi.read_execute", "abi.read_write"'
+    doc = parse_policy(
+        f"""
+[[ruleset]]
+handled_access_fs = [{fs}]
+handled_access_net = ["bind_tcp", "connect_tcp"]
+[[path_beneath]]
+allowed_access = ["abi.read_execute"]
+parent = [{system}]
+[[path_beneath]]
+allowed_access = ["abi.read_write"]
+parent = ["{tmp_path}"]
+[supervisor]
+mode = "enforce"
+[[supervisor.net_port]]
+allowed_access = ["connect_tcp"]
+port = [{server}]
+""",
+        "net-policy.toml",
+        {"HOME": str(tmp_path), "PWD": str(tmp_path)},
+    )
+    events: list[Any] = []
+    out = tmp_path / "r.json"
+    async with Supervisor.open(doc) as sup:
+        sup.listeners.append(events.append)
+        status = await sup.run(
+            [sys.executable, "-c", OWN_NET_LAYER, str(server), str(out)], forward_signals=False
+        )
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert result == {"before": [0, 0, 0], "sandboxed": [errno.EACCES] * 3}
+    assert [e["event"] for e in events].count("own_layer") == 1

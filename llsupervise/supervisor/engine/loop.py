@@ -156,6 +156,8 @@ class NotificationLoop:
         """Nothing is performed for the program any more: the compiled loop first."""
         if self._grants is not None:
             self._grants.disable()
+        if self.handler.net is not None:
+            self.handler.net.own_layer()
         if self.on_own_layer is not None:
             self.on_own_layer(pid)
 

@@ -166,6 +166,12 @@ class NetMediator:
                     self.replies.kernel_decides(n)
         return True
 
+    def own_layer(self) -> None:
+        """The program added a Landlock layer of its own: nothing more is granted to it; a
+        TCP call goes to the kernel, which applies that layer, where nothing else needs us
+        (see TcpPorts)."""
+        self.tcp.own_layer = True
+
     def _stalled(self, n: Notification) -> None:
         """The kernel held the helper reading ``n`` (see pool): EIO, as for a request the
         serving threads were held on, with its event."""

@@ -194,6 +194,8 @@ class TcpPorts:
         self.enforced = enforced
         self.on_denial = on_denial
         self._user_namespace = user_namespace("self")
+        #: Set once the program adds a Landlock layer of its own (see NetMediator.own_layer).
+        self.own_layer = False
 
     def handle(self, n: Notification, name: str) -> None:
         """Answer ``n``, a bind/connect (or socketcall), now or from a pool thread."""
@@ -205,7 +207,10 @@ class TcpPorts:
             return
         try:
             request = self._read(n, name, mem)
-            if request is None or self._static_decides(request[0], request[1]):
+            if request is None or self.own_layer or self._static_decides(request[0], request[1]):
+                # After the program's own layer: the kernel judges with it (and the static
+                # layer); nothing more is granted. (A connect does not come here while
+                # connect_unix is handled: see take_over.)
                 kernel_decides(n)
                 return
             try:
@@ -277,6 +282,12 @@ class TcpPorts:
         if user_namespace(n.pid) != self._user_namespace:
             caps = 0  # capability bits only mean the same within one user namespace
         rules, generation = self.in_force.current
+        own_layer = self.own_layer
+        if own_layer:
+            # A connect taken over (connect_unix handled, so it cannot go back to the kernel)
+            # after the program added a layer of its own: performed with the static rules
+            # alone, and a refusal is final. (The program's own layer is not ours to apply.)
+            rules = self.static
         pending = PendingNet(
             notification=n,
             tid=n.pid,
@@ -292,7 +303,8 @@ class TcpPorts:
             caps=caps,
         )
         self.replies.count("performed")
-        self.pool.submit(ThreadKey(NetRules.of(rules), caps), TcpJob(self, pending, rules, False))
+        job = TcpJob(self, pending, rules, own_layer)
+        self.pool.submit(ThreadKey(NetRules.of(rules), caps), job)
 
     def answer(self, pending: PendingNet, grant: Ruleset | None) -> None:
         """Answer a denied request: refuse it (``grant`` None: EACCES), or perform it in a
