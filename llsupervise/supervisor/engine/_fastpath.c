@@ -594,6 +594,12 @@ typedef struct {
     Done *done; /* a ring of DONE_MAX: under a flood the oldest go, as in PerformedLog */
     size_t done_first, ndone;
     int disabled; /* the program added a Landlock layer of its own: nothing is performed */
+    /* Python's own definitions, given once (see engine.grants): the open flags its one walk
+     * leaves to the general path, and the paths that name the caller. */
+    uint64_t not_checked;
+    char **callers;
+    size_t *caller_lens;
+    Py_ssize_t ncallers;
 } Grants;
 
 /* Called with the lock held, or by the last reference. */
@@ -608,6 +614,12 @@ static void grants_free(Grants *self) {
     free(self->objects);
     self->objects = NULL;
     self->nobjects = self->objects_cap = 0;
+    for (Py_ssize_t i = 0; i < self->ncallers; i++) free(self->callers[i]);
+    free(self->callers);
+    free(self->caller_lens);
+    self->callers = NULL;
+    self->caller_lens = NULL;
+    self->ncallers = 0;
     if (self->done != NULL)
         for (size_t i = 0; i < self->ndone; i++)
             free(self->done[(self->done_first + i) % DONE_MAX].path);
@@ -637,13 +649,16 @@ static int grants_add_object(Grants *self, unsigned long long dev, unsigned long
     return 0;
 }
 
-/* Grants(proc_fd, entries: [(dirfd, name, secret)], objects: [(dev, ino, secret)]) */
+/* Grants(proc_fd, entries: [(dirfd, name, secret)], objects: [(dev, ino, secret)],
+ *        not_checked: open flags, callers: [path]) */
 static int grants_init(Grants *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"proc_fd", "entries", "objects", NULL};
+    static char *kwlist[] = {"proc_fd", "entries", "objects", "not_checked", "callers", NULL};
     int proc_fd;
-    PyObject *entries, *objects;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!", kwlist, &proc_fd, &PyList_Type,
-                                     &entries, &PyList_Type, &objects))
+    unsigned long long not_checked;
+    PyObject *entries, *objects, *callers;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!KO!", kwlist, &proc_fd, &PyList_Type,
+                                     &entries, &PyList_Type, &objects, &not_checked,
+                                     &PyList_Type, &callers))
         return -1;
     if (self->done != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Grants: initialised once");
@@ -678,6 +693,26 @@ static int grants_init(Grants *self, PyObject *args, PyObject *kwds) {
         int secret;
         if (!PyArg_ParseTuple(PyList_GET_ITEM(objects, i), "KKp", &dev, &ino, &secret)) return -1;
         if (grants_add_object(self, dev, ino, secret) < 0) return -1;
+    }
+    self->not_checked = not_checked;
+    Py_ssize_t ncallers = PyList_GET_SIZE(callers);
+    self->callers = calloc((size_t)(ncallers ? ncallers : 1), sizeof *self->callers);
+    self->caller_lens = calloc((size_t)(ncallers ? ncallers : 1), sizeof *self->caller_lens);
+    if (self->callers == NULL || self->caller_lens == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < ncallers; i++) {
+        PyObject *path = PyList_GET_ITEM(callers, i);
+        if (!PyBytes_Check(path)) {
+            PyErr_SetString(PyExc_TypeError, "callers: a list of bytes");
+            return -1;
+        }
+        size_t len;
+        char *copy = copy_bytes(path, &len);
+        if (copy == NULL) return -1;
+        self->callers[self->ncallers] = copy;
+        self->caller_lens[self->ncallers++] = len;
     }
     self->proc_fd = fcntl(proc_fd, F_DUPFD_CLOEXEC, 3);
     if (self->proc_fd < 0) {
@@ -749,9 +784,11 @@ static int grants_guarded(Grants *self, dev_t dev, ino_t ino, int reading_only) 
     return found;
 }
 
-static double realtime(void) {
+/* The clock's time in seconds (CLOCK_MONOTONIC as time.monotonic(), CLOCK_REALTIME as
+ * time.time()). */
+static double seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -777,7 +814,7 @@ static void grants_note(Grants *self, int dirfd, const char *path) {
         }
     }
     if (copy == NULL) return; /* a count lost, nothing else */
-    double when = realtime();
+    double when = seconds(CLOCK_REALTIME);
     pthread_mutex_lock(&self->lock);
     if (self->done == NULL) { /* closed */
         pthread_mutex_unlock(&self->lock);
@@ -841,21 +878,16 @@ static PyTypeObject GrantsType = {
     .tp_methods = grants_methods,
 };
 
-/* Paths whose meaning depends on the caller (requests.SELF_REFERENTIAL): never performed
- * by us, whose /proc/self is not the program's. */
-static int self_referential(const char *path, size_t len) {
-    static const char *const names[] = {"/proc", "/dev/fd", "/dev/stdin", "/dev/stdout",
-                                        "/dev/stderr", "/dev/tty"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        size_t n = strlen(names[i]);
-        if (len >= n && memcmp(path, names[i], n) == 0 && (len == n || path[n] == '/'))
+/* Whether `path` names the caller (requests.SELF_REFERENTIAL, as given): never performed by
+ * us, whose /proc/self is not the program's. Called with the lock held. */
+static int self_referential(const Grants *g, const char *path, size_t len) {
+    for (Py_ssize_t i = 0; i < g->ncallers; i++) {
+        size_t n = g->caller_lens[i];
+        if (len >= n && memcmp(path, g->callers[i], n) == 0 && (len == n || path[n] == '/'))
             return 1;
     }
     return 0;
 }
-
-/* What _open_checked leaves to the general path (operations._NOT_CHECKED). */
-#define NOT_CHECKED (O_CREAT | O_TRUNC | (O_TMPFILE & ~O_DIRECTORY) | O_PATH | O_NOFOLLOW)
 
 #define STATX_WANTED (0x1U | 0x2U | 0x100U | 0x4000U) /* TYPE MODE INO MNT_ID_UNIQUE */
 
@@ -863,10 +895,6 @@ static int self_referential(const char *path, size_t len) {
  * the program as _open_checked does, in this (restricted) thread; the fd, or -1: Python's
  * (nothing was done that it would repeat). */
 static int grant_open(Grants *g, int dirfd, const char *path, uint64_t flags) {
-    pthread_mutex_lock(&g->lock);
-    int disabled = g->disabled;
-    pthread_mutex_unlock(&g->lock);
-    if (disabled) return -1;
     struct open_how how = {
         .flags = O_PATH | O_CLOEXEC | (flags & O_DIRECTORY),
         .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,
@@ -918,9 +946,11 @@ static int grant_open(Grants *g, int dirfd, const char *path, uint64_t flags) {
  * to `cwd` (-1: none lent); the fd, or -1 (Python's). */
 static int grant(Grants *g, int cwd, const char *path, size_t len, uint64_t flags) {
     int absolute = len > 0 && path[0] == '/';
-    if (len == 0 || (!absolute && cwd < 0) || (flags & NOT_CHECKED) ||
-        (absolute && self_referential(path, len)))
-        return -1;
+    pthread_mutex_lock(&g->lock);
+    int taken = !g->disabled && len > 0 && (absolute || cwd >= 0) && !(flags & g->not_checked) &&
+                !(absolute && self_referential(g, path, len));
+    pthread_mutex_unlock(&g->lock);
+    if (!taken) return -1;
     return grant_open(g, absolute ? AT_FDCWD : cwd, path, flags);
 }
 
@@ -999,12 +1029,6 @@ static void receiver_dealloc(Receiver *self) {
     Py_XDECREF(self->readers);
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static double monotonic(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The NUL-terminated string at addr, page by page (a path may end just before an unmapped
@@ -1090,7 +1114,7 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
     if (mem < 0) return 0;
     pthread_mutex_lock(&self->lock);
     self->held = *n;
-    self->since = monotonic();
+    self->since = seconds(CLOCK_MONOTONIC);
     pthread_mutex_unlock(&self->lock);
     char path[PATH_MAX];
     ssize_t len = read_string(mem, addr, path, sizeof path);

@@ -19,9 +19,10 @@ from __future__ import annotations
 import collections
 
 from llsupervise.supervisor.engine._fastpath import Grants, inline_mount
+from llsupervise.supervisor.engine.requests import SELF_REFERENTIAL
 from llsupervise.supervisor.perform.blocking import MOUNTS
 from llsupervise.supervisor.perform.guard import Guard
-from llsupervise.supervisor.perform.operations import proc_fd
+from llsupervise.supervisor.perform.operations import NOT_CHECKED, proc_fd
 
 _following_mounts = False
 
@@ -41,6 +42,8 @@ def compiled_grants(guard: Guard | None) -> Grants | None:
         fd,
         [(entry.dirfd, entry.name, entry.secret) for entry in guard.entries],
         [(obj.dev, obj.ino, secret) for obj, (_, secret) in guard.objects.items()],
+        NOT_CHECKED,
+        list(SELF_REFERENTIAL),
     )
     guard.followers.append(grants.protect)
     return grants

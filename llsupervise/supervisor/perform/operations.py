@@ -416,7 +416,7 @@ os.register_at_fork(after_in_child=_proc_fd_after_fork)
 #: What :func:`_open_checked` leaves to the general path: creations, truncation (checked
 #: against the control plane before it is applied, see _guarded_open), O_PATH, and
 #: O_NOFOLLOW (a reopen through a magic link would not keep it in the file's flags).
-_NOT_CHECKED = (
+NOT_CHECKED = (
     os.O_CREAT | os.O_TRUNC | (os.O_TMPFILE & ~os.O_DIRECTORY) | os.O_PATH | os.O_NOFOLLOW
 )
 
@@ -435,7 +435,7 @@ def _open_checked(guard: Guard | None, path: bytes, dirfd: int | None, flags: in
 
     None: not taken (other flags, a walk the cache cannot answer, anything else found): the
     general path (:func:`_open`) decides, with its own errors and checks."""
-    if flags & _NOT_CHECKED or _PROC_FD is None:
+    if flags & NOT_CHECKED or _PROC_FD is None:
         return None
     try:
         held = openat2(AT_FDCWD if dirfd is None else dirfd, path,
