@@ -429,19 +429,26 @@ async def test_a_relative_open_from_a_cwd_on_a_hung_mount_does_not_hold_the_loop
     assert not [e for e in events if e["event"] == "stall"]
 
 
+#: The start of a child script: ``log`` (argv[1]), ``libc``, and ``note(line)``, which
+#: appends a line to the log (opened afresh for each line, so that it outlives an exec).
+NOTER = r"""
+import ctypes, os, sys, threading, time
+log = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def note(line):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, line.encode() + b"\n")
+    os.close(fd)
+"""
+
+
 # -- threads and their ids -----------------------------------------------------------------
 
 #: The program opens data/x and out/f (relatively: its cwd is taken and lent) and out/f
 #: absolutely from its main thread, then a second thread execs a program that does the same
 #: (now with the id of the old main thread, whose reader and cwd the loop may still keep),
 #: then chdirs to out/ and opens "f" and "../data/x" and "../secret/s".
-EXEC_FROM_A_THREAD = r"""
-import os, sys, threading
-log = sys.argv[1]
-def note(line):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, line.encode() + b"\n")
-    os.close(fd)
+EXEC_FROM_A_THREAD = NOTER + r"""
 def read(who, path):
     try:
         with open(path, "rb") as f:
@@ -527,14 +534,8 @@ async def test_a_flood_of_static_opens_starves_no_other_request_nor_the_end(
 #: cwd is taken and lent to the compiled loop) and out/x, and exits; then the program (its
 #: cwd: data/) forks until the child gets that thread's id (the test sets the last pid given
 #: out), and that child opens "x": data/x for the kernel, out/x in the thread's old cwd.
-TID_REUSE = r"""
-import ctypes, os, sys, threading, time
-log, root = sys.argv[1], sys.argv[2]
-libc = ctypes.CDLL(None, use_errno=True)
-def note(line):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, line.encode() + b"\n")
-    os.close(fd)
+TID_REUSE = NOTER + r"""
+root = sys.argv[2]
 os.chdir(root + "/data")
 os.close(os.open(root + "/out/x", os.O_RDONLY))  # heard from again: settled
 seen = {}
@@ -613,14 +614,8 @@ async def test_a_thread_id_reused_by_another_process_is_not_judged_by_the_old_cw
 #: out/ (taken and lent: it opens ../data/x), where it opens "x" (the compiled loop answers
 #: it); then another thread, sharing the cwd, moves it to data/ by fchdir, and the main
 #: thread opens "x"; then a third unshares its cwd and chdirs to out/, and both open "x".
-SHARED_CWD = r"""
-import ctypes, os, sys, threading
-log, root = sys.argv[1], sys.argv[2]
-libc = ctypes.CDLL(None, use_errno=True)
-def note(line):
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, line.encode() + b"\n")
-    os.close(fd)
+SHARED_CWD = NOTER + r"""
+root = sys.argv[2]
 def read(who):
     try:
         with open("x", "rb") as f:

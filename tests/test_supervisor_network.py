@@ -37,11 +37,13 @@ while not os.path.exists(stop):
 """
 
 
-def net_policy(root: Path, mode: str = "enforce") -> Any:
+def net_policy(
+    root: Path, mode: str = "enforce", handled_fs: str = '"abi.all"', supervisor_rules: str = ""
+) -> Any:
     system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
     text = f"""
 [[ruleset]]
-handled_access_fs = ["abi.all"]
+handled_access_fs = [{handled_fs}]
 handled_access_net = ["bind_tcp", "connect_tcp"]
 
 [[path_beneath]]
@@ -54,7 +56,7 @@ parent = ["{root}"]
 
 [supervisor]
 mode = "{mode}"
-"""
+{supervisor_rules}"""
     return parse_policy(text, "net-policy.toml", {"HOME": str(root), "PWD": str(root)})
 
 
@@ -252,28 +254,13 @@ async def test_a_port_granted_by_the_supervisor_is_not_reached_past_the_programs
     a layer the program adds to itself: once it does, nothing more is granted (the call goes
     to the kernel, or, where connect_unix keeps connects from going back to it, is performed
     with the static rules alone)."""
-    system = ", ".join(f'"{d}"' for d in SYSTEM_DIRS)
     fs = '"abi.all"' if connect_unix else '"abi.read_execute", "abi.read_write"'
-    doc = parse_policy(
-        f"""
-[[ruleset]]
-handled_access_fs = [{fs}]
-handled_access_net = ["bind_tcp", "connect_tcp"]
-[[path_beneath]]
-allowed_access = ["abi.read_execute"]
-parent = [{system}]
-[[path_beneath]]
-allowed_access = ["abi.read_write"]
-parent = ["{tmp_path}"]
-[supervisor]
-mode = "enforce"
+    granted = f"""
 [[supervisor.net_port]]
 allowed_access = ["connect_tcp"]
 port = [{server}]
-""",
-        "net-policy.toml",
-        {"HOME": str(tmp_path), "PWD": str(tmp_path)},
-    )
+"""
+    doc = net_policy(tmp_path, handled_fs=fs, supervisor_rules=granted)
     events: list[Any] = []
     out = tmp_path / "r.json"
     async with Supervisor.open(doc) as sup:
