@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import select
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -147,11 +147,7 @@ class Task:
 
     def exited(self) -> bool:
         """Whether the thread has exited: its id may now name another task."""
-        if self.pidfd < 0:
-            return False
-        poll = select.poll()
-        poll.register(self.pidfd, select.POLLIN)
-        return bool(poll.poll(0))
+        return self.pidfd >= 0 and bool(readable([self.pidfd]))
 
     def read_status(self) -> dict[bytes, bytes]:
         """The thread's status fields now; none once it is gone (or never opened)."""
@@ -161,6 +157,14 @@ class Task:
             return status_fields(os.pread(self.status, 4096, 0))
         except OSError:
             return {}
+
+
+def readable(pidfds: Iterable[int]) -> list[int]:
+    """Those of ``pidfds`` whose thread has exited (a pidfd is readable from then on)."""
+    poll = select.poll()
+    for fd in pidfds:
+        poll.register(fd, select.POLLIN)
+    return [fd for fd, _ in poll.poll(0)]
 
 
 def thread_pidfd(tid: int) -> int:
@@ -242,12 +246,7 @@ class ThreadContexts:
     def _exited(self) -> list[int]:
         """The unsettled threads that have exited (their pidfd is readable)."""
         watched = {fd: tid for tid, fd in self._unsettled.items() if fd >= 0}
-        if not watched:
-            return []
-        poll = select.poll()
-        for fd in watched:
-            poll.register(fd, select.POLLIN)
-        return [watched[fd] for fd, _ in poll.poll(0)]
+        return [watched[fd] for fd in readable(watched)] if watched else []
 
     def decode(self, n: Notification, name: str) -> tuple[FsRequest, Task] | None:
         """Read the request from the task's memory; None when the task is gone.
