@@ -38,7 +38,27 @@ def install(config: dict[str, Any]) -> int:
     return install_filter(prog, wait_killable=config.get("wait_killable", True))
 
 
+def spawn(argv: list[str]) -> dict[str, Any]:
+    """Run a program (posix_spawn: a vfork and an exec), with its output."""
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+    except OSError as e:
+        return {"errno": e.errno}
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as out:
+        stdout = out.read().decode(errors="replace")
+    status = os.waitpid(pid, 0)[1]
+    return {"pid": pid, "status": os.waitstatus_to_exitcode(status), "stdout": stdout}
+
+
 def run_op(op: dict[str, Any]) -> dict[str, Any]:
+    if op["op"] == "spawn":
+        return spawn(op["argv"])
+    if op["op"] == "exec":  # what the program prints is the report
+        sys.stdout.flush()
+        os.execv(op["argv"][0], op["argv"])
     path = op["path"]
     if op["op"] == "mkdir":
         try:

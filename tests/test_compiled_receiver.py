@@ -4,17 +4,28 @@ and hands every other request back as its struct seccomp_notif."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_seccomp_notify import TIMEOUT, Supervisee, opening, supervisee
 
 from llsupervise.rights import AccessFs
-from llsupervise.seccomp import AUDIT_ARCH, SYSCALLS, Notification, ProcessMemory, native_arch
+from llsupervise.seccomp import (
+    AUDIT_ARCH,
+    MEDIATED_FS_SYSCALLS,
+    SYSCALLS,
+    Notification,
+    ProcessMemory,
+    native_arch,
+)
 from llsupervise.supervisor.engine import _fastpath
-from llsupervise.supervisor.engine.fastpath import _needs
+from llsupervise.supervisor.engine.contexts import ThreadContexts
+from llsupervise.supervisor.engine.fastpath import _needs, root_links
 
 pytestmark = pytest.mark.kernel
 
@@ -30,9 +41,11 @@ def receiver_for(child: Supervisee, static: Path, readers: _fastpath.Readers) ->
     )  # fmt: skip
 
 
-def serve_rest(child: Supervisee, receiver: _fastpath.Receiver) -> list[bytes]:
+def serve_rest(
+    child: Supervisee, receiver: _fastpath.Receiver, back: list[Notification] | None = None
+) -> list[bytes]:
     """Run the loop until the child is gone; CONTINUE what it hands back, and return the
-    paths of the opens it handed back."""
+    paths of the opens it handed back (``back``: given every request handed back)."""
     handed: list[bytes] = []
     wake_r, wake_w = os.pipe()
     deadline = time.monotonic() + TIMEOUT
@@ -45,6 +58,8 @@ def serve_rest(child: Supervisee, receiver: _fastpath.Receiver) -> list[bytes]:
                 assert got == _fastpath.TIMEOUT
                 continue
             n = Notification.unpack(got)
+            if back is not None:
+                back.append(n)
             if n.syscall in ("open", "openat"):
                 with ProcessMemory(n.pid) as mem:
                     handed.append(mem.read_cstring(n.args[0 if n.syscall == "open" else 1]))
@@ -189,3 +204,137 @@ def test_a_relative_open_is_judged_by_where_it_leads_while_its_cwd_is_lent(
         assert [r.get("content") for r in results] == ["static", "other"]
         assert b"static/out" in handed
         assert (b"static/f" in handed) is not lent, lent
+
+
+def exec_receiver(
+    child: Supervisee, static: Path, readers: _fastpath.Readers
+) -> _fastpath.Receiver:
+    """A loop that answers execs too, with the system's programs and libraries static."""
+    dirs = [(os.fsencode(static), READ), (b"/usr", READ | int(AccessFs.EXECUTE)), (b"/etc", READ)]
+    table = _fastpath.StaticTable(dirs, list(root_links().items()), _needs())
+    arch = native_arch()
+    return _fastpath.Receiver(
+        child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
+        SYSCALLS[arch]["openat"], table, readers, None, SYSCALLS[arch]["execve"],
+    )  # fmt: skip
+
+
+EXECS = (*MEDIATED_FS_SYSCALLS, "execve")
+
+
+def test_a_static_exec_and_the_new_programs_opens_are_served_with_readers_the_opener_opens(
+    tmp_path: Path, tree: dict[str, str]
+) -> None:
+    """With the opener started, a process the loop has no reader for is served all the same:
+    an exec the static layer allows is answered in the loop (and Python told of it, to drop
+    what it keeps of that thread), and so are the new program's static opens, through a
+    reader the opener opened. An exec outside the static layer comes back, to be reported."""
+    cat = shutil.which("cat")
+    assert cat is not None and cat.startswith("/usr/")
+    outside = tmp_path / "true"
+    shutil.copy(shutil.which("true") or "/bin/true", outside)
+    ops = [{"op": "spawn", "argv": [cat, tree["file"]]}, {"op": "spawn", "argv": [str(outside)]}]
+    with supervisee(tmp_path, ops, EXECS) as child:
+        readers = _fastpath.Readers()
+        readers.start_opener(-1)
+        receiver = exec_receiver(child, Path(tree["static"]), readers)
+        child.go()
+        back: list[Notification] = []
+        serve_rest(child, receiver, back)
+        results = child.report()["results"]
+        execd = readers.take_execs()
+        readers.close()
+    assert [(r["status"], r["stdout"]) for r in results] == [(0, "static"), (0, "")]
+    cat_pid, outside_pid = results[0]["pid"], results[1]["pid"]
+    assert [n.syscall for n in back if n.pid == cat_pid] == []
+    assert [n.syscall for n in back if n.pid == outside_pid][:1] == ["execve"]
+    # Each exec was told, whether answered here or handed back.
+    assert execd is not None and cat_pid in execd and outside_pid in execd
+    assert receiver.answered >= 3  # cat's exec, ld.so's opens, the file
+
+
+def test_without_its_opener_a_process_with_no_reader_comes_back_whole(
+    tmp_path: Path, tree: dict[str, str]
+) -> None:
+    """No opener (a restricted serving thread may not open one): the exec and every open
+    of the new program go to Python, as before."""
+    cat = shutil.which("cat")
+    assert cat is not None
+    with supervisee(tmp_path, [{"op": "spawn", "argv": [cat, tree["file"]]}], EXECS) as child:
+        readers = _fastpath.Readers()
+        receiver = exec_receiver(child, Path(tree["static"]), readers)
+        child.go()
+        back: list[Notification] = []
+        serve_rest(child, receiver, back)
+        results = child.report()["results"]
+        readers.close()
+    assert results[0]["stdout"] == "static"
+    mine = [n.syscall for n in back if n.pid == results[0]["pid"]]
+    assert mine[0] == "execve" and "openat" in mine
+    assert receiver.answered == 0
+
+
+def test_an_exec_drops_the_reader_kept_for_its_thread(tmp_path: Path, tree: dict[str, str]) -> None:
+    """A kept reader reads the address space it was opened on: once its thread execs, the
+    loop drops it (and opens another for the new program) rather than read the new program's
+    requests through it. Here the child itself execs cat: had the loop kept the reader, the
+    dynamic loader's opens would read through one of an address space that is gone, and
+    come back; they are answered in the loop."""
+    report = Path(tree["static"]) / "report.json"
+    report.write_text(json.dumps({"results": ["from cat"]}))
+    cat = shutil.which("cat")
+    assert cat is not None
+    ops = [{"op": "exec", "argv": [cat, str(report)]}]
+    with supervisee(tmp_path, ops, EXECS) as child:
+        readers = _fastpath.Readers()
+        readers.start_opener(-1)
+        with ProcessMemory(child.proc.pid) as mem:
+            readers.remember(child.proc.pid, mem.fileno())
+        receiver = exec_receiver(child, Path(tree["static"]), readers)
+        child.go()
+        back: list[Notification] = []
+        serve_rest(child, receiver, back)
+        assert child.report()["results"] == ["from cat"]
+        execd = readers.take_execs()
+        readers.close()
+    assert [n.syscall for n in back] == []
+    assert execd == [child.proc.pid]
+
+
+def test_python_forgets_what_it_kept_of_a_thread_whose_exec_the_loop_answered(
+    tmp_path: Path, tree: dict[str, str]
+) -> None:
+    """Python kept a task for the thread (reader, cwd, credentials); the loop answers its
+    exec: Python's next catch-up (the first thing it does with any request) drops that task,
+    so nothing read before the exec is used after it."""
+    report = Path(tree["static"]) / "report.json"
+    report.write_text(json.dumps({"results": ["from cat"]}))
+    cat = shutil.which("cat")
+    assert cat is not None
+    contexts = ThreadContexts(lambda fn: fn())
+    contexts.readers.start_opener(-1)
+    ops: list[dict[str, Any]] = [opening(tree["other"]), {"op": "exec", "argv": [cat, str(report)]}]
+    try:
+        with supervisee(tmp_path, ops, EXECS) as child:
+            receiver = exec_receiver(child, Path(tree["static"]), contexts.readers)
+            child.go()
+            wake_r, wake_w = os.pipe()
+            try:
+                got = receiver.next(wake_r, int(TIMEOUT * 1000))
+            finally:
+                os.close(wake_r)
+                os.close(wake_w)
+            assert isinstance(got, bytes)
+            n = Notification.unpack(got)
+            decoded = contexts.decode(n, "openat")  # Python keeps a task for the thread
+            assert decoded is not None and decoded[0].path == os.fsencode(tree["other"])
+            child.listener.send_continue(n.id)
+            back: list[Notification] = []
+            serve_rest(child, receiver, back)
+            assert child.report()["results"] == ["from cat"]
+        assert back == []  # the exec and cat's opens: answered in the loop
+        assert [task.tid for task in contexts] == [child.proc.pid]
+        contexts.catch_up()
+        assert list(contexts) == []
+    finally:
+        contexts.close()

@@ -98,9 +98,14 @@ class Supervisee:
 
 
 @contextlib.contextmanager
-def supervisee(tmp_path: Path, ops: list[dict[str, Any]]) -> Iterator[Supervisee]:
+def supervisee(
+    tmp_path: Path, ops: list[dict[str, Any]], syscalls: tuple[str, ...] | None = None
+) -> Iterator[Supervisee]:
+    """``syscalls``: what the child traps (default: seccomp_child's)."""
     ours, theirs = socket.socketpair()
-    config = {"sock": theirs.fileno(), "ops": ops}
+    config: dict[str, Any] = {"sock": theirs.fileno(), "ops": ops}
+    if syscalls is not None:
+        config["syscalls"] = list(syscalls)
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), "serve", json.dumps(config)],
         pass_fds=[theirs.fileno()],

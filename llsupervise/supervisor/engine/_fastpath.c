@@ -2,7 +2,10 @@
  * interpreter, the opens the static layer alone allows (CONTINUE, which is safe whatever we
  * read: the kernel then judges the program's own open against the static layer).
  *
- * Every other request is handed back to Python (engine.loop) as the raw struct seccomp_notif.
+ * An exec (execve) of an absolute path the static layer allows is answered here too (CONTINUE:
+ * exec is the static layer's to judge), so a new process costs no Python: nothing is reported
+ * of it (engine.reports). Every other request is handed back to Python (engine.loop) as the
+ * raw struct seccomp_notif.
  * The interpreter lock is released for the whole wait-receive-answer loop, so a serving thread
  * answers these while trio or another thread holds it, and two serving threads can answer at
  * once.
@@ -10,11 +13,13 @@
  * Three objects:
  *   StaticTable: the static rules' directories, by canonical path, with their rights; the
  *                one implementation of the lexical static check (engine.fastpath uses it too).
- *   Readers:     per-thread /proc/TID/mem descriptors (dups of the ones Python opened with the
- *                supervisor's standing, which a restricted serving thread may not open), each
- *                with a pidfd of that thread, which tells when it has exited (its id may then
- *                name another task), and the threads whose context-changing call may still
- *                run (handed to Python).
+ *   Readers:     per-thread /proc/TID/mem descriptors, each with a pidfd of that thread,
+ *                which tells when it has exited (its id may then name another task): dups of
+ *                the ones Python opened with the supervisor's standing, or ones its opener
+ *                thread (unrestricted, as a restricted serving thread may not open them)
+ *                opened for a thread Python keeps none for; the threads whose
+ *                context-changing call may still run (handed to Python); and the threads
+ *                whose exec was answered here, for Python to drop what it keeps of them.
  *   Receiver:    one serving thread's loop, and what it holds, for the stall watch.
  *   Grants:      what a serving thread needs to perform a supervisor-granted open itself
  *                (engine.grants): the control plane's identities, our /proc/self/fd, and
@@ -38,6 +43,9 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <linux/openat2.h>
@@ -54,6 +62,11 @@
 #endif
 #define PAGE 4096
 #define READER_SLOTS 1024
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD_FLAG O_EXCL
+#else
+#define PIDFD_THREAD_FLAG PIDFD_THREAD
+#endif
 #define UNSETTLED_MAX 64
 /* The flag keys: (flags & O_ACCMODE) | (O_TRUNC ? 4 : 0), and EXEC_KEY for an exec. */
 #define EXEC_KEY 8
@@ -302,6 +315,24 @@ typedef struct {
     int ours;  /* Python found its credentials to be ours (see Readers.vouch) */
 } Slot;
 
+/* An unrestricted thread that opens a thread's reader (/proc/TID/mem, and a pidfd first)
+ * for a restricted serving thread, which may not: a hand-over between two compiled threads
+ * instead of one through Python's unrestricted worker. One request at a time; a requester
+ * that finds it busy (held by another, or stuck in the kernel) hands the request to Python.
+ * Freed by the last of its two references (the Readers and the thread): the thread is not
+ * joined, since an open of /proc can wait on the kernel. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t asked, told;
+    pthread_mutex_t turn; /* held by the one requester (trylock) */
+    int refs;
+    int running, stop;
+    pid_t tid; /* the request in hand, 0 for none */
+    int done, mem, pidfd;
+} Opener;
+
+#define EXECD_MAX 256
+
 typedef struct {
     PyObject_HEAD
     pthread_mutex_t lock;
@@ -309,6 +340,11 @@ typedef struct {
     pid_t unsettled[UNSETTLED_MAX];
     int nunsettled;
     int overflow; /* more unsettled threads than kept: every request goes to Python */
+    Opener *opener; /* NULL until start_opener */
+    /* Threads whose exec was answered here, for Python to drop what it keeps of them (see
+     * Readers.take_execs); execd_overflow: more than kept, Python drops everything. */
+    pid_t execd[EXECD_MAX];
+    int nexecd, execd_overflow;
 } Readers;
 
 static int readers_init(Readers *self, PyObject *args, PyObject *kwds) {
@@ -336,8 +372,141 @@ static void readers_close_all(Readers *self) {
     pthread_mutex_unlock(&self->lock);
 }
 
+static void opener_release(Opener *o) {
+    pthread_mutex_lock(&o->lock);
+    int last = --o->refs == 0;
+    pthread_mutex_unlock(&o->lock);
+    if (last) {
+        pthread_mutex_destroy(&o->lock);
+        pthread_mutex_destroy(&o->turn);
+        pthread_cond_destroy(&o->asked);
+        pthread_cond_destroy(&o->told);
+        free(o);
+    }
+}
+
+/* Asks the thread to end (not waited for: see Opener); a request in hand is refused. */
+static void opener_stop(Opener *o) {
+    pthread_mutex_lock(&o->lock);
+    o->stop = 1;
+    pthread_cond_broadcast(&o->asked);
+    pthread_cond_broadcast(&o->told);
+    pthread_mutex_unlock(&o->lock);
+}
+
+static void *opener_main(void *arg) {
+    Opener *o = arg;
+    char path[64];
+    pthread_mutex_lock(&o->lock);
+    for (;;) {
+        while (!o->stop && (o->tid == 0 || o->done)) pthread_cond_wait(&o->asked, &o->lock);
+        if (o->tid == 0 || o->done) break; /* stopped, with no request in hand */
+        pid_t tid = o->tid;
+        pthread_mutex_unlock(&o->lock);
+        /* The pidfd first, as Python's open_task: it is then of this task or of an earlier
+         * one with that id (which has exited: readers_take lets such a reader go). */
+        int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD_FLAG);
+        int mem = -1;
+        if (pidfd >= 0) {
+            snprintf(path, sizeof path, "/proc/%d/mem", (int)tid);
+            mem = open(path, O_RDONLY | O_CLOEXEC);
+            if (mem < 0) {
+                close(pidfd);
+                pidfd = -1;
+            }
+        }
+        pthread_mutex_lock(&o->lock);
+        o->mem = mem;
+        o->pidfd = pidfd;
+        o->done = 1;
+        pthread_cond_broadcast(&o->told);
+    }
+    o->running = 0;
+    pthread_mutex_unlock(&o->lock);
+    opener_release(o);
+    return NULL;
+}
+
+/* A reader of `tid` opened by the opener: 0 with *mem and *pidfd (ours to close), or -1
+ * (no opener, busy, stopped, or the thread is gone or not ours to read). */
+static int opener_open(Opener *o, pid_t tid, int *mem, int *pidfd) {
+    if (o == NULL || pthread_mutex_trylock(&o->turn) != 0) return -1;
+    pthread_mutex_lock(&o->lock);
+    int ok = 0;
+    if (o->running && !o->stop) {
+        o->tid = tid;
+        o->done = 0;
+        pthread_cond_signal(&o->asked);
+        /* Answered even when stopped meanwhile: the thread serves the request in hand
+         * before it ends, so nothing it opens is left behind. */
+        while (!o->done) pthread_cond_wait(&o->told, &o->lock);
+        if (o->mem >= 0) {
+            *mem = o->mem;
+            *pidfd = o->pidfd;
+            ok = 1;
+        }
+        o->tid = 0;
+    }
+    pthread_mutex_unlock(&o->lock);
+    pthread_mutex_unlock(&o->turn);
+    return ok ? 0 : -1;
+}
+
+/* start_opener(cpu): start the opener thread, pinned to `cpu` (-1: anywhere). Call it from
+ * a thread with the supervisor's own standing: the opener inherits the caller's Landlock
+ * domain (a restricted one opens nothing, and every request goes to Python). */
+static PyObject *readers_start_opener(Readers *self, PyObject *args) {
+    int cpu;
+    if (!PyArg_ParseTuple(args, "i", &cpu)) return NULL;
+    if (self->opener != NULL) Py_RETURN_NONE;
+    Opener *o = calloc(1, sizeof *o);
+    if (o == NULL) return PyErr_NoMemory();
+    pthread_mutex_init(&o->lock, NULL);
+    pthread_mutex_init(&o->turn, NULL);
+    pthread_cond_init(&o->asked, NULL);
+    pthread_cond_init(&o->told, NULL);
+    o->refs = 2;
+    o->running = 1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (cpu >= 0 && cpu < CPU_SETSIZE) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        pthread_attr_setaffinity_np(&attr, sizeof set, &set); /* placement: speed only */
+    }
+    /* Signals go to the threads Python expects them on, never to this one. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    int err = pthread_create(&thread, &attr, opener_main, o);
+    if (err == EINVAL && cpu >= 0) { /* a CPU it may not use: anywhere, then */
+        pthread_attr_destroy(&attr);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        err = pthread_create(&thread, &attr, opener_main, o);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (err) {
+        o->refs = 1;
+        opener_release(o);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->opener = o;
+    Py_RETURN_NONE;
+}
+
 static void readers_dealloc(Readers *self) {
     readers_close_all(self);
+    if (self->opener != NULL) {
+        opener_stop(self->opener);
+        opener_release(self->opener);
+        self->opener = NULL;
+    }
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -503,8 +672,78 @@ static PyObject *readers_vouch(Readers *self, PyObject *args) {
 }
 
 static PyObject *readers_py_close(Readers *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->opener != NULL) opener_stop(self->opener);
     readers_close_all(self);
     Py_RETURN_NONE;
+}
+
+/* A reader of `tid` for a serving thread (a private dup, -1 for none): the one kept, else
+ * one opened by the opener and kept (until Python remembers its own, or forgets it). What
+ * is opened here is not vouched for (`*ours` is 0) and has no cwd: a grant, and an open
+ * relative to its cwd, go to Python, which opens its own. `keep`: 0 for one read only. */
+static int readers_reader(Readers *self, pid_t tid, int *cwd, int *ours, int keep) {
+    int fd = readers_take(self, tid, cwd, ours);
+    if (fd >= 0) return fd;
+    int mem, pidfd;
+    if (opener_open(self->opener, tid, &mem, &pidfd) < 0) return -1;
+    if (!keep) { /* an exec's: it is about to go stale */
+        close(pidfd);
+        return mem;
+    }
+    pthread_mutex_lock(&self->lock);
+    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    if (s->tid == tid && s->fd >= 0) {
+        /* Python remembered its own meanwhile: that one is used, with what it holds. */
+        close(mem);
+        close(pidfd);
+    } else {
+        slot_clear(s);
+        s->tid = tid;
+        s->fd = mem;
+        s->pidfd = pidfd;
+    }
+    fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
+    if (fd >= 0 && cwd != NULL) *cwd = s->cwd >= 0 ? fcntl(s->cwd, F_DUPFD_CLOEXEC, 3) : -1;
+    *ours = fd >= 0 ? s->ours : 0;
+    pthread_mutex_unlock(&self->lock);
+    return fd;
+}
+
+/* `tid` execs: what is kept for it reads an address space about to go, and Python is told
+ * to drop what it keeps (see take_execs). Whether or not the exec succeeds: a dropped
+ * reader is only opened again. */
+static void readers_exec(Readers *self, pid_t tid) {
+    pthread_mutex_lock(&self->lock);
+    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    if (s->tid == tid) slot_clear(s);
+    if (self->nexecd < EXECD_MAX)
+        self->execd[self->nexecd++] = tid;
+    else
+        self->execd_overflow = 1;
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* take_execs() -> list[int] | None: the threads whose exec was answered here since the last
+ * call, for Python to drop what it keeps of them; None: more than were kept, drop all. */
+static PyObject *readers_take_execs(Readers *self, PyObject *Py_UNUSED(ignored)) {
+    pid_t execd[EXECD_MAX];
+    pthread_mutex_lock(&self->lock);
+    int n = self->nexecd, overflow = self->execd_overflow;
+    memcpy(execd, self->execd, (size_t)n * sizeof *execd);
+    self->nexecd = self->execd_overflow = 0;
+    pthread_mutex_unlock(&self->lock);
+    if (overflow) Py_RETURN_NONE;
+    PyObject *list = PyList_New(n);
+    if (list == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *tid = PyLong_FromLong(execd[i]);
+        if (tid == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, tid);
+    }
+    return list;
 }
 
 static PyMethodDef readers_methods[] = {
@@ -522,7 +761,11 @@ static PyMethodDef readers_methods[] = {
      "unsettle(tid): its requests go to Python until settle(tid)."},
     {"settle", (PyCFunction)readers_settle, METH_VARARGS, "settle(tid)"},
     {"settle_all", (PyCFunction)readers_settle_all, METH_NOARGS, "settle every thread"},
-    {"close", (PyCFunction)readers_py_close, METH_NOARGS, "close every reader"},
+    {"close", (PyCFunction)readers_py_close, METH_NOARGS, "close every reader, stop the opener"},
+    {"start_opener", (PyCFunction)readers_start_opener, METH_VARARGS,
+     "start_opener(cpu): open readers for the serving threads (call it unrestricted)"},
+    {"take_execs", (PyCFunction)readers_take_execs, METH_NOARGS,
+     "take_execs() -> [tid] | None: threads whose exec was answered here (None: all)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -983,6 +1226,7 @@ typedef struct {
     uint32_t arch;
     int nr_open; /* -1 where the architecture has none */
     int nr_openat;
+    int nr_execve; /* -1: every exec goes to Python */
     StaticTable *table; /* NULL: no open is judged static here */
     Readers *readers;
     Grants *grants; /* NULL: no open is performed here */
@@ -997,12 +1241,13 @@ typedef struct {
 
 static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"listener", "arch", "nr_open", "nr_openat", "table", "readers",
-                             "grants", NULL};
-    int listener, nr_open, nr_openat;
+                             "grants", "nr_execve", NULL};
+    int listener, nr_open, nr_openat, nr_execve = -1;
     unsigned long arch;
     PyObject *table, *readers, *grants = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!|O", kwlist, &listener, &arch, &nr_open,
-                                     &nr_openat, &table, &ReadersType, &readers, &grants))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!|Oi", kwlist, &listener, &arch,
+                                     &nr_open, &nr_openat, &table, &ReadersType, &readers,
+                                     &grants, &nr_execve))
         return -1;
     if (table != Py_None && !PyObject_TypeCheck(table, &StaticTableType)) {
         PyErr_SetString(PyExc_TypeError, "table: a StaticTable or None");
@@ -1016,6 +1261,7 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
     self->arch = (uint32_t)arch;
     self->nr_open = nr_open;
     self->nr_openat = nr_openat;
+    self->nr_execve = nr_execve;
     Py_XSETREF(self->table, table == Py_None ? NULL : (StaticTable *)Py_NewRef(table));
     Py_XSETREF(self->readers, (Readers *)Py_NewRef(readers));
     Py_XSETREF(self->grants, grants == Py_None ? NULL : (Grants *)Py_NewRef(grants));
@@ -1091,10 +1337,57 @@ static int send_fd(Receiver *self, struct seccomp_notif *n, int fd, uint64_t fla
     return 0;
 }
 
+/* The request in hand, for the stall watch (a read of its memory, or the opener, can wait
+ * on the kernel). */
+static void hold(Receiver *self, struct seccomp_notif *n) {
+    pthread_mutex_lock(&self->lock);
+    self->held = *n;
+    self->since = seconds(CLOCK_MONOTONIC);
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* Answers CONTINUE unless given up on meanwhile; as answer_here. */
+static int answer_continue(Receiver *self, struct seccomp_notif *n) {
+    pthread_mutex_lock(&self->lock);
+    int abandoned = self->abandoned;
+    pthread_mutex_unlock(&self->lock);
+    if (abandoned) return -1;
+    struct seccomp_notif_resp resp = {
+        .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+    int failed = send_response(self, &resp);
+    if (finish(self)) return -1;
+    if (failed) {
+        errno = failed;
+        return -2;
+    }
+    self->answered++;
+    return 1;
+}
+
+/* An exec (execve): the static layer judges it in any case (CONTINUE); answered here when
+ * that layer alone allows the absolute path it names, as engine.reports.ExecReports does,
+ * so there is nothing to report. Whatever is kept for the thread is dropped first (its
+ * address space is about to go), and Python is told. As answer_here. */
+static int answer_exec(Receiver *self, struct seccomp_notif *n) {
+    if (self->table == NULL || readers_unsettled(self->readers, (pid_t)n->pid)) return 0;
+    hold(self, n);
+    int ours;
+    int mem = readers_reader(self->readers, (pid_t)n->pid, NULL, &ours, 0);
+    readers_exec(self->readers, (pid_t)n->pid);
+    if (mem < 0) return finish(self) ? -1 : 0;
+    char path[PATH_MAX];
+    ssize_t len = read_string(mem, n->data.args[0], path, sizeof path);
+    close(mem);
+    if (len <= 0 || path[0] != '/' || !table_allows(self->table, path, (size_t)len, EXEC_KEY))
+        return finish(self) ? -1 : 0; /* Python reads it again, and reports it */
+    return answer_continue(self, n);
+}
+
 /* 1: answered here; 0: Python's; -1: given up on (answer nothing more); -2: errno set. */
 static int answer_here(Receiver *self, struct seccomp_notif *n) {
     const StaticTable *t = self->table;
     if ((t == NULL && self->grants == NULL) || n->data.arch != self->arch) return 0;
+    if ((int)n->data.nr == self->nr_execve) return answer_exec(self, n);
     uint64_t addr, flags;
     if ((int)n->data.nr == self->nr_openat) {
         addr = n->data.args[1];
@@ -1110,12 +1403,9 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
     /* Relative to its cwd (open, or openat with AT_FDCWD): judged by where it leads. */
     int from_cwd = (int)n->data.nr != self->nr_openat || (int)n->data.args[0] == AT_FDCWD;
     int cwd = -1, ours = 0;
-    int mem = readers_take(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours);
-    if (mem < 0) return 0;
-    pthread_mutex_lock(&self->lock);
-    self->held = *n;
-    self->since = seconds(CLOCK_MONOTONIC);
-    pthread_mutex_unlock(&self->lock);
+    hold(self, n);
+    int mem = readers_reader(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours, 1);
+    if (mem < 0) return finish(self) ? -1 : 0;
     char path[PATH_MAX];
     ssize_t len = read_string(mem, addr, path, sizeof path);
     close(mem);

@@ -262,6 +262,13 @@ class ThreadContexts:
         """The thread's address space is replaced (exec): a cached reader would read the old."""
         self._tasks.forget(tid)
 
+    def catch_up(self) -> None:
+        """Forget the threads whose exec the compiled loop answered (see engine.loop): called
+        before any request is read, so that nothing kept from before an exec is used after."""
+        execd = self.readers.take_execs()
+        for tid in [task.tid for task in self._tasks] if execd is None else execd:
+            self._tasks.forget(tid)
+
     def decode_exec(self, n: Notification, name: str) -> FsRequest | None:
         """An exec's request, read once: the address space is about to be replaced, so no
         reader is kept for the thread (a kept one is dropped). None when the task is gone."""

@@ -143,6 +143,7 @@ class RequestHandler:
     def handle(self, n: Notification, generation: int, offload: Offload | None = None) -> None:
         """Answer ``n``; what could block is handed to ``offload`` (a serving thread's)."""
         self.served += 1
+        self.contexts.catch_up()
         self.contexts.heard_from(n.pid)
         if self.net is not None and self.net.handle(n):
             return  # bind/connect: the mediator answers it from its own threads

@@ -6,10 +6,12 @@ lets the kernel decide through CONTINUE): see :mod:`.handler`. Only denials cros
 trio, through ``on_denial``; the loop then goes on serving other requests while the denied
 one waits. This module holds the threads' lifetime and the hand-over between generations.
 
-The wait, the receipt and the answer of an open the static layer alone allows (CONTINUE) are
-compiled (``_fastpath.Receiver``): they run without the interpreter lock, so such an open is
-answered while trio or another thread holds it, and costs no Python. Every other request
-comes back here as a :class:`Notification`.
+The wait, the receipt and the answer of an open or an exec the static layer alone allows
+(CONTINUE) are compiled (``_fastpath.Receiver``): they run without the interpreter lock, so
+such a request is answered while trio or another thread holds it, and costs no Python; a
+thread we keep no memory reader for gets one from a compiled unrestricted thread (the
+readers' opener), so a new process costs no Python either. Every other request comes back
+here as a :class:`Notification`.
 
 A serving thread never waits on purpose, but the kernel can make it: reading the path a
 program passes from its memory faults in that page, and a page of a file on a FUSE mount
@@ -150,6 +152,7 @@ class NotificationLoop:
         return _fastpath.Receiver(
             self.listener.fileno(), AUDIT_ARCH[arch], numbers.get("open", -1),
             numbers["openat"], self._table, self._contexts.readers, self._grants,
+            numbers["execve"],
         )  # fmt: skip
 
     def _own_layer(self, pid: int) -> None:
@@ -174,6 +177,8 @@ class NotificationLoop:
     def run(self) -> None:
         """Serve until every supervisee is gone or :meth:`stop` is called."""
         self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
+        # From this thread, which has our own standing, like the worker above.
+        self._contexts.readers.start_opener(self.cpu)
         self.slot.on_swap.append(self._switch)
         with self.slot.lock:
             self._start(self.slot.broker, self.slot.generation)
