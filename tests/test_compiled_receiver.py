@@ -4,6 +4,7 @@ and hands every other request back as its struct seccomp_notif."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -100,25 +101,94 @@ def test_a_static_open_is_answered_in_the_loop_and_others_come_back(
     assert receiver.answered >= 1
 
 
-def test_an_unsettled_thread_and_one_with_no_reader_come_back(
+def test_a_thread_with_no_reader_or_among_too_many_unsettled_comes_back(
     tmp_path: Path, tree: dict[str, str]
 ) -> None:
-    """A thread whose context-changing call may still run goes to Python (which settles it);
-    so does one the loop has no memory reader for."""
-    for setup in ("unsettled", "no reader"):
+    """A thread the loop has no memory reader for (and no opener to open one) goes to
+    Python; so does every thread while more threads are unsettled than the loop keeps."""
+    for setup in ("no reader", "too many unsettled"):
         with supervisee(tmp_path, [opening(tree["file"])]) as child:
             readers = _fastpath.Readers()
-            if setup == "unsettled":
+            if setup == "too many unsettled":
                 with ProcessMemory(child.proc.pid) as mem:
                     readers.remember(child.proc.pid, mem.fileno())
-                readers.unsettle(child.proc.pid)
+                for tid in range(child.proc.pid, child.proc.pid + 65):
+                    readers.unsettle(tid)
             receiver = receiver_for(child, Path(tree["static"]), readers)
             child.go()
             handed = serve_rest(child, receiver)
             assert child.report()["results"][0]["content"] == "static"
+            assert readers.take_heard() == [], setup
             readers.close()
         assert os.fsencode(tree["file"]) in handed, setup
         assert receiver.answered == 0, setup
+
+
+def test_an_unsettled_thread_heard_from_is_settled_and_served(
+    tmp_path: Path, tree: dict[str, str]
+) -> None:
+    """A new syscall from an unsettled thread proves that the call which unsettled it has
+    returned: the loop settles it, tells Python (take_heard), and serves the request. Other
+    unsettled threads stay so: Python still may not vouch for anyone."""
+    with supervisee(tmp_path, [opening(tree["file"])]) as child:
+        pid = child.proc.pid
+        readers = _fastpath.Readers()
+        with ProcessMemory(pid) as mem:
+            readers.remember(pid, mem.fileno())
+        readers.unsettle(pid)
+        readers.unsettle(pid + 1)
+        receiver = receiver_for(child, Path(tree["static"]), readers)
+        child.go()
+        handed = serve_rest(child, receiver)
+        assert child.report()["results"][0]["content"] == "static"
+        assert readers.take_heard() == [pid]
+        assert readers.take_heard() == []
+        readers.close()
+    assert handed == []
+    assert receiver.answered == 1
+
+
+def next_handed(receiver: _fastpath.Receiver) -> Notification:
+    """The next request the loop hands back."""
+    wake_r, wake_w = os.pipe()
+    try:
+        got = receiver.next(wake_r, int(TIMEOUT * 1000))
+    finally:
+        os.close(wake_r)
+        os.close(wake_w)
+    assert isinstance(got, bytes), got
+    return Notification.unpack(got)
+
+
+def test_python_settles_the_threads_the_loop_heard_from(
+    tmp_path: Path, tree: dict[str, str]
+) -> None:
+    """Python's record of unsettled threads follows the loop's at its next catch-up (the
+    first thing it does with any request): only then does it cache a context again."""
+    contexts = ThreadContexts(lambda fn: fn())
+    ops = [opening(tree["other"]), opening(tree["file"]), opening(tree["other"])]
+    try:
+        with supervisee(tmp_path, ops) as child:
+            receiver = receiver_for(child, Path(tree["static"]), contexts.readers)
+            child.go()
+            n = next_handed(receiver)
+            decoded = contexts.decode(n, "openat")
+            assert decoded is not None
+            task = decoded[1]
+            contexts.unsettle(n.pid)  # as a context call would (it may still run)
+            child.listener.send_continue(n.id)
+            # The static open comes next, heard from in the loop; then the other again.
+            n = next_handed(receiver)
+            contexts.umask(task)
+            assert task.cached_umask is None  # unsettled: not cached
+            contexts.catch_up()
+            assert contexts.umask(task) == task.cached_umask == os.umask(os.umask(0o22))
+            child.listener.send_continue(n.id)
+            serve_rest(child, receiver)
+            assert [r["content"] for r in child.report()["results"]] == ["other", "static", "other"]
+        assert receiver.answered == 1
+    finally:
+        contexts.close()
 
 
 def test_a_reader_closed_by_python_is_not_used(tmp_path: Path, tree: dict[str, str]) -> None:
@@ -228,12 +298,19 @@ def test_a_static_exec_and_the_new_programs_opens_are_served_with_readers_the_op
     """With the opener started, a process the loop has no reader for is served all the same:
     an exec the static layer allows is answered in the loop (and Python told of it, to drop
     what it keeps of that thread), and so are the new program's static opens, through a
-    reader the opener opened. An exec outside the static layer comes back, to be reported."""
+    reader the opener opened; so is an exec of nothing (the dentry cache says so). An exec of
+    a file outside the static layer comes back, to be reported."""
     cat = shutil.which("cat")
     assert cat is not None and cat.startswith("/usr/")
     outside = tmp_path / "true"
     shutil.copy(shutil.which("true") or "/bin/true", outside)
-    ops = [{"op": "spawn", "argv": [cat, tree["file"]]}, {"op": "spawn", "argv": [str(outside)]}]
+    missing = str(tmp_path / "missing")
+    os.path.exists(missing)  # a negative dentry: its exec is then judged in the loop
+    ops = [
+        {"op": "spawn", "argv": [cat, tree["file"]]},
+        {"op": "spawn", "argv": [str(outside)]},
+        {"op": "spawn", "argv": [missing]},  # a search along PATH: nothing to report
+    ]
     with supervisee(tmp_path, ops, EXECS) as child:
         readers = _fastpath.Readers()
         readers.start_opener(-1)
@@ -244,10 +321,12 @@ def test_a_static_exec_and_the_new_programs_opens_are_served_with_readers_the_op
         results = child.report()["results"]
         execd = readers.take_execs()
         readers.close()
-    assert [(r["status"], r["stdout"]) for r in results] == [(0, "static"), (0, "")]
+    assert [(r["status"], r["stdout"]) for r in results[:2]] == [(0, "static"), (0, "")]
+    assert results[2] == {"errno": errno.ENOENT}
     cat_pid, outside_pid = results[0]["pid"], results[1]["pid"]
     assert [n.syscall for n in back if n.pid == cat_pid] == []
-    assert [n.syscall for n in back if n.pid == outside_pid][:1] == ["execve"]
+    # The only exec to report: of a file outside the static layer.
+    assert [n.pid for n in back if n.syscall == "execve"] == [outside_pid]
     # Each exec was told, whether answered here or handed back.
     assert execd is not None and cat_pid in execd and outside_pid in execd
     assert receiver.answered >= 3  # cat's exec, ld.so's opens, the file

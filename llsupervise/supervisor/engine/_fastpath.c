@@ -18,8 +18,9 @@
  *                the ones Python opened with the supervisor's standing, or ones its opener
  *                thread (unrestricted, as a restricted serving thread may not open them)
  *                opened for a thread Python keeps none for; the threads whose
- *                context-changing call may still run (handed to Python); and the threads
- *                whose exec was answered here, for Python to drop what it keeps of them.
+ *                context-changing call may still run (settled here when heard from, and
+ *                Python told); and the threads whose exec was answered here, for Python to
+ *                drop what it keeps of them.
  *   Receiver:    one serving thread's loop, and what it holds, for the stall watch.
  *   Grants:      what a serving thread needs to perform a supervisor-granted open itself
  *                (engine.grants): the control plane's identities, our /proc/self/fd, and
@@ -345,6 +346,11 @@ typedef struct {
      * Readers.take_execs); execd_overflow: more than kept, Python drops everything. */
     pid_t execd[EXECD_MAX];
     int nexecd, execd_overflow;
+    /* Unsettled threads heard from here (a new syscall: the one that unsettled them has
+     * returned), settled here and for Python to settle (see Readers.take_heard); one that
+     * does not fit stays unsettled in Python, which is only slower. */
+    pid_t heard[UNSETTLED_MAX];
+    int nheard;
 } Readers;
 
 static int readers_init(Readers *self, PyObject *args, PyObject *kwds) {
@@ -605,17 +611,25 @@ static void readers_drop_stale(Readers *self, pid_t tid) {
     pthread_mutex_unlock(&self->lock);
 }
 
-static int readers_unsettled(Readers *self, pid_t tid) {
-    int found = 0;
+/* `tid` is heard from (a new syscall): whether the loop may serve it. An unsettled thread
+ * is settled (the call that unsettled it has returned) and Python told; with more unsettled
+ * threads than kept, Python hears from every thread itself. */
+static int readers_hear(Readers *self, pid_t tid) {
+    int served = 1;
     pthread_mutex_lock(&self->lock);
     if (self->overflow) {
-        found = 1;
+        served = 0;
     } else {
-        for (int i = 0; i < self->nunsettled; i++)
-            if (self->unsettled[i] == tid) found = 1;
+        for (int i = 0; i < self->nunsettled; i++) {
+            if (self->unsettled[i] == tid) {
+                self->unsettled[i] = self->unsettled[--self->nunsettled];
+                if (self->nheard < UNSETTLED_MAX) self->heard[self->nheard++] = tid;
+                break;
+            }
+        }
     }
     pthread_mutex_unlock(&self->lock);
-    return found;
+    return served;
 }
 
 static PyObject *readers_unsettle(Readers *self, PyObject *args) {
@@ -723,6 +737,31 @@ static void readers_exec(Readers *self, pid_t tid) {
     pthread_mutex_unlock(&self->lock);
 }
 
+static PyObject *tid_list(const pid_t *tids, int n) {
+    PyObject *list = PyList_New(n);
+    if (list == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *tid = PyLong_FromLong(tids[i]);
+        if (tid == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, tid);
+    }
+    return list;
+}
+
+/* take_heard() -> list[int]: the unsettled threads heard from here since the last call. */
+static PyObject *readers_take_heard(Readers *self, PyObject *Py_UNUSED(ignored)) {
+    pid_t heard[UNSETTLED_MAX];
+    pthread_mutex_lock(&self->lock);
+    int n = self->nheard;
+    memcpy(heard, self->heard, (size_t)n * sizeof *heard);
+    self->nheard = 0;
+    pthread_mutex_unlock(&self->lock);
+    return tid_list(heard, n);
+}
+
 /* take_execs() -> list[int] | None: the threads whose exec was answered here since the last
  * call, for Python to drop what it keeps of them; None: more than were kept, drop all. */
 static PyObject *readers_take_execs(Readers *self, PyObject *Py_UNUSED(ignored)) {
@@ -733,17 +772,7 @@ static PyObject *readers_take_execs(Readers *self, PyObject *Py_UNUSED(ignored))
     self->nexecd = self->execd_overflow = 0;
     pthread_mutex_unlock(&self->lock);
     if (overflow) Py_RETURN_NONE;
-    PyObject *list = PyList_New(n);
-    if (list == NULL) return NULL;
-    for (int i = 0; i < n; i++) {
-        PyObject *tid = PyLong_FromLong(execd[i]);
-        if (tid == NULL) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, i, tid);
-    }
-    return list;
+    return tid_list(execd, n);
 }
 
 static PyMethodDef readers_methods[] = {
@@ -764,6 +793,8 @@ static PyMethodDef readers_methods[] = {
     {"close", (PyCFunction)readers_py_close, METH_NOARGS, "close every reader, stop the opener"},
     {"start_opener", (PyCFunction)readers_start_opener, METH_VARARGS,
      "start_opener(cpu): open readers for the serving threads (call it unrestricted)"},
+    {"take_heard", (PyCFunction)readers_take_heard, METH_NOARGS,
+     "take_heard() -> [tid]: unsettled threads heard from (and settled) in the loop"},
     {"take_execs", (PyCFunction)readers_take_execs, METH_NOARGS,
      "take_execs() -> [tid] | None: threads whose exec was answered here (None: all)"},
     {NULL, NULL, 0, NULL},
@@ -1364,12 +1395,31 @@ static int answer_continue(Receiver *self, struct seccomp_notif *n) {
     return 1;
 }
 
+/* Whether nothing is at the absolute `path` (the dentry cache says so: a walk that would
+ * wait on a filesystem tells nothing), so that an exec of it fails on its own, with nothing
+ * for Landlock to refuse and nothing to report (engine.denials finds no object either). A
+ * path under /proc may name the caller, which we would look up as ourselves: not judged. */
+static int nothing_at(const char *path) {
+    if (strncmp(path, "/proc/", 6) == 0 || strcmp(path, "/proc") == 0) return 0;
+    struct open_how how = {
+        .flags = O_PATH | O_CLOEXEC,
+        .resolve = RESOLVE_NO_MAGICLINKS | RESOLVE_CACHED,
+    };
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    return errno == ENOENT || errno == ENOTDIR;
+}
+
 /* An exec (execve): the static layer judges it in any case (CONTINUE); answered here when
- * that layer alone allows the absolute path it names, as engine.reports.ExecReports does,
- * so there is nothing to report. Whatever is kept for the thread is dropped first (its
- * address space is about to go), and Python is told. As answer_here. */
+ * there is nothing to report of it, as engine.reports.ExecReports finds: that layer alone
+ * allows the absolute path it names, or nothing is there (a search along PATH). Whatever
+ * is kept for the thread is dropped first (its address space is about to go), and Python
+ * is told. As answer_here. */
 static int answer_exec(Receiver *self, struct seccomp_notif *n) {
-    if (self->table == NULL || readers_unsettled(self->readers, (pid_t)n->pid)) return 0;
+    if (self->table == NULL || !readers_hear(self->readers, (pid_t)n->pid)) return 0;
     hold(self, n);
     int ours;
     int mem = readers_reader(self->readers, (pid_t)n->pid, NULL, &ours, 0);
@@ -1378,7 +1428,8 @@ static int answer_exec(Receiver *self, struct seccomp_notif *n) {
     char path[PATH_MAX];
     ssize_t len = read_string(mem, n->data.args[0], path, sizeof path);
     close(mem);
-    if (len <= 0 || path[0] != '/' || !table_allows(self->table, path, (size_t)len, EXEC_KEY))
+    if (len <= 0 || path[0] != '/' ||
+        (!table_allows(self->table, path, (size_t)len, EXEC_KEY) && !nothing_at(path)))
         return finish(self) ? -1 : 0; /* Python reads it again, and reports it */
     return answer_continue(self, n);
 }
@@ -1399,7 +1450,7 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
         return 0;
     }
     if (flags & O_CREAT) return 0; /* a creation is performed by Python, never CONTINUE */
-    if (readers_unsettled(self->readers, (pid_t)n->pid)) return 0;
+    if (!readers_hear(self->readers, (pid_t)n->pid)) return 0;
     /* Relative to its cwd (open, or openat with AT_FDCWD): judged by where it leads. */
     int from_cwd = (int)n->data.nr != self->nr_openat || (int)n->data.args[0] == AT_FDCWD;
     int cwd = -1, ours = 0;

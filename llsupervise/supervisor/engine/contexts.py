@@ -225,14 +225,13 @@ class ThreadContexts:
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks)
 
-    def heard_from(self, tid: int) -> None:
-        """``tid`` made a new syscall: its previous one has returned; so has that of every
-        unsettled thread that has exited since."""
+    def heard_from(self, *tids: int) -> None:
+        """Each of ``tids`` made a new syscall: its previous one has returned; so has that of
+        every unsettled thread that has exited since."""
         if not self._unsettled:
             return
         done = self._exited()
-        if tid in self._unsettled and tid not in done:
-            done.append(tid)
+        done += [tid for tid in set(tids) if tid in self._unsettled and tid not in done]
         for each in done:
             fd = self._unsettled.pop(each)
             if fd >= 0:
@@ -263,11 +262,15 @@ class ThreadContexts:
         self._tasks.forget(tid)
 
     def catch_up(self) -> None:
-        """Forget the threads whose exec the compiled loop answered (see engine.loop): called
-        before any request is read, so that nothing kept from before an exec is used after."""
+        """Catch up with the compiled loop (see engine.loop): forget the threads whose exec it
+        answered, so that nothing kept from before an exec is used after, and settle those
+        it heard from. Called before any request is read."""
         execd = self.readers.take_execs()
         for tid in [task.tid for task in self._tasks] if execd is None else execd:
             self._tasks.forget(tid)
+        heard = self.readers.take_heard()
+        if heard:
+            self.heard_from(*heard)
 
     def decode_exec(self, n: Notification, name: str) -> FsRequest | None:
         """An exec's request, read once: the address space is about to be replaced, so no
