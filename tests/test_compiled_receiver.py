@@ -397,14 +397,7 @@ def test_python_forgets_what_it_kept_of_a_thread_whose_exec_the_loop_answered(
         with supervisee(tmp_path, ops, EXECS) as child:
             receiver = exec_receiver(child, Path(tree["static"]), contexts.readers)
             child.go()
-            wake_r, wake_w = os.pipe()
-            try:
-                got = receiver.next(wake_r, int(TIMEOUT * 1000))
-            finally:
-                os.close(wake_r)
-                os.close(wake_w)
-            assert isinstance(got, bytes)
-            n = Notification.unpack(got)
+            n = next_handed(receiver)
             decoded = contexts.decode(n, "openat")  # Python keeps a task for the thread
             assert decoded is not None and decoded[0].path == os.fsencode(tree["other"])
             child.listener.send_continue(n.id)

@@ -1413,13 +1413,19 @@ static int nothing_at(const char *path) {
     return errno == ENOENT || errno == ENOTDIR;
 }
 
-/* An exec (execve): the static layer judges it in any case (CONTINUE); answered here when
- * there is nothing to report of it, as engine.reports.ExecReports finds: that layer alone
- * allows the absolute path it names, or nothing is there (a search along PATH). Whatever
- * is kept for the thread is dropped first (its address space is about to go), and Python
- * is told. As answer_here. */
+/* An exec (execve) by a thread-group leader: the static layer judges it in any case
+ * (CONTINUE); answered here when there is nothing to report of it, as engine.reports finds:
+ * that layer alone allows the absolute path it names, or nothing is there (a search along
+ * PATH). Whatever is kept for the thread is dropped first (its address space and its
+ * credentials are about to be replaced), and Python is told. As answer_here. */
 static int answer_exec(Receiver *self, struct seccomp_notif *n) {
     if (self->table == NULL || !readers_hear(self->readers, (pid_t)n->pid)) return 0;
+    /* Only its group's leader keeps its id through an exec: another thread takes the leader's
+     * (de_thread), and Python drops what is kept for both (engine.contexts.exec_begins). A
+     * pidfd of a whole process opens only for its leader. */
+    int leader = (int)syscall(SYS_pidfd_open, (pid_t)n->pid, 0);
+    if (leader < 0) return 0;
+    close(leader);
     hold(self, n);
     int ours;
     int mem = readers_reader(self->readers, (pid_t)n->pid, NULL, &ours, 0);

@@ -19,7 +19,7 @@ from llsupervise.supervisor.engine._fastpath import Readers
 from llsupervise.supervisor.engine.requests import FsRequest, decode
 from llsupervise.supervisor.net.sockets import user_namespace
 from llsupervise.supervisor.perform.credentials import Credentials, access_credentials
-from llsupervise.supervisor.perform.procfs import status_fields, status_number
+from llsupervise.supervisor.perform.procfs import read_status, status_fields, status_number
 
 #: Threads whose memory reader (and cached cwd) is kept open at once.
 MAX_TASKS = 1024
@@ -215,6 +215,9 @@ class ThreadContexts:
         self._unsettled: dict[int, int] = {}
         #: Our user namespace: a thread in another has no credentials we act with.
         self._user_namespace = user_namespace("self")
+        #: Threads execing that are not their group's leader, each with that leader's id,
+        #: which the exec gives them (see exec_begins); unsettled until the exec is over.
+        self._exec_leaders: dict[int, int] = {}
 
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
@@ -236,6 +239,11 @@ class ThreadContexts:
             fd = self._unsettled.pop(each)
             if fd >= 0:
                 os.close(fd)
+            leader = self._exec_leaders.pop(each, None)
+            if leader is not None:
+                # What was kept for either id meanwhile may be of the old image (see exec_begins).
+                self._drop(each)
+                self._drop(leader)
         if self._unsettled:
             for each in done:
                 self.readers.settle(each)
@@ -257,9 +265,41 @@ class ThreadContexts:
             n.pid, lambda task: decode(n, name, task.memory.read_cstring, task.memory.read)
         )
 
-    def forget(self, tid: int) -> None:
-        """The thread's address space is replaced (exec): a cached reader would read the old."""
+    def _drop(self, tid: int) -> None:
+        """Forget all that is kept for ``tid``, here and in the compiled loop."""
         self._tasks.forget(tid)
+        self.readers.forget(tid)
+
+    def exec_begins(self, tid: int) -> None:
+        """``tid`` execs: its address space and its credentials (capabilities are computed
+        afresh) are about to be replaced. What is kept for it is dropped. A thread that is
+        not its group's leader takes the leader's id as it execs (the kernel's de_thread):
+        what is kept for that id is dropped too, and since the old leader may still be heard
+        from (and kept afresh) until the exec kills it, ``tid`` is unsettled, so that
+        nothing is cached or vouched for until the exec is over, when both ids are dropped
+        again (see heard_from; a successful exec leaves ``tid``'s own id to the dead)."""
+        self._drop(tid)
+        leader = self._leader_of(tid)
+        if leader is None or leader == tid:
+            return
+        self._drop(leader)
+        self._exec_leaders[tid] = leader
+        self.unsettle(tid)
+        if tid not in self._unsettled:  # gone meanwhile: its exec will not run
+            self._exec_leaders.pop(tid, None)
+
+    def _leader_of(self, tid: int) -> int | None:
+        """The id of ``tid``'s thread-group leader; None when it is gone. (A pidfd of a
+        whole process can be opened only for its leader, and needs no /proc.)"""
+        try:
+            os.close(os.pidfd_open(tid, 0))
+            return tid
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return None
+        fields = self._unrestricted(lambda: read_status(tid))
+        leader = status_number(fields, b"Tgid", 10, 0)
+        return leader or None
 
     def catch_up(self) -> None:
         """Catch up with the compiled loop (see engine.loop): forget the threads whose exec it

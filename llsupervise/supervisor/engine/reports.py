@@ -52,13 +52,14 @@ class ExecReports:
 
     def handle(self, n: Notification, name: str, offload: Offload | None) -> None:
         if self.on_exec is None:
-            self.contexts.forget(n.pid)
+            self.contexts.exec_begins(n.pid)
             self.listener.send_continue(n.id)
             return
         try:
             request: FsRequest | None = self.contexts.decode_exec(n, name)
         except (DecodeError, MemoryReadError):
             request = None
+        self.contexts.exec_begins(n.pid)
         if request is not None and not self.listener.id_valid(n.id):
             request = None
         if request is not None and self.fast is not None and self.fast.allows(request):
