@@ -276,7 +276,7 @@ UNMOUNT_SETUP = r"""
 mount -t tmpfs parity data/mnt
 printf inside > data/mnt/f
 "$@" &
-while [ ! -e out/ready ]; do sleep 0.005; done
+while [ ! -e out/ready ] && kill -0 $! 2>/dev/null; do sleep 0.005; done  # (until it ends)
 tries=0
 until umount data/mnt 2>/dev/null; do
   tries=$((tries + 1))
