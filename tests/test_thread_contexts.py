@@ -4,14 +4,17 @@ unrestricted hand-over, once, and then read again for each need."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
 
-from llsupervise.supervisor.engine.contexts import ThreadContexts, open_task
+from llsupervise.supervisor.engine.contexts import ThreadContexts, group_leader, open_task
 from llsupervise.supervisor.perform.credentials import own_credentials
+from llsupervise.supervisor.perform.procfs import read_status
 
 T = TypeVar("T")
 
@@ -66,3 +69,36 @@ def test_a_task_gone_before_its_status_was_opened(sleeper: subprocess.Popen[byte
         assert task.status is None
     finally:
         task.close()
+
+
+def test_the_group_leader_of_a_thread_is_read_only_for_other_threads(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    """A leader is found without /proc (its own pidfd opens); another thread's leader is
+    read from its status; a thread that is gone has none."""
+    statuses = CountingHandOver()
+    assert group_leader(sleeper.pid, lambda: statuses(lambda: read_status(sleeper.pid))) == (
+        sleeper.pid
+    )
+    assert statuses.calls == 0
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def thread() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait()
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    try:
+        ready.wait()
+        (tid,) = tids
+        assert group_leader(tid, lambda: statuses(lambda: read_status(tid))) == os.getpid()
+        assert statuses.calls == 1
+    finally:
+        done.set()
+        worker.join()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert group_leader(gone.pid) is None

@@ -43,7 +43,7 @@ from llsupervise.seccomp import (
     native_arch,
     syscall_name,
 )
-from llsupervise.supervisor.engine.contexts import TaskCache
+from llsupervise.supervisor.engine.contexts import TaskCache, group_leader
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
 from llsupervise.supervisor.engine.requests import (
     AT_EMPTY_PATH,
@@ -398,7 +398,12 @@ class Recorder:
             self.observer.observe(n.pid, request, exe)
         finally:
             if request.op == "execute":
-                self._tasks.forget(n.pid)  # the address space and exe are about to change
+                # The address space and exe are about to change, under the group leader's id
+                # too when another thread execs (it takes that id).
+                self._tasks.forget(n.pid)
+                leader = group_leader(n.pid)
+                if leader is not None and leader != n.pid:
+                    self._tasks.forget(leader)
             self.listener.send_continue(n.id)
 
     # -- the calling thread ---------------------------------------------------------------

@@ -178,6 +178,23 @@ def thread_pidfd(tid: int) -> int:
         return -1
 
 
+def group_leader(
+    tid: int, status: Callable[[], dict[bytes, bytes]] | None = None
+) -> int | None:
+    """The id of ``tid``'s thread-group leader, which an exec by ``tid`` takes (the kernel's
+    de_thread); None when it is gone. A pidfd of a whole process opens only for its leader
+    (no /proc needed); for another thread, ``status()`` reads its /proc status (default:
+    directly, with the caller's standing)."""
+    try:
+        os.close(os.pidfd_open(tid, 0))
+        return tid
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return None
+    fields = status() if status is not None else read_status(tid)
+    return status_number(fields, b"Tgid", 10, 0) or None
+
+
 def open_task(tid: int) -> Task:
     pidfd = thread_pidfd(tid)
     try:
@@ -289,17 +306,7 @@ class ThreadContexts:
             self._exec_leaders.pop(tid, None)
 
     def _leader_of(self, tid: int) -> int | None:
-        """The id of ``tid``'s thread-group leader; None when it is gone. (A pidfd of a
-        whole process can be opened only for its leader, and needs no /proc.)"""
-        try:
-            os.close(os.pidfd_open(tid, 0))
-            return tid
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return None
-        fields = self._unrestricted(lambda: read_status(tid))
-        leader = status_number(fields, b"Tgid", 10, 0)
-        return leader or None
+        return group_leader(tid, lambda: self._unrestricted(lambda: read_status(tid)))
 
     def catch_up(self) -> None:
         """Catch up with the compiled loop (see engine.loop): forget the threads whose exec it
