@@ -24,15 +24,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from catch_ups import record_catch_ups
 from supervised import policy_text
 from test_compiled_grants import Drained, rw
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.engine import contexts as contexts_module
 
 pytestmark = pytest.mark.kernel
 
@@ -252,32 +251,7 @@ async def test_an_overflowing_exec_ring_drops_every_kept_task(
     Python hears of none) before the vouched leader execs: the ring of 256 overflows,
     take_execs says None and Python drops every Task; the loop had dropped the leader's
     reader itself. The exec'd program is refused the file."""
-    seen: list[list[int] | None] = []
-    catch_up = contexts_module.ThreadContexts.catch_up
-
-    class Spy:
-        """The readers, with what take_execs told recorded."""
-
-        def __init__(self, readers: Any) -> None:
-            self.readers = readers
-
-        def take_execs(self) -> list[int] | None:
-            taken: list[int] | None = self.readers.take_execs()
-            seen.append(taken)
-            return taken
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.readers, name)
-
-    def spied(self: contexts_module.ThreadContexts) -> None:
-        readers = self.readers
-        self.readers = Spy(readers)  # type: ignore[assignment]
-        try:
-            catch_up(self)
-        finally:
-            self.readers = readers
-
-    monkeypatch.setattr(contexts_module.ThreadContexts, "catch_up", spied)
+    seen = record_catch_ups(monkeypatch, "take_execs")
     before, after = await attack(tmp_path, stage2, "main-execve", spawns=300)
     _preconditions(before)
     assert after == REFUSED

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from llsupervise.supervisor.engine import contexts as contexts_module
 from llsupervise.supervisor.engine.contexts import ThreadContexts, group_leader, open_task
 from llsupervise.supervisor.perform.credentials import own_credentials
 from llsupervise.supervisor.perform.procfs import read_status
@@ -38,6 +39,27 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.fixture
+def other_thread() -> Iterator[int]:
+    """The id of a thread of this process other than its leader, alive meanwhile."""
+    ready, done = threading.Event(), threading.Event()
+    tids: list[int] = []
+
+    def thread() -> None:
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait()
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    try:
+        ready.wait()
+        yield tids[0]
+    finally:
+        done.set()
+        worker.join()
 
 
 def test_status_is_opened_on_first_need_then_kept(sleeper: subprocess.Popen[bytes]) -> None:
@@ -72,33 +94,40 @@ def test_a_task_gone_before_its_status_was_opened(sleeper: subprocess.Popen[byte
 
 
 def test_the_group_leader_of_a_thread_is_read_only_for_other_threads(
-    sleeper: subprocess.Popen[bytes],
+    sleeper: subprocess.Popen[bytes], other_thread: int
 ) -> None:
     """A leader is found without /proc (its own pidfd opens); another thread's leader is
     read from its status; a thread that is gone has none."""
     statuses = CountingHandOver()
-    assert group_leader(sleeper.pid, lambda: statuses(lambda: read_status(sleeper.pid))) == (
-        sleeper.pid
-    )
-    assert statuses.calls == 0
-    ready, done = threading.Event(), threading.Event()
-    tids: list[int] = []
-
-    def thread() -> None:
-        tids.append(threading.get_native_id())
-        ready.set()
-        done.wait()
-
-    worker = threading.Thread(target=thread)
-    worker.start()
-    try:
-        ready.wait()
-        (tid,) = tids
-        assert group_leader(tid, lambda: statuses(lambda: read_status(tid))) == os.getpid()
-        assert statuses.calls == 1
-    finally:
-        done.set()
-        worker.join()
+    leader = group_leader(sleeper.pid, lambda: statuses(lambda: read_status(sleeper.pid)))
+    assert leader == sleeper.pid and statuses.calls == 0
+    tid = other_thread
+    assert group_leader(tid, lambda: statuses(lambda: read_status(tid))) == os.getpid()
+    assert statuses.calls == 1
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert group_leader(gone.pid) is None
+
+
+def test_an_exec_whose_leader_cannot_be_found_drops_what_is_kept_for_every_thread(
+    sleeper: subprocess.Popen[bytes], other_thread: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that is not its group's leader execs, and its leader cannot be read (its
+    status read fails: short of descriptors, say): the id it takes is unknown, so what is
+    kept for every thread goes, nothing is cached until the exec is over, and what was kept
+    meanwhile goes again then."""
+    contexts = ThreadContexts(CountingHandOver())
+    try:
+        kept = contexts._tasks.get(sleeper.pid)  # as one of its requests would keep it
+        assert kept is not None and list(contexts) == [kept]
+        monkeypatch.setattr(contexts_module, "read_status", lambda _tid: {})
+        contexts.exec_begins(other_thread)
+        assert list(contexts) == []
+        task = contexts._tasks.get(sleeper.pid)
+        assert task is not None
+        contexts.umask(task)
+        assert task.cached_umask is None  # unsettled until the exec is over
+        contexts.heard_from(other_thread)  # it was (here: its exec failed, it is still there)
+        assert list(contexts) == []
+    finally:
+        contexts.close()

@@ -234,7 +234,8 @@ class ThreadContexts:
         self._user_namespace = user_namespace("self")
         #: Threads execing that are not their group's leader, each with that leader's id,
         #: which the exec gives them (see exec_begins); unsettled until the exec is over.
-        self._exec_leaders: dict[int, int] = {}
+        #: (None: the leader could not be found, and every thread's is dropped instead.)
+        self._exec_leaders: dict[int, int | None] = {}
 
     def _open_task(self, tid: int) -> Task:
         task = self._unrestricted(lambda: open_task(tid))
@@ -256,11 +257,14 @@ class ThreadContexts:
             fd = self._unsettled.pop(each)
             if fd >= 0:
                 os.close(fd)
-            leader = self._exec_leaders.pop(each, None)
-            if leader is not None:
+            if each in self._exec_leaders:
                 # What was kept for either id meanwhile may be of the old image (see exec_begins).
+                leader = self._exec_leaders.pop(each)
                 self._drop(each)
-                self._drop(leader)
+                if leader is None:
+                    self._drop_all()
+                else:
+                    self._drop(leader)
         if self._unsettled:
             for each in done:
                 self.readers.settle(each)
@@ -287,6 +291,10 @@ class ThreadContexts:
         self._tasks.forget(tid)
         self.readers.forget(tid)
 
+    def _drop_all(self) -> None:
+        for task in list(self._tasks):
+            self._drop(task.tid)
+
     def exec_begins(self, tid: int) -> None:
         """``tid`` execs: its address space and its credentials (capabilities are computed
         afresh) are about to be replaced. What is kept for it is dropped. A thread that is
@@ -297,9 +305,14 @@ class ThreadContexts:
         again (see heard_from; a successful exec leaves ``tid``'s own id to the dead)."""
         self._drop(tid)
         leader = self._leader_of(tid)
-        if leader is None or leader == tid:
+        if leader == tid:
             return
-        self._drop(leader)
+        if leader is None:
+            # Gone (then unsettle does nothing), or its leader could not be read (short of
+            # descriptors, say): every thread's kept state goes, now and once it is over.
+            self._drop_all()
+        else:
+            self._drop(leader)
         self._exec_leaders[tid] = leader
         self.unsettle(tid)
         if tid not in self._unsettled:  # gone meanwhile: its exec will not run
