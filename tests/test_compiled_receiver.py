@@ -206,10 +206,15 @@ def test_a_reader_closed_by_python_is_not_used(tmp_path: Path, tree: dict[str, s
         child.report()
         readers.close()
     assert os.fsencode(tree["file"]) in handed
+    hold_r, hold_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(hold_w)
+        os.read(hold_r, 1)  # alive until its reader is open (a zombie's mem does not open)
         os._exit(0)
+    os.close(hold_r)
     gone = ProcessMemory(pid)
+    os.close(hold_w)
     os.waitpid(pid, 0)
     with supervisee(tmp_path, [opening(tree["file"])]) as child, gone:
         readers = _fastpath.Readers()
