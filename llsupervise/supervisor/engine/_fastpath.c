@@ -2,15 +2,16 @@
  * interpreter, the opens the static layer alone allows (CONTINUE, which is safe whatever we
  * read: the kernel then judges the program's own open against the static layer).
  *
- * An exec (execve) of an absolute path the static layer allows is answered here too (CONTINUE:
- * exec is the static layer's to judge), so a new process costs no Python: nothing is reported
- * of it (engine.reports). Every other request is handed back to Python (engine.loop) as the
- * raw struct seccomp_notif.
+ * An exec (execve) by a thread-group leader is answered here too (CONTINUE: exec is the
+ * static layer's to judge) when there is nothing to report of it (engine.reports): that layer
+ * allows the absolute path it names, or nothing is there. With readers opened here for new
+ * threads, a new process costs no Python. Every other request is handed back to Python
+ * (engine.loop) as the raw struct seccomp_notif.
  * The interpreter lock is released for the whole wait-receive-answer loop, so a serving thread
  * answers these while trio or another thread holds it, and two serving threads can answer at
  * once.
  *
- * Three objects:
+ * The objects:
  *   StaticTable: the static rules' directories, by canonical path, with their rights; the
  *                one implementation of the lexical static check (engine.fastpath uses it too).
  *   Readers:     per-thread /proc/TID/mem descriptors, each with a pidfd of that thread,
@@ -391,7 +392,7 @@ static void opener_release(Opener *o) {
     }
 }
 
-/* Asks the thread to end (not waited for: see Opener); a request in hand is refused. */
+/* Asks the thread to end (not waited for: see Opener); a request in hand is served first. */
 static void opener_stop(Opener *o) {
     pthread_mutex_lock(&o->lock);
     o->stop = 1;
