@@ -295,6 +295,8 @@ def exec_receiver(
 
 
 EXECS = (*MEDIATED_FS_SYSCALLS, "execve")
+#: A program under /usr, which exec_receiver's table allows (where it leads, whatever PATH says).
+CAT = os.path.realpath(shutil.which("cat") or "/usr/bin/cat")
 
 
 def test_a_static_exec_and_the_new_programs_opens_are_served_with_readers_the_opener_opens(
@@ -305,14 +307,12 @@ def test_a_static_exec_and_the_new_programs_opens_are_served_with_readers_the_op
     what it keeps of that thread), and so are the new program's static opens, through a
     reader the opener opened; so is an exec of nothing (the dentry cache says so). An exec of
     a file outside the static layer comes back, to be reported."""
-    cat = shutil.which("cat")
-    assert cat is not None and cat.startswith("/usr/")
     outside = tmp_path / "true"
     shutil.copy(shutil.which("true") or "/bin/true", outside)
     missing = str(tmp_path / "missing")
     os.path.exists(missing)  # a negative dentry: its exec is then judged in the loop
     ops = [
-        {"op": "spawn", "argv": [cat, tree["file"]]},
+        {"op": "spawn", "argv": [CAT, tree["file"]]},
         {"op": "spawn", "argv": [str(outside)]},
         {"op": "spawn", "argv": [missing]},  # a search along PATH: nothing to report
     ]
@@ -342,9 +342,7 @@ def test_without_its_opener_a_process_with_no_reader_comes_back_whole(
 ) -> None:
     """No opener (a restricted serving thread may not open one): the exec and every open
     of the new program go to Python, as before."""
-    cat = shutil.which("cat")
-    assert cat is not None
-    with supervisee(tmp_path, [{"op": "spawn", "argv": [cat, tree["file"]]}], EXECS) as child:
+    with supervisee(tmp_path, [{"op": "spawn", "argv": [CAT, tree["file"]]}], EXECS) as child:
         readers = _fastpath.Readers()
         receiver = exec_receiver(child, Path(tree["static"]), readers)
         child.go()
@@ -366,9 +364,7 @@ def test_an_exec_drops_the_reader_kept_for_its_thread(tmp_path: Path, tree: dict
     come back; they are answered in the loop."""
     report = Path(tree["static"]) / "report.json"
     report.write_text(json.dumps({"results": ["from cat"]}))
-    cat = shutil.which("cat")
-    assert cat is not None
-    ops = [{"op": "exec", "argv": [cat, str(report)]}]
+    ops = [{"op": "exec", "argv": [CAT, str(report)]}]
     with supervisee(tmp_path, ops, EXECS) as child:
         readers = _fastpath.Readers()
         readers.start_opener(-1)
@@ -393,11 +389,9 @@ def test_python_forgets_what_it_kept_of_a_thread_whose_exec_the_loop_answered(
     so nothing read before the exec is used after it."""
     report = Path(tree["static"]) / "report.json"
     report.write_text(json.dumps({"results": ["from cat"]}))
-    cat = shutil.which("cat")
-    assert cat is not None
     contexts = ThreadContexts(lambda fn: fn())
     contexts.readers.start_opener(-1)
-    ops: list[dict[str, Any]] = [opening(tree["other"]), {"op": "exec", "argv": [cat, str(report)]}]
+    ops: list[dict[str, Any]] = [opening(tree["other"]), {"op": "exec", "argv": [CAT, str(report)]}]
     try:
         with supervisee(tmp_path, ops, EXECS) as child:
             receiver = exec_receiver(child, Path(tree["static"]), contexts.readers)
