@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from supervised import policy_text, wait_until
-from test_compiled_grants import READER, Drained, rw
+from test_compiled_grants import READER, Drained, rw, someone_elses
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -56,11 +56,7 @@ async def test_a_thread_in_a_user_namespace_of_its_own_is_not_served_with_our_ca
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     granted = tmp_path / "granted"
-    granted.mkdir()
-    theirs = granted / "theirs"
-    theirs.write_text("someone else's")
-    os.chown(theirs, 1000, 1000)
-    theirs.chmod(0o600)
+    theirs = someone_elses(granted)
     drained = Drained(monkeypatch)
     result = await run(tmp_path, rw(granted), NEW_USERNS, str(theirs))
     assert result["before"] == ["someone else's"] * 5

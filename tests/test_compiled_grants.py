@@ -276,6 +276,17 @@ def rw(path: Path) -> str:
     )
 
 
+def someone_elses(granted: Path) -> Path:
+    """A new directory ``granted`` holding "theirs", another user's file (mode 0600): only
+    CAP_DAC_OVERRIDE (or CAP_DAC_READ_SEARCH) reads it for us."""
+    granted.mkdir()
+    theirs = granted / "theirs"
+    theirs.write_text("someone else's")
+    os.chown(theirs, 1000, 1000)
+    theirs.chmod(0o600)
+    return theirs
+
+
 @pytest.mark.trio
 async def test_the_policy_file_stays_unwritable_while_the_loop_performs_grants_beside_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from catch_ups import record_catch_ups
 from supervised import policy_text
-from test_compiled_grants import Drained, rw
+from test_compiled_grants import Drained, rw, someone_elses
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -168,11 +168,7 @@ async def attack(
 ) -> tuple[list[str], list[str]]:
     """Run the attack; (lines before the exec, lines of the exec'd program)."""
     granted = tmp_path / "granted"
-    granted.mkdir()
-    theirs = granted / "theirs"
-    theirs.write_text("someone else's")
-    os.chown(theirs, 1000, 1000)
-    theirs.chmod(0o600)
+    theirs = someone_elses(granted)
     out = tmp_path / "out"
     out.mkdir()
     bindir = tmp_path / "bin"
