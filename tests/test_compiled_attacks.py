@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 import trio
-from fuse_server import MAPPED_NAME, hanging_fuse
+from fuse_server import hanging_fuse
 from supervised import PUBLIC, SECRET, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_until
 from test_serving_stalls import (
     OPEN_DATA,
-    RULES,
     STATIC_FUSE,
-    go_then_abort,
     held_call_script,
+    run_over_hung_fuse,
     stall_tree,
 )
 
@@ -335,18 +334,7 @@ async def test_a_read_held_in_the_compiled_loop_stalls_no_one(
     )
     root, paths, events = stall_tree(tmp_path, monkeypatch)
     call = '(os.close(os.open("/usr", os.O_RDONLY)), libc.open(page, os.O_RDONLY))[1]'
-    script = held_call_script(OPEN_DATA, call)
-    with hanging_fuse(root / "fuse") as server:
-        doc = policy(
-            root,
-            supervisor_rules=RULES.format(data=paths["data"]),
-            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
-        )
-        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
-            sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort, events, paths, server)
-            argv = [sys.executable, "-c", script, str(server.mountpoint / MAPPED_NAME.decode())]
-            status = await sup.run(argv, forward_signals=False)
+    status, _ = await run_over_hung_fuse(root, paths, events, held_call_script(OPEN_DATA, call))
     log = sorted((root / "out" / "log").read_text().splitlines())
     assert status == 0, log
     assert log == sorted([f"other process: {PUBLIC.decode().strip()}", "stuck call: -1 errno 5"])

@@ -119,6 +119,31 @@ async def go_then_abort(
         await trio.to_thread.run_sync(server.close)
 
 
+async def run_over_hung_fuse(
+    root: Path,
+    paths: dict[str, Path],
+    events: list[Mapping[str, Any]],
+    script: str,
+    then: Callable[[HangingFuse], Awaitable[None]] | None = None,
+) -> tuple[int, HangingFuse]:
+    """Run ``script`` (its argument: the mapped file of a hung FUSE mount, under a static
+    rule) supervised with read rights on data/, driven by go_then_abort (``then``: given the
+    server); the exit status, and the server (closed by then) for what it was asked."""
+    with hanging_fuse(root / "fuse") as server:
+        doc = policy(
+            root,
+            supervisor_rules=RULES.format(data=paths["data"]),
+            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
+        )
+        after = None if then is None else lambda: then(server)
+        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+            sup.listeners.append(events.append)
+            nursery.start_soon(go_then_abort, events, paths, server, after)
+            argv = [sys.executable, "-c", script, str(server.mountpoint / MAPPED_NAME.decode())]
+            status = await sup.run(argv, forward_signals=False)
+    return status, server
+
+
 @pytest.mark.trio
 async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -126,19 +151,8 @@ async def test_a_memory_read_held_by_a_hung_fuse_page_stalls_no_one(
     root, paths, events = stall_tree(tmp_path, monkeypatch)
     log_path = paths["out"] / "log"
     public = PUBLIC.decode().strip()
-    with hanging_fuse(root / "fuse") as server:
-        doc = policy(
-            root,
-            supervisor_rules=RULES.format(data=paths["data"]),
-            extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
-        )
-
-        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
-            sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort, events, paths, server)
-            argv = [sys.executable, "-c", SCRIPT, str(server.mountpoint / MAPPED_NAME.decode())]
-            status = await sup.run(argv, forward_signals=False)
-        assert server.reads > 0, f"the supervisor never asked for the page: {server.received}"
+    status, server = await run_over_hung_fuse(root, paths, events, SCRIPT)
+    assert server.reads > 0, f"the supervisor never asked for the page: {server.received}"
     log = lines(log_path)
     assert status == 0, log
     # The stalled call was answered without its thread (EIO); the other process was served
@@ -458,22 +472,14 @@ async def test_an_exec_held_in_its_read_goes_on_to_the_kernel_and_is_not_reporte
     request answered without it), and another process was served meanwhile."""
     root, paths, events = stall_tree(tmp_path, monkeypatch)
     public = PUBLIC.decode().strip()
-    with hanging_fuse(root / "fuse") as server:
-        doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]),
-                     extra_static=STATIC_FUSE.format(fuse=server.mountpoint))  # fmt: skip
 
-        async def serve_the_page() -> None:
-            server.serve_reads(str(paths["data"] / "x").encode())
-            await wait_until(lambda: any(x.startswith("stuck call:")
-                                         for x in lines(paths["out"] / "log")),
-                             "the exec's end", 60)  # fmt: skip
+    async def serve_the_page(server: HangingFuse) -> None:
+        server.serve_reads(str(paths["data"] / "x").encode())
+        await wait_until(lambda: any(x.startswith("stuck call:")
+                                     for x in lines(paths["out"] / "log")),
+                         "the exec's end", 60)  # fmt: skip
 
-        async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
-            sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort, events, paths, server, serve_the_page)
-            argv = [sys.executable, "-c", EXEC_SCRIPT,
-                    str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
-            status = await sup.run(argv, forward_signals=False)
+    status, _ = await run_over_hung_fuse(root, paths, events, EXEC_SCRIPT, serve_the_page)
     log = lines(paths["out"] / "log")
     assert status == 0, log
     assert sorted(log) == [f"other process: {public}", "stuck call: -1 errno 13"], log
