@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +82,20 @@ def general(guard: Guard | None, path: bytes, dirfd: int | None, flags: int) -> 
     return fd
 
 
+#: The opens both properties draw: a name of the tree, by absolute path or relative to it, with
+#: an access mode, up to three more flags, and the control plane guarding it or not.
+def open_cases(test: Callable[..., None]) -> Callable[..., None]:
+    return settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])(
+        given(
+            name=st.sampled_from(NAMES),
+            absolute=st.booleans(),
+            access=st.sampled_from(ACCESS),
+            extra=st.lists(st.sampled_from(EXTRA), max_size=3),
+            guarded=st.booleans(),
+        )(test)
+    )
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = Path(os.path.realpath(tmp_path_factory.mktemp("checked")))
@@ -89,14 +103,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    name=st.sampled_from(NAMES),
-    absolute=st.booleans(),
-    access=st.sampled_from(ACCESS),
-    extra=st.lists(st.sampled_from(EXTRA), max_size=3),
-    guarded=st.booleans(),
-)
+@open_cases
 def test_the_one_walk_opens_what_the_general_path_opens(
     root: Path, name: bytes, absolute: bool, access: int, extra: list[int], guarded: bool
 ) -> None:
@@ -219,14 +226,7 @@ def test_a_forked_child_reopens_its_own_descriptors(root: Path) -> None:
         os.waitpid(pid, 0)
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    name=st.sampled_from(NAMES),
-    absolute=st.booleans(),
-    access=st.sampled_from(ACCESS),
-    extra=st.lists(st.sampled_from(EXTRA), max_size=3),
-    guarded=st.booleans(),
-)
+@open_cases
 def test_the_compiled_loop_opens_what_the_one_walk_opens(
     root: Path, name: bytes, absolute: bool, access: int, extra: list[int], guarded: bool
 ) -> None:
