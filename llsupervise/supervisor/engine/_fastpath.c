@@ -373,6 +373,25 @@ static void slot_clear(Slot *s) {
     s->ours = 0;
 }
 
+/* The slot `tid` is kept in (ids equal modulo READER_SLOTS share it). */
+static Slot *slot_of(Readers *self, pid_t tid) {
+    return &self->slots[(unsigned)tid % READER_SLOTS];
+}
+
+/* Called with the lock held: let go of what is kept for `tid`, if its slot is still its. */
+static void slot_forget(Readers *self, pid_t tid) {
+    Slot *s = slot_of(self, tid);
+    if (s->tid == tid) slot_clear(s);
+}
+
+/* Let go of what is kept for `tid`: Python closed its reader, or a read through it found its
+ * address space gone (exec, exit). */
+static void readers_let_go(Readers *self, pid_t tid) {
+    pthread_mutex_lock(&self->lock);
+    slot_forget(self, tid);
+    pthread_mutex_unlock(&self->lock);
+}
+
 static void readers_close_all(Readers *self) {
     pthread_mutex_lock(&self->lock);
     for (int i = 0; i < READER_SLOTS; i++) slot_clear(&self->slots[i]);
@@ -530,7 +549,7 @@ static PyObject *readers_remember(Readers *self, PyObject *args) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    Slot *s = slot_of(self, tid);
     slot_clear(s);
     s->tid = tid;
     s->fd = own;
@@ -542,10 +561,7 @@ static PyObject *readers_remember(Readers *self, PyObject *args) {
 static PyObject *readers_forget(Readers *self, PyObject *args) {
     int tid;
     if (!PyArg_ParseTuple(args, "i", &tid)) return NULL;
-    pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
-    if (s->tid == tid) slot_clear(s);
-    pthread_mutex_unlock(&self->lock);
+    readers_let_go(self, (pid_t)tid);
     Py_RETURN_NONE;
 }
 
@@ -566,7 +582,7 @@ static int readers_take(Readers *self, pid_t tid, int *cwd, int *ours) {
     int fd = -1;
     *ours = 0;
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    Slot *s = slot_of(self, tid);
     if (s->tid == tid && s->pidfd >= 0 && exited(s->pidfd)) slot_clear(s);
     if (s->tid == tid && s->fd >= 0) {
         fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 3);
@@ -583,7 +599,7 @@ static PyObject *readers_remember_cwd(Readers *self, PyObject *args) {
     int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (own < 0) return PyErr_SetFromErrno(PyExc_OSError);
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    Slot *s = slot_of(self, tid);
     if (s->tid == tid) {
         if (s->cwd >= 0) close(s->cwd);
         s->cwd = own;
@@ -604,13 +620,6 @@ static PyObject *readers_forget_cwds(Readers *self, PyObject *Py_UNUSED(ignored)
     Py_RETURN_NONE;
 }
 
-/* The reader `fd` (a dup) read nothing: the thread's address space is gone (exec, exit). */
-static void readers_drop_stale(Readers *self, pid_t tid) {
-    pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
-    if (s->tid == tid) slot_clear(s);
-    pthread_mutex_unlock(&self->lock);
-}
 
 /* `tid` is heard from (a new syscall): whether the loop may serve it. An unsettled thread
  * is settled (the call that unsettled it has returned) and Python told; with more unsettled
@@ -680,7 +689,7 @@ static PyObject *readers_vouch(Readers *self, PyObject *args) {
     int tid;
     if (!PyArg_ParseTuple(args, "i", &tid)) return NULL;
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    Slot *s = slot_of(self, tid);
     if (s->tid == tid && s->fd >= 0 && self->nunsettled == 0 && !self->overflow) s->ours = 1;
     pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
@@ -706,7 +715,7 @@ static int readers_reader(Readers *self, pid_t tid, int *cwd, int *ours, int kee
         return mem;
     }
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
+    Slot *s = slot_of(self, tid);
     if (s->tid == tid && s->fd >= 0) {
         /* Python remembered its own meanwhile: that one is used, with what it holds. */
         close(mem);
@@ -729,8 +738,7 @@ static int readers_reader(Readers *self, pid_t tid, int *cwd, int *ours, int kee
  * reader is only opened again. */
 static void readers_exec(Readers *self, pid_t tid) {
     pthread_mutex_lock(&self->lock);
-    Slot *s = &self->slots[(unsigned)tid % READER_SLOTS];
-    if (s->tid == tid) slot_clear(s);
+    slot_forget(self, tid);
     if (self->nexecd < EXECD_MAX)
         self->execd[self->nexecd++] = tid;
     else
@@ -1469,7 +1477,7 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
     close(mem);
     if (len < 0) {
         if (cwd >= 0) close(cwd);
-        readers_drop_stale(self->readers, (pid_t)n->pid);
+        readers_let_go(self->readers, (pid_t)n->pid); /* its address space is gone */
         return finish(self) ? -1 : 0;
     }
     int absolute = len > 0 && path[0] == '/';
