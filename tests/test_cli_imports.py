@@ -20,6 +20,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 PROBE = """
 import contextlib, io, json, sys
 from llsupervise.cli import main
+plain_for = sys.argv.pop(1)
+if plain_for != "-":
+    from llsupervise.supervisor import core
+    core.PLAIN_FOR_S = float(plain_for)
 with contextlib.redirect_stdout(io.StringIO()):
     status = main(sys.argv[1:])
 print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
@@ -31,9 +35,11 @@ HEAVY = {"textual", "trio", "watchfiles", "anyio", "tomlkit", "rich"}
 LEARN_CODE = "llsupervise.learn."
 
 
-def imported(tmp_path: Path, *argv: str) -> set[str]:
+def imported(tmp_path: Path, *argv: str, plain_for: float | None = None) -> set[str]:
+    """``plain_for``: seconds a run may go without trio (core.PLAIN_FOR_S; None: as it is)."""
+    setting = "-" if plain_for is None else str(plain_for)
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], cwd=tmp_path, env=ENV, capture_output=True,
+        [sys.executable, "-c", PROBE, setting, *argv], cwd=tmp_path, env=ENV, capture_output=True,
         text=True, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -84,13 +90,30 @@ def test_export_imports_no_runtime(tmp_path: Path, policy: Path) -> None:
 
 
 def test_run_headless_default_policy(tmp_path: Path) -> None:
-    """The built-in policy: no interface, no learning, no watch, no TOML writer (answers are
-    only written when saved)."""
-    modules = imported(tmp_path, "run", "--headless", "--", "true")
-    assert "trio" in modules  # the supervisor itself: the probe did run it
-    assert not tops(modules) & (HEAVY - {"trio"})
+    """The built-in policy, a command that asks nothing: no async runtime (see
+    Supervisor.run_trio_on_demand), no interface, no learning, no watch, no TOML writer
+    (answers are only written when saved)."""
+    modules = imported(tmp_path, "run", "--headless", "--", "true", plain_for=60)
+    assert "llsupervise.supervisor.engine.loop" in modules  # the probe did supervise it
+    assert not tops(modules) & HEAVY
     assert not learn_code(modules)
     assert not {m for m in modules if m.startswith("llsupervise.tui")}
+
+
+def test_run_headless_starts_trio_for_a_question(tmp_path: Path, policy: Path) -> None:
+    """A denial needs trio (questions are asked there): it is started for it, at once (the
+    run would otherwise go on without it for a minute), and answers."""
+    log = tmp_path / "log.jsonl"
+    secret = tmp_path / "secret"
+    secret.write_text("s")
+    modules = imported(
+        tmp_path, "run", "--headless", "--policy", str(policy), "--log", str(log), "--",
+        "sh", "-c", f"cat {secret}; exit 0", plain_for=60,
+    )  # fmt: skip
+    assert "trio" in modules
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    denied = [e for e in events if e.get("path") == str(secret)]
+    assert denied and denied[0]["decision"] == "deny", events
 
 
 def test_run_headless_policy_file(tmp_path: Path, policy: Path) -> None:

@@ -77,10 +77,26 @@ def policy_file(tmp_path: Path) -> Path:
     return path
 
 
-def start(policy: Path, *command: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+#: The command line, with core.PLAIN_FOR_S set first to the seconds given before it.
+CLI = """
+import sys
+from llsupervise.supervisor import core
+core.PLAIN_FOR_S = float(sys.argv.pop(1))
+from llsupervise.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+#: A run's two phases (see Supervisor.run_trio_on_demand): before trio starts (our own
+#: handlers forward), and in trio (its receiver does); by the seconds a run goes without it.
+PHASES = {"before trio": 600.0, "in trio": 0.0}
+
+
+def start(
+    policy: Path, *command: str, pass_fds: tuple[int, ...] = (), plain_for: float = 0.1
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "llsupervise.cli", "run", "--headless", "--policy", str(policy),
-         "--", sys.executable, "-c", *command],
+        [sys.executable, "-c", CLI, str(plain_for), "run", "--headless", "--policy", str(policy),
+         "--", sys.executable, "-I", "-c", *command],  # -I: nothing asked (cwd not read)
         pass_fds=pass_fds, start_new_session=True,
     )  # fmt: skip
 
@@ -118,15 +134,18 @@ def finish(proc: subprocess.Popen[bytes]) -> int:
         proc.wait()
 
 
+@pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize(
     "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name
 )
 def test_signals_reach_the_command_and_its_status_is_returned(
-    tmp_path: Path, policy_file: Path, signum: signal.Signals
+    tmp_path: Path, policy_file: Path, signum: signal.Signals, phase: str
 ) -> None:
     got = tmp_path / "out" / "got"
     ready_r, ready_w = os.pipe()
-    proc = start(policy_file, TRAPPER, str(got), str(ready_w), pass_fds=(ready_w,))
+    proc = start(
+        policy_file, TRAPPER, str(got), str(ready_w), pass_fds=(ready_w,), plain_for=PHASES[phase]
+    )
     os.close(ready_w)
     try:
         wait_ready(proc, ready_r)
@@ -138,11 +157,12 @@ def test_signals_reach_the_command_and_its_status_is_returned(
     assert status == 100 + signum
 
 
+@pytest.mark.parametrize("phase", PHASES)
 def test_a_forwarded_signal_that_kills_the_command_gives_128_plus_n(
-    tmp_path: Path, policy_file: Path
+    tmp_path: Path, policy_file: Path, phase: str
 ) -> None:
     ready_r, ready_w = os.pipe()
-    proc = start(policy_file, WAITER, str(ready_w), pass_fds=(ready_w,))
+    proc = start(policy_file, WAITER, str(ready_w), pass_fds=(ready_w,), plain_for=PHASES[phase])
     os.close(ready_w)
     try:
         wait_ready(proc, ready_r)

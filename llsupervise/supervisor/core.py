@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-
-import trio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from llsupervise.display import escape
 from llsupervise.messages import Event, OwnLayerEvent, StallEvent, StartEvent
@@ -38,6 +39,7 @@ from llsupervise.seccomp import (
     Notification,
     SeccompError,
 )
+from llsupervise.supervisor.door import Door
 from llsupervise.supervisor.engine.created import CreatedBinder
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.handler import EXEC_SYSCALLS
@@ -57,7 +59,6 @@ from llsupervise.supervisor.launch.launcher import (
 from llsupervise.supervisor.launch.lifeline import Lifeline
 from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
 from llsupervise.supervisor.perform.guard import Guard
-from llsupervise.supervisor.policyfile.watch import PolicyFile
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.handover import Handover
 from llsupervise.supervisor.questions.net import NetQuestions
@@ -77,9 +78,16 @@ from llsupervise.supervisor.rules.objects import (
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
+if TYPE_CHECKING:
+    from llsupervise.supervisor.policyfile.watch import PolicyFile
+
 TRAPPED_SYSCALLS = (
     *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
 )  # fmt: skip
+
+#: Seconds a run goes without trio at most when nothing needs it (see run_trio_on_demand):
+#: the policy file's own watch waits as long again (policyfile.watch.WATCH_AFTER_S).
+PLAIN_FOR_S = 0.1
 
 
 class Supervisor:
@@ -102,9 +110,12 @@ class Supervisor:
         #: Binds pending created-path rules to what the program creates (rules.created).
         self.created = CreatedBinder(self.rules, self.emit)
         #: Watches and rewrites the policy file (``open(..., watch=True)``).
-        self.policy_file: PolicyFile | None = None
+        self.policy_file: PolicyFile | None = None  # its module loads only when watched
         self.handover = Handover(
-            self.questions, self.net_questions, self.rules.static, lambda: self.generation,
+            self.questions,
+            self.net_questions,
+            self.rules.static,
+            lambda: self.generation,
             self.emit,
         )
         self.launched: Launched | None = None
@@ -125,6 +136,25 @@ class Supervisor:
         control: Sequence[ControlFile] | None = None,
         terminal: int | None = None,
     ) -> AsyncIterator[Supervisor]:
+        """:meth:`opened`, in trio."""
+        with cls.opened(
+            document, decisions=decisions, log=log, watch=watch, control=control,
+            terminal=terminal,
+        ) as sup:  # fmt: skip
+            yield sup
+
+    @classmethod
+    @contextlib.contextmanager
+    def opened(
+        cls,
+        document: PolicyDocument,
+        *,
+        decisions: DecisionSource | None = None,
+        log: EventLog | None = None,
+        watch: bool = False,
+        control: Sequence[ControlFile] | None = None,
+        terminal: int | None = None,
+    ) -> Iterator[Supervisor]:
         """``watch``: reload ``document.source`` on each save while :meth:`run` runs, and
         write "always" answers back into it. ``control``: the control plane of the run
         (default: the policy file and its learn recording), never reached for the program:
@@ -151,6 +181,8 @@ class Supervisor:
             sup.guard = guard_for(control)
             try:
                 if watch:
+                    from llsupervise.supervisor.policyfile.watch import PolicyFile
+
                     sup.policy_file = PolicyFile(sup, document.source)
                 yield sup
             finally:
@@ -215,30 +247,37 @@ class Supervisor:
         CPU, at the price of the command's own parallelism. Without it the serving threads
         still share one CPU, and a child thread is brought there only while a descriptor is
         injected (see placement)."""
-        self.handover.token = trio.lowlevel.current_trio_token()
-        unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
-        syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
-        syscalls += UNIX_SYSCALLS if unix else ()
-        lifeline = Lifeline.create()
+        running = self._start(argv, stdio, cpu, new_session)
         try:
-            return await self._run(argv, syscalls, lifeline, forward_signals, stdio, cpu,
-                                   new_session)  # fmt: skip
+            return await self._serve(running, forward_signals)
         finally:
-            # Here, not in _run's cleanup, which a cancellation may cut short: what the
-            # command left running goes with the run, whatever ended it.
-            if lifeline is not None:
-                lifeline.close()
+            # Here, whatever ended the run (a cancellation may cut _serve's cleanup short):
+            # what the command left running goes with the run.
+            running.cut_lifeline()
 
-    async def _run(
-        self,
-        argv: Sequence[str],
-        syscalls: Sequence[str],
-        lifeline: Lifeline | None,
-        forward_signals: bool,
-        stdio: Stdio,
-        cpu: int | None,
-        new_session: bool,
-    ) -> int:
+    def run_trio_on_demand(self, argv: Sequence[str], *, cpu: int | None = None) -> int:
+        """:meth:`run`, with our signals forwarded, outside trio: trio is started only when
+        something needs it (a question, an event from a serving thread: see door), or once
+        ``PLAIN_FOR_S`` seconds have passed (the policy file's watch, rule use counts). A
+        command that ends sooner, with nothing to ask, never loads trio: importing it costs
+        more than such a command's whole run. Called from the main thread (signals)."""
+        running = self._start(argv, (None, None, None), cpu, False)
+        try:
+            with signals.forwarding(running.launched.process.send_signal, self._hang_up):
+                if _ended_first(running) and running.door.close_if_idle():
+                    running.loop.stop()
+                    running.thread.join()
+                    return self._stopped(running)
+                import trio
+
+                return trio.run(self._serve, running, True)
+        finally:
+            running.cut_lifeline()
+
+    def _start(
+        self, argv: Sequence[str], stdio: Stdio, cpu: int | None, new_session: bool
+    ) -> _Running:
+        """Launch ``argv`` and start serving it: what needs no trio."""
         slot = self.rules.slot
         assert slot is not None
         if self.table.has_terminal and not new_session:
@@ -249,15 +288,24 @@ class Supervisor:
             terminals = control_files(None, terminals=(0, 1, 2))
             refuse_static(self.policy, terminals)
             self.guard.add_devices(devices(terminals))
-        launched = self.launched = launch(
-            argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
-            new_session=new_session, lifeline=lifeline,
-        )  # fmt: skip
+        unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
+        syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
+        syscalls += UNIX_SYSCALLS if unix else ()
+        lifeline = Lifeline.create()
+        try:
+            launched = self.launched = launch(
+                argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
+                new_session=new_session, lifeline=lifeline,
+            )  # fmt: skip
+        except BaseException:
+            if lifeline is not None:
+                lifeline.close()
+            raise
         try:
             launched.listener.set_sync_wakeup()
         except SeccompError:
             pass  # older kernels: slower wake-ups, same behaviour
-        unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
+        door = self.handover.door = self.created.door = Door()
         if self.static.handled_net or unix:  # made here: its helper needs our standing
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
@@ -280,12 +328,15 @@ class Supervisor:
             on_stall=self._stalled,
         )
         loop.on_own_layer = self._own_layer
-        self.created.token = self.handover.token
         self.created.listener = launched.listener
         slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
-        start: StartEvent = {"event": "start", "pid": launched.pid, "argv": list(argv)}
+        self.emit(self._start_event(launched.pid, argv))
+        return _Running(launched, loop, thread, lifeline, door)
+
+    def _start_event(self, pid: int, argv: Sequence[str]) -> StartEvent:
+        start: StartEvent = {"event": "start", "pid": pid, "argv": list(argv)}
         symlinked = symlinked_paths(self.policy)
         if symlinked:
             # Rules whose paths pass through symlinks, with where they lead: as check shows.
@@ -297,36 +348,51 @@ class Supervisor:
         if self.rules.created:
             # Rules that bind when the program creates their path (see rules.created).
             start["pending_creation"] = [escape(rule.path) for rule in self.rules.created]
-        self.emit(start)
+        return start
+
+    async def _serve(self, running: _Running, forward_signals: bool) -> int:
+        """In trio, until the command exits: questions, signals, the policy file's watch."""
+        import trio
+
+        launched = running.launched
         try:
             async with trio.open_nursery() as nursery:
                 self.handover.nursery = nursery
+                running.door.open(trio.lowlevel.current_trio_token())
                 if forward_signals:
                     nursery.start_soon(signals.forward, launched.process.send_signal, self._hang_up)
                 if self.policy_file is not None:
                     nursery.start_soon(self.policy_file.watch)
-                nursery.start_soon(self._report_rule_uses, loop)
+                nursery.start_soon(self._report_rule_uses, running.loop)
                 pidfd = os.pidfd_open(launched.pid)
                 try:
                     await trio.lowlevel.wait_readable(pidfd)
                 finally:
                     os.close(pidfd)
-                status = exit_status(launched.process.wait())
                 nursery.cancel_scope.cancel()
         finally:
-            loop.stop()
-            await trio.to_thread.run_sync(thread.join)
-            loop.close()
-            self.rule_uses.count(loop.performed)
-            self.questions.drop()
-            self.net_questions.drop()
-            if self.net is not None:
-                self.net.close()
-                self.net = None
-            self.created.listener = None
-            slot.on_swap.remove(loop.handler.moves.swapped)
-            launched.listener.close()
             self.handover.nursery = None
+            running.loop.stop()
+            await trio.to_thread.run_sync(running.thread.join)
+        return self._stopped(running)
+
+    def _stopped(self, running: _Running) -> int:
+        """Once the command has exited and the serving thread returned: what the run held is
+        released, and the exit logged. Returns the command's exit status."""
+        launched, loop = running.launched, running.loop
+        status = exit_status(launched.process.wait())
+        loop.close()
+        self.rule_uses.count(loop.performed)
+        self.questions.drop()
+        self.net_questions.drop()
+        if self.net is not None:
+            self.net.close()
+            self.net = None
+        running.door.close()
+        self.created.listener = None
+        assert self.rules.slot is not None
+        self.rules.slot.on_swap.remove(loop.handler.moves.swapped)
+        launched.listener.close()
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
 
@@ -350,16 +416,47 @@ class Supervisor:
 
     def _emit_soon(self, event: Event) -> None:
         """Emit ``event`` in trio's thread (called from another), unless the run is over."""
-        token = self.handover.token
-        if token is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self.emit, event)
+        door = self.handover.door
+        if door is not None:
+            door.call_soon(self.emit, event)
 
     def _hang_up(self) -> None:
         self.hung_up = True
 
     async def _report_rule_uses(self, loop: NotificationLoop) -> None:
         """Once a second, count the requests performed since against the supervisor rules."""
+        import trio
+
         while True:
             await trio.sleep(1.0)
             self.rule_uses.count(loop.performed)
+
+
+@dataclass
+class _Running:
+    """A command launched and served (see Supervisor._start)."""
+
+    launched: Launched
+    loop: NotificationLoop
+    thread: threading.Thread
+    lifeline: Lifeline | None
+    door: Door
+
+    def cut_lifeline(self) -> None:
+        """What the command left running goes with the run."""
+        if self.lifeline is not None:
+            self.lifeline.close()
+
+
+def _ended_first(running: _Running) -> bool:
+    """Wait until the command exits (True), the door's bell rings or ``PLAIN_FOR_S`` seconds
+    pass (False)."""
+    pidfd = os.pidfd_open(running.launched.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(running.door.bell, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(PLAIN_FOR_S * 1000)}  # resumed after a signal
+    finally:
+        os.close(pidfd)
+    return ready == {pidfd}

@@ -30,13 +30,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
-
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.messages import CreatedPathEvent, Event
 from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
+from llsupervise.supervisor.door import Door
 from llsupervise.supervisor.engine.pending import reply
 from llsupervise.supervisor.engine.requests import FsRequest, split_last
 from llsupervise.supervisor.perform.broker import Broker
@@ -215,7 +214,8 @@ class CreatedBinder:
     def __init__(self, rules: RuleState, emit: Callable[[Event], None]) -> None:
         self.rules = rules
         self.emit = emit
-        self.token: trio.lowlevel.TrioToken | None = None
+        #: Into trio's thread, while a run lasts.
+        self.door: Door | None = None
         self.listener: Listener | None = None
         #: (rule path, reason) of each binding refused so far: told once, as a program
         #: repeating a creation that never binds must not write an event each time.
@@ -223,11 +223,7 @@ class CreatedBinder:
 
     def created(self, creation: Creation) -> None:
         """From a serving thread: hand ``creation`` to trio."""
-        try:
-            if self.token is None:
-                raise trio.RunFinishedError
-            self.token.run_sync_soon(self._bind_and_reply, creation)
-        except trio.RunFinishedError:
+        if self.door is None or not self.door.call_soon(self._bind_and_reply, creation):
             self._reply(creation)
 
     def _bind_and_reply(self, creation: Creation) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import trio
-
 from llsupervise.policy.document import Default, Mode
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 
@@ -49,6 +47,8 @@ class ModeDecisions:
             return Decision(Answer.PERMISSIVE)
         if self.frontend is None:
             return Decision(Answer.ALLOW_ONCE if self.default == "allow_once" else Answer.DENY)
+        import trio  # imported here: a run starts before trio (supervisor.door)
+
         with trio.move_on_after(self.prompt_timeout):
             return await self.frontend.ask(denial)
         if self.default == "allow_once":

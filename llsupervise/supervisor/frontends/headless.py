@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-import trio
-
 from llsupervise.display import escape
 from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE
@@ -57,24 +55,26 @@ def run_headless(
 
         token = make_token(listen)  # and its private directory: protected from the start
 
-    async def main() -> int:
-        decisions = ModeDecisions(section.mode, section.default, section.prompt_timeout)
-        async with Supervisor.open(
+    decisions = ModeDecisions(section.mode, section.default, section.prompt_timeout)
+    try:
+        with Supervisor.opened(
             document, decisions=decisions, log=log, watch=watch, control=control
         ) as supervisor:
             supervisor.listeners.extend([*listeners, _say_notes])
             if listen is None:
-                return await supervisor.run(argv, cpu=cpu)
+                return supervisor.run_trio_on_demand(argv, cpu=cpu)
+            import trio
+
             from llsupervise.supervisor.frontends.hub import Hub, listening
 
-            hub = Hub(supervisor, decisions)
-            async with listening(hub, listen, token=token) as path:
-                print(f"llsupervise: answer from another terminal with: llsupervise attach {path}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                return await supervisor.run(argv, cpu=cpu)
+            async def listen_and_run() -> int:
+                hub = Hub(supervisor, decisions)
+                async with listening(hub, listen, token=token) as path:
+                    print(f"llsupervise: answer from another terminal with: "
+                          f"llsupervise attach {path}", file=sys.stderr, flush=True)  # fmt: skip
+                    return await supervisor.run(argv, cpu=cpu)
 
-    try:
-        return trio.run(main)
+            return trio.run(listen_and_run)
     finally:
         log.close()
 

@@ -20,8 +20,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-import trio
-
 from llsupervise.errors import LLSuperviseError
 from llsupervise.messages import Event, ReloadEvent
 from llsupervise.policy.document import Location, PolicyDocument, PolicyError
@@ -41,7 +39,8 @@ from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
     import watchfiles
 
 
@@ -142,6 +141,8 @@ class PolicyFile:
 
     async def watch(self) -> None:
         """Reload on every change until cancelled (from ``WATCH_AFTER_S`` on)."""
+        import trio
+
         await trio.sleep(WATCH_AFTER_S)
         # The watching thread returns at its next step once ``stop`` is set; cancelling
         # awatch alone would wait for its timeout (it cannot interrupt the thread), and every

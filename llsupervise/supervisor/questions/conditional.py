@@ -4,8 +4,7 @@ asking, by a one-shot broker restricted with the rules in force plus the matchin
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import trio
+from typing import TYPE_CHECKING
 
 from llsupervise.messages import Event
 from llsupervise.policy.conditions import (
@@ -21,6 +20,9 @@ from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.questions.answering import carry_out
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
 
 
 class ConditionalGrants:
@@ -75,6 +77,8 @@ class ConditionalGrants:
         self._emit(event)
         slot = self.rules.slot
         assert slot is not None
+        import trio
+
         await trio.to_thread.run_sync(
             carry_out, self._listener(), slot, pending, Decision(Answer.CONDITIONAL), broker
         )

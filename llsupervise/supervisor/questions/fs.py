@@ -8,9 +8,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
-import trio
+from typing import TYPE_CHECKING, NamedTuple
 
 from llsupervise.messages import Event, KeptRule, UnboundRule
 from llsupervise.policy.model import ObjectId
@@ -30,6 +28,9 @@ from llsupervise.supervisor.questions.limits import QuestionLimits
 from llsupervise.supervisor.questions.scopes import Scope
 from llsupervise.supervisor.rules.binding import leads_to
 from llsupervise.supervisor.rules.state import RuleState, Temporary
+
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
 
 
 class QuestionKey(NamedTuple):
@@ -141,6 +142,8 @@ class FsQuestions:
         return any(obj in self.rules.quiet for o in objects for obj in o.chain)
 
     async def _resolve(self, key: QuestionKey, nursery: trio.Nursery) -> None:
+        import trio
+
         question = self._open[key]
         if question.denial.protected:
             decision = Decision(Answer.DENY)  # nothing to ask: it could not be allowed
@@ -193,6 +196,8 @@ class FsQuestions:
         them elsewhere)."""
         if decision.answer not in (Answer.ALLOW_ALWAYS, Answer.ALLOW_FOR, Answer.DENY_QUIET):
             return [], []
+        import trio
+
         rules = self.rules
         objects = question.objects
         kept: list[KeptRule] = []

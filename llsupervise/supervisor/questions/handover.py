@@ -4,16 +4,14 @@ run, so it fails closed."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
-from typing import TypeVar
-
-import trio
+from typing import TYPE_CHECKING, TypeVar
 
 from llsupervise.messages import Event
 from llsupervise.policy.model import Ruleset
 from llsupervise.seccomp import Notification
+from llsupervise.supervisor.door import Door
 from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.requests import FsRequest
@@ -22,6 +20,9 @@ from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
+
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
 
 _P = TypeVar("_P", Pending, PendingNet, UnixPending)
 
@@ -48,7 +49,8 @@ class Handover:
         self.net_questions = net_questions
         self.static = static
         self._generation = generation
-        self.token: trio.lowlevel.TrioToken | None = None
+        #: Into trio's thread, while a run lasts.
+        self.door: Door | None = None
         #: The run's nursery, while the run lasts.
         self.nursery: trio.Nursery | None = None
         self._exec_lock = threading.Lock()
@@ -57,10 +59,7 @@ class Handover:
         self.execs_dropped = 0
 
     def _post(self, handler: Callable[[_P], None], pending: _P) -> None:
-        assert self.token is not None
-        try:
-            self.token.run_sync_soon(handler, pending)
-        except trio.RunFinishedError:
+        if self.door is None or not self.door.call_soon(handler, pending):
             pending.close()
 
     def denial(self, pending: Pending) -> None:
@@ -74,10 +73,8 @@ class Handover:
 
     def refusal(self, event: Event) -> None:
         """A call the network mediator refused without a question (MPTCP, say): logged."""
-        if self.token is None or self._emit is None:
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            self.token.run_sync_soon(self._emit, event)
+        if self.door is not None and self._emit is not None:
+            self.door.call_soon(self._emit, event)
 
     def _on_denial(self, pending: Pending) -> None:
         if self.nursery is None:
@@ -94,7 +91,7 @@ class Handover:
         """Each executable the child asks to run. The static layer alone decides exec (the
         call is already on its way with CONTINUE); a refusal is reported so that "always"
         can persist a rule for the next run."""
-        if self.token is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
+        if self.door is None or self.static.fs_rights_on(obj.chain) & obj.access == obj.access:
             obj.close()
             return
         with self._exec_lock:
@@ -105,10 +102,9 @@ class Handover:
                 self._exec_backlog += 1
         if full:
             obj.close()
-            return
-        try:
-            self.token.run_sync_soon(self._on_exec, n, request, obj)
-        except trio.RunFinishedError:
+        elif not self.door.call_soon(self._on_exec, n, request, obj):
+            with self._exec_lock:
+                self._exec_backlog -= 1
             obj.close()
 
     def _on_exec(self, n: Notification, request: FsRequest, obj: CheckedObject) -> None:

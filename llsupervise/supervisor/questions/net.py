@@ -5,9 +5,7 @@ network mediator for every waiting request."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
-
-import trio
+from typing import TYPE_CHECKING, NamedTuple
 
 from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.model import Ruleset
@@ -17,6 +15,9 @@ from llsupervise.supervisor.events.model import Answer, Decision
 from llsupervise.supervisor.net.mediator import NetMediator, PendingNet, once
 from llsupervise.supervisor.questions.answering import ONCE
 from llsupervise.supervisor.rules.state import RuleState, Temporary
+
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
 
 
 class NetQuestionKey(NamedTuple):
@@ -84,6 +85,8 @@ class NetQuestions:
             self.rules.replace(self.rules.permanent.with_net(first.port, first.access))
             return [{"port": first.port, "access": names(first.access)}]
         elif answer == Answer.ALLOW_FOR:
+            import trio
+
             seconds = decision.duration or 60.0
             temporary = Temporary(
                 trio.current_time() + seconds, port=first.port, net_access=first.access

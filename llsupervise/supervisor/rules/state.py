@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import trio
+from typing import TYPE_CHECKING
 
 from llsupervise.policy.conditions import ConditionalRule
 from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
@@ -20,6 +19,9 @@ from llsupervise.supervisor.engine.generations import BrokerSlot
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.rules.created import CreatedIndex, PendingCreation
 from llsupervise.supervisor.rules.objects import ObjectTable, ResolvedPolicy
+
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+    import trio
 
 
 @dataclass
@@ -188,6 +190,8 @@ class RuleState:
         nursery.start_soon(self._expire, key, seconds)
 
     async def _expire(self, key: int, seconds: float) -> None:
+        import trio
+
         await trio.sleep(seconds)
         del self._temporaries[key]
         self.commit()
