@@ -23,11 +23,10 @@ from llsupervise.rights import AccessFs
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
 from llsupervise.supervisor.policyfile.persist import (
-    KeptAnswer,
     PersistError,
     add_answers,
-    kept_from_event,
     persist,
     write_atomically,
 )

@@ -22,12 +22,11 @@ from hypothesis import strategies as st
 from llsupervise.policy.layout import entries, lines, statements
 from llsupervise.policy.loader import parse_policy
 from llsupervise.rights import AccessFs, AccessNet, parse_fs, parse_net
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
 from llsupervise.supervisor.policyfile.persist import (
     MARK,
-    KeptAnswer,
     PersistError,
     add_answers,
-    kept_from_event,
     remove_answers,
 )
 

@@ -20,7 +20,8 @@ from llsupervise.rights import AccessNet
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.events.decisions import ModeDecisions
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
-from llsupervise.supervisor.policyfile.persist import KeptAnswer, add_answers, kept_from_event
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
+from llsupervise.supervisor.policyfile.persist import add_answers
 
 pytestmark = pytest.mark.kernel
 

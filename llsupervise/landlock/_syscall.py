@@ -11,7 +11,6 @@ import enum
 import errno as errnos
 import functools
 import os
-import platform
 from collections.abc import Iterable
 
 from llsupervise.errors import LLSuperviseError
@@ -33,7 +32,7 @@ class LandlockUnsupported(LandlockError):
 
 # --- Constants: include/uapi/linux/landlock.h and prctl.h -------------------------------------
 
-#: (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self) per platform.machine().
+#: (landlock_create_ruleset, landlock_add_rule, landlock_restrict_self) per machine (uname).
 #: Both use the asm-generic numbers; listing them keeps an unknown arch from guessing.
 SYSCALL_NUMBERS: dict[str, tuple[int, int, int]] = {
     "x86_64": (444, 445, 446),
@@ -103,7 +102,7 @@ _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 
 def syscall_numbers(machine: str | None = None) -> tuple[int, int, int]:
     """Landlock syscall numbers for ``machine`` (default: this one)."""
-    machine = platform.machine() if machine is None else machine
+    machine = os.uname().machine if machine is None else machine  # platform costs ~2 ms
     try:
         return SYSCALL_NUMBERS[machine]
     except KeyError:

@@ -8,7 +8,7 @@ import os
 from llsupervise.errors import LLSuperviseError
 from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE, default_text
-from llsupervise.supervisor.policyfile.persist import KeptAnswer, add_answers, kept_from_event
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
 
 
 def check_new_file(path: str) -> None:
@@ -37,6 +37,9 @@ class KeptAnswers:
 
     def text(self) -> str:
         """The built-in default policy with these answers added to its ``[supervisor]`` table."""
+        # The writer loads when answers are saved: most runs never save.
+        from llsupervise.supervisor.policyfile.persist import add_answers
+
         return add_answers(default_text(), self.kept, DEFAULT_SOURCE)
 
     def save(self, path: str) -> None:

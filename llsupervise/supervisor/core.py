@@ -33,6 +33,7 @@ from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
     CONTEXT_SYSCALLS,
     MEDIATED_FS_SYSCALLS,
+    NET_CALLS,
     SELF_RESTRICT_SYSCALLS,
     UNIX_SYSCALLS,
     Listener,
@@ -57,7 +58,6 @@ from llsupervise.supervisor.launch.launcher import (
     launch,
 )
 from llsupervise.supervisor.launch.lifeline import Lifeline
-from llsupervise.supervisor.net.mediator import NET_CALLS, NetMediator
 from llsupervise.supervisor.perform.guard import Guard
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.handover import Handover
@@ -79,6 +79,7 @@ from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
 if TYPE_CHECKING:
+    from llsupervise.supervisor.net.mediator import NetMediator
     from llsupervise.supervisor.policyfile.watch import PolicyFile
 
 TRAPPED_SYSCALLS = (
@@ -307,6 +308,8 @@ class Supervisor:
             pass  # older kernels: slower wake-ups, same behaviour
         door = self.handover.door = self.created.door = Door()
         if self.static.handled_net or unix:  # made here: its helper needs our standing
+            from llsupervise.supervisor.net.mediator import NetMediator
+
             self.net = NetMediator(
                 launched.listener, self.static, self.rules.in_force, self.generation,
                 self.handover.net_denial, on_unix_denial=self.handover.unix_denial,

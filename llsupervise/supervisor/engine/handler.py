@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llsupervise.libc import AT_FDCWD
 from llsupervise.rights import AccessFs
@@ -36,7 +37,6 @@ from llsupervise.supervisor.engine.offload import Job, Offload
 from llsupervise.supervisor.engine.pending import Pending, close_dirs, kernel_decides, reply
 from llsupervise.supervisor.engine.reports import ExecReports, OnExec, OnStall, Refusals
 from llsupervise.supervisor.engine.requests import DecodeError, FsRequest
-from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform.blocking import MayBlock, inline
 from llsupervise.supervisor.perform.credentials import Credentials, own_credentials
 from llsupervise.supervisor.perform.guard import Guard, ProtectedError
@@ -49,6 +49,9 @@ from llsupervise.supervisor.rules.created import (
     coarse_now_ns,
 )
 from llsupervise.supervisor.rules.uses import PerformedLog
+
+if TYPE_CHECKING:  # loaded only when the policy handles the network (see core)
+    from llsupervise.supervisor.net.mediator import NetMediator
 
 EXEC_SYSCALLS = ("execve", "execveat")
 #: Calls that move or link a name. Never left to the kernel (CONTINUE): the kernel would judge

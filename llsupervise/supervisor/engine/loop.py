@@ -29,7 +29,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
@@ -50,7 +50,6 @@ from llsupervise.supervisor.engine.grants import compiled_grants, take_performed
 from llsupervise.supervisor.engine.handler import RequestHandler, answer_unread
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.reports import OnExec, OnStall
-from llsupervise.supervisor.net.mediator import NetMediator
 from llsupervise.supervisor.perform import stalls
 from llsupervise.supervisor.perform.blocking import serve_inline
 from llsupervise.supervisor.perform.broker import Broker, BrokerClosed, restrict_thread
@@ -65,6 +64,9 @@ from llsupervise.supervisor.perform.stalls import (
 )
 from llsupervise.supervisor.rules.created import CreatedIndex
 from llsupervise.supervisor.rules.uses import PerformedLog
+
+if TYPE_CHECKING:  # loaded only when the policy handles the network (see core)
+    from llsupervise.supervisor.net.mediator import NetMediator
 
 T = TypeVar("T")
 

@@ -28,13 +28,12 @@ import collections
 import contextlib
 import errno
 from collections.abc import Callable
-from typing import Final
 
 from llsupervise.landlock.support import KernelSupport, detect_support
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import (
-    NET_SYSCALLS,
+    NET_CALLS,
     UNIX_SYSCALLS,
     Listener,
     Notification,
@@ -50,9 +49,6 @@ from llsupervise.supervisor.net.sockets import open_pidfd, pidfd_getfd, socket_k
 from llsupervise.supervisor.net.tcp import DenialHandler, PendingNet, TcpPorts, once
 from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.net.unix_calls import UnixDenialHandler, UnixSockets
-
-#: Trapped syscalls this module answers (socketcall exists only on other architectures).
-NET_CALLS: Final = (*NET_SYSCALLS, "socketcall")
 
 __all__ = [
     "NET_CALLS", "NetMediator", "PendingNet", "UnixPending", "once", "open_pidfd",

@@ -19,25 +19,22 @@ so a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
-from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.layout import Entry, LayoutError, Statement, entries, lines, statements
 from llsupervise.rights import FS_NAMES, LATEST_ABI, NO_FS, NO_NET, parse_fs, parse_net
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, quoted
 
-# tomlkit (~10 ms to import) is imported where an answer is written, not here: every run
-# imports this module for ``kept_from_event``, and most never write.
+# tomlkit (~10 ms to import) is imported where an answer is written, not here.
 
 #: The first words of every comment line llsupervise writes above an entry: its mark of
 #: ownership. An entry whose comment block has any other line is the person's.
@@ -53,72 +50,6 @@ _PLAIN_KEYS = {
 
 class PersistError(LLSuperviseError):
     """An answer could not be written into the policy file (it stays in force for this run)."""
-
-
-@dataclass(frozen=True)
-class KeptAnswer:
-    """One answer to write: a rule on ``path`` (``access`` names), a quiet path (``access``
-    None), or, with ``port`` given, a ``net_port`` rule."""
-
-    path: str
-    access: tuple[str, ...] | None = None
-    port: int | None = None
-    #: Which answer to which request, for the comment above the entry (one line, any text).
-    reason: str = field(default="", compare=False)
-    #: When it was answered (epoch seconds; None: when written).
-    when: float | None = field(default=None, compare=False)
-
-    def event(self) -> KeptRule:
-        if self.port is not None:
-            return {"port": self.port, "access": list(self.access or ())}
-        if self.access is None:
-            return {"quiet": self.path}
-        return {"path": self.path, "access": list(self.access)}
-
-    @property
-    def kind(self) -> str:
-        """The ``[[supervisor.KIND]]`` array it is written to."""
-        if self.port is not None:
-            return "net_port"
-        return "quiet" if self.access is None else "path_beneath"
-
-    @property
-    def value(self) -> str | int:
-        """What goes into the entry's ``parent`` (literal path) or ``port`` list."""
-        return self.port if self.port is not None else _literal(self.path)
-
-
-def _quoted(text: object) -> str:
-    """Text from the supervised program, as one printable ASCII line."""
-    return json.dumps(str(text), ensure_ascii=True)
-
-
-def kept_from_event(event: Event) -> list[KeptAnswer]:
-    """What a denial event says to persist: its kept rules, temporary grants excepted."""
-    if event["event"] != "denial":
-        return []
-    answer = event["decision"].replace("_", " ")
-    request = f"{event['syscall']}: {', '.join(event['access'])}"
-    reason = f"{_quoted(answer)} to {_quoted(event['exe'])} ({request} on {_quoted(event['path'])})"
-    when = event["ts"]
-    kept = []
-    for rule in event.get("rules", ()):
-        if "quiet" in rule:
-            kept.append(KeptAnswer(rule["quiet"], reason=reason, when=when))
-        elif "seconds" in rule:
-            continue
-        elif "port" in rule:
-            access = tuple(rule.get("access", ()))
-            kept.append(KeptAnswer("", access, rule["port"], reason=reason, when=when))
-        elif "path" in rule:
-            access = tuple(rule.get("access", ()))
-            kept.append(KeptAnswer(rule["path"], access, reason=reason, when=when))
-    return kept
-
-
-def _literal(path: str) -> str:
-    """A path as a policy string: ``$`` would start a variable reference."""
-    return path.replace("$", "$$")
 
 
 def _strings(value: object) -> list[str]:
@@ -143,7 +74,7 @@ def _mark(kept: KeptAnswer, now: float) -> str:
 
 def _about(kept: KeptAnswer) -> str:
     """What an answer's comment line is about (removal finds the line by it)."""
-    return f"for port {kept.port}:" if kept.port is not None else f"for {_quoted(kept.value)}:"
+    return f"for port {kept.port}:" if kept.port is not None else f"for {quoted(kept.value)}:"
 
 
 class _File:
@@ -373,7 +304,7 @@ def _remove_one(f: _File, kept: KeptAnswer, source: str) -> bool:
         if not f.ours(entry, table, kept.kind):
             line = f.stmts[entry.header].first + 1
             raise PersistError(
-                f"{source}:{line}: {_quoted(kept.value)} is in an entry llsupervise did not "
+                f"{source}:{line}: {quoted(kept.value)} is in an entry llsupervise did not "
                 "write (or that has your comment): edit it yourself"
             )
     # Last entry first: line numbers above stay valid.

@@ -28,12 +28,7 @@ from llsupervise.policy.locate import LineIndex
 from llsupervise.policy.model import ObjectId, Ruleset
 from llsupervise.rights import names, parse_fs
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
-from llsupervise.supervisor.policyfile.persist import (
-    KeptAnswer,
-    PersistError,
-    kept_from_event,
-    persist,
-)
+from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
 from llsupervise.supervisor.rules.binding import could_be_changed
 from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
@@ -313,6 +308,9 @@ class PolicyFile:
 
     def flush(self) -> None:
         """Write the answers not yet in the file; on failure keep them for the next chance."""
+        # The writer loads with the first answer to write: most runs never write.
+        from llsupervise.supervisor.policyfile.persist import PersistError, persist
+
         answers = list(self.unpersisted)
         try:
             before, after = persist(

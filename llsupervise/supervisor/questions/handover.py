@@ -15,16 +15,17 @@ from llsupervise.supervisor.door import Door
 from llsupervise.supervisor.engine.denials import CheckedObject
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.engine.requests import FsRequest
-from llsupervise.supervisor.net.mediator import PendingNet
-from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
 
-if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
+if TYPE_CHECKING:  # trio: imported where used, a run starts before it (supervisor.door)
     import trio
 
-_P = TypeVar("_P", Pending, PendingNet, UnixPending)
+    from llsupervise.supervisor.net.tcp import PendingNet  # the network: see core
+    from llsupervise.supervisor.net.unix import UnixPending
+
+    _P = TypeVar("_P", Pending, PendingNet, UnixPending)
 
 #: Exec reports handed to trio and not yet taken there. An exec does not wait for its
 #: report (the static layer has answered it), so an exec loop outruns trio: past this many,

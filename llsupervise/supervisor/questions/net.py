@@ -12,12 +12,14 @@ from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessNet, names
 from llsupervise.supervisor.events.decisions import DecisionSource
 from llsupervise.supervisor.events.model import Answer, Decision
-from llsupervise.supervisor.net.mediator import NetMediator, PendingNet, once
 from llsupervise.supervisor.questions.answering import ONCE
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
-if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
-    import trio
+if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door), and
+    import trio  # loads the network mediator only when the policy handles the network
+
+    from llsupervise.supervisor.net.mediator import NetMediator
+    from llsupervise.supervisor.net.tcp import PendingNet
 
 
 class NetQuestionKey(NamedTuple):
@@ -52,6 +54,8 @@ class NetQuestions:
         nursery.start_soon(self._resolve, key, nursery)
 
     async def _resolve(self, key: NetQuestionKey, nursery: trio.Nursery) -> None:
+        from llsupervise.supervisor.net.tcp import once  # asked only with a mediator
+
         first = self._open[key][0]
         if (first.port, first.access) in self.quiet_ports:
             decision = Decision(Answer.DENY_QUIET)
