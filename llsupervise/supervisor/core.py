@@ -265,10 +265,14 @@ class Supervisor:
         running = self._start(argv, (None, None, None), cpu, False)
         try:
             with signals.forwarding(running.launched.process.send_signal, self._hang_up):
-                if _ended_first(running) and running.door.close_if_idle():
+                if _ended_first(running):
                     running.loop.stop()
                     running.thread.join()
-                    return self._stopped(running)
+                    # Checked once the serving thread is done: what it handed over to the
+                    # last (an exec report, a stall) still starts trio, and is told.
+                    if running.door.close_if_idle():
+                        self._release(running)
+                        return self._exited(running)
                 import trio
 
                 return trio.run(self._serve, running, True)
@@ -298,6 +302,9 @@ class Supervisor:
                 argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
                 new_session=new_session, lifeline=lifeline,
             )  # fmt: skip
+            # Opened now, before anything can reap the command (a forwarded signal's poll):
+            # its exit is then always seen, and its pid never names another process.
+            pidfd = os.pidfd_open(launched.pid)
         except BaseException:
             if lifeline is not None:
                 lifeline.close()
@@ -336,7 +343,7 @@ class Supervisor:
         thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
         thread.start()
         self.emit(self._start_event(launched.pid, argv))
-        return _Running(launched, loop, thread, lifeline, door)
+        return _Running(launched, loop, thread, lifeline, door, pidfd)
 
     def _start_event(self, pid: int, argv: Sequence[str]) -> StartEvent:
         start: StartEvent = {"event": "start", "pid": pid, "argv": list(argv)}
@@ -367,23 +374,18 @@ class Supervisor:
                 if self.policy_file is not None:
                     nursery.start_soon(self.policy_file.watch)
                 nursery.start_soon(self._report_rule_uses, running.loop)
-                pidfd = os.pidfd_open(launched.pid)
-                try:
-                    await trio.lowlevel.wait_readable(pidfd)
-                finally:
-                    os.close(pidfd)
+                await trio.lowlevel.wait_readable(running.pidfd)
                 nursery.cancel_scope.cancel()
         finally:
             self.handover.nursery = None
             running.loop.stop()
             await trio.to_thread.run_sync(running.thread.join)
-        return self._stopped(running)
+            self._release(running)
+        return self._exited(running)
 
-    def _stopped(self, running: _Running) -> int:
-        """Once the command has exited and the serving thread returned: what the run held is
-        released, and the exit logged. Returns the command's exit status."""
-        launched, loop = running.launched, running.loop
-        status = exit_status(launched.process.wait())
+    def _release(self, running: _Running) -> None:
+        """Once the serving thread has returned, however the run ended: what it held."""
+        loop = running.loop
         loop.close()
         self.rule_uses.count(loop.performed)
         self.questions.drop()
@@ -395,7 +397,13 @@ class Supervisor:
         self.created.listener = None
         assert self.rules.slot is not None
         self.rules.slot.on_swap.remove(loop.handler.moves.swapped)
-        launched.listener.close()
+        running.launched.listener.close()
+        os.close(running.pidfd)
+
+    def _exited(self, running: _Running) -> int:
+        """The command's exit status, logged."""
+        launched = running.launched
+        status = exit_status(launched.process.wait())
         self.emit({"event": "exit", "pid": launched.pid, "status": status})
         return status
 
@@ -444,6 +452,8 @@ class _Running:
     thread: threading.Thread
     lifeline: Lifeline | None
     door: Door
+    #: The command's, opened at launch (see _start).
+    pidfd: int
 
     def cut_lifeline(self) -> None:
         """What the command left running goes with the run."""
@@ -454,12 +464,8 @@ class _Running:
 def _ended_first(running: _Running) -> bool:
     """Wait until the command exits (True), the door's bell rings or ``PLAIN_FOR_S`` seconds
     pass (False)."""
-    pidfd = os.pidfd_open(running.launched.pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.register(running.door.bell, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(PLAIN_FOR_S * 1000)}  # resumed after a signal
-    finally:
-        os.close(pidfd)
-    return ready == {pidfd}
+    poller = select.poll()
+    poller.register(running.pidfd, select.POLLIN)
+    poller.register(running.door.bell, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(PLAIN_FOR_S * 1000)}  # resumed after a signal
+    return ready == {running.pidfd}

@@ -78,3 +78,18 @@ def carry_out(
         if once is not None:
             once.close()
         pending.close()
+
+
+async def carry_out_in_thread(
+    listener: Listener | None,
+    slot: BrokerSlot,
+    pending: Pending,
+    decision: Decision,
+    once: Broker | None,
+) -> None:
+    """:func:`carry_out` in a worker thread, shielded: an answer once decided is carried out,
+    and what it holds released, even when the run ends (cancels) before the thread starts."""
+    import trio  # imported here: a run starts before trio (supervisor.door)
+
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(carry_out, listener, slot, pending, decision, once)

@@ -18,7 +18,7 @@ from llsupervise.seccomp import Listener
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
-from llsupervise.supervisor.questions.answering import carry_out
+from llsupervise.supervisor.questions.answering import carry_out_in_thread
 from llsupervise.supervisor.rules.state import RuleState
 
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
@@ -77,10 +77,8 @@ class ConditionalGrants:
         self._emit(event)
         slot = self.rules.slot
         assert slot is not None
-        import trio
-
-        await trio.to_thread.run_sync(
-            carry_out, self._listener(), slot, pending, Decision(Answer.CONDITIONAL), broker
+        await carry_out_in_thread(
+            self._listener(), slot, pending, Decision(Answer.CONDITIONAL), broker
         )
 
 

@@ -22,7 +22,12 @@ from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.net.unix import UnixPending
 from llsupervise.supervisor.perform.procfs import read_status, status_number
 from llsupervise.supervisor.questions import scopes as scoping
-from llsupervise.supervisor.questions.answering import ONCE, carry_out, once_broker
+from llsupervise.supervisor.questions.answering import (
+    ONCE,
+    carry_out,
+    carry_out_in_thread,
+    once_broker,
+)
 from llsupervise.supervisor.questions.conditional import ConditionalGrants
 from llsupervise.supervisor.questions.limits import QuestionLimits
 from llsupervise.supervisor.questions.scopes import Scope
@@ -142,7 +147,6 @@ class FsQuestions:
         return any(obj in self.rules.quiet for o in objects for obj in o.chain)
 
     async def _resolve(self, key: QuestionKey, nursery: trio.Nursery) -> None:
-        import trio
 
         question = self._open[key]
         if question.denial.protected:
@@ -182,9 +186,7 @@ class FsQuestions:
                 for o in pending.objects:
                     self.rules.note_granted(o.obj, o.access)
                 once = once_broker(self.rules.in_force, pending, self.rules.table)
-            await trio.to_thread.run_sync(
-                carry_out, self._listener(), slot, pending, decision, once
-            )
+            await carry_out_in_thread(self._listener(), slot, pending, decision, once)
 
     def _remember(
         self, question: Question, decision: Decision, nursery: trio.Nursery
