@@ -119,10 +119,23 @@ class Lifeline:
             f.write(str(pid))
 
     def close(self) -> None:
-        """The run is over: the watchdog kills what is left and removes the cgroup."""
+        """The run is over: the cgroup is removed here when nothing is left in it (rmdir
+        refuses a populated one, and only we move processes in); otherwise the watchdog
+        kills what is left and removes it."""
+        try:
+            os.rmdir(self.path)
+            emptied = True
+        except OSError:
+            emptied = False
         if self._write is not None:
             os.close(self._write)
             self._write = None
+        _reap_watchdogs()
+        if self._watchdog is not None and emptied:
+            # It finds the cgroup gone and exits (it may not even have started yet, ~10 ms
+            # that a short command's run would otherwise wait): reaped later.
+            _watchdogs.append(self._watchdog)
+            self._watchdog = None
         if self._watchdog is not None:
             # A few ms (kill, the cgroup empties, rmdir): waited for (half a second at most)
             # on a pidfd, which wakes as it exits, then reaped if done by then.
@@ -138,3 +151,17 @@ class Lifeline:
                     os.close(pidfd)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
+
+
+#: Watchdogs of runs whose cgroup was removed without them, not yet reaped.
+_watchdogs: list[int] = []
+
+
+def _reap_watchdogs() -> None:
+    for pid in list(_watchdogs):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # reaped by someone else (a wait for any child)
+        if done:
+            _watchdogs.remove(pid)
