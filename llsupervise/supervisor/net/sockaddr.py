@@ -7,7 +7,6 @@ decides it in the child's own context, where only the static layer applies.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +129,8 @@ def parse_sockaddr(raw: bytes, direction: Direction) -> Endpoint | None:
     """
     if not FAMILY_SIZE <= len(raw) <= SOCKADDR_MAX:
         return None
+    import ipaddress  # here: every run imports this module, few connect (~2 ms of start-up)
+
     (family,) = _FAMILY.unpack_from(raw)
     if family == AF_UNSPEC and direction == "bind":
         # An IPv4 socket binds AF_UNSPEC + INADDR_ANY as AF_INET, and Landlock checks the
