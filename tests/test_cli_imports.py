@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from supervised import make_tree, policy_text
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -123,3 +125,64 @@ def test_run_headless_policy_file(tmp_path: Path, policy: Path) -> None:
     assert not tops(modules) & {"textual", "rich", "tomlkit"}
     assert not learn_code(modules)
     assert not {m for m in modules if m.startswith("llsupervise.tui")}
+
+
+#: Says it is ready (argv[1] appears), waits for argv[2], then reads argv[3]: "ok" or
+#: "err N" into argv[4].
+READ_WHEN_TOLD = r"""
+import os, sys, time
+ready, go, target, out = sys.argv[1:5]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+try:
+    with open(target, "rb") as f:
+        f.read()
+    result = "ok"
+except OSError as e:
+    result = "err %d" % e.errno
+with open(out, "w") as f:
+    f.write(result)
+"""
+
+
+def test_a_save_is_applied_without_trio(tmp_path: Path) -> None:
+    """A run that asks nothing looks at its policy file without trio: a rule saved while
+    the command runs is reloaded and grants (the command's read is performed), and trio
+    is never imported."""
+    root = Path(os.path.realpath(tmp_path))
+    make_tree(root)
+    policy_path, log = root / "policy.toml", root / "log.jsonl"
+    policy_path.write_text(policy_text(root))
+    ready, go, out = root / "out" / "ready", root / "out" / "go", root / "out" / "result"
+    argv = ["run", "--headless", "--policy", str(policy_path), "--log", str(log), "--",
+            sys.executable, "-I", "-c", READ_WHEN_TOLD, str(ready), str(go),
+            str(root / "data" / "x"), str(out)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROBE, "600", *argv], cwd=root, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the command never ran"
+            time.sleep(0.01)
+        rule = ('\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
+                f'parent = ["{root}/data"]\n')  # fmt: skip
+        policy_path.write_text(policy_text(root, supervisor_rules=rule))
+        while not any(e["event"] == "reload" for e in events(log)):
+            assert proc.poll() is None and time.monotonic() < deadline, "never reloaded"
+            time.sleep(0.01)
+    finally:
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert [e["ok"] for e in events(log) if e["event"] == "reload"] == [True]
+    assert out.read_text() == "ok"
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["status"] == 0, stderr
+    assert "trio" not in result["modules"]
+
+
+def events(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

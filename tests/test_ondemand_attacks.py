@@ -52,15 +52,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 #: The direct child forks a grandchild and exits 5 at once. The
-#: grandchild waits for that exit, then tries to read argv[1] for a while: each outcome a
-#: line of argv[2] ("READ <bytes>" or "ERR <errno>"), through a descriptor opened before.
+#: grandchild waits for that exit (and for argv[3] to exist, if given), then tries to read
+#: argv[1] for a while: each outcome a line of argv[2] ("READ <bytes>" or "ERR <errno>"),
+#: through a descriptor opened before.
 ORPHAN_READER = r"""
 import os, sys, time
 secret, report = sys.argv[1], sys.argv[2]
+go = sys.argv[3] if len(sys.argv) > 3 else None
 fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 parent = os.getpid()
 if os.fork() == 0:
-    while os.getppid() == parent:
+    while os.getppid() == parent or (go and not os.path.exists(go)):
         time.sleep(0.001)
     end = time.monotonic() + 1.5
     while time.monotonic() < end:
@@ -104,8 +106,8 @@ def run_in_process(
     counts = {"accepted": 0, "refused": 0}
     original_call, original_ended = Door.call_soon, core._ended_first
 
-    def ended_first(running: Any) -> bool:
-        ended = original_ended(running)
+    def ended_first(running: Any, seconds: float) -> bool | None:
+        ended = original_ended(running, seconds)
         if ended:
             hold(running, counts)
         return ended
@@ -142,16 +144,18 @@ def test_a_request_after_serving_stopped_fails_closed(
     reads its request: it waits until the listener closes, never answered, never handed
     to trio (nothing reaches the door). Never the secret; the run ends; nothing leaked."""
     root, secret, report = secret_tree(tmp_path)
+    go = root / "out" / "go"  # made once serving has stopped: only then does it ask
 
     def hold(running: Any, counts: dict[str, int]) -> None:
         running.loop.stop()
         running.thread.join()
+        go.touch()
         time.sleep(0.3)  # the grandchild, asking every moment, now waits on a dead loop
 
     before = fds()
     started = time.monotonic()
     status, events, counts = run_in_process(
-        root, [sys.executable, "-I", "-c", ORPHAN_READER, str(secret), str(report)],
+        root, [sys.executable, "-I", "-c", ORPHAN_READER, str(secret), str(report), str(go)],
         monkeypatch, hold,
     )  # fmt: skip
     assert time.monotonic() - started < LIMIT

@@ -16,6 +16,7 @@ back into it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import threading
@@ -86,9 +87,12 @@ TRAPPED_SYSCALLS = (
     *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
 )  # fmt: skip
 
-#: Seconds a run goes without trio at most when nothing needs it (see run_trio_on_demand):
-#: the policy file's own watch waits as long again (policyfile.watch.WATCH_AFTER_S).
-PLAIN_FOR_S = 0.1
+#: Seconds a run goes without trio at most when nothing needs it (see run_trio_on_demand);
+#: tests set it to see both sides.
+PLAIN_FOR_S = math.inf
+#: Seconds between two looks at the policy file's status (a save is then reloaded), and at
+#: most between two counts of rule uses, while a run goes without trio.
+PLAIN_STEP_S = 0.2
 
 
 class Supervisor:
@@ -257,27 +261,42 @@ class Supervisor:
             running.cut_lifeline()
 
     def run_trio_on_demand(self, argv: Sequence[str], *, cpu: int | None = None) -> int:
-        """:meth:`run`, with our signals forwarded, outside trio: trio is started only when
-        something needs it (a question, an event from a serving thread: see door), or once
-        ``PLAIN_FOR_S`` seconds have passed (the policy file's watch, rule use counts). A
-        command that ends sooner, with nothing to ask, never loads trio: importing it costs
-        more than such a command's whole run. Called from the main thread (signals)."""
+        """:meth:`run`, with our signals forwarded, starting trio only when something needs
+        it: a question, or an event from a serving thread (see door). Until then this
+        thread does what trio would (see _serve_plainly). A command that asks nothing never
+        loads trio: its import costs more than a short command's whole run, and its CPU
+        time is taken from the command's (a parallel build's) while it runs. Called from
+        the main thread (signals)."""
         running = self._start(argv, (None, None, None), cpu, False)
         try:
             with signals.forwarding(running.launched.process.send_signal, self._hang_up):
-                if _ended_first(running):
-                    running.loop.stop()
-                    running.thread.join()
-                    # Checked once the serving thread is done: what it handed over to the
-                    # last (an exec report, a stall) still starts trio, and is told.
-                    if running.door.close_if_idle():
-                        self._release(running)
-                        return self._exited(running)
+                if self._served_plainly(running):
+                    self._release(running)
+                    return self._exited(running)
                 import trio
 
                 return trio.run(self._serve, running, True)
         finally:
             running.cut_lifeline()
+
+    def _served_plainly(self, running: _Running) -> bool:
+        """Serve without trio until the command exits (True: served; nothing waits for
+        trio) or something needs trio (False). Meanwhile: the policy file is looked at by
+        its status every PLAIN_STEP_S and reloaded when saved, and rule uses are counted."""
+        give_up = time.monotonic() + PLAIN_FOR_S
+        while True:
+            ended = _ended_first(running, min(PLAIN_STEP_S, give_up - time.monotonic()))
+            if ended is None or time.monotonic() >= give_up:
+                return False
+            if ended:
+                running.loop.stop()
+                running.thread.join()
+                # Checked once the serving thread is done: what it handed over to the last
+                # (an exec report, a stall) still starts trio, and is told.
+                return running.door.close_if_idle()
+            if self.policy_file is not None:
+                self.policy_file.check(force=False)
+            self.rule_uses.count(running.loop.performed)
 
     def _start(
         self, argv: Sequence[str], stdio: Stdio, cpu: int | None, new_session: bool
@@ -461,11 +480,13 @@ class _Running:
             self.lifeline.close()
 
 
-def _ended_first(running: _Running) -> bool:
-    """Wait until the command exits (True), the door's bell rings or ``PLAIN_FOR_S`` seconds
-    pass (False)."""
+def _ended_first(running: _Running, seconds: float) -> bool | None:
+    """Wait up to ``seconds`` until the command exits (True) or the door's bell rings
+    (None: trio is needed); False when neither came."""
     poller = select.poll()
     poller.register(running.pidfd, select.POLLIN)
     poller.register(running.door.bell, select.POLLIN)
-    ready = {fd for fd, _ in poller.poll(PLAIN_FOR_S * 1000)}  # resumed after a signal
-    return ready == {running.pidfd}
+    ready = {fd for fd, _ in poller.poll(max(seconds, 0) * 1000)}  # resumed after a signal
+    if running.door.bell in ready:
+        return None
+    return running.pidfd in ready
