@@ -28,7 +28,13 @@ from llsupervise.seccomp.constants import (
     syscall_name,
 )
 from llsupervise.seccomp.memory import PATH_MAX, MemoryReadError, ProcessMemory
-from llsupervise.seccomp.notify import Listener, Notification, install_filter, notif_sizes
+from llsupervise.seccomp.notify import (
+    Listener,
+    Notification,
+    install_filter,
+    notif_sizes,
+    refuse_signals,
+)
 
 __all__ = [
     "ALWAYS_REFUSED",
@@ -59,6 +65,7 @@ __all__ = [
     "install_filter",
     "native_arch",
     "notif_sizes",
+    "refuse_signals",
     "resolve_syscalls",
     "syscall_name",
 ]

@@ -12,6 +12,8 @@ import errno
 import fcntl
 import os
 import select
+import signal
+import threading
 from dataclasses import dataclass
 
 from llsupervise.fdowner import FdOwner
@@ -96,6 +98,18 @@ def _checked(ret: int, what: str) -> int:
     if ret < 0:
         raise SeccompError(-ret, what)
     return ret
+
+
+#: Threads that take no signal (see refuse_signals).
+_deaf = threading.local()
+
+
+def refuse_signals() -> None:
+    """The calling thread takes no signal from now on: the kernel gives process-directed
+    ones to another (Python runs its handlers in the main thread anyway). For the threads
+    that inject descriptors: see :meth:`Listener.addfd`. Never the main thread."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    _deaf.refused = True
 
 
 @dataclass(slots=True)  # not frozen: built once per trapped syscall, and frozen costs 3×
@@ -246,7 +260,16 @@ class Listener(FdOwner):
                 notif_id, flags, srcfd, newfd or 0, os.O_CLOEXEC if cloexec else 0
             )
         )
-        return self._reply_ioctl(SECCOMP_IOCTL_NOTIF_ADDFD, buf, "NOTIF_ADDFD")
+        # No signal may end the kernel's wait for the program to take the descriptor: it
+        # would withdraw the descriptor with the request already marked answered (so the
+        # program's call returns 0, its stdin) and the retried ioctl fail (EINPROGRESS).
+        if getattr(_deaf, "refused", False):  # the serving threads: see refuse_signals
+            return self._reply_ioctl(SECCOMP_IOCTL_NOTIF_ADDFD, buf, "NOTIF_ADDFD")
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            return self._reply_ioctl(SECCOMP_IOCTL_NOTIF_ADDFD, buf, "NOTIF_ADDFD")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def set_sync_wakeup(self) -> None:
         """Ask the kernel to wake the supervisor and the task on the same CPU.

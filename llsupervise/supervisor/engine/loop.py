@@ -39,6 +39,7 @@ from llsupervise.seccomp import (
     Notification,
     NotificationGone,
     native_arch,
+    refuse_signals,
 )
 from llsupervise.supervisor.engine import _fastpath
 from llsupervise.supervisor.engine.childfds import SWEEP_SECONDS, ChildFds, open_child_fd
@@ -177,7 +178,9 @@ class NotificationLoop:
     # -- lifetime -------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until every supervisee is gone or :meth:`stop` is called."""
+        """Serve until every supervisee is gone or :meth:`stop` is called. The calling thread
+        takes no signal from then on (see seccomp.refuse_signals): never the main thread."""
+        refuse_signals()
         self._unrestricted = Broker(None, "supervisor-proc", self.cpu)
         # From this thread, which has our own standing, like the worker above.
         self._contexts.readers.start_opener(self.cpu)
@@ -284,6 +287,7 @@ class NotificationLoop:
 
     def _serve(self, server: Server, ready: threading.Event) -> None:
         try:
+            refuse_signals()  # it injects descriptors (also in the compiled loop's send_fd)
             pin_self(self.cpu)
             restrict_thread(server.kernel)
             serve_inline()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from llsupervise.landlock import LandlockRuleset
+from llsupervise.seccomp import refuse_signals
 from llsupervise.supervisor.perform.broker import restrict_thread
 from llsupervise.supervisor.perform.placement import pin_self
 
@@ -120,6 +121,7 @@ class Offload:
 
         def main() -> None:
             try:
+                refuse_signals()  # it may inject descriptors (see seccomp.refuse_signals)
                 pin_self(self.cpu)
                 restrict_thread(self.kernel)
             except BaseException as exc:  # reported to the submitter

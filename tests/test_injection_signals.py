@@ -1,0 +1,88 @@
+"""A signal that reaches a thread while it injects a descriptor (SECCOMP_IOCTL_NOTIF_ADDFD
+with SEND) must not cost the program its answer.
+
+The kernel marks the request answered before it waits for the program to take the
+descriptor; a signal that ends that wait makes it withdraw the descriptor, and the program's
+call then returns 0 (its stdin) while the retried ioctl fails (EINPROGRESS). Signals reach
+our threads as any process-directed signal may (a terminal's SIGWINCH, a forwarded SIGINT):
+the threads that inject must not take them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from supervised import PUBLIC, make_tree, policy
+
+from llsupervise.supervisor.core import Supervisor
+
+pytestmark = pytest.mark.kernel
+
+#: Opens argv[1] (granted by the supervisor layer) many times; exits 3 if one open returned
+#: a descriptor that is not that file, 4 on an error, 0 otherwise.
+OPENER = r"""
+import os, sys
+path, times = sys.argv[1], int(sys.argv[2])
+want = os.stat(path)
+for _ in range(times):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        print("error", e, file=sys.stderr)
+        sys.exit(4)
+    st = os.fstat(fd)
+    if fd <= 2 or (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
+        print("wrong descriptor", fd, file=sys.stderr)
+        sys.exit(3)
+    os.close(fd)
+"""
+
+
+@pytest.mark.trio
+async def test_signals_to_the_serving_threads_never_cost_an_injection(tmp_path: Path) -> None:
+    paths = make_tree(tmp_path)
+    granted = (
+        '\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
+        f'parent = ["{paths["data"]}"]\n'
+    )
+    hits = 0
+
+    def count(_signum: int, _frame: object) -> None:
+        nonlocal hits
+        hits += 1
+
+    previous = signal.signal(signal.SIGUSR1, count)
+    stop = threading.Event()
+
+    def pester() -> None:
+        """SIGUSR1 at every serving thread, all the time (as a process-directed signal may
+        land on any of them)."""
+        while not stop.is_set():
+            for thread in threading.enumerate():
+                if thread.name.startswith("notifications") and thread.ident is not None:
+                    try:
+                        signal.pthread_kill(thread.ident, signal.SIGUSR1)
+                    except (ProcessLookupError, OSError):
+                        pass
+            stop.wait(0.0002)
+
+    sender = threading.Thread(target=pester, daemon=True)
+    try:
+        async with Supervisor.open(policy(tmp_path, supervisor_rules=granted)) as sup:
+            sender.start()
+            status = await sup.run(
+                [sys.executable, "-I", "-c", OPENER, str(paths["data"] / "x"), "3000"],
+                forward_signals=False,
+            )
+    finally:
+        stop.set()
+        sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert (paths["data"] / "x").read_bytes() == PUBLIC
+    assert status == 0
+    assert hits == 0  # blocked in the serving threads: never delivered there
