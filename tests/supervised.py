@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import sys
@@ -215,3 +216,8 @@ for path in ("work/pub/f", "work/pub-old/f"):
     else:
         print(path, "LEAK" if SECRET in data else "ok", flush=True)
 """
+
+
+def events_of(log: Path) -> list[dict[str, Any]]:
+    """The events of a run's ``--log`` file (none while it does not exist)."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

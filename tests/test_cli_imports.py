@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from supervised import make_tree, policy_text
+from supervised import events_of, make_tree, policy_text
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -170,19 +170,15 @@ def test_a_save_is_applied_without_trio(tmp_path: Path) -> None:
         rule = ('\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
                 f'parent = ["{root}/data"]\n')  # fmt: skip
         policy_path.write_text(policy_text(root, supervisor_rules=rule))
-        while not any(e["event"] == "reload" for e in events(log)):
+        while not any(e["event"] == "reload" for e in events_of(log)):
             assert proc.poll() is None and time.monotonic() < deadline, "never reloaded"
             time.sleep(0.01)
     finally:
         go.touch()
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    assert [e["ok"] for e in events(log) if e["event"] == "reload"] == [True]
+    assert [e["ok"] for e in events_of(log) if e["event"] == "reload"] == [True]
     assert out.read_text() == "ok"
     result = json.loads(stdout.splitlines()[-1])
     assert result["status"] == 0, stderr
     assert "trio" not in result["modules"]
-
-
-def events(log: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

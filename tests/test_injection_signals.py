@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import trio
 from supervised import PUBLIC, make_tree, policy
 
 from llsupervise.supervisor.core import Supervisor

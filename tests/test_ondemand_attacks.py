@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import SECRET, make_tree, policy, policy_text
+from supervised import SECRET, events_of, make_tree, policy, policy_text
+from test_supervisor_signals import caught_signals, finish
 
 from llsupervise.supervisor import core
 from llsupervise.supervisor.core import Supervisor
@@ -279,19 +279,6 @@ def cli(
     )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen[bytes]) -> int:
-    try:
-        return proc.wait(timeout=LIMIT)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def events_of(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
 def exit_logged(events: list[dict[str, Any]], status: int) -> bool:
     """The run's last event is its command's exit, with ``status``."""
     starts = [e for e in events if e["event"] == "start"]
@@ -332,18 +319,9 @@ def test_a_flood_of_denials_and_exec_reports_before_trio_is_all_answered(
 # -- 3. signals across the hand-over ---------------------------------------------------------
 
 
-def caught(pid: int) -> set[int]:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("SigCgt:"):
-                mask = int(line.split()[1], 16)
-                return {s for s in range(1, 65) if mask >> (s - 1) & 1}
-    return set()
-
-
 def wait_forwarding(proc: subprocess.Popen[bytes]) -> None:
     wait_for(
-        lambda: {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT} <= caught(proc.pid),
+        lambda: {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT} <= caught_signals(proc.pid),
         "llsupervise never caught the forwarded signals",
         LIMIT,
     )
@@ -477,55 +455,3 @@ while True:
     proc.send_signal(signum)
     assert finish(proc) == 100 + signum
     assert events_of(log)[-1]["status"] == 100 + signum
-
-
-# -- 4. the policy file's watch ---------------------------------------------------------------
-
-#: Marks argv[2], waits for argv[3], then reads argv[1]: "ok" or "err N" into argv[4].
-READ_LATER = r"""
-import os, sys, time
-target, mark, go, out = sys.argv[1:5]
-open(mark, "w").close()
-while not os.path.exists(go):
-    time.sleep(0.01)
-try:
-    with open(target, "rb") as f:
-        f.read()
-    result = "ok"
-except OSError as e:
-    result = "err %d" % e.errno
-with open(out, "w") as f:
-    f.write(result)
-"""
-
-
-def test_a_policy_save_made_before_trio_is_applied(tmp_path: Path) -> None:
-    """A rule saved into the policy file while the run has no trio (no watch yet) is applied
-    once the watch starts (it checks the file at its start)."""
-    root, _secret, _report = secret_tree(tmp_path)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
-    log = root / "log.jsonl"
-    mark, go, out = root / "out" / "mark", root / "out" / "go", root / "out" / "result"
-    proc = cli(
-        policy_path, log, sys.executable, "-I", "-c", READ_LATER, str(root / "data" / "x"),
-        str(mark), str(go), str(out), plain_for=1.0, import_delay=0.5,
-    )  # fmt: skip
-    try:
-        wait_for(mark.exists, "the command did not start", LIMIT)
-        rule = (
-            '\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
-            f'parent = ["{root}/data"]\n'
-        )
-        policy_path.write_text(policy_text(root, supervisor_rules=rule))
-        wait_for(
-            lambda: any(e["event"] == "reload" and e["ok"] for e in events_of(log)),
-            "the save made before trio was never reloaded",
-            15.0,
-        )
-    finally:
-        go.touch()
-        status = finish(proc)
-    assert status == 0
-    assert out.read_text() == "ok"
-
