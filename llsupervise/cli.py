@@ -21,6 +21,7 @@ from llsupervise.errors import LLSuperviseError
 if TYPE_CHECKING:
     from llsupervise.messages import Event
     from llsupervise.policy.document import PolicyDocument
+    from llsupervise.supervisor.launch.helper import Helper
 
 
 def check_log(path: str) -> None:
@@ -64,6 +65,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.explain and not args.headless:
         raise LLSuperviseError("--explain goes with --headless: the interface shows each decision")
+    if args.headless and not args.listen:
+        # Started now, so that its interpreter starts while ours loads the policy and the
+        # supervisor (see launch.helper); it does nothing until it has its spec.
+        from llsupervise.supervisor.launch.helper import Helper
+
+        helper = Helper.start()
+        try:
+            return _checked_run(args, helper)
+        finally:
+            helper.abandon()  # when the run failed before it had a command for it
+    return _checked_run(args, None)
+
+
+def _checked_run(args: argparse.Namespace, helper: Helper | None) -> int:
     if args.save_answers is not None:
         if args.policy is not None:
             raise LLSuperviseError(
@@ -87,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log is not None:
         check_log(args.log)
     if args.headless:
-        return _run_headless(args, document)
+        return _run_headless(args, document, helper)
     from llsupervise.supervisor.rules.controlplane import check_document, control_files
     from llsupervise.tui.app import run_tui
 
@@ -116,7 +131,9 @@ def _loading_modules() -> Iterator[None]:
             gc.enable()
 
 
-def _run_headless(args: argparse.Namespace, document: PolicyDocument) -> int:
+def _run_headless(
+    args: argparse.Namespace, document: PolicyDocument, helper: Helper | None
+) -> int:
     with _loading_modules():
         from llsupervise.policies.answers import KeptAnswers
         from llsupervise.supervisor.frontends.headless import run_headless
@@ -134,7 +151,7 @@ def _run_headless(args: argparse.Namespace, document: PolicyDocument) -> int:
     cpu = min(os.sched_getaffinity(0)) if args.same_cpu else None
     status = run_headless(
         document, args.command, log_path=args.log, listen=args.listen,
-        watch=args.policy is not None, cpu=cpu, listeners=listeners,
+        watch=args.policy is not None, cpu=cpu, listeners=listeners, helper=helper,
     )  # fmt: skip
     if explainer is not None:
         print(explainer.summary(status), file=sys.stderr, flush=True)

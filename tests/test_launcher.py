@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-from supervised import make_tree, policy
+from supervised import make_tree, policy, policy_text
 
 from llsupervise.policy.loader import parse_policy
 from llsupervise.supervisor.core import Supervisor
-from llsupervise.supervisor.launch.launcher import inherited_fds
+from llsupervise.supervisor.launch.helper import inherited_fds
 
 pytestmark = pytest.mark.kernel
 
@@ -151,3 +152,69 @@ def test_a_new_session_has_the_pty_as_its_terminal(tmp_path: Path, via_symlink: 
     assert status == 0, output
     assert b"to my tty" in output
     assert b"session True" in output
+
+
+#: Runs what follows "--" on its command line as the user would, with the descriptor soft
+#: limit lowered first: headless (whose exec helper starts before the limit is raised), or
+#: in trio (whose helper starts after). Prints the run's status.
+LOWERED = r"""
+import resource, sys, trio
+mode, policy_path = sys.argv[1], sys.argv[2]
+argv = sys.argv[sys.argv.index("--") + 1:]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1000, hard))
+if mode == "headless":
+    from llsupervise.cli import main
+    print(main(["run", "--headless", "--policy", policy_path, "--", *argv]))
+else:
+    from llsupervise.policy.loader import load_policy
+    from llsupervise.supervisor.core import Supervisor
+    async def run():
+        async with Supervisor.open(load_policy(policy_path)) as sup:
+            return await sup.run(argv, forward_signals=False)
+    print(trio.run(run))
+"""
+
+#: Prints its descriptor limits.
+PRINT_NOFILE = "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
+
+
+@pytest.mark.parametrize("mode", ["headless", "trio"])
+def test_the_command_gets_the_users_descriptor_limits(tmp_path: Path, mode: str) -> None:
+    """The supervisor raises its own soft limit (it holds a descriptor per rule object); the
+    command gets the limits it was run with, whichever way the run starts."""
+    make_tree(tmp_path)
+    policy_path = tmp_path / "policy.toml"
+    policy_path.write_text(policy_text(tmp_path))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    done = subprocess.run(
+        [sys.executable, "-c", LOWERED, mode, str(policy_path), "--",
+         sys.executable, "-I", "-c", PRINT_NOFILE],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"1000 {hard}", "0"], done.stderr
+
+
+#: A headless run whose policy does not load; then the processes left as our children.
+FAILED_RUN = r"""
+import os, sys, time
+from llsupervise.cli import main
+status = main(["run", "--headless", "--policy", sys.argv[1], "--", "true"])
+with open(f"/proc/self/task/{os.getpid()}/children") as f:
+    print(status, f.read().split())
+"""
+
+
+def test_a_run_that_fails_first_leaves_no_helper(tmp_path: Path) -> None:
+    """The exec helper starts before the policy loads (see launch.helper): when the policy
+    does not, it is told so (the end of its spec pipe), exits, and is reaped."""
+    bad = tmp_path / "policy.toml"
+    bad.write_text("[[ruleset]]\nhandled_access_fs = [\"no_such_right\"]\n")
+    done = subprocess.run(
+        [sys.executable, "-c", FAILED_RUN, str(bad)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "[]"], done.stdout
+    assert "no_such_right" in done.stderr

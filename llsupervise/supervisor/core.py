@@ -50,6 +50,7 @@ from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.events.decisions import DecisionSource, ModeDecisions
 from llsupervise.supervisor.events.model import EventLog
 from llsupervise.supervisor.launch import signals
+from llsupervise.supervisor.launch.helper import Helper
 from llsupervise.supervisor.launch.launcher import (
     Launched,
     LaunchError,
@@ -75,6 +76,7 @@ from llsupervise.supervisor.rules.objects import (
     ObjectTable,
     ResolvedPolicy,
     raise_nofile_limit,
+    user_nofile_limit,
 )
 from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
@@ -260,14 +262,17 @@ class Supervisor:
             # what the command left running goes with the run.
             running.cut_lifeline()
 
-    def run_trio_on_demand(self, argv: Sequence[str], *, cpu: int | None = None) -> int:
+    def run_trio_on_demand(
+        self, argv: Sequence[str], *, cpu: int | None = None, helper: Helper | None = None
+    ) -> int:
         """:meth:`run`, with our signals forwarded, starting trio only when something needs
         it: a question, or an event from a serving thread (see door). Until then this
         thread does what trio would (see _serve_plainly). A command that asks nothing never
         loads trio: its import costs more than a short command's whole run, and its CPU
         time is taken from the command's (a parallel build's) while it runs. Called from
-        the main thread (signals)."""
-        running = self._start(argv, (None, None, None), cpu, False)
+        the main thread (signals). ``helper``: an exec helper started earlier, with our
+        stdio, environment and cwd (see launch.helper)."""
+        running = self._start(argv, (None, None, None), cpu, False, helper)
         try:
             with signals.forwarding(running.launched.process.send_signal, self._hang_up):
                 if self._served_plainly(running):
@@ -299,7 +304,12 @@ class Supervisor:
             self.rule_uses.count(running.loop.performed)
 
     def _start(
-        self, argv: Sequence[str], stdio: Stdio, cpu: int | None, new_session: bool
+        self,
+        argv: Sequence[str],
+        stdio: Stdio,
+        cpu: int | None,
+        new_session: bool,
+        helper: Helper | None = None,
     ) -> _Running:
         """Launch ``argv`` and start serving it: what needs no trio."""
         slot = self.rules.slot
@@ -319,7 +329,8 @@ class Supervisor:
         try:
             launched = self.launched = launch(
                 argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,
-                new_session=new_session, lifeline=lifeline,
+                new_session=new_session, lifeline=lifeline, helper=helper,
+                nofile=user_nofile_limit(),
             )  # fmt: skip
             # Opened now, before anything can reap the command (a forwarded signal's poll):
             # its exit is then always seen, and its pid never names another process.

@@ -380,6 +380,7 @@ class NotificationLoop:
 
     def _watch_stalls(self) -> None:
         """Give up on a serving thread that holds one request too long (see the module)."""
+        refuse_signals()  # they go to the main thread, where Python handles them
         # Watching on while stopping: a stalled newest server would otherwise keep run()
         # (and the supervisor's exit) waiting for as long as the kernel holds it.
         while not self._done.wait(stalls.STALL_SECONDS / 4):

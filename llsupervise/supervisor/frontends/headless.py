@@ -21,6 +21,7 @@ from llsupervise.supervisor.events.model import (
     stall_note,
     symlink_notes,
 )
+from llsupervise.supervisor.launch.helper import Helper
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
 
 
@@ -33,6 +34,7 @@ def run_headless(
     watch: bool = False,
     cpu: int | None = None,
     listeners: Sequence[Callable[[Event], None]] = (),
+    helper: Helper | None = None,
 ) -> int:
     """Run ``argv`` under the policy; the exit status is the command's (128+N on signal N).
 
@@ -62,7 +64,7 @@ def run_headless(
         ) as supervisor:
             supervisor.listeners.extend([*listeners, _say_notes])
             if listen is None:
-                return supervisor.run_trio_on_demand(argv, cpu=cpu)
+                return supervisor.run_trio_on_demand(argv, cpu=cpu, helper=helper)
             import trio
 
             from llsupervise.supervisor.frontends.hub import Hub, listening

@@ -3,10 +3,11 @@
 The supervisor is a multi-threaded trio process, where ``preexec_fn`` is unsafe, so the
 child is a fresh interpreter running this file. Everything that can fail for a reason worth
 explaining (the Landlock ruleset, the BPF program) is prepared by the supervisor; this file
-reads the result from an inherited fd (marshalled) and only makes the calls that must come from the
-child, in this order: the parent-death signal, no_new_privs, ``landlock_restrict_self`` on the
-inherited ruleset, the seccomp filter (whose listener fd goes back to the supervisor over an
-inherited socket), and finally exec.
+reads the result from an inherited pipe (marshalled; it may be started before the supervisor
+has it, see helper) and only makes the calls that must come from the child, in this order:
+the parent-death signal, no_new_privs, ``landlock_restrict_self`` on the ruleset it receives
+over an inherited socket, the seccomp filter (whose listener fd goes back to the supervisor
+over that socket), and finally exec. At the end of an empty pipe it exits: not needed.
 
 It runs in a bare interpreter (``python -I -S``) and imports nothing but the standard
 library: that start-up is paid by every supervised command. The supervisor passes the
@@ -50,9 +51,29 @@ def _read_spec(fd: int) -> dict[str, Any]:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     os.close(fd)
+    if not chunks:  # abandoned: the run failed before it had a command for us
+        os._exit(0)
     # marshal: built in, nothing to import; the supervisor runs this same interpreter.
     spec: dict[str, Any] = marshal.loads(b"".join(chunks))
     return spec
+
+
+def _receive_ruleset(sock: _socket.socket) -> int:
+    """The static ruleset's descriptor, sent with the spec (SCM_RIGHTS)."""
+    _data, ancillary, _flags, _address = sock.recvmsg(1, _socket.CMSG_SPACE(4))
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    raise OSError(errno.EPROTO, "no ruleset came with the spec")
+
+
+def _user_limits(nofile: tuple[int, int]) -> None:
+    """The descriptor limits the user ran the supervisor with (it raised its own)."""
+    import resource
+
+    soft, hard = nofile
+    if resource.getrlimit(resource.RLIMIT_NOFILE) != (soft, hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _take_terminal() -> None:
@@ -73,14 +94,14 @@ def _call(libc: ctypes.CDLL, what: str, nr: int, *args: object) -> int:
     return result
 
 
-def _confine(spec: dict[str, Any]) -> int:
-    """Restrict this process as prepared by the supervisor; return the listener fd."""
+def _confine(spec: dict[str, Any], ruleset_fd: int) -> int:
+    """Restrict this process as prepared by the supervisor (``ruleset_fd``: negative when
+    the policy allowed running with nothing enforced); return the listener fd."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    ruleset_fd = spec["ruleset_fd"]
-    if ruleset_fd >= 0:  # negative: the policy allowed running with nothing enforced
+    if ruleset_fd >= 0:
         _call(libc, "landlock_restrict_self", spec["nr_restrict"], ctypes.c_int(ruleset_fd),
               ctypes.c_uint32(spec["restrict_flags"]))  # fmt: skip
         os.close(ruleset_fd)
@@ -119,9 +140,12 @@ def main() -> None:
     try:
         spec = _read_spec(spec_fd)
         _die_with_supervisor(ctypes.CDLL(None, use_errno=True), spec["supervisor_pid"])
+        if spec["nofile"] is not None:
+            _user_limits(spec["nofile"])
         if spec["new_session"]:
             _take_terminal()
-        listener = _confine(spec)
+        ruleset_fd = _receive_ruleset(sock) if spec["ruleset"] else -1
+        listener = _confine(spec, ruleset_fd)
     except Exception as exc:  # reported to the supervisor, which explains it to the user
         sock.sendall(MSG_ERROR + f"{type(exc).__name__}: {exc}".encode())
         sock.close()

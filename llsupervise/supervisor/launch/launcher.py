@@ -34,10 +34,11 @@ from llsupervise.seccomp.constants import (
     SOCK_FILTER,
 )
 from llsupervise.supervisor.launch import exec_helper
+from llsupervise.supervisor.launch.helper import Helper, HelperStartError, Stdio
 from llsupervise.supervisor.launch.lifeline import Lifeline
 from llsupervise.supervisor.net.sockets import pidfd_getfd
 
-Stdio = tuple[int | None, int | None, int | None]
+__all__ = ["LaunchError", "Launched", "StaticLayer", "Stdio", "exit_status", "launch"]
 
 
 class LaunchError(LLSuperviseError):
@@ -80,25 +81,47 @@ def launch(
     cpu: int | None = None,
     new_session: bool = False,
     lifeline: Lifeline | None = None,
+    helper: Helper | None = None,
+    nofile: tuple[int, int] | None = None,
 ) -> Launched:
     """Start ``argv`` confined by ``layer`` with ``syscalls`` trapped; return its listener.
 
     ``stdio`` gives descriptors for the command's stdin, stdout and stderr (None: ours).
     ``cpu``: keep the command and its descendants on that CPU. ``new_session``: the command
     leads a new session with its stdin (a terminal) as controlling terminal. ``lifeline``:
-    the cgroup the command and its descendants live in (see lifeline)."""
+    the cgroup the command and its descendants live in (see lifeline). ``helper``: one
+    started earlier, with ``env``, ``cwd`` and ``stdio`` (see helper); it is used up.
+    ``nofile``: the command's descriptor limits (soft, hard), where ours were raised."""
     if not argv:
         raise LaunchError("no command given")
+    try:
+        if helper is None:
+            helper = Helper.start(env, cwd, stdio)
+    except HelperStartError as exc:
+        raise LaunchError(str(exc.strerror)) from exc
+    try:
+        spec = {"argv": list(argv), "new_session": new_session, "nofile": nofile}
+        return _confine_and_exec(helper, spec, layer, syscalls, cpu, lifeline)
+    finally:
+        helper.abandon()  # when it never got its spec (nothing once it did)
+
+
+def _confine_and_exec(
+    helper: Helper,
+    spec: dict[str, Any],
+    layer: StaticLayer,
+    syscalls: Sequence[str],
+    cpu: int | None,
+    lifeline: Lifeline | None,
+) -> Launched:
     ruleset = _static_ruleset(layer)
     try:
-        ruleset_fd = -1 if ruleset is None else ruleset.fileno()
-        spec = {
-            "ruleset_fd": ruleset_fd,
+        spec |= {
+            "ruleset": ruleset is not None,
             "restrict_flags": layer.restrict_flags,
-            "new_session": new_session,
             # The helper's parent: the thread that spawns it must live as long as the command
-            # (PR_SET_PDEATHSIG fires when that thread exits); the supervisor spawns from the
-            # thread that runs trio, which lasts until the run is over.
+            # (PR_SET_PDEATHSIG fires when that thread exits); the supervisor spawns from its
+            # main thread, which lasts until the run is over.
             "supervisor_pid": os.getpid(),
             "nr_restrict": landlock_syscall_numbers()[2],
             **_filter_spec(
@@ -108,14 +131,13 @@ def launch(
                 refuse_io_uring=bool(layer.handled_fs & AccessFs.CONNECT_UNIX),
                 pass_unaddressed_sends=bool(layer.handled_fs & AccessFs.CONNECT_UNIX),
             ),
-            "argv": list(argv),
         }
-        process, spec_w, parent_sock = _spawn(
-            [ruleset_fd] if ruleset_fd >= 0 else [], env, cwd, stdio
-        )
+        if ruleset is not None:  # before the spec: the helper takes it once the spec is whole
+            socket.send_fds(helper.sock, [b"R"], [ruleset.fileno()])
     finally:
         if ruleset is not None:
             ruleset.close()  # the helper has its own copy
+    process = helper.process
     if cpu is not None:
         # Set while the helper starts up, before it confines itself and execs: the command and
         # everything it starts inherit it.
@@ -126,12 +148,14 @@ def launch(
         # leaves the command with its parent-death signal only, as without a cgroup.
         with contextlib.suppress(OSError):
             lifeline.adopt(process.pid)
+    spec_w, helper.spec_w = helper.spec_w, None
+    assert spec_w is not None, "a helper is used once"
     try:
         with os.fdopen(spec_w, "wb") as pipe:
             pipe.write(marshal.dumps(spec))
-        return Launched(process, _receive_listener(parent_sock, process))
+        return Launched(process, _receive_listener(helper.sock, process))
     finally:
-        parent_sock.close()
+        helper.sock.close()
 
 
 def _static_ruleset(layer: StaticLayer) -> LandlockRuleset | None:
@@ -187,61 +211,9 @@ def _filter_spec(
     }
 
 
-#: Runs exec_helper as a module, from its directory (last on the path: the standard library's
-#: names come first), so that its compiled bytecode is used; a script given by path is
-#: compiled again on every start (~2-4 ms on the way to every command's exec).
-_HELPER_BOOT = (
-    "import sys; sys.path.append(sys.argv.pop(1)); import exec_helper; exec_helper.main()"
-)
-_HELPER = (sys.executable, "-I", "-S", "-c", _HELPER_BOOT, os.path.dirname(exec_helper.__file__))
-
-
-def _spawn(
-    fds: list[int], env: Mapping[str, str] | None, cwd: str | None, stdio: Stdio
-) -> tuple[subprocess.Popen[bytes], int, socket.socket]:
-    """Start the helper with ``fds`` inherited; return it, the spec pipe and our socket end."""
-    spec_r, spec_w = os.pipe()
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    child_fd = child_sock.fileno()
-    try:
-        process = subprocess.Popen(
-            # A bare interpreter (no site, nothing of ours imported): faster start-up.
-            [*_HELPER, str(spec_r), str(child_fd)],
-            pass_fds=[spec_r, child_fd, *fds, *inherited_fds()],
-            env=None if env is None else dict(env),
-            cwd=cwd,
-            stdin=stdio[0],
-            stdout=stdio[1],
-            stderr=stdio[2],
-        )
-    except OSError as exc:
-        os.close(spec_w)
-        parent_sock.close()
-        raise LaunchError(f"cannot start the launcher: {exc}") from exc
-    finally:
-        os.close(spec_r)
-        child_sock.close()
-    return process, spec_w, parent_sock
-
-
 def exit_status(returncode: int) -> int:
     """The shell's convention: 128+N for a command killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def inherited_fds() -> list[int]:
-    """Descriptors this process inherited without CLOEXEC: passed on to the command, as a
-    transparent wrapper should. The supervisor's own descriptors are all CLOEXEC."""
-    fds = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            try:
-                if os.get_inheritable(fd):
-                    fds.append(fd)
-            except OSError:
-                pass  # the listing's own descriptor, closed since
-    return fds
 
 
 def _receive_listener(sock: socket.socket, process: subprocess.Popen[bytes]) -> Listener:

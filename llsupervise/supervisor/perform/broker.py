@@ -21,6 +21,7 @@ from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.libc import libc as _libc
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import NO_SCOPE
+from llsupervise.seccomp import refuse_signals
 from llsupervise.supervisor.perform.placement import pin_self
 from llsupervise.supervisor.rules.objects import ObjectTable
 
@@ -109,6 +110,7 @@ class Broker:
 
     def _main(self, ready: queue.SimpleQueue[BaseException | None], cpu: int | None) -> None:
         try:
+            refuse_signals()  # they go to the main thread, where Python handles them
             pin_self(cpu)
             restrict_thread(self.kernel)
         except BaseException as exc:

@@ -54,11 +54,22 @@ class ResourceLimitError(LLSuperviseError):
 
 
 def raise_nofile_limit() -> int:
-    """Raise the soft descriptor limit to the hard one; return the new soft limit."""
+    """Raise the soft descriptor limit to the hard one; return the new soft limit. The
+    command gets the limits as they were (see user_nofile_limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _user_nofile.setdefault("limits", (soft, hard))
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+#: The descriptor limits before raise_nofile_limit first raised them.
+_user_nofile: dict[str, tuple[int, int]] = {}
+
+
+def user_nofile_limit() -> tuple[int, int]:
+    """The descriptor limits (soft, hard) the user ran us with: the command's."""
+    return _user_nofile.get("limits") or resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def object_id(st: os.stat_result) -> ObjectId:
