@@ -36,6 +36,7 @@ from llsupervise.supervisor.rules.objects import (
     ResolvedPolicy,
     ancestry,
     object_id,
+    raise_nofile_limit,
     resolve,
 )
 
@@ -237,6 +238,9 @@ def refuse_static(policy: ResolvedPolicy, files: Iterable[ControlFile]) -> None:
 
 
 def check_document(document: PolicyDocument, files: Sequence[ControlFile]) -> None:
-    """:func:`refuse_static` for a document not resolved yet (``run``, before it starts)."""
+    """:func:`refuse_static` for a document not resolved yet (``run``, before it starts).
+    The descriptor limit is raised first, as the run will: a policy is refused only for
+    needing more descriptors than the hard limit."""
+    raise_nofile_limit()
     with ObjectTable() as table:
         refuse_static(resolve(document, table), files)
