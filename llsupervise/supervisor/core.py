@@ -82,12 +82,26 @@ from llsupervise.supervisor.rules.state import RuleState
 from llsupervise.supervisor.rules.uses import RuleUses
 
 if TYPE_CHECKING:
+    from typing import TypedDict, Unpack
+
     from llsupervise.supervisor.net.mediator import NetMediator
     from llsupervise.supervisor.policyfile.watch import PolicyFile
 
 TRAPPED_SYSCALLS = (
     *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
 )  # fmt: skip
+
+if TYPE_CHECKING:
+
+    class OpenOptions(TypedDict, total=False):
+        """What :meth:`Supervisor.opened` takes beside the document."""
+
+        decisions: DecisionSource | None
+        log: EventLog | None
+        watch: bool
+        control: Sequence[ControlFile] | None
+        terminal: int | None
+
 
 #: Seconds a run goes without trio at most when nothing needs it (see run_trio_on_demand);
 #: tests set it to see both sides.
@@ -134,20 +148,10 @@ class Supervisor:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls,
-        document: PolicyDocument,
-        *,
-        decisions: DecisionSource | None = None,
-        log: EventLog | None = None,
-        watch: bool = False,
-        control: Sequence[ControlFile] | None = None,
-        terminal: int | None = None,
+        cls, document: PolicyDocument, **options: Unpack[OpenOptions]
     ) -> AsyncIterator[Supervisor]:
         """:meth:`opened`, in trio."""
-        with cls.opened(
-            document, decisions=decisions, log=log, watch=watch, control=control,
-            terminal=terminal,
-        ) as sup:  # fmt: skip
+        with cls.opened(document, **options) as sup:
             yield sup
 
     @classmethod
