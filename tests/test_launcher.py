@@ -227,3 +227,32 @@ def test_a_run_that_fails_first_leaves_no_helper(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "[]"], done.stdout
     assert "no_such_right" in done.stderr
+
+
+def test_a_run_that_fails_after_launch_takes_the_command_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something fails between the launch and the serving (here the serving loop cannot be
+    made): the command, already started (waiting for its exec to be served), is killed and
+    reaped, and the failure is told."""
+    from llsupervise.supervisor import core
+
+    make_tree(tmp_path)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("no loop today")
+
+    monkeypatch.setattr(core, "NotificationLoop", broken)
+    launched: list[int] = []
+
+    async def main() -> None:
+        async with Supervisor.open(policy(tmp_path)) as sup:
+            try:
+                await sup.run([sys.executable, "-I", "-c", "pass"], forward_signals=False)
+            finally:
+                assert sup.launched is not None
+                launched.append(sup.launched.pid)
+
+    with pytest.raises(RuntimeError, match="no loop today"):
+        trio.run(main)
+    assert not os.path.exists(f"/proc/{launched[0]}"), "the command outlived its failed run"

@@ -87,12 +87,6 @@ if TYPE_CHECKING:
     from llsupervise.supervisor.net.mediator import NetMediator
     from llsupervise.supervisor.policyfile.watch import PolicyFile
 
-TRAPPED_SYSCALLS = (
-    *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
-)  # fmt: skip
-
-if TYPE_CHECKING:
-
     class OpenOptions(TypedDict, total=False):
         """What :meth:`Supervisor.opened` takes beside the document."""
 
@@ -102,6 +96,10 @@ if TYPE_CHECKING:
         control: Sequence[ControlFile] | None
         terminal: int | None
 
+
+TRAPPED_SYSCALLS = (
+    *MEDIATED_FS_SYSCALLS, *EXEC_SYSCALLS, *CONTEXT_SYSCALLS, *SELF_RESTRICT_SYSCALLS,
+)  # fmt: skip
 
 #: Seconds a run goes without trio at most when nothing needs it (see run_trio_on_demand);
 #: tests set it to see both sides.
@@ -271,7 +269,7 @@ class Supervisor:
     ) -> int:
         """:meth:`run`, with our signals forwarded, starting trio only when something needs
         it: a question, or an event from a serving thread (see door). Until then this
-        thread does what trio would (see _serve_plainly). A command that asks nothing never
+        thread does what trio would (see _served_plainly). A command that asks nothing never
         loads trio: its import costs more than a short command's whole run, and its CPU
         time is taken from the command's (a parallel build's) while it runs. Called from
         the main thread (signals). ``helper``: an exec helper started earlier, with our
@@ -343,40 +341,57 @@ class Supervisor:
             if lifeline is not None:
                 lifeline.close()
             raise
+        thread: threading.Thread | None = None
         try:
-            launched.listener.set_sync_wakeup()
-        except SeccompError:
-            pass  # older kernels: slower wake-ups, same behaviour
-        door = self.handover.door = self.created.door = Door()
-        if self.static.handled_net or unix:  # made here: its helper needs our standing
-            from llsupervise.supervisor.net.mediator import NetMediator
+            try:
+                launched.listener.set_sync_wakeup()
+            except SeccompError:
+                pass  # older kernels: slower wake-ups, same behaviour
+            door = self.handover.door = self.created.door = Door()
+            if self.static.handled_net or unix:  # made here: its helper needs our standing
+                from llsupervise.supervisor.net.mediator import NetMediator
 
-            self.net = NetMediator(
-                launched.listener, self.static, self.rules.in_force, self.generation,
-                self.handover.net_denial, on_unix_denial=self.handover.unix_denial,
-                on_refusal=self.handover.refusal,
-                on_stall=lambda n, outcome: self._stalled(n, None, outcome),
-            )  # fmt: skip
-        loop = NotificationLoop(
-            launched.listener,
-            slot,
-            self.static.handled_fs,
-            self.handover.denial,
-            on_exec=self.handover.exec,
-            fast=StaticPrefixes(self.static, self.table),
-            net=self.net,
-            cpu=cpu,
-            guard=self.guard,
-            created=lambda: self.rules.created_index,
-            on_created=self.created.created,
-            on_stall=self._stalled,
-        )
-        loop.on_own_layer = self._own_layer
-        self.created.listener = launched.listener
-        slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
-        thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
-        thread.start()
-        self.emit(self._start_event(launched.pid, argv))
+                self.net = NetMediator(
+                    launched.listener, self.static, self.rules.in_force, self.generation,
+                    self.handover.net_denial, on_unix_denial=self.handover.unix_denial,
+                    on_refusal=self.handover.refusal,
+                    on_stall=lambda n, outcome: self._stalled(n, None, outcome),
+                )  # fmt: skip
+            loop = NotificationLoop(
+                launched.listener,
+                slot,
+                self.static.handled_fs,
+                self.handover.denial,
+                on_exec=self.handover.exec,
+                fast=StaticPrefixes(self.static, self.table),
+                net=self.net,
+                cpu=cpu,
+                guard=self.guard,
+                created=lambda: self.rules.created_index,
+                on_created=self.created.created,
+                on_stall=self._stalled,
+            )
+            loop.on_own_layer = self._own_layer
+            self.created.listener = launched.listener
+            slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
+            thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
+            thread.start()
+            self.emit(self._start_event(launched.pid, argv))
+        except BaseException:
+            # What was made goes with the failure, and the command (never served) with it.
+            launched.process.kill()
+            launched.process.wait()
+            if thread is not None:
+                loop.stop()
+                thread.join()
+            if self.net is not None:
+                self.net.close()
+                self.net = None
+            if lifeline is not None:
+                lifeline.close()
+            os.close(pidfd)
+            launched.listener.close()
+            raise
         return _Running(launched, loop, thread, lifeline, door, pidfd)
 
     def _start_event(self, pid: int, argv: Sequence[str]) -> StartEvent:
