@@ -101,3 +101,19 @@ def test_close_drops_what_waited_and_releases_the_bell() -> None:
     assert not door.call_soon(print, "refused")
     with pytest.raises(OSError):
         os.fstat(bell)
+
+
+def test_after_the_run_calls_still_reach_a_running_trio() -> None:
+    """A late report (a slow filesystem's creation, done after the run) still reaches trio
+    while it runs; the handlers know the run is over."""
+    seen: list[str] = []
+
+    async def main() -> None:
+        door = Door()
+        door.open(trio.lowlevel.current_trio_token())
+        door.close()
+        assert door.call_soon(seen.append, "late")
+        await trio.testing.wait_all_tasks_blocked()
+
+    trio.run(main)
+    assert seen == ["late"]

@@ -71,14 +71,16 @@ class Door:
             return True
 
     def close(self) -> None:
-        """Refuse every call from now on (the run is over). A call still waiting (only when
-        the run failed before trio took over) is dropped: the listener closes with the run,
-        so a request in it fails."""
+        """The run is over. Without trio, every call is refused from now on, and one still
+        waiting (only when the run failed before trio took over) is dropped: the listener
+        closes with the run, so a request in it fails. With trio, calls still reach it
+        while it runs (a late report of a slow filesystem is still logged; a handler finds
+        the run over and fails a request closed), and are refused once it has ended."""
         with self._lock:
             if self.bell < 0:
                 return
-            self._closed = True
-            self._token = None
+            if self._token is None:
+                self._closed = True
             self._waiting.clear()
             os.close(self.bell)
             self.bell = -1
