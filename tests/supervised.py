@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -85,6 +86,20 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 30
             await trio.sleep(0.01)
         return
     raise AssertionError(f"gave up waiting for {what}")
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    what: str,
+    limit: float = 10.0,
+    proc: subprocess.Popen[Any] | None = None,
+) -> None:
+    """:func:`wait_until` outside trio; fails at once when ``proc`` (the run) has ended."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert proc is None or proc.poll() is None, f"{what} (the run ended)"
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
 
 
 def lines(path: Path) -> list[str]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from supervised import events_of, make_tree, policy_text
+from supervised import events_of, make_tree, policy_text, wait_for
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -163,16 +163,15 @@ def test_a_save_is_applied_without_trio(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the command never ran"
-            time.sleep(0.01)
+        deadline = time.monotonic() + 60  # both waits together, as one limit
+        wait_for(ready.exists, "the command never ran", 60, proc)
         rule = ('\n[[supervisor.path_beneath]]\nallowed_access = ["read_file"]\n'
                 f'parent = ["{root}/data"]\n')  # fmt: skip
         policy_path.write_text(policy_text(root, supervisor_rules=rule))
-        while not any(e["event"] == "reload" for e in events_of(log)):
-            assert proc.poll() is None and time.monotonic() < deadline, "never reloaded"
-            time.sleep(0.01)
+        wait_for(
+            lambda: any(e["event"] == "reload" for e in events_of(log)),
+            "never reloaded", deadline - time.monotonic(), proc,
+        )  # fmt: skip
     finally:
         go.touch()
         stdout, stderr = proc.communicate(timeout=60)

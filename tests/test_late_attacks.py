@@ -14,11 +14,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from supervised import events_of, make_tree, policy_text
+from supervised import events_of, make_tree, policy_text, wait_for
 
 from llsupervise.landlock import syscall_numbers
 from llsupervise.supervisor.launch import exec_helper
@@ -301,18 +301,11 @@ def reading_twice(root: Path, policy: str) -> Iterator[tuple[Path, Path, Path, l
     )  # fmt: skip
     outputs: list[str] = []
     try:
-        until(lambda: ready.exists(), proc, "the command never ran")
+        wait_for(ready.exists, "the command never ran", 60, proc)
         yield policy_path, log, out, outputs
     finally:
         go.touch()
         outputs.extend(proc.communicate(timeout=60))
-
-
-def until(condition: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert proc.poll() is None and time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_a_revocation_saved_during_the_plain_phase_takes_effect(tmp_path: Path) -> None:

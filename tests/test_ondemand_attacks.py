@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import SECRET, events_of, make_tree, policy, policy_text
+from supervised import SECRET, events_of, make_tree, policy, policy_text, wait_for
 from test_supervisor_signals import caught_signals, finish
 
 from llsupervise.supervisor import core
@@ -125,13 +125,6 @@ def run_in_process(
         sup.listeners.append(lambda event: events.append(dict(event)))
         status = sup.run_trio_on_demand(argv)
     return status, events, counts
-
-
-def wait_for(predicate: Any, what: str, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
 
 
 # -- 1. a request the door refuses fails closed ----------------------------------------------
