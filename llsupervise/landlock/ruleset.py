@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Self
+
+from msgspec import Struct
 
 from llsupervise.fdowner import FdOwner
 from llsupervise.landlock import _syscall
@@ -41,8 +42,7 @@ def _listed(flags: AccessFs | AccessNet | Scope) -> str:
     return ", ".join(names(flags)) or "none"
 
 
-@dataclass(frozen=True)
-class EnforcementReport:
+class EnforcementReport(Struct, frozen=True):
     """What a ruleset was asked to handle and what this kernel lets it handle."""
 
     abi: int

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import threading
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from llsupervise.landlock import _syscall
 from llsupervise.landlock._syscall import LandlockError, RestrictFlag
@@ -82,8 +83,7 @@ def _probed_restrict_flags() -> dict[str, int]:
     return results[0]
 
 
-@dataclass(frozen=True)
-class KernelSupport:
+class KernelSupport(Struct, frozen=True):
     """Landlock features of one kernel; a pretended one (``for_abi``) lets tests act old."""
 
     abi: int

@@ -24,8 +24,9 @@ import stat
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from types import FrameType
+
+from msgspec import Struct
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.recording import Recording
@@ -94,8 +95,7 @@ class CommandNotStarted(LLSuperviseError):
     """The launcher could not exec the command: nothing of it was recorded."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(Struct, frozen=True):
     """An object found by a lookup: the kernel's name for it, its mode and identity."""
 
     path: str
@@ -145,8 +145,7 @@ def _child_view(tid: int, path: bytes) -> bytes:
     return path
 
 
-@dataclass
-class _Traced:
+class _Traced(Struct):
     """A trapped thread's memory reader and executable."""
 
     memory: ProcessMemory

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.learn.paths import to_template
@@ -38,8 +39,7 @@ class RecordingError(LLSuperviseError):
     """A recording file that cannot be used, or two recordings that cannot be merged."""
 
 
-@dataclass
-class PathUse:
+class PathUse(Struct):
     """Everything the runs did to one object (or, for creations, to its directory)."""
 
     access: AccessFs = NO_FS
@@ -62,8 +62,7 @@ class PathUse:
         )
 
 
-@dataclass
-class PortUse:
+class PortUse(Struct):
     """TCP ports bound or connected to (``record_port``)."""
 
     access: AccessNet = NO_NET
@@ -80,8 +79,7 @@ class PortUse:
         )
 
 
-@dataclass
-class Recording:
+class Recording(Struct):
     #: Run id -> the command line of that run.
     runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     paths: dict[str, PathUse] = field(default_factory=dict)

@@ -41,8 +41,9 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from msgspec import Struct, field
 
 from llsupervise.learn import places
 from llsupervise.learn.paths import TemplateError, ancestors, depth, expand, is_beneath
@@ -98,8 +99,7 @@ class FsView(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Struct, frozen=True):
     #: Variable -> absolute, symlink-free directory (PWD, HOME, TMPDIR).
     variables: Mapping[str, str]
     #: Read-only system hierarchies (absolute, symlink-free).
@@ -129,8 +129,7 @@ class Context:
         return points
 
 
-@dataclass(frozen=True)
-class LearnedRule:
+class LearnedRule(Struct, frozen=True):
     part: Part
     #: What the rule is for: system (a whole hierarchy of programs and libraries), sysdata
     #: (files and directories of system data read), exec, kernel (judged in the caller's
@@ -162,8 +161,7 @@ class LearnedRule:
         return bool(self.transient or self.complete or self.many or self.churn)
 
 
-@dataclass(frozen=True)
-class PortRule:
+class PortRule(Struct, frozen=True):
     port: int
     access: AccessNet
     count: int
@@ -171,8 +169,7 @@ class PortRule:
     exes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(Struct, frozen=True):
     """Rights the runs used that the policy does not grant, and why."""
 
     path: str
@@ -181,8 +178,7 @@ class Refusal:
     examples: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Sensitive:
+class Sensitive(Struct, frozen=True):
     path: str
     access: AccessFs
     exes: tuple[str, ...]
@@ -190,8 +186,7 @@ class Sensitive:
     granted: AccessFs = NO_FS
 
 
-@dataclass(frozen=True)
-class LearnedPolicy:
+class LearnedPolicy(Struct, frozen=True):
     runs: int
     commands: tuple[tuple[str, ...], ...]
     rules: tuple[LearnedRule, ...]
@@ -206,8 +201,7 @@ class LearnedPolicy:
     abi: int
 
 
-@dataclass
-class _Bucket:
+class _Bucket(Struct):
     """A rule under construction."""
 
     part: Part

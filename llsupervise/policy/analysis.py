@@ -27,8 +27,9 @@ it, and the rights of the rules on a chain add up. Pure: the caller opens the pa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
+
+from msgspec import Struct
 
 from llsupervise.policy.conditions import Condition
 from llsupervise.policy.model import ObjectId
@@ -53,8 +54,7 @@ Kind = Literal["ineffective", "redundant", "covered_by_static", "quiet_overlap"]
 Chains = Mapping[ObjectId, Sequence[ObjectId]]
 
 
-@dataclass(frozen=True)
-class PolicyRule:
+class PolicyRule(Struct, frozen=True):
     """One path of one ``path_beneath`` entry, resolved to its object."""
 
     layer: Layer
@@ -76,15 +76,13 @@ class PolicyRule:
         return NO_FS if self.stated is None else self.stated & ~self.access
 
 
-@dataclass(frozen=True)
-class QuietObject:
+class QuietObject(Struct, frozen=True):
     obj: ObjectId
     label: str
     where: object
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(Struct, frozen=True):
     kind: Kind
     rule: PolicyRule
     #: The covering rule (redundant), or None when the static rules together cover it.
@@ -116,8 +114,7 @@ class Finding:
         return f"overlap: {rule} lies beneath quiet {where}: it grants inside the quiet tree"
 
 
-@dataclass(frozen=True)
-class PortFinding:
+class PortFinding(Struct, frozen=True):
     port: int
     access: AccessNet
 
@@ -135,8 +132,7 @@ EXE_CONDITION_WARNING = (
 )
 
 
-@dataclass(frozen=True)
-class PolicyWarning:
+class PolicyWarning(Struct, frozen=True):
     """A property of the policy worth a line in ``check``, not about one rule's redundancy."""
 
     text: str
@@ -311,8 +307,7 @@ _CREATION = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Unrestricted:
+class Unrestricted(Struct, frozen=True):
     """Rights and scopes of the target ABI that the policy does not handle: Landlock lets the
     program use them everywhere, whatever the rules say."""
 

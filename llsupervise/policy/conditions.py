@@ -12,30 +12,28 @@ Pure: the requester's executable and cgroup are read by the supervisor and passe
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs
 
 
-@dataclass(frozen=True)
-class Condition:
+class Condition(Struct, frozen=True):
     #: Resolved executable paths; empty: any executable.
     exe: frozenset[str] = frozenset()
     #: Normalised cgroup v2 path (``/a/b``); None: any cgroup.
     cgroup: str | None = None
 
 
-@dataclass(frozen=True)
-class Requester:
+class Requester(Struct, frozen=True):
     """Who made a request: its executable (resolved) and cgroup v2 path, when known."""
 
     exe: str | None
     cgroup: str | None
 
 
-@dataclass(frozen=True)
-class ConditionalRule:
+class ConditionalRule(Struct, frozen=True):
     obj: ObjectId
     access: AccessFs
     condition: Condition

@@ -8,8 +8,9 @@ the missing ones with the :class:`Location` recorded for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NoReturn
+
+from msgspec import Struct
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.rights import AccessFs, AccessNet, Scope
@@ -21,39 +22,30 @@ MODES: tuple[Mode, ...] = ("interactive", "enforce", "permissive")
 DEFAULTS: tuple[Default, ...] = ("deny", "allow_once")
 
 
-@dataclass(frozen=True)
 class Location:
     """Where a value came from: the file, its 1-based line when known, and its key path.
 
     ``key`` reads like ``supervisor.path_beneath[1].parent[0]``; it is empty for errors about the
-    file as a whole (unreadable, not UTF-8, TOML syntax).
+    file as a whole (unreadable, not UTF-8, TOML syntax). Immutable; equal to, and hashed
+    like, any location with the same file, line and key (lazy ones below included).
+
+    Written out rather than a Struct: its subclasses work out ``line`` (and ``key``) only when
+    asked for, which a Struct's fields cannot be.
     """
 
     file: str
     line: int | None
     key: str
 
-    def __str__(self) -> str:
-        text = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{text}: {self.key}" if self.key else text
+    def __init__(self, file: str, line: int | None, key: str) -> None:
+        # Straight into the instance dict, as __setattr__ refuses.
+        self.__dict__.update(file=file, line=line, key=key)
 
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"a location is immutable (cannot set {name!r})")
 
-class LazyLocation(Location):
-    """A :class:`Location` whose line is looked up only when asked for.
-
-    Every rule of a policy carries its location, but lines are read only for messages:
-    finding them lazily keeps loading (and reloading) a large policy fast. Equal to, and
-    hashed like, the plain Location with the same file, line and key."""
-
-    def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
-        # Straight into the instance dict: a policy may make thousands of these, and the
-        # frozen dataclass's attribute setting is slow.
-        self.__dict__.update(file=file, key=key, _lines=lines)
-
-    @property
-    def line(self) -> int | None:
-        line: int | None = self._lines(self.key)  # type: ignore[attr-defined]
-        return line
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"a location is immutable (cannot delete {name!r})")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Location):
@@ -68,6 +60,26 @@ class LazyLocation(Location):
 
     def __reduce__(self) -> tuple[type[Location], tuple[str, int | None, str]]:
         return (Location, (self.file, self.line, self.key))
+
+    def __str__(self) -> str:
+        text = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{text}: {self.key}" if self.key else text
+
+
+class LazyLocation(Location):
+    """A :class:`Location` whose line is looked up only when asked for.
+
+    Every rule of a policy carries its location, but lines are read only for messages:
+    finding them lazily keeps loading (and reloading) a large policy fast."""
+
+    def __init__(self, file: str, key: str, lines: Callable[[str], int | None]) -> None:
+        self.__dict__.update(file=file, key=key, _lines=lines)
+
+    # Read-only here: worked out when asked for.
+    @property
+    def line(self) -> int | None:  # type: ignore[override]
+        line: int | None = self._lines(self.key)  # type: ignore[attr-defined]
+        return line
 
 
 class TableArray:
@@ -99,21 +111,20 @@ class ElementLocation(LazyLocation):
         state["_parent"] = parent
 
     @property
-    def file(self) -> str:
+    def file(self) -> str:  # type: ignore[override]
         return self._array.file
 
     @property
-    def key(self) -> str:
+    def key(self) -> str:  # type: ignore[override]
         key = f"{self._array.key}[{self._index}]"
         return key if self._parent < 0 else f"{key}.parent[{self._parent}]"
 
     @property
-    def line(self) -> int | None:
+    def line(self) -> int | None:  # type: ignore[override]
         return self._array.lines(self.key)
 
 
-@dataclass(frozen=True)
-class PathBeneathEntry:
+class PathBeneathEntry(Struct, frozen=True):
     access: AccessFs
     #: Expanded paths, absolute (relative ones were joined to ``PWD``), duplicates removed.
     paths: tuple[str, ...]
@@ -128,43 +139,19 @@ class PathBeneathEntry:
     #: ... and/or from processes in this cgroup v2 subtree (an absolute cgroup path).
     cgroup: str | None = None
 
-    @classmethod
-    def plain(
-        cls,
-        access: AccessFs,
-        paths: tuple[str, ...],
-        location: Location,
-        path_locations: tuple[Location, ...],
-    ) -> PathBeneathEntry:
-        """``PathBeneathEntry(access, paths, False, location, path_locations)``, made without
-        the frozen dataclass's one setattr call per field: a policy may hold thousands."""
-        entry = object.__new__(cls)
-        # Item by item into the instance dict, in field order, as ElementLocation does.
-        state = entry.__dict__
-        state["access"] = access
-        state["paths"] = paths
-        state["optional"] = False
-        state["location"] = location
-        state["path_locations"] = path_locations
-        state["exe"] = ()
-        state["cgroup"] = None
-        return entry
-
     @property
     def conditional(self) -> bool:
         """A rule that applies only to some requesters: kept out of the shared ruleset."""
         return bool(self.exe) or self.cgroup is not None
 
 
-@dataclass(frozen=True)
-class NetPortEntry:
+class NetPortEntry(Struct, frozen=True):
     access: AccessNet
     ports: tuple[int, ...]
     location: Location
 
 
-@dataclass(frozen=True)
-class QuietEntry:
+class QuietEntry(Struct, frozen=True):
     """Objects whose denials are still denied but never prompted for."""
 
     paths: tuple[str, ...]
@@ -173,8 +160,7 @@ class QuietEntry:
     path_locations: tuple[Location, ...]
 
 
-@dataclass(frozen=True)
-class SupervisorSection:
+class SupervisorSection(Struct, frozen=True):
     """The ``[supervisor]`` table: the mutable layer, reloaded and committed on save."""
 
     mode: Mode = "interactive"
@@ -188,8 +174,7 @@ class SupervisorSection:
     quiet: tuple[QuietEntry, ...] = ()
 
 
-@dataclass(frozen=True)
-class PolicyDocument:
+class PolicyDocument(Struct, frozen=True):
     source: str
     #: The ``abi`` key as written; ``abi.*`` groups were resolved with it, or with
     #: :data:`llsupervise.rights.LATEST_ABI` when it is absent.
@@ -203,9 +188,15 @@ class PolicyDocument:
     net_port: tuple[NetPortEntry, ...]
     supervisor: SupervisorSection
     #: Every variable that was defined (predefined ones included), fully expanded.
-    variables: Mapping[str, tuple[str, ...]] = field(hash=False)
+    variables: Mapping[str, tuple[str, ...]]
     #: Whether a ``[[ruleset]]`` states ``scoped`` (its scopes are then exactly those).
     scoped_stated: bool = False
+
+    def __hash__(self) -> int:
+        # Without the variables (a mapping): they only explain the rules' paths.
+        return hash((self.source, self.abi, self.handled_fs, self.handled_net, self.scoped,
+                     self.path_beneath, self.net_port, self.supervisor,
+                     self.scoped_stated))  # fmt: skip
 
 
 class PolicyError(LLSuperviseError):

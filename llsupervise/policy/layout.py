@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
 from typing import Any, Literal
+
+from msgspec import Struct
 
 Kind = Literal["blank", "comment", "header", "keyvalue"]
 
@@ -24,8 +25,7 @@ class LayoutError(ValueError):
     """The text is not TOML this module can take apart."""
 
 
-@dataclass(frozen=True)
-class Statement:
+class Statement(Struct, frozen=True):
     kind: Kind
     #: Lines ``first`` to ``last`` (inclusive, 0-based).
     first: int
@@ -38,8 +38,7 @@ class Statement:
     commented: bool = False
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Struct, frozen=True):
     """A table header with what belongs to it."""
 
     key: tuple[str, ...]

@@ -370,7 +370,6 @@ class _Builder:
             ]
         array = self.context.array(key)
         known = self._known_fs
-        plain = PathBeneathEntry.plain
         entries: list[PathBeneathEntry] = []
         for index, table in enumerate(tables):
             if len(table) == 2:  # with the checks below: allowed_access and parent only
@@ -386,9 +385,10 @@ class _Builder:
                         path = parents[0]
                         if _is_plain_path(path):
                             entries.append(
-                                plain(
+                                PathBeneathEntry(
                                     access,
                                     (path,),
+                                    False,
                                     ElementLocation(array, index),
                                     (ElementLocation(array, index, 0),),
                                 )
@@ -484,9 +484,10 @@ def _plain_entry(
         first.setdefault(path, i)
     if not first:
         return None  # an empty array: the general path reports it
-    return PathBeneathEntry.plain(
+    return PathBeneathEntry(
         access,
         tuple(first),
+        False,
         ElementLocation(array, index),
         tuple(ElementLocation(array, index, i) for i in first.values()),
     )

@@ -17,10 +17,13 @@ object, like any other right) and the implicit refusal of reparenting by layers 
 
 from __future__ import annotations
 
+import copy
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TypeAlias, TypeVar, assert_never
+
+from msgspec import Struct, field
+from msgspec.structs import force_setattr
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.rights import NO_FS, NO_NET, NO_SCOPE, AccessFs, AccessNet, Scope, names
@@ -53,8 +56,7 @@ class ModelError(LLSuperviseError):
     """An operation the kernel would refuse (EINVAL/ENOMSG), caught before it gets there."""
 
 
-@dataclass(frozen=True, order=True)
-class ObjectId:
+class ObjectId(Struct, frozen=True, order=True):
     """Identity of a file object: Landlock rules bind to inodes, not to path strings."""
 
     dev: int
@@ -112,8 +114,7 @@ def _as_flags(rules: Mapping[_K, _R], kind: type[_R]) -> list[tuple[_K, _R]]:
     ]
 
 
-@dataclass(frozen=True)
-class Ruleset:
+class Ruleset(Struct, frozen=True):
     """One Landlock ruleset: handled rights, scopes and rules, normalised and immutable.
 
     Normalisation drops rules without rights and labels of objects without a rule, and rejects
@@ -126,7 +127,7 @@ class Ruleset:
     scopes: Scope = NO_SCOPE
     fs: Mapping[ObjectId, AccessFs] = field(default_factory=dict)
     net: Mapping[int, AccessNet] = field(default_factory=dict)
-    labels: Mapping[ObjectId, str] = field(default_factory=dict, compare=False)
+    labels: Mapping[ObjectId, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         handled_fs, handled_net = AccessFs(self.handled_fs), AccessNet(self.handled_net)
@@ -161,12 +162,12 @@ class Ruleset:
         net: Mapping[int, AccessNet],
         labels: Mapping[ObjectId, str],
     ) -> None:
-        object.__setattr__(self, "handled_fs", handled_fs)
-        object.__setattr__(self, "handled_net", handled_net)
-        object.__setattr__(self, "scopes", scopes)
-        object.__setattr__(self, "fs", fs)
-        object.__setattr__(self, "net", net)
-        object.__setattr__(self, "labels", labels)
+        force_setattr(self, "handled_fs", handled_fs)
+        force_setattr(self, "handled_net", handled_net)
+        force_setattr(self, "scopes", scopes)
+        force_setattr(self, "fs", fs)
+        force_setattr(self, "net", net)
+        force_setattr(self, "labels", labels)
 
     @classmethod
     def _normalised(
@@ -186,9 +187,16 @@ class Ruleset:
         unhandled right, valid ports, labels only of ruled objects, and read-only mappings
         sorted by key that nothing else can change.
         """
-        ruleset = object.__new__(cls)
+        # A copy is made without __post_init__ (a Struct has no other way around it).
+        ruleset = copy.copy(_UNSET)
         ruleset._set(handled_fs, handled_net, scopes, fs, net, labels)
         return ruleset
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ruleset):
+            return NotImplemented
+        # Labels are for display only.
+        return self.handled == other.handled and self.fs == other.fs and self.net == other.net
 
     def __hash__(self) -> int:
         # The mappings are read-only views, so hash their (sorted) items.
@@ -280,6 +288,10 @@ class Ruleset:
         return self.net.get(port, NO_NET)
 
 
+#: What Ruleset._normalised copies, then sets every field of.
+_UNSET = Ruleset(NO_FS)
+
+
 def _or(a: _R, b: _R) -> _R:
     return a | b
 
@@ -326,8 +338,7 @@ def _intersect_rules(a: Mapping[_K, _R], b: Mapping[_K, _R]) -> dict[_K, _R]:
 # --- operations as data ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AddFs:
+class AddFs(Struct, frozen=True):
     """Grant ``access`` beneath ``obj``, on top of any rights its rule already has."""
 
     obj: ObjectId
@@ -335,22 +346,19 @@ class AddFs:
     label: str | None = None
 
 
-@dataclass(frozen=True)
-class IntersectFs:
+class IntersectFs(Struct, frozen=True):
     """Reduce ``obj``'s rule to ``existing & access``; a rule left empty is removed."""
 
     obj: ObjectId
     access: AccessFs
 
 
-@dataclass(frozen=True)
-class AddNet:
+class AddNet(Struct, frozen=True):
     port: int
     access: AccessNet
 
 
-@dataclass(frozen=True)
-class IntersectNet:
+class IntersectNet(Struct, frozen=True):
     port: int
     access: AccessNet
 
@@ -582,8 +590,7 @@ class MutableRuleset:
 # --- layers and evaluation ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Struct, frozen=True):
     """One layer of a domain: a supervisee ruleset, plus a supervisor ruleset if supervised."""
 
     supervisee: Ruleset

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.policy.tomlcheck import Context
 
@@ -31,8 +32,7 @@ def variable_name_error(name: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Ref:
+class Ref(Struct, frozen=True):
     """A ``${name}`` inside a template string."""
 
     name: str

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.seccomp.constants import (
     AUDIT_ARCH,
@@ -41,8 +42,7 @@ AF_INET, AF_INET6 = 2, 10
 IPPROTO_MPTCP = 262
 
 
-@dataclass(frozen=True)
-class ArgIs:
+class ArgIs(Struct, frozen=True):
     """Argument ``index`` is one of ``values``, compared on its low 32 bits only: the kernel
     reads these arguments as ``int`` / ``unsigned int``, so high bits a program sets are
     ignored by the call and must be ignored by the test too, or they would slip past it."""
@@ -51,8 +51,7 @@ class ArgIs:
     values: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(Struct, frozen=True):
     """A call that fails with ``errno`` when every condition holds, whatever else the filter
     does with that syscall.
 
@@ -90,8 +89,7 @@ MPTCP_REFUSED: tuple[Refusal, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class PassWhenNull:
+class PassWhenNull(Struct, frozen=True):
     """A trapped call let through when its argument ``index`` (a pointer: all 64 bits are
     compared) is NULL: what only that argument could make worth judging is absent."""
 

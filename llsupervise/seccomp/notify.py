@@ -14,7 +14,8 @@ import os
 import select
 import signal
 import threading
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.fdowner import FdOwner
 from llsupervise.libc import syscall as _syscall
@@ -112,8 +113,7 @@ def refuse_signals() -> None:
     _deaf.refused = True
 
 
-@dataclass(slots=True)  # not frozen: built once per trapped syscall, and frozen costs 3×
-class Notification:
+class Notification(Struct, frozen=True):
     """One trapped syscall, waiting for an answer. pid is the thread id of the caller."""
 
     id: int

@@ -23,8 +23,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 from llsupervise.display import escape
 from llsupervise.messages import Event, OwnLayerEvent, StallEvent, StartEvent
@@ -492,8 +493,7 @@ class Supervisor:
             self.rule_uses.count(loop.performed)
 
 
-@dataclass
-class _Running:
+class _Running(Struct):
     """A command launched and served (see Supervisor._start)."""
 
     launched: Launched

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 from llsupervise.messages import DenialEvent
 
@@ -14,8 +15,7 @@ FeedKey = tuple[str, tuple[str, ...], str]
 HISTORY = 8
 
 
-@dataclass
-class FeedEntry:
+class FeedEntry(Struct):
     exe: str
     access: tuple[str, ...]
     path: str

@@ -7,7 +7,8 @@ attached to one over a socket (see :mod:`llsupervise.supervisor.frontends.hub` f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from llsupervise.messages import (
     DenialEvent,
@@ -27,8 +28,7 @@ from llsupervise.tui.prompts import PromptQueue
 FEED, PROMPT, RULES, STATUS = "feed", "prompt", "rules", "status"
 
 
-@dataclass(frozen=True)
-class RuleRow:
+class RuleRow(Struct, frozen=True):
     path: str
     #: Rights committed (what the running program gets now) and pending (after the next commit).
     committed: tuple[str, ...]
@@ -45,8 +45,7 @@ class RuleRow:
         return "pending change"
 
 
-@dataclass
-class RuleUse:
+class RuleUse(Struct):
     """What the event log tells about a rule: answers that kept it, requests it let
     through (``rule_use`` events), and when it was last answered or used."""
 
@@ -63,8 +62,7 @@ def _net_rules(part: RulesInfo) -> dict[int, tuple[str, ...]]:
     return {r["port"]: tuple(r.get("access", ())) for r in part["net"] if "port" in r}
 
 
-@dataclass
-class Rules:
+class Rules(Struct):
     static: dict[str, tuple[str, ...]] = field(default_factory=dict)
     static_net: dict[int, tuple[str, ...]] = field(default_factory=dict)
     committed: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -119,8 +117,7 @@ class Rules:
         return self.committed != self.pending
 
 
-@dataclass
-class Status:
+class Status(Struct):
     argv: list[str] = field(default_factory=list)
     pid: int | None = None
     running: bool = False

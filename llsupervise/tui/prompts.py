@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from msgspec import Struct, field
 
 from llsupervise.messages import AnswerMessage
 from llsupervise.rights import FILE_ACCESS, AccessFs, names, parse_fs
@@ -31,8 +31,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-@dataclass(frozen=True)
-class ScopeChoice:
+class ScopeChoice(Struct, frozen=True):
     """Where a rule may go: one of the places the supervisor offered for the denial."""
 
     path: str
@@ -84,8 +83,7 @@ def scope_choices(denial: Denial) -> list[ScopeChoice]:
     return choices
 
 
-@dataclass
-class Question:
+class Question(Struct):
     """One open question and the answer being prepared for it."""
 
     id: int

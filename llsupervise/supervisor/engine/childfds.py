@@ -20,7 +20,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.supervisor.perform.blocking import on_blocking_mount
 from llsupervise.supervisor.perform.operations import filesystem_magic
@@ -34,8 +35,7 @@ MAX_KEPT = 64
 SWEEP_SECONDS = 0.25
 
 
-@dataclass
-class KeptDir:
+class KeptDir(Struct):
     """Our O_PATH descriptor of what the child's fd named, and the child's fdinfo file."""
 
     fd: int

@@ -11,8 +11,9 @@ import errno
 import os
 import select
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from msgspec import Struct
 
 from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
 from llsupervise.supervisor.engine._fastpath import Readers
@@ -107,8 +108,7 @@ class TaskCache(Generic[C]):
         return None
 
 
-@dataclass
-class Task:
+class Task(Struct):
     """What is kept per trapped thread, opened with the supervisor's own standing."""
 
     memory: ProcessMemory

@@ -21,14 +21,15 @@ directory before the rule on it is committed (after it, Landlock's refer check d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
@@ -113,8 +114,7 @@ class MoveGate:
         return self._newest is not None and self._newest[1] > generation
 
 
-@dataclass
-class Creation:
+class Creation(Struct):
     """A creation made for a pending rule's name, its notification not answered yet."""
 
     notification: Notification
@@ -180,11 +180,11 @@ def anchored(
     if not rules:
         os.close(fd)
         return None
-    request = dataclasses.replace(r, path=name)
+    request = replace(r, path=name)
     for old in (target.dir1, target.dir2):
         if old is not None:
             os.close(old)
-    return dataclasses.replace(target, request=request, dir1=fd, dir2=None), rules
+    return replace(target, request=request, dir1=fd, dir2=None), rules
 
 
 def made_by(target: Target) -> Target:
@@ -193,7 +193,7 @@ def made_by(target: Target) -> Target:
     if r.op != "open":
         return target
     mode = stat.S_IFREG | (r.mode & 0o7777)
-    return dataclasses.replace(target, request=dataclasses.replace(r, op="mknod", mode=mode))
+    return replace(target, request=replace(r, op="mknod", mode=mode))
 
 
 def open_created(anchor_fd: int, request: FsRequest) -> int | None:

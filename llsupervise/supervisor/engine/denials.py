@@ -6,7 +6,8 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs
@@ -28,8 +29,7 @@ from llsupervise.supervisor.rules.objects import ancestry, fd_path, object_id
 _O_DIR = os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY
 
 
-@dataclass
-class CheckedObject:
+class CheckedObject(Struct):
     """An object a denied request needed rights on, held open so a grant binds to it."""
 
     fd: int

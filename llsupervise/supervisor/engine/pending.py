@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+
+from msgspec import Struct
 
 from llsupervise.seccomp import Listener, Notification
 from llsupervise.supervisor.engine.denials import CheckedObject
@@ -13,8 +14,7 @@ from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.perform.placement import CHOICE, borrow, give_back
 
 
-@dataclass
-class Pending:
+class Pending(Struct):
     """A denied request waiting for an answer; owns its fds until :meth:`close`."""
 
     notification: Notification
@@ -27,7 +27,7 @@ class Pending:
     #: Set for a request refused (and already answered) because it reaches the control
     #: plane: what it would have reached. Reported, never asked about.
     protected: str = ""
-    closed: bool = field(default=False)
+    closed: bool = False
 
     @property
     def request(self) -> FsRequest:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.messages import DenialEvent, Event, FoldedEvent
 
@@ -24,8 +25,7 @@ MAX_KINDS = 4096
 _Kind = tuple[str, str, str, tuple[str, ...], str]
 
 
-@dataclass
-class _Window:
+class _Window(Struct):
     opened: float
     first: DenialEvent
     folded: int = 0

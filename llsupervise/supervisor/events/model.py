@@ -6,8 +6,9 @@ import enum
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from typing import TextIO
+
+from msgspec import Struct, field
 
 from llsupervise.messages import DenialEvent, Event, OwnLayerEvent, StallEvent, StartEvent
 from llsupervise.rights import AccessFs
@@ -34,8 +35,7 @@ class Answer(enum.StrEnum):
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Struct, frozen=True):
     answer: Answer
     #: Seconds, for ALLOW_FOR.
     duration: float | None = None
@@ -47,8 +47,7 @@ class Decision:
     access: AccessFs | None = None
 
 
-@dataclass(frozen=True)
-class Denial:
+class Denial(Struct, frozen=True):
     """A request the kernel refused under the current policy, before anyone answered it."""
 
     pid: int

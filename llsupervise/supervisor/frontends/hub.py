@@ -33,7 +33,6 @@ client → server
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hmac
 import json
@@ -47,10 +46,11 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import trio
+from msgspec import Struct, field
+from msgspec.structs import fields
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import LandlockRuleset, detect_support
@@ -129,7 +129,7 @@ def denial_json(denial: Denial) -> DenialInfo:
 
 def denial_from_json(data: DenialInfo) -> Denial:
     """A denial sent by :func:`denial_json`."""
-    known = {f.name for f in dataclasses.fields(Denial)}
+    known = {f.name for f in fields(Denial)}
     values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
     values["access"] = tuple(values.get("access", ()))
     values["scopes"] = tuple(values.get("scopes", ()))
@@ -159,8 +159,7 @@ def kernel_report(sup: Supervisor) -> KernelInfo:
     return {"abi": support.abi, "lines": report.lines(), "missing": report.missing()}
 
 
-@dataclass
-class _Asked:
+class _Asked(Struct):
     id: int
     denial: Denial
     asked_at: float

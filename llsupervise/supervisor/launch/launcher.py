@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from msgspec import Struct
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.landlock import LandlockError, LandlockRuleset
@@ -45,8 +46,7 @@ class LaunchError(LLSuperviseError):
     """The command could not be started under the requested confinement."""
 
 
-@dataclass(frozen=True)
-class StaticLayer:
+class StaticLayer(Struct, frozen=True):
     """What the child enforces on itself before exec: the floor of security."""
 
     handled_fs: AccessFs
@@ -60,8 +60,7 @@ class StaticLayer:
     allow_nothing: bool = False
 
 
-@dataclass
-class Launched:
+class Launched(Struct):
     process: subprocess.Popen[bytes]
     listener: Listener
 

@@ -25,8 +25,9 @@ import errno
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
+
+from msgspec import Struct
 
 #: struct cmsghdr: cmsg_len, cmsg_level, cmsg_type; data follows, 8-byte aligned.
 CMSGHDR: Final = struct.Struct("=Qii")
@@ -67,8 +68,7 @@ class Refused(Exception):
         self.why = why
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(Struct, frozen=True):
     """Whose credentials the program may send: its thread group, and its real, effective
     and saved user and group ids."""
 

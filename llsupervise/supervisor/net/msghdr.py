@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
+
+from msgspec import Struct
 
 from llsupervise.supervisor.net.sockaddr import SOCKADDR_MAX, c_int
 
@@ -32,8 +33,7 @@ _SSIZE_MAX: Final = (1 << 63) - 1
 ReadBytes = Callable[[int, int], bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Struct, frozen=True):
     """One message as read: the address (None: none), the data joined, and its control
     messages as they lie in memory (b"": none; see control)."""
 

@@ -20,8 +20,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
+
+from msgspec import Struct
 
 from llsupervise.landlock import LandlockRuleset, set_no_new_privs
 from llsupervise.landlock.support import KernelSupport
@@ -36,8 +37,7 @@ from llsupervise.supervisor.perform.credentials import (
 from llsupervise.supervisor.perform.stalls import Abandoned, Busy, check_not_abandoned, watched_as
 
 
-@dataclass(frozen=True, slots=True)
-class NetRules:
+class NetRules(Struct, frozen=True):
     """The network part of a ruleset: all that bind/connect checks."""
 
     handled: AccessNet
@@ -48,8 +48,7 @@ class NetRules:
         return cls(rules.handled_net, tuple(rules.net.items()))
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadKey:
+class ThreadKey(Struct, frozen=True):
     """What a performing thread is restricted to: rules, capabilities kept, and the child's
     credentials where they differ from ours (taken for good: once its capabilities are
     lowered, the thread could not give them back)."""

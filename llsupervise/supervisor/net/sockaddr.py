@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, Literal
+
+from msgspec import Struct
 
 from llsupervise.rights import AccessNet
 
@@ -51,8 +52,7 @@ SOCKETCALL_CALLS: Final[dict[int, Direction]] = {2: "bind", 3: "connect"}
 ReadBytes = Callable[[int, int], bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class NetCall:
+class NetCall(Struct, frozen=True):
     """A trapped bind/connect: which socket, and where its address lies in the child."""
 
     syscall: str
@@ -71,8 +71,7 @@ class NetCall:
         return FAMILY_SIZE <= self.addrlen <= SOCKADDR_MAX
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(Struct, frozen=True):
     """The address a bind/connect names, as Landlock sees it."""
 
     #: AF_INET or AF_INET6 (an IPv4 bind to AF_UNSPEC is checked as AF_INET).

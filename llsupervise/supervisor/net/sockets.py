@@ -6,8 +6,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from dataclasses import dataclass
 from typing import Any, Final
+
+from msgspec import Struct
 
 from llsupervise.libc import libc as _libc
 from llsupervise.libc import syscall as _syscall
@@ -65,8 +66,7 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
     return checked(int(ret), "pidfd_getfd")
 
 
-@dataclass(frozen=True, slots=True)
-class SocketKind:
+class SocketKind(Struct, frozen=True):
     domain: int
     type: int
     protocol: int

@@ -14,8 +14,9 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final
+
+from msgspec import Struct, field
 
 from llsupervise.messages import DenialEvent
 from llsupervise.policy.model import Ruleset
@@ -52,8 +53,7 @@ from llsupervise.supervisor.perform.procfs import read_proc
 _WORD_SIZE: Final = ctypes.sizeof(ctypes.c_ulong)
 
 
-@dataclass(eq=False)
-class PendingNet:
+class PendingNet(Struct, eq=False):
     """A bind/connect waiting to be performed or answered; owns ``sock`` until :meth:`close`.
 
     ``sock`` is the child's socket duplicated into the supervisor; ``sockaddr`` the address
@@ -70,11 +70,11 @@ class PendingNet:
     address: str
     port: int
     sock: int
-    sockaddr: bytes = field(repr=False)
+    sockaddr: bytes
     #: The generation whose rules refused it.
     generation: int
     #: Effective capabilities of the child, the most a performing thread keeps.
-    caps: int = field(default=0, repr=False)
+    caps: int = 0
     #: Read when the request is denied (a performing thread cannot read the child's /proc).
     exe: str = ""
     cmdline: str = ""

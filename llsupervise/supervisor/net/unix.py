@@ -26,8 +26,9 @@ import errno
 import os
 import struct
 import time
-from dataclasses import dataclass, field
 from typing import Any, Final
+
+from msgspec import Struct, field
 
 from llsupervise.libc import libc as _libc
 from llsupervise.rights import AccessFs, names
@@ -126,8 +127,7 @@ def is_abstract(raw: bytes) -> bool:
     )
 
 
-@dataclass(eq=False)
-class UnixPending:
+class UnixPending(Struct, eq=False):
     """A connect or a send on a UNIX socket, to perform for the child; owns ``sock``,
     ``target`` and ``mem`` until :meth:`close`.
 
@@ -147,14 +147,14 @@ class UnixPending:
     #: The child's credentials where they differ from ours (the connect is made with them).
     credentials: Credentials | None = None
     caps: int = 0
-    data: bytes | None = field(default=None, repr=False)
+    data: bytes | None = None
     flags: int = 0
-    address: bytes = field(default=b"", repr=False)
+    address: bytes = b""
     msg_len_at: int = 0
     mem: int = -1
     #: Control messages made the supervisor's (see control), and the descriptors they pass.
-    control: bytes = field(default=b"", repr=False)
-    passed: list[int] = field(default_factory=list, repr=False)
+    control: bytes = b""
+    passed: list[int] = field(default_factory=list)
     #: On a stream socket: a broken one also sends the thread SIGPIPE.
     stream: bool = False
     exe: str = ""
@@ -162,7 +162,7 @@ class UnixPending:
     ts: float = field(default_factory=time.time)
     closed: bool = False
     #: Set by the mediator: performs (True) or refuses (False) the request and replies.
-    on_answer: Any = field(default=None, repr=False)
+    on_answer: Any = None
 
     @property
     def request(self) -> FsRequest:

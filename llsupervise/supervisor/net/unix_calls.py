@@ -34,7 +34,8 @@ import errno
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.rights import AccessFs, Scope
 from llsupervise.seccomp import MemoryReadError, Notification, ProcessMemory, SeccompError
@@ -74,8 +75,7 @@ MSG_NOSIGNAL = 0x4000
 TcpTakeOver = Callable[[Notification, int, int, bytes, int], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
+class _Call(Struct, frozen=True):
     """A trapped call's registers: which socket, and where its address or msghdr is."""
 
     name: str
@@ -104,8 +104,7 @@ def _call(name: str, args: tuple[int, ...]) -> _Call | None:
     return None
 
 
-@dataclass
-class _Taken:
+class _Taken(Struct):
     """The child's socket, its memory, a pidfd for the thread (to take the descriptors a
     message passes), and (sendmmsg) its memory opened for writing; the socket and ``out``
     pass to a request (``handed``), or :meth:`close` closes them."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from llsupervise.policy.model import ObjectId
 
@@ -34,8 +35,7 @@ class ProtectedError(PermissionError):
         self.what = what
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(Struct, frozen=True):
     """A name in a directory the supervisor holds (``dirfd``, ``O_PATH``)."""
 
     dirfd: int
@@ -50,8 +50,7 @@ def _id(st: os.stat_result) -> ObjectId:
     return ObjectId(st.st_dev, st.st_ino)
 
 
-@dataclass
-class Guard:
+class Guard(Struct):
     """The protected objects of one run; shared by every serving and answering thread.
 
     Replaced as a whole (:meth:`replace`), never mutated in place: a thread reads one

@@ -6,13 +6,13 @@ Apart from the writer (:mod:`.persist`): every run listens for these, and most n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+
+from msgspec import Struct
 
 from llsupervise.messages import Event, KeptRule
 
 
-@dataclass(frozen=True)
-class KeptAnswer:
+class KeptAnswer(Struct, frozen=True):
     """One answer to write: a rule on ``path`` (``access`` names), a quiet path (``access``
     None), or, with ``port`` given, a ``net_port`` rule."""
 
@@ -20,9 +20,18 @@ class KeptAnswer:
     access: tuple[str, ...] | None = None
     port: int | None = None
     #: Which answer to which request, for the comment above the entry (one line, any text).
-    reason: str = field(default="", compare=False)
+    reason: str = ""
     #: When it was answered (epoch seconds; None: when written).
-    when: float | None = field(default=None, compare=False)
+    when: float | None = None
+
+    # Equal and hashed by what is written as a rule: reason and time only annotate it.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeptAnswer):
+            return NotImplemented
+        return (self.path, self.access, self.port) == (other.path, other.access, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.access, self.port))
 
     def event(self) -> KeptRule:
         if self.port is not None:

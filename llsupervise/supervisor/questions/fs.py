@@ -4,11 +4,12 @@ carried out for each waiting request."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
+
+from msgspec import Struct, field
+from msgspec.structs import replace
 
 from llsupervise.messages import Event, KeptRule, UnboundRule
 from llsupervise.policy.model import ObjectId
@@ -48,8 +49,7 @@ class QuestionKey(NamedTuple):
     objects: tuple[tuple[ObjectId, AccessFs], ...]
 
 
-@dataclass
-class Question:
+class Question(Struct):
     """Identical concurrent denials share one question."""
 
     denial: Denial
@@ -94,7 +94,7 @@ class FsQuestions:
         denial = make_denial(exe, cmdline, tid, request, objects, generation)
         if isinstance(pending, Pending) and pending.protected:
             # Already refused: the control plane is never reached, whatever the answer.
-            denial = dataclasses.replace(denial, protected=pending.protected)
+            denial = replace(denial, protected=pending.protected)
             pending.close()
             self._emit(denial.event(Answer.DENY))
             return
@@ -116,7 +116,7 @@ class FsQuestions:
             return
         waiting: list[Pending | UnixPending] = [] if pending is None else [pending]
         kind, offered = scoping.offer(objects[0]) if objects else ("", [])
-        denial = dataclasses.replace(
+        denial = replace(
             denial, scopes=tuple(s.label for s in offered), scope_kind=kind
         )
         self._open[key] = Question(denial, objects, waiting, scopes=offered)

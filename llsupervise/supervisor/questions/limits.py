@@ -11,7 +11,8 @@ must not become a way past the question), and the event says so.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 #: Open questions one process (thread group) may have.
 PER_PROCESS = 32
@@ -21,8 +22,7 @@ TOTAL = 256
 WAITING = 1024
 
 
-@dataclass
-class QuestionLimits:
+class QuestionLimits(Struct):
     per_process: int = PER_PROCESS
     total: int = TOTAL
     waiting: int = WAITING

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import FILE_ACCESS, AccessFs
@@ -30,8 +31,7 @@ MAX_SCOPES = 8
 FILE, DIRECTORY, CHANGED_DIRECTORY = "file", "directory", "changed_directory"
 
 
-@dataclass
-class Scope:
+class Scope(Struct):
     """One offered place for a rule: an ``O_PATH`` fd owned by the question, and its label."""
 
     fd: int

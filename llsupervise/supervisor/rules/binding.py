@@ -9,10 +9,11 @@ naming that fd's object (a policy file read on the next load), resolved again wi
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
+
+from msgspec.structs import replace
 
 from llsupervise.libc import AT_FDCWD, openat2
 from llsupervise.policy.document import PathBeneathEntry, PolicyDocument
@@ -175,20 +176,20 @@ def resolve_at_launch(document: PolicyDocument, table: ObjectTable) -> ResolvedP
     def without(entry: PathBeneathEntry) -> PathBeneathEntry:
         kept = [(p, loc) for p, loc in zip(entry.paths, entry.path_locations, strict=True)
                 if p not in left_out]  # fmt: skip
-        return dataclasses.replace(
+        return replace(
             entry,
             paths=tuple(p for p, _ in kept),
             path_locations=tuple(loc for _, loc in kept),
         )
 
-    section = dataclasses.replace(
+    section = replace(
         document.supervisor,
         path_beneath=tuple(without(e) for e in document.supervisor.path_beneath),
     )
     policy = resolve(
-        dataclasses.replace(document, supervisor=section), table, created=CreatedResolver()
+        replace(document, supervisor=section), table, created=CreatedResolver()
     )
-    return dataclasses.replace(policy, redirectable=tuple(dict.fromkeys(redirectable)))
+    return replace(policy, redirectable=tuple(dict.fromkeys(redirectable)))
 
 
 def symlinked_paths(policy: ResolvedPolicy) -> list[tuple[str, str]]:

@@ -24,7 +24,8 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.document import PolicyDocument
@@ -47,8 +48,7 @@ SECRET_RIGHTS = FILE_RIGHTS | AccessFs.READ_FILE
 DEVICE_RIGHTS = SECRET_RIGHTS | AccessFs.IOCTL_DEV
 
 
-@dataclass(frozen=True)
-class ControlFile:
+class ControlFile(Struct, frozen=True):
     """One control-plane file: it need not exist yet (its directory must)."""
 
     path: str

@@ -32,7 +32,8 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from llsupervise.libc import libc
 from llsupervise.policy.document import Location
@@ -49,8 +50,7 @@ _BTIME_OFFSET = 80  # struct statx: stx_btime (tv_sec s64, tv_nsec u32)
 _CLOCK_REALTIME_COARSE = 5
 
 
-@dataclass(frozen=True)
-class PendingCreation:
+class PendingCreation(Struct, frozen=True):
     """A supervisor rule waiting for the program to create its object."""
 
     #: The rule's path, expanded, as written in the policy (what events show).
@@ -67,8 +67,7 @@ class PendingCreation:
         return (self.anchor, self.names[0])
 
 
-@dataclass(frozen=True)
-class CreatedIndex:
+class CreatedIndex(Struct, frozen=True):
     """What a serving thread looks pending rules up by: an immutable snapshot, swapped whole."""
 
     by_key: Mapping[tuple[ObjectId, bytes], tuple[PendingCreation, ...]]

@@ -13,8 +13,9 @@ import os
 import resource
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from msgspec import Struct, field
 
 from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.analysis import (
@@ -87,8 +88,7 @@ class HeldObject(NamedTuple):
     is_dir: bool
 
 
-@dataclass
-class ObjectTable:
+class ObjectTable(Struct):
     """One ``O_PATH`` descriptor per distinct file object, with a display path each."""
 
     _held: dict[ObjectId, HeldObject] = field(default_factory=dict)
@@ -240,8 +240,7 @@ def _check_capacity(needed: int) -> None:
 RuleRow = tuple[Layer, ObjectId, AccessFs, str, object, Condition | None, AccessFs]
 
 
-@dataclass(frozen=True)
-class ResolvedPolicy:
+class ResolvedPolicy(Struct, frozen=True, dict=True):
     """A policy whose paths were opened: the static layer, the supervisor target, quiet set."""
 
     document: PolicyDocument
@@ -254,7 +253,7 @@ class ResolvedPolicy:
     conditional: tuple[ConditionalRule, ...] = ()
     quiet_objects: tuple[QuietObject, ...] = ()
     #: What :attr:`rules` is made of, made only when asked for.
-    rule_rows: tuple[RuleRow, ...] = field(default=(), repr=False, compare=False)
+    rule_rows: tuple[RuleRow, ...] = ()
     #: Supervisor paths that now lead to another object but kept the one bound before.
     kept_bindings: tuple[str, ...] = ()
     #: Supervisor paths left out at launch: through a symlink the program may have planted.

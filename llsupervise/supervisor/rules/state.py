@@ -9,8 +9,9 @@ new generation's broker first, so a commit that cannot be served is not made.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 from llsupervise.policy.conditions import ConditionalRule
 from llsupervise.policy.model import MutableRuleset, ObjectId, Ruleset
@@ -24,8 +25,7 @@ if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.d
     import trio
 
 
-@dataclass
-class Temporary:
+class Temporary(Struct):
     """A grant "for a while": a file rule (``obj``) or a port rule (``port``)."""
 
     deadline: float
