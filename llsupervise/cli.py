@@ -72,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         helper = Helper.start()
         try:
+            from llsupervise.supervisor.launch.lifeline import Adoption
+
+            helper.adoption = Adoption(helper.process.pid)
             return _checked_run(args, helper)
         finally:
             helper.abandon()  # when the run failed before it had a command for it
@@ -135,12 +138,14 @@ def _run_headless(
     args: argparse.Namespace, document: PolicyDocument, helper: Helper | None
 ) -> int:
     with _loading_modules():
-        from llsupervise.policies.answers import KeptAnswers
         from llsupervise.supervisor.frontends.headless import run_headless
 
     listeners: list[Callable[[Event], None]] = []
-    kept = KeptAnswers()
+    kept = None
     if args.policy is None:  # "always" answers: kept for the run, saved only where asked
+        from llsupervise.policies.answers import KeptAnswers
+
+        kept = KeptAnswers()
         listeners.append(kept.on_event)
     explainer = None
     if args.explain:

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from llsupervise.supervisor.launch.lifeline import Lifeline
+from llsupervise.supervisor.launch.helper import Helper
+from llsupervise.supervisor.launch.lifeline import Adoption, Lifeline
 
 pytestmark = pytest.mark.kernel
 
@@ -63,3 +64,56 @@ def test_what_is_left_in_the_cgroup_is_killed_and_the_cgroup_removed() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def cgroup_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return f.read().split("::", 1)[1].strip()
+
+
+def test_an_adoption_makes_the_lifeline_with_the_process_in_it() -> None:
+    """Made in a thread while the caller goes on; taken, it is the process's cgroup, and a
+    second move (the launcher's) is nothing."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        line = Adoption(child.pid).take()
+        assert line is not None
+        assert line.path.endswith(cgroup_of(child.pid))
+        with open(os.path.join(line.path, "cgroup.procs")) as f:
+            assert f.read().split() == [str(child.pid)]
+        line.adopt(child.pid)
+        line.close()
+        assert child.wait(timeout=30) == -signal.SIGKILL
+        assert not os.path.exists(line.path)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_abandoned_helper_takes_its_lifeline_with_it() -> None:
+    """A run that fails before it launches (a bad policy, say): the helper exits at the end
+    of its spec pipe, and its cgroup goes too; a taken adoption is the run's to close."""
+    probe = made()
+    beside = os.path.dirname(probe.path)  # where the lifelines are made
+    probe.close()
+    helper = Helper.start()
+    helper.adoption = Adoption(helper.process.pid)
+    mine = f"llsupervise-{os.getpid()}-"
+    deadline = time.monotonic() + 30
+    while mine not in cgroup_of(helper.process.pid):
+        assert time.monotonic() < deadline, "the helper was never moved"
+        time.sleep(0.01)  # moved in by the adoption's thread
+    path = os.path.join(beside, os.path.basename(cgroup_of(helper.process.pid)))
+    assert os.path.isdir(path)
+    helper.abandon()
+    assert helper.process.returncode is not None
+    assert not os.path.exists(path)
+
+    taken = Helper.start()
+    adoption = taken.adoption = Adoption(taken.process.pid)
+    line = adoption.take()
+    assert line is not None
+    taken.abandon()
+    assert os.path.exists(line.path)  # not the helper's to close once taken
+    line.close()
+    assert not os.path.exists(line.path)

@@ -328,7 +328,10 @@ class Supervisor:
         unix = bool(self.static.handled_fs & AccessFs.CONNECT_UNIX)
         syscalls = TRAPPED_SYSCALLS + (NET_CALLS if self.static.handled_net else ())
         syscalls += UNIX_SYSCALLS if unix else ()
-        lifeline = Lifeline.create()
+        if helper is not None and helper.adoption is not None:
+            lifeline = helper.adoption.take()  # made, and the helper moved in, meanwhile
+        else:
+            lifeline = Lifeline.create()
         try:
             launched = self.launched = launch(
                 argv, self.static_layer(), syscalls, stdio=stdio, cpu=cpu,

@@ -16,6 +16,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llsupervise.supervisor.launch.lifeline import Adoption
 
 Stdio = tuple[int | None, int | None, int | None]
 
@@ -39,6 +43,8 @@ class Helper:
         self.process = process
         self.spec_w: int | None = spec_w
         self.sock = sock
+        #: Its lifeline, being made (see lifeline.Adoption): taken by the run that uses it.
+        self.adoption: Adoption | None = None
 
     @classmethod
     def start(
@@ -72,14 +78,16 @@ class Helper:
         return cls(process, spec_w, parent_sock)
 
     def abandon(self) -> None:
-        """Not needed after all: it reaches the end of its spec pipe and exits, reaped here.
-        Nothing once the spec was sent."""
+        """Not needed after all: it reaches the end of its spec pipe and exits, reaped here,
+        and its lifeline, unless a run took it, is closed. Nothing once the spec was sent."""
         if self.spec_w is None:
             return
         os.close(self.spec_w)
         self.spec_w = None
         self.sock.close()
         self.process.wait()
+        if self.adoption is not None:
+            self.adoption.close()  # now that its cgroup is empty
 
 
 def inherited_fds() -> list[int]:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import sys
+import threading
 from itertools import count
 
 #: The watchdog: waits for end of file on its descriptor, then empties and removes the cgroup.
@@ -68,6 +69,7 @@ class Lifeline:
         self.path = path
         self._write: int | None = None
         self._watchdog: int | None = None
+        self._adopted: set[int] = set()
 
     @classmethod
     def create(cls) -> Lifeline | None:
@@ -114,9 +116,13 @@ class Lifeline:
         self._write = write
 
     def adopt(self, pid: int) -> None:
-        """Move ``pid`` (the helper, before it execs the command) into the cgroup."""
+        """Move ``pid`` (the helper, before it execs the command) into the cgroup; nothing
+        when it was moved already (see Adoption)."""
+        if pid in self._adopted:
+            return
         with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
             f.write(str(pid))
+        self._adopted.add(pid)
 
     def close(self) -> None:
         """The run is over: the cgroup is removed here when nothing is left in it (rmdir
@@ -151,6 +157,43 @@ class Lifeline:
                     os.close(pidfd)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
+
+
+class Adoption:
+    """A lifeline made, and ``pid`` moved into it, in a thread of its own.
+
+    Moving a process into a cgroup waits in the kernel for a grace period (~10 ms here, at
+    0.2 ms of CPU): an early exec helper is moved while the supervisor goes on loading. Taken
+    once (:meth:`take`); what nobody took is closed by :meth:`close`."""
+
+    def __init__(self, pid: int) -> None:
+        self._lifeline: Lifeline | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._make, args=(pid,), name="lifeline")
+        self._thread.start()
+
+    def _make(self, pid: int) -> None:
+        lifeline = Lifeline.create()
+        if lifeline is not None:
+            # Refused (see the launcher), it is tried again at launch, and refused again.
+            with contextlib.suppress(OSError):
+                lifeline.adopt(pid)
+        self._lifeline = lifeline
+
+    def take(self) -> Lifeline | None:
+        """The lifeline, ``pid`` in it (None where none could be made)."""
+        self._thread.join()
+        assert not self._taken, "an adoption is taken once"
+        self._taken = True
+        return self._lifeline
+
+    def close(self) -> None:
+        """Close the lifeline unless it was taken: what is in it is killed."""
+        self._thread.join()
+        if not self._taken:
+            self._taken = True
+            if self._lifeline is not None:
+                self._lifeline.close()
 
 
 #: Watchdogs of runs whose cgroup was removed without them, not yet reaped.
