@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from llsupervise.supervisor.launch.lifeline import Adoption
 
             helper.adoption = Adoption(helper.process.pid)
+            helper.adoption.start()
             return _checked_run(args, helper)
         finally:
             helper.abandon()  # when the run failed before it had a command for it

@@ -76,7 +76,9 @@ def test_an_adoption_makes_the_lifeline_with_the_process_in_it() -> None:
     second move (the launcher's) is nothing."""
     child = subprocess.Popen(["sleep", "60"])
     try:
-        line = Adoption(child.pid).take()
+        adoption = Adoption(child.pid)
+        adoption.start()
+        line = adoption.take()
         assert line is not None
         assert line.path.endswith(cgroup_of(child.pid))
         with open(os.path.join(line.path, "cgroup.procs")) as f:
@@ -98,6 +100,7 @@ def test_an_abandoned_helper_takes_its_lifeline_with_it() -> None:
     probe.close()
     helper = Helper.start()
     helper.adoption = Adoption(helper.process.pid)
+    helper.adoption.start()
     mine = f"llsupervise-{os.getpid()}-"
     deadline = time.monotonic() + 30
     while mine not in cgroup_of(helper.process.pid):
@@ -111,6 +114,7 @@ def test_an_abandoned_helper_takes_its_lifeline_with_it() -> None:
 
     taken = Helper.start()
     adoption = taken.adoption = Adoption(taken.process.pid)
+    adoption.start()
     line = adoption.take()
     assert line is not None
     taken.abandon()

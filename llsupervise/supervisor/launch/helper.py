@@ -85,6 +85,8 @@ class Helper:
         os.close(self.spec_w)
         self.spec_w = None
         self.sock.close()
+        if self.adoption is not None:
+            self.adoption.join()  # before the helper is reaped: until then its pid is its own
         self.process.wait()
         if self.adoption is not None:
             self.adoption.close()  # now that its cgroup is empty

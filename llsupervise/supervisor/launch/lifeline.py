@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import threading
 from itertools import count
@@ -85,10 +86,12 @@ class Lifeline:
         lifeline = cls(path)
         try:
             lifeline._start_watchdog()
-        except OSError:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
-            return None
+            if isinstance(exc, OSError):
+                return None
+            raise
         return lifeline
 
     def _start_watchdog(self) -> None:
@@ -102,7 +105,7 @@ class Lifeline:
                 self._watchdog = os.posix_spawn(
                     sys.executable,
                     [sys.executable, "-I", "-S", "-c", WATCHDOG, self.path, str(read)],
-                    os.environ,
+                    {},  # it needs none (and a malformed entry of ours would stop it)
                     file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
                     setsid=True,
                 )
@@ -163,33 +166,57 @@ class Adoption:
     """A lifeline made, and ``pid`` moved into it, in a thread of its own.
 
     Moving a process into a cgroup waits in the kernel for a grace period (~10 ms here, at
-    0.2 ms of CPU): an early exec helper is moved while the supervisor goes on loading. Taken
-    once (:meth:`take`); what nobody took is closed by :meth:`close`."""
+    0.2 ms of CPU): an early exec helper is moved while the supervisor goes on loading.
+    Started once it is kept where :meth:`close` will find it (:meth:`start`), then taken once
+    (:meth:`take`: a failure to make it is raised there, and the run fails); what nobody took
+    is closed by :meth:`close`."""
 
     def __init__(self, pid: int) -> None:
         self._lifeline: Lifeline | None = None
+        self._failure: BaseException | None = None
+        self._started = False
         self._taken = False
         self._thread = threading.Thread(target=self._make, args=(pid,), name="lifeline")
-        self._thread.start()
+
+    def start(self) -> None:
+        # No signal meanwhile: an interrupt raised inside Thread.start would leave a thread
+        # making a lifeline that nobody waits for, nor closes.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            self._thread.start()
+            self._started = True
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _make(self, pid: int) -> None:
-        lifeline = Lifeline.create()
+        try:
+            lifeline = Lifeline.create()
+        except BaseException as exc:  # told by take(): the run must not go on without it
+            self._failure = exc
+            return
         if lifeline is not None:
             # Refused (see the launcher), it is tried again at launch, and refused again.
             with contextlib.suppress(OSError):
                 lifeline.adopt(pid)
         self._lifeline = lifeline
 
+    def join(self) -> None:
+        """Wait until it is made (or failed)."""
+        if self._started:
+            self._thread.join()
+
     def take(self) -> Lifeline | None:
-        """The lifeline, ``pid`` in it (None where none could be made)."""
-        self._thread.join()
-        assert not self._taken, "an adoption is taken once"
+        """The lifeline, ``pid`` in it (None where none can be made, as Lifeline.create)."""
+        self.join()
+        assert self._started and not self._taken, "an adoption is started, then taken once"
         self._taken = True
+        if self._failure is not None:
+            raise self._failure
         return self._lifeline
 
     def close(self) -> None:
         """Close the lifeline unless it was taken: what is in it is killed."""
-        self._thread.join()
+        self.join()
         if not self._taken:
             self._taken = True
             if self._lifeline is not None:
