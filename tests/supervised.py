@@ -66,6 +66,14 @@ mode = "{mode}"
 """
 
 
+
+def policy_file(root: Path) -> Path:
+    """``root/policy.toml``, holding the test policy (policy_text) of ``root``."""
+    path = root / "policy.toml"
+    path.write_text(policy_text(root))
+    return path
+
+
 def policy(
     root: Path,
     *,

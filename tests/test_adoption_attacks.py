@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trio
-from supervised import make_tree, policy, policy_text, run_collecting, wait_for
+from supervised import make_tree, policy, policy_file, run_collecting, wait_for
 
 from llsupervise.policy.model import ModelError, ObjectId, Ruleset
 from llsupervise.rights import AccessFs, Scope
@@ -84,8 +84,7 @@ def _run_then_kill_supervisor(tmp_path: Path, env: dict[str, str], tag: str) -> 
     mount = _cgroup_mount()
     root = Path(os.path.realpath(tmp_path))
     paths = make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     token = f"llattacktoken{os.getpid()}{tag}"
     cg = paths["out"] / "cgroup"
     shell = ESCAPER.format(cg=cg, py=sys.executable, token=token)
@@ -160,8 +159,7 @@ def test_a_failed_lifeline_leaves_no_cgroup_directory(tmp_path: Path) -> None:
     mount = _cgroup_mount()
     root = Path(os.path.realpath(tmp_path))
     make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "": "x"}
     run = subprocess.Popen(
         [*CLI, "run", "--headless", "--policy", str(policy_path), "--", "/bin/true"],
@@ -231,8 +229,7 @@ def _interrupted(tmp_path: Path, delay: float) -> dict[str, Any]:
     root = Path(os.path.realpath(tmp_path))
     if not (root / "out").exists():
         make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     run = subprocess.Popen(
         [sys.executable, "-c", INTERRUPTED, str(delay), str(policy_path), mount],
         cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from supervised import events_of, make_tree, policy_text, wait_for
+from supervised import events_of, make_tree, policy_file, policy_text, wait_for
 
 from llsupervise.landlock import syscall_numbers
 from llsupervise.supervisor.launch import exec_helper
@@ -87,8 +87,7 @@ def test_the_command_has_only_stdio_and_what_we_pass_and_is_confined(
     ours (no ruleset, no listener), with seccomp, no_new_privs and the static layer on."""
     root = Path(os.path.realpath(tmp_path))
     paths = make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     out = paths["out"] / "inspect.json"
     r, w = os.pipe()
     try:
@@ -238,8 +237,7 @@ def test_no_descendant_outlives_the_run(tmp_path: Path, how: str) -> None:
     lifeline.close()
     root = Path(os.path.realpath(tmp_path))
     paths = make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     token = f"lltoken{os.getpid()}{how}"
     beat = paths["out"] / "beat"
     script = paths["out"] / "survivor.py"
@@ -348,8 +346,7 @@ def test_forwarded_signals_still_reach_the_command_in_the_plain_phase(tmp_path: 
     (main thread) and passed on, ending the command; nothing is left behind."""
     root = Path(os.path.realpath(tmp_path))
     paths = make_tree(root)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     ready = paths["out"] / "ready"
     code = f"import time; open({str(ready)!r}, 'w').close(); time.sleep(60)"
     proc = subprocess.Popen(

@@ -3,10 +3,12 @@ supervisor is gone. Against the real cgroup v2 hierarchy."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,17 +55,28 @@ def test_an_empty_cgroup_is_removed_at_once_and_its_watchdog_reaped_later() -> N
         assert str(watchdog) not in f.read().split()
 
 
-def test_what_is_left_in_the_cgroup_is_killed_and_the_cgroup_removed() -> None:
-    line = made()
+@contextlib.contextmanager
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     child = subprocess.Popen(["sleep", "60"])
     try:
-        line.adopt(child.pid)
-        line.close()
-        assert child.wait(timeout=30) == -signal.SIGKILL
-        assert not os.path.exists(line.path)
+        yield child
     finally:
         child.kill()
         child.wait()
+
+
+def closed_with(line: Lifeline, child: subprocess.Popen[bytes]) -> None:
+    """Close ``line``, with ``child`` in it: the child is killed and the cgroup removed."""
+    line.close()
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    assert not os.path.exists(line.path)
+
+
+def test_what_is_left_in_the_cgroup_is_killed_and_the_cgroup_removed() -> None:
+    line = made()
+    with sleeper() as child:
+        line.adopt(child.pid)
+        closed_with(line, child)
 
 
 def cgroup_of(pid: int) -> str:
@@ -74,8 +87,7 @@ def cgroup_of(pid: int) -> str:
 def test_an_adoption_makes_the_lifeline_with_the_process_in_it() -> None:
     """Made in a thread while the caller goes on; taken, it is the process's cgroup, and a
     second move (the launcher's) is nothing."""
-    child = subprocess.Popen(["sleep", "60"])
-    try:
+    with sleeper() as child:
         adoption = Adoption(child.pid)
         adoption.start()
         line = adoption.take()
@@ -84,12 +96,7 @@ def test_an_adoption_makes_the_lifeline_with_the_process_in_it() -> None:
         with open(os.path.join(line.path, "cgroup.procs")) as f:
             assert f.read().split() == [str(child.pid)]
         line.adopt(child.pid)
-        line.close()
-        assert child.wait(timeout=30) == -signal.SIGKILL
-        assert not os.path.exists(line.path)
-    finally:
-        child.kill()
-        child.wait()
+        closed_with(line, child)
 
 
 def test_an_abandoned_helper_takes_its_lifeline_with_it() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervised import SECRET, events_of, make_tree, policy, policy_text, wait_for
+from supervised import SECRET, events_of, make_tree, policy, policy_file, wait_for
 from test_supervisor_signals import caught_signals, finish
 
 from llsupervise.supervisor import core
@@ -215,8 +215,7 @@ def test_descendants_asking_after_the_command_exited_get_nothing(
     is still before trio or in it: never the secret, the run ends with the command's status,
     the exit is logged."""
     root, secret, report = secret_tree(tmp_path)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     log = root / "log.jsonl"
     proc = cli(
         policy_path, log, sys.executable, "-I", "-c", ORPHAN_READER, str(secret), str(report),
@@ -293,8 +292,7 @@ def test_a_flood_of_denials_and_exec_reports_before_trio_is_all_answered(
     tool = root / "secret" / "tool"
     tool.write_text("#!/bin/sh\nexit 0\n")
     tool.chmod(0o755)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     log = root / "log.jsonl"
     proc = cli(
         policy_path, log, sys.executable, "-I", "-c", FLOOD, str(report),
@@ -335,8 +333,7 @@ def test_a_signal_while_trio_imports_after_the_command_exited(tmp_path: Path) ->
     plain handler forwards it with Popen.send_signal, whose poll() reaps the command: trio's
     _serve must still learn the exit (status 3, the exit event), not crash on a pid gone."""
     root, _secret, _report = secret_tree(tmp_path)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     log, mark = root / "log.jsonl", root / "out" / "mark"
     proc = cli(
         policy_path, log, sys.executable, "-I", "-c", MARK_AND_EXIT, str(mark), "0.2",
@@ -389,8 +386,7 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_once_and_spares_us(
     """A Ctrl-C typed on our controlling terminal reaches the command (same process group)
     once: not forwarded again, and never our death (status 101, with the exit logged)."""
     root, _secret, _report = secret_tree(tmp_path)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     log, mark = root / "log.jsonl", root / "out" / "mark"
     master, slave = os.openpty()
     plain_for, delay = SIGNAL_PHASES[phase]
@@ -428,8 +424,7 @@ def test_a_signal_during_trio_import_is_forwarded(tmp_path: Path, signum: int) -
     """No terminal: a signal arriving while trio imports (the plain handlers' last moments)
     reaches the command, and we survive to return its status."""
     root, _secret, _report = secret_tree(tmp_path)
-    policy_path = root / "policy.toml"
-    policy_path.write_text(policy_text(root))
+    policy_path = policy_file(root)
     log, mark = root / "log.jsonl", root / "out" / "mark"
     trap = r"""
 import os, signal, sys
