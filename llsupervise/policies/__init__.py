@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import pkgutil
 from collections.abc import Mapping
 
 from llsupervise.policy.document import PolicyDocument
@@ -16,7 +15,10 @@ DEFAULT_SOURCE = "built-in default"
 def default_text() -> str:
     """The built-in default policy, with its comments: a starting file."""
     # pkgutil, not importlib.resources: the same loader-aware read, without importing
-    # zipfile and the resources readers (~8 ms of every run's start-up).
+    # zipfile and the resources readers (~8 ms of every run's start-up); imported here, as
+    # a run with --policy never reads it.
+    import pkgutil
+
     data = pkgutil.get_data(__name__, "default.toml")
     if data is None:  # a loader that cannot read package data
         raise FileNotFoundError(f"{__name__}: default.toml")

@@ -4,11 +4,14 @@ into a new policy file the user names (the built-in policy itself is never writt
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE, default_text
 from llsupervise.supervisor.policyfile.kept import KeptAnswer, kept_from_event
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event
 
 
 def check_new_file(path: str) -> None:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from msgspec import Struct
 
 from llsupervise.display import escape
-from llsupervise.messages import Event, OwnLayerEvent, StallEvent, StartEvent
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
@@ -85,6 +84,7 @@ from llsupervise.supervisor.rules.uses import RuleUses
 if TYPE_CHECKING:
     from typing import TypedDict, Unpack
 
+    from llsupervise.messages import Event, OwnLayerEvent, StallEvent, StartEvent
     from llsupervise.supervisor.net.mediator import NetMediator
     from llsupervise.supervisor.policyfile.watch import PolicyFile
 

@@ -27,6 +27,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 from msgspec.structs import replace
@@ -34,7 +35,6 @@ from msgspec.structs import replace
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
 from llsupervise.libc import AT_FDCWD, openat2
-from llsupervise.messages import CreatedPathEvent, Event
 from llsupervise.seccomp import Listener, Notification, NotificationGone, SeccompError
 from llsupervise.supervisor.door import Door
 from llsupervise.supervisor.engine.pending import reply
@@ -50,6 +50,9 @@ from llsupervise.supervisor.rules.created import (
 )
 from llsupervise.supervisor.rules.objects import object_id
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:
+    from llsupervise.messages import CreatedPathEvent, Event
 
 _RESOLVE_NO_MAGICLINKS = 0x02
 _CREATING_OPS = ("mkdir", "mknod", "open")

@@ -12,10 +12,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
-from llsupervise.messages import DenialEvent, Event, FoldedEvent
+if TYPE_CHECKING:
+    from llsupervise.messages import DenialEvent, Event, FoldedEvent
+
 
 #: Seconds during which identical denials are counted rather than written.
 WINDOW = 1.0

@@ -6,14 +6,16 @@ import enum
 import json
 import os
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from msgspec import Struct, field
 
-from llsupervise.messages import DenialEvent, Event, OwnLayerEvent, StallEvent, StartEvent
 from llsupervise.rights import AccessFs
 from llsupervise.supervisor.events.encode import escaped
 from llsupervise.supervisor.events.fold import DenialFolder
+
+if TYPE_CHECKING:
+    from llsupervise.messages import DenialEvent, Event, OwnLayerEvent, StallEvent, StartEvent
 
 
 class Answer(enum.StrEnum):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from llsupervise.display import escape
-from llsupervise.messages import Event
 from llsupervise.policies import DEFAULT_SOURCE
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.supervisor.core import Supervisor
@@ -23,6 +23,9 @@ from llsupervise.supervisor.events.model import (
 )
 from llsupervise.supervisor.launch.helper import Helper
 from llsupervise.supervisor.rules.controlplane import check_document, control_files
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event
 
 
 def run_headless(

@@ -14,11 +14,10 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from msgspec import Struct, field
 
-from llsupervise.messages import DenialEvent
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessNet, names
 from llsupervise.seccomp import (
@@ -49,6 +48,9 @@ from llsupervise.supervisor.net.sockets import (
     user_namespace,
 )
 from llsupervise.supervisor.perform.procfs import read_proc
+
+if TYPE_CHECKING:
+    from llsupervise.messages import DenialEvent
 
 _WORD_SIZE: Final = ctypes.sizeof(ctypes.c_ulong)
 

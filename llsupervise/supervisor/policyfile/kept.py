@@ -6,10 +6,13 @@ Apart from the writer (:mod:`.persist`): every run listens for these, and most n
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from msgspec import Struct
 
-from llsupervise.messages import Event, KeptRule
+if TYPE_CHECKING:
+    from llsupervise.messages import Event, KeptRule
+
 
 
 class KeptAnswer(Struct, frozen=True):

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from llsupervise.errors import LLSuperviseError
-from llsupervise.messages import Event, ReloadEvent
 from llsupervise.policy.document import Location, PolicyDocument, PolicyError
 from llsupervise.policy.loader import PREDEFINED_VARIABLES, parse_policy
 from llsupervise.policy.locate import LineIndex
@@ -33,6 +32,9 @@ from llsupervise.supervisor.rules.binding import could_be_changed
 from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event, ReloadEvent
 
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio

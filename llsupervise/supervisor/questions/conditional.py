@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llsupervise.messages import Event
 from llsupervise.policy.conditions import (
     ConditionalRule,
     Requester,
@@ -20,6 +19,9 @@ from llsupervise.supervisor.events.model import Answer, Decision, Denial
 from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.questions.answering import carry_out_in_thread
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event
 
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio

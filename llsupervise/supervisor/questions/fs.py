@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, NamedTuple
 from msgspec import Struct, field
 from msgspec.structs import replace
 
-from llsupervise.messages import Event, KeptRule, UnboundRule
 from llsupervise.policy.model import ObjectId
 from llsupervise.rights import NO_FS, AccessFs, names
 from llsupervise.seccomp import Listener
@@ -34,6 +33,9 @@ from llsupervise.supervisor.questions.limits import QuestionLimits
 from llsupervise.supervisor.questions.scopes import Scope
 from llsupervise.supervisor.rules.binding import leads_to
 from llsupervise.supervisor.rules.state import RuleState, Temporary
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event, KeptRule, UnboundRule
 
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from llsupervise.messages import Event
 from llsupervise.policy.model import Ruleset
 from llsupervise.seccomp import Notification
 from llsupervise.supervisor.door import Door
@@ -18,6 +17,9 @@ from llsupervise.supervisor.engine.requests import FsRequest
 from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event
 
 if TYPE_CHECKING:  # trio: imported where used, a run starts before it (supervisor.door)
     import trio

@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from llsupervise.messages import Event, KeptRule
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessNet, names
 from llsupervise.supervisor.events.decisions import DecisionSource
 from llsupervise.supervisor.events.model import Answer, Decision
 from llsupervise.supervisor.questions.answering import ONCE
 from llsupervise.supervisor.rules.state import RuleState, Temporary
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event, KeptRule
 
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door), and
     import trio  # loads the network mediator only when the policy handles the network

@@ -8,12 +8,15 @@ import collections
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from llsupervise.messages import Event, RuleUse
 from llsupervise.supervisor.perform.blocking import cached_identity
 from llsupervise.supervisor.perform.operations import Target
 from llsupervise.supervisor.rules.objects import fd_path
 from llsupervise.supervisor.rules.state import RuleState
+
+if TYPE_CHECKING:
+    from llsupervise.messages import Event, RuleUse
 
 #: Directories whose paths are remembered at once (one per thread's cwd, mostly).
 _MAX_DIRECTORIES = 1024
