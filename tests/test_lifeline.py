@@ -128,3 +128,17 @@ def test_an_abandoned_helper_takes_its_lifeline_with_it() -> None:
     assert os.path.exists(line.path)  # not the helper's to close once taken
     line.close()
     assert not os.path.exists(line.path)
+
+
+def test_a_watchdog_made_by_an_adoption_blocks_no_signal() -> None:
+    """The adoption's thread blocks every signal (see Adoption.start); the watchdog it
+    spawns does not inherit that mask."""
+    with sleeper() as child:
+        adoption = Adoption(child.pid)
+        adoption.start()
+        line = adoption.take()
+        assert line is not None and line._watchdog is not None
+        with open(f"/proc/{line._watchdog}/status") as f:
+            blocked = [row.split()[1] for row in f if row.startswith("SigBlk:")]
+        assert blocked == ["0000000000000000"]
+        closed_with(line, child)

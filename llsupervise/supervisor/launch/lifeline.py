@@ -108,6 +108,8 @@ class Lifeline:
                     {},  # it needs none (and a malformed entry of ours would stop it)
                     file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
                     setsid=True,
+                    # Not the spawning thread's mask (an Adoption's blocks every signal).
+                    setsigmask=(),
                 )
             finally:
                 os.close(devnull)
