@@ -13,7 +13,7 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from llsupervise.display import escape
 from llsupervise.errors import LLSuperviseError
@@ -221,8 +221,45 @@ def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, told the terminal's width: it would import shutil (and bz2, lzma and zlib
+    with it) to find it, ~3 ms of every run's start-up, since every parser and argument
+    makes one of these."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # what argparse takes
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: ``COLUMNS``, else our stdout's terminal, else
+    80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error (``--help`` has the usage)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)  # subcommands' parsers too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {escape(message)} (see {self.prog} --help)\n")

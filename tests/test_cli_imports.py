@@ -103,6 +103,20 @@ def test_run_headless_default_policy(tmp_path: Path) -> None:
     assert not learn_code(modules)
     assert not {m for m in modules if m.startswith("llsupervise.tui")}
     assert "dataclasses" not in modules
+    assert "shutil" not in modules  # argparse's way to the terminal's width (cli._Formatter)
+
+
+@pytest.mark.parametrize("columns", [50, 120])
+def test_help_fits_the_terminal_width(tmp_path: Path, columns: int) -> None:
+    """Help is wrapped to ``COLUMNS`` (as shutil.get_terminal_size tells argparse)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llsupervise.cli", "run", "--help"], cwd=tmp_path,
+        env={**ENV, "COLUMNS": str(columns)}, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    widths = [len(line) for line in done.stdout.splitlines()]
+    assert max(widths) <= columns - 2
+    assert max(widths) > columns - 30  # wrapped at that width, not at a narrower one
 
 
 def test_run_headless_starts_trio_for_a_question(tmp_path: Path, policy: Path) -> None:
