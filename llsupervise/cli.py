@@ -68,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.headless and not args.listen:
         # Started now, so that its interpreter starts while ours loads the policy and the
         # supervisor (see launch.helper); it does nothing until it has its spec.
-        from llsupervise.supervisor.launch.helper import Helper
+        with _loading_modules():
+            from llsupervise.supervisor.launch.helper import Helper
 
         helper = Helper.start()
         try:
