@@ -123,10 +123,10 @@ def _checked_run(args: argparse.Namespace, helper: Helper | None) -> int:
 
 @contextlib.contextmanager
 def _loading_modules() -> Iterator[None]:
-    """No cyclic collection while the policy and the supervisor's modules load (they make no
-    cyclic garbage worth one: a run's start-up spent ~5 ms in 20 collections there); what
-    they made is then frozen, so that the run's own collections, which hold the GIL while
-    the serving threads wait, do not walk it again and again."""
+    """No cyclic collection while the exec helper's modules, the policy and the supervisor's
+    modules load (they make no cyclic garbage worth one: a run's start-up spent ~5 ms in 20
+    collections there); what they made is then frozen, so that the run's own collections,
+    which hold the GIL while the serving threads wait, do not walk it again and again."""
     enabled = gc.isenabled()
     gc.disable()
     try:

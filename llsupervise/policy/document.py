@@ -194,9 +194,8 @@ class PolicyDocument(Struct, frozen=True):
 
     def __hash__(self) -> int:
         # Without the variables (a mapping): they only explain the rules' paths.
-        return hash((self.source, self.abi, self.handled_fs, self.handled_net, self.scoped,
-                     self.path_beneath, self.net_port, self.supervisor,
-                     self.scoped_stated))  # fmt: skip
+        return hash(tuple(getattr(self, name) for name in self.__struct_fields__
+                          if name != "variables"))  # fmt: skip
 
 
 class PolicyError(LLSuperviseError):

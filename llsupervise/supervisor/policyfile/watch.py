@@ -33,12 +33,11 @@ from llsupervise.supervisor.rules.created import CreatedResolver
 from llsupervise.supervisor.rules.objects import ResolvedPolicy, resolve
 from llsupervise.supervisor.rules.state import RuleState
 
-if TYPE_CHECKING:
-    from llsupervise.messages import Event, ReloadEvent
-
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio
     import watchfiles
+
+    from llsupervise.messages import Event, ReloadEvent
 
 
 class Supervised(Protocol):

@@ -20,11 +20,10 @@ from llsupervise.supervisor.perform.broker import Broker, kernel_ruleset
 from llsupervise.supervisor.questions.answering import carry_out_in_thread
 from llsupervise.supervisor.rules.state import RuleState
 
-if TYPE_CHECKING:
-    from llsupervise.messages import Event
-
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio
+
+    from llsupervise.messages import Event
 
 
 class ConditionalGrants:

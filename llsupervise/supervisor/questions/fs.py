@@ -34,11 +34,10 @@ from llsupervise.supervisor.questions.scopes import Scope
 from llsupervise.supervisor.rules.binding import leads_to
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
-if TYPE_CHECKING:
-    from llsupervise.messages import Event, KeptRule, UnboundRule
-
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door)
     import trio
+
+    from llsupervise.messages import Event, KeptRule, UnboundRule
 
 
 class QuestionKey(NamedTuple):

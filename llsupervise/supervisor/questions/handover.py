@@ -18,12 +18,10 @@ from llsupervise.supervisor.perform.procfs import read_proc
 from llsupervise.supervisor.questions.fs import FsQuestions
 from llsupervise.supervisor.questions.net import NetQuestions
 
-if TYPE_CHECKING:
-    from llsupervise.messages import Event
-
 if TYPE_CHECKING:  # trio: imported where used, a run starts before it (supervisor.door)
     import trio
 
+    from llsupervise.messages import Event
     from llsupervise.supervisor.net.tcp import PendingNet  # the network: see core
     from llsupervise.supervisor.net.unix import UnixPending
 

@@ -14,12 +14,10 @@ from llsupervise.supervisor.events.model import Answer, Decision
 from llsupervise.supervisor.questions.answering import ONCE
 from llsupervise.supervisor.rules.state import RuleState, Temporary
 
-if TYPE_CHECKING:
-    from llsupervise.messages import Event, KeptRule
-
 if TYPE_CHECKING:  # imported where used: a run starts before trio (supervisor.door), and
     import trio  # loads the network mediator only when the policy handles the network
 
+    from llsupervise.messages import Event, KeptRule
     from llsupervise.supervisor.net.mediator import NetMediator
     from llsupervise.supervisor.net.tcp import PendingNet
 
