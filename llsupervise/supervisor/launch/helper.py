@@ -12,9 +12,11 @@ Light on purpose (no module of ours): imported before anything else a run needs.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -58,6 +60,11 @@ class Helper:
         spec_r, spec_w = os.pipe2(os.O_CLOEXEC)
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fd = child_sock.fileno()
+        # An interrupt (Ctrl-C) inside Popen may come after the fork, even before Popen has
+        # kept the pid: the helper is then found among this thread's children, killed and
+        # reaped, not left waiting for a spec (or a zombie).
+        before = _children()
+        process: subprocess.Popen[bytes] | None = None
         try:
             process = subprocess.Popen(
                 [*_ARGV, str(spec_r), str(child_fd)],
@@ -68,14 +75,23 @@ class Helper:
                 stdout=stdio[1],
                 stderr=stdio[2],
             )
-        except OSError as exc:
+            return cls(process, spec_w, parent_sock)
+        except BaseException as exc:
             os.close(spec_w)
             parent_sock.close()
-            raise HelperStartError(exc.errno, f"cannot start the launcher: {exc}") from exc
+            if process is not None:
+                process.kill()
+                process.wait()
+            else:
+                for pid in _children() - before:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            if isinstance(exc, OSError):
+                raise HelperStartError(exc.errno, f"cannot start the launcher: {exc}") from exc
+            raise
         finally:
             os.close(spec_r)
             child_sock.close()
-        return cls(process, spec_w, parent_sock)
 
     def abandon(self) -> None:
         """Not needed after all: it reaches the end of its spec pipe and exits, reaped here,
@@ -90,6 +106,12 @@ class Helper:
         self.process.wait()
         if self.adoption is not None:
             self.adoption.close()  # now that its cgroup is empty
+
+
+def _children() -> set[int]:
+    """The children of the calling thread (those it forked), zombies included."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/children") as f:
+        return {int(pid) for pid in f.read().split()}
 
 
 def inherited_fds() -> list[int]:
