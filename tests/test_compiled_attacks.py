@@ -311,11 +311,10 @@ class Watched:
     def __getattr__(self, name: str) -> object:
         return getattr(self._receiver, name)
 
-    def abandon(self) -> bytes | None:
-        got = self._receiver.abandon()  # type: ignore[attr-defined]
-        if got is not None:
-            self._held.append(got)
-        return got  # type: ignore[no-any-return]
+    def abandon(self, stalled_seconds: float = 0.0) -> list[bytes]:
+        got: list[bytes] = self._receiver.abandon(stalled_seconds)  # type: ignore[attr-defined]
+        self._held.extend(got)
+        return got
 
 
 @pytest.mark.trio

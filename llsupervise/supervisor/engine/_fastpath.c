@@ -52,6 +52,7 @@
 #include <string.h>
 #include <linux/openat2.h>
 #include <stdio.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -1258,11 +1259,165 @@ static PyObject *py_open_checked(PyObject *Py_UNUSED(module), PyObject *args) {
     return PyLong_FromLong(fd);
 }
 
-/* ---- Receiver ----------------------------------------------------------------------- */
+/* ---- Handoff ------------------------------------------------------------------------ */
+
+/* The requests the helper threads hand to Python, in the order received, for whichever
+ * serving thread is current: one queue for the loop, so that what one generation's helpers
+ * received and Python had not yet taken is taken by the next generation's thread (it is then
+ * served with the rules in force, as a request still waiting in the kernel would be).
+ * Freed by the last of its references (the Python object, and each Receiver's threads). */
+typedef struct {
+    pthread_mutex_t lock;
+    int refs;
+    int efd; /* readable while something was pushed since Python last looked */
+    struct seccomp_notif *items; /* a ring */
+    size_t first, count, cap;
+    int hung_up; /* a helper saw every supervisee gone */
+} Queue;
 
 typedef struct {
     PyObject_HEAD
-    int listener;
+    Queue *queue;
+} Handoff;
+
+static void queue_release(Queue *q) {
+    pthread_mutex_lock(&q->lock);
+    int last = --q->refs == 0;
+    pthread_mutex_unlock(&q->lock);
+    if (last) {
+        close(q->efd);
+        free(q->items);
+        pthread_mutex_destroy(&q->lock);
+        free(q);
+    }
+}
+
+static Queue *queue_ref(Queue *q) {
+    pthread_mutex_lock(&q->lock);
+    q->refs++;
+    pthread_mutex_unlock(&q->lock);
+    return q;
+}
+
+static void queue_signal(Queue *q) {
+    uint64_t one = 1;
+    while (write(q->efd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+}
+
+/* Called with the lock held. 0, or -1 when out of memory. */
+static int queue_grow(Queue *q) {
+    if (q->count < q->cap) return 0;
+    size_t cap = q->cap ? q->cap * 2 : 16;
+    struct seccomp_notif *items = malloc(cap * sizeof *items);
+    if (items == NULL) return -1;
+    for (size_t i = 0; i < q->count; i++) items[i] = q->items[(q->first + i) % q->cap];
+    free(q->items);
+    q->items = items;
+    q->first = 0;
+    q->cap = cap;
+    return 0;
+}
+
+/* Called with the lock held: `n` at the back (or, `front`, at the front). */
+static int queue_put(Queue *q, const struct seccomp_notif *n, int front) {
+    if (queue_grow(q) < 0) return -1;
+    if (front) {
+        q->first = (q->first + q->cap - 1) % q->cap;
+        q->items[q->first] = *n;
+    } else {
+        q->items[(q->first + q->count) % q->cap] = *n;
+    }
+    q->count++;
+    return 0;
+}
+
+/* The request at the front into `n`: 1, or 0 when there is none. */
+static int queue_take(Queue *q, struct seccomp_notif *n) {
+    pthread_mutex_lock(&q->lock);
+    int got = q->count > 0;
+    if (got) {
+        *n = q->items[q->first];
+        q->first = (q->first + 1) % q->cap;
+        q->count--;
+    }
+    pthread_mutex_unlock(&q->lock);
+    return got;
+}
+
+static int handoff_init(Handoff *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    if (self->queue != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Handoff: initialised once");
+        return -1;
+    }
+    Queue *q = calloc(1, sizeof *q);
+    if (q == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (q->efd < 0) {
+        free(q);
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pthread_mutex_init(&q->lock, NULL);
+    q->refs = 1;
+    self->queue = q;
+    return 0;
+}
+
+static void handoff_dealloc(Handoff *self) {
+    if (self->queue != NULL) queue_release(self->queue);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *handoff_len(Handoff *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->queue->lock);
+    size_t n = self->queue->count;
+    pthread_mutex_unlock(&self->queue->lock);
+    return PyLong_FromSize_t(n);
+}
+
+static PyMethodDef handoff_methods[] = {
+    {"pending", (PyCFunction)handoff_len, METH_NOARGS,
+     "how many requests wait for Python in the queue"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject HandoffType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "llsupervise.supervisor.engine._fastpath.Handoff",
+    .tp_basicsize = sizeof(Handoff),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)handoff_init,
+    .tp_dealloc = (destructor)handoff_dealloc,
+    .tp_methods = handoff_methods,
+};
+
+/* ---- Receiver ----------------------------------------------------------------------- */
+
+#define HELPERS_MAX 8
+
+/* What one thread holds, for the stall watch: since when (CLOCK_MONOTONIC, seconds, as
+ * time.monotonic()), 0 while idle; and the request. given_up: it acts no more. */
+typedef struct {
+    double since;
+    struct seccomp_notif held;
+    int given_up;
+} Hand;
+
+/* What a receiver's threads share: the Python thread's and its helpers'. Freed by the last
+ * of its references (the Receiver, and each helper thread, which may outlive it: see
+ * helper_main). Table, readers and grants are the Receiver's references, lent: a helper
+ * touches them only while it holds a request, and a Receiver that goes while a helper
+ * given up on still holds one (the kernel holds it) leaves them to it (receiver_dealloc). */
+typedef struct {
+    pthread_mutex_t lock;
+    int refs;
+    int listener; /* our own dup: a helper may wait in it after the loop closed its own */
     uint32_t arch;
     int nr_open; /* -1 where the architecture has none */
     int nr_openat;
@@ -1270,24 +1425,44 @@ typedef struct {
     StaticTable *table; /* NULL: no open is judged static here */
     Readers *readers;
     Grants *grants; /* NULL: no open is performed here */
-    pthread_mutex_t lock;
-    /* What the thread holds (for the stall watch): since when (CLOCK_MONOTONIC, seconds,
-     * as time.monotonic()), 0 while idle; and the request. */
-    double since;
-    struct seccomp_notif held;
+    Queue *queue; /* NULL: no helpers */
+    Hand hands[1 + HELPERS_MAX]; /* 0: the Python thread's */
+    int helpers; /* started (each with hands[i], 1 <= i <= helpers) */
+    int stopping; /* helpers act no more: what they receive is queued, and they end */
     int abandoned;
+    int err; /* a helper's failed answer (an errno), for Python to raise */
+    pthread_cond_t idle; /* a helper let go of its request while stopping, or abandon() */
     unsigned long long answered;
+} Shared;
+
+typedef struct {
+    PyObject_HEAD
+    Shared *s;
+    PyObject *handoff;
 } Receiver;
+
+static void shared_release(Shared *s) {
+    pthread_mutex_lock(&s->lock);
+    int last = --s->refs == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (last) {
+        if (s->queue != NULL) queue_release(s->queue);
+        close(s->listener);
+        pthread_cond_destroy(&s->idle);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+    }
+}
 
 static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"listener", "arch", "nr_open", "nr_openat", "table", "readers",
-                             "grants", "nr_execve", NULL};
+                             "grants", "nr_execve", "handoff", NULL};
     int listener, nr_open, nr_openat, nr_execve = -1;
     unsigned long arch;
-    PyObject *table, *readers, *grants = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!|Oi", kwlist, &listener, &arch,
+    PyObject *table, *readers, *grants = Py_None, *handoff = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ikiiOO!|OiO", kwlist, &listener, &arch,
                                      &nr_open, &nr_openat, &table, &ReadersType, &readers,
-                                     &grants, &nr_execve))
+                                     &grants, &nr_execve, &handoff))
         return -1;
     if (table != Py_None && !PyObject_TypeCheck(table, &StaticTableType)) {
         PyErr_SetString(PyExc_TypeError, "table: a StaticTable or None");
@@ -1297,23 +1472,66 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "grants: a Grants or None");
         return -1;
     }
-    self->listener = listener;
-    self->arch = (uint32_t)arch;
-    self->nr_open = nr_open;
-    self->nr_openat = nr_openat;
-    self->nr_execve = nr_execve;
-    Py_XSETREF(self->table, table == Py_None ? NULL : (StaticTable *)Py_NewRef(table));
-    Py_XSETREF(self->readers, (Readers *)Py_NewRef(readers));
-    Py_XSETREF(self->grants, grants == Py_None ? NULL : (Grants *)Py_NewRef(grants));
-    pthread_mutex_init(&self->lock, NULL);
+    if (handoff != Py_None && !PyObject_TypeCheck(handoff, &HandoffType)) {
+        PyErr_SetString(PyExc_TypeError, "handoff: a Handoff or None");
+        return -1;
+    }
+    if (self->s != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Receiver: initialised once");
+        return -1;
+    }
+    Shared *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->listener = fcntl(listener, F_DUPFD_CLOEXEC, 3);
+    if (s->listener < 0) {
+        free(s);
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->idle, NULL);
+    s->refs = 1;
+    s->arch = (uint32_t)arch;
+    s->nr_open = nr_open;
+    s->nr_openat = nr_openat;
+    s->nr_execve = nr_execve;
+    s->table = table == Py_None ? NULL : (StaticTable *)Py_NewRef(table);
+    s->readers = (Readers *)Py_NewRef(readers);
+    s->grants = grants == Py_None ? NULL : (Grants *)Py_NewRef(grants);
+    if (handoff != Py_None) {
+        s->queue = queue_ref(((Handoff *)handoff)->queue);
+        self->handoff = Py_NewRef(handoff);
+    }
+    self->s = s;
+    return 0;
+}
+
+/* Whether a helper holds a request (it may be using table, readers and grants). Called with
+ * the lock held. */
+static int helper_holds(const Shared *s, int given_up_too) {
+    for (int i = 1; i <= s->helpers; i++)
+        if (s->hands[i].since != 0 && (given_up_too || !s->hands[i].given_up)) return 1;
     return 0;
 }
 
 static void receiver_dealloc(Receiver *self) {
-    Py_XDECREF(self->table);
-    Py_XDECREF(self->grants);
-    Py_XDECREF(self->readers);
-    pthread_mutex_destroy(&self->lock);
+    Shared *s = self->s;
+    if (s != NULL) {
+        pthread_mutex_lock(&s->lock);
+        s->stopping = 1;
+        int holding = helper_holds(s, 1);
+        pthread_mutex_unlock(&s->lock);
+        if (!holding) { /* else a helper held by the kernel may use them when let go */
+            Py_XDECREF(s->table);
+            Py_XDECREF(s->grants);
+            Py_XDECREF(s->readers);
+        }
+        shared_release(s);
+    }
+    Py_XDECREF(self->handoff);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1333,18 +1551,27 @@ static ssize_t read_string(int mem, uint64_t addr, char *out, size_t size) {
     return -1;
 }
 
+/* Whether the thread of `h` was given up on. */
+static int given_up(Shared *s, Hand *h) {
+    pthread_mutex_lock(&s->lock);
+    int gone = h->given_up;
+    pthread_mutex_unlock(&s->lock);
+    return gone;
+}
+
 /* Marks the request in hand done; whether the thread was given up on meanwhile. */
-static int finish(Receiver *self) {
-    pthread_mutex_lock(&self->lock);
-    self->since = 0;
-    int abandoned = self->abandoned;
-    pthread_mutex_unlock(&self->lock);
-    return abandoned;
+static int finish(Shared *s, Hand *h) {
+    pthread_mutex_lock(&s->lock);
+    h->since = 0;
+    int gone = h->given_up;
+    if (s->stopping) pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+    return gone;
 }
 
 /* Answers with `resp` (retried on EINTR); 0, or the errno (ENOENT, the caller gone, is 0). */
-static int send_response(Receiver *self, struct seccomp_notif_resp *resp) {
-    while (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, resp) < 0) {
+static int send_response(Shared *s, struct seccomp_notif_resp *resp) {
+    while (ioctl(s->listener, SECCOMP_IOCTL_NOTIF_SEND, resp) < 0) {
         if (errno == EINTR) continue;
         return errno == ENOENT ? 0 : errno;
     }
@@ -1353,7 +1580,7 @@ static int send_response(Receiver *self, struct seccomp_notif_resp *resp) {
 
 /* Hands the opened `fd` (closed here) to the program as its open's result. 0, or the errno
  * of the answer that failed. */
-static int send_fd(Receiver *self, struct seccomp_notif *n, int fd, uint64_t flags) {
+static int send_fd(Shared *s, struct seccomp_notif *n, int fd, uint64_t flags) {
     struct seccomp_notif_addfd addfd = {
         .id = n->id,
         .flags = SECCOMP_ADDFD_FLAG_SEND,
@@ -1362,7 +1589,7 @@ static int send_fd(Receiver *self, struct seccomp_notif *n, int fd, uint64_t fla
         .newfd_flags = (flags & O_CLOEXEC) ? O_CLOEXEC : 0,
     };
     int err = 0;
-    while (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) {
+    while (ioctl(s->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) {
         if (errno == EINTR) continue;
         err = errno;
         break;
@@ -1372,35 +1599,48 @@ static int send_fd(Receiver *self, struct seccomp_notif *n, int fd, uint64_t fla
     if (err) {
         /* Not answered (its descriptor table is full, say): it is told why. */
         struct seccomp_notif_resp resp = {.id = n->id, .val = -1, .error = -err, .flags = 0};
-        return send_response(self, &resp);
+        return send_response(s, &resp);
     }
     return 0;
 }
 
 /* The request in hand, for the stall watch (a read of its memory, or the opener, can wait
- * on the kernel). */
-static void hold(Receiver *self, struct seccomp_notif *n) {
-    pthread_mutex_lock(&self->lock);
-    self->held = *n;
-    self->since = seconds(CLOCK_MONOTONIC);
-    pthread_mutex_unlock(&self->lock);
+ * on the kernel). A helper holds it from its receipt (see helper_main). */
+static void hold(Shared *s, Hand *h, struct seccomp_notif *n) {
+    double now = seconds(CLOCK_MONOTONIC);
+    pthread_mutex_lock(&s->lock);
+    h->held = *n;
+    if (h->since == 0) h->since = now;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The request in hand is Python's: 0, or -1 when the thread was given up on (the watch has
+ * it). The calling thread lets go of it here; a helper, only once it is queued (see
+ * helper_main), so that a watch giving up on it finds it held or queued, never neither. */
+static int to_python(Shared *s, Hand *h) {
+    pthread_mutex_lock(&s->lock);
+    int gone = h->given_up;
+    if (h == &s->hands[0]) h->since = 0;
+    pthread_mutex_unlock(&s->lock);
+    return gone ? -1 : 0;
+}
+
+static void count_answered(Shared *s) {
+    __atomic_fetch_add(&s->answered, 1, __ATOMIC_RELAXED);
 }
 
 /* Answers CONTINUE unless given up on meanwhile; as answer_here. */
-static int answer_continue(Receiver *self, struct seccomp_notif *n) {
-    pthread_mutex_lock(&self->lock);
-    int abandoned = self->abandoned;
-    pthread_mutex_unlock(&self->lock);
-    if (abandoned) return -1;
+static int answer_continue(Shared *s, Hand *h, struct seccomp_notif *n) {
+    if (given_up(s, h)) return -1;
     struct seccomp_notif_resp resp = {
         .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-    int failed = send_response(self, &resp);
-    if (finish(self)) return -1;
+    int failed = send_response(s, &resp);
+    if (finish(s, h)) return -1;
     if (failed) {
         errno = failed;
         return -2;
     }
-    self->answered++;
+    count_answered(s);
     return 1;
 }
 
@@ -1427,58 +1667,67 @@ static int nothing_at(const char *path) {
  * that layer alone allows the absolute path it names, or nothing is there (a search along
  * PATH). Whatever is kept for the thread is dropped first (its address space and its
  * credentials are about to be replaced), and Python is told. As answer_here. */
-static int answer_exec(Receiver *self, struct seccomp_notif *n) {
-    if (self->table == NULL || !readers_hear(self->readers, (pid_t)n->pid)) return 0;
+static int answer_exec(Shared *s, Hand *h, struct seccomp_notif *n) {
+    if (s->table == NULL || !readers_hear(s->readers, (pid_t)n->pid)) return 0;
     /* Only its group's leader keeps its id through an exec: another thread takes the leader's
      * (de_thread), and Python drops what is kept for both (engine.contexts.exec_begins). A
      * pidfd of a whole process opens only for its leader. */
     int leader = (int)syscall(SYS_pidfd_open, (pid_t)n->pid, 0);
     if (leader < 0) return 0;
     close(leader);
-    hold(self, n);
+    hold(s, h, n);
     int ours;
-    int mem = readers_reader(self->readers, (pid_t)n->pid, NULL, &ours, 0);
-    readers_exec(self->readers, (pid_t)n->pid);
-    if (mem < 0) return finish(self) ? -1 : 0;
+    int mem = readers_reader(s->readers, (pid_t)n->pid, NULL, &ours, 0);
+    if (given_up(s, h)) { /* held by the kernel in the opener, and answered by the watch */
+        if (mem >= 0) close(mem);
+        return -1;
+    }
+    readers_exec(s->readers, (pid_t)n->pid);
+    if (mem < 0) return to_python(s, h);
     char path[PATH_MAX];
     ssize_t len = read_string(mem, n->data.args[0], path, sizeof path);
     close(mem);
+    if (given_up(s, h)) return -1; /* the read was held by the kernel: act no more */
     if (len <= 0 || path[0] != '/' ||
-        (!table_allows(self->table, path, (size_t)len, EXEC_KEY) && !nothing_at(path)))
-        return finish(self) ? -1 : 0; /* Python reads it again, and reports it */
-    return answer_continue(self, n);
+        (!table_allows(s->table, path, (size_t)len, EXEC_KEY) && !nothing_at(path)))
+        return to_python(s, h); /* Python reads it again, and reports it */
+    return answer_continue(s, h, n);
 }
 
 /* 1: answered here; 0: Python's; -1: given up on (answer nothing more); -2: errno set. */
-static int answer_here(Receiver *self, struct seccomp_notif *n) {
-    const StaticTable *t = self->table;
-    if ((t == NULL && self->grants == NULL) || n->data.arch != self->arch) return 0;
-    if ((int)n->data.nr == self->nr_execve) return answer_exec(self, n);
+static int answer_here(Shared *s, Hand *h, struct seccomp_notif *n) {
+    const StaticTable *t = s->table;
+    if ((t == NULL && s->grants == NULL) || n->data.arch != s->arch) return 0;
+    if ((int)n->data.nr == s->nr_execve) return answer_exec(s, h, n);
     uint64_t addr, flags;
-    if ((int)n->data.nr == self->nr_openat) {
+    if ((int)n->data.nr == s->nr_openat) {
         addr = n->data.args[1];
         flags = n->data.args[2];
-    } else if (self->nr_open >= 0 && (int)n->data.nr == self->nr_open) {
+    } else if (s->nr_open >= 0 && (int)n->data.nr == s->nr_open) {
         addr = n->data.args[0];
         flags = n->data.args[1];
     } else {
         return 0;
     }
     if (flags & O_CREAT) return 0; /* a creation is performed by Python, never CONTINUE */
-    if (!readers_hear(self->readers, (pid_t)n->pid)) return 0;
+    if (!readers_hear(s->readers, (pid_t)n->pid)) return 0;
     /* Relative to its cwd (open, or openat with AT_FDCWD): judged by where it leads. */
-    int from_cwd = (int)n->data.nr != self->nr_openat || (int)n->data.args[0] == AT_FDCWD;
+    int from_cwd = (int)n->data.nr != s->nr_openat || (int)n->data.args[0] == AT_FDCWD;
     int cwd = -1, ours = 0;
-    hold(self, n);
-    int mem = readers_reader(self->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours, 1);
-    if (mem < 0) return finish(self) ? -1 : 0;
+    hold(s, h, n);
+    int mem = readers_reader(s->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours, 1);
+    if (mem < 0) return to_python(s, h);
     char path[PATH_MAX];
     ssize_t len = read_string(mem, addr, path, sizeof path);
     close(mem);
+    if (given_up(s, h)) { /* the read was held by the kernel: act no more */
+        if (cwd >= 0) close(cwd);
+        return -1;
+    }
     if (len < 0) {
         if (cwd >= 0) close(cwd);
-        readers_let_go(self->readers, (pid_t)n->pid); /* its address space is gone */
-        return finish(self) ? -1 : 0;
+        readers_let_go(s->readers, (pid_t)n->pid); /* its address space is gone */
+        return to_python(s, h);
     }
     int absolute = len > 0 && path[0] == '/';
     int allowed = 0;
@@ -1494,86 +1743,294 @@ static int answer_here(Receiver *self, struct seccomp_notif *n) {
          * absolute path, or one relative to the cwd Python lent (which it would open it in);
          * and only once the request is known to be still waiting, so the path read was its. */
         uint64_t id = n->id;
-        if (self->grants == NULL || !ours ||
-            ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
+        if (s->grants == NULL || !ours ||
+            ioctl(s->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0) {
             if (cwd >= 0) close(cwd);
-            return finish(self) ? -1 : 0;
+            return to_python(s, h);
         }
-        fd = grant(self->grants, cwd, path, (size_t)len, flags);
+        fd = grant(s->grants, cwd, path, (size_t)len, flags);
         if (fd < 0) {
             if (cwd >= 0) close(cwd);
-            return finish(self) ? -1 : 0;
+            return to_python(s, h);
         }
     }
-    pthread_mutex_lock(&self->lock);
-    int abandoned = self->abandoned;
-    pthread_mutex_unlock(&self->lock);
-    if (abandoned) { /* answered by the watch: act no more */
+    if (given_up(s, h)) { /* answered by the watch: act no more */
         if (fd >= 0) close(fd); /* an open without creation or truncation changed nothing */
         if (cwd >= 0) close(cwd);
         return -1;
     }
     int failed;
     if (fd >= 0) {
-        failed = send_fd(self, n, fd, flags);
-        grants_note(self->grants, absolute ? -1 : cwd, path);
+        failed = send_fd(s, n, fd, flags);
+        grants_note(s->grants, absolute ? -1 : cwd, path);
     } else {
         struct seccomp_notif_resp resp = {
             .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-        failed = send_response(self, &resp);
+        failed = send_response(s, &resp);
     }
     if (cwd >= 0) close(cwd);
-    if (finish(self)) return -1;
+    if (finish(s, h)) return -1;
     if (failed) {
         errno = failed;
         return -2;
     }
-    self->answered++;
+    count_answered(s);
     return 1;
 }
 
+/* What receive() found. */
+enum { GOT = 0, AGAIN = 1, STOPPED = 2, HUNG_UP = 3, TIMED_OUT = 4, WOKEN = 5, FAILED = 6 };
+
+/* Waits (up to timeout_ms, -1 for ever) for a request on the listener, or for `wake` to be
+ * readable, and receives it into `n`. errno set on FAILED. */
+static int receive(Shared *s, int wake, int timeout, struct seccomp_notif *n) {
+    struct pollfd fds[2] = {{s->listener, POLLIN, 0}, {wake, POLLIN, 0}};
+    int ready = poll(fds, 2, timeout);
+    if (ready < 0) return errno == EINTR ? AGAIN : FAILED;
+    if (ready == 0) return TIMED_OUT;
+    if (fds[1].revents) return WOKEN;
+    if (!(fds[0].revents & POLLIN)) return HUNG_UP; /* POLLHUP without input: all gone */
+    memset(n, 0, sizeof *n);
+    if (ioctl(s->listener, SECCOMP_IOCTL_NOTIF_RECV, n) < 0) {
+        if (errno == EINTR || errno == ENOENT) return AGAIN; /* gone between poll and recv */
+        return FAILED;
+    }
+    return GOT;
+}
+
+/* Waits in the kernel for a request and receives it into `n` (no poll: each waiting helper
+ * is woken by a trap, and one receives it). errno set on FAILED. */
+static int receive_blocking(Shared *s, struct seccomp_notif *n) {
+    memset(n, 0, sizeof *n);
+    if (ioctl(s->listener, SECCOMP_IOCTL_NOTIF_RECV, n) == 0) return GOT;
+    if (errno == EINTR) return AGAIN;
+    if (errno != ENOENT) return FAILED;
+    /* Taken back (its caller was interrupted), or every supervisee is gone. */
+    struct pollfd p = {s->listener, POLLIN, 0};
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) return HUNG_UP;
+    return AGAIN;
+}
+
+/* A helper thread's loop. Every idle helper waits in the kernel's receive; a trap wakes them
+ * all on the trapping thread's CPU (SYNC_WAKE_UP), and one receives it. Told to stop, a
+ * helper cannot be woken from that wait: it acts on nothing more, and the next request it
+ * receives it queues for Python, untouched, and ends (so does one that sees every supervisee
+ * gone). It keeps the Shared, and so its listener, until then. */
+typedef struct {
+    Shared *s;
+    Hand *h;
+} HelperArg;
+
+static void *helper_main(void *arg) {
+    Shared *s = ((HelperArg *)arg)->s;
+    Hand *h = ((HelperArg *)arg)->h;
+    free(arg);
+    struct seccomp_notif n;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        int stop = s->stopping || s->abandoned || h->given_up;
+        pthread_mutex_unlock(&s->lock);
+        if (stop) break;
+        int got = receive_blocking(s, &n);
+        int err = errno;
+        if (got == AGAIN) continue;
+        if (got == HUNG_UP || got == FAILED) {
+            pthread_mutex_lock(&s->queue->lock);
+            s->queue->hung_up |= got == HUNG_UP;
+            pthread_mutex_unlock(&s->queue->lock);
+            if (got == FAILED) {
+                pthread_mutex_lock(&s->lock);
+                if (!s->err && !s->stopping) s->err = err;
+                pthread_mutex_unlock(&s->lock);
+            }
+            queue_signal(s->queue);
+            break;
+        }
+        /* Held from now on: a watch that gives up on this thread takes it. Received after
+         * the stop (or the watch): queued for Python, untouched. */
+        pthread_mutex_lock(&s->lock);
+        int late = h->given_up || s->stopping || s->abandoned;
+        if (late) {
+            pthread_mutex_lock(&s->queue->lock);
+            if (queue_put(s->queue, &n, 0) < 0 && !s->err) s->err = ENOMEM;
+            pthread_mutex_unlock(&s->queue->lock);
+        } else {
+            h->held = n;
+            h->since = seconds(CLOCK_MONOTONIC);
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (late) {
+            queue_signal(s->queue);
+            break;
+        }
+        int answered = answer_here(s, h, &n);
+        if (answered == 1) continue;
+        if (answered == -1) break; /* given up: the watch answered it, or queued it again */
+        if (answered == -2) {
+            pthread_mutex_lock(&s->lock);
+            if (!s->err) s->err = errno;
+            pthread_mutex_unlock(&s->lock);
+            queue_signal(s->queue);
+            break;
+        }
+        /* Python's. Queued under our lock, so that a watch giving up on this thread sees it
+         * either held (and answers it) or queued, never neither. */
+        pthread_mutex_lock(&s->lock);
+        int gone = h->given_up;
+        int lost = 0;
+        if (!gone) {
+            h->since = 0;
+            pthread_mutex_lock(&s->queue->lock);
+            lost = queue_put(s->queue, &n, 0) < 0;
+            pthread_mutex_unlock(&s->queue->lock);
+            if (s->stopping) pthread_cond_broadcast(&s->idle);
+        }
+        if (lost && !s->err) s->err = ENOMEM;
+        pthread_mutex_unlock(&s->lock);
+        if (gone) break;
+        queue_signal(s->queue);
+        if (lost) break;
+    }
+    shared_release(s);
+    return NULL;
+}
+
+/* start_helpers(count) -> int: start up to `count` helper threads (HELPERS_MAX at most), which
+ * receive and answer from now on; Python's requests then come through the Handoff. Call it
+ * from the serving thread, once, when its turn has come: a helper inherits that thread's
+ * Landlock domain, signal mask and CPU placement. Returns how many started (0: the calling
+ * thread receives itself, as without helpers). */
+static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
+    int count;
+    if (!PyArg_ParseTuple(args, "i", &count)) return NULL;
+    Shared *s = self->s;
+    if (s->queue == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "start_helpers: the receiver has no handoff");
+        return NULL;
+    }
+    if (s->helpers != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "start_helpers: started once");
+        return NULL;
+    }
+    if (count > HELPERS_MAX) count = HELPERS_MAX;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024); /* two paths and a notification */
+    /* Signals go to the threads Python expects them on, never to these. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int started = 0, err = 0;
+    for (int i = 1; i <= count; i++) {
+        HelperArg *arg = malloc(sizeof *arg);
+        if (arg == NULL) {
+            err = ENOMEM;
+            break;
+        }
+        arg->s = s;
+        arg->h = &s->hands[i];
+        pthread_mutex_lock(&s->lock);
+        s->refs++;
+        s->helpers = i;
+        pthread_mutex_unlock(&s->lock);
+        pthread_t thread;
+        err = pthread_create(&thread, &attr, helper_main, arg);
+        if (err) {
+            free(arg);
+            pthread_mutex_lock(&s->lock);
+            s->refs--;
+            s->helpers = i - 1;
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    (void)err; /* fewer helpers (or none) only serve slower */
+    return PyLong_FromLong(started);
+}
+
+/* stop_helpers(): the helpers act no more; returns once none holds a request (each answers,
+ * or queues for Python, the one in hand), bar those given up on. */
+static PyObject *receiver_stop_helpers(Receiver *self, PyObject *Py_UNUSED(ignored)) {
+    Shared *s = self->s;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    while (helper_holds(s, 0)) pthread_cond_wait(&s->idle, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* next(wake_fd, timeout_ms) -> bytes | int: the next request for Python (a struct
- * seccomp_notif), or R_TIMEOUT, R_WOKEN, R_HUNG_UP, R_ABANDONED. */
+ * seccomp_notif), or R_TIMEOUT, R_WOKEN, R_HUNG_UP, R_ABANDONED. With helpers, it waits on
+ * their queue; without, the calling thread receives and answers itself. */
 static PyObject *receiver_next(Receiver *self, PyObject *args) {
     int wake, timeout;
     if (!PyArg_ParseTuple(args, "ii", &wake, &timeout)) return NULL;
+    Shared *s = self->s;
+    Hand *h = &s->hands[0];
     struct seccomp_notif n;
     int result = R_TIMEOUT, err = 0, have = 0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
-        pthread_mutex_lock(&self->lock);
-        int abandoned = self->abandoned;
-        pthread_mutex_unlock(&self->lock);
+        pthread_mutex_lock(&s->lock);
+        int abandoned = h->given_up || s->abandoned;
+        int helpers = s->helpers;
+        err = s->err;
+        pthread_mutex_unlock(&s->lock);
         if (abandoned) {
             result = R_ABANDONED;
             break;
         }
-        struct pollfd fds[2] = {{self->listener, POLLIN, 0}, {wake, POLLIN, 0}};
-        int ready = poll(fds, 2, timeout);
-        if (ready < 0) {
-            if (errno == EINTR) continue;
-            err = errno;
-            break;
-        }
-        if (ready == 0) {
-            result = R_TIMEOUT;
-            break;
-        }
-        if (fds[1].revents) {
+        if (err) break;
+        if (helpers) {
+            Queue *q = s->queue;
+            if (queue_take(q, &n)) {
+                have = 1;
+                break;
+            }
+            pthread_mutex_lock(&q->lock);
+            int hung_up = q->hung_up && q->count == 0;
+            pthread_mutex_unlock(&q->lock);
+            if (hung_up) {
+                result = R_HUNG_UP;
+                break;
+            }
+            struct pollfd fds[2] = {{q->efd, POLLIN, 0}, {wake, POLLIN, 0}};
+            int ready = poll(fds, 2, timeout);
+            if (ready < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                break;
+            }
+            if (ready == 0) {
+                result = R_TIMEOUT;
+                break;
+            }
+            if (fds[0].revents) {
+                uint64_t count;
+                while (read(q->efd, &count, sizeof count) < 0 && errno == EINTR) {
+                }
+                continue; /* looked at again: taken, or another thread took it */
+            }
             result = R_WOKEN;
             break;
         }
-        if (!(fds[0].revents & POLLIN)) {
-            result = R_HUNG_UP; /* POLLHUP without input: every supervisee is gone */
-            break;
-        }
-        memset(&n, 0, sizeof n);
-        if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
-            if (errno == EINTR || errno == ENOENT) continue; /* gone between poll and recv */
+        int got = receive(s, wake, timeout, &n);
+        if (got == AGAIN) continue;
+        if (got == FAILED) {
             err = errno;
             break;
         }
-        int answered = answer_here(self, &n);
+        if (got != GOT) {
+            result = got == TIMED_OUT ? R_TIMEOUT : got == WOKEN ? R_WOKEN : R_HUNG_UP;
+            break;
+        }
+        int answered = answer_here(s, h, &n);
         if (answered == 1) continue;
         if (answered == -1) {
             result = R_ABANDONED;
@@ -1595,42 +2052,87 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
     return PyLong_FromLong(result);
 }
 
+/* Since when the oldest request held by one of the receiver's threads is (0.0 for none). */
 static PyObject *receiver_held_since(Receiver *self, PyObject *Py_UNUSED(ignored)) {
-    pthread_mutex_lock(&self->lock);
-    double since = self->since;
-    pthread_mutex_unlock(&self->lock);
+    Shared *s = self->s;
+    double since = 0;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i <= s->helpers; i++) {
+        Hand *h = &s->hands[i];
+        if (!h->given_up && h->since != 0 && (since == 0 || h->since < since)) since = h->since;
+    }
+    pthread_mutex_unlock(&s->lock);
     return PyFloat_FromDouble(since);
 }
 
-/* abandon() -> bytes | None: the thread acts no more; the request it holds, to be answered
- * without it (None when it holds none). */
-static PyObject *receiver_abandon(Receiver *self, PyObject *Py_UNUSED(ignored)) {
-    struct seccomp_notif held;
-    pthread_mutex_lock(&self->lock);
-    int holding = self->since != 0 && !self->abandoned;
-    self->abandoned = 1;
-    held = self->held;
-    pthread_mutex_unlock(&self->lock);
-    if (!holding) Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)&held, sizeof held);
+/* abandon(stalled_seconds) -> [bytes]: the receiver's threads act no more. Returns the requests
+ * they hold here that have been held longer than `stalled_seconds`, to be answered without
+ * them; a request held for less (a helper's, busy when another stalled) is queued again for
+ * Python, at the front, as if it had just been received. */
+static PyObject *receiver_abandon(Receiver *self, PyObject *args) {
+    double stalled = 0;
+    if (!PyArg_ParseTuple(args, "|d", &stalled)) return NULL;
+    Shared *s = self->s;
+    struct seccomp_notif held[1 + HELPERS_MAX];
+    int nheld = 0, lost = 0;
+    double now = seconds(CLOCK_MONOTONIC);
+    pthread_mutex_lock(&s->lock);
+    s->abandoned = 1;
+    for (int i = 0; i <= s->helpers; i++) {
+        Hand *h = &s->hands[i];
+        int holding = h->since != 0 && !h->given_up;
+        h->given_up = 1;
+        if (!holding) continue;
+        if (i == 0 || s->queue == NULL || now - h->since > stalled) {
+            held[nheld++] = h->held;
+        } else {
+            pthread_mutex_lock(&s->queue->lock);
+            if (queue_put(s->queue, &h->held, 1) < 0) lost = 1;
+            pthread_mutex_unlock(&s->queue->lock);
+            if (lost) held[nheld++] = h->held; /* answered without it, then */
+        }
+    }
+    pthread_cond_broadcast(&s->idle); /* stop_helpers waits for these no more */
+    pthread_mutex_unlock(&s->lock);
+    if (s->queue != NULL) queue_signal(s->queue);
+    PyObject *out = PyList_New(0);
+    for (int i = 0; out != NULL && i < nheld; i++) {
+        PyObject *item = PyBytes_FromStringAndSize((const char *)&held[i], sizeof held[i]);
+        if (item == NULL || PyList_Append(out, item) < 0) Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    return out;
 }
 
 static PyObject *receiver_answered(Receiver *self, void *Py_UNUSED(closure)) {
-    return PyLong_FromUnsignedLongLong(self->answered);
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->s->answered, __ATOMIC_RELAXED));
+}
+
+static PyObject *receiver_holding(Receiver *self, void *Py_UNUSED(closure)) {
+    pthread_mutex_lock(&self->s->lock);
+    int holding = helper_holds(self->s, 1);
+    pthread_mutex_unlock(&self->s->lock);
+    return PyBool_FromLong(holding);
 }
 
 static PyMethodDef receiver_methods[] = {
     {"next", (PyCFunction)receiver_next, METH_VARARGS,
      "next(wake_fd, timeout_ms): the next request for Python, or why none."},
+    {"start_helpers", (PyCFunction)receiver_start_helpers, METH_VARARGS,
+     "start_helpers(count): start helper threads that receive; how many started"},
+    {"stop_helpers", (PyCFunction)receiver_stop_helpers, METH_NOARGS,
+     "the helpers act no more; returns once none holds a request, bar those given up on"},
     {"held_since", (PyCFunction)receiver_held_since, METH_NOARGS,
-     "since when (time.monotonic) the thread holds a request here; 0.0 when it holds none"},
-    {"abandon", (PyCFunction)receiver_abandon, METH_NOARGS,
-     "give up on the thread; the request it holds here, if any"},
+     "since when (time.monotonic) the oldest request held here is; 0.0 when none is"},
+    {"abandon", (PyCFunction)receiver_abandon, METH_VARARGS,
+     "abandon(stalled_seconds=0): give up on the threads; the stalled requests they hold"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef receiver_getset[] = {
     {"answered", (getter)receiver_answered, NULL, "requests answered here", NULL},
+    {"holding", (getter)receiver_holding, NULL,
+     "whether a helper holds a request (one given up on: the kernel holds it)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1664,7 +2166,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&StaticTableType) < 0 || PyType_Ready(&ReadersType) < 0 ||
-        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&GrantsType) < 0)
+        PyType_Ready(&ReceiverType) < 0 || PyType_Ready(&GrantsType) < 0 ||
+        PyType_Ready(&HandoffType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
@@ -1672,6 +2175,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddObjectRef(m, "Readers", (PyObject *)&ReadersType) < 0 ||
         PyModule_AddObjectRef(m, "Receiver", (PyObject *)&ReceiverType) < 0 ||
         PyModule_AddObjectRef(m, "Grants", (PyObject *)&GrantsType) < 0 ||
+        PyModule_AddObjectRef(m, "Handoff", (PyObject *)&HandoffType) < 0 ||
         PyModule_AddIntConstant(m, "TIMEOUT", R_TIMEOUT) < 0 ||
         PyModule_AddIntConstant(m, "WOKEN", R_WOKEN) < 0 ||
         PyModule_AddIntConstant(m, "HUNG_UP", R_HUNG_UP) < 0 ||

@@ -13,6 +13,13 @@ thread we keep no memory reader for gets one from a compiled unrestricted thread
 readers' opener), so a new process costs no Python either. Every other request comes back
 here as a :class:`Notification`.
 
+The receiving itself is done by a few compiled helper threads per serving thread (one more
+than the CPUs we may use, see :func:`helper_count`), started by it once its turn has come, so
+they inherit its restriction: two of the program's threads trapped at once are answered at
+once, each on its own CPU, and a request Python handles holds up no other. What they hand to
+Python waits in one queue (``_fastpath.Handoff``) for whichever serving thread is current; a
+serving thread stops its helpers, and waits for them, before it hands over its turn.
+
 A serving thread never waits on purpose, but the kernel can make it: reading the path a
 program passes from its memory faults in that page, and a page of a file on a FUSE mount
 whose server hangs never comes (nor does a dead NFS server answer a revalidation). So a
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +78,19 @@ if TYPE_CHECKING:  # loaded only when the policy handles the network (see core)
     from llsupervise.supervisor.net.mediator import NetMediator
 
 T = TypeVar("T")
+
+#: At most this many helper threads receive for a serving thread.
+MAX_HELPERS = 4
+
+
+def helper_count(cpu: int | None) -> int:
+    """How many helper threads receive for a serving thread: none when the loop keeps to one
+    CPU (``--same-cpu``: the calling thread receives itself), else one more than the CPUs we
+    may use (measured on two: with two, the one that lost the wake-up race is often still
+    on its way back when the next request comes; see README, Performance)."""
+    if cpu is not None:
+        return 0
+    return min(len(os.sched_getaffinity(0)) + 1, MAX_HELPERS)
 
 
 class WatchedPerformedLog(PerformedLog):
@@ -144,6 +165,11 @@ class NotificationLoop:
         #: Granted opens performed by the compiled loop (see engine.grants).
         self._guard = guard
         self._grants = compiled_grants(guard)
+        #: What the helper threads of every generation hand to Python.
+        self._handoff = _fastpath.Handoff()
+        # With nothing the compiled loop answers, helpers would only pass every request on.
+        answers = self._table is not None or self._grants is not None
+        self._helpers = helper_count(cpu) if answers else 0
         #: Told (with the pid) when the program adds a Landlock layer of its own.
         self.on_own_layer: Callable[[int], None] | None = None
         self.handler.on_own_layer = self._own_layer
@@ -155,7 +181,7 @@ class NotificationLoop:
         return _fastpath.Receiver(
             self.listener.fileno(), AUDIT_ARCH[arch], numbers.get("open", -1),
             numbers["openat"], self._table, self._contexts.readers, self._grants,
-            numbers["execve"],
+            numbers["execve"], self._handoff,
         )  # fmt: skip
 
     def _own_layer(self, pid: int) -> None:
@@ -222,7 +248,10 @@ class NotificationLoop:
                 server.close()  # else its thread does, when (if) it ends
         if server is not None:
             server.offload.close()
-        if stuck or any(s.thread is not None and s.thread.is_alive() for s in self._abandoned):
+        if stuck or any(
+            (s.thread is not None and s.thread.is_alive()) or s.receiver.holding
+            for s in self._abandoned
+        ):
             return  # a stuck thread may still use the caches and the worker when let go
         self._contexts.close()
         self._child_fds.close()
@@ -328,7 +357,15 @@ class NotificationLoop:
                 successor.turn.set()
 
     def _receive(self, server: Server) -> bool:
-        """Serve until stopped; True when stopped to hand over to a newer generation."""
+        """Serve until stopped; True when stopped to hand over to a newer generation. The
+        helpers receive from now on, and have stopped when it returns."""
+        server.receiver.start_helpers(self._helpers)
+        try:
+            return self._receive_handed(server)
+        finally:
+            server.receiver.stop_helpers()
+
+    def _receive_handed(self, server: Server) -> bool:
         receiver = server.receiver
         sweep_ms = int(SWEEP_SECONDS * 1000)
         busy = server.busy
@@ -344,6 +381,7 @@ class NotificationLoop:
                     stopping = self._stopping
                 if stopping or successor is server or successor is None:
                     return False
+                receiver.stop_helpers()  # none of ours receives once the next one's turn comes
                 successor.turn.set()
                 return True
             if got == _fastpath.HUNG_UP:
@@ -405,10 +443,13 @@ class NotificationLoop:
                     or (len(self._abandoned) >= stalls.MAX_ABANDONED and not free)):  # fmt: skip
                 return
             busy.abandoned = True
-            n = busy.notification
-            held = server.receiver.abandon()  # whatever it holds, it acts no more
-            if n is None and held is not None:
-                n = Notification.unpack(held)  # held in the compiled loop
+            # Whatever its threads hold, they act no more: what its Python thread holds, and
+            # what its compiled threads have held too long, is answered here; what they
+            # held for less is queued again for the thread that takes its place.
+            held = [Notification.unpack(got) for got in server.receiver.abandon(
+                stalls.STALL_SECONDS)]  # fmt: skip
+            if busy.notification is not None:
+                held.append(busy.notification)
             self._abandoned.append(server)
             self._live.remove(server)
             successor = server.successor
@@ -431,7 +472,7 @@ class NotificationLoop:
             successor.turn.set()
         if replacement is not None:
             self._launch(replacement, None)
-        if n is not None:
+        for n in held:
             self._answer_stalled(n)
         if stopping and successor is None:
             self._done.set()  # it was the newest: nothing serves any more, as stop() asked
