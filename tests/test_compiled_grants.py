@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from supervised import policy_text
-from test_compiled_receiver import serve_rest
+from test_compiled_receiver import helpers, serve_rest, started  # noqa: F401 (helpers: autouse)
 from test_seccomp_notify import Supervisee, opening, supervisee
 
 from llsupervise.policy.loader import load_policy
@@ -84,10 +84,10 @@ class Loop:
         self.grants = grants
         table = _fastpath.StaticTable([(os.fsencode(static), 0xFFFF)], [], _needs())
         arch = native_arch()
-        self.receiver = _fastpath.Receiver(
+        self.receiver = started(_fastpath.Receiver(
             child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
-            SYSCALLS[arch]["openat"], table, self.readers, grants,
-        )  # fmt: skip
+            SYSCALLS[arch]["openat"], table, self.readers, grants, -1, _fastpath.Handoff(),
+        ))  # fmt: skip
 
     def run(self) -> tuple[list[dict[str, Any]], list[bytes]]:
         """The child's results and the paths of the opens handed back to Python."""

@@ -1,6 +1,9 @@
 """The serving threads' compiled receive loop (engine._fastpath.Receiver) against the real
 kernel: a child traps its opens; the loop answers those the static table allows (CONTINUE)
-and hands every other request back as its struct seccomp_notif."""
+and hands every other request back as its struct seccomp_notif.
+
+Each test runs twice: with the calling thread receiving itself (as with ``--same-cpu``),
+and with helper threads receiving, which queue what is Python's in a Handoff."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,14 +36,41 @@ pytestmark = pytest.mark.kernel
 
 READ = int(AccessFs.READ_FILE | AccessFs.READ_DIR)
 
+#: How many helper threads receive: none (the calling thread does), or as in the loop.
+HELPERS = 0
 
-def receiver_for(child: Supervisee, static: Path, readers: _fastpath.Readers) -> _fastpath.Receiver:
+
+@pytest.fixture(autouse=True, params=[0, 3], ids=["self", "helpers"])
+def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    count: int = request.param
+    monkeypatch.setattr(sys.modules[__name__], "HELPERS", count)
+    return count
+
+
+def receiver_for(
+    child: Supervisee,
+    static: Path,
+    readers: _fastpath.Readers,
+    handoff: _fastpath.Handoff | None = None,
+) -> _fastpath.Receiver:
+    """A receiver (see :func:`started`), which queues what is Python's in ``handoff`` (a new
+    one by default)."""
     table = _fastpath.StaticTable([(os.fsencode(static), READ)], [], _needs())
     arch = native_arch()
-    return _fastpath.Receiver(
+    receiver = _fastpath.Receiver(
         child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
-        SYSCALLS[arch]["openat"], table, readers,
+        SYSCALLS[arch]["openat"], table, readers, None, -1,
+        handoff if handoff is not None else _fastpath.Handoff(),
     )  # fmt: skip
+    return started(receiver)
+
+
+def started(receiver: _fastpath.Receiver) -> _fastpath.Receiver:
+    """``receiver`` with HELPERS helper threads started: the child's requests are theirs from
+    now on."""
+    if HELPERS:
+        assert receiver.start_helpers(HELPERS) == HELPERS
+    return receiver
 
 
 def serve_rest(
@@ -232,7 +263,8 @@ def test_a_woken_loop_returns_and_an_abandoned_one_acts_no_more(
 ) -> None:
     with supervisee(tmp_path, [opening(tree["file"])]) as child:
         readers = _fastpath.Readers()
-        receiver = receiver_for(child, Path(tree["static"]), readers)
+        handoff = _fastpath.Handoff()
+        receiver = receiver_for(child, Path(tree["static"]), readers, handoff)
         wake_r, wake_w = os.pipe()
         try:
             assert receiver.next(wake_r, 0) == _fastpath.TIMEOUT
@@ -245,8 +277,9 @@ def test_a_woken_loop_returns_and_an_abandoned_one_acts_no_more(
         finally:
             os.close(wake_r)
             os.close(wake_w)
-        # Nothing was received: the child's open is still waiting, served here.
-        fresh = receiver_for(child, Path(tree["static"]), readers)
+        # Nothing was acted on: the child's open is still waiting (in the kernel, or queued
+        # by a helper that received it after it was given up on), and served here.
+        fresh = receiver_for(child, Path(tree["static"]), readers, handoff)
         serve_rest(child, fresh)
         assert child.report()["results"][0]["content"] == "static"
         readers.close()
@@ -288,10 +321,11 @@ def exec_receiver(
     dirs = [(os.fsencode(static), READ), (b"/usr", READ | int(AccessFs.EXECUTE)), (b"/etc", READ)]
     table = _fastpath.StaticTable(dirs, list(root_links().items()), _needs())
     arch = native_arch()
-    return _fastpath.Receiver(
+    return started(_fastpath.Receiver(
         child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
         SYSCALLS[arch]["openat"], table, readers, None, SYSCALLS[arch]["execve"],
-    )  # fmt: skip
+        _fastpath.Handoff(),
+    ))  # fmt: skip
 
 
 EXECS = (*MEDIATED_FS_SYSCALLS, "execve")

@@ -90,7 +90,10 @@ parent = ["{paths["data"]}"]
     assert not stalled, "the unrelated open waited for the lease break"
     assert status == 0, out
     assert out[0] == "unrelated open served: other file"
-    # Left to the kernel in the program's own context, where only the static layer applies
-    # (data/ is granted by the supervisor only): refused, as a blocking FIFO open is, rather
-    # than failing with EAGAIN (which the program did not ask for) or stalling.
-    assert out[1] == "err 13"
+    # Looked at while the lease is held: left to the kernel in the program's own context,
+    # where only the static layer applies (data/ is granted by the supervisor only): refused,
+    # as a blocking FIFO open is, rather than failing with EAGAIN (which the program did not
+    # ask for) or stalling. Looked at once the lease is given up (the unrelated open, served
+    # by another serving thread meanwhile, let the program go on): performed, as the rule
+    # grants. Which comes first is the scheduler's choice.
+    assert out[1] in ("err 13", "done")

@@ -321,7 +321,8 @@ typedef struct {
 /* An unrestricted thread that opens a thread's reader (/proc/TID/mem, and a pidfd first)
  * for a restricted serving thread, which may not: a hand-over between two compiled threads
  * instead of one through Python's unrestricted worker. One request at a time; a requester
- * that finds it busy (held by another, or stuck in the kernel) hands the request to Python.
+ * that finds it busy for longer than OPENER_WAIT_MS (stuck in the kernel, say) hands the
+ * request to Python.
  * Freed by the last of its two references (the Readers and the thread): the thread is not
  * joined, since an open of /proc can wait on the kernel. */
 typedef struct {
@@ -333,6 +334,9 @@ typedef struct {
     pid_t tid; /* the request in hand, 0 for none */
     int done, mem, pidfd;
 } Opener;
+
+/* How long a serving thread waits for the opener another one is using. */
+#define OPENER_WAIT_MS 20
 
 #define EXECD_MAX 256
 
@@ -457,7 +461,17 @@ static void *opener_main(void *arg) {
 /* A reader of `tid` opened by the opener: 0 with *mem and *pidfd (ours to close), or -1
  * (no opener, busy, stopped, or the thread is gone or not ours to read). */
 static int opener_open(Opener *o, pid_t tid, int *mem, int *pidfd) {
-    if (o == NULL || pthread_mutex_trylock(&o->turn) != 0) return -1;
+    if (o == NULL) return -1;
+    /* Another serving thread's turn is brief, unless the kernel holds the opener: then this
+     * request is Python's rather than held too. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += OPENER_WAIT_MS * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    if (pthread_mutex_timedlock(&o->turn, &until) != 0) return -1;
     pthread_mutex_lock(&o->lock);
     int ok = 0;
     if (o->running && !o->stop) {
@@ -1269,7 +1283,7 @@ static PyObject *py_open_checked(PyObject *Py_UNUSED(module), PyObject *args) {
 typedef struct {
     pthread_mutex_t lock;
     int refs;
-    int efd; /* readable while something was pushed since Python last looked */
+    int efd; /* readable while something was pushed since Python last looked; -1: closed */
     struct seccomp_notif *items; /* a ring */
     size_t first, count, cap;
     int hung_up; /* a helper saw every supervisee gone */
@@ -1285,7 +1299,7 @@ static void queue_release(Queue *q) {
     int last = --q->refs == 0;
     pthread_mutex_unlock(&q->lock);
     if (last) {
-        close(q->efd);
+        if (q->efd >= 0) close(q->efd);
         free(q->items);
         pthread_mutex_destroy(&q->lock);
         free(q);
@@ -1301,8 +1315,11 @@ static Queue *queue_ref(Queue *q) {
 
 static void queue_signal(Queue *q) {
     uint64_t one = 1;
-    while (write(q->efd, &one, sizeof one) < 0 && errno == EINTR) {
-    }
+    pthread_mutex_lock(&q->lock); /* the number stays ours until the write is done */
+    if (q->efd >= 0)
+        while (write(q->efd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    pthread_mutex_unlock(&q->lock);
 }
 
 /* Called with the lock held. 0, or -1 when out of memory. */
@@ -1381,9 +1398,21 @@ static PyObject *handoff_len(Handoff *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSize_t(n);
 }
 
+/* close(): its descriptor is closed (the loop's end); what is queued is dropped. */
+static PyObject *handoff_close(Handoff *self, PyObject *Py_UNUSED(ignored)) {
+    Queue *q = self->queue;
+    pthread_mutex_lock(&q->lock);
+    if (q->efd >= 0) close(q->efd);
+    q->efd = -1;
+    q->count = 0;
+    pthread_mutex_unlock(&q->lock);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef handoff_methods[] = {
     {"pending", (PyCFunction)handoff_len, METH_NOARGS,
      "how many requests wait for Python in the queue"},
+    {"close", (PyCFunction)handoff_close, METH_NOARGS, "close its descriptor (the loop's end)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1407,6 +1436,8 @@ typedef struct {
     double since;
     struct seccomp_notif held;
     int given_up;
+    pid_t tid; /* a helper's thread, 0 until it runs */
+    int ended; /* a helper's thread has left its loop */
 } Hand;
 
 /* What a receiver's threads share: the Python thread's and its helpers'. Freed by the last
@@ -1417,7 +1448,8 @@ typedef struct {
 typedef struct {
     pthread_mutex_t lock;
     int refs;
-    int listener; /* our own dup: a helper may wait in it after the loop closed its own */
+    int listener; /* the loop's: a helper uses it only while it runs and is not given up on,
+                   * and the loop closes it only once its serving has stopped */
     uint32_t arch;
     int nr_open; /* -1 where the architecture has none */
     int nr_openat;
@@ -1447,7 +1479,6 @@ static void shared_release(Shared *s) {
     pthread_mutex_unlock(&s->lock);
     if (last) {
         if (s->queue != NULL) queue_release(s->queue);
-        close(s->listener);
         pthread_cond_destroy(&s->idle);
         pthread_mutex_destroy(&s->lock);
         free(s);
@@ -1485,12 +1516,7 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         return -1;
     }
-    s->listener = fcntl(listener, F_DUPFD_CLOEXEC, 3);
-    if (s->listener < 0) {
-        free(s);
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
+    s->listener = listener;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
     s->refs = 1;
@@ -1512,16 +1538,36 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
 /* Whether a helper holds a request (it may be using table, readers and grants). Called with
  * the lock held. */
 static int helper_holds(const Shared *s, int given_up_too) {
-    for (int i = 1; i <= s->helpers; i++)
-        if (s->hands[i].since != 0 && (given_up_too || !s->hands[i].given_up)) return 1;
+    for (int i = 1; i <= s->helpers; i++) {
+        const Hand *h = &s->hands[i];
+        if (!h->ended && h->since != 0 && (given_up_too || !h->given_up)) return 1;
+    }
     return 0;
+}
+
+/* Sent to a helper waiting in the kernel's receive, to end that wait (EINTR): it takes it only
+ * there, never while it injects a descriptor (see Listener.addfd). */
+#define WAKE_SIGNAL (SIGRTMIN + 6)
+
+static void on_wake_signal(int signo) {
+    (void)signo; /* only to interrupt the receive */
+}
+
+/* Ends the wait of each helper still running (called with the lock held): a wait entered
+ * just after is ended by the next call (see stop_and_wait). */
+static void wake_helpers(Shared *s) {
+    for (int i = 1; i <= s->helpers; i++) {
+        Hand *h = &s->hands[i];
+        if (!h->ended && h->tid != 0) syscall(SYS_tgkill, getpid(), h->tid, WAKE_SIGNAL);
+    }
 }
 
 static void receiver_dealloc(Receiver *self) {
     Shared *s = self->s;
     if (s != NULL) {
         pthread_mutex_lock(&s->lock);
-        s->stopping = 1;
+        s->stopping = 1; /* stop_helpers was called, bar an error: they end */
+        wake_helpers(s);
         int holding = helper_holds(s, 1);
         pthread_mutex_unlock(&s->lock);
         if (!holding) { /* else a helper held by the kernel may use them when let go */
@@ -1798,11 +1844,42 @@ static int receive(Shared *s, int wake, int timeout, struct seccomp_notif *n) {
     return GOT;
 }
 
+/* Our handler for WAKE_SIGNAL, installed once (without SA_RESTART): 0, or -1 when another
+ * handler has it (then no helper is started). */
+static int wake_signal_ours(void) {
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    static int installed;
+    pthread_mutex_lock(&once);
+    if (!installed) {
+        struct sigaction old;
+        if (sigaction(WAKE_SIGNAL, NULL, &old) == 0 && old.sa_handler == SIG_DFL &&
+            !(old.sa_flags & SA_SIGINFO)) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = on_wake_signal;
+            sigfillset(&sa.sa_mask);
+            installed = sigaction(WAKE_SIGNAL, &sa, NULL) == 0;
+        }
+    }
+    int ours = installed;
+    pthread_mutex_unlock(&once);
+    return ours ? 0 : -1;
+}
+
 /* Waits in the kernel for a request and receives it into `n` (no poll: each waiting helper
- * is woken by a trap, and one receives it). errno set on FAILED. */
+ * is woken by a trap, and one receives it), taking WAKE_SIGNAL meanwhile only. errno set on
+ * FAILED. */
 static int receive_blocking(Shared *s, struct seccomp_notif *n) {
+    sigset_t wake;
+    sigemptyset(&wake);
+    sigaddset(&wake, WAKE_SIGNAL);
     memset(n, 0, sizeof *n);
-    if (ioctl(s->listener, SECCOMP_IOCTL_NOTIF_RECV, n) == 0) return GOT;
+    pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
+    int got = ioctl(s->listener, SECCOMP_IOCTL_NOTIF_RECV, n);
+    int err = errno;
+    pthread_sigmask(SIG_BLOCK, &wake, NULL);
+    errno = err;
+    if (got == 0) return GOT;
     if (errno == EINTR) return AGAIN;
     if (errno != ENOENT) return FAILED;
     /* Taken back (its caller was interrupted), or every supervisee is gone. */
@@ -1812,10 +1889,10 @@ static int receive_blocking(Shared *s, struct seccomp_notif *n) {
 }
 
 /* A helper thread's loop. Every idle helper waits in the kernel's receive; a trap wakes them
- * all on the trapping thread's CPU (SYNC_WAKE_UP), and one receives it. Told to stop, a
- * helper cannot be woken from that wait: it acts on nothing more, and the next request it
- * receives it queues for Python, untouched, and ends (so does one that sees every supervisee
- * gone). It keeps the Shared, and so its listener, until then. */
+ * all on the trapping thread's CPU (SYNC_WAKE_UP), and one receives it. Told to stop (or
+ * given up on), a helper acts on nothing more: WAKE_SIGNAL ends its wait, and a request it
+ * received meanwhile is queued for Python, untouched. It ends too when every supervisee is
+ * gone. */
 typedef struct {
     Shared *s;
     Hand *h;
@@ -1825,6 +1902,9 @@ static void *helper_main(void *arg) {
     Shared *s = ((HelperArg *)arg)->s;
     Hand *h = ((HelperArg *)arg)->h;
     free(arg);
+    pthread_mutex_lock(&s->lock);
+    h->tid = (pid_t)syscall(SYS_gettid);
+    pthread_mutex_unlock(&s->lock);
     struct seccomp_notif n;
     for (;;) {
         pthread_mutex_lock(&s->lock);
@@ -1891,8 +1971,34 @@ static void *helper_main(void *arg) {
         queue_signal(s->queue);
         if (lost) break;
     }
+    pthread_mutex_lock(&s->lock);
+    h->ended = 1;
+    pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
     shared_release(s);
     return NULL;
+}
+
+/* The helpers act no more; returns once each has ended, bar those given up on (the kernel may
+ * hold them for ever). Called with the lock held. */
+static void stop_and_wait(Shared *s) {
+    s->stopping = 1;
+    for (;;) {
+        int live = 0;
+        for (int i = 1; i <= s->helpers; i++) live += !s->hands[i].ended && !s->hands[i].given_up;
+        if (live == 0) break;
+        wake_helpers(s);
+        /* Again after a moment: a signal taken just before a helper's receive began ends
+         * nothing. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 2 * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->idle, &s->lock, &until);
+    }
 }
 
 /* start_helpers(count) -> int: start up to `count` helper threads (HELPERS_MAX at most), which
@@ -1913,6 +2019,7 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
         return NULL;
     }
     if (count > HELPERS_MAX) count = HELPERS_MAX;
+    if (count <= 0 || wake_signal_ours() < 0) return PyLong_FromLong(0);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -1952,14 +2059,13 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
     return PyLong_FromLong(started);
 }
 
-/* stop_helpers(): the helpers act no more; returns once none holds a request (each answers,
- * or queues for Python, the one in hand), bar those given up on. */
+/* stop_helpers(): the helpers act no more; returns once each has ended (a request in hand
+ * answered, or queued for Python), bar those given up on. */
 static PyObject *receiver_stop_helpers(Receiver *self, PyObject *Py_UNUSED(ignored)) {
     Shared *s = self->s;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&s->lock);
-    s->stopping = 1;
-    while (helper_holds(s, 0)) pthread_cond_wait(&s->idle, &s->lock);
+    stop_and_wait(s);
     pthread_mutex_unlock(&s->lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -2093,6 +2199,7 @@ static PyObject *receiver_abandon(Receiver *self, PyObject *args) {
         }
     }
     pthread_cond_broadcast(&s->idle); /* stop_helpers waits for these no more */
+    wake_helpers(s); /* the idle ones end (one that misses it queues what it receives) */
     pthread_mutex_unlock(&s->lock);
     if (s->queue != NULL) queue_signal(s->queue);
     PyObject *out = PyList_New(0);

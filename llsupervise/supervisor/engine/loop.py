@@ -253,6 +253,7 @@ class NotificationLoop:
             for s in self._abandoned
         ):
             return  # a stuck thread may still use the caches and the worker when let go
+        self._handoff.close()
         self._contexts.close()
         self._child_fds.close()
         if self._grants is not None:
