@@ -1,12 +1,14 @@
 /* The floor of a user-space open supervisor: the least a seccomp user-notification design costs.
  *
- *     floor CMD [ARGS...]
+ *     floor [--continue] CMD [ARGS...]
  *
  * Runs CMD with a filter that sends every openat(2) to this process, which reads the path from
  * /proc/PID/mem, opens it itself (no policy: every open is allowed) and injects the fd with
  * SECCOMP_IOCTL_NOTIF_ADDFD | SECCOMP_ADDFD_FLAG_SEND, one notification at a time on one thread.
  * Exits with CMD's status once every task under the filter has gone. For benchmarks only: it
- * enforces nothing.
+ * enforces nothing. With --continue, it reads each open's path and answers CONTINUE (the
+ * kernel then runs the open in the caller's context): the floor of a supervisor that lets a
+ * static layer judge the open, as llsupervise does for a static-path one.
  *
  * Kept minimal on purpose, so that what it costs is what the kernel interface costs:
  * - a /proc/PID/mem fd is kept per process; after an exec the old one reads nothing (its mm has
@@ -45,6 +47,8 @@
 #endif
 
 #define MEM_SLOTS 256
+
+static int continue_only; /* --continue */
 
 static struct { pid_t pid; int fd; } mem_cache[MEM_SLOTS];
 
@@ -175,7 +179,7 @@ static void serve(int listener, struct seccomp_notif *req, struct seccomp_notif_
         respond(listener, resp, req->id, -EFAULT, 0);
         return;
     }
-    if (names_caller(path)) {
+    if (continue_only || names_caller(path)) {
         respond(listener, resp, req->id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
         return;
     }
@@ -215,8 +219,13 @@ static void serve(int listener, struct seccomp_notif *req, struct seccomp_notif_
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--continue") == 0) {
+        continue_only = 1;
+        argv++;
+        argc--;
+    }
     if (argc < 2) {
-        fprintf(stderr, "usage: floor CMD [ARGS...]\n");
+        fprintf(stderr, "usage: floor [--continue] CMD [ARGS...]\n");
         return 2;
     }
     int sv[2];

@@ -28,8 +28,8 @@ REPO = BENCH.parent
 CLI = f"import sys; sys.path.insert(0, {str(REPO)!r}); from llsupervise.cli import main; " \
       "sys.exit(main())"  # fmt: skip
 
-#: In table order; ratios are taken to the first two and the last two.
-NAMES = ("bare", "landlock", "ll-static", "ll-granted", "sandlock", "floor")
+#: In table order; ratios are taken to bare, landlock, sandlock and floor.
+NAMES = ("bare", "landlock", "ll-static", "ll-granted", "sandlock", "floor", "floor-cont")
 #: Measured only when asked for by name (``--runners``).
 OPTIONAL = ("ll-same-cpu",)
 
@@ -104,6 +104,7 @@ def make_runners(layout: Layout, names: list[str], scratch: Path) -> tuple[list[
     paths = ["--ro", ":".join(system_paths()), "--rw", ":".join(rw), "--"]
     runners: list[Runner] = []
     skipped: list[str] = []
+    floor: Path | str | None = None
     for name in [n for n in (*NAMES, *OPTIONAL) if n in names]:
         if name == "bare":
             runners.append(Runner(name, "the command alone", ()))
@@ -133,11 +134,16 @@ def make_runners(layout: Layout, names: list[str], scratch: Path) -> tuple[list[
                 continue
             prefix = (sys.executable, str(BENCH / "sandlock_exec.py"), *paths)
             runners.append(Runner(name, f"sandlock {version} (bench/sandlock_exec.py)", prefix))
-        elif name == "floor":
-            floor = build_floor(scratch)
+        elif name in ("floor", "floor-cont"):
+            floor = build_floor(scratch) if floor is None else floor
             if isinstance(floor, str):
-                skipped.append(floor)
+                skipped.append(floor.replace("floor:", f"{name}:", 1))
                 continue
-            runners.append(Runner(name, "bench/floor.c: a minimal seccomp-notify openat "
-                                        "supervisor, no policy", (str(floor),)))  # fmt: skip
+            if name == "floor":
+                runners.append(Runner(name, "bench/floor.c: a minimal seccomp-notify openat "
+                                            "supervisor, no policy", (str(floor),)))  # fmt: skip
+            else:
+                runners.append(Runner(name, "bench/floor.c --continue: reads the path, then "
+                                            "CONTINUE (the floor of a static-path answer)",
+                                      (str(floor), "--continue")))  # fmt: skip
     return runners, skipped

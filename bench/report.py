@@ -109,3 +109,8 @@ def target_lines(results: Results) -> Iterator[str]:
             verdict = "met" if t.value <= t.limit else "NOT met"
             shown = f"{t.value:>7.2f}{t.unit}" if t.unit == "×" else f"{t.value:>6.3f}{t.unit}"
         yield f"  {t.text:<54}{t.runner:<12}{shown:>10}   {verdict}"
+    floors = [(name, ratio(results, "open-2", name, "open-abs", name))
+              for name in ("floor", "floor-cont")]  # fmt: skip
+    own = [f"{name} {value:.2f}×" for name, value in floors if value is not None]
+    if own:
+        yield f"  (two concurrent openers against one, the floors' own: {', '.join(own)})"

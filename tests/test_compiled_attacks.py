@@ -398,8 +398,11 @@ async def test_a_relative_open_from_a_cwd_on_a_hung_mount_does_not_hold_the_loop
         )
 
         async def abort_when_served() -> None:
+            # Once both: the other open may be served (by another helper) before Python has
+            # even begun the lookup that hangs.
             try:
                 await wait_until(lambda: served in lines(log), "the other open", 60)
+                await wait_until(lambda: server.hung > 0, "the hung lookup", 60)
             finally:
                 await trio.to_thread.run_sync(server.close)
 

@@ -2004,8 +2004,9 @@ static void stop_and_wait(Shared *s) {
 /* start_helpers(count) -> int: start up to `count` helper threads (HELPERS_MAX at most), which
  * receive and answer from now on; Python's requests then come through the Handoff. Call it
  * from the serving thread, once, when its turn has come: a helper inherits that thread's
- * Landlock domain, signal mask and CPU placement. Returns how many started (0: the calling
- * thread receives itself, as without helpers). */
+ * Landlock domain (all signals are blocked in it, bar WAKE_SIGNAL in its receive; it may run
+ * on any CPU the process may). Returns how many started (0: the calling thread receives
+ * itself, as without helpers). */
 static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
     int count;
     if (!PyArg_ParseTuple(args, "i", &count)) return NULL;
@@ -2024,6 +2025,11 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024); /* two paths and a notification */
+    /* Not the serving thread's one CPU: a helper woken by a trap runs on the trapping
+     * thread's CPU (SYNC_WAKE_UP), any the process may use (the main thread's set). */
+    cpu_set_t cpus;
+    if (sched_getaffinity(getpid(), sizeof cpus, &cpus) == 0)
+        pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus); /* placement: speed only */
     /* Signals go to the threads Python expects them on, never to these. */
     sigset_t all, old;
     sigfillset(&all);

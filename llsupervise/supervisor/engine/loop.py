@@ -13,12 +13,13 @@ thread we keep no memory reader for gets one from a compiled unrestricted thread
 readers' opener), so a new process costs no Python either. Every other request comes back
 here as a :class:`Notification`.
 
-The receiving itself is done by a few compiled helper threads per serving thread (one more
-than the CPUs we may use, see :func:`helper_count`), started by it once its turn has come, so
-they inherit its restriction: two of the program's threads trapped at once are answered at
-once, each on its own CPU, and a request Python handles holds up no other. What they hand to
-Python waits in one queue (``_fastpath.Handoff``) for whichever serving thread is current; a
-serving thread stops its helpers, and waits for them, before it hands over its turn.
+The receiving itself is done by a few compiled helper threads per serving thread (see
+:func:`helper_count`), started by it once its turn has come, so they inherit its restriction
+(not its one CPU: a helper runs where the trap woke it): two of the program's threads trapped
+at once are answered at once, and a request Python handles holds up no other. What they hand
+to Python waits in one queue (``_fastpath.Handoff``) for whichever serving thread is current;
+a serving thread stops its helpers, and waits until they have ended, before it hands over
+its turn.
 
 A serving thread never waits on purpose, but the kernel can make it: reading the path a
 program passes from its memory faults in that page, and a page of a file on a FUSE mount
@@ -86,8 +87,9 @@ MAX_HELPERS = 4
 def helper_count(cpu: int | None) -> int:
     """How many helper threads receive for a serving thread: none when the loop keeps to one
     CPU (``--same-cpu``: the calling thread receives itself), else one more than the CPUs we
-    may use (measured on two: with two, the one that lost the wake-up race is often still
-    on its way back when the next request comes; see README, Performance)."""
+    may use. Measured on a 2-vCPU VM with 1, 2 and 3 helpers: a granted open took 74, 37 and
+    27 µs (a helper woken on a CPU kept busy is cheaper than an idle CPU woken), a static
+    one 14, 17 and 19 µs (every idle helper is woken by each trap, one takes it)."""
     if cpu is not None:
         return 0
     return min(len(os.sched_getaffinity(0)) + 1, MAX_HELPERS)
