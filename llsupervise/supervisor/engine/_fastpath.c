@@ -1436,6 +1436,7 @@ typedef struct {
     double since;
     struct seccomp_notif held;
     int given_up;
+    int sending; /* answering the request in hand: a watch leaves it to the thread */
     pid_t tid; /* a helper's thread, 0 until it runs */
     int ended; /* a helper's thread has left its loop */
 } Hand;
@@ -1605,10 +1606,22 @@ static int given_up(Shared *s, Hand *h) {
     return gone;
 }
 
+/* Whether the thread was given up on; if not, it answers the request in hand from now on (a
+ * watch giving up on it then leaves that request to it, neither answering it nor queueing
+ * it again: one answer, whoever gives it). */
+static int begin_answer(Shared *s, Hand *h) {
+    pthread_mutex_lock(&s->lock);
+    int gone = h->given_up;
+    if (!gone) h->sending = 1;
+    pthread_mutex_unlock(&s->lock);
+    return gone;
+}
+
 /* Marks the request in hand done; whether the thread was given up on meanwhile. */
 static int finish(Shared *s, Hand *h) {
     pthread_mutex_lock(&s->lock);
     h->since = 0;
+    h->sending = 0;
     int gone = h->given_up;
     if (s->stopping) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
@@ -1677,7 +1690,7 @@ static void count_answered(Shared *s) {
 
 /* Answers CONTINUE unless given up on meanwhile; as answer_here. */
 static int answer_continue(Shared *s, Hand *h, struct seccomp_notif *n) {
-    if (given_up(s, h)) return -1;
+    if (begin_answer(s, h)) return -1;
     struct seccomp_notif_resp resp = {
         .id = n->id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
     int failed = send_response(s, &resp);
@@ -1800,7 +1813,7 @@ static int answer_here(Shared *s, Hand *h, struct seccomp_notif *n) {
             return to_python(s, h);
         }
     }
-    if (given_up(s, h)) { /* answered by the watch: act no more */
+    if (begin_answer(s, h)) { /* answered by the watch: act no more */
         if (fd >= 0) close(fd); /* an open without creation or truncation changed nothing */
         if (cwd >= 0) close(cwd);
         return -1;
@@ -2101,6 +2114,13 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
         if (err) break;
         if (helpers) {
             Queue *q = s->queue;
+            /* Woken first: a program that keeps the queue full must not keep this thread
+             * from a commit's hand-over or a stop (the queue is the next thread's too). */
+            struct pollfd woken = {wake, POLLIN, 0};
+            if (poll(&woken, 1, 0) == 1) {
+                result = R_WOKEN;
+                break;
+            }
             if (queue_take(q, &n)) {
                 have = 1;
                 break;
@@ -2192,9 +2212,9 @@ static PyObject *receiver_abandon(Receiver *self, PyObject *args) {
     s->abandoned = 1;
     for (int i = 0; i <= s->helpers; i++) {
         Hand *h = &s->hands[i];
-        int holding = h->since != 0 && !h->given_up;
+        int holding = h->since != 0 && !h->given_up && !h->sending;
         h->given_up = 1;
-        if (!holding) continue;
+        if (!holding) continue; /* idle, or answering it (see begin_answer) */
         if (i == 0 || s->queue == NULL || now - h->since > stalled) {
             held[nheld++] = h->held;
         } else {
