@@ -35,7 +35,7 @@ def test_quick_run_of_one_workload_has_a_row_per_runner() -> None:
             break
         rows[match[1]] = (float(match[2]), match[3].split())
     expected = ["bare", "landlock", "ll-static", "ll-granted"]
-    for peer in ("sandlock", "floor"):
+    for peer in ("sandlock", "floor", "floor-cont"):
         skipped = [line for line in lines if line.startswith(f"{peer}: skipped, ")]
         assert bool(skipped) != (peer in rows), (peer, done.stdout)
         if not skipped:
