@@ -17,6 +17,8 @@ from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import NotificationGone, SeccompError
 from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
+from llsupervise.supervisor.engine.fastpath import StaticPrefixes
+from llsupervise.supervisor.engine.generations import Server
 from llsupervise.supervisor.engine.loop import NotificationLoop
 from llsupervise.supervisor.engine.pending import Pending
 from llsupervise.supervisor.launch.launcher import launch
@@ -185,6 +187,57 @@ async def test_a_server_started_as_the_command_ends_still_stops(tmp_path: Path) 
         closing.start()
         closing.join(30)  # the limit only keeps a regression from hanging the suite
         assert not closing.is_alive()
+        launched.listener.close()
+
+
+@pytest.mark.trio
+async def test_a_server_woken_before_its_turn_starts_no_helper(tmp_path: Path) -> None:
+    """A stalled server's replacement can be launched after a commit registered a newer
+    one (a commit that did not wait for it: it had no thread yet), its wake already
+    written. It must serve nothing with its (old) rules: no helper is started to answer
+    the open already waiting (a static one), which the loop that runs afterwards answers."""
+    make_tree(tmp_path)
+    async with Supervisor.open(policy(tmp_path)) as sup:
+        assert sup.rules.slot is not None
+        broker = sup.rules.slot.broker
+        assert broker.kernel is not None
+        # Only opens are trapped: the interpreter's first one (static) waits, unanswered,
+        # from the start.
+        launched = launch([sys.executable, "-c", "pass"], sup.static_layer(), ("openat",))
+
+        def refuse(pending: Pending) -> None:
+            """Nothing here is denied: a denial would fail the test, never wait."""
+            try:
+                launched.listener.send_error(pending.notification.id, errno.EACCES)
+            except (NotificationGone, SeccompError):
+                pass
+            finally:
+                pending.close()
+
+        loop = NotificationLoop(
+            launched.listener, sup.rules.slot, sup.static.handled_fs, refuse,
+            fast=StaticPrefixes(sup.static, sup.table),
+        )  # fmt: skip
+        assert loop._helpers > 0
+        served: list[int] = []
+
+        def waiting_in_open() -> bool:
+            with open(f"/proc/{launched.process.pid}/syscall") as f:
+                return f.read().split()[0] == "257"  # trapped in its first openat
+
+        await wait_until(waiting_in_open, "the command's open")
+        loop._contexts.readers.start_opener(-1)  # as run() does: a helper could answer it
+        server = Server(broker.kernel, sup.generation, loop._receiver())
+        server.wake()
+        handed_over = await trio.to_thread.run_sync(loop._receive, server)
+        served.append(server.receiver.answered)
+        assert not handed_over
+        assert served == [0]  # nothing answered the open meanwhile
+        assert loop._handoff.pending() == 0  # nor received it: it waits in the kernel
+        await trio.to_thread.run_sync(loop.run)  # serves it, then returns once it is gone
+        assert launched.process.wait() == 0
+        server.close()
+        loop.close()
         launched.listener.close()
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -361,8 +362,13 @@ class NotificationLoop:
 
     def _receive(self, server: Server) -> bool:
         """Serve until stopped; True when stopped to hand over to a newer generation. The
-        helpers receive from now on, and have stopped when it returns."""
-        server.receiver.start_helpers(self._helpers)
+        helpers receive from now on, and have stopped when it returns.
+
+        None start when the server is woken already: a stalled server's replacement, launched
+        after a commit had registered a newer one (that commit did not wait for it), would
+        otherwise let them serve with the old rules before it sees the wake."""
+        if not _readable(server.wake_r):
+            server.receiver.start_helpers(self._helpers)
         try:
             return self._receive_handed(server)
         finally:
@@ -499,6 +505,10 @@ class NotificationLoop:
             return
         if self.on_stall is not None:
             self.on_stall(n, None, outcome)
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _held_since(server: Server) -> float:
