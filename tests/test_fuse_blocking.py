@@ -35,11 +35,13 @@ pytestmark = [
 ]
 
 #: The program: one thread makes a call that waits on the hung FUSE lookup; once that thread
-#: is in its call, another opens data/x (granted by a supervisor rule, so performed by the
-#: supervisor). Each outcome is a line of out/log.
+#: is in its call (and, given a third argument, once that file exists), another opens data/x
+#: (granted by a supervisor rule, so performed by the supervisor). Each outcome is a line of
+#: out/log.
 SCRIPT = WAIT_IN_SYSCALL + r"""
-import os, sys, threading
+import os, sys, threading, time
 call, target = sys.argv[1], sys.argv[2]
+go = sys.argv[3] if len(sys.argv) > 3 else None
 log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
 def note(line):
     os.write(log, line.encode() + b"\n")
@@ -55,6 +57,8 @@ def stuck():
 t = threading.Thread(target=stuck)
 t.start()
 wait_in(t, "257", "83", "258")  # openat, mkdir, mkdirat
+while go is not None and not os.path.exists(go):
+    time.sleep(0.01)
 with open("data/x", "rb") as f:
     note("unrelated open: " + f.read().decode().strip())
 t.join()
@@ -71,7 +75,9 @@ async def _run(
     root: Path, call: str, server: HangingFuse, events: list[Mapping[str, Any]]
 ) -> tuple[int, list[str]]:
     """Run SCRIPT; once the unrelated open is served while the lookup hangs, or after a
-    minute, the server is aborted (which ends the hung call in the kernel)."""
+    minute, the server is aborted (which ends the hung call in the kernel). The program
+    makes the unrelated open only once the lookup hangs (out/go): a serving thread's
+    helpers may otherwise serve it before Python has even begun the lookup."""
     paths = make_tree(root)
     (paths["out"] / "log").touch()
     doc = policy(root, supervisor_rules=RULES.format(data=paths["data"]))
@@ -83,6 +89,8 @@ async def _run(
         # Not a timing bound: without a deadline the hung call waits for ever, so the
         # server is aborted once the other open was served (or the test has failed).
         try:
+            await wait_until(lambda: server.hung > 0, "the hung lookup", 60)
+            (paths["out"] / "go").touch()
             await wait_until(lambda: served in lines(paths["out"] / "log"), "the other open", 60)
             seen_while_hung.append(server.hung > 0)
         finally:
@@ -91,7 +99,8 @@ async def _run(
     async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
         sup.listeners.append(events.append)
         nursery.start_soon(abort_when_served)
-        status = await sup.run([sys.executable, "-c", SCRIPT, call, target], forward_signals=False)
+        argv = [sys.executable, "-c", SCRIPT, call, target, str(paths["out"] / "go")]
+        status = await sup.run(argv, forward_signals=False)
     assert seen_while_hung == [True], "the other open was not served while the lookup hung"
     return status, lines(paths["out"] / "log")
 

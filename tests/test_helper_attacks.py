@@ -124,9 +124,10 @@ async def test_a_commit_is_not_held_off_by_a_flood_of_requests_for_python(
     assert committed[0] < result["flood ended"], "the commit waited for the flood's end"
 
 
-#: Forks a child that floods creations (as above, for FLOOD seconds at most, then notes
-#: that it ended) from many threads, waits until the flood is under way, and exits: the run
-#: is over, and the supervisor is to stop serving (NotificationLoop.stop) and end the rest.
+#: Forks a child that floods creations (as above, for FLOOD seconds at most, then notes that
+#: the whole flood ran, unless serving stopped under it) from many threads, waits until the
+#: flood is under way, and exits: the run is over, and the supervisor is to stop serving
+#: (NotificationLoop.stop) and end the rest.
 FLOOD_THEN_EXIT = r"""
 import os, sys, threading, time
 work, creators, flood = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -136,10 +137,15 @@ if os.fork() == 0:
     # Opened now, written at the end (a write is not trapped: the note needs no serving).
     note = os.open(os.path.join(work, "flood ended"), os.O_CREAT | os.O_WRONLY, 0o600)
     deadline = time.monotonic() + flood
+    cut = []
     def create(i):
         name = os.path.join(work, f"c{i}")
         while time.monotonic() < deadline:
-            os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o600))
+            try:
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError:  # ENOSYS: the supervisor stopped serving (the run has ended)
+                cut.append(i)
+                return
     threads = [threading.Thread(target=create, args=(i,)) for i in range(creators)]
     for t in threads:
         t.start()
@@ -147,7 +153,8 @@ if os.fork() == 0:
     os.write(w, b"x")
     for t in threads:
         t.join()
-    os.write(note, b"the whole flood ran")
+    if not cut:
+        os.write(note, b"the whole flood ran")
     os._exit(0)
 os.close(w)
 os.read(r, 1)
