@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import sys
 import threading
 from collections.abc import Mapping
@@ -239,6 +240,26 @@ async def test_a_server_woken_before_its_turn_starts_no_helper(tmp_path: Path) -
         server.close()
         loop.close()
         launched.listener.close()
+
+
+@pytest.mark.trio
+async def test_serving_works_with_our_descriptors_numbered_past_1024(tmp_path: Path) -> None:
+    """The supervisor raises its descriptor limit and may hold many: its serving threads'
+    own descriptors (wake pipes, the listener) may then number more than select() takes."""
+    paths = make_tree(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with Supervisor.open(policy(tmp_path)) as sup:
+            (paths["out"] / "x").write_text("static")
+            script = f"assert open({str(paths['out'] / 'x')!r}).read() == 'static'"
+            status = await sup.run([sys.executable, "-c", script], forward_signals=False)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert status == 0
 
 
 @pytest.mark.trio

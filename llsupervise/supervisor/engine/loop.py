@@ -508,7 +508,9 @@ class NotificationLoop:
 
 
 def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()  # not select(): our descriptors may number more than 1024
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _held_since(server: Server) -> float:
