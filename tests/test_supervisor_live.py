@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import sys
 import threading
 from collections.abc import Mapping
@@ -240,6 +241,24 @@ async def test_a_server_woken_before_its_turn_starts_no_helper(tmp_path: Path) -
         server.close()
         loop.close()
         launched.listener.close()
+
+
+@pytest.mark.trio
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_serving_loop_that_fails_ends_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing answers the command once its serving loop has failed: left waiting in its
+    first trapped call, it would keep the run waiting for ever. It is killed instead."""
+    make_tree(tmp_path)
+
+    def broken(self: NotificationLoop, server: Server) -> bool:
+        raise RuntimeError("serving failed")
+
+    monkeypatch.setattr(NotificationLoop, "_receive_handed", broken)
+    async with Supervisor.open(policy(tmp_path)) as sup:
+        status = await sup.run([sys.executable, "-c", "pass"], forward_signals=False)
+    assert status == 128 + signal.SIGKILL
 
 
 @pytest.mark.trio

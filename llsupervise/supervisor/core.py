@@ -427,6 +427,7 @@ class Supervisor:
                 if self.policy_file is not None:
                     nursery.start_soon(self.policy_file.watch)
                 nursery.start_soon(self._report_rule_uses, running.loop)
+                nursery.start_soon(self._end_if_serving_failed, running)
                 await trio.lowlevel.wait_readable(running.pidfd)
                 nursery.cancel_scope.cancel()
         finally:
@@ -435,6 +436,15 @@ class Supervisor:
             await trio.to_thread.run_sync(running.thread.join)
             self._release(running)
         return self._exited(running)
+
+    async def _end_if_serving_failed(self, running: _Running) -> None:
+        """A serving loop that failed answers nothing more: its command, left waiting in a
+        trapped call for ever, is killed, so that the run ends (never allowed anything)."""
+        import trio
+
+        await trio.to_thread.run_sync(running.thread.join, abandon_on_cancel=True)
+        if running.loop.failure is not None:
+            running.launched.process.kill()
 
     def _release(self, running: _Running) -> None:
         """Once the serving thread has returned, however the run ended: what it held."""
