@@ -5,7 +5,6 @@ in one process leave behind. Assertions are outcomes, never durations."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import trio
 from supervised import policy_text, wait_until
 from test_compiled_grants import Drained, rw
 from test_ondemand_attacks import fds, leaked
+from test_receiver_helpers import tasks
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -110,10 +110,6 @@ for t in threads:
 for t in threads:
     t.join()
 """
-
-
-def tasks() -> int:
-    return len(os.listdir("/proc/self/task"))
 
 
 @pytest.mark.trio

@@ -318,6 +318,30 @@ typedef struct {
     int ours;  /* Python found its credentials to be ours (see Readers.vouch) */
 } Slot;
 
+/* CLOCK_REALTIME `ms` milliseconds from now: a deadline for the pthread timed waits. */
+static struct timespec realtime_after_ms(long ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += ms * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    return until;
+}
+
+/* pthread_create, the new thread taking no signal (they go to the threads Python expects
+ * them on): 0, or the error. */
+static int create_deaf_thread(const pthread_attr_t *attr, void *(*run)(void *), void *arg) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t thread;
+    int err = pthread_create(&thread, attr, run, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return err;
+}
+
 /* An unrestricted thread that opens a thread's reader (/proc/TID/mem, and a pidfd first)
  * for a restricted serving thread, which may not: a hand-over between two compiled threads
  * instead of one through Python's unrestricted worker. One request at a time; a requester
@@ -464,13 +488,7 @@ static int opener_open(Opener *o, pid_t tid, int *mem, int *pidfd) {
     if (o == NULL) return -1;
     /* Another serving thread's turn is brief, unless the kernel holds the opener: then this
      * request is Python's rather than held too. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += OPENER_WAIT_MS * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = realtime_after_ms(OPENER_WAIT_MS);
     if (pthread_mutex_timedlock(&o->turn, &until) != 0) return -1;
     pthread_mutex_lock(&o->lock);
     int ok = 0;
@@ -517,19 +535,13 @@ static PyObject *readers_start_opener(Readers *self, PyObject *args) {
         CPU_SET(cpu, &set);
         pthread_attr_setaffinity_np(&attr, sizeof set, &set); /* placement: speed only */
     }
-    /* Signals go to the threads Python expects them on, never to this one. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t thread;
-    int err = pthread_create(&thread, &attr, opener_main, o);
+    int err = create_deaf_thread(&attr, opener_main, o);
     if (err == EINVAL && cpu >= 0) { /* a CPU it may not use: anywhere, then */
         pthread_attr_destroy(&attr);
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        err = pthread_create(&thread, &attr, opener_main, o);
+        err = create_deaf_thread(&attr, opener_main, o);
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
     if (err) {
         o->refs = 1;
@@ -2003,13 +2015,7 @@ static void stop_and_wait(Shared *s) {
         wake_helpers(s);
         /* Again after a moment: a signal taken just before a helper's receive began ends
          * nothing. */
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 2 * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        struct timespec until = realtime_after_ms(2);
         pthread_cond_timedwait(&s->idle, &s->lock, &until);
     }
 }
@@ -2043,26 +2049,18 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
     cpu_set_t cpus;
     if (sched_getaffinity(getpid(), sizeof cpus, &cpus) == 0)
         pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus); /* placement: speed only */
-    /* Signals go to the threads Python expects them on, never to these. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int started = 0, err = 0;
+    /* Fewer helpers (or none) only serve slower. */
+    int started = 0;
     for (int i = 1; i <= count; i++) {
         HelperArg *arg = malloc(sizeof *arg);
-        if (arg == NULL) {
-            err = ENOMEM;
-            break;
-        }
+        if (arg == NULL) break;
         arg->s = s;
         arg->h = &s->hands[i];
         pthread_mutex_lock(&s->lock);
         s->refs++;
         s->helpers = i;
         pthread_mutex_unlock(&s->lock);
-        pthread_t thread;
-        err = pthread_create(&thread, &attr, helper_main, arg);
-        if (err) {
+        if (create_deaf_thread(&attr, helper_main, arg) != 0) {
             free(arg);
             pthread_mutex_lock(&s->lock);
             s->refs--;
@@ -2072,9 +2070,7 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
         }
         started++;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
-    (void)err; /* fewer helpers (or none) only serve slower */
     return PyLong_FromLong(started);
 }
 
