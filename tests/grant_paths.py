@@ -19,5 +19,5 @@ def grant_path(request: pytest.FixtureRequest) -> Iterator[str]:
         if request.param == "python":
             patch.setattr(loop, "compiled_grants", lambda guard: None)
         if request.param == "alone":
-            patch.setattr(loop, "helper_count", lambda cpu: 0)
+            patch.setattr(loop, "helper_groups", lambda cpu: 0)
         yield str(request.param)

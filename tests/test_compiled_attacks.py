@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 import trio
-from fuse_server import hanging_fuse
+from fuse_server import HangingFuse, hanging_fuse
 from supervised import PUBLIC, SECRET, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_until
 from test_serving_stalls import (
     OPEN_DATA,
+    RULES,
     STATIC_FUSE,
     held_call_script,
     run_over_hung_fuse,
@@ -33,6 +34,7 @@ from llsupervise.supervisor.engine import contexts as contexts_module
 from llsupervise.supervisor.engine import loop as loop_module
 from llsupervise.supervisor.engine import offload
 from llsupervise.supervisor.engine.contexts import ThreadContexts
+from llsupervise.supervisor.perform import stalls as stall_watch
 
 pytestmark = pytest.mark.kernel
 
@@ -340,6 +342,57 @@ async def test_a_read_held_in_the_compiled_loop_stalls_no_one(
     assert len(held) == 1  # held in the compiled loop, not in Python
     stalls = [e for e in events if e["event"] == "stall"]
     assert [(e["syscall"], e["outcome"]) for e in stalls] == [("openat", "refused")]
+
+
+@pytest.mark.trio
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="root, FUSE")
+async def test_a_read_held_in_a_helper_leaves_its_cpu_served_before_any_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one CPU there is one group of helpers, one of which receives at a time: the one
+    whose read the kernel holds lent no turn. The watch has another receive meanwhile, long
+    before it would give up on the read: the other process is served while the read is
+    still held (no stall is logged)."""
+    root, paths, events = stall_tree(tmp_path, monkeypatch)
+    monkeypatch.setattr(stall_watch, "STALL_SECONDS", 3600.0)
+    call = '(os.close(os.open("/usr", os.O_RDONLY)), libc.open(page, os.O_RDONLY))[1]'
+    served_while_held: list[bool] = []
+
+    async def go_once_held(server: HangingFuse) -> None:
+        try:
+            await wait_until(lambda: server.reads > 0, "the held read", 60)
+            (paths["out"] / "go").touch()
+            await wait_until(
+                lambda: any(x.startswith("other process:") for x in lines(paths["out"] / "log")),
+                "the other process", 60,
+            )  # fmt: skip
+            held = not any(x.startswith("stuck call") for x in lines(paths["out"] / "log"))
+            served_while_held.append(held and server.reads > 0)
+        finally:
+            await trio.to_thread.run_sync(server.close)
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # what the run starts keeps to it: one group
+    try:
+        with hanging_fuse(root / "fuse") as server:
+            doc = policy(
+                root,
+                supervisor_rules=RULES.format(data=paths["data"]),
+                extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
+            )
+            async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
+                sup.listeners.append(events.append)
+                nursery.start_soon(go_once_held, server)
+                script = held_call_script(OPEN_DATA, call)
+                argv = [sys.executable, "-c", script, str(server.mountpoint / "mapped")]
+                status = await sup.run(argv, forward_signals=False)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    log = lines(paths["out"] / "log")
+    assert served_while_held == [True], log
+    assert f"other process: {PUBLIC.decode().strip()}" in log
+    assert status == 0, log
+    assert [e for e in events if e["event"] == "stall"] == []
 
 
 #: The program's cwd is the FUSE mount (static); it opens "mapped" there relatively (so its

@@ -36,15 +36,21 @@ pytestmark = pytest.mark.kernel
 
 READ = int(AccessFs.READ_FILE | AccessFs.READ_DIR)
 
-#: How many helper threads receive: none (the calling thread does), or as in the loop.
-HELPERS = 0
+#: How many groups of helper threads receive: none (the calling thread does), or as in the
+#: loop on a 2-CPU machine.
+GROUPS = 0
 
 
-@pytest.fixture(autouse=True, params=[0, 3], ids=["self", "helpers"])
+def helper_threads(groups: int) -> int:
+    """How many helper threads ``start_helpers(groups)`` starts here."""
+    return _fastpath.PER_GROUP * min(groups, len(os.sched_getaffinity(0)), _fastpath.GROUPS_MAX)
+
+
+@pytest.fixture(autouse=True, params=[0, 2], ids=["self", "helpers"])
 def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    count: int = request.param
-    monkeypatch.setattr(sys.modules[__name__], "HELPERS", count)
-    return count
+    groups: int = request.param
+    monkeypatch.setattr(sys.modules[__name__], "GROUPS", groups)
+    return groups
 
 
 def receiver_for(
@@ -66,10 +72,10 @@ def receiver_for(
 
 
 def started(receiver: _fastpath.Receiver) -> _fastpath.Receiver:
-    """``receiver`` with HELPERS helper threads started: the child's requests are theirs from
-    now on."""
-    if HELPERS:
-        assert receiver.start_helpers(HELPERS) == HELPERS
+    """``receiver`` with GROUPS groups of helper threads started: the child's requests are
+    theirs from now on."""
+    if GROUPS:
+        assert receiver.start_helpers(GROUPS) == helper_threads(GROUPS)
     return receiver
 
 

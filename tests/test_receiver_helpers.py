@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_compiled_receiver import READ, serve_rest
+from test_compiled_receiver import READ, helper_threads, serve_rest
 from test_seccomp_notify import TIMEOUT, Supervisee, opening, supervisee
 
 from llsupervise.seccomp import AUDIT_ARCH, SYSCALLS, Notification, ProcessMemory, native_arch
@@ -19,7 +19,10 @@ from llsupervise.supervisor.engine.fastpath import _needs
 
 pytestmark = pytest.mark.kernel
 
-HELPERS = 3
+GROUPS = 2
+#: How many of them start here, and how many wait in the kernel's receive (one per group).
+HELPERS = helper_threads(GROUPS)
+RECEIVING = HELPERS // _fastpath.PER_GROUP
 #: SECCOMP_IOCTL_NOTIF_RECV, as /proc/TID/syscall shows an ioctl's request.
 NOTIF_RECV = "0xc0502100"
 
@@ -33,7 +36,7 @@ def helped(
         child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
         SYSCALLS[arch]["openat"], table, readers, None, -1, handoff,
     )  # fmt: skip
-    assert receiver.start_helpers(HELPERS) == HELPERS
+    assert receiver.start_helpers(GROUPS) == HELPERS
     return receiver
 
 
@@ -88,7 +91,7 @@ def test_stopped_helpers_end_and_leave_what_comes_next_to_the_next_receiver(
         before = tasks()
         waiting = waiting_in_recv()
         old = helped(child, static, readers, handoff)
-        until(lambda: waiting_in_recv() == waiting + HELPERS)
+        until(lambda: waiting_in_recv() == waiting + RECEIVING)
         old.stop_helpers()
         assert tasks() == before  # ended, not merely told to
         new = helped(child, static, readers, handoff)
@@ -129,7 +132,7 @@ def test_helpers_given_up_on_while_idle_end_and_act_on_nothing(
         before = tasks()
         waiting = waiting_in_recv()
         given_up = helped(child, static, readers, handoff)
-        until(lambda: waiting_in_recv() == waiting + HELPERS)
+        until(lambda: waiting_in_recv() == waiting + RECEIVING)
         assert given_up.abandon(5.0) == []
         assert not given_up.holding
         until(lambda: tasks() == before)

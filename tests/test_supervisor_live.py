@@ -220,7 +220,7 @@ async def test_a_server_woken_before_its_turn_starts_no_helper(tmp_path: Path) -
             launched.listener, sup.rules.slot, sup.static.handled_fs, refuse,
             fast=StaticPrefixes(sup.static, sup.table),
         )  # fmt: skip
-        assert loop._helpers > 0
+        assert loop._helper_groups > 0
         served: list[int] = []
 
         def waiting_in_open() -> bool:

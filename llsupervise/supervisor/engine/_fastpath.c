@@ -728,14 +728,13 @@ static PyObject *readers_py_close(Readers *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* A reader of `tid` for a serving thread (a private dup, -1 for none): the one kept, else
- * one opened by the opener and kept (until Python remembers its own, or forgets it). What
- * is opened here is not vouched for (`*ours` is 0) and has no cwd: a grant, and an open
- * relative to its cwd, go to Python, which opens its own. `keep`: 0 for one read only. */
-static int readers_reader(Readers *self, pid_t tid, int *cwd, int *ours, int keep) {
-    int fd = readers_take(self, tid, cwd, ours);
-    if (fd >= 0) return fd;
-    int mem, pidfd;
+/* A reader of `tid`, none being kept (see readers_take), for a serving thread (a private
+ * dup, -1 for none): one opened by the opener and kept (until Python remembers its own, or
+ * forgets it). What is opened here is not vouched for (`*ours` is 0) and has no cwd: a
+ * grant, and an open relative to its cwd, go to Python, which opens its own. `keep`: 0 for
+ * one read only. */
+static int readers_open_new(Readers *self, pid_t tid, int *cwd, int *ours, int keep) {
+    int fd, mem, pidfd;
     if (opener_open(self->opener, tid, &mem, &pidfd) < 0) return -1;
     if (!keep) { /* an exec's: it is about to go stale */
         close(pidfd);
@@ -1440,7 +1439,18 @@ static PyTypeObject HandoffType = {
 
 /* ---- Receiver ----------------------------------------------------------------------- */
 
-#define HELPERS_MAX 8
+/* Helpers come in groups, one group per CPU (up to GROUPS_MAX; beyond, a group shares
+ * several), each pinned to its group's CPUs. The kernel's receive is no exclusive wait: a
+ * trap wakes every helper waiting in it, and with SYNC_WAKE_UP moves each one it may to the
+ * trapping CPU, where one takes the request. Unpinned, every trap dragged all idle helpers to
+ * its CPU, and two programs' threads trapping on two CPUs fought over them (two concurrent
+ * openers paid 1.5-1.9x one). So one helper of a group waits in the receive at a time, on
+ * its own CPUs; the other waits for its turn, which it gets when the first is about to wait
+ * on something else (an open of ours and the injection of its descriptor, the opener), or
+ * ends: a trap on those CPUs is then still answered there. */
+#define GROUPS_MAX 4
+#define PER_GROUP 2
+#define HELPERS_MAX (GROUPS_MAX * PER_GROUP)
 
 /* What one thread holds, for the stall watch: since when (CLOCK_MONOTONIC, seconds, as
  * time.monotonic()), 0 while idle; and the request. given_up: it acts no more. */
@@ -1451,7 +1461,13 @@ typedef struct {
     int sending; /* answering the request in hand: a watch leaves it to the thread */
     pid_t tid; /* a helper's thread, 0 until it runs */
     int ended; /* a helper's thread has left its loop */
+    int group; /* a helper's: its index in Shared.groups */
 } Hand;
+
+typedef struct {
+    int receiving; /* of its helpers, how many wait in the kernel's receive (or are about to) */
+    pthread_cond_t turn; /* where the others wait for their turn to */
+} Group;
 
 /* What a receiver's threads share: the Python thread's and its helpers'. Freed by the last
  * of its references (the Receiver, and each helper thread, which may outlive it: see
@@ -1473,6 +1489,7 @@ typedef struct {
     Queue *queue; /* NULL: no helpers */
     Hand hands[1 + HELPERS_MAX]; /* 0: the Python thread's */
     int helpers; /* started (each with hands[i], 1 <= i <= helpers) */
+    Group groups[GROUPS_MAX];
     int stopping; /* helpers act no more: what they receive is queued, and they end */
     int abandoned;
     int err; /* a helper's failed answer (an errno), for Python to raise */
@@ -1493,6 +1510,7 @@ static void shared_release(Shared *s) {
     if (last) {
         if (s->queue != NULL) queue_release(s->queue);
         pthread_cond_destroy(&s->idle);
+        for (int g = 0; g < GROUPS_MAX; g++) pthread_cond_destroy(&s->groups[g].turn);
         pthread_mutex_destroy(&s->lock);
         free(s);
     }
@@ -1532,6 +1550,7 @@ static int receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
     s->listener = listener;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
+    for (int g = 0; g < GROUPS_MAX; g++) pthread_cond_init(&s->groups[g].turn, NULL);
     s->refs = 1;
     s->arch = (uint32_t)arch;
     s->nr_open = nr_open;
@@ -1566,13 +1585,24 @@ static void on_wake_signal(int signo) {
     (void)signo; /* only to interrupt the receive */
 }
 
-/* Ends the wait of each helper still running (called with the lock held): a wait entered
- * just after is ended by the next call (see stop_and_wait). */
+/* Ends the wait of each helper still running, in the kernel or for its turn (called with
+ * the lock held): a wait entered just after is ended by the next call (see stop_and_wait). */
 static void wake_helpers(Shared *s) {
     for (int i = 1; i <= s->helpers; i++) {
         Hand *h = &s->hands[i];
         if (!h->ended && h->tid != 0) syscall(SYS_tgkill, getpid(), h->tid, WAKE_SIGNAL);
     }
+    for (int g = 0; g < GROUPS_MAX; g++) pthread_cond_broadcast(&s->groups[g].turn);
+}
+
+/* The helper of `h` is about to wait on something other than the kernel's receive: another
+ * of its group receives meanwhile (see GROUPS_MAX). Not the Python thread's (no group). */
+static void lend_turn(Shared *s, Hand *h) {
+    if (h == &s->hands[0]) return;
+    Group *g = &s->groups[h->group];
+    pthread_mutex_lock(&s->lock);
+    if (g->receiving == 0) pthread_cond_signal(&g->turn);
+    pthread_mutex_unlock(&s->lock);
 }
 
 static void receiver_dealloc(Receiver *self) {
@@ -1608,6 +1638,15 @@ static ssize_t read_string(int mem, uint64_t addr, char *out, size_t size) {
         got += (size_t)n;
     }
     return -1;
+}
+
+/* A reader of the thread of request `n` (see readers_take, readers_open_new); the group's
+ * turn is lent first when the opener must open one. */
+static int reader_of(Shared *s, Hand *h, struct seccomp_notif *n, int *cwd, int *ours, int keep) {
+    int fd = readers_take(s->readers, (pid_t)n->pid, cwd, ours);
+    if (fd >= 0) return fd;
+    lend_turn(s, h);
+    return readers_open_new(s->readers, (pid_t)n->pid, cwd, ours, keep);
 }
 
 /* Whether the thread of `h` was given up on. */
@@ -1748,7 +1787,7 @@ static int answer_exec(Shared *s, Hand *h, struct seccomp_notif *n) {
     close(leader);
     hold(s, h, n);
     int ours;
-    int mem = readers_reader(s->readers, (pid_t)n->pid, NULL, &ours, 0);
+    int mem = reader_of(s, h, n, NULL, &ours, 0);
     if (given_up(s, h)) { /* held by the kernel in the opener, and answered by the watch */
         if (mem >= 0) close(mem);
         return -1;
@@ -1786,7 +1825,7 @@ static int answer_here(Shared *s, Hand *h, struct seccomp_notif *n) {
     int from_cwd = (int)n->data.nr != s->nr_openat || (int)n->data.args[0] == AT_FDCWD;
     int cwd = -1, ours = 0;
     hold(s, h, n);
-    int mem = readers_reader(s->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours, 1);
+    int mem = reader_of(s, h, n, from_cwd ? &cwd : NULL, &ours, 1);
     if (mem < 0) return to_python(s, h);
     char path[PATH_MAX];
     ssize_t len = read_string(mem, addr, path, sizeof path);
@@ -1819,6 +1858,7 @@ static int answer_here(Shared *s, Hand *h, struct seccomp_notif *n) {
             if (cwd >= 0) close(cwd);
             return to_python(s, h);
         }
+        lend_turn(s, h); /* our open may wait, and the injection waits for the program */
         fd = grant(s->grants, cwd, path, (size_t)len, flags);
         if (fd < 0) {
             if (cwd >= 0) close(cwd);
@@ -1913,8 +1953,8 @@ static int receive_blocking(Shared *s, struct seccomp_notif *n) {
     return AGAIN;
 }
 
-/* A helper thread's loop. Every idle helper waits in the kernel's receive; a trap wakes them
- * all on the trapping thread's CPU (SYNC_WAKE_UP), and one receives it. Told to stop (or
+/* A helper thread's loop. It waits in the kernel's receive when its turn has come (see
+ * GROUPS_MAX), and answers what it receives there or queues it for Python. Told to stop (or
  * given up on), a helper acts on nothing more: WAKE_SIGNAL ends its wait, and a request it
  * received meanwhile is queued for Python, untouched. It ends too when every supervisee is
  * gone. */
@@ -1930,14 +1970,21 @@ static void *helper_main(void *arg) {
     pthread_mutex_lock(&s->lock);
     h->tid = (pid_t)syscall(SYS_gettid);
     pthread_mutex_unlock(&s->lock);
+    Group *g = &s->groups[h->group];
     struct seccomp_notif n;
     for (;;) {
         pthread_mutex_lock(&s->lock);
-        int stop = s->stopping || s->abandoned || h->given_up;
+        int stop;
+        while (!(stop = s->stopping || s->abandoned || h->given_up) && g->receiving > 0)
+            pthread_cond_wait(&g->turn, &s->lock);
+        if (!stop) g->receiving++;
         pthread_mutex_unlock(&s->lock);
         if (stop) break;
         int got = receive_blocking(s, &n);
         int err = errno;
+        pthread_mutex_lock(&s->lock);
+        g->receiving--;
+        pthread_mutex_unlock(&s->lock);
         if (got == AGAIN) continue;
         if (got == HUNG_UP || got == FAILED) {
             pthread_mutex_lock(&s->queue->lock);
@@ -1999,6 +2046,7 @@ static void *helper_main(void *arg) {
     pthread_mutex_lock(&s->lock);
     h->ended = 1;
     pthread_cond_broadcast(&s->idle);
+    pthread_cond_signal(&g->turn); /* the other of its group receives in its place */
     pthread_mutex_unlock(&s->lock);
     shared_release(s);
     return NULL;
@@ -2020,15 +2068,16 @@ static void stop_and_wait(Shared *s) {
     }
 }
 
-/* start_helpers(count) -> int: start up to `count` helper threads (HELPERS_MAX at most), which
+/* start_helpers(groups) -> int: start the helper threads, PER_GROUP in each of up to
+ * `groups` groups (no more than GROUPS_MAX, nor than the CPUs this process may use), which
  * receive and answer from now on; Python's requests then come through the Handoff. Call it
  * from the serving thread, once, when its turn has come: a helper inherits that thread's
- * Landlock domain (all signals are blocked in it, bar WAKE_SIGNAL in its receive; it may run
- * on any CPU the process may). Returns how many started (0: the calling thread receives
- * itself, as without helpers). */
+ * Landlock domain (all signals are blocked in it, bar WAKE_SIGNAL in its receive; it runs on
+ * its group's CPUs, see GROUPS_MAX). Returns how many threads started (0: the calling thread
+ * receives itself, as without helpers). */
 static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
-    int count;
-    if (!PyArg_ParseTuple(args, "i", &count)) return NULL;
+    int groups;
+    if (!PyArg_ParseTuple(args, "i", &groups)) return NULL;
     Shared *s = self->s;
     if (s->queue == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "start_helpers: the receiver has no handoff");
@@ -2038,24 +2087,31 @@ static PyObject *receiver_start_helpers(Receiver *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "start_helpers: started once");
         return NULL;
     }
-    if (count > HELPERS_MAX) count = HELPERS_MAX;
-    if (count <= 0 || wake_signal_ours() < 0) return PyLong_FromLong(0);
+    cpu_set_t cpus;
+    int ncpus = sched_getaffinity(getpid(), sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
+    if (groups > GROUPS_MAX) groups = GROUPS_MAX;
+    if (ncpus > 0 && groups > ncpus) groups = ncpus;
+    if (groups <= 0 || wake_signal_ours() < 0) return PyLong_FromLong(0);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024); /* two paths and a notification */
-    /* Not the serving thread's one CPU: a helper woken by a trap runs on the trapping
-     * thread's CPU (SYNC_WAKE_UP), any the process may use (the main thread's set). */
-    cpu_set_t cpus;
-    if (sched_getaffinity(getpid(), sizeof cpus, &cpus) == 0)
-        pthread_attr_setaffinity_np(&attr, sizeof cpus, &cpus); /* placement: speed only */
     /* Fewer helpers (or none) only serve slower. */
     int started = 0;
-    for (int i = 1; i <= count; i++) {
+    for (int i = 1; i <= groups * PER_GROUP; i++) {
+        int group = (i - 1) / PER_GROUP;
+        if (ncpus > 0) { /* the group's CPUs: every `groups`th this process may use */
+            cpu_set_t mine;
+            CPU_ZERO(&mine);
+            for (int cpu = 0, k = 0; cpu < CPU_SETSIZE; cpu++)
+                if (CPU_ISSET(cpu, &cpus) && k++ % groups == group) CPU_SET(cpu, &mine);
+            pthread_attr_setaffinity_np(&attr, sizeof mine, &mine); /* placement: speed only */
+        }
         HelperArg *arg = malloc(sizeof *arg);
         if (arg == NULL) break;
         arg->s = s;
         arg->h = &s->hands[i];
+        arg->h->group = group;
         pthread_mutex_lock(&s->lock);
         s->refs++;
         s->helpers = i;
@@ -2233,6 +2289,18 @@ static PyObject *receiver_abandon(Receiver *self, PyObject *args) {
     return out;
 }
 
+/* keep_receiving(): in each group none of whose helpers waits in the kernel's receive (one
+ * is held up where it lent no turn: reading a path from memory the kernel holds, say), another
+ * takes its turn, so that the group's CPUs are served meanwhile. For the stall watch. */
+static PyObject *receiver_keep_receiving(Receiver *self, PyObject *Py_UNUSED(ignored)) {
+    Shared *s = self->s;
+    pthread_mutex_lock(&s->lock);
+    for (int g = 0; g < GROUPS_MAX; g++)
+        if (s->groups[g].receiving == 0) pthread_cond_signal(&s->groups[g].turn);
+    pthread_mutex_unlock(&s->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *receiver_answered(Receiver *self, void *Py_UNUSED(closure)) {
     return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->s->answered, __ATOMIC_RELAXED));
 }
@@ -2248,13 +2316,15 @@ static PyMethodDef receiver_methods[] = {
     {"next", (PyCFunction)receiver_next, METH_VARARGS,
      "next(wake_fd, timeout_ms): the next request for Python, or why none."},
     {"start_helpers", (PyCFunction)receiver_start_helpers, METH_VARARGS,
-     "start_helpers(count): start helper threads that receive; how many started"},
+     "start_helpers(groups): start helper threads that receive; how many started"},
     {"stop_helpers", (PyCFunction)receiver_stop_helpers, METH_NOARGS,
      "the helpers act no more; returns once none holds a request, bar those given up on"},
     {"held_since", (PyCFunction)receiver_held_since, METH_NOARGS,
      "since when (time.monotonic) the oldest request held here is; 0.0 when none is"},
     {"abandon", (PyCFunction)receiver_abandon, METH_VARARGS,
      "abandon(stalled_seconds=0): give up on the threads; the stalled requests they hold"},
+    {"keep_receiving", (PyCFunction)receiver_keep_receiving, METH_NOARGS,
+     "in each group of helpers none of which receives, another takes its turn"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2310,6 +2380,8 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         PyModule_AddIntConstant(m, "HUNG_UP", R_HUNG_UP) < 0 ||
         PyModule_AddIntConstant(m, "ABANDONED", R_ABANDONED) < 0 ||
         PyModule_AddIntConstant(m, "EXEC_KEY", EXEC_KEY) < 0 ||
+        PyModule_AddIntConstant(m, "GROUPS_MAX", GROUPS_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "PER_GROUP", PER_GROUP) < 0 ||
         PyModule_AddIntConstant(m, "NOTIF_SIZE", (long)sizeof(struct seccomp_notif)) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -13,10 +13,11 @@ thread we keep no memory reader for gets one from a compiled unrestricted thread
 readers' opener), so a new process costs no Python either. Every other request comes back
 here as a :class:`Notification`.
 
-The receiving itself is done by a few compiled helper threads per serving thread (see
-:func:`helper_count`), started by it once its turn has come, so they inherit its restriction
-(not its one CPU: a helper runs where the trap woke it): two of the program's threads trapped
-at once are answered at once, and a request Python handles holds up no other. What they hand
+The receiving itself is done by compiled helper threads, two per CPU (see
+:func:`helper_groups`), started by the serving thread once its turn has come, so they inherit
+its restriction (not its one CPU: each pair keeps to its own): two of the program's threads
+trapped at once on two CPUs are answered at once, each on its own CPU, and a request Python
+handles holds up no other. What they hand
 to Python waits in one queue (``_fastpath.Handoff``) for whichever serving thread is current;
 a serving thread stops its helpers, and waits until they have ended, before it hands over
 its turn.
@@ -82,18 +83,22 @@ if TYPE_CHECKING:  # loaded only when the policy handles the network (see core)
 T = TypeVar("T")
 
 #: At most this many helper threads receive for a serving thread.
-MAX_HELPERS = 4
+#: How soon the helpers of a CPU held up where they lent no turn get another receiving (see
+#: ``Receiver.keep_receiving``): the watch looks at least this often.
+KEEP_RECEIVING_SECONDS = 0.25
 
 
-def helper_count(cpu: int | None) -> int:
-    """How many helper threads receive for a serving thread: none when the loop keeps to one
-    CPU (``--same-cpu``: the calling thread receives itself), else one more than the CPUs we
-    may use. Measured on a 2-vCPU VM with 1, 2 and 3 helpers: a granted open took 74, 37 and
-    27 µs (a helper woken on a CPU kept busy is cheaper than an idle CPU woken), a static
-    one 14, 17 and 19 µs (every idle helper is woken by each trap, one takes it)."""
+def helper_groups(cpu: int | None) -> int:
+    """How many groups of helper threads receive for a serving thread (two threads each, one
+    group per CPU, the compiled side caps it): none when the loop keeps to one CPU
+    (``--same-cpu``: the calling thread receives itself), else one per CPU we may use.
+    Measured on a 2-vCPU VM against three helpers on any CPU: two concurrent openers of a
+    static file took 20-22 µs an open, against 35-37 (one opener 19-20 against 21); of a
+    granted file 39-45 µs against 39-47 (one opener 36-38 against 28); make -j2 0.2-0.3 s
+    less."""
     if cpu is not None:
         return 0
-    return min(len(os.sched_getaffinity(0)) + 1, MAX_HELPERS)
+    return len(os.sched_getaffinity(0))
 
 
 class WatchedPerformedLog(PerformedLog):
@@ -172,7 +177,7 @@ class NotificationLoop:
         self._handoff = _fastpath.Handoff()
         # With nothing the compiled loop answers, helpers would only pass every request on.
         answers = self._table is not None or self._grants is not None
-        self._helpers = helper_count(cpu) if answers else 0
+        self._helper_groups = helper_groups(cpu) if answers else 0
         #: Told (with the pid) when the program adds a Landlock layer of its own.
         self.on_own_layer: Callable[[int], None] | None = None
         self.handler.on_own_layer = self._own_layer
@@ -368,7 +373,7 @@ class NotificationLoop:
         after a commit had registered a newer one (that commit did not wait for it), would
         otherwise let them serve with the old rules before it sees the wake."""
         if not _readable(server.wake_r):
-            server.receiver.start_helpers(self._helpers)
+            server.receiver.start_helpers(self._helper_groups)
         try:
             return self._receive_handed(server)
         finally:
@@ -430,7 +435,7 @@ class NotificationLoop:
         refuse_signals()  # they go to the main thread, where Python handles them
         # Watching on while stopping: a stalled newest server would otherwise keep run()
         # (and the supervisor's exit) waiting for as long as the kernel holds it.
-        while not self._done.wait(stalls.STALL_SECONDS / 4):
+        while not self._done.wait(min(stalls.STALL_SECONDS / 4, KEEP_RECEIVING_SECONDS)):
             now = time.monotonic()
             with self._lock:
                 live = list(self._live)
@@ -438,6 +443,8 @@ class NotificationLoop:
                 since = _held_since(server)
                 if since and now - since > stalls.STALL_SECONDS:
                     self._abandon(server)
+                elif since:
+                    server.receiver.keep_receiving()  # one held up: the others serve meanwhile
 
     def _abandon(self, server: Server) -> None:
         busy = server.busy
