@@ -18,7 +18,8 @@ from supervised import PUBLIC, READ_OK, ReadLoop, make_tree, policy, wait_until
 
 from llsupervise.rights import AccessFs
 from llsupervise.seccomp import NotificationGone, SeccompError
-from llsupervise.supervisor.core import TRAPPED_SYSCALLS, Supervisor
+from llsupervise.supervisor import core
+from llsupervise.supervisor.core import TRAPPED_SYSCALLS, ServingFailed, Supervisor
 from llsupervise.supervisor.engine.fastpath import StaticPrefixes
 from llsupervise.supervisor.engine.generations import Server
 from llsupervise.supervisor.engine.loop import NotificationLoop
@@ -243,22 +244,54 @@ async def test_a_server_woken_before_its_turn_starts_no_helper(tmp_path: Path) -
         launched.listener.close()
 
 
+def _broken(self: NotificationLoop, server: Server) -> bool:
+    raise RuntimeError("serving failed")
+
+
+def _thread_tracebacks(monkeypatch: pytest.MonkeyPatch) -> list[BaseException | None]:
+    """What threads' uncaught exceptions would print (threading.excepthook)."""
+    printed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+    return printed
+
+
 @pytest.mark.trio
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-async def test_a_serving_loop_that_fails_ends_the_run(
+async def test_a_serving_loop_that_fails_ends_the_run_with_its_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing answers the command once its serving loop has failed: left waiting in its
-    first trapped call, it would keep the run waiting for ever. It is killed instead."""
+    first trapped call, it would keep the run waiting for ever. It is killed instead, and
+    the run fails with the loop's error (told once: the serving thread prints nothing)."""
     make_tree(tmp_path)
-
-    def broken(self: NotificationLoop, server: Server) -> bool:
-        raise RuntimeError("serving failed")
-
-    monkeypatch.setattr(NotificationLoop, "_receive_handed", broken)
+    monkeypatch.setattr(NotificationLoop, "_receive_handed", _broken)
+    printed = _thread_tracebacks(monkeypatch)
+    events: list[Mapping[str, Any]] = []
     async with Supervisor.open(policy(tmp_path)) as sup:
-        status = await sup.run([sys.executable, "-c", "pass"], forward_signals=False)
-    assert status == 128 + signal.SIGKILL
+        sup.listeners.append(events.append)
+        with pytest.raises(ServingFailed, match="RuntimeError: serving failed") as failed:
+            await sup.run([sys.executable, "-c", "pass"], forward_signals=False)
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert "the command was killed" in str(failed.value)
+    assert [e["status"] for e in events if e["event"] == "exit"] == [128 + signal.SIGKILL]
+    assert printed == []
+
+
+def test_a_serving_loop_that_fails_ends_a_run_without_trio_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same where the run goes without trio until something needs it (a headless run):
+    there the run waited for ever."""
+    make_tree(tmp_path)
+    monkeypatch.setattr(NotificationLoop, "_receive_handed", _broken)
+    monkeypatch.setattr(core, "PLAIN_FOR_S", 600.0)
+    printed = _thread_tracebacks(monkeypatch)
+    events: list[Mapping[str, Any]] = []
+    failed = pytest.raises(ServingFailed, match="RuntimeError: serving failed")
+    with Supervisor.opened(policy(tmp_path)) as sup, failed:
+        sup.listeners.append(events.append)
+        sup.run_trio_on_demand([sys.executable, "-c", "pass"])
+    assert [e["status"] for e in events if e["event"] == "exit"] == [128 + signal.SIGKILL]
+    assert printed == []
 
 
 @pytest.mark.trio

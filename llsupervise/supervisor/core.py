@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from msgspec import Struct
 
 from llsupervise.display import escape
+from llsupervise.errors import LLSuperviseError
 from llsupervise.policy.document import PolicyDocument
 from llsupervise.policy.model import Ruleset
 from llsupervise.rights import AccessFs
@@ -108,6 +109,11 @@ PLAIN_FOR_S = math.inf
 #: Seconds between two looks at the policy file's status (a save is then reloaded), and at
 #: most between two counts of rule uses, while a run goes without trio.
 PLAIN_STEP_S = 0.2
+
+
+class ServingFailed(LLSuperviseError):
+    """The serving loop failed: nothing answered the command any more, so it was killed
+    (never allowed anything). The loop's exception is the cause."""
 
 
 class Supervisor:
@@ -280,7 +286,9 @@ class Supervisor:
             with signals.forwarding(running.launched.process.send_signal, self._hang_up):
                 if self._served_plainly(running):
                     self._release(running)
-                    return self._exited(running)
+                    status = self._exited(running)
+                    _raise_if_serving_failed(running.loop)
+                    return status
                 import trio
 
                 return trio.run(self._serve, running, True)
@@ -296,6 +304,7 @@ class Supervisor:
             ended = _ended_first(running, min(PLAIN_STEP_S, give_up - time.monotonic()))
             if ended is None or time.monotonic() >= give_up:
                 return False
+            _end_if_failed(running)
             if ended:
                 running.loop.stop()
                 running.thread.join()
@@ -378,7 +387,9 @@ class Supervisor:
             loop.on_own_layer = self._own_layer
             self.created.listener = launched.listener
             slot.on_swap.insert(0, loop.handler.moves.swapped)  # before the servers' hand-over
-            thread = threading.Thread(target=loop.run, name="notifications", daemon=True)
+            thread = threading.Thread(
+                target=_serving, args=(loop,), name="notifications", daemon=True
+            )
             thread.start()
             self.emit(self._start_event(launched.pid, argv))
         except BaseException:
@@ -435,16 +446,15 @@ class Supervisor:
             running.loop.stop()
             await trio.to_thread.run_sync(running.thread.join)
             self._release(running)
-        return self._exited(running)
+        status = self._exited(running)
+        _raise_if_serving_failed(running.loop)
+        return status
 
     async def _end_if_serving_failed(self, running: _Running) -> None:
-        """A serving loop that failed answers nothing more: its command, left waiting in a
-        trapped call for ever, is killed, so that the run ends (never allowed anything)."""
         import trio
 
         await trio.to_thread.run_sync(running.thread.join, abandon_on_cancel=True)
-        if running.loop.failure is not None:
-            running.launched.process.kill()
+        _end_if_failed(running)
 
     def _release(self, running: _Running) -> None:
         """Once the serving thread has returned, however the run ended: what it held."""
@@ -521,6 +531,31 @@ class _Running(Struct):
         """What the command left running goes with the run."""
         if self.lifeline is not None:
             self.lifeline.close()
+
+
+def _serving(loop: NotificationLoop) -> None:
+    """The serving thread. A failure of its loop is the run's error (ServingFailed), told
+    once: not also printed here."""
+    try:
+        loop.run()
+    except BaseException as exc:
+        if exc is not loop.failure:
+            raise
+
+
+def _end_if_failed(running: _Running) -> None:
+    """A serving loop that failed answers nothing more: its command, left waiting in a
+    trapped call for ever, is killed, so that the run ends (never allowed anything)."""
+    if running.loop.failure is not None and not running.thread.is_alive():
+        running.launched.process.kill()
+
+
+def _raise_if_serving_failed(loop: NotificationLoop) -> None:
+    failure = loop.failure
+    if failure is not None:
+        what = escape(f"{type(failure).__name__}: {failure}")
+        message = f"serving the command failed ({what}); the command was killed"
+        raise ServingFailed(message) from failure
 
 
 def _ended_first(running: _Running, seconds: float) -> bool | None:
