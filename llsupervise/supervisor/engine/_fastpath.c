@@ -1459,6 +1459,7 @@ typedef struct {
     struct seccomp_notif held;
     int given_up;
     int sending; /* answering the request in hand: a watch leaves it to the thread */
+    int handed; /* the Python thread's: returned to Python, not yet taken over (see taken) */
     pid_t tid; /* a helper's thread, 0 until it runs */
     int ended; /* a helper's thread has left its loop */
     int group; /* a helper's: its index in Shared.groups */
@@ -1725,13 +1726,32 @@ static void hold(Shared *s, Hand *h, struct seccomp_notif *n) {
 }
 
 /* The request in hand is Python's: 0, or -1 when the thread was given up on (the watch has
- * it). The calling thread lets go of it here; a helper, only once it is queued (see
- * helper_main), so that a watch giving up on it finds it held or queued, never neither. */
+ * it). Still held: the calling thread's until Python takes it over (see receiver_taken), a
+ * helper's until it is queued (see helper_main), so that a watch giving up on the thread
+ * finds it held or queued, never neither. */
 static int to_python(Shared *s, Hand *h) {
+    return given_up(s, h) ? -1 : 0;
+}
+
+/* The calling thread received `n` (from the kernel, or from the queue): held from now on, as
+ * a helper holds what it receives. 0; or -1 when the thread was given up on already (the watch
+ * did not see it), and `n` is queued again, at the front, for the thread in its place. */
+static int hold_received(Shared *s, const struct seccomp_notif *n) {
+    Hand *h = &s->hands[0];
+    double now = seconds(CLOCK_MONOTONIC);
     pthread_mutex_lock(&s->lock);
-    int gone = h->given_up;
-    if (h == &s->hands[0]) h->since = 0;
+    int gone = h->given_up || s->abandoned;
+    if (gone) {
+        pthread_mutex_lock(&s->queue->lock);
+        if (queue_put(s->queue, n, 1) < 0 && !s->err) s->err = ENOMEM;
+        pthread_mutex_unlock(&s->queue->lock);
+    } else {
+        h->held = *n;
+        h->since = now;
+        h->handed = 0;
+    }
     pthread_mutex_unlock(&s->lock);
+    if (gone) queue_signal(s->queue);
     return gone ? -1 : 0;
 }
 
@@ -2174,6 +2194,10 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
                 break;
             }
             if (queue_take(q, &n)) {
+                if (hold_received(s, &n) < 0) {
+                    result = R_ABANDONED;
+                    break;
+                }
                 have = 1;
                 break;
             }
@@ -2214,6 +2238,10 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
             result = got == TIMED_OUT ? R_TIMEOUT : got == WOKEN ? R_WOKEN : R_HUNG_UP;
             break;
         }
+        if (s->queue != NULL && hold_received(s, &n) < 0) {
+            result = R_ABANDONED;
+            break;
+        }
         int answered = answer_here(s, h, &n);
         if (answered == 1) continue;
         if (answered == -1) {
@@ -2227,6 +2255,11 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
         have = 1;
         break;
     }
+    if (have) {
+        pthread_mutex_lock(&s->lock);
+        h->handed = 1;
+        pthread_mutex_unlock(&s->lock);
+    }
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;
@@ -2234,6 +2267,23 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
     }
     if (have) return PyBytes_FromStringAndSize((const char *)&n, sizeof n);
     return PyLong_FromLong(result);
+}
+
+/* taken() -> bool: Python takes over the request next() returned (it answers it from now on,
+ * and its own watch covers it): True; False when the thread was given up on meanwhile (the
+ * watch queued that request again, or answered it): then Python must not act on it. Called
+ * under the lock the watch gives up under, so that one of the two has it, never neither. */
+static PyObject *receiver_taken(Receiver *self, PyObject *Py_UNUSED(ignored)) {
+    Shared *s = self->s;
+    Hand *h = &s->hands[0];
+    pthread_mutex_lock(&s->lock);
+    int gone = h->given_up;
+    if (!gone) {
+        h->since = 0;
+        h->handed = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return PyBool_FromLong(!gone);
 }
 
 /* Since when the oldest request held by one of the receiver's threads is (0.0 for none). */
@@ -2267,7 +2317,9 @@ static PyObject *receiver_abandon(Receiver *self, PyObject *args) {
         int holding = h->since != 0 && !h->given_up && !h->sending;
         h->given_up = 1;
         if (!holding) continue; /* idle, or answering it (see begin_answer) */
-        if (i == 0 || s->queue == NULL || now - h->since > stalled) {
+        /* The Python thread's is answered, bar one it has not taken over yet (untouched) */
+        int untouched = i == 0 ? h->handed : now - h->since <= stalled;
+        if (s->queue == NULL || !untouched) {
             held[nheld++] = h->held;
         } else {
             pthread_mutex_lock(&s->queue->lock);
@@ -2323,6 +2375,8 @@ static PyMethodDef receiver_methods[] = {
      "since when (time.monotonic) the oldest request held here is; 0.0 when none is"},
     {"abandon", (PyCFunction)receiver_abandon, METH_VARARGS,
      "abandon(stalled_seconds=0): give up on the threads; the stalled requests they hold"},
+    {"taken", (PyCFunction)receiver_taken, METH_NOARGS,
+     "Python takes over the request next() returned; False when given up on meanwhile"},
     {"keep_receiving", (PyCFunction)receiver_keep_receiving, METH_NOARGS,
      "in each group of helpers none of which receives, another takes its turn"},
     {NULL, NULL, 0, NULL},

@@ -403,7 +403,10 @@ class NotificationLoop:
             if not isinstance(got, bytes):
                 raise Abandoned  # held in the compiled loop, and given up on meanwhile
             n = Notification.unpack(got)
-            busy.begin(n)
+            with busy.lock:  # the watch gives up under it: it has n, or we have, never neither
+                if not receiver.taken():
+                    raise Abandoned  # given up on meanwhile: n was queued again, or answered
+                busy.begin(n)
             try:
                 self.handler.handle(n, server.generation, server.offload)
             except NotificationGone:
@@ -441,10 +444,13 @@ class NotificationLoop:
                 live = list(self._live)
             for server in live:
                 since = _held_since(server)
-                if since and now - since > stalls.STALL_SECONDS:
+                if not since:
+                    continue
+                # One held up: the others of its group serve meanwhile (also while a stall is
+                # not given up on, the budget spent).
+                server.receiver.keep_receiving()
+                if now - since > stalls.STALL_SECONDS:
                     self._abandon(server)
-                elif since:
-                    server.receiver.keep_receiving()  # one held up: the others serve meanwhile
 
     def _abandon(self, server: Server) -> None:
         busy = server.busy
@@ -521,6 +527,7 @@ def _readable(fd: int) -> bool:
 
 
 def _held_since(server: Server) -> float:
-    """Since when ``server``'s thread holds the request in hand, in Python or in its
-    compiled loop (time.monotonic); 0.0 while it holds none."""
-    return server.busy.since or server.receiver.held_since()
+    """Since when ``server``'s threads hold the oldest request in hand, in Python or in its
+    compiled loop (time.monotonic); 0.0 while they hold none. The oldest: a Python thread
+    kept busy with new requests must not hide a helper held for long."""
+    return min(filter(None, (server.busy.since, server.receiver.held_since())), default=0.0)
