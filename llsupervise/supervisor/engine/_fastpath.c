@@ -728,13 +728,17 @@ static PyObject *readers_py_close(Readers *self, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* A reader of `tid`, none being kept (see readers_take), for a serving thread (a private
- * dup, -1 for none): one opened by the opener and kept (until Python remembers its own, or
- * forgets it). What is opened here is not vouched for (`*ours` is 0) and has no cwd: a
- * grant, and an open relative to its cwd, go to Python, which opens its own. `keep`: 0 for
- * one read only. */
-static int readers_open_new(Readers *self, pid_t tid, int *cwd, int *ours, int keep) {
-    int fd, mem, pidfd;
+/* A reader of `tid` for a serving thread (a private dup, -1 for none): the one kept, else
+ * one opened by the opener and kept (until Python remembers its own, or forgets it). What
+ * is opened here is not vouched for (`*ours` is 0) and has no cwd: a grant, and an open
+ * relative to its cwd, go to Python, which opens its own. `keep`: 0 for one read only. No
+ * turn is lent (see GROUPS_MAX) while the opener opens one: measured, that cost a new
+ * process 0.06 ms (two opener hand-overs each), and the opener seldom keeps a helper long
+ * (the stall watch's keep_receiving covers it when it does). */
+static int readers_reader(Readers *self, pid_t tid, int *cwd, int *ours, int keep) {
+    int fd = readers_take(self, tid, cwd, ours);
+    if (fd >= 0) return fd;
+    int mem, pidfd;
     if (opener_open(self->opener, tid, &mem, &pidfd) < 0) return -1;
     if (!keep) { /* an exec's: it is about to go stale */
         close(pidfd);
@@ -1446,8 +1450,9 @@ static PyTypeObject HandoffType = {
  * its CPU, and two programs' threads trapping on two CPUs fought over them (two concurrent
  * openers paid 1.5-1.9x one). So one helper of a group waits in the receive at a time, on
  * its own CPUs; the other waits for its turn, which it gets when the first is about to wait
- * on something else (an open of ours and the injection of its descriptor, the opener), or
- * ends: a trap on those CPUs is then still answered there. */
+ * on something else (an open of ours and the injection of its descriptor), or ends, or is
+ * held up anywhere else (the stall watch's keep_receiving): a trap on those CPUs is then
+ * still answered there. */
 #define GROUPS_MAX 4
 #define PER_GROUP 2
 #define HELPERS_MAX (GROUPS_MAX * PER_GROUP)
@@ -1641,15 +1646,6 @@ static ssize_t read_string(int mem, uint64_t addr, char *out, size_t size) {
     return -1;
 }
 
-/* A reader of the thread of request `n` (see readers_take, readers_open_new); the group's
- * turn is lent first when the opener must open one. */
-static int reader_of(Shared *s, Hand *h, struct seccomp_notif *n, int *cwd, int *ours, int keep) {
-    int fd = readers_take(s->readers, (pid_t)n->pid, cwd, ours);
-    if (fd >= 0) return fd;
-    lend_turn(s, h);
-    return readers_open_new(s->readers, (pid_t)n->pid, cwd, ours, keep);
-}
-
 /* Whether the thread of `h` was given up on. */
 static int given_up(Shared *s, Hand *h) {
     pthread_mutex_lock(&s->lock);
@@ -1807,7 +1803,7 @@ static int answer_exec(Shared *s, Hand *h, struct seccomp_notif *n) {
     close(leader);
     hold(s, h, n);
     int ours;
-    int mem = reader_of(s, h, n, NULL, &ours, 0);
+    int mem = readers_reader(s->readers, (pid_t)n->pid, NULL, &ours, 0);
     if (given_up(s, h)) { /* held by the kernel in the opener, and answered by the watch */
         if (mem >= 0) close(mem);
         return -1;
@@ -1845,7 +1841,7 @@ static int answer_here(Shared *s, Hand *h, struct seccomp_notif *n) {
     int from_cwd = (int)n->data.nr != s->nr_openat || (int)n->data.args[0] == AT_FDCWD;
     int cwd = -1, ours = 0;
     hold(s, h, n);
-    int mem = reader_of(s, h, n, from_cwd ? &cwd : NULL, &ours, 1);
+    int mem = readers_reader(s->readers, (pid_t)n->pid, from_cwd ? &cwd : NULL, &ours, 1);
     if (mem < 0) return to_python(s, h);
     char path[PATH_MAX];
     ssize_t len = read_string(mem, addr, path, sizeof path);
