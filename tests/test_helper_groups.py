@@ -34,6 +34,10 @@ def receiver_of(
     )  # fmt: skip
 
 
+#: Counts of our threads compare with `<=`: a thread of an earlier test (trio's idle workers)
+#: may end meanwhile; ours, not ended, would keep the count above.
+
+
 def new_tids(before: set[str]) -> list[int]:
     return sorted(int(t) for t in set(os.listdir("/proc/self/task")) - before)
 
@@ -127,10 +131,10 @@ def test_keep_receiving_after_stop_starts_nothing(tmp_path: Path, static: Path) 
         before = tasks()
         old = helped(child, static, readers, handoff)
         old.stop_helpers()
-        assert tasks() == before
+        assert tasks() <= before
         for _ in range(50):
             old.keep_receiving()
-        assert tasks() == before
+        assert tasks() <= before
         new = helped(child, static, readers, handoff)
         child.go()
         assert serve_rest(child, new) == []
@@ -154,12 +158,12 @@ def test_every_helper_ends_when_the_receiver_goes_without_a_stop(
         del receiver
         # the spares end at once (broadcast), the receivers on the wake signal: all before
         # any request comes (what one still received would be queued, untouched)
-        until(lambda: tasks() == before)
+        until(lambda: tasks() <= before)
         child.go()
         child.serve({})
         assert child.report()["results"][0]["content"] == "static"
         readers.close()
-    assert tasks() == before
+    assert tasks() <= before
 
 
 def test_keep_receiving_after_abandon_starts_nothing(tmp_path: Path, static: Path) -> None:
@@ -173,7 +177,7 @@ def test_keep_receiving_after_abandon_starts_nothing(tmp_path: Path, static: Pat
         assert given_up.abandon(5.0) == []
         for _ in range(50):
             given_up.keep_receiving()
-        until(lambda: tasks() == before)
+        until(lambda: tasks() <= before)
         in_place = helped(child, static, readers, handoff)
         child.go()
         assert serve_rest(child, in_place) == []

@@ -1729,10 +1729,11 @@ static int to_python(Shared *s, Hand *h) {
     return given_up(s, h) ? -1 : 0;
 }
 
-/* The calling thread received `n` (from the kernel, or from the queue): held from now on, as
- * a helper holds what it receives. 0; or -1 when the thread was given up on already (the watch
- * did not see it), and `n` is queued again, at the front, for the thread in its place. */
-static int hold_received(Shared *s, const struct seccomp_notif *n) {
+/* The calling thread received `n` (from the kernel, or from the queue: `handed`, for Python,
+ * untouched): held from now on, as a helper holds what it receives. 0; or -1 when the thread
+ * was given up on already (the watch did not see it), and `n` is queued again, at the front,
+ * for the thread in its place. */
+static int hold_received(Shared *s, const struct seccomp_notif *n, int handed) {
     Hand *h = &s->hands[0];
     double now = seconds(CLOCK_MONOTONIC);
     pthread_mutex_lock(&s->lock);
@@ -1744,7 +1745,7 @@ static int hold_received(Shared *s, const struct seccomp_notif *n) {
     } else {
         h->held = *n;
         h->since = now;
-        h->handed = 0;
+        h->handed = handed;
     }
     pthread_mutex_unlock(&s->lock);
     if (gone) queue_signal(s->queue);
@@ -2190,7 +2191,7 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
                 break;
             }
             if (queue_take(q, &n)) {
-                if (hold_received(s, &n) < 0) {
+                if (hold_received(s, &n, 1) < 0) {
                     result = R_ABANDONED;
                     break;
                 }
@@ -2234,7 +2235,7 @@ static PyObject *receiver_next(Receiver *self, PyObject *args) {
             result = got == TIMED_OUT ? R_TIMEOUT : got == WOKEN ? R_WOKEN : R_HUNG_UP;
             break;
         }
-        if (s->queue != NULL && hold_received(s, &n) < 0) {
+        if (s->queue != NULL && hold_received(s, &n, 0) < 0) {
             result = R_ABANDONED;
             break;
         }
