@@ -158,13 +158,15 @@ class Refusals:
     def protected(
         self, n: Notification, target: Target, generation: int, what: str, job: Job | None
     ) -> None:
-        """Never performed, whatever the rules or answers say: refused now, reported."""
+        """Never performed, whatever the rules or answers say: refused now, reported. Reported
+        first: refused, the program may exit at once, and a run that ends finds no report
+        on its way (one handed over only after the run has closed its door was lost)."""
         pending = Pending(n, target, self._objects(target), generation, protected=what)
         if job is not None and not job.claim():
             pending.close()
             return
-        self.listener.send_error(n.id, errno.EACCES)
         self.on_denial(pending)
+        self.listener.send_error(n.id, errno.EACCES)
 
     def _deny(self, n: Notification, target: Target, generation: int, job: Job | None) -> bool:
         """Hand a denial over; False when it was not Landlock's (no handled right missing)."""
