@@ -214,10 +214,15 @@ left = []
 for task in os.listdir("/proc/self/task"):
     with open(f"/proc/self/task/{task}/children") as f:
         for pid in f.read().split():
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as cmd:
-                left.append(cmd.read())
-# The lifeline's watchdog, which finds its cgroup gone, may not have exited yet: reaped by
-# the next run, or gone with us.
+                # An exited child (a zombie) has no command line any more: the lifeline's
+                # watchdog is told by its session, its own.
+                watchdog = fields[0] == "Z" and int(fields[3]) != os.getsid(0)
+                left.append(b"cgroup.kill" if watchdog else cmd.read())
+# The lifeline's watchdog, which finds its cgroup gone, may not have exited yet (or not been
+# reaped): reaped by the next run, or gone with us.
 print(status, [c for c in left if b"cgroup.kill" not in c])
 """
 

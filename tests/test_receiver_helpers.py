@@ -93,7 +93,8 @@ def test_stopped_helpers_end_and_leave_what_comes_next_to_the_next_receiver(
         old = helped(child, static, readers, handoff)
         until(lambda: waiting_in_recv() == waiting + RECEIVING)
         old.stop_helpers()
-        assert tasks() == before  # ended, not merely told to
+        until(lambda: tasks() == before)  # they end, not merely told to (each just after
+        # it marks itself ended, which stop_helpers waits for)
         new = helped(child, static, readers, handoff)
         child.go()
         handed = serve_rest(child, new)
