@@ -8,7 +8,8 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def policy(
         root, mode=mode, supervisor_rules=supervisor_rules, extra_static=extra_static
     )
     return parse_policy(text, "test-policy.toml", {"HOME": str(root), "PWD": str(root)})
+
+
+@contextmanager
+def kept_to(cpus: Iterable[int]) -> Iterator[None]:
+    """This (main) thread kept to ``cpus`` meanwhile: so are the threads and processes it
+    starts (a run's helpers are grouped by the CPUs the main thread may use)."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:

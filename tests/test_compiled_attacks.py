@@ -19,10 +19,18 @@ from typing import Any
 import pytest
 import trio
 from fuse_server import HangingFuse, hanging_fuse
-from supervised import PUBLIC, SECRET, WAIT_IN_SYSCALL, lines, make_tree, policy, wait_until
+from supervised import (
+    PUBLIC,
+    SECRET,
+    WAIT_IN_SYSCALL,
+    kept_to,
+    lines,
+    make_tree,
+    policy,
+    wait_until,
+)
 from test_serving_stalls import (
     OPEN_DATA,
-    RULES,
     STATIC_FUSE,
     held_call_script,
     run_over_hung_fuse,
@@ -371,23 +379,9 @@ async def test_a_read_held_in_a_helper_leaves_its_cpu_served_before_any_stall(
         finally:
             await trio.to_thread.run_sync(server.close)
 
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})  # what the run starts keeps to it: one group
-    try:
-        with hanging_fuse(root / "fuse") as server:
-            doc = policy(
-                root,
-                supervisor_rules=RULES.format(data=paths["data"]),
-                extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
-            )
-            async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
-                sup.listeners.append(events.append)
-                nursery.start_soon(go_once_held, server)
-                script = held_call_script(OPEN_DATA, call)
-                argv = [sys.executable, "-c", script, str(server.mountpoint / "mapped")]
-                status = await sup.run(argv, forward_signals=False)
-    finally:
-        os.sched_setaffinity(0, cpus)
+    with kept_to({min(os.sched_getaffinity(0))}):  # one group
+        script = held_call_script(OPEN_DATA, call)
+        status, _ = await run_over_hung_fuse(root, paths, events, script, drive=go_once_held)
     log = lines(paths["out"] / "log")
     assert served_while_held == [True], log
     assert f"other process: {PUBLIC.decode().strip()}" in log

@@ -53,6 +53,19 @@ def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return groups
 
 
+def receiver_of(
+    child: Supervisee, static: Path, readers: _fastpath.Readers, handoff: _fastpath.Handoff
+) -> _fastpath.Receiver:
+    """A receiver of ``child``'s requests, ``static`` its one static directory (read), no
+    helper started; what is Python's is queued in ``handoff``."""
+    table = _fastpath.StaticTable([(os.fsencode(static), READ)], [], _needs())
+    arch = native_arch()
+    return _fastpath.Receiver(
+        child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
+        SYSCALLS[arch]["openat"], table, readers, None, -1, handoff,
+    )  # fmt: skip
+
+
 def receiver_for(
     child: Supervisee,
     static: Path,
@@ -61,14 +74,8 @@ def receiver_for(
 ) -> _fastpath.Receiver:
     """A receiver (see :func:`started`), which queues what is Python's in ``handoff`` (a new
     one by default)."""
-    table = _fastpath.StaticTable([(os.fsencode(static), READ)], [], _needs())
-    arch = native_arch()
-    receiver = _fastpath.Receiver(
-        child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
-        SYSCALLS[arch]["openat"], table, readers, None, -1,
-        handoff if handoff is not None else _fastpath.Handoff(),
-    )  # fmt: skip
-    return started(receiver)
+    queue = handoff if handoff is not None else _fastpath.Handoff()
+    return started(receiver_of(child, static, readers, queue))
 
 
 def started(receiver: _fastpath.Receiver) -> _fastpath.Receiver:

@@ -10,28 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from test_compiled_receiver import READ, serve_rest
+from supervised import kept_to
+from test_compiled_receiver import receiver_of, serve_rest
 from test_receiver_helpers import helped, readers_of, tasks, until, waiting_in_recv
-from test_seccomp_notify import Supervisee, opening, supervisee
+from test_seccomp_notify import opening, supervisee
 
-from llsupervise.seccomp import AUDIT_ARCH, SYSCALLS, native_arch
 from llsupervise.supervisor.engine import _fastpath
-from llsupervise.supervisor.engine.fastpath import _needs
 
 pytestmark = pytest.mark.kernel
 
 CPUS = sorted(os.sched_getaffinity(0))
-
-
-def receiver_of(
-    child: Supervisee, static: Path, readers: _fastpath.Readers, handoff: _fastpath.Handoff
-) -> _fastpath.Receiver:
-    table = _fastpath.StaticTable([(os.fsencode(static), READ)], [], _needs())
-    arch = native_arch()
-    return _fastpath.Receiver(
-        child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
-        SYSCALLS[arch]["openat"], table, readers, None, -1, handoff,
-    )  # fmt: skip
 
 
 #: Counts of our threads compare with `<=`: a thread of an earlier test (trio's idle workers)
@@ -64,9 +52,7 @@ def test_helpers_are_pinned_within_the_process_affinity_and_serve(
     """start_helpers(GROUPS_MAX): one group per CPU the process may use (the main thread's
     affinity), each pinned to CPUs of that set only; a single CPU (even not CPU 0) gives
     one group of PER_GROUP threads, one of which receives; and they serve."""
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(affinity))
-    try:
+    with kept_to(affinity):
         ops = [opening(str(static / "f"))] * 20
         with supervisee(tmp_path, ops) as child:
             readers = readers_of(child)
@@ -93,8 +79,6 @@ def test_helpers_are_pinned_within_the_process_affinity_and_serve(
         assert [r["content"] for r in results] == ["static"] * 20
         assert handed == []
         assert receiver.answered == 20
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 def test_keep_receiving_never_puts_a_second_helper_of_a_group_in_the_receive(

@@ -16,9 +16,15 @@ from typing import Any
 import pytest
 import trio
 from fuse_server import MAPPED_NAME, hanging_fuse
-from supervised import PUBLIC, lines, policy, policy_text, wait_until
+from supervised import PUBLIC, kept_to, lines, policy, policy_text, wait_until
 from test_compiled_grants import Drained, rw
-from test_serving_stalls import RULES, STATIC_FUSE, go_then_abort, stall_tree
+from test_serving_stalls import (
+    RULES,
+    STATIC_FUSE,
+    held_call_script,
+    run_over_hung_fuse,
+    stall_tree,
+)
 
 from llsupervise.policy.loader import load_policy
 from llsupervise.supervisor.core import Supervisor
@@ -104,16 +110,12 @@ async def test_a_mixed_flood_on_every_cpu_is_served_whatever_the_affinity(
     drained = Drained(monkeypatch)
     doc = load_policy(policy, {"HOME": str(tmp_path), "PWD": str(tmp_path)})
     events: list[Any] = []
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(affinity))  # what the run starts keeps to it
-    try:
+    with kept_to(affinity):
         async with Supervisor.open(doc) as sup:
             sup.listeners.append(events.append)
             argv = [sys.executable, "-c", FLOOD, str(out / "r.json"), str(out / "s"),
                     str(granted / "g"), str(out / "work"), str(ROUNDS)]  # fmt: skip
             status = await sup.run(argv, forward_signals=False)
-    finally:
-        os.sched_setaffinity(0, saved)
     assert status == 0
     r = json.loads((out / "r.json").read_text())
     assert r["bad"] == []
@@ -172,23 +174,8 @@ async def test_both_helpers_of_the_only_group_held_is_a_logged_stall_and_serving
     answered without their threads, and the rest served after (never a silent hang)."""
     root, paths, events = stall_tree(tmp_path, monkeypatch)
     monkeypatch.setattr("llsupervise.supervisor.perform.stalls.STALL_SECONDS", 2.0)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        with hanging_fuse(root / "fuse") as server:
-            doc = policy(
-                root,
-                supervisor_rules=RULES.format(data=paths["data"]),
-                extra_static=STATIC_FUSE.format(fuse=server.mountpoint),
-            )
-            async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
-                sup.listeners.append(events.append)
-                nursery.start_soon(go_then_abort, events, paths, server, None)
-                argv = [sys.executable, "-c", TWO_HELD,
-                        str(server.mountpoint / MAPPED_NAME.decode())]  # fmt: skip
-                status = await sup.run(argv, forward_signals=False)
-    finally:
-        os.sched_setaffinity(0, cpus)
+    with kept_to({min(os.sched_getaffinity(0))}):  # one group
+        status, _ = await run_over_hung_fuse(root, paths, events, TWO_HELD)
     log = lines(paths["out"] / "log")
     assert status == 0, log
     assert f"other process: {PUBLIC.decode().strip()}" in log
@@ -203,46 +190,24 @@ async def test_both_helpers_of_the_only_group_held_is_a_logged_stall_and_serving
 #: A thread names a path in the hung page (a helper's read of it is held); other threads
 #: create files (Python's requests, one after another) without pause for FLOOD seconds.
 #: Notes when the stuck call returned and when the flood ended.
-HELD_UNDER_FLOOD = r"""
-import ctypes, mmap, os, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
-os.dup2(os.open("out/err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
-def note(line):
-    os.write(log, line.encode() + b"\n")
+HELD_UNDER_FLOOD = held_call_script(
+    """go = threading.Event()
 flood = float(sys.argv[2])
-b = os.fork()
-if b == 0:  # the flood, in its own process (A's memory map is held below)
-    go = threading.Event()
-    def create(i):
-        go.wait()
-        while time.monotonic() < start + flood:
-            os.close(os.open(f"out/c{i}", os.O_CREAT | os.O_WRONLY, 0o600))
-    cs = [threading.Thread(target=create, args=(i,)) for i in range(8)]
-    for c in cs:
-        c.start()
-    while not os.path.exists("out/held"):
-        time.sleep(0.01)
-    start = time.monotonic()
-    note(f"flood started at {start}")
-    go.set()
-    for c in cs:
-        c.join()
-    note(f"flood ended at {time.monotonic()}")
-    os._exit(0)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-page = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))
-def stuck():
-    r = libc.open(page, os.O_RDONLY)
-    note(f"stuck call: {r} errno {ctypes.get_errno()} at {time.monotonic()}")
-os.close(os.open("/usr", os.O_RDONLY))
-t = threading.Thread(target=stuck)
-t.start()
-t.join()
-_, status = os.waitpid(b, 0)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+def create(i):
+    go.wait()
+    while time.monotonic() < start + flood:
+        os.close(os.open(f"out/c{i}", os.O_CREAT | os.O_WRONLY, 0o600))
+cs = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+for c in cs:
+    c.start()
+start = time.monotonic()
+note(f"flood started at {start}")
+go.set()
+for c in cs:
+    c.join()
+note(f"flood ended at {time.monotonic()}")""",
+    '(os.close(os.open("/usr", os.O_RDONLY)), libc.open(page, os.O_RDONLY))[1]',
+)
 
 
 @pytest.mark.trio
@@ -267,7 +232,7 @@ async def test_a_held_helper_is_given_up_on_though_python_is_kept_busy(
         async def drive() -> None:
             try:
                 await wait_until(lambda: server.reads > 0, "the held read", 60)
-                (paths["out"] / "held").touch()
+                (paths["out"] / "go").touch()
                 try:
                     await wait_until(
                         lambda: bool(ran) or any(

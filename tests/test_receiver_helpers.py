@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_compiled_receiver import READ, helper_threads, serve_rest
+from test_compiled_receiver import helper_threads, receiver_of, serve_rest
 from test_seccomp_notify import TIMEOUT, Supervisee, opening, supervisee
 
-from llsupervise.seccomp import AUDIT_ARCH, SYSCALLS, Notification, ProcessMemory, native_arch
+from llsupervise.seccomp import Notification, ProcessMemory
 from llsupervise.supervisor.engine import _fastpath
-from llsupervise.supervisor.engine.fastpath import _needs
 
 pytestmark = pytest.mark.kernel
 
@@ -30,12 +29,7 @@ NOTIF_RECV = "0xc0502100"
 def helped(
     child: Supervisee, static: Path, readers: _fastpath.Readers, handoff: _fastpath.Handoff
 ) -> _fastpath.Receiver:
-    table = _fastpath.StaticTable([(os.fsencode(static), READ)], [], _needs())
-    arch = native_arch()
-    receiver = _fastpath.Receiver(
-        child.listener.fileno(), AUDIT_ARCH[arch], SYSCALLS[arch].get("open", -1),
-        SYSCALLS[arch]["openat"], table, readers, None, -1, handoff,
-    )  # fmt: skip
+    receiver = receiver_of(child, static, readers, handoff)
     assert receiver.start_helpers(GROUPS) == HELPERS
     return receiver
 

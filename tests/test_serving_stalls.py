@@ -125,10 +125,12 @@ async def run_over_hung_fuse(
     events: list[Mapping[str, Any]],
     script: str,
     then: Callable[[HangingFuse], Awaitable[None]] | None = None,
+    drive: Callable[[HangingFuse], Awaitable[None]] | None = None,
 ) -> tuple[int, HangingFuse]:
     """Run ``script`` (its argument: the mapped file of a hung FUSE mount, under a static
     rule) supervised with read rights on data/, driven by go_then_abort (``then``: given the
-    server); the exit status, and the server (closed by then) for what it was asked."""
+    server), or by ``drive`` (given the server; it closes it); the exit status, and the
+    server (closed by then) for what it was asked."""
     with hanging_fuse(root / "fuse") as server:
         doc = policy(
             root,
@@ -138,7 +140,10 @@ async def run_over_hung_fuse(
         after = None if then is None else lambda: then(server)
         async with Supervisor.open(doc) as sup, trio.open_nursery() as nursery:
             sup.listeners.append(events.append)
-            nursery.start_soon(go_then_abort, events, paths, server, after)
+            if drive is None:
+                nursery.start_soon(go_then_abort, events, paths, server, after)
+            else:
+                nursery.start_soon(drive, server)
             argv = [sys.executable, "-c", script, str(server.mountpoint / MAPPED_NAME.decode())]
             status = await sup.run(argv, forward_signals=False)
     return status, server

@@ -23,7 +23,7 @@ import pytest
 import trio
 from fuse_server import MAPPED_NAME, hanging_fuse
 from supervised import lines, policy, wait_until
-from test_serving_stalls import RULES, STATIC_FUSE, stall_tree
+from test_serving_stalls import RULES, STATIC_FUSE, held_call_script, stall_tree
 
 from llsupervise.supervisor.core import Supervisor
 from llsupervise.supervisor.engine import _fastpath
@@ -31,34 +31,12 @@ from llsupervise.supervisor.engine import loop as loop_module
 
 pytestmark = pytest.mark.kernel
 
-#: A forks B; A's thread names a path in the hung page (a helper's read of it is held);
-#: once the test says so (out/held), B creates a file (Python's: through the queue).
-HELD_THEN_CREATE = r"""
-import ctypes, mmap, os, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-log = os.open("out/log", os.O_WRONLY | os.O_APPEND)
-def note(line):
-    os.write(log, line.encode() + b"\n")
-b = os.fork()
-if b == 0:
-    while not os.path.exists("out/held"):
-        time.sleep(0.01)
-    os.close(os.open("out/new", os.O_CREAT | os.O_WRONLY, 0o600))
-    note("created")
-    os._exit(0)
-fd = os.open(sys.argv[1], os.O_RDONLY)
-m = mmap.mmap(fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
-page = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(m)))
-def stuck():
-    r = libc.open(page, os.O_RDONLY)
-    note(f"stuck call: {r} errno {ctypes.get_errno()}")
-os.close(os.open("/usr", os.O_RDONLY))
-t = threading.Thread(target=stuck)
-t.start()
-t.join()
-_, status = os.waitpid(b, 0)
-os._exit(os.waitstatus_to_exitcode(status))
-"""
+#: A forks B; A's thread names a path in the hung page (a helper's read of it is held); once
+#: the test says so (out/go), B creates a file (Python's: through the queue).
+HELD_THEN_CREATE = held_call_script(
+    'os.close(os.open("out/new", os.O_CREAT | os.O_WRONLY, 0o600))\nnote("created")',
+    '(os.close(os.open("/usr", os.O_RDONLY)), libc.open(page, os.O_RDONLY))[1]',
+)
 
 
 class LateNext:
@@ -103,7 +81,7 @@ async def test_a_request_taken_from_the_queue_as_the_watch_gives_up_is_still_ans
             try:
                 await wait_until(lambda: server.reads > 0, "the held read", 60)
                 armed.append(True)
-                (paths["out"] / "held").touch()
+                (paths["out"] / "go").touch()
                 try:
                     await wait_until(lambda: "created" in lines(paths["out"] / "log"),
                                      "B's creation", 20)  # fmt: skip
