@@ -432,23 +432,17 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self.handover.nursery = nursery
-                try:
-                    running.door.open(trio.lowlevel.current_trio_token())
-                    if forward_signals:
-                        nursery.start_soon(
-                            signals.forward, launched.process.send_signal, self._hang_up
-                        )
-                    if self.policy_file is not None:
-                        nursery.start_soon(self.policy_file.watch)
-                    nursery.start_soon(self._report_rule_uses, running.loop)
-                    nursery.start_soon(self._end_if_serving_failed, running)
-                    await trio.lowlevel.wait_readable(running.pidfd)
-                finally:
-                    # Before the nursery closes (a call from the door may run while it
-                    # does, and found it closed to new tasks: trio failed the whole run).
-                    self.handover.nursery = None
+                running.door.open(trio.lowlevel.current_trio_token())
+                if forward_signals:
+                    nursery.start_soon(signals.forward, launched.process.send_signal, self._hang_up)
+                if self.policy_file is not None:
+                    nursery.start_soon(self.policy_file.watch)
+                nursery.start_soon(self._report_rule_uses, running.loop)
+                nursery.start_soon(self._end_if_serving_failed, running)
+                await trio.lowlevel.wait_readable(running.pidfd)
                 nursery.cancel_scope.cancel()
         finally:
+            self.handover.nursery = None
             running.loop.stop()
             await trio.to_thread.run_sync(running.thread.join)
             self._release(running)
